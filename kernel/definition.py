@@ -1,0 +1,654 @@
+"""Loading and validating workflow definitions (DESIGN §2).
+
+:func:`load_definition` turns a JSON or YAML document into a :class:`Definition` or raises
+:class:`DefinitionError` carrying *every* problem found, each located by a JSON pointer into the
+document (and line:col inside CEL or inside the file when it does not parse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import graphlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .cel import CelCompiler, CelError, CelProgram
+from .params import (
+    NAME_RE,
+    ParamError,
+    ParamSpec,
+    interpolation_names,
+    parse_param,
+)
+from .steptype import StepType
+
+__all__ = [
+    "Problem",
+    "DefinitionError",
+    "FailureMode",
+    "Backoff",
+    "RetryPolicy",
+    "Condition",
+    "StepDef",
+    "Definition",
+    "load_definition",
+    "parse_document",
+    "parse_duration",
+]
+
+
+@dataclass(slots=True, frozen=True)
+class Problem:
+    """One thing wrong with a definition, at ``pointer`` (a JSON pointer, "" for the document)."""
+
+    pointer: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.pointer or '/'}: {self.message}"
+
+
+class DefinitionError(Exception):
+    """A definition is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + f"{len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class FailureMode(str, enum.Enum):
+    FAIL_AFTER_RUNNING = "FAIL_AFTER_RUNNING"
+    FAIL_IMMEDIATELY = "FAIL_IMMEDIATELY"
+    IGNORE_FAILURE = "IGNORE_FAILURE"
+
+
+class RunStrategy(str, enum.Enum):
+    SEQUENTIAL = "sequential"
+    STRICT_SEQUENTIAL = "strict_sequential"
+    PARALLEL = "parallel"
+    FIRST_ONLY = "first_only"
+    LAST_ONLY = "last_only"
+
+
+@dataclass(slots=True, frozen=True)
+class Backoff:
+    """Delay before retry ``n`` (1-based): fixed ``base``, or ``base * exponent**(n-1)``, capped,
+    plus up to ``jitter`` × delay of random extra."""
+
+    type: str = "exponential"
+    base: float = 1.0
+    exponent: float = 2.0
+    cap: float = 600.0
+    jitter: float = 0.0
+
+    def delay(self, n: int, rand: float = 0.0) -> float:
+        raw = self.base if self.type == "fixed" else self.base * self.exponent ** (n - 1)
+        raw = min(raw, self.cap)
+        return raw + raw * self.jitter * rand
+
+
+@dataclass(slots=True, frozen=True)
+class RetryPolicy:
+    """Separate limits per failure class (DESIGN §3)."""
+
+    error_retry_limit: int = 2
+    platform_retry_limit: int = 10
+    timeout_retry_limit: int = 0
+    backoff: Backoff = Backoff()
+
+
+@dataclass(slots=True)
+class Condition:
+    """An edge condition: a literal (``constant``) or a compiled CEL program."""
+
+    source: str
+    constant: bool | None
+    program: CelProgram | None = None
+
+
+@dataclass(slots=True)
+class StepDef:
+    """One leaf step of a definition."""
+
+    id: str
+    type: str
+    index: int
+    pointer: str
+    params: dict[str, ParamSpec]
+    successors: list[tuple[str, Condition]]
+    retry: RetryPolicy
+    timeout: float | None
+    failure_mode: FailureMode
+    name: str = ""
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    predecessors: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Definition:
+    """A validated definition: the raw document plus everything the engine needs, precomputed."""
+
+    document: dict[str, Any]
+    workflow_id: str
+    name: str
+    params: dict[str, ParamSpec]
+    steps: list[StepDef]
+    by_id: dict[str, StepDef]
+    timeout: float | None
+    step_concurrency: int | None
+    run_strategy: RunStrategy
+    source: str = ""
+    base_dir: Path | None = None
+    version: int | None = None
+
+    @property
+    def roots(self) -> list[StepDef]:
+        return [s for s in self.steps if not s.predecessors]
+
+
+# -- documents -----------------------------------------------------------------------------------
+
+
+def parse_document(text: str, source: str = "") -> dict[str, Any]:
+    """Parse JSON or YAML text; a syntax error becomes a DefinitionError with line:col."""
+    is_yaml = source.endswith((".yaml", ".yml")) or (not source.endswith(".json") and not text.lstrip().startswith("{"))
+    if not is_yaml:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DefinitionError([Problem("", f"{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")], source) from None
+    else:
+        import yaml
+
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{mark.line + 1}:{mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise DefinitionError([Problem("", f"{where}invalid YAML: {problem}")], source) from None
+    if not isinstance(document, dict):
+        raise DefinitionError([Problem("", "a definition is an object with `workflow` (and optional `properties`)")], source)
+    return document
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like ``"90s"``, ``"5m"``, ``"1h30m"``. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '1h30m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "")
+        pos, seconds = 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(text):
+            raise ValueError(f"{value!r} is not a duration; write seconds, or e.g. '90s', '5m', '1h30m', '2d'")
+    else:
+        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '1h30m'")
+    if not seconds > 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def _esc(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+# -- the validator -------------------------------------------------------------------------------
+
+_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+_WORKFLOW_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_STEP_KEYS = {
+    "id", "type", "name", "description", "params", "transition", "retry_policy", "timeout",
+    "failure_mode", "tags", "signal_dependencies", "signal_outputs",
+}
+_NOT_YET = {
+    "signal_dependencies": "signal dependencies arrive with the signals issue",
+    "signal_outputs": "signal outputs arrive with the signals issue",
+}
+_WRAPPERS = {"step", "foreach", "while", "subworkflow"}
+_WORKFLOW_KEYS = {"id", "name", "description", "params", "steps", "timeout", "time_triggers", "signal_triggers", "tags"}
+_PROPERTY_KEYS = {"owner", "run_strategy", "step_concurrency", "workflow_concurrency", "description", "alerting", "tags"}
+_RETRY_KEYS = {"error_retry_limit", "platform_retry_limit", "timeout_retry_limit", "backoff"}
+_BACKOFF_KEYS = {"type", "base", "exponent", "cap", "jitter"}
+_STEPS_REF = re.compile(r"\bsteps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\bsteps\s*\[\s*[\"']([^\"']+)[\"']\s*\]")
+
+
+class _Validator:
+    def __init__(self, step_types: Mapping[str, type[StepType]], compiler: CelCompiler) -> None:
+        self.step_types = step_types
+        self.compiler = compiler
+        self.problems: list[Problem] = []
+
+    def add(self, pointer: str, message: str) -> None:
+        self.problems.append(Problem(pointer, message))
+
+    def unknown_keys(self, obj: dict, allowed: set[str], pointer: str, what: str) -> None:
+        for key in obj:
+            if key not in allowed:
+                close = [a for a in sorted(allowed) if a[:3] == str(key)[:3]]
+                hint = f" (did you mean `{close[0]}`?)" if close else f"; allowed: {', '.join(sorted(allowed))}"
+                self.add(f"{pointer}/{_esc(str(key))}", f"unknown {what} field{hint}")
+
+    def cel(self, source: Any, pointer: str) -> CelProgram | None:
+        if not isinstance(source, str):
+            self.add(pointer, "expected a CEL expression string")
+            return None
+        try:
+            return self.compiler.compile(source)
+        except CelError as exc:
+            self.add(pointer, f"CEL {exc.located()}")
+            return None
+
+    def params(self, raw: Any, pointer: str) -> dict[str, ParamSpec]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.add(pointer, "params must be an object of name -> value or full-form param")
+            return {}
+        specs: dict[str, ParamSpec] = {}
+        for name, value in raw.items():
+            where = f"{pointer}/{_esc(name)}"
+            try:
+                spec = parse_param(name, value)
+            except ParamError as exc:
+                self.add(where + exc.pointer, exc.message)
+                continue
+            if spec.expression is not None:
+                self.cel(spec.expression, where + "/expression")
+            if spec.validator is not None:
+                self.cel(spec.validator, where + "/validator")
+            if spec.interpolated:
+                try:
+                    interpolation_names(spec.value)
+                except ParamError as exc:
+                    self.add(where, exc.message)
+            specs[name] = spec
+        return specs
+
+    def check_refs(self, params: dict[str, ParamSpec], known: set[str], scope: set[str], pointer: str) -> None:
+        """``${name}`` and ``steps.<id>`` references must name something that exists."""
+        for name, spec in params.items():
+            where = f"{pointer}/{_esc(name)}"
+            sources = [spec.expression, spec.validator]
+            if spec.interpolated:
+                try:
+                    for ref in interpolation_names(spec.value):
+                        head = ref.split(".")[0]
+                        if head not in scope and head not in ("params", "steps", "workflow"):
+                            self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
+                        sources.append(ref)
+                except ParamError:
+                    pass
+            for src in sources:
+                if src:
+                    self.check_step_refs(src, known, where)
+
+    def check_step_refs(self, source: str, known: set[str], pointer: str) -> None:
+        for m in _STEPS_REF.finditer(source):
+            ref = m.group(1) or m.group(2)
+            if ref not in known:
+                self.add(pointer, f"`steps.{ref}` names no step")
+
+    def integer(self, obj: dict, key: str, pointer: str, minimum: int = 0) -> int | None:
+        if key not in obj:
+            return None
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.add(f"{pointer}/{key}", f"expected an integer >= {minimum}, got {value!r}")
+            return None
+        return value
+
+    def number(self, obj: dict, key: str, pointer: str, minimum: float = 0.0) -> float | None:
+        if key not in obj:
+            return None
+        value = obj[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.add(f"{pointer}/{key}", f"expected a number >= {minimum:g}, got {value!r}")
+            return None
+        return float(value)
+
+    def retry_policy(self, raw: Any, pointer: str) -> RetryPolicy:
+        if raw is None:
+            return RetryPolicy()
+        if not isinstance(raw, dict):
+            self.add(pointer, "retry_policy must be an object")
+            return RetryPolicy()
+        self.unknown_keys(raw, _RETRY_KEYS, pointer, "retry_policy")
+        kwargs: dict[str, Any] = {}
+        for key in ("error_retry_limit", "platform_retry_limit", "timeout_retry_limit"):
+            value = self.integer(raw, key, pointer)
+            if value is not None:
+                kwargs[key] = value
+        backoff = raw.get("backoff")
+        if backoff is not None:
+            where = f"{pointer}/backoff"
+            if not isinstance(backoff, dict):
+                self.add(where, "backoff must be an object: {type: fixed|exponential, base, exponent, cap, jitter}")
+            else:
+                self.unknown_keys(backoff, _BACKOFF_KEYS, where, "backoff")
+                b: dict[str, Any] = {}
+                kind = backoff.get("type", "exponential")
+                if kind not in ("fixed", "exponential"):
+                    self.add(f"{where}/type", f"backoff type must be `fixed` or `exponential`, got {kind!r}")
+                else:
+                    b["type"] = kind
+                for key, minimum in (("base", 0.0), ("exponent", 1.0), ("cap", 0.0), ("jitter", 0.0)):
+                    value = self.number(backoff, key, where, minimum)
+                    if value is not None:
+                        b[key] = value
+                kwargs["backoff"] = Backoff(**b)
+        return RetryPolicy(**kwargs)
+
+    def duration(self, raw: Any, pointer: str) -> float | None:
+        if raw is None:
+            return None
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            self.add(pointer, str(exc))
+            return None
+
+    def step_config(self, cls: type[StepType], params: dict[str, ParamSpec], pointer: str) -> None:
+        """Validate literal params against the step type's schema; expressions are checked when evaluated."""
+        if cls.Params is None:
+            return
+        import pydantic
+
+        literal = {name: spec.value for name, spec in params.items() if spec.is_literal}
+        pending = {name for name, spec in params.items() if not spec.is_literal}
+        try:
+            cls.Params.model_validate(literal)
+        except pydantic.ValidationError as exc:
+            for err in exc.errors():
+                loc = [str(part) for part in err["loc"]]
+                if loc and loc[0] in pending:
+                    continue
+                if err["type"] == "missing" and pending:
+                    continue
+                where = pointer + "".join(f"/{_esc(p)}" for p in loc)
+                self.add(where, f"{cls.name}: {_pydantic_message(err)}")
+
+    def step(self, raw: Any, pointer: str, index: int, seen: dict[str, str]) -> StepDef | None:
+        if not isinstance(raw, dict):
+            self.add(pointer, "a step is an object with an `id` and a `type`")
+            return None
+        self.unknown_keys(raw, _STEP_KEYS, pointer, "step")
+        for key, why in _NOT_YET.items():
+            if key in raw:
+                self.add(f"{pointer}/{key}", f"not supported yet: {why}")
+        sid = raw.get("id")
+        ok = True
+        if not isinstance(sid, str) or not _ID_RE.match(sid):
+            self.add(f"{pointer}/id", "a step needs an `id`: letters, digits, `_` and `-`, starting with a letter or `_`"
+                     if sid is None else f"step id {sid!r} is not valid: use letters, digits, `_` and `-`, starting with a letter or `_`")
+            ok = False
+        elif sid in seen:
+            self.add(f"{pointer}/id", f"duplicate step id {sid!r} (first defined at {seen[sid]})")
+            ok = False
+        else:
+            seen[sid] = pointer
+        stype = raw.get("type")
+        cls = None
+        if not isinstance(stype, str):
+            self.add(f"{pointer}/type", "a step needs a `type` (e.g. bash, noop, sleep)")
+        else:
+            cls = self.step_types.get(stype)
+            if cls is None:
+                known = ", ".join(sorted(self.step_types)) or "none"
+                self.add(f"{pointer}/type", f"unknown step type {stype!r}; installed: {known} (see `legato plugins`)")
+        params = self.params(raw.get("params"), f"{pointer}/params")
+        if cls is not None:
+            for name in cls.raw_params & params.keys():  # code, not a template: no ${} here
+                params[name] = dataclasses.replace(params[name], interpolated=False)
+            self.step_config(cls, params, f"{pointer}/params")
+        failure_mode = FailureMode.FAIL_AFTER_RUNNING
+        if "failure_mode" in raw:
+            try:
+                failure_mode = FailureMode(raw["failure_mode"])
+            except ValueError:
+                self.add(f"{pointer}/failure_mode",
+                         f"unknown failure_mode {raw['failure_mode']!r}; use one of {', '.join(m.value for m in FailureMode)}")
+        tags = raw.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            self.add(f"{pointer}/tags", "tags must be an array of strings")
+            tags = []
+        for key in ("name", "description"):
+            if key in raw and not isinstance(raw[key], str):
+                self.add(f"{pointer}/{key}", f"{key} must be a string")
+        if not ok:
+            return None
+        return StepDef(
+            id=sid,
+            type=stype if isinstance(stype, str) else "",
+            index=index,
+            pointer=pointer,
+            params=params,
+            successors=[],
+            retry=self.retry_policy(raw.get("retry_policy"), f"{pointer}/retry_policy"),
+            timeout=self.duration(raw.get("timeout"), f"{pointer}/timeout"),
+            failure_mode=failure_mode,
+            name=raw.get("name") if isinstance(raw.get("name"), str) else "",
+            description=raw.get("description") if isinstance(raw.get("description"), str) else "",
+            tags=tags,
+        )
+
+    def transitions(self, raw_steps: list, steps: list[StepDef], by_id: dict[str, StepDef]) -> None:
+        for step in steps:
+            raw = raw_steps[step.index]["step"]
+            transition = raw.get("transition")
+            where = f"{step.pointer}/transition"
+            if transition is None:
+                continue
+            if not isinstance(transition, dict):
+                self.add(where, "transition must be an object with `successors`")
+                continue
+            self.unknown_keys(transition, {"successors"}, where, "transition")
+            successors = transition.get("successors", {})
+            if isinstance(successors, list):  # shorthand: unconditional successors
+                successors = {target: "true" for target in successors if isinstance(target, str)}
+            if not isinstance(successors, dict):
+                self.add(f"{where}/successors", "successors must map step id -> CEL condition")
+                continue
+            for target, condition in successors.items():
+                at = f"{where}/successors/{_esc(target)}"
+                if target not in by_id:
+                    close = [s for s in by_id if s[:2] == target[:2]]
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    self.add(at, f"no such step{hint}")
+                    continue
+                if target == step.id:
+                    self.add(at, "a step cannot be its own successor")
+                    continue
+                if isinstance(condition, bool):
+                    cond = Condition(str(condition).lower(), condition)
+                elif isinstance(condition, str) and condition.strip() in ("true", "false"):
+                    cond = Condition(condition.strip(), condition.strip() == "true")
+                else:
+                    program = self.cel(condition, at)
+                    if program is None:
+                        continue
+                    self.check_step_refs(condition, set(by_id), at)
+                    cond = Condition(condition, None, program)
+                step.successors.append((target, cond))
+                by_id[target].predecessors.append(step.id)
+
+    def cycles(self, steps: list[StepDef], by_id: dict[str, StepDef]) -> None:
+        graph = {s.id: set(s.predecessors) for s in steps}
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+        except graphlib.CycleError as exc:
+            cycle = exc.args[1]  # [a, b, …, a], each depending on the next
+            first = by_id[cycle[1]]
+            self.add(
+                f"{first.pointer}/transition/successors/{_esc(cycle[0])}",
+                "cycle: " + " -> ".join(reversed(cycle)),
+            )
+
+    def triggers(self, raw: Any, pointer: str) -> None:
+        if raw is None:
+            return
+        if not isinstance(raw, list):
+            self.add(pointer, "time_triggers must be an array")
+            return
+        for i, trig in enumerate(raw):
+            where = f"{pointer}/{i}"
+            if not isinstance(trig, dict) or trig.get("type") != "cron":
+                self.add(where, "a time trigger is {\"type\": \"cron\", \"cron\": \"m h dom mon dow\", \"timezone\": …}")
+                continue
+            self.unknown_keys(trig, {"type", "cron", "timezone", "jitter", "catch_up", "description"}, where, "trigger")
+            expr = trig.get("cron")
+            if not isinstance(expr, str) or len(expr.split()) != 5:
+                self.add(f"{where}/cron", f"expected a 5-field cron expression, got {expr!r}")
+            else:
+                from croniter import croniter
+
+                if not croniter.is_valid(expr):
+                    self.add(f"{where}/cron", f"invalid cron expression {expr!r}")
+            tz = trig.get("timezone")
+            if tz is not None:
+                import zoneinfo
+
+                try:
+                    zoneinfo.ZoneInfo(tz)
+                except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+                    self.add(f"{where}/timezone", f"unknown time zone {tz!r}; use an IANA name like Europe/Amsterdam")
+
+
+def _pydantic_message(err: dict) -> str:
+    msg = err.get("msg", "invalid")
+    if err.get("type") == "missing":
+        return f"`{err['loc'][-1]}` is required" if err.get("loc") else msg
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return msg
+
+
+def load_definition(
+    source: str | Path | Mapping[str, Any],
+    step_types: Mapping[str, type[StepType]],
+    compiler: CelCompiler,
+) -> Definition:
+    """Load a definition from a path, a document text, or an already-parsed document; validate all of it.
+
+    Raises :class:`DefinitionError` with every problem found.
+    """
+    base_dir = None
+    name = ""
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and not source.lstrip().startswith("{")
+                                    and source.endswith((".json", ".yaml", ".yml"))):
+        path = Path(source)
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DefinitionError([Problem("", "file not found")], name) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DefinitionError([Problem("", f"cannot read: {exc}")], name) from None
+        document = parse_document(text, name)
+        base_dir = path.resolve().parent
+    elif isinstance(source, str):
+        document = parse_document(source)
+    else:
+        document = dict(source)
+
+    v = _Validator(step_types, compiler)
+    v.unknown_keys(document, {"properties", "workflow"}, "", "top-level")
+    props = document.get("properties") or {}
+    step_concurrency = None
+    run_strategy = RunStrategy.SEQUENTIAL
+    if not isinstance(props, dict):
+        v.add("/properties", "properties must be an object")
+        props = {}
+    else:
+        v.unknown_keys(props, _PROPERTY_KEYS, "/properties", "properties")
+        step_concurrency = v.integer(props, "step_concurrency", "/properties", 1)
+        v.integer(props, "workflow_concurrency", "/properties", 1)
+        if "run_strategy" in props:
+            try:
+                run_strategy = RunStrategy(str(props["run_strategy"]).lower())
+            except ValueError:
+                v.add("/properties/run_strategy",
+                      f"unknown run_strategy {props['run_strategy']!r}; use one of {', '.join(r.value for r in RunStrategy)}")
+
+    wf = document.get("workflow")
+    if not isinstance(wf, dict):
+        v.add("/workflow", "missing `workflow` object" if wf is None else "`workflow` must be an object")
+        raise DefinitionError(v.problems, name)
+    v.unknown_keys(wf, _WORKFLOW_KEYS, "/workflow", "workflow")
+    for key in ("signal_triggers",):
+        if key in wf:
+            v.add(f"/workflow/{key}", "not supported yet: signal triggers arrive with the signals issue")
+    wid = wf.get("id")
+    if not isinstance(wid, str) or not _WORKFLOW_ID_RE.match(wid):
+        v.add("/workflow/id", "a workflow needs an `id`: letters, digits, `_`, `.` and `-`" if wid is None
+              else f"workflow id {wid!r} is not valid: use letters, digits, `_`, `.` and `-`")
+    wparams = v.params(wf.get("params"), "/workflow/params")
+    timeout = v.duration(wf.get("timeout"), "/workflow/timeout")
+    v.triggers(wf.get("time_triggers"), "/workflow/time_triggers")
+
+    raw_steps = wf.get("steps")
+    steps: list[StepDef] = []
+    by_id: dict[str, StepDef] = {}
+    if not isinstance(raw_steps, list) or not raw_steps:
+        v.add("/workflow/steps", "a workflow needs a non-empty array of `steps`")
+        raw_steps = []
+    seen: dict[str, str] = {}
+    valid_wrappers: list[int] = []
+    for i, wrapper in enumerate(raw_steps):
+        pointer = f"/workflow/steps/{i}"
+        if not isinstance(wrapper, dict) or len(wrapper) != 1:
+            v.add(pointer, "each entry is a one-key object: {\"step\": {…}} (or foreach, while, subworkflow)")
+            continue
+        (kind, body), = wrapper.items()
+        if kind not in _WRAPPERS:
+            v.add(f"{pointer}/{_esc(kind)}", f"unknown step kind {kind!r}; use step, foreach, while or subworkflow")
+            continue
+        if kind != "step":
+            v.add(f"{pointer}/{kind}", f"`{kind}` steps are not supported yet by this version of Legato")
+            continue
+        step = v.step(body, f"{pointer}/step", i, seen)
+        if step is not None:
+            steps.append(step)
+            by_id[step.id] = step
+            valid_wrappers.append(i)
+
+    v.transitions(raw_steps, steps, by_id)
+    v.cycles(steps, by_id)
+    known = set(by_id)
+    scope = set(wparams)
+    v.check_refs(wparams, known, scope, "/workflow/params")
+    for step in steps:
+        v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params")
+
+    if v.problems:
+        raise DefinitionError(v.problems, name)
+    return Definition(
+        document=document,
+        workflow_id=wid,
+        name=wf.get("name") if isinstance(wf.get("name"), str) else wid,
+        params=wparams,
+        steps=steps,
+        by_id=by_id,
+        timeout=timeout,
+        step_concurrency=step_concurrency,
+        run_strategy=run_strategy,
+        source=name,
+        base_dir=base_dir,
+    )

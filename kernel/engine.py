@@ -1,0 +1,638 @@
+"""The trio kernel: runs workflow instances with Maestro's semantics (DESIGN §3, §5).
+
+One task per instance (:class:`InstanceRun`) decides what runs next; each running step is a task
+in the instance's nursery with its own cancel scope.  Step tasks report back through an inbox;
+step failures are data, and only kernel bugs propagate.
+
+Durability: every change of a scheduling tick goes into one :class:`~legato.model.Batch`,
+committed before anything it allows happens: a step's work is launched only after its STARTING is
+committed, and successors are created in the same commit as their predecessor's terminal state and
+outputs (one commit per tick, whatever the number of steps it moved).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import traceback
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from .cel import CelCompiler, CelError, to_cel
+from .definition import Definition, FailureMode, StepDef, load_definition
+from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
+from .params import ParamError, evaluate_params, parse_override
+from .plugin_manager import Plugins, get_plugins
+from .states import STEP_TRANSITIONS, IllegalTransition, InstanceStatus, StepStatus, instance_status_from
+from .steptype import Outcome, StepContext, StepResult, StepType
+from .storage import Storage
+
+__all__ = ["Engine", "InstanceRun", "StartError"]
+
+S = StepStatus
+I = InstanceStatus  # noqa: E741
+
+# Results a step task reports besides a StepResult.
+_TIMEOUT = "timeout"
+_STOPPED = "stopped"
+
+
+class _Internal:
+    """A step type broke its contract (raised, returned something else): INTERNALLY_FAILED."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+# The states a fresh attempt walks through before it may start, in order.
+_MATERIALIZE = (S.INITIALIZED, S.WAITING_FOR_SIGNALS, S.EVALUATING_PARAMS)
+
+
+class StartError(Exception):
+    """A start request is invalid (unknown or immutable param override, a param that fails to
+    evaluate). ``pointer`` locates it in the definition."""
+
+    def __init__(self, message: str, pointer: str = "") -> None:
+        super().__init__(f"{pointer}: {message}" if pointer else message)
+        self.message = message
+        self.pointer = pointer
+
+
+class _Step:
+    """The runtime state of one step of one instance."""
+
+    __slots__ = (
+        "sdef", "record", "attempt", "remaining", "satisfied", "params", "config",
+        "errors", "platform", "timeouts", "scope", "edge_error", "finished",
+    )
+
+    def __init__(self, sdef: StepDef) -> None:
+        self.sdef = sdef
+        self.record: AttemptRecord | None = None
+        self.attempt = 0
+        self.remaining = len(sdef.predecessors)
+        self.satisfied = False
+        self.params: dict[str, Any] | None = None
+        self.config: Any = None
+        self.errors = self.platform = self.timeouts = 0
+        self.scope: trio.CancelScope | None = None
+        self.edge_error = ""
+        self.finished = False
+
+
+class Engine:
+    """Loads definitions and runs instances against one storage backend.
+
+    One per process: it owns the plugins, the CEL compiler (and its cache), the step-type
+    instances and the storage.  ``workspace`` is where instances get their working directories.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        plugins: Plugins | None = None,
+        workspace: str | os.PathLike | None = None,
+        step_settings: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.plugins = plugins or get_plugins()
+        self.storage = storage
+        self.workspace = Path(workspace or ".legato/runs").resolve()
+        self.compiler = CelCompiler(self.plugins.cel_functions.functions)
+        self._step_settings = step_settings or {}
+        self._step_types: dict[str, StepType] = {}
+        self.runs: dict[str, InstanceRun] = {}
+
+    def step_type(self, name: str) -> StepType:
+        st = self._step_types.get(name)
+        if st is None:
+            st = self.plugins.step_types.types[name](self._step_settings.get(name))
+            self._step_types[name] = st
+        return st
+
+    def load(self, source) -> Definition:
+        """Load and validate a definition (path, text or document). Raises DefinitionError."""
+        return load_definition(source, self.plugins.step_types.types, self.compiler)
+
+    async def start(
+        self,
+        definition: Definition,
+        params: dict[str, Any] | None = None,
+        *,
+        raw_params: dict[str, str] | None = None,
+        request_id: str | None = None,
+        initiator: str = "manual",
+    ) -> tuple[InstanceRecord, bool]:
+        """Push the definition's version, evaluate the workflow params and create the instance.
+
+        ``params`` are typed overrides; ``raw_params`` are ``name=value`` strings from a command
+        line, parsed by each param's type. Returns (instance, created): with a known
+        ``request_id`` the existing instance comes back and nothing new is created.
+        """
+        version = await self.storage.push_definition(definition.workflow_id, definition.document)
+        definition.version = version.version
+        overrides = dict(params or {})
+        for name, text in (raw_params or {}).items():
+            spec = definition.params.get(name)
+            if spec is None:
+                raise StartError(self._unknown_param(definition, name))
+            try:
+                overrides[name] = parse_override(spec, text)
+            except ParamError as exc:
+                raise StartError(f"param {name}: {exc.message}", f"/workflow/params/{name}") from None
+        for name in overrides:
+            spec = definition.params.get(name)
+            if spec is None:
+                raise StartError(self._unknown_param(definition, name))
+            if not spec.mode.allows("start"):
+                raise StartError(f"param {name} is {spec.mode.value} and cannot be set when starting",
+                                 f"/workflow/params/{name}/mode")
+        now = time.time()
+        instance_id = uuid.uuid4().hex[:16]
+        workflow = {
+            "id": definition.workflow_id, "version": version.version, "instance_id": instance_id,
+            "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
+        }
+        try:
+            values = evaluate_params(
+                definition.params, self.compiler, context={"workflow": to_cel(workflow)}, overrides=overrides
+            )
+        except ParamError as exc:
+            raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
+        record = InstanceRecord(
+            instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
+            params=values, request_id=request_id, initiator=initiator, created_at=now,
+        )
+        return await self.storage.create_instance(record)
+
+    @staticmethod
+    def _unknown_param(definition: Definition, name: str) -> str:
+        known = ", ".join(definition.params) or "none"
+        return f"unknown param {name!r}: the workflow declares {known}; declare it under /workflow/params first"
+
+    async def run(
+        self,
+        definition: Definition,
+        instance: InstanceRecord,
+        *,
+        observer: Callable[[Event], None] | None = None,
+        task_status=trio.TASK_STATUS_IGNORED,
+    ) -> InstanceRecord:
+        """Run ``instance`` to its end and return its final record. With ``nursery.start`` the
+        :class:`InstanceRun` is handed back as soon as it runs (to stop or kill it)."""
+        run = InstanceRun(self, definition, instance, observer)
+        self.runs[instance.instance_id] = run
+        try:
+            return await run.run(task_status)
+        finally:
+            del self.runs[instance.instance_id]
+
+    async def execute(self, definition: Definition, params: dict[str, Any] | None = None, **kwargs) -> InstanceRecord:
+        """Start and run to the end: the one-call way used by tests and examples."""
+        observer = kwargs.pop("observer", None)
+        instance, _ = await self.start(definition, params, **kwargs)
+        return await self.run(definition, instance, observer=observer)
+
+
+def _utc(ts: float):
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
+
+
+class InstanceRun:
+    """The task that drives one instance: the scheduling loop, the step tasks, the writes."""
+
+    def __init__(self, engine: Engine, definition: Definition, instance: InstanceRecord,
+                 observer: Callable[[Event], None] | None) -> None:
+        self.engine = engine
+        self.definition = definition
+        self.instance = instance
+        self.iid = instance.instance_id
+        self.observer = observer
+        self.steps = {sdef.id: _Step(sdef) for sdef in definition.steps}
+        self._batch = Batch(self.iid)
+        self._inbox: deque = deque()
+        self._wake = trio.Event()
+        self._to_launch: list[_Step] = []
+        self._permit_queue: deque[_Step] = deque()
+        self._running = 0
+        self._retrying: dict[str, trio.CancelScope] = {}
+        self._limit = definition.step_concurrency or 1_000_000
+        self._failed = False  # a step failed for good (not ignored)
+        self._ending: InstanceStatus | None = None  # STOPPED / FAILED (kill, fail-immediately) / TIMED_OUT
+        self._end_message = ""
+        self._durable_waiters: list[trio.Event] = []
+        self._finished_steps: list[_Step] = []
+        self._cel_synced = 0
+        self._cel_context: dict[str, Any] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._emit = engine.plugins.emit if engine.plugins.has_event_observers else None
+        wf = {
+            "id": definition.workflow_id, "version": instance.version, "instance_id": self.iid,
+            "run_id": instance.run_id, "run_ts": _utc(instance.created_at), "initiator": instance.initiator,
+        }
+        self._workflow_plain = wf
+
+    # -- public actions ----------------------------------------------------------------------
+
+    def stop(self, reason: str = "stopped by user") -> None:
+        """Stop the instance: running steps are cancelled (STOPPED), nothing new starts, the
+        instance ends STOPPED."""
+        self._post(("end", I.STOPPED, reason))
+
+    def kill(self, reason: str = "killed by user") -> None:
+        """Like stop, but the instance ends FAILED."""
+        self._post(("end", I.FAILED, reason))
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _post(self, message: tuple) -> None:
+        self._inbox.append(message)
+        self._wake.set()
+
+    def _event(self, step_id: str | None, attempt: int, status: str, message: str = "") -> None:
+        self._batch.events.append(Event(time.time(), self.iid, step_id, attempt, status, message))
+
+    def _set(self, st: _Step, status: StepStatus, message: str = "") -> None:
+        record = st.record
+        if status not in STEP_TRANSITIONS[record.status]:
+            raise IllegalTransition(record.status, status, f"step {st.sdef.id} attempt {st.attempt}")
+        record.status = status
+        if message:
+            record.message = message
+        self._batch.attempts[(st.sdef.id, st.attempt)] = record
+        self._batch.events.append(Event(time.time(), self.iid, st.sdef.id, st.attempt, status.value, message))
+
+    def _set_instance(self, status: InstanceStatus, message: str = "") -> None:
+        from .states import transition
+
+        self.instance.status = transition(self.instance.status, status, f"instance {self.iid}")
+        now = time.time()
+        if status is I.IN_PROGRESS:
+            self.instance.started_at = now
+        elif status.terminal:
+            self.instance.ended_at = now
+            self.instance.message = message
+        self._batch.instance = self.instance
+        self._event(None, 0, status.value, message)
+
+    async def _commit(self) -> None:
+        batch, self._batch = self._batch, Batch(self.iid)
+        await self.engine.storage.commit(batch)
+        observer, emit = self.observer, self._emit
+        if observer is not None or emit is not None:
+            for event in batch.events:
+                if observer is not None:
+                    observer(event)
+                if emit is not None:
+                    emit(event)
+        if self._durable_waiters:
+            waiters, self._durable_waiters = self._durable_waiters, []
+            for waiter in waiters:
+                waiter.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> InstanceRecord:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._set_instance(I.IN_PROGRESS)
+            if self.definition.timeout:
+                nursery.start_soon(self._workflow_deadline, self.definition.timeout)
+            for st in self.steps.values():
+                if st.remaining == 0:
+                    st.satisfied = True
+                    self._materialize(st)
+            task_status.started(self)
+            while True:
+                while self._inbox:
+                    self._handle(self._inbox.popleft())
+                if self._is_done():
+                    self._finish()
+                    await self._commit()
+                    break
+                if self._batch:
+                    await self._commit()
+                if self._to_launch:
+                    launch, self._to_launch = self._to_launch, []
+                    for st in launch:
+                        st.scope = trio.CancelScope()  # before the task runs, so a stop can reach it
+                        nursery.start_soon(self._run_step, st, st.attempt)
+                if not self._inbox:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+            nursery.cancel_scope.cancel()  # the workflow deadline task
+        return self.instance
+
+    def _is_done(self) -> bool:
+        return not (self._running or self._to_launch or self._retrying or self._permit_queue)
+
+    def _finish(self) -> None:
+        endings = []
+        if self._failed:
+            endings.append(I.FAILED)
+        if self._ending is not None:
+            endings.append(self._ending)
+        final = instance_status_from(endings)
+        message = self._end_message
+        if final is I.FAILED and not message:
+            failed = [st.sdef.id for st in self.steps.values() if st.record and st.finished and st.record.status.failed]
+            message = f"step(s) failed: {', '.join(failed)}" if failed else "failed"
+        self._set_instance(final, message)
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "result":
+            self._on_result(message[1], message[2], message[3])
+        elif kind == "retry":
+            st = message[1]
+            self._retrying.pop(st.sdef.id, None)
+            if self._ending is None:
+                self._materialize(st)
+        elif kind == "end":
+            self._end(message[1], message[2])
+        # "flush" needs nothing: waking the loop commits the pending batch
+
+    def _end(self, status: InstanceStatus, reason: str) -> None:
+        """Stop everything now; the instance ends ``status`` once running steps have reported."""
+        if self._ending is not None and status is not I.FAILED:
+            return
+        self._ending = status
+        self._end_message = reason
+        for st in self.steps.values():
+            if st.scope is not None:
+                st.scope.cancel()
+        for scope in self._retrying.values():
+            scope.cancel()
+        self._retrying.clear()
+        while self._permit_queue:
+            st = self._permit_queue.popleft()
+            self._set(st, S.STOPPED, reason)
+            st.finished = True
+        for st in self._to_launch:  # STARTING but never launched
+            self._set(st, S.STOPPED, reason)
+            st.finished = True
+        self._running -= len(self._to_launch)
+        self._to_launch.clear()
+
+    async def _workflow_deadline(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self._post(("end", I.TIMED_OUT, f"workflow timed out after {seconds:g}s"))
+
+    # -- creating and starting steps -----------------------------------------------------------
+
+    def _materialize(self, st: _Step) -> None:
+        """Create a new attempt and walk it to STARTING (or WAITING_FOR_PERMITS)."""
+        if self._ending is not None:
+            return
+        st.attempt += 1
+        now = time.time()
+        st.record = AttemptRecord(self.iid, st.sdef.id, st.attempt, S.CREATED, self.instance.run_id, created_at=now)
+        self._batch.attempts[(st.sdef.id, st.attempt)] = st.record
+        self._event(st.sdef.id, st.attempt, "CREATED")
+        for status in _MATERIALIZE:
+            self._set(st, status)
+        if st.edge_error:
+            self._end_step(st, S.FATALLY_FAILED, st.edge_error)
+            return
+        if st.params is None:
+            try:
+                st.params, st.config = self._evaluate_step_params(st)
+            except ParamError as exc:
+                self._end_step(st, S.FATALLY_FAILED, f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}")
+                return
+        st.record.params = st.params
+        self._set(st, S.WAITING_FOR_PERMITS)
+        if self._running < self._limit:
+            self._starting(st)
+        else:
+            self._permit_queue.append(st)
+
+    def _starting(self, st: _Step) -> None:
+        """Take a permit: ``_running`` counts steps launched or about to be."""
+        st.record.started_at = time.time()
+        self._set(st, S.STARTING)
+        self._to_launch.append(st)
+        self._running += 1
+
+    def _grant_permits(self) -> None:
+        while self._permit_queue and self._running < self._limit and self._ending is None:
+            self._starting(self._permit_queue.popleft())
+
+    def _context(self) -> dict[str, Any]:
+        """The CEL names an expression sees: the workflow's params (bare and as ``params``),
+        ``steps`` and ``workflow``.
+
+        Built on first use and grown as steps finish, so each step is converted to CEL once."""
+        if self._cel_context is None:
+            params = self.instance.params
+            self._cel_context = {name: to_cel(value) for name, value in params.items()}
+            self._cel_context.update(
+                params=to_cel(params), steps=to_cel({}), workflow=to_cel(self._workflow_plain)
+            )
+        if self._cel_synced < len(self._finished_steps):
+            steps = self._cel_context["steps"]
+            for st in self._finished_steps[self._cel_synced:]:
+                record = st.record
+                steps[to_cel(st.sdef.id)] = to_cel({
+                    "status": record.status.value, "params": record.params or {}, "outputs": record.outputs,
+                    "attempt": record.attempt, "end_time": record.ended_at or 0.0,
+                })
+            self._cel_synced = len(self._finished_steps)
+        return self._cel_context
+
+    def _evaluate_step_params(self, st: _Step) -> tuple[dict[str, Any], Any]:
+        sdef = st.sdef
+        step_type = self.engine.plugins.step_types.types[sdef.type]
+        if sdef.params:
+            values = evaluate_params(
+                sdef.params, self.engine.compiler, scope=self.instance.params,
+                context=self._context(), raw=step_type.raw_params,
+            )
+        else:
+            values = {}
+        config = None
+        if step_type.Params is not None:
+            import pydantic
+
+            try:
+                config = step_type.Params.model_validate(values)
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                loc = "".join(f"/{p}" for p in err["loc"])
+                raise ParamError(f"{sdef.type}: {err['msg']}", loc) from None
+        return values, config
+
+    # -- running a step ------------------------------------------------------------------------
+
+    async def _run_step(self, st: _Step, attempt: int) -> None:
+        sdef = st.sdef
+        step_type = self.engine.step_type(sdef.type)
+        self._set(st, S.RUNNING)
+        ctx = StepContext(
+            instance_id=self.iid, workflow_id=self.definition.workflow_id, step_id=sdef.id, attempt=attempt,
+            params=st.params, config=st.config, workflow_params=self.instance.params,
+            workspace=self.engine.workspace, definition_dir=self.definition.base_dir,
+            log=lambda stream, text: self._log(sdef.id, attempt, stream, text),
+            record_handle=lambda handle: self._record_handle(st, attempt, handle),
+        )
+        result: Any = None
+        scope = st.scope
+        with scope:
+            try:
+                if scope.cancel_called:  # stopped between launch and now: do not start the work
+                    pass
+                elif sdef.timeout is not None:
+                    with trio.move_on_after(sdef.timeout) as deadline:
+                        result = await step_type.run(ctx)
+                    if deadline.cancelled_caught:
+                        result = _TIMEOUT
+                else:
+                    result = await step_type.run(ctx)
+            except Exception as exc:  # a plugin broke its contract: loud, never retried
+                result = _Internal(_internal(sdef.type, exc))
+        st.scope = None
+        if scope.cancel_called:  # stopped; even a step that swallowed the cancellation counts as stopped
+            result = _STOPPED
+        self._post(("result", st, attempt, result))
+
+    def _log(self, step_id: str, attempt: int, stream: str, text: str) -> None:
+        if text:
+            self._batch.logs.append(LogChunk(self.iid, step_id, attempt, stream, text, time.time()))
+            if not self._inbox:
+                self._post(("flush",))
+
+    async def _record_handle(self, st: _Step, attempt: int, handle: Any) -> None:
+        if st.attempt != attempt:
+            return
+        st.record.handle = handle
+        self._batch.attempts[(st.sdef.id, attempt)] = st.record
+        waiter = trio.Event()
+        self._durable_waiters.append(waiter)
+        self._post(("flush",))
+        await waiter.wait()
+
+    # -- results ------------------------------------------------------------------------------
+
+    def _on_result(self, st: _Step, attempt: int, result: Any) -> None:
+        self._running -= 1
+        sdef = st.sdef
+        policy = sdef.retry
+        ignore = sdef.failure_mode is FailureMode.IGNORE_FAILURE
+        if result is _STOPPED:
+            self._end_step(st, S.STOPPED, self._end_message or "stopped")
+        elif result is _TIMEOUT:
+            msg = f"timed out after {sdef.timeout:g}s"
+            if st.timeouts < policy.timeout_retry_limit and self._ending is None:
+                st.timeouts += 1
+                self._retry(st, S.TIMEOUT_FAILED, msg, st.timeouts)
+            else:
+                self._end_step(st, S.COMPLETED_WITH_ERROR if ignore else S.TIMED_OUT, msg)
+        elif isinstance(result, _Internal):
+            self._end_step(st, S.INTERNALLY_FAILED, result.message)
+        elif not isinstance(result, StepResult) or not isinstance(result.outcome, Outcome):
+            self._end_step(st, S.INTERNALLY_FAILED,
+                           f"step type {sdef.type!r} returned {result!r:.200}, not a StepResult (a bug in the plugin)")
+        elif result.outcome is Outcome.DONE:
+            st.record.outputs = _outputs(result.outputs)
+            self._set(st, S.FINISHING)
+            self._end_step(st, S.SUCCEEDED, result.message)
+        else:
+            st.record.outputs = _outputs(result.outputs)
+            message = result.message or result.outcome.value
+            retry = result.retryable and self._ending is None
+            if result.outcome is Outcome.USER_ERROR and retry and st.errors < policy.error_retry_limit:
+                st.errors += 1
+                self._retry(st, S.USER_FAILED, message, st.errors)
+            elif result.outcome is Outcome.PLATFORM_ERROR and retry and st.platform < policy.platform_retry_limit:
+                st.platform += 1
+                self._retry(st, S.PLATFORM_FAILED, message, st.platform)
+            else:
+                final = {Outcome.USER_ERROR: S.USER_FAILED, Outcome.PLATFORM_ERROR: S.PLATFORM_FAILED}.get(
+                    result.outcome, S.FATALLY_FAILED)
+                if not result.retryable:
+                    final = S.FATALLY_FAILED
+                self._end_step(st, S.COMPLETED_WITH_ERROR if ignore else final, message)
+        self._grant_permits()
+
+    def _retry(self, st: _Step, status: StepStatus, message: str, n: int) -> None:
+        """End this attempt ``status`` and schedule the next after the backoff for retry ``n``."""
+        st.record.ended_at = time.time()
+        self._set(st, status, message)
+        delay = st.sdef.retry.backoff.delay(n, random.random())
+        scope = trio.CancelScope()
+        self._retrying[st.sdef.id] = scope
+        self._nursery.start_soon(self._retry_after, st, delay, scope)
+
+    async def _retry_after(self, st: _Step, delay: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(delay)
+            self._post(("retry", st))
+
+    def _end_step(self, st: _Step, status: StepStatus, message: str = "") -> None:
+        """Record the step's final status and, when the DAG continues, its successors' fate."""
+        st.record.ended_at = time.time()
+        self._set(st, status, message)
+        st.finished = True
+        self._finished_steps.append(st)
+        if status.complete:
+            self._release(st)
+        elif status is not S.STOPPED:
+            if status is S.INTERNALLY_FAILED or st.sdef.failure_mode is not FailureMode.IGNORE_FAILURE:
+                self._failed = True
+            if st.sdef.failure_mode is FailureMode.FAIL_IMMEDIATELY and self._ending is None:
+                self._end(I.FAILED, f"step {st.sdef.id} failed ({status.value}) with FAIL_IMMEDIATELY")
+
+    def _release(self, done: _Step) -> None:
+        """Join-all, satisfied-any: count ``done`` as finished for each successor (worklist, so a
+        long run of UNSATISFIED steps does not recurse)."""
+        work = [done]
+        while work:
+            st = work.pop()
+            passed = st.record.status is not S.UNSATISFIED
+            for target, cond in st.sdef.successors:
+                nxt = self.steps[target]
+                if passed and not nxt.satisfied:
+                    if cond.constant is not None:
+                        nxt.satisfied = cond.constant
+                    else:
+                        try:
+                            value = cond.program.evaluate(self._context())
+                        except CelError as exc:
+                            nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
+                                              f"condition failed: {exc.located()}")
+                            value = True
+                        if not isinstance(value, bool):
+                            nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
+                                              f"condition gave {value!r}, not a boolean")
+                            value = True
+                        nxt.satisfied = value
+                nxt.remaining -= 1
+                if nxt.remaining == 0:
+                    if nxt.satisfied:
+                        self._materialize(nxt)
+                    elif self._ending is None:
+                        nxt.attempt = 1
+                        now = time.time()
+                        nxt.record = AttemptRecord(self.iid, target, 1, S.NOT_CREATED, self.instance.run_id,
+                                                   created_at=now, ended_at=now)
+                        self._set(nxt, S.UNSATISFIED, "no incoming condition was true")
+                        nxt.finished = True
+                        self._finished_steps.append(nxt)
+                        work.append(nxt)
+
+
+def _outputs(outputs: Any) -> dict[str, Any]:
+    return dict(outputs) if isinstance(outputs, dict) else {}
+
+
+def _internal(step_type: str, exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
+    return f"step type {step_type!r} raised instead of returning a StepResult (a bug in the plugin):\n{tb}"

@@ -1,0 +1,104 @@
+"""The records Legato keeps: instances, step attempts, timeline events, log chunks.
+
+These are what the kernel hands to storage and what storage hands back.  They are plain
+dataclasses of JSON-able values so that every backend can persist them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .states import InstanceStatus, StepStatus
+
+__all__ = ["InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion"]
+
+
+@dataclass(slots=True)
+class DefinitionVersion:
+    """One immutable pushed version of a workflow definition."""
+
+    workflow_id: str
+    version: int
+    document: dict[str, Any]
+    created_at: float
+    active: bool = True
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """A workflow instance: one start of one pinned definition version."""
+
+    instance_id: str
+    workflow_id: str
+    version: int
+    status: InstanceStatus = InstanceStatus.CREATED
+    run_id: int = 1
+    params: dict[str, Any] = field(default_factory=dict)  # evaluated workflow params
+    request_id: str | None = None
+    initiator: str = "manual"
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One attempt of one step in one run of an instance."""
+
+    instance_id: str
+    step_id: str
+    attempt: int
+    status: StepStatus = StepStatus.CREATED
+    run_id: int = 1
+    params: dict[str, Any] | None = None  # evaluated once, reused by later attempts
+    outputs: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    handle: Any = None
+
+
+@dataclass(slots=True)
+class Event:
+    """One transition in an instance's timeline. ``step_id`` is None for the instance itself."""
+
+    ts: float
+    instance_id: str
+    step_id: str | None
+    attempt: int
+    status: str
+    message: str = ""
+
+
+@dataclass(slots=True)
+class LogChunk:
+    """A piece of a step attempt's stdout or stderr, in arrival order."""
+
+    instance_id: str
+    step_id: str
+    attempt: int
+    stream: str
+    text: str
+    ts: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one scheduling tick changed, committed to storage as one transaction.
+
+    ``attempts`` maps (step_id, attempt) to the attempt's latest state: only the last write of a
+    tick matters, while every transition is kept in ``events``.
+    """
+
+    instance_id: str
+    generation: int = 0
+    instance: InstanceRecord | None = None
+    attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    logs: list[LogChunk] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.instance is not None or self.attempts or self.events or self.logs)

@@ -1,0 +1,401 @@
+"""Typed params: declaration forms, types, modes, coercion and ``${}`` interpolation (DESIGN §2).
+
+A param is declared in full form ``{"type": …, "value": … | "expression": "<CEL>", "mode": …,
+"validator": "<CEL>"}`` or as a bare JSON literal whose type is inferred.  Values are plain JSON
+values; CEL sees them converted by :func:`legato.cel.to_cel`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = [
+    "ParamType",
+    "ParamMode",
+    "ParamSpec",
+    "ParamError",
+    "parse_param",
+    "coerce",
+    "interpolate",
+    "interpolation_names",
+    "RESERVED_NAMES",
+    "NAME_RE",
+]
+
+
+class ParamType(str, enum.Enum):
+    STRING = "STRING"
+    LONG = "LONG"
+    DOUBLE = "DOUBLE"
+    BOOLEAN = "BOOLEAN"
+    STRING_MAP = "STRING_MAP"
+    STRING_ARRAY = "STRING_ARRAY"
+    LONG_ARRAY = "LONG_ARRAY"
+    DOUBLE_ARRAY = "DOUBLE_ARRAY"
+    BOOLEAN_ARRAY = "BOOLEAN_ARRAY"
+    MAP = "MAP"
+
+
+class ParamMode(str, enum.Enum):
+    """Who may override a param's value (Maestro's modes)."""
+
+    MUTABLE = "MUTABLE"  # the start request, a restart, a step's output
+    MUTABLE_ON_START_RESTART = "MUTABLE_ON_START_RESTART"  # the start request or a restart
+    MUTABLE_ON_START = "MUTABLE_ON_START"  # the start request only
+    IMMUTABLE = "IMMUTABLE"  # set once (definition or start request), never changed after
+    CONSTANT = "CONSTANT"  # the definition's value, always
+
+    def allows(self, who: str) -> bool:
+        """``who`` is "start", "restart" or "output"."""
+        return who in _MODE_ALLOWS[self]
+
+
+_MODE_ALLOWS = {
+    ParamMode.MUTABLE: {"start", "restart", "output"},
+    ParamMode.MUTABLE_ON_START_RESTART: {"start", "restart"},
+    ParamMode.MUTABLE_ON_START: {"start"},
+    ParamMode.IMMUTABLE: {"start"},
+    ParamMode.CONSTANT: set(),
+}
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names the CEL environment owns, plus CEL's reserved words: a param cannot shadow them.
+RESERVED_NAMES = frozenset(
+    {"params", "steps", "workflow", "signal", "loop", "step"}
+    | {"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function",
+       "if", "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"}
+)
+
+
+class ParamError(ValueError):
+    """A param declaration or value is wrong; ``pointer`` is relative to the param."""
+
+    def __init__(self, message: str, pointer: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.pointer = pointer
+
+
+@dataclass(slots=True, frozen=True)
+class ParamSpec:
+    """A declared param. Exactly one of ``value`` (``has_value``) or ``expression`` applies."""
+
+    name: str
+    type: ParamType
+    value: Any = None
+    expression: str | None = None
+    mode: ParamMode = ParamMode.MUTABLE
+    validator: str | None = None
+    has_value: bool = True
+    interpolated: bool = False  # a string (or strings inside) containing ${…}
+
+    @property
+    def is_literal(self) -> bool:
+        return self.has_value and not self.interpolated
+
+
+_FULL_FORM_KEYS = {"type", "value", "expression", "mode", "validator", "description"}
+
+
+def infer_type(value: Any) -> ParamType:
+    """The type of a bare literal."""
+    if isinstance(value, bool):
+        return ParamType.BOOLEAN
+    if isinstance(value, int):
+        return ParamType.LONG
+    if isinstance(value, float):
+        return ParamType.DOUBLE
+    if isinstance(value, str):
+        return ParamType.STRING
+    if isinstance(value, list):
+        kinds = {infer_type(v) for v in value}
+        if kinds and kinds <= {ParamType.LONG}:
+            return ParamType.LONG_ARRAY
+        if kinds and kinds <= {ParamType.LONG, ParamType.DOUBLE}:
+            return ParamType.DOUBLE_ARRAY
+        if kinds and kinds <= {ParamType.BOOLEAN}:
+            return ParamType.BOOLEAN_ARRAY
+        if kinds <= {ParamType.STRING}:
+            return ParamType.STRING_ARRAY
+        raise ParamError("a bare array param must hold values of one type; use the full form with a type")
+    if isinstance(value, dict):
+        if value and all(isinstance(v, str) for v in value.values()):
+            return ParamType.STRING_MAP
+        return ParamType.MAP
+    raise ParamError("null is not a param value; use the full form with a type and a value")
+
+
+def _is_full_form(raw: Any) -> bool:
+    return isinstance(raw, dict) and "type" in raw and set(raw) <= _FULL_FORM_KEYS and (
+        "value" in raw or "expression" in raw
+    )
+
+
+def parse_param(name: str, raw: Any) -> ParamSpec:
+    """Read one param declaration. Raises ParamError naming what is wrong."""
+    if not NAME_RE.match(name):
+        raise ParamError(f"param name {name!r} is not an identifier (letters, digits, _; not starting with a digit)")
+    if name in RESERVED_NAMES:
+        raise ParamError(f"param name {name!r} is reserved; choose another name")
+    if not _is_full_form(raw):
+        if isinstance(raw, dict) and "type" in raw and ("value" not in raw and "expression" not in raw):
+            raise ParamError("a full-form param needs a `value` or an `expression`")
+        if isinstance(raw, dict) and ("expression" in raw or "value" in raw) and "type" not in raw:
+            raise ParamError("a full-form param needs a `type` (STRING, LONG, DOUBLE, BOOLEAN, STRING_MAP, "
+                             "STRING_ARRAY, LONG_ARRAY, DOUBLE_ARRAY, BOOLEAN_ARRAY, MAP)", "/type")
+        ptype = infer_type(raw)
+        value = coerce(ptype, raw)
+        return ParamSpec(name, ptype, value, interpolated=_has_interpolation(value))
+    try:
+        ptype = ParamType(raw["type"])
+    except ValueError:
+        raise ParamError(
+            f"unknown param type {raw['type']!r}; use one of {', '.join(t.value for t in ParamType)}", "/type"
+        ) from None
+    try:
+        mode = ParamMode(raw.get("mode", "MUTABLE"))
+    except ValueError:
+        raise ParamError(
+            f"unknown param mode {raw['mode']!r}; use one of {', '.join(m.value for m in ParamMode)}", "/mode"
+        ) from None
+    validator = raw.get("validator")
+    if validator is not None and not isinstance(validator, str):
+        raise ParamError("`validator` must be a CEL expression string", "/validator")
+    if "value" in raw and "expression" in raw:
+        raise ParamError("give either `value` or `expression`, not both")
+    if "expression" in raw:
+        if not isinstance(raw["expression"], str):
+            raise ParamError("`expression` must be a CEL expression string", "/expression")
+        return ParamSpec(name, ptype, None, raw["expression"], mode, validator, has_value=False)
+    try:
+        value = coerce(ptype, raw["value"])
+    except ParamError as exc:
+        raise ParamError(exc.message, "/value") from None
+    return ParamSpec(name, ptype, value, None, mode, validator, interpolated=_has_interpolation(value))
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "map"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def coerce(ptype: ParamType, value: Any) -> Any:
+    """Check ``value`` against ``ptype`` and return it in canonical form (LONG accepts integral
+    floats, DOUBLE accepts integers). Raises ParamError."""
+    def fail() -> ParamError:
+        return ParamError(f"expected a {ptype.value}, got {_type_name(value)} {value!r:.80}")
+
+    if ptype is ParamType.STRING:
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    if ptype is ParamType.LONG:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise fail()
+        return value
+    if ptype is ParamType.DOUBLE:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail()
+        return float(value)
+    if ptype is ParamType.BOOLEAN:
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if ptype is ParamType.MAP:
+        if not isinstance(value, dict):
+            raise fail()
+        return value
+    if ptype is ParamType.STRING_MAP:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise fail()
+        return value
+    element = {
+        ParamType.STRING_ARRAY: ParamType.STRING,
+        ParamType.LONG_ARRAY: ParamType.LONG,
+        ParamType.DOUBLE_ARRAY: ParamType.DOUBLE,
+        ParamType.BOOLEAN_ARRAY: ParamType.BOOLEAN,
+    }[ptype]
+    if not isinstance(value, list):
+        raise fail()
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(coerce(element, item))
+        except ParamError as exc:
+            raise ParamError(f"element {i}: {exc.message}") from None
+    return out
+
+
+def parse_override(spec: ParamSpec, text: str) -> Any:
+    """Turn a command-line ``name=value`` string into a value of the param's type."""
+    import json
+
+    if spec.type is ParamType.STRING:
+        return text
+    if spec.type is ParamType.BOOLEAN and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ParamError(f"{text!r} is not a {spec.type.value} (give it as JSON)") from None
+    return coerce(spec.type, value)
+
+
+# -- ${…} interpolation ------------------------------------------------------------------------
+
+_INTERP = re.compile(r"\$\$|\$\{([^}]*)\}")
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+
+
+def _has_interpolation(value: Any) -> bool:
+    if isinstance(value, str):
+        return "$" in value and _INTERP.search(value) is not None
+    if isinstance(value, list):
+        return any(_has_interpolation(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_interpolation(v) for v in value.values())
+    return False
+
+
+def interpolation_names(value: Any) -> list[str]:
+    """The dotted names ``${…}`` refers to inside ``value``. Raises ParamError on a malformed one."""
+    names: list[str] = []
+    if isinstance(value, str):
+        for m in _INTERP.finditer(value):
+            if m.group(0) == "$$":
+                continue
+            name = m.group(1).strip()
+            if not _PATH.match(name):
+                raise ParamError(f"${{{m.group(1)}}} is not a name or a dotted path (write $$ for a literal $)")
+            names.append(name)
+    elif isinstance(value, list):
+        for v in value:
+            names.extend(interpolation_names(v))
+    elif isinstance(value, dict):
+        for v in value.values():
+            names.extend(interpolation_names(v))
+    return names
+
+
+def interpolate(value: Any, lookup: Callable[[str], Any]) -> Any:
+    """Replace each ``${name}`` (or ``${a.b.c}``) by ``lookup(name)`` as text; ``$$`` is ``$``.
+    Arrays and maps are interpolated element by element. ``lookup`` raises KeyError when unknown."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+
+        def sub(m: re.Match) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            found = lookup(m.group(1).strip())
+            if isinstance(found, bool):
+                return "true" if found else "false"
+            if isinstance(found, (dict, list)):
+                import json
+
+                return json.dumps(found, separators=(",", ":"))
+            return str(found)
+
+        return _INTERP.sub(sub, value)
+    if isinstance(value, list):
+        return [interpolate(v, lookup) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, lookup) for k, v in value.items()}
+    return value
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+def evaluate_params(
+    specs: dict[str, ParamSpec],
+    compiler,
+    *,
+    scope: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    raw: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Evaluate ``specs`` in declaration order and return name -> value.
+
+    Each param sees the ones before it (and ``scope``, e.g. the workflow's params when evaluating a
+    step's) as bare identifiers and under ``params``; ``context`` adds CEL names (``steps``,
+    ``workflow``) already converted with :func:`legato.cel.to_cel`. ``overrides`` replace declared
+    values (the caller checked the modes). Names in ``raw`` are code for the step type: their
+    ``${}`` is left alone. Raises ParamError whose ``pointer`` is ``/<name>…``.
+    """
+    from .cel import CelError, to_cel
+
+    values: dict[str, Any] = dict(scope or {})
+    out: dict[str, Any] = {}
+    cel_values: dict[str, Any] | None = None
+
+    def activation() -> dict[str, Any]:
+        nonlocal cel_values
+        if cel_values is None:
+            cel_values = {k: to_cel(v) for k, v in values.items()}
+        act = dict(context or {})
+        act.update(cel_values)
+        act["params"] = to_cel(values)
+        return act
+
+    def lookup(path: str) -> Any:
+        head, *rest = path.split(".")
+        if head == "params" and rest:
+            head, *rest = rest
+            current: Any = values[head]
+        elif head in values:
+            current = values[head]
+        elif context and head in context:
+            from .cel import to_python
+
+            current = to_python(context[head])
+        else:
+            raise KeyError(path)
+        for part in rest:
+            current = current[part]
+        return current
+
+    for name, spec in specs.items():
+        if overrides and name in overrides:
+            value = overrides[name]
+        elif spec.expression is not None:
+            try:
+                value = compiler.compile(spec.expression).evaluate(activation())
+            except CelError as exc:
+                raise ParamError(f"CEL {exc.located()}", f"/{name}/expression") from None
+            if value is None:
+                raise ParamError(f"expression evaluated to null; a {spec.type.value} is expected", f"/{name}/expression")
+        elif spec.interpolated and name not in raw:
+            try:
+                value = interpolate(spec.value, lookup)
+            except (KeyError, TypeError, IndexError) as exc:
+                raise ParamError(f"${{…}} refers to {exc} which is not known here", f"/{name}") from None
+        else:
+            value = spec.value
+        try:
+            value = coerce(spec.type, value)
+        except ParamError as exc:
+            raise ParamError(exc.message, f"/{name}") from None
+        values[name] = value
+        out[name] = value
+        cel_values = None
+        if spec.validator is not None:
+            act = activation()
+            act["value"] = to_cel(value)
+            try:
+                ok = compiler.compile(spec.validator).evaluate(act)
+            except CelError as exc:
+                raise ParamError(f"CEL {exc.located()}", f"/{name}/validator") from None
+            if ok is not True:
+                raise ParamError(f"value {value!r:.80} fails its validator `{spec.validator}`", f"/{name}/validator")
+    return out

@@ -1,0 +1,99 @@
+"""The storage interface every backend implements (DESIGN §6, Storage).
+
+The kernel writes through :meth:`Storage.commit` only: one call per scheduling tick carries every
+change of that tick (group commit), atomically, fenced by the instance's lease generation.
+Reads serve the CLI (``status``, ``logs``) and recovery.  ``memory://`` is the reference backend;
+the SQL backend implements the same methods.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from .model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, LogChunk
+
+__all__ = ["Storage", "StorageError", "StaleWrite", "open_storage"]
+
+
+class StorageError(Exception):
+    """Storage could not do what was asked; the message says what to do."""
+
+
+class StaleWrite(StorageError):
+    """A write carried a lease generation that is no longer current: another worker owns the instance."""
+
+
+class Storage(abc.ABC):
+    """Abstract storage backend. All methods that do I/O are async."""
+
+    url: str = ""
+
+    async def open(self) -> None:
+        """Prepare the backend (create files, run migrations). Called once before use."""
+
+    async def aclose(self) -> None:
+        """Release resources. Everything committed stays."""
+
+    async def __aenter__(self) -> "Storage":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    # -- definitions ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
+        """Store a new immutable version (or return the active one if ``document`` is identical) and make it active."""
+
+    @abc.abstractmethod
+    async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
+        """A given version, or the active one."""
+
+    # -- instances ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        """Insert ``record``; if its ``request_id`` is already known for that workflow, return the
+        existing instance and False instead (idempotent start)."""
+
+    @abc.abstractmethod
+    async def commit(self, batch: Batch) -> None:
+        """Apply one tick's changes atomically. Raise :class:`StaleWrite` if ``batch.generation``
+        is older than the instance's current lease generation."""
+
+    @abc.abstractmethod
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
+        """Every attempt of every step, ordered by step creation then attempt."""
+
+    @abc.abstractmethod
+    async def get_timeline(self, instance_id: str) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]: ...
+
+    # -- leases ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+        """Take or renew the instance's lease for ``owner``; return the generation to write with,
+        or None while another owner's lease is live."""
+
+
+def open_storage(url: str, plugins=None) -> Storage:
+    """Build the backend registered for ``url``'s scheme (``memory://``, ``sqlite:///…``)."""
+    from .plugin_manager import get_plugins
+
+    plugins = plugins or get_plugins()
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    factory = plugins.storage.factories.get(scheme)
+    if factory is None:
+        known = ", ".join(sorted(plugins.storage.factories)) or "none installed"
+        raise StorageError(f"no storage backend for {url!r}: known schemes are {known}")
+    return factory(url)

@@ -1,0 +1,350 @@
+"""``bash``: runs a bash script (or a plain argv) as a child process.
+
+Params (the bash configuration):
+
+- ``script`` (string) XOR ``argv`` (list of strings): exactly one. ``script`` runs as
+  ``bash -c <script>``; ``argv`` runs the program directly, without a shell.
+- ``working_dir`` (string, optional): relative paths resolve against the definition's directory
+  (else the current directory); default: the instance's shared working directory.
+- ``env`` (map of string to string, optional): extra environment variables.
+- ``inherit_env`` (bool, default true): whether the child inherits the kernel's environment.
+
+Every other param is the user's data and reaches the process ONLY as an environment variable
+(workflow params first, step params overriding them), never spliced into the script text:
+strings as they are, booleans as ``true``/``false``, lists and maps as JSON. Params whose name is
+not a valid variable name (``[A-Za-z_][A-Za-z0-9_]*``) are not exported.
+
+The process also gets ``LEGATO_OUTPUT`` (a file to write outputs to, one ``key=value`` or one
+JSON object per line), ``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT`` and
+``LEGATO_IDEMPOTENCY_KEY``. Its stdout and stderr stream into the step's log. Exit code 0 is
+DONE, anything else a USER_ERROR. The process runs in its own process group, which is killed
+when the step is cancelled and after it exits, so nothing it started outlives the step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import trio
+
+from legato import StepResult, StepType
+from legato.hookspecs import hookimpl
+
+__all__ = ["BashParams", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
+
+#: The largest ``$LEGATO_OUTPUT`` file read; a bigger one fails the step.
+MAX_OUTPUTS_BYTES = 1024 * 1024
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CONFIG_KEYS = frozenset({"script", "argv", "working_dir", "env", "inherit_env"})
+_READ_CHUNK = 65536
+# How much of stderr's tail is kept to quote the last line in a failure message.
+_STDERR_TAIL = 4096
+
+
+class BashParams(pydantic.BaseModel):
+    """The params the ``bash`` step type reads; every other param is user data (exported)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    script: str | None = None
+    argv: list[str] | None = pydantic.Field(None, min_length=1)
+    working_dir: str | None = None
+    env: dict[str, str] | None = None
+    inherit_env: bool = True
+
+    @pydantic.field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        for name in env or {}:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"`env` key {name!r} is not a valid environment variable name")
+        return env
+
+    @pydantic.model_validator(mode="after")
+    def _script_xor_argv(self) -> "BashParams":
+        if (self.script is None) == (self.argv is None):
+            raise ValueError("give exactly one of `script` or `argv`")
+        return self
+
+
+def parse_outputs(text: str) -> dict[str, Any]:
+    """Parse the contents of a ``$LEGATO_OUTPUT`` file into an outputs map.
+
+    Each non-blank line is either ``key=value`` (``key`` an identifier, ``value`` everything
+    after the first ``=``, kept as a string) or a JSON object, merged in. Later lines win.
+    Raises ``ValueError`` naming the first line that is neither.
+    """
+    outputs: dict[str, Any] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(_bad_line(number, line, f"invalid JSON ({exc})")) from None
+            outputs.update(obj)  # a line starting with `{` can only parse as an object
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not _ENV_NAME.match(key):
+            raise ValueError(_bad_line(number, line, "expected `key=value` or a JSON object"))
+        outputs[key] = value
+    return outputs
+
+
+def _bad_line(number: int, line: str, why: str) -> str:
+    shown = line if len(line) <= 80 else line[:77] + "..."
+    return f"bad line {number} in $LEGATO_OUTPUT: {shown!r}: {why}"
+
+
+def _env_value(value: Any) -> str:
+    """How a param value is spelled in the environment."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+class Bash(StepType):
+    """Runs ``script`` with bash (or ``argv`` directly); params arrive as environment variables."""
+
+    name = "bash"
+    description = "runs a bash script or a command; params are passed as environment variables"
+    Params = BashParams
+
+    #: Seconds between SIGTERM and SIGKILL when the step is cancelled.
+    term_grace: float = 1.0
+    #: Seconds to keep reading stdout/stderr after the process group is gone. Only a process that
+    #: escaped the group (``setsid``) can hold the pipes open that long; we stop waiting for it.
+    drain_timeout: float = 2.0
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """A reason when there is no ``bash`` on PATH, else None."""
+        if shutil.which("bash") is None:
+            return "no `bash` executable on PATH: install bash"
+        return None
+
+    async def run(self, ctx):
+        """Run the process to its end; see the module docstring for the semantics."""
+        cfg = ctx.config
+        if not isinstance(cfg, BashParams):
+            # Run directly (not through the kernel), or with a config from elsewhere.
+            try:
+                cfg = BashParams.model_validate(ctx.params)
+            except pydantic.ValidationError as exc:
+                return StepResult.fatal_error(f"invalid bash params: {exc}")
+
+        if cfg.script is not None:
+            bash = shutil.which("bash")
+            if bash is None:
+                return StepResult.platform_error("no `bash` executable on PATH")
+            command = [bash, "-c", cfg.script]
+        else:
+            command = list(cfg.argv)
+
+        cwd = self._working_dir(ctx, cfg)
+        if not cwd.is_dir():
+            what = "does not exist" if not cwd.exists() else "is not a directory"
+            return StepResult.user_error(f"working_dir {str(cwd)!r} {what}")
+
+        output_file = ctx.attempt_dir / "outputs"
+        # A stale file (an earlier run of this same attempt) must not count as this run's outputs.
+        output_file.unlink(missing_ok=True)
+        env = self._environment(ctx, cfg, output_file)
+
+        try:
+            proc = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(cwd),
+                env=env,
+                # Its own process group, so one killpg reaches everything it starts.
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            return self._spawn_failure(exc, command, cwd, cfg)
+        # start_new_session makes the child a session (and group) leader: pgid == pid.
+        pgid = proc.pid
+
+        stderr_tail = [""]
+        drain_abandoned = False
+        try:
+            try:
+                await ctx.record_handle({"pid": proc.pid, "pgid": pgid})
+            except Exception as exc:  # storage trouble: the finally below stops the process
+                return StepResult.platform_error(f"could not record the process handle: {exc}")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, ctx, proc.stdout, "stdout", None)
+                nursery.start_soon(self._pump, ctx, proc.stderr, "stderr", stderr_tail)
+                await proc.wait()
+                # Background children the script left behind hold our pipes open; kill them so
+                # the pumps see EOF, and so nothing outlives the step.
+                _killpg(pgid, signal.SIGKILL)
+                nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
+            drain_abandoned = nursery.cancel_scope.cancelled_caught
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop(proc, pgid)
+
+        if drain_abandoned:
+            ctx.log(
+                "stderr",
+                "\n[legato] stopped reading output: a process outside the step's process group "
+                "still holds stdout/stderr open\n",
+            )
+
+        outputs, outputs_error = self._read_outputs(output_file)
+        rc = proc.returncode
+        if rc == 0:
+            if outputs_error:
+                return StepResult.user_error(outputs_error)
+            return StepResult.done(outputs)
+
+        if rc < 0:
+            message = f"killed by signal {_signal_name(-rc)}"
+        else:
+            message = f"exit code {rc}"
+        last = _last_line(stderr_tail[0])
+        if last:
+            message += f": {last}"
+        if outputs_error:
+            message += f" (and {outputs_error})"
+        return StepResult.user_error(message, outputs)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _working_dir(ctx, cfg: BashParams) -> Path:
+        if cfg.working_dir is None:
+            return ctx.workdir
+        path = Path(cfg.working_dir)
+        if not path.is_absolute():
+            base = Path(ctx.definition_dir) if ctx.definition_dir is not None else Path.cwd()
+            path = base / path
+        return path
+
+    @staticmethod
+    def _environment(ctx, cfg: BashParams, output_file: Path) -> dict[str, str]:
+        env: dict[str, str] = dict(os.environ) if cfg.inherit_env else {}
+        params: dict[str, Any] = dict(ctx.workflow_params or {})
+        # The config keys are the step's own settings, not data; a workflow param that happens to
+        # share such a name (say `env`) is still the user's data and is exported.
+        params.update((k, v) for k, v in (ctx.params or {}).items() if k not in _CONFIG_KEYS)
+        for name, value in params.items():
+            if isinstance(name, str) and _ENV_NAME.match(name):
+                env[name] = _env_value(value)
+        env.update(cfg.env or {})
+        # Last, so neither params nor `env` can spoof them.
+        env.update(
+            LEGATO_OUTPUT=str(output_file),
+            LEGATO_INSTANCE_ID=str(ctx.instance_id),
+            LEGATO_STEP_ID=str(ctx.step_id),
+            LEGATO_ATTEMPT=str(ctx.attempt),
+            LEGATO_IDEMPOTENCY_KEY=str(ctx.idempotency_key),
+        )
+        return env
+
+    @staticmethod
+    def _spawn_failure(exc: Exception, command: list[str], cwd: Path, cfg: BashParams) -> StepResult:
+        if isinstance(exc, ValueError):  # e.g. a NUL byte in an argument or a param value
+            return StepResult.user_error(f"cannot start the process: {exc}")
+        if getattr(exc, "filename", None) == str(cwd):  # the directory vanished since the check
+            return StepResult.user_error(f"working_dir {str(cwd)!r}: {exc.strerror or exc}")
+        if cfg.script is not None:
+            # Failing to exec bash itself is the host's problem, not the script's.
+            return StepResult.platform_error(f"cannot start bash ({command[0]}): {exc}")
+        if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
+            reason = "command not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
+            return StepResult.user_error(f"cannot run {command[0]!r}: {reason}")
+        return StepResult.platform_error(f"cannot start {command[0]!r}: {exc}")
+
+    @staticmethod
+    async def _pump(ctx, stream, name: str, tail: list[str] | None) -> None:
+        # Incremental, so a multi-byte character split across two reads still decodes.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            chunk = await stream.receive_some(_READ_CHUNK)
+            text = decoder.decode(chunk, final=not chunk)
+            if text:
+                ctx.log(name, text)
+                if tail is not None:
+                    tail[0] = (tail[0] + text)[-_STDERR_TAIL:]
+            if not chunk:
+                return
+
+    async def _stop(self, proc, pgid: int) -> None:
+        """Make sure the process is reaped and its whole group is gone. Call shielded."""
+        if proc.returncode is None:
+            proc.terminate()
+            with trio.move_on_after(self.term_grace):
+                await proc.wait()
+        # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.
+        _killpg(pgid, signal.SIGKILL)
+        await proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+    @staticmethod
+    def _read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_OUTPUTS_BYTES + 1)
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
+        if len(data) > MAX_OUTPUTS_BYTES:
+            return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
+        try:
+            return parse_outputs(data.decode("utf-8", errors="replace")), None
+        except ValueError as exc:
+            return {}, str(exc)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group is already empty
+        pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line:
+            return line if len(line) <= 200 else line[:197] + "..."
+    return ""
+
+
+@hookimpl
+def legato_register_step_types(registry):
+    registry.add(Bash)

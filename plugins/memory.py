@@ -1,0 +1,114 @@
+"""``memory://``: the reference storage backend. Keeps everything in the process; nothing survives it.
+
+It implements the storage contract exactly (idempotent start, fenced atomic commits, leases), so it
+is what other backends are compared against and what benchmarks use as a baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from legato.hookspecs import hookimpl
+from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, LogChunk
+from legato.storage import StaleWrite, Storage
+
+
+class MemoryStorage(Storage):
+    """Dicts and lists behind the storage interface."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._definitions: dict[str, list[DefinitionVersion]] = {}
+        self._instances: dict[str, InstanceRecord] = {}
+        self._requests: dict[tuple[str, str], str] = {}
+        self._attempts: dict[str, dict[tuple[str, int], AttemptRecord]] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._logs: dict[str, list[LogChunk]] = {}
+        self._leases: dict[str, tuple[str, float, int]] = {}  # instance -> (owner, expiry, generation)
+
+    async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
+        versions = self._definitions.setdefault(workflow_id, [])
+        for v in versions:
+            if v.active and v.document == document:
+                return v
+        for v in versions:
+            v.active = False
+        version = DefinitionVersion(workflow_id, len(versions) + 1, copy.deepcopy(document), time.time(), True)
+        versions.append(version)
+        return version
+
+    async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
+        versions = self._definitions.get(workflow_id, [])
+        for v in versions:
+            if (version is None and v.active) or v.version == version:
+                return v
+        return None
+
+    async def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        if record.request_id is not None:
+            key = (record.workflow_id, record.request_id)
+            existing = self._requests.get(key)
+            if existing is not None:
+                return copy.copy(self._instances[existing]), False
+            self._requests[key] = record.instance_id
+        self._instances[record.instance_id] = copy.copy(record)
+        self._attempts[record.instance_id] = {}
+        self._events[record.instance_id] = []
+        self._logs[record.instance_id] = []
+        return copy.copy(record), True
+
+    async def commit(self, batch: Batch) -> None:
+        iid = batch.instance_id
+        lease = self._leases.get(iid)
+        if lease is not None and batch.generation < lease[2]:
+            raise StaleWrite(f"instance {iid} is owned by {lease[0]} (generation {lease[2]}); this write carried {batch.generation}")
+        if batch.instance is not None:
+            self._instances[iid] = copy.copy(batch.instance)
+        attempts = self._attempts[iid]
+        for key, record in batch.attempts.items():
+            attempts[key] = copy.copy(record)
+        self._events[iid].extend(batch.events)
+        self._logs[iid].extend(batch.logs)
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        record = self._instances.get(instance_id)
+        return copy.copy(record) if record else None
+
+    async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
+        rows = [r for r in self._instances.values() if workflow_id is None or r.workflow_id == workflow_id]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return [copy.copy(r) for r in rows[:limit]]
+
+    async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
+        return [copy.copy(r) for r in self._attempts.get(instance_id, {}).values()]
+
+    async def get_timeline(self, instance_id: str) -> list[Event]:
+        return list(self._events.get(instance_id, []))
+
+    async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]:
+        return [
+            c
+            for c in self._logs.get(instance_id, [])
+            if (step_id is None or c.step_id == step_id) and (attempt is None or c.attempt == attempt)
+        ]
+
+    async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+        now = time.monotonic()
+        current = self._leases.get(instance_id)
+        if current is None:
+            generation = 1
+        elif current[0] == owner:
+            generation = current[2]
+        elif current[1] <= now:
+            generation = current[2] + 1
+        else:
+            return None
+        self._leases[instance_id] = (owner, now + ttl, generation)
+        return generation
+
+
+@hookimpl
+def legato_register_storage(registry):
+    registry.add("memory", MemoryStorage)
