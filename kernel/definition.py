@@ -256,7 +256,8 @@ class _Validator:
             self.add(pointer, f"CEL {exc.located()}")
             return None
 
-    def params(self, raw: Any, pointer: str) -> dict[str, ParamSpec]:
+    def params(self, raw: Any, pointer: str, code: frozenset[str] = frozenset()) -> dict[str, ParamSpec]:
+        """Parse params; names in ``code`` are code for the step type, never ``${}`` templates."""
         if raw is None:
             return {}
         if not isinstance(raw, dict):
@@ -270,6 +271,8 @@ class _Validator:
             except ParamError as exc:
                 self.add(where + exc.pointer, exc.message)
                 continue
+            if name in code and spec.interpolated:
+                spec = dataclasses.replace(spec, interpolated=False)
             if spec.expression is not None:
                 self.cel(spec.expression, where + "/expression")
             if spec.validator is not None:
@@ -413,10 +416,8 @@ class _Validator:
             if cls is None:
                 known = ", ".join(sorted(self.step_types)) or "none"
                 self.add(f"{pointer}/type", f"unknown step type {stype!r}; installed: {known} (see `legato plugins`)")
-        params = self.params(raw.get("params"), f"{pointer}/params")
+        params = self.params(raw.get("params"), f"{pointer}/params", cls.raw_params if cls else frozenset())
         if cls is not None:
-            for name in cls.raw_params & params.keys():  # code, not a template: no ${} here
-                params[name] = dataclasses.replace(params[name], interpolated=False)
             self.step_config(cls, params, f"{pointer}/params")
         failure_mode = FailureMode.FAIL_AFTER_RUNNING
         if "failure_mode" in raw:

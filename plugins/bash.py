@@ -128,6 +128,8 @@ class Bash(StepType):
     name = "bash"
     description = "runs a bash script or a command; params are passed as environment variables"
     Params = BashParams
+    # The script is code: `${x}` in it is bash's expansion of the env var, never Legato's paste.
+    raw_params = frozenset({"script"})
 
     #: Seconds between SIGTERM and SIGKILL when the step is cancelled.
     term_grace: float = 1.0
@@ -296,7 +298,7 @@ class Bash(StepType):
     async def _stop(self, proc, pgid: int) -> None:
         """Make sure the process is reaped and its whole group is gone. Call shielded."""
         if proc.returncode is None:
-            proc.terminate()
+            _killpg(pgid, signal.SIGTERM)
             with trio.move_on_after(self.term_grace):
                 await proc.wait()
         # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,16 +13,7 @@ import trio
 
 from legato import Outcome, StepContext
 
-try:
-    from legato.plugins import bash as bash_plugin
-except ImportError:
-    # TEMPORARY: kernel/plugins.py (the plugin manager, `legato.plugins`) shadows the
-    # `legato.plugins` package (folder plugins/). Load the file directly until that is resolved.
-    _spec = importlib.util.spec_from_file_location(
-        "_legato_plugins_bash", Path(__file__).resolve().parent.parent / "plugins" / "bash.py"
-    )
-    bash_plugin = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(bash_plugin)
+from legato.plugins import bash as bash_plugin
 
 Bash = bash_plugin.Bash
 BashParams = bash_plugin.BashParams
@@ -277,6 +267,7 @@ async def test_cancellation_kills_the_process_group(tmp_path):
     script = (
         "sleep 300 & echo $! > bg\n"
         "bash -c 'echo $$ > fg.tmp && mv fg.tmp fg && exec sleep 300'\n"
+        "echo unreachable\n"  # not the last command, so bash forks it rather than exec'ing it
     )
     h = Harness(tmp_path, {"script": script})
     cwd = h.ctx.workdir
@@ -289,6 +280,7 @@ async def test_cancellation_kills_the_process_group(tmp_path):
                     pids.append(int(await wait_for_file(cwd / "bg")))
                     pids.append(int(await wait_for_file(cwd / "fg")))
                     pids.append(h.handles[0]["pid"])
+                    assert len(set(pids)) == 3
                     assert not any(gone(p) for p in pids)
                     started = trio.current_time()
                     scope.cancel()
@@ -316,7 +308,7 @@ async def test_cancellation_terminates_gracefully_first(tmp_path):
 
 async def test_cancellation_escalates_to_sigkill(tmp_path):
     # TERM is ignored by the script and (inherited) by its child: only SIGKILL ends them.
-    script = "trap '' TERM; echo ready > ready\nbash -c 'echo $$ > fg.tmp && mv fg.tmp fg && exec sleep 300'"
+    script = "trap '' TERM\nbash -c 'echo $$ > fg.tmp && mv fg.tmp fg && exec sleep 300'\necho unreachable"
     h = Harness(tmp_path, {"script": script})
     pids: list[int] = []
     try:
@@ -326,6 +318,7 @@ async def test_cancellation_escalates_to_sigkill(tmp_path):
                     nursery.start_soon(h.run)
                     pids.append(int(await wait_for_file(h.ctx.workdir / "fg")))
                     pids.append(h.handles[0]["pid"])
+                    assert len(set(pids)) == 2
                     started = trio.current_time()
                     scope.cancel()
             elapsed = trio.current_time() - started
