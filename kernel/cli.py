@@ -145,6 +145,8 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
         trio.run(main_task)
     except StorageError as exc:
         _fail(str(exc), EXIT_FAILED)
+    except Exception as exc:  # a bug in Legato or a plugin: say so plainly, keep the details
+        _internal_error(exc)
     if "invalid" in outcome:
         _fail(outcome["invalid"])
     if "existing" in outcome:
@@ -160,6 +162,16 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     if outcome.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(EXIT_OK if instance.status.value == "SUCCEEDED" else EXIT_FAILED)
+
+
+def _internal_error(exc: BaseException) -> None:
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="legato-crash-", suffix=".txt", delete=False) as f:
+        traceback.print_exception(exc, file=f)
+    _fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug in Legato or a plugin. "
+          f"Details: {f.name}", EXIT_FAILED)
 
 
 async def _interrupt(engine, instance_id: str, outcome: dict) -> None:

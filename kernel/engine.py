@@ -301,6 +301,14 @@ class InstanceRun:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> InstanceRecord:
+        try:
+            return await self._run(task_status)
+        except BaseExceptionGroup as group:
+            # Step failures are data; what gets here is a kernel or storage error. Hand it to the
+            # caller as itself, never as an ExceptionGroup.
+            raise _first_leaf(group) from None
+
+    async def _run(self, task_status) -> InstanceRecord:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._set_instance(I.IN_PROGRESS)
@@ -627,6 +635,12 @@ class InstanceRun:
                         nxt.finished = True
                         self._finished_steps.append(nxt)
                         work.append(nxt)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 def _outputs(outputs: Any) -> dict[str, Any]:

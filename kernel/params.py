@@ -38,6 +38,7 @@ class ParamType(str, enum.Enum):
     DOUBLE_ARRAY = "DOUBLE_ARRAY"
     BOOLEAN_ARRAY = "BOOLEAN_ARRAY"
     MAP = "MAP"
+    ARRAY = "ARRAY"  # an array of anything (maps, mixed values): what a bare mixed array infers
 
 
 class ParamMode(str, enum.Enum):
@@ -121,7 +122,7 @@ def infer_type(value: Any) -> ParamType:
             return ParamType.BOOLEAN_ARRAY
         if kinds <= {ParamType.STRING}:
             return ParamType.STRING_ARRAY
-        raise ParamError("a bare array param must hold values of one type; use the full form with a type")
+        return ParamType.ARRAY
     if isinstance(value, dict):
         if value and all(isinstance(v, str) for v in value.values()):
             return ParamType.STRING_MAP
@@ -208,6 +209,10 @@ def coerce(ptype: ParamType, value: Any) -> Any:
         return float(value)
     if ptype is ParamType.BOOLEAN:
         if not isinstance(value, bool):
+            raise fail()
+        return value
+    if ptype is ParamType.ARRAY:
+        if not isinstance(value, list):
             raise fail()
         return value
     if ptype is ParamType.MAP:

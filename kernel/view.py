@@ -145,13 +145,13 @@ class LiveView(View):
                     live.update(self.render(), refresh=True)
                     await trio.sleep(0.1)
 
-            with trio.CancelScope() as scope:
-                nursery.start_soon(_run_in, scope, refresh)
-                try:
-                    yield self
-                finally:
-                    scope.cancel()
-                    live.update(self.render(), refresh=True)
+            scope = trio.CancelScope()
+            nursery.start_soon(_run_in, scope, refresh)
+            try:
+                yield self
+            finally:
+                scope.cancel()
+                live.update(self.render(), refresh=True)
 
 
 async def _run_in(scope, fn) -> None:

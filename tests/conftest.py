@@ -1,0 +1,83 @@
+"""Shared fixtures: an engine on the memory store with the test-only ``scripted`` step type."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legato.engine import Engine
+from legato.plugin_manager import Plugins
+
+from . import scripted
+
+ROOT = Path(__file__).resolve().parent.parent
+LEGATO = str(Path(sys.executable).parent / "legato")
+
+
+@pytest.fixture(scope="session")
+def plugins() -> Plugins:
+    return Plugins(extra=[scripted])
+
+
+@pytest.fixture
+def engine(plugins, tmp_path) -> Engine:
+    from legato.plugins.memory import MemoryStorage
+
+    scripted.calls.clear()
+    scripted.active.update(now=0, peak=0)
+    return Engine(MemoryStorage(), plugins=plugins, workspace=tmp_path / "runs")
+
+
+class Finished:
+    """A finished instance with its attempts, indexed for assertions."""
+
+    def __init__(self, instance, attempts, timeline, logs) -> None:
+        self.instance = instance
+        self.status = instance.status.value
+        self.attempts = attempts
+        self.timeline = timeline
+        self.logs = logs
+        self.last = {}
+        for a in attempts:
+            self.last[a.step_id] = a
+
+    def statuses(self) -> dict[str, str]:
+        return {sid: a.status.value for sid, a in self.last.items()}
+
+    def tries(self, step_id: str) -> list[str]:
+        return [a.status.value for a in self.attempts if a.step_id == step_id]
+
+    def log(self, step_id: str) -> str:
+        return "".join(c.text for c in self.logs if c.step_id == step_id)
+
+
+@pytest.fixture
+def run_doc(engine):
+    async def run(doc, params=None, **kwargs) -> Finished:
+        definition = engine.load(doc)
+        instance = await engine.execute(definition, params, **kwargs)
+        storage = engine.storage
+        return Finished(
+            instance,
+            await storage.get_attempts(instance.instance_id),
+            await storage.get_timeline(instance.instance_id),
+            await storage.get_logs(instance.instance_id),
+        )
+
+    return run
+
+
+def legato_cli(*args, cwd=None, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``legato`` console script as a user would."""
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([LEGATO, *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None

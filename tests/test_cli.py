@@ -1,0 +1,157 @@
+"""The ``legato`` command line, run as a user runs it: a subprocess of the installed script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import LEGATO, ROOT, legato_cli
+
+EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_runs_to_success(example, tmp_path):
+    proc = legato_cli("run", str(example), "--workspace", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["status"] == "SUCCEEDED"
+    assert report["steps"], "an example with no steps run proves nothing"
+
+
+def test_etl_example_branches_on_outputs(tmp_path):
+    proc = legato_cli("run", "examples/etl.json", "--workspace", str(tmp_path), "--json")
+    steps = json.loads(proc.stdout)["steps"]
+    assert steps["extract"]["outputs"]["rows"] == "3"
+    assert steps["load"]["status"] == "SUCCEEDED" and steps["alert"]["status"] == "UNSATISFIED"
+    # raise the threshold above the row count: the other branch runs
+    proc = legato_cli("run", "examples/etl.json", "-p", "threshold=10", "--workspace", str(tmp_path), "--json")
+    steps = json.loads(proc.stdout)["steps"]
+    assert steps["alert"]["status"] == "SUCCEEDED" and steps["load"]["status"] == "UNSATISFIED"
+    assert steps["report"]["status"] == "SUCCEEDED"
+
+
+def test_retry_example_shows_attempts_in_plain_lines(tmp_path):
+    proc = legato_cli("run", "examples/retries.json", "--workspace", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(" flaky #" in line and "USER_FAILED" in line for line in lines) == 2
+    assert any(" flaky #3 SUCCEEDED" in line for line in lines)
+    assert any(" slow #1 TIMEOUT_FAILED" in line for line in lines)
+    assert any(" optional #1 COMPLETED_WITH_ERROR" in line for line in lines)
+    assert "SUCCEEDED in" in lines[-1]
+
+
+def test_failed_run_exits_1_and_shows_the_log_tail(tmp_path):
+    doc = {"workflow": {"id": "f", "steps": [{"step": {"id": "boom", "type": "bash", "retry_policy": {"error_retry_limit": 0},
+                                                       "params": {"script": "echo 'disk is full' >&2; exit 7"}}}]}}
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(doc))
+    proc = legato_cli("run", str(path), "--workspace", str(tmp_path))
+    assert proc.returncode == 1
+    assert "FAILED" in proc.stdout
+    assert "boom (attempt 1) USER_FAILED: exit code 7: disk is full" in proc.stdout
+    assert "| disk is full" in proc.stdout
+
+
+def test_param_override_reaches_bash_byte_for_byte(tmp_path):
+    payload = "$(touch /tmp/legato-cli-pwned); \"'`id` ;|"
+    marker = Path("/tmp/legato-cli-pwned")
+    marker.unlink(missing_ok=True)
+    doc = {"workflow": {"id": "inj", "params": {"payload": "x"}, "steps": [
+        {"step": {"id": "s", "type": "bash", "params": {"script": 'printf "%s" "$payload" >> "$LEGATO_OUTPUT.raw"; printf "got=%s\\n" "$(cat "$LEGATO_OUTPUT.raw" | base64 -w0)" >> "$LEGATO_OUTPUT"'}}}]}}
+    path = tmp_path / "inj.json"
+    path.write_text(json.dumps(doc))
+    proc = legato_cli("run", str(path), "-p", f"payload={payload}", "--workspace", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    import base64
+
+    got = json.loads(proc.stdout)["steps"]["s"]["outputs"]["got"]
+    assert base64.b64decode(got).decode() == payload
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-p", "nope=1"], "unknown param 'nope'"),
+        (["-p", "threshold=abc"], "not a LONG"),
+        (["-p", "threshold"], "-p expects name=value"),
+        (["-p", "threshold=-1"], "fails its validator"),
+        (["--store", "bogus://x"], "no storage backend for 'bogus://x'"),
+    ],
+)
+def test_bad_start_input_exits_2_without_traceback(args, message, tmp_path):
+    proc = legato_cli("run", "examples/etl.json", *args, "--workspace", str(tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_missing_file_exits_2():
+    proc = legato_cli("run", "no/such/file.json")
+    assert proc.returncode == 2
+    assert "file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupt_stops_the_instance_and_kills_its_processes(tmp_path):
+    pids = tmp_path / "pids"
+    doc = {"workflow": {"id": "long", "steps": [{"step": {"id": "wait", "type": "bash", "params": {
+        "script": f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; sleep 300"}}}]}}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(doc))
+    proc = subprocess.Popen([LEGATO, "run", str(path), "--workspace", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, out + err
+    assert "wait #1 STOPPED" in out
+    assert "STOPPED" in out.splitlines()[-2] or "STOPPED" in out.splitlines()[-1]
+    for pid in map(int, pids.read_text().split()):
+        deadline = time.monotonic() + 3
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"process {pid} survived the interrupt"
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_plugins_lists_first_party_plugins():
+    proc = legato_cli("plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["name"], r["kind"]): r for r in json.loads(proc.stdout)}
+    for name in ("bash", "noop", "sleep"):
+        row = rows[(name, "step type")]
+        assert row["distribution"] == "legato" and row["unavailable"] is None
+    assert rows[("memory", "storage")]["plugin"] == "memory"
+    text = legato_cli("plugins").stdout
+    assert "bash" in text and "available" in text
+
+
+def test_only_named_plugins_load_with_LEGATO_PLUGINS():
+    proc = subprocess.run([LEGATO, "plugins", "--json"], capture_output=True, text=True,
+                          env={**os.environ, "LEGATO_PLUGINS": "noop,memory"})
+    names = {r["name"] for r in json.loads(proc.stdout)}
+    assert "noop" in names and "bash" not in names
+
+
+def test_help_and_version():
+    proc = legato_cli("--help")
+    assert proc.returncode == 0 and "run" in proc.stdout and "validate" in proc.stdout
+    assert legato_cli("--version").stdout.startswith("legato, version")
