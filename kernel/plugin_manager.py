@@ -141,8 +141,8 @@ class Plugins:
         if entry_points:
             self._load_entry_points(only)
         for plugin in extra:
-            self.pm.register(plugin)
-            self.sources[self.pm.get_name(plugin)] = ("(in process)", "")
+            name = self.pm.register(plugin, name=getattr(plugin, "__name__", None))
+            self.sources[name] = ("(in process)", "")
         self.pm.check_pending()
         self.step_types = StepTypeRegistry(self)
         self.storage = StorageRegistry(self)
@@ -177,7 +177,7 @@ class Plugins:
 
     def _call_register(self, hook: str, registry: _Registry) -> None:
         caller = getattr(self.pm.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: entry points first
             self._current = impl.plugin_name
             impl.function(registry)
         self._current = "?"
