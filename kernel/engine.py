@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import socket
 import time
 import traceback
 import uuid
@@ -30,9 +32,9 @@ from .params import ParamError, evaluate_params, parse_override
 from .plugin_manager import Plugins, get_plugins
 from .states import STEP_TRANSITIONS, IllegalTransition, InstanceStatus, StepStatus, instance_status_from
 from .steptype import Outcome, StepContext, StepResult, StepType
-from .storage import Storage
+from .storage import StaleWrite, Storage, StorageError
 
-__all__ = ["Engine", "InstanceRun", "StartError"]
+__all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld"]
 
 S = StepStatus
 I = InstanceStatus  # noqa: E741
@@ -54,6 +56,30 @@ class _Internal:
 _MATERIALIZE = (S.INITIALIZED, S.WAITING_FOR_SIGNALS, S.EVALUATING_PARAMS)
 
 
+class LeaseHeld(StorageError):
+    """Another live worker owns the instance."""
+
+
+def _parse_crash_at(spec: str | None) -> list | None:
+    if not spec:
+        return None
+    name, _, count = spec.partition(":")
+    return [name, int(count or 1)]
+
+
+# Named crash points for the crash-test battery: LEGATO_CRASH_AT=name[:n] kills this process
+# with SIGKILL the n-th time the kernel passes `name`. Unset (always, outside tests) it costs one
+# comparison.
+_CRASH_AT = _parse_crash_at(os.environ.get("LEGATO_CRASH_AT"))
+
+
+def _crashpoint(name: str) -> None:
+    if _CRASH_AT is not None and _CRASH_AT[0] == name:
+        _CRASH_AT[1] -= 1
+        if _CRASH_AT[1] <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class StartError(Exception):
     """A start request is invalid (unknown or immutable param override, a param that fails to
     evaluate). ``pointer`` locates it in the definition."""
@@ -69,7 +95,7 @@ class _Step:
 
     __slots__ = (
         "sdef", "record", "attempt", "remaining", "satisfied", "params", "config",
-        "errors", "platform", "timeouts", "scope", "edge_error", "finished",
+        "errors", "platform", "timeouts", "scope", "edge_error", "finished", "reattach",
     )
 
     def __init__(self, sdef: StepDef) -> None:
@@ -84,6 +110,7 @@ class _Step:
         self.scope: trio.CancelScope | None = None
         self.edge_error = ""
         self.finished = False
+        self.reattach: Any = None  # the handle to follow instead of starting the work anew
 
 
 class Engine:
@@ -100,9 +127,13 @@ class Engine:
         plugins: Plugins | None = None,
         workspace: str | os.PathLike | None = None,
         step_settings: dict[str, dict[str, Any]] | None = None,
+        lease_ttl: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.plugins = plugins or get_plugins()
         self.storage = storage
+        self.lease_ttl = lease_ttl
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.workspace = Path(workspace or ".legato/runs").resolve()
         self.compiler = CelCompiler(self.plugins.cel_functions.functions)
         self._step_settings = step_settings or {}
@@ -185,13 +216,32 @@ class Engine:
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> InstanceRecord:
         """Run ``instance`` to its end and return its final record. With ``nursery.start`` the
-        :class:`InstanceRun` is handed back as soon as it runs (to stop or kill it)."""
+        :class:`InstanceRun` is handed back as soon as it runs (to stop or kill it).
+
+        Takes the instance's lease first (raises :class:`LeaseHeld` if a live worker has it);
+        an instance that already has attempts in storage is resumed where it was."""
         run = InstanceRun(self, definition, instance, observer)
         self.runs[instance.instance_id] = run
         try:
             return await run.run(task_status)
         finally:
             del self.runs[instance.instance_id]
+
+    async def resume(self, instance_id: str, *, observer: Callable[[Event], None] | None = None,
+                     task_status=trio.TASK_STATUS_IGNORED) -> InstanceRecord:
+        """Resume an instance from storage: its pinned definition version, its evaluated params,
+        its attempts. Finished steps are not run again; a step that was running when its
+        previous owner died is reattached if its step type can, else it ends PLATFORM_FAILED
+        and its retry policy decides."""
+        instance = await self.storage.get_instance(instance_id)
+        if instance is None:
+            raise StorageError(f"no instance {instance_id!r} in {self.storage.url}")
+        version = await self.storage.get_definition(instance.workflow_id, instance.version)
+        if version is None:
+            raise StorageError(f"definition {instance.workflow_id} v{instance.version} of {instance_id} is missing")
+        definition = self.load(version.document)
+        definition.version = version.version
+        return await self.run(definition, instance, observer=observer, task_status=task_status)
 
     async def execute(self, definition: Definition, params: dict[str, Any] | None = None, **kwargs) -> InstanceRecord:
         """Start and run to the end: the one-call way used by tests and examples."""
@@ -233,6 +283,8 @@ class InstanceRun:
         self._cel_synced = 0
         self._cel_context: dict[str, Any] | None = None
         self._nursery: trio.Nursery | None = None
+        self._generation = 0
+        self._lost: BaseException | None = None
         self._emit = engine.plugins.emit if engine.plugins.has_event_observers else None
         wf = {
             "id": definition.workflow_id, "version": instance.version, "instance_id": self.iid,
@@ -284,8 +336,17 @@ class InstanceRun:
         self._event(None, 0, status.value, message)
 
     async def _commit(self) -> None:
-        batch, self._batch = self._batch, Batch(self.iid)
-        await self.engine.storage.commit(batch)
+        batch, self._batch = self._batch, Batch(self.iid, self._generation)
+        try:
+            await self.engine.storage.commit(batch)
+        except StorageError as exc:
+            # Without durable writes nothing may go on: drop everything (running steps are
+            # cancelled and their processes killed); whoever resumes the instance takes over.
+            self._lost = exc
+            self._nursery.cancel_scope.cancel()
+            await trio.lowlevel.checkpoint()
+            raise
+        _crashpoint("committed")
         observer, emit = self.observer, self._emit
         if observer is not None or emit is not None:
             for event in batch.events:
@@ -309,35 +370,173 @@ class InstanceRun:
             raise _first_leaf(group) from None
 
     async def _run(self, task_status) -> InstanceRecord:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._set_instance(I.IN_PROGRESS)
-            if self.definition.timeout:
-                nursery.start_soon(self._workflow_deadline, self.definition.timeout)
-            for st in self.steps.values():
-                if st.remaining == 0:
-                    st.satisfied = True
-                    self._materialize(st)
+        if self.instance.status.terminal:
             task_status.started(self)
-            while True:
-                while self._inbox:
-                    self._handle(self._inbox.popleft())
-                if self._is_done():
-                    self._finish()
-                    await self._commit()
-                    break
-                if self._batch:
-                    await self._commit()
-                if self._to_launch:
-                    launch, self._to_launch = self._to_launch, []
-                    for st in launch:
-                        st.scope = trio.CancelScope()  # before the task runs, so a stop can reach it
-                        nursery.start_soon(self._run_step, st, st.attempt)
-                if not self._inbox:
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-            nursery.cancel_scope.cancel()  # the workflow deadline task
+            return self.instance
+        storage, engine = self.engine.storage, self.engine
+        generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
+        if generation is None:
+            raise LeaseHeld(f"instance {self.iid} is owned by another live worker; try again once its lease expires")
+        self._generation = generation
+        self._batch.generation = generation
+        attempts = await storage.get_attempts(self.iid) if self.instance.status is not I.CREATED else []
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._heartbeat)
+                timeout = self.definition.timeout
+                if self.instance.status is I.CREATED:
+                    self._set_instance(I.IN_PROGRESS)
+                    if timeout:
+                        nursery.start_soon(self._workflow_deadline, timeout)
+                    for st in self.steps.values():
+                        if st.remaining == 0:
+                            st.satisfied = True
+                            self._materialize(st)
+                else:
+                    self._event(None, 0, "IN_PROGRESS", f"resumed by {engine.owner}")
+                    if timeout:
+                        left = timeout - (time.time() - (self.instance.started_at or time.time()))
+                        nursery.start_soon(self._workflow_deadline, max(0.0, left))
+                    self._restore(attempts)
+                task_status.started(self)
+                await self._loop(nursery)
+                nursery.cancel_scope.cancel()  # the heartbeat and the workflow deadline
+        except BaseException:
+            if self._lost is not None:
+                raise self._lost from None
+            raise
+        if self._lost is not None:
+            raise self._lost
+        try:
+            await storage.release_lease(self.iid, engine.owner)
+        except StorageError:
+            pass  # the instance is over; an unreleased lease just expires
         return self.instance
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease well before it expires; losing it means another worker took over."""
+        ttl = self.engine.lease_ttl
+        while True:
+            await trio.sleep(ttl / 3)
+            try:
+                generation = await self.engine.storage.acquire_lease(self.iid, self.engine.owner, ttl)
+            except StorageError as exc:
+                generation, error = None, exc
+            else:
+                error = StaleWrite(f"lost the lease of instance {self.iid} to another worker")
+            if generation != self._generation:
+                self._lost = error
+                self._nursery.cancel_scope.cancel()
+                return
+
+    async def _loop(self, nursery) -> None:
+        while True:
+            while self._inbox:
+                self._handle(self._inbox.popleft())
+            if self._is_done():
+                self._finish()
+                await self._commit()
+                return
+            if self._batch:
+                await self._commit()
+            if self._to_launch:
+                _crashpoint("before_launch")
+                launch, self._to_launch = self._to_launch, []
+                for st in launch:
+                    st.scope = trio.CancelScope()  # before the task runs, so a stop can reach it
+                    nursery.start_soon(self._run_step, st, st.attempt)
+            if not self._inbox:
+                await self._wake.wait()
+                self._wake = trio.Event()
+
+    # -- resuming ------------------------------------------------------------------------------
+
+    def _restore(self, attempts: list[AttemptRecord]) -> None:
+        """Rebuild the run from storage, in topological order, so each step's predecessors are
+        settled before it: finished steps release their successors again (conditions are pure
+        functions of durable outputs), live attempts continue, interrupted ones are reattached or
+        failed as platform errors."""
+        import graphlib
+
+        history: dict[str, list[AttemptRecord]] = {}
+        for record in attempts:
+            history.setdefault(record.step_id, []).append(record)
+        order = graphlib.TopologicalSorter({s.id: s.predecessors for s in self.definition.steps}).static_order()
+        for sid in order:
+            records = history.get(sid)
+            if not records:
+                continue
+            st = self.steps[sid]
+            records.sort(key=lambda r: r.attempt)
+            record = st.record = records[-1]
+            st.attempt = record.attempt
+            st.params = next((r.params for r in records if r.params is not None), None)
+            st.errors = sum(r.status is S.USER_FAILED for r in records)
+            st.platform = sum(r.status is S.PLATFORM_FAILED for r in records)
+            st.timeouts = sum(r.status is S.TIMEOUT_FAILED for r in records)
+            status = record.status
+            if status.complete:
+                st.finished = True
+                self._finished_steps.append(st)
+                if status is not S.UNSATISFIED:
+                    st.satisfied = True
+                self._release(st)
+            elif status.terminal:
+                self._restore_ended(st, status)
+            elif status in (S.STARTING, S.RUNNING, S.FINISHING):
+                self._restore_interrupted(st)
+            else:
+                self._continue(st)
+
+    def _restore_ended(self, st: _Step, status: StepStatus) -> None:
+        policy = st.sdef.retry
+        pending = (
+            (status is S.USER_FAILED and st.errors <= policy.error_retry_limit)
+            or (status is S.PLATFORM_FAILED and st.platform <= policy.platform_retry_limit)
+            or (status is S.TIMEOUT_FAILED and st.timeouts <= policy.timeout_retry_limit)
+        )
+        if pending:  # a retry was scheduled when the previous owner stopped
+            counter = {S.USER_FAILED: st.errors, S.PLATFORM_FAILED: st.platform}.get(status, st.timeouts)
+            delay = st.sdef.retry.backoff.delay(counter, random.random())
+            left = max(0.0, (st.record.ended_at or 0.0) + delay - time.time())
+            scope = trio.CancelScope()
+            self._retrying[st.sdef.id] = scope
+            self._nursery.start_soon(self._retry_after, st, left, scope)
+            return
+        st.finished = True
+        self._finished_steps.append(st)
+        if status is S.STOPPED:
+            self._ending = self._ending or I.STOPPED
+            self._end_message = self._end_message or st.record.message
+        elif status is S.INTERNALLY_FAILED or st.sdef.failure_mode is not FailureMode.IGNORE_FAILURE:
+            self._failed = True
+
+    def _restore_interrupted(self, st: _Step) -> None:
+        """The previous owner died while this attempt's work may have been running."""
+        step_type = self.engine.step_type(st.sdef.type)
+        if st.record.status is not S.STARTING and step_type.can_reattach and st.record.handle is not None:
+            st.reattach = st.record.handle
+            self._running += 1
+            self._to_launch.append(st)
+            return
+        self._running += 1  # _on_result gives the permit back
+        what = "started" if st.record.status is S.STARTING else "ran"
+        self._on_result(st, st.attempt, StepResult(
+            Outcome.PLATFORM_ERROR, {},
+            f"the worker that {what} this attempt stopped ({st.record.status.value}); "
+            f"{st.sdef.type} steps cannot be reattached, so its outcome is unknown"))
+
+    def _continue(self, st: _Step) -> None:
+        """An attempt created but not started: walk it on from where it stopped."""
+        record = st.record
+        for status in _MATERIALIZE:
+            if status in STEP_TRANSITIONS[record.status]:
+                self._set(st, status)
+        if record.status is S.WAITING_FOR_PERMITS:
+            self._request_permit(st)
+        else:
+            self._prepare(st)
 
     def _is_done(self) -> bool:
         return not (self._running or self._to_launch or self._retrying or self._permit_queue)
@@ -410,14 +609,24 @@ class InstanceRun:
         if st.edge_error:
             self._end_step(st, S.FATALLY_FAILED, st.edge_error)
             return
-        if st.params is None:
-            try:
-                st.params, st.config = self._evaluate_step_params(st)
-            except ParamError as exc:
-                self._end_step(st, S.FATALLY_FAILED, f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}")
-                return
+        self._prepare(st)
+
+    def _prepare(self, st: _Step) -> None:
+        """EVALUATING_PARAMS: evaluate once (later attempts and resumes reuse the values), check
+        them against the step type's schema, then queue for a permit."""
+        try:
+            if st.params is None:
+                st.params = self._evaluate_step_params(st)
+            if st.config is None:
+                st.config = self._validate_config(st)
+        except ParamError as exc:
+            self._end_step(st, S.FATALLY_FAILED, f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}")
+            return
         st.record.params = st.params
         self._set(st, S.WAITING_FOR_PERMITS)
+        self._request_permit(st)
+
+    def _request_permit(self, st: _Step) -> None:
         if self._running < self._limit:
             self._starting(st)
         else:
@@ -456,34 +665,36 @@ class InstanceRun:
             self._cel_synced = len(self._finished_steps)
         return self._cel_context
 
-    def _evaluate_step_params(self, st: _Step) -> tuple[dict[str, Any], Any]:
+    def _evaluate_step_params(self, st: _Step) -> dict[str, Any]:
         sdef = st.sdef
+        if not sdef.params:
+            return {}
         step_type = self.engine.plugins.step_types.types[sdef.type]
-        if sdef.params:
-            values = evaluate_params(
-                sdef.params, self.engine.compiler, scope=self.instance.params,
-                context=self._context(), raw=step_type.raw_params,
-            )
-        else:
-            values = {}
-        config = None
-        if step_type.Params is not None:
-            import pydantic
+        return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
+                               context=self._context(), raw=step_type.raw_params)
 
-            try:
-                config = step_type.Params.model_validate(values)
-            except pydantic.ValidationError as exc:
-                err = exc.errors()[0]
-                loc = "".join(f"/{p}" for p in err["loc"])
-                raise ParamError(f"{sdef.type}: {err['msg']}", loc) from None
-        return values, config
+    def _validate_config(self, st: _Step) -> Any:
+        """The step's params as the step type's ``Params`` model (None when it declares none)."""
+        step_type = self.engine.plugins.step_types.types[st.sdef.type]
+        if step_type.Params is None:
+            return None
+        import pydantic
+
+        try:
+            return step_type.Params.model_validate(st.params)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            loc = "".join(f"/{p}" for p in err["loc"])
+            raise ParamError(f"{st.sdef.type}: {err['msg']}", loc) from None
 
     # -- running a step ------------------------------------------------------------------------
 
     async def _run_step(self, st: _Step, attempt: int) -> None:
         sdef = st.sdef
         step_type = self.engine.step_type(sdef.type)
-        self._set(st, S.RUNNING)
+        handle, st.reattach = st.reattach, None
+        if handle is None:
+            self._set(st, S.RUNNING)
         ctx = StepContext(
             instance_id=self.iid, workflow_id=self.definition.workflow_id, step_id=sdef.id, attempt=attempt,
             params=st.params, config=st.config, workflow_params=self.instance.params,
@@ -497,18 +708,21 @@ class InstanceRun:
             try:
                 if scope.cancel_called:  # stopped between launch and now: do not start the work
                     pass
-                elif sdef.timeout is not None:
-                    with trio.move_on_after(sdef.timeout) as deadline:
-                        result = await step_type.run(ctx)
-                    if deadline.cancelled_caught:
-                        result = _TIMEOUT
                 else:
-                    result = await step_type.run(ctx)
+                    work = step_type.run(ctx) if handle is None else step_type.reattach(ctx, handle)
+                    if sdef.timeout is not None:
+                        with trio.move_on_after(sdef.timeout) as deadline:
+                            result = await work
+                        if deadline.cancelled_caught:
+                            result = _TIMEOUT
+                    else:
+                        result = await work
             except Exception as exc:  # a plugin broke its contract: loud, never retried
                 result = _Internal(_internal(sdef.type, exc))
         st.scope = None
         if scope.cancel_called:  # stopped; even a step that swallowed the cancellation counts as stopped
             result = _STOPPED
+        _crashpoint("step_done")
         self._post(("result", st, attempt, result))
 
     def _log(self, step_id: str, attempt: int, stream: str, text: str) -> None:
@@ -581,7 +795,9 @@ class InstanceRun:
 
     async def _retry_after(self, st: _Step, delay: float, scope: trio.CancelScope) -> None:
         with scope:
-            await trio.sleep(delay)
+            await trio.sleep(delay / 2)
+            _crashpoint("backoff")
+            await trio.sleep(delay / 2)
             self._post(("retry", st))
 
     def _end_step(self, st: _Step, status: StepStatus, message: str = "") -> None:
@@ -623,7 +839,7 @@ class InstanceRun:
                             value = True
                         nxt.satisfied = value
                 nxt.remaining -= 1
-                if nxt.remaining == 0:
+                if nxt.remaining == 0 and nxt.record is None:  # (a resumed run restores created steps itself)
                     if nxt.satisfied:
                         self._materialize(nxt)
                     elif self._ending is None:

@@ -83,7 +83,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
         """Take or renew the instance's lease for ``owner``; return the generation to write with,
-        or None while another owner's lease is live."""
+        or None while another owner's lease is live. Taking a free or expired lease increments the
+        generation, so the previous owner's writes are rejected from then on (fencing)."""
+
+    @abc.abstractmethod
+    async def release_lease(self, instance_id: str, owner: str) -> None:
+        """Give the lease up (the instance ended, or the owner shuts down cleanly)."""
+
+    @abc.abstractmethod
+    async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
+        """Instances not yet ended whose lease is free or expired, oldest first."""
 
 
 def open_storage(url: str, plugins=None) -> Storage:

@@ -108,6 +108,19 @@ class MemoryStorage(Storage):
         self._leases[instance_id] = (owner, now + ttl, generation)
         return generation
 
+    async def release_lease(self, instance_id: str, owner: str) -> None:
+        current = self._leases.get(instance_id)
+        if current is not None and current[0] == owner:
+            self._leases[instance_id] = (owner, 0.0, current[2])
+
+    async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
+        now = time.monotonic()
+        rows = [
+            copy.copy(r) for r in sorted(self._instances.values(), key=lambda r: r.created_at)
+            if not r.status.terminal and self._leases.get(r.instance_id, ("", 0.0, 0))[1] <= now
+        ]
+        return rows[:limit]
+
 
 @hookimpl
 def legato_register_storage(registry):

@@ -57,6 +57,7 @@ def test_kernel_imports_no_plugin(path):
 def test_first_party_plugins_are_entry_points():
     eps = PYPROJECT["project"]["entry-points"]["legato"]
     modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if p.stem != "__init__"}
+    modules |= {p.parent.name for p in (ROOT / "plugins").glob("*/__init__.py")}
     assert {v.rsplit(".", 1)[-1] for v in eps.values()} == modules
 
 

@@ -1,0 +1,90 @@
+"""The tables of the SQL store, declared with SQLModel. JSON values are stored as text so the
+schema is the same on SQLite and PostgreSQL. Changing a table needs an Alembic migration in
+``migrations/versions`` (tests/test_sqlstore.py checks the migrations produce these tables)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+metadata = SQLModel.metadata
+
+
+class DefinitionVersionRow(SQLModel, table=True):
+    __tablename__ = "legato_definition_versions"
+
+    workflow_id: str = Field(primary_key=True)
+    version: int = Field(primary_key=True)
+    document: str = Field(sa_type=Text)
+    created_at: float
+    active: bool = False
+
+
+class InstanceRow(SQLModel, table=True):
+    __tablename__ = "legato_instances"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "request_id", name="uq_legato_instances_request"),
+        Index("ix_legato_instances_workflow_created", "workflow_id", "created_at"),
+        Index("ix_legato_instances_status", "status"),
+    )
+
+    instance_id: str = Field(primary_key=True)
+    workflow_id: str
+    version: int
+    status: str
+    run_id: int = 1
+    params: str = Field(sa_type=Text)
+    request_id: Optional[str] = None
+    initiator: str = "manual"
+    created_at: float
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    message: str = Field(default="", sa_type=Text)
+    owner: Optional[str] = None
+    lease_expires: Optional[float] = None
+    generation: int = 0
+
+
+class AttemptRow(SQLModel, table=True):
+    __tablename__ = "legato_attempts"
+
+    instance_id: str = Field(primary_key=True)
+    step_id: str = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    status: str
+    run_id: int = 1
+    params: Optional[str] = Field(default=None, sa_type=Text)
+    outputs: str = Field(default="{}", sa_type=Text)
+    message: str = Field(default="", sa_type=Text)
+    created_at: float
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    handle: Optional[str] = Field(default=None, sa_type=Text)
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "legato_events"
+    __table_args__ = (Index("ix_legato_events_instance", "instance_id", "id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    instance_id: str
+    step_id: Optional[str] = None
+    attempt: int = 0
+    status: str
+    message: str = Field(default="", sa_type=Text)
+    ts: float
+
+
+class LogRow(SQLModel, table=True):
+    __tablename__ = "legato_logs"
+    __table_args__ = (Index("ix_legato_logs_instance", "instance_id", "step_id", "attempt", "id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    instance_id: str
+    step_id: str
+    attempt: int
+    stream: str
+    text: str = Field(sa_type=Text)
+    ts: float

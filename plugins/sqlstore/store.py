@@ -1,0 +1,414 @@
+"""The SQL store: SQLite (the embedded default) and PostgreSQL through SQLAlchemy/SQLModel.
+
+- Every call runs in a worker thread: nothing blocks the event loop.
+- :meth:`SqlStorage.commit` writes one scheduling tick in one transaction (group commit), after
+  checking the instance's lease generation (fencing) inside that transaction.
+- SQLite runs in WAL mode with a busy timeout; writers take the lock up front (``BEGIN
+  IMMEDIATE``) so two writers never deadlock upgrading a read lock. ``synchronous=NORMAL``: a
+  commit survives a crash of the process (what the crash tests check); add
+  ``?synchronous=FULL`` to the URL to survive power loss too, at a cost per commit.
+- The schema is created and upgraded by Alembic migrations when the store is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+import sqlalchemy as sa
+import trio
+
+from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, LogChunk
+from legato.states import InstanceStatus, StepStatus
+from legato.storage import StaleWrite, Storage, StorageError
+
+from .schema import AttemptRow, DefinitionVersionRow, EventRow, InstanceRow, LogRow, metadata
+
+HEAD = "0001"  # the newest migration: opening a store at another revision runs Alembic
+
+_definitions = DefinitionVersionRow.__table__
+_instances = InstanceRow.__table__
+_attempts = AttemptRow.__table__
+_events = EventRow.__table__
+_logs = LogRow.__table__
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class SqlStorage(Storage):
+    """Storage on a SQL database: ``sqlite:///path/to.db`` or ``postgresql://user@host/db``."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.dialect = parts.scheme.split("+")[0]
+        self._query = dict(parse_qsl(parts.query))
+        self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
+        self.path: Path | None = None
+        if self.dialect == "sqlite":
+            raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+            if not raw or raw == ":memory:":
+                raise StorageError(f"{url!r}: give a file, e.g. sqlite:///.legato/legato.db")
+            self.path = Path(raw).expanduser()
+
+    # -- opening ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._open)
+
+    def _open(self) -> None:
+        if self.dialect == "sqlite":
+            self._engine = self._sqlite_engine()
+        elif self.dialect == "postgresql":
+            url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+        else:
+            raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
+        try:
+            self._migrate()
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._explain(exc, "open") from None
+
+    def _sqlite_engine(self) -> sa.Engine:
+        path = self.path
+        parent = path.parent if str(path.parent) else Path(".")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory {parent} for {self.url}: {exc.strerror}") from None
+        if path.exists() and not os.access(path, os.R_OK):
+            raise StorageError(f"cannot read {path}: permission denied")
+        synchronous = self._query.get("synchronous", "NORMAL").upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StorageError(f"{self.url}: synchronous must be OFF, NORMAL, FULL or EXTRA")
+        busy_ms = int(float(self._query.get("busy_timeout", "30")) * 1000)
+        engine = sa.create_engine(
+            f"sqlite:///{path}",
+            connect_args={"check_same_thread": False, "timeout": busy_ms / 1000, "isolation_level": None},
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal" and os.access(path.parent, os.W_OK):
+                raise StorageError(f"{path}: could not switch to WAL mode (journal_mode is {mode})")
+            cur.execute(f"PRAGMA synchronous = {synchronous}")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            # pysqlite's own transaction handling is off (isolation_level=None); take the write
+            # lock at BEGIN so a writer never fails halfway through upgrading a read lock.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _migrate(self) -> None:
+        with self._engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            tables = set(inspector.get_table_names())
+            current = None
+            if "legato_alembic_version" in tables:
+                current = conn.exec_driver_sql("SELECT version_num FROM legato_alembic_version").scalar()
+            elif tables and not tables & set(metadata.tables):
+                raise StorageError(
+                    f"{self._where()} holds tables that are not Legato's ({', '.join(sorted(tables)[:5])}); "
+                    "point --store at another database"
+                )
+            if current == HEAD:
+                return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self._engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def _where(self) -> str:
+        return str(self.path) if self.path else self.url
+
+    def _explain(self, exc: Exception, doing: str) -> StorageError:
+        """Turn a driver error into a message that says what is wrong and what to do."""
+        text = str(getattr(exc, "orig", exc))
+        lower = text.lower()
+        where = self._where()
+        if "file is not a database" in lower or "malformed" in lower or "not a database" in lower:
+            return StorageError(f"{where} is not a Legato database or is corrupt ({text}); "
+                                "move it away or point --store at another file")
+        if "readonly" in lower or "read-only" in lower or "unable to open" in lower or "permission" in lower:
+            return StorageError(f"cannot write to {where} ({text}): check the file and its directory are writable")
+        if "disk is full" in lower or "no space" in lower or "disk i/o" in lower:
+            return StorageError(f"{where}: the disk is full ({text}); nothing committed before is lost. "
+                                "Free space and run `legato resume`")
+        if "locked" in lower or "busy" in lower:
+            return StorageError(f"{where} stayed locked by another process ({text}); try again")
+        return StorageError(f"{where}: could not {doing}: {text}")
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await trio.to_thread.run_sync(engine.dispose)
+
+    # -- running in threads -------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., Any], *args: Any, doing: str) -> Any:
+        if self._engine is None:
+            raise StorageError("the store is not open")
+
+        def call():
+            try:
+                with self._lock:
+                    return fn(*args)
+            except (StorageError, StaleWrite):
+                raise
+            except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+                raise self._explain(exc, doing) from None
+
+        return await trio.to_thread.run_sync(call)
+
+    def _now_sql(self) -> str:
+        if self.dialect == "sqlite":
+            return "(julianday('now') - 2440587.5) * 86400.0"
+        return "extract(epoch from clock_timestamp())"
+
+    # -- definitions ---------------------------------------------------------------------------
+
+    async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
+        return await self._run(self._push_definition, workflow_id, document, doing="store the definition")
+
+    def _push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
+        text = _dumps(document)
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(_definitions).where(_definitions.c.workflow_id == workflow_id)
+                .order_by(_definitions.c.version)
+            ).all()
+            for row in rows:
+                if row.active and row.document == text:
+                    return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at, True)
+            version = (rows[-1].version + 1) if rows else 1
+            now = time.time()
+            conn.execute(sa.update(_definitions).where(_definitions.c.workflow_id == workflow_id).values(active=False))
+            conn.execute(sa.insert(_definitions).values(
+                workflow_id=workflow_id, version=version, document=text, created_at=now, active=True))
+        return DefinitionVersion(workflow_id, version, json.loads(text), now, True)
+
+    async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
+        def read():
+            with self._engine.connect() as conn:
+                query = sa.select(_definitions).where(_definitions.c.workflow_id == workflow_id)
+                query = query.where(_definitions.c.version == version) if version else query.where(_definitions.c.active)
+                row = conn.execute(query).first()
+            if row is None:
+                return None
+            return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at, row.active)
+
+        return await self._run(read, doing="read the definition")
+
+    # -- instances ------------------------------------------------------------------------------
+
+    async def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        return await self._run(self._create_instance, record, doing="create the instance")
+
+    def _create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        with self._engine.begin() as conn:
+            if record.request_id is not None:
+                row = conn.execute(sa.select(_instances).where(
+                    _instances.c.workflow_id == record.workflow_id, _instances.c.request_id == record.request_id)).first()
+                if row is not None:
+                    return _instance(row), False
+            conn.execute(sa.insert(_instances).values(**_instance_values(record), generation=0))
+        return record, True
+
+    async def commit(self, batch: Batch) -> None:
+        await self._run(self._commit, batch, doing="commit")
+
+    def _commit(self, batch: Batch) -> None:
+        with self._engine.begin() as conn:
+            generation = conn.execute(
+                sa.select(_instances.c.generation, _instances.c.owner).where(_instances.c.instance_id == batch.instance_id)
+            ).first()
+            if generation is None:
+                raise StorageError(f"instance {batch.instance_id} is not in {self._where()}")
+            if batch.generation < generation.generation:
+                raise StaleWrite(f"instance {batch.instance_id} is now owned by {generation.owner} "
+                                 f"(generation {generation.generation}); this write carried {batch.generation}")
+            if batch.attempts:
+                rows = [_attempt_values(r) for r in batch.attempts.values()]
+                conn.execute(self._upsert_attempts(), rows)
+            if batch.events:
+                conn.execute(sa.insert(_events), [
+                    {"instance_id": e.instance_id, "step_id": e.step_id, "attempt": e.attempt, "status": e.status,
+                     "message": e.message, "ts": e.ts} for e in batch.events])
+            if batch.logs:
+                conn.execute(sa.insert(_logs), [
+                    {"instance_id": c.instance_id, "step_id": c.step_id, "attempt": c.attempt, "stream": c.stream,
+                     "text": c.text, "ts": c.ts} for c in batch.logs])
+            if batch.instance is not None:
+                values = _instance_values(batch.instance)
+                for key in ("instance_id", "request_id", "created_at", "workflow_id", "version", "initiator"):
+                    values.pop(key)
+                conn.execute(sa.update(_instances).where(_instances.c.instance_id == batch.instance_id).values(**values))
+
+    _upsert = None
+
+    def _upsert_attempts(self):
+        if self._upsert is None:
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(_attempts)
+            keys = ("instance_id", "step_id", "attempt")
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={c.name: stmt.excluded[c.name] for c in _attempts.columns if c.name not in keys},
+            )
+            self._upsert = stmt
+        return self._upsert
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        def read():
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.select(_instances).where(_instances.c.instance_id == instance_id)).first()
+            return _instance(row) if row is not None else None
+
+        return await self._run(read, doing="read the instance")
+
+    async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
+        def read():
+            query = sa.select(_instances).order_by(_instances.c.created_at.desc()).limit(limit)
+            if workflow_id is not None:
+                query = query.where(_instances.c.workflow_id == workflow_id)
+            with self._engine.connect() as conn:
+                return [_instance(row) for row in conn.execute(query)]
+
+        return await self._run(read, doing="list instances")
+
+    async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
+        def read():
+            with self._engine.connect() as conn:
+                rows = conn.execute(sa.select(_attempts).where(_attempts.c.instance_id == instance_id)
+                                    .order_by(_attempts.c.created_at, _attempts.c.step_id, _attempts.c.attempt)).all()
+            return [_attempt(row) for row in rows]
+
+        return await self._run(read, doing="read attempts")
+
+    async def get_timeline(self, instance_id: str) -> list[Event]:
+        def read():
+            with self._engine.connect() as conn:
+                rows = conn.execute(sa.select(_events).where(_events.c.instance_id == instance_id)
+                                    .order_by(_events.c.id)).all()
+            return [Event(r.ts, r.instance_id, r.step_id, r.attempt, r.status, r.message) for r in rows]
+
+        return await self._run(read, doing="read the timeline")
+
+    async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]:
+        def read():
+            query = sa.select(_logs).where(_logs.c.instance_id == instance_id)
+            if step_id is not None:
+                query = query.where(_logs.c.step_id == step_id)
+            if attempt is not None:
+                query = query.where(_logs.c.attempt == attempt)
+            with self._engine.connect() as conn:
+                rows = conn.execute(query.order_by(_logs.c.id)).all()
+            return [LogChunk(r.instance_id, r.step_id, r.attempt, r.stream, r.text, r.ts) for r in rows]
+
+        return await self._run(read, doing="read logs")
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+        return await self._run(self._acquire_lease, instance_id, owner, ttl, doing="take the lease")
+
+    def _acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+        now_sql = self._now_sql()
+        with self._engine.begin() as conn:
+            lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+            row = conn.execute(sa.text(
+                f"SELECT owner, lease_expires, generation, {now_sql} AS now FROM legato_instances "
+                f"WHERE instance_id = :iid{lock}"), {"iid": instance_id}).first()
+            if row is None:
+                raise StorageError(f"no instance {instance_id} in {self._where()}")
+            if row.owner == owner and row.lease_expires is not None and row.lease_expires > row.now:
+                generation = row.generation  # renewal
+            elif row.owner is None or row.lease_expires is None or row.lease_expires <= row.now:
+                generation = row.generation + 1  # free or expired: take it, fencing the old owner
+            else:
+                return None
+            conn.execute(sa.text(
+                f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen "
+                "WHERE instance_id = :iid"), {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id})
+        return generation
+
+    async def release_lease(self, instance_id: str, owner: str) -> None:
+        def release():
+            with self._engine.begin() as conn:
+                conn.execute(sa.update(_instances).where(
+                    _instances.c.instance_id == instance_id, _instances.c.owner == owner).values(lease_expires=None))
+
+        await self._run(release, doing="release the lease")
+
+    async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
+        """Instances not yet ended whose lease is free or expired."""
+        def read():
+            now_sql = self._now_sql()
+            with self._engine.connect() as conn:
+                rows = conn.execute(sa.text(
+                    "SELECT * FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', 'PAUSED') "
+                    f"AND (lease_expires IS NULL OR lease_expires <= {now_sql}) ORDER BY created_at LIMIT :limit"),
+                    {"limit": limit}).all()
+            return [_instance(row) for row in rows]
+
+        return await self._run(read, doing="list resumable instances")
+
+
+def _instance_values(r: InstanceRecord) -> dict[str, Any]:
+    return {
+        "instance_id": r.instance_id, "workflow_id": r.workflow_id, "version": r.version, "status": r.status.value,
+        "run_id": r.run_id, "params": _dumps(r.params), "request_id": r.request_id, "initiator": r.initiator,
+        "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at, "message": r.message,
+    }
+
+
+def _instance(row) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=row.instance_id, workflow_id=row.workflow_id, version=row.version,
+        status=InstanceStatus(row.status), run_id=row.run_id, params=json.loads(row.params),
+        request_id=row.request_id, initiator=row.initiator, created_at=row.created_at,
+        started_at=row.started_at, ended_at=row.ended_at, message=row.message,
+    )
+
+
+def _attempt_values(r: AttemptRecord) -> dict[str, Any]:
+    return {
+        "instance_id": r.instance_id, "step_id": r.step_id, "attempt": r.attempt, "status": r.status.value,
+        "run_id": r.run_id, "params": None if r.params is None else _dumps(r.params), "outputs": _dumps(r.outputs),
+        "message": r.message, "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at,
+        "handle": None if r.handle is None else _dumps(r.handle),
+    }
+
+
+def _attempt(row) -> AttemptRecord:
+    return AttemptRecord(
+        instance_id=row.instance_id, step_id=row.step_id, attempt=row.attempt, status=StepStatus(row.status),
+        run_id=row.run_id, params=None if row.params is None else json.loads(row.params),
+        outputs=json.loads(row.outputs), message=row.message, created_at=row.created_at,
+        started_at=row.started_at, ended_at=row.ended_at,
+        handle=None if row.handle is None else json.loads(row.handle),
+    )

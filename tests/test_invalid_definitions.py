@@ -1,0 +1,274 @@
+"""A battery of malformed definitions: each must be rejected with *located* problems, and the CLI
+must exit 2 without a traceback (DESIGN §2, "Validation happens up front and names the place").
+
+``definitions/invalid/expected.json`` maps each file to ``[pointer, substring]`` pairs; every pair
+must match one reported problem: the pointer exactly, the substring case-sensitively inside the
+message. Where more than one answer is right (which edge of a cycle gets blamed, where the cycle
+is said to start), the pointer and/or the substring may be a list of alternatives, any one of which
+must match *in the same problem*.
+
+Files numbered 80–92 are known kernel defects, marked strict xfail below with the reason; when a
+fix lands, the xfail turns into an XPASS failure and its entry here must be deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from legato.cel import CelCompiler
+from legato.cli import main as cli
+from legato.definition import DefinitionError, Problem, load_definition
+from legato.plugin_manager import get_plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+INVALID = Path(__file__).resolve().parent / "definitions" / "invalid"
+EXPECTED: dict[str, list] = json.loads((INVALID / "expected.json").read_text(encoding="utf-8"))
+FILES = sorted(p.name for p in INVALID.iterdir() if p.is_file() and p.name != "expected.json")
+EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+LEGATO = Path(sys.executable).parent / "legato"
+# The CLI runs in-process (CliRunner) for every file; these also run as a real subprocess.
+SUBPROCESS = ["01-json-syntax-error.json", "05-yaml-tab-indent.yaml", "32-condition-cel-syntax-error.json",
+              "99-many-problems.json"]
+
+XFAIL = {
+    "31-cycle-3.json":
+        "cycles(): graphlib's CycleError lists the cycle in successor order already, but the kernel reverses "
+        "it ('cycle: a -> c -> b -> a' for edges a->b->c->a) and blames the non-existent edge "
+        "/workflow/steps/2/step/transition/successors/a (b has no successor a). 2-cycles hide this.",
+    "80-timezone-is-a-region-directory.json":
+        "timezone 'Europe' raises IsADirectoryError out of zoneinfo.ZoneInfo: a traceback instead of a problem "
+        "(triggers() catches only ZoneInfoNotFoundError/ValueError/TypeError; catch OSError too).",
+    "81-yaml-non-string-param-name.yaml":
+        "a YAML int key in params (`1: one`) crashes with AttributeError in _esc(name) (traceback, exit 1).",
+    "82-yaml-non-string-successor.yaml":
+        "a YAML int key in successors crashes with AttributeError in _esc(target) (traceback, exit 1).",
+    "83-yaml-non-string-wrapper-key.yaml":
+        "a YAML int wrapper key (`- 1: {...}`) crashes with AttributeError in _esc(kind) (traceback, exit 1).",
+    "84-yaml-unquoted-date-param.yaml":
+        "YAML reads `start: 2025-01-01` as a datetime.date; infer_type then says 'null is not a param value', "
+        "which is wrong. Say YAML read a date and to quote it (or accept dates as strings and delete this file).",
+    "85-properties-array.json":
+        "`\"properties\": []` (or \"\", 0, false) is silently accepted: `document.get('properties') or {}`.",
+    "86-workflow-tags-not-strings.json":
+        "workflow-level `tags` (and `name`, `description`) are allowed keys but never validated.",
+    "87-successor-list-non-string.json":
+        "list-form successors silently drop non-string entries (`[\"b\", 3]` loses 3 without a word).",
+    "88-json-duplicate-key.json":
+        "duplicate JSON keys are silently last-wins (here a second `transition` erases the edge a->b); "
+        "same for YAML. Use object_pairs_hook / a YAML constructor that reports them.",
+    "89-bad-step-id-hides-other-problems.json":
+        "step(): when the id is invalid it returns before retry_policy/timeout are validated, so those "
+        "problems are not reported together with the id problem.",
+    "90-interpolation-undeclared-via-params.json":
+        "check_refs() skips every ${params.…} reference, so ${params.run_dat} (a typo) passes validation "
+        "and only fails at run time.",
+    "91-workflow-key-transposed-typo.json":
+        "unknown_keys() suggests only on a shared 3-letter prefix: `stpes` gets no 'did you mean `steps`?' "
+        "(difflib.get_close_matches would catch transpositions).",
+    "92-cron-never-fires.json":
+        "'0 6 31 2 *' (Feb 31) passes croniter.is_valid but can never fire: croniter raises "
+        "CroniterBadDateError at scheduling time instead of validation reporting it.",
+}
+
+
+def _mark(name: str):
+    marks = [pytest.mark.xfail(strict=True, reason=XFAIL[name])] if name in XFAIL else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+CASES = [_mark(name) for name in FILES]
+
+
+@pytest.fixture(scope="module")
+def loader():
+    plugins = get_plugins()
+    compiler = CelCompiler(plugins.cel_functions.functions)
+    return lambda path: load_definition(Path(path), plugins.step_types.types, compiler)
+
+
+def _alternatives(value) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def _missing(problems: list[tuple[str, str]], expected: list) -> list:
+    """The expected pairs no single problem matches."""
+    missing = []
+    for pointer, substring in expected:
+        pointers, substrings = _alternatives(pointer), _alternatives(substring)
+        if not any(p in pointers and any(s in m for s in substrings) for p, m in problems):
+            missing.append([pointer, substring])
+    return missing
+
+
+def _cli_problems(stderr: str) -> list[tuple[str, str]]:
+    """``  /pointer: message`` lines of ``legato validate`` back to (pointer, message)."""
+    out = []
+    for line in stderr.splitlines():
+        if line.startswith("  /"):
+            pointer, _, message = line[2:].partition(": ")
+            out.append(("" if pointer == "/" else pointer, message))
+    return out
+
+
+def _resolve(document, pointer: str) -> bool:
+    node = document
+    for token in pointer.split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and any(str(key) == token for key in node):  # YAML keys may be ints
+            node = next(value for key, value in node.items() if str(key) == token)
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True
+
+
+# -- the battery itself -------------------------------------------------------------------------
+
+
+def test_battery_is_complete():
+    assert len(FILES) >= 30
+    assert set(FILES) == set(EXPECTED), "every file needs an entry in expected.json, and vice versa"
+    for name, pairs in EXPECTED.items():
+        assert pairs, f"{name}: no expectations"
+        for pair in pairs:
+            assert len(pair) == 2, f"{name}: {pair!r} is not [pointer, substring]"
+            for pointer in _alternatives(pair[0]):
+                assert pointer == "" or pointer.startswith("/"), f"{name}: {pointer!r} is not a JSON pointer"
+    assert len(EXPECTED["99-many-problems.json"]) >= 5
+    assert set(SUBPROCESS) <= set(FILES) and len(SUBPROCESS) >= 3
+    assert set(XFAIL) <= set(FILES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_load_definition_reports_located_problems(name, loader):
+    with pytest.raises(DefinitionError) as info:
+        loader(INVALID / name)
+    problems = info.value.problems
+    assert problems and all(isinstance(p, Problem) for p in problems)
+    found = [(p.pointer, p.message) for p in problems]
+    assert not _missing(found, EXPECTED[name]), "reported instead:\n" + "\n".join(map(str, problems))
+    for p in problems:
+        assert p.pointer == "" or p.pointer.startswith("/"), p
+        assert p.message.strip(), p
+    assert str(INVALID / name) in str(info.value)
+
+
+def _parsed(name: str):
+    path = INVALID / name
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _points_into(document, pointer: str) -> bool:
+    """``pointer`` names a place in ``document``, or a missing member of a place that exists. A
+    successor is always there when a problem is about it, so it must resolve exactly."""
+    if _resolve(document, pointer):
+        return True
+    return "/successors/" not in pointer and _resolve(document, pointer.rsplit("/", 1)[0])
+
+
+def test_expected_pointers_point_into_the_documents():
+    for name in FILES:
+        document = _parsed(name)
+        if document is None or not isinstance(document, dict):
+            continue
+        for pointer, _ in EXPECTED[name]:
+            for alternative in _alternatives(pointer):
+                assert _points_into(document, alternative), f"{name}: {alternative} points nowhere"
+
+
+POINTER_XFAIL = {"31-cycle-3.json"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[n])] if n in POINTER_XFAIL else [], id=n)
+    for n in FILES])
+def test_reported_pointers_point_into_the_document(name, loader):
+    document = _parsed(name)
+    if document is None:
+        pytest.skip("the document does not parse; its problem is located by line:col")
+    try:
+        loader(INVALID / name)
+    except DefinitionError as exc:
+        problems = exc.problems
+    except Exception:
+        assert name in XFAIL, "crashes: see test_load_definition_reports_located_problems"
+        pytest.skip("crashes (known defect, strict xfail in test_load_definition_reports_located_problems)")
+    else:
+        assert name in XFAIL, "accepted: see test_load_definition_reports_located_problems"
+        pytest.skip("accepted (known defect, strict xfail in test_load_definition_reports_located_problems)")
+    for p in problems:
+        assert _points_into(document, p.pointer), f"{p} points nowhere"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_cli_validate_exits_2_without_traceback(name):
+    result = CliRunner().invoke(cli, ["validate", str(INVALID / name)])
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}"
+    assert result.exit_code == 2, output
+    header = result.stderr.splitlines()[0]
+    assert header.startswith(f"{INVALID / name}: ") and header.endswith(" problem(s) found"), header
+    problems = _cli_problems(result.stderr)
+    assert header == f"{INVALID / name}: {len(problems)} problem(s) found"
+    assert not _missing(problems, EXPECTED[name]), result.stderr
+
+
+@pytest.mark.parametrize("name", [_mark(n) for n in SUBPROCESS])
+def test_cli_validate_subprocess(name):
+    proc = subprocess.run([str(LEGATO), "validate", str(INVALID / name)], capture_output=True, text=True,
+                          timeout=60)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"{INVALID / name}: ")
+    for pointer, _ in EXPECTED[name]:
+        assert any(f"  {p or '/'}: " in proc.stderr for p in _alternatives(pointer)), (pointer, proc.stderr)
+    assert not _missing(_cli_problems(proc.stderr), EXPECTED[name]), proc.stderr
+
+
+def test_cli_validate_json_reports_every_problem(loader):
+    name = "99-many-problems.json"
+    result = CliRunner().invoke(cli, ["validate", "--json", str(INVALID / name)])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    with pytest.raises(DefinitionError) as info:
+        loader(INVALID / name)
+    assert report["problems"] == [{"pointer": p.pointer, "message": p.message} for p in info.value.problems]
+    assert not _missing([(p["pointer"], p["message"]) for p in report["problems"]], EXPECTED[name])
+
+
+# -- and the examples are valid ---------------------------------------------------------------
+
+
+def test_there_are_examples():
+    assert {p.name for p in EXAMPLES} >= {"etl.json", "retries.json", "params.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates(path, loader):
+    definition = loader(path)
+    assert definition.steps
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_examples_validate_in_a_subprocess():
+    for path in EXAMPLES:
+        proc = subprocess.run([str(LEGATO), "validate", str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{path}: valid" in proc.stdout
