@@ -16,6 +16,7 @@ Literal ``true`` / ``false`` conditions never reach cel-python (they dominate re
 from __future__ import annotations
 
 import datetime
+import re
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -198,10 +199,39 @@ class CelProgram:
             raise CelError(f"evaluation failed: {type(exc).__name__}: {exc}") from None
 
 
+def _parse_reason(exc: Exception) -> str:
+    """What lark saw, in words (cel-python's own message is just the source line)."""
+    cause = exc.__context__
+    token = getattr(cause, "token", None)
+    if token is not None:
+        if token.type == "$END":
+            return "unexpected end of expression"
+        return f"unexpected {str(token)!r}"
+    char = getattr(cause, "char", None)
+    if char is not None:
+        return f"unexpected character {char!r}" + (" (unterminated string?)" if char in "'\"" else "")
+    return "invalid expression"
+
+
+_OPERATORS = {
+    "addition_add": "+", "addition_sub": "-", "multiplication_mul": "*", "multiplication_div": "/",
+    "multiplication_mod": "%", "relation_lt": "<", "relation_le": "<=", "relation_gt": ">",
+    "relation_ge": ">=", "relation_eq": "==", "relation_ne": "!=", "relation_in": "in",
+    "unary_neg": "-", "unary_not": "!",
+}
+_OVERLOAD = re.compile(r"found no matching overload for Token\('RULE', '(\w+)'\) applied to '\((.*)\)'")
+_CEL_TYPE = re.compile(r"celtypes\.(\w+?)Type")
+
+
 def _eval_message(exc: Exception) -> str:
     args = exc.args
     message = str(args[0]) if args else str(exc)
     message = message.split(" (in activation", 1)[0]  # cel-python appends its whole activation
+    overload = _OVERLOAD.search(message)
+    if overload:  # cel-python names grammar rules and Python classes; say it in CEL's terms
+        op = _OPERATORS.get(overload.group(1), overload.group(1))
+        kinds = [k.lower() for k in _CEL_TYPE.findall(overload.group(2))] or ["these values"]
+        return f"no `{op}` for {' and '.join(kinds)}"
     if len(args) > 2 and args[2]:
         detail = args[2][0] if isinstance(args[2], tuple) and args[2] else args[2]
         if str(detail) not in message:
@@ -242,8 +272,7 @@ class CelCompiler:
         try:
             ast = _environment.cel_parser.parse(source)
         except celpy.CELParseError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
-            raise CelError(f"syntax error: {first}", exc.line, exc.column) from None
+            raise CelError(f"syntax error: {_parse_reason(exc)}", exc.line, exc.column) from None
         except RecursionError:
             raise CelError("expression is too deeply nested") from None
         if _tree_depth(ast) > MAX_TREE_DEPTH:
@@ -268,7 +297,7 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
         """[start, end) by step, like Maestro's Util.intsBetween."""
         start, end, step = int(start), int(end), int(step)
         if step == 0:
-            raise ValueError("intsBetween: step must not be 0")
+            raise ValueError("step must not be 0")
         _bounded(max(0, (end - start) // step))
         return celtypes.ListType([celtypes.IntType(i) for i in range(start, end, step)])
 
@@ -280,7 +309,7 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
         """yyyymmdd ints from start (inclusive) to end (exclusive), every `step` days."""
         first, last, step = _date(start), _date(end), int(step)
         if step <= 0:
-            raise ValueError("dateIntsBetween: step must be positive")
+            raise ValueError("step must be positive")
         days = (last - first).days
         _bounded(max(0, days // step))
         out = []

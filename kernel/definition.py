@@ -8,6 +8,7 @@ document (and line:col inside CEL or inside the file when it does not parse).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import graphlib
 import json
@@ -161,14 +162,14 @@ def parse_document(text: str, source: str = "") -> dict[str, Any]:
     is_yaml = source.endswith((".yaml", ".yml")) or (not source.endswith(".json") and not text.lstrip().startswith("{"))
     if not is_yaml:
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_object)
         except json.JSONDecodeError as exc:
             raise DefinitionError([Problem("", f"{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")], source) from None
     else:
         import yaml
 
         try:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{mark.line + 1}:{mark.column + 1}: " if mark else ""
@@ -176,7 +177,66 @@ def parse_document(text: str, source: str = "") -> dict[str, Any]:
             raise DefinitionError([Problem("", f"{where}invalid YAML: {problem}")], source) from None
     if not isinstance(document, dict):
         raise DefinitionError([Problem("", "a definition is an object with `workflow` (and optional `properties`)")], source)
+    duplicates = list(_duplicates(document, ""))
+    if duplicates:
+        raise DefinitionError([Problem(p, f"duplicate key {k!r}: a later value would silently replace an earlier one")
+                               for p, k in duplicates], source)
     return document
+
+
+class _Obj(dict):
+    """A parsed object that remembers keys it saw twice (JSON and YAML both allow that silently)."""
+
+    duplicates: tuple = ()
+
+
+def _object(pairs) -> dict:
+    obj = _Obj()
+    seen = []
+    for key, value in pairs:
+        if key in obj:
+            seen.append(key)
+        obj[key] = value
+    if seen:
+        obj.duplicates = tuple(seen)
+        return obj
+    return dict(obj)
+
+
+def _duplicates(node: Any, pointer: str):
+    if isinstance(node, dict):
+        for key in getattr(node, "duplicates", ()):
+            yield f"{pointer}/{_esc(key)}", key
+        for key, value in node.items():
+            yield from _duplicates(value, f"{pointer}/{_esc(key)}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _duplicates(value, f"{pointer}/{i}")
+
+
+_LOADER = None
+
+
+def _yaml_loader():
+    """A safe loader that keeps dates as strings (a param `2025-01-01` is text, as in JSON) and
+    records duplicate keys."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                self.flatten_mapping(node)
+                return _object((self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
+                               for k, v in node.value)
+
+        Loader.yaml_implicit_resolvers = {
+            ch: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+            for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+        Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
+        _LOADER = Loader
+    return _LOADER
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
@@ -206,8 +266,8 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def _esc(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
+def _esc(token: Any) -> str:
+    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 # -- the validator -------------------------------------------------------------------------------
@@ -242,7 +302,7 @@ class _Validator:
     def unknown_keys(self, obj: dict, allowed: set[str], pointer: str, what: str) -> None:
         for key in obj:
             if key not in allowed:
-                close = [a for a in sorted(allowed) if a[:3] == str(key)[:3]]
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
                 hint = f" (did you mean `{close[0]}`?)" if close else f"; allowed: {', '.join(sorted(allowed))}"
                 self.add(f"{pointer}/{_esc(str(key))}", f"unknown {what} field{hint}")
 
@@ -266,6 +326,9 @@ class _Validator:
         specs: dict[str, ParamSpec] = {}
         for name, value in raw.items():
             where = f"{pointer}/{_esc(name)}"
+            if not isinstance(name, str):
+                self.add(where, f"param name {name!r} must be a string (quote it in YAML)")
+                continue
             try:
                 spec = parse_param(name, value)
             except ParamError as exc:
@@ -293,7 +356,8 @@ class _Validator:
             if spec.interpolated:
                 try:
                     for ref in interpolation_names(spec.value):
-                        head = ref.split(".")[0]
+                        parts = ref.split(".")
+                        head = parts[1] if parts[0] == "params" and len(parts) > 1 else parts[0]
                         if head not in scope and head not in ("params", "steps", "workflow"):
                             self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
                         sources.append(ref)
@@ -433,6 +497,8 @@ class _Validator:
         for key in ("name", "description"):
             if key in raw and not isinstance(raw[key], str):
                 self.add(f"{pointer}/{key}", f"{key} must be a string")
+        retry = self.retry_policy(raw.get("retry_policy"), f"{pointer}/retry_policy")
+        timeout = self.duration(raw.get("timeout"), f"{pointer}/timeout")
         if not ok:
             return None
         return StepDef(
@@ -442,8 +508,8 @@ class _Validator:
             pointer=pointer,
             params=params,
             successors=[],
-            retry=self.retry_policy(raw.get("retry_policy"), f"{pointer}/retry_policy"),
-            timeout=self.duration(raw.get("timeout"), f"{pointer}/timeout"),
+            retry=retry,
+            timeout=timeout,
             failure_mode=failure_mode,
             name=raw.get("name") if isinstance(raw.get("name"), str) else "",
             description=raw.get("description") if isinstance(raw.get("description"), str) else "",
@@ -463,12 +529,16 @@ class _Validator:
             self.unknown_keys(transition, {"successors"}, where, "transition")
             successors = transition.get("successors", {})
             if isinstance(successors, list):  # shorthand: unconditional successors
+                for i, target in enumerate(successors):
+                    if not isinstance(target, str):
+                        self.add(f"{where}/successors/{i}", f"expected a step id, got {target!r}")
                 successors = {target: "true" for target in successors if isinstance(target, str)}
             if not isinstance(successors, dict):
                 self.add(f"{where}/successors", "successors must map step id -> CEL condition")
                 continue
             for target, condition in successors.items():
                 at = f"{where}/successors/{_esc(target)}"
+                target = str(target)
                 if target not in by_id:
                     close = [s for s in by_id if s[:2] == target[:2]]
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -495,12 +565,9 @@ class _Validator:
         try:
             graphlib.TopologicalSorter(graph).prepare()
         except graphlib.CycleError as exc:
-            cycle = exc.args[1]  # [a, b, …, a], each depending on the next
-            first = by_id[cycle[1]]
-            self.add(
-                f"{first.pointer}/transition/successors/{_esc(cycle[0])}",
-                "cycle: " + " -> ".join(reversed(cycle)),
-            )
+            cycle = exc.args[1]  # [a, b, …, a]: each a predecessor of the next
+            first = by_id[cycle[0]]
+            self.add(f"{first.pointer}/transition/successors/{_esc(cycle[1])}", "cycle: " + " -> ".join(cycle))
 
     def triggers(self, raw: Any, pointer: str) -> None:
         if raw is None:
@@ -522,13 +589,22 @@ class _Validator:
 
                 if not croniter.is_valid(expr):
                     self.add(f"{where}/cron", f"invalid cron expression {expr!r}")
+                else:
+                    import datetime
+
+                    from croniter import CroniterBadDateError
+
+                    try:
+                        croniter(expr, datetime.datetime(2000, 1, 1)).get_next(datetime.datetime)
+                    except CroniterBadDateError:
+                        self.add(f"{where}/cron", f"cron expression {expr!r} never fires (no such date)")
             tz = trig.get("timezone")
             if tz is not None:
                 import zoneinfo
 
                 try:
                     zoneinfo.ZoneInfo(tz)
-                except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+                except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError):
                     self.add(f"{where}/timezone", f"unknown time zone {tz!r}; use an IANA name like Europe/Amsterdam")
 
 
@@ -571,9 +647,11 @@ def load_definition(
 
     v = _Validator(step_types, compiler)
     v.unknown_keys(document, {"properties", "workflow"}, "", "top-level")
-    props = document.get("properties") or {}
+    props = document.get("properties", {})
     step_concurrency = None
     run_strategy = RunStrategy.SEQUENTIAL
+    if props is None:
+        props = {}
     if not isinstance(props, dict):
         v.add("/properties", "properties must be an object")
         props = {}
@@ -600,6 +678,11 @@ def load_definition(
     if not isinstance(wid, str) or not _WORKFLOW_ID_RE.match(wid):
         v.add("/workflow/id", "a workflow needs an `id`: letters, digits, `_`, `.` and `-`" if wid is None
               else f"workflow id {wid!r} is not valid: use letters, digits, `_`, `.` and `-`")
+    for key in ("name", "description"):
+        if key in wf and not isinstance(wf[key], str):
+            v.add(f"/workflow/{key}", f"{key} must be a string")
+    if "tags" in wf and (not isinstance(wf["tags"], list) or not all(isinstance(t, str) for t in wf["tags"])):
+        v.add("/workflow/tags", "tags must be an array of strings")
     wparams = v.params(wf.get("params"), "/workflow/params")
     timeout = v.duration(wf.get("timeout"), "/workflow/timeout")
     v.triggers(wf.get("time_triggers"), "/workflow/time_triggers")

@@ -146,8 +146,7 @@ def parse_param(name: str, raw: Any) -> ParamSpec:
         if isinstance(raw, dict) and "type" in raw and ("value" not in raw and "expression" not in raw):
             raise ParamError("a full-form param needs a `value` or an `expression`")
         if isinstance(raw, dict) and ("expression" in raw or "value" in raw) and "type" not in raw:
-            raise ParamError("a full-form param needs a `type` (STRING, LONG, DOUBLE, BOOLEAN, STRING_MAP, "
-                             "STRING_ARRAY, LONG_ARRAY, DOUBLE_ARRAY, BOOLEAN_ARRAY, MAP)", "/type")
+            raise ParamError(f"a full-form param needs a `type` ({', '.join(t.value for t in ParamType)})", "/type")
         ptype = infer_type(raw)
         value = coerce(ptype, raw)
         return ParamSpec(name, ptype, value, interpolated=_has_interpolation(value))

@@ -7,8 +7,8 @@ message. Where more than one answer is right (which edge of a cycle gets blamed,
 is said to start), the pointer and/or the substring may be a list of alternatives, any one of which
 must match *in the same problem*.
 
-Files numbered 80–92 are known kernel defects, marked strict xfail below with the reason; when a
-fix lands, the xfail turns into an XPASS failure and its entry here must be deleted.
+Files numbered 80–92 pin defects found (and fixed) in the validator; a defect found and not yet
+fixed goes into XFAIL as a strict xfail with its reason.
 """
 
 from __future__ import annotations
@@ -37,45 +37,7 @@ LEGATO = Path(sys.executable).parent / "legato"
 SUBPROCESS = ["01-json-syntax-error.json", "05-yaml-tab-indent.yaml", "32-condition-cel-syntax-error.json",
               "99-many-problems.json"]
 
-XFAIL = {
-    "31-cycle-3.json":
-        "cycles(): graphlib's CycleError lists the cycle in successor order already, but the kernel reverses "
-        "it ('cycle: a -> c -> b -> a' for edges a->b->c->a) and blames the non-existent edge "
-        "/workflow/steps/2/step/transition/successors/a (b has no successor a). 2-cycles hide this.",
-    "80-timezone-is-a-region-directory.json":
-        "timezone 'Europe' raises IsADirectoryError out of zoneinfo.ZoneInfo: a traceback instead of a problem "
-        "(triggers() catches only ZoneInfoNotFoundError/ValueError/TypeError; catch OSError too).",
-    "81-yaml-non-string-param-name.yaml":
-        "a YAML int key in params (`1: one`) crashes with AttributeError in _esc(name) (traceback, exit 1).",
-    "82-yaml-non-string-successor.yaml":
-        "a YAML int key in successors crashes with AttributeError in _esc(target) (traceback, exit 1).",
-    "83-yaml-non-string-wrapper-key.yaml":
-        "a YAML int wrapper key (`- 1: {...}`) crashes with AttributeError in _esc(kind) (traceback, exit 1).",
-    "84-yaml-unquoted-date-param.yaml":
-        "YAML reads `start: 2025-01-01` as a datetime.date; infer_type then says 'null is not a param value', "
-        "which is wrong. Say YAML read a date and to quote it (or accept dates as strings and delete this file).",
-    "85-properties-array.json":
-        "`\"properties\": []` (or \"\", 0, false) is silently accepted: `document.get('properties') or {}`.",
-    "86-workflow-tags-not-strings.json":
-        "workflow-level `tags` (and `name`, `description`) are allowed keys but never validated.",
-    "87-successor-list-non-string.json":
-        "list-form successors silently drop non-string entries (`[\"b\", 3]` loses 3 without a word).",
-    "88-json-duplicate-key.json":
-        "duplicate JSON keys are silently last-wins (here a second `transition` erases the edge a->b); "
-        "same for YAML. Use object_pairs_hook / a YAML constructor that reports them.",
-    "89-bad-step-id-hides-other-problems.json":
-        "step(): when the id is invalid it returns before retry_policy/timeout are validated, so those "
-        "problems are not reported together with the id problem.",
-    "90-interpolation-undeclared-via-params.json":
-        "check_refs() skips every ${params.…} reference, so ${params.run_dat} (a typo) passes validation "
-        "and only fails at run time.",
-    "91-workflow-key-transposed-typo.json":
-        "unknown_keys() suggests only on a shared 3-letter prefix: `stpes` gets no 'did you mean `steps`?' "
-        "(difflib.get_close_matches would catch transpositions).",
-    "92-cron-never-fires.json":
-        "'0 6 31 2 *' (Feb 31) passes croniter.is_valid but can never fire: croniter raises "
-        "CroniterBadDateError at scheduling time instead of validation reporting it.",
-}
+XFAIL: dict[str, str] = {}  # file -> reason, for a kernel defect not fixed yet (strict xfail)
 
 
 def _mark(name: str):
@@ -188,7 +150,7 @@ def test_expected_pointers_point_into_the_documents():
                 assert _points_into(document, alternative), f"{name}: {alternative} points nowhere"
 
 
-POINTER_XFAIL = {"31-cycle-3.json"}
+POINTER_XFAIL: set[str] = set()
 
 
 @pytest.mark.parametrize("name", [
