@@ -82,37 +82,91 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+DEFAULT_STORE = "sqlite:///.legato/legato.db"
+_store_option = click.option(
+    "--store", envvar="LEGATO_STORE", default=DEFAULT_STORE, show_default=True,
+    help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://.")
+
+
+def _engine(store: str, workspace: str | None = None):
+    from .engine import Engine
+    from .storage import StorageError, open_storage
+
+    plugins = _plugins()
+    try:
+        storage = open_storage(store, plugins)
+    except StorageError as exc:
+        _fail(str(exc))
+    return Engine(storage, plugins=plugins, workspace=workspace)
+
+
+def _trio_run(fn) -> None:
+    """Run ``fn`` under trio; storage errors and Legato bugs become messages, not tracebacks."""
+    import trio
+
+    from .storage import StorageError
+
+    try:
+        trio.run(fn)
+    except StorageError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except Exception as exc:  # a bug in Legato or a plugin: say so plainly, keep the details
+        _internal_error(exc)
+
+
+async def _follow(engine, definition, instance, view, outcome, *, resume: bool = False) -> None:
+    """Run (or resume) one instance in the foreground with Ctrl-C handling; fill ``outcome``."""
+    import trio
+
+    storage = engine.storage
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_interrupt, engine, instance.instance_id, outcome)
+        async with view.open(nursery):
+            if resume:
+                final = await engine.resume(instance.instance_id, observer=view.on_event)
+            else:
+                final = await engine.run(definition, instance, observer=view.on_event)
+        outcome["instance"] = final
+        outcome["attempts"] = await storage.get_attempts(final.instance_id)
+        outcome["logs"] = await storage.get_logs(final.instance_id)
+        nursery.cancel_scope.cancel()
+
+
+def _report(view, outcome: dict, as_json: bool) -> int:
+    instance, attempts = outcome["instance"], outcome["attempts"]
+    if as_json:
+        click.echo(json.dumps(_instance_json(instance, attempts), indent=2, default=str))
+    else:
+        view.summary(instance, attempts, outcome["logs"])
+    if outcome.get("interrupted"):
+        return EXIT_INTERRUPTED
+    return EXIT_OK if instance.status.value == "SUCCEEDED" else EXIT_FAILED
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a workflow param (repeatable). Values are parsed by the param's type.")
-@click.option("--store", envvar="LEGATO_STORE", default="memory://", show_default=True,
-              help="Storage URL (also LEGATO_STORE).")
+@_store_option
 @click.option("--workspace", type=click.Path(file_okay=False), default=None,
               help="Where instances get their working directories [default: .legato/runs].")
-@click.option("--request-id", default=None, help="Idempotency key: the same id starts at most one instance.")
+@click.option("--request-id", default=None,
+              help="Idempotency key: the same id starts at most one instance (an unfinished one is resumed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final instance and steps as JSON.")
 def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, request_id: str | None,
         as_json: bool) -> None:
     """Run a workflow in the foreground until it ends.
 
     Shows each step's state live on a terminal, plain lines otherwise. Ctrl-C stops the instance
-    (running steps are cancelled and their processes killed) and exits 130.
+    (running steps are cancelled and their processes killed) and exits 130. Every transition is
+    kept in the store: `legato status`, `legato logs` read it afterwards.
     """
-    import trio
-
     from .definition import DefinitionError
-    from .engine import Engine, StartError
-    from .storage import StorageError, open_storage
+    from .engine import StartError
     from .view import make_view
 
-    plugins = _plugins()
     overrides = _parse_params(params)
-    try:
-        storage = open_storage(store, plugins)
-    except StorageError as exc:
-        _fail(str(exc))
-    engine = Engine(storage, plugins=plugins, workspace=workspace)
+    engine = _engine(store, workspace)
     try:
         definition = engine.load(file)
     except DefinitionError as exc:
@@ -123,45 +177,165 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     outcome: dict[str, Any] = {}
 
     async def main_task() -> None:
-        async with storage:
+        async with engine.storage:
             try:
                 instance, created = await engine.start(definition, raw_params=overrides, request_id=request_id)
             except StartError as exc:
                 outcome["invalid"] = str(exc)
                 return
-            if not created:
+            if not created and instance.status.terminal:
                 outcome["existing"] = instance
                 return
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_interrupt, engine, instance.instance_id, outcome)
-                async with view.open(nursery):
-                    final = await engine.run(definition, instance, observer=view.on_event)
-                outcome["instance"] = final
-                outcome["attempts"] = await storage.get_attempts(final.instance_id)
-                outcome["logs"] = await storage.get_logs(final.instance_id)
-                nursery.cancel_scope.cancel()
+            await _follow(engine, definition, instance, view, outcome, resume=not created)
 
-    try:
-        trio.run(main_task)
-    except StorageError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    except Exception as exc:  # a bug in Legato or a plugin: say so plainly, keep the details
-        _internal_error(exc)
+    _trio_run(main_task)
     if "invalid" in outcome:
         _fail(outcome["invalid"])
     if "existing" in outcome:
         inst = outcome["existing"]
-        click.echo(f"request id {request_id!r} already started instance {inst.instance_id} ({inst.status.value})")
+        click.echo(f"request id {request_id!r} already ran instance {inst.instance_id}: {inst.status.value}")
+        sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
+    sys.exit(_report(view, outcome, as_json))
+
+
+@main.command()
+@click.argument("instance", required=False)
+@_store_option
+@click.option("--workspace", type=click.Path(file_okay=False), default=None,
+              help="Where instances get their working directories [default: .legato/runs].")
+@click.option("--json", "as_json", is_flag=True, help="Print the final instances as JSON.")
+def resume(instance: str | None, store: str, workspace: str | None, as_json: bool) -> None:
+    """Resume INSTANCE, or every unfinished instance whose worker is gone (its lease expired).
+
+    Steps that finished are not run again; a step that was running is reattached when its step
+    type can (else it fails as a platform error and its retry policy decides).
+    """
+    from .view import PlainView
+
+    engine = _engine(store, workspace)
+    results: list[dict[str, Any]] = []
+
+    async def main_task() -> None:
+        async with engine.storage:
+            if instance:
+                found = await engine.storage.get_instance(instance)
+                if found is None:
+                    outcome = {"invalid": f"no instance {instance!r} in {store}"}
+                    results.append(outcome)
+                    return
+                todo = [found]
+            else:
+                todo = await engine.storage.list_resumable()
+            for record in todo:
+                if record.status.terminal:
+                    click.echo(f"{record.instance_id} already ended: {record.status.value}")
+                    continue
+                version = await engine.storage.get_definition(record.workflow_id, record.version)
+                definition = engine.load(version.document)
+                view = PlainView(definition, quiet=as_json)
+                outcome: dict[str, Any] = {"view": view}
+                results.append(outcome)
+                await _follow(engine, definition, record, view, outcome, resume=True)
+                if outcome.get("interrupted"):
+                    return
+
+    _trio_run(main_task)
+    if results and "invalid" in results[0]:
+        _fail(results[0]["invalid"])
+    if not results:
+        click.echo("nothing to resume")
         sys.exit(EXIT_OK)
-    instance = outcome["instance"]
-    attempts = outcome["attempts"]
+    codes = [_report(r["view"], r, as_json) for r in results]
+    sys.exit(max(codes))
+
+
+@main.command()
+@click.argument("instance", required=False)
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(instance: str | None, store: str, as_json: bool) -> None:
+    """Show an instance (default: the newest) and the latest attempt of each of its steps."""
+    engine = _engine(store)
+    found: dict[str, Any] = {}
+
+    async def main_task() -> None:
+        async with engine.storage:
+            record = await engine.storage.get_instance(instance) if instance else \
+                next(iter(await engine.storage.list_instances(limit=1)), None)
+            if record is not None:
+                found["instance"] = record
+                found["attempts"] = await engine.storage.get_attempts(record.instance_id)
+
+    _trio_run(main_task)
+    if "instance" not in found:
+        _fail(f"no instance {instance!r} in {store}" if instance else f"no instances in {store} yet", EXIT_FAILED)
+    record, attempts = found["instance"], found["attempts"]
     if as_json:
-        click.echo(json.dumps(_instance_json(instance, attempts), indent=2, default=str))
-    else:
-        view.summary(instance, attempts, outcome["logs"])
-    if outcome.get("interrupted"):
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(EXIT_OK if instance.status.value == "SUCCEEDED" else EXIT_FAILED)
+        click.echo(json.dumps(_instance_json(record, attempts), indent=2, default=str))
+        return
+    click.echo(f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
+               + (f": {record.message}" if record.message else ""))
+    last: dict[str, Any] = {}
+    for a in attempts:
+        last[a.step_id] = a
+    for a in last.values():
+        took = f"{a.ended_at - a.started_at:.2f}s" if a.ended_at and a.started_at else ""
+        first = a.message.strip().splitlines()[0] if a.message.strip() else ""
+        click.echo(f"  {a.step_id:<24} {a.status.value:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+
+
+@main.command(name="list")
+@_store_option
+@click.option("--workflow", default=None, help="Only instances of this workflow id.")
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) -> None:
+    """List instances, newest first."""
+    engine = _engine(store)
+    rows: list[Any] = []
+
+    async def main_task() -> None:
+        async with engine.storage:
+            rows.extend(await engine.storage.list_instances(workflow, limit))
+
+    _trio_run(main_task)
+    if as_json:
+        click.echo(json.dumps([_instance_json(r, []) for r in rows], indent=2, default=str))
+        return
+    import time as _time
+
+    for r in rows:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.created_at))
+        click.echo(f"{r.instance_id}  {when}  {r.workflow_id:<24} v{r.version:<3} {r.status.value}")
+
+
+@main.command()
+@click.argument("instance")
+@click.argument("step", required=False)
+@click.option("--attempt", type=int, default=None, help="Only this attempt.")
+@_store_option
+def logs(instance: str, step: str | None, attempt: int | None, store: str) -> None:
+    """Print the logs (stdout and stderr) of an instance's steps, or of one STEP."""
+    engine = _engine(store)
+    chunks: list[Any] = []
+
+    async def main_task() -> None:
+        async with engine.storage:
+            if await engine.storage.get_instance(instance) is None:
+                chunks.append(None)
+                return
+            chunks.extend(await engine.storage.get_logs(instance, step, attempt))
+
+    _trio_run(main_task)
+    if chunks[:1] == [None]:
+        _fail(f"no instance {instance!r} in {store}", EXIT_FAILED)
+    current = None
+    for chunk in chunks:
+        key = (chunk.step_id, chunk.attempt)
+        if step is None and key != current:
+            click.echo(f"== {chunk.step_id} #{chunk.attempt}")
+            current = key
+        click.echo(chunk.text, nl=False)
 
 
 def _internal_error(exc: BaseException) -> None:

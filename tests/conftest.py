@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LEGATO = str(Path(sys.executable).parent / "legato")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cli_store(tmp_path_factory):
+    """The CLI's default store is .legato/ in the working directory: keep tests out of the repo's."""
+    path = tmp_path_factory.mktemp("store") / "legato.db"
+    os.environ["LEGATO_STORE"] = f"sqlite:///{path}"
+    yield
+    os.environ.pop("LEGATO_STORE", None)
+
+
 @pytest.fixture(scope="session")
 def plugins() -> Plugins:
     return Plugins(extra=[scripted])

@@ -239,48 +239,60 @@ class SqlStorage(Storage):
         await self._run(self._commit, batch, doing="commit")
 
     def _commit(self, batch: Batch) -> None:
+        # The hot path: driver-level statements (prepared once per connection by the driver),
+        # executemany per table, one transaction.
+        sql = self._sql
         with self._engine.begin() as conn:
-            generation = conn.execute(
-                sa.select(_instances.c.generation, _instances.c.owner).where(_instances.c.instance_id == batch.instance_id)
-            ).first()
-            if generation is None:
+            row = conn.exec_driver_sql(sql["fence"], (batch.instance_id,)).first()
+            if row is None:
                 raise StorageError(f"instance {batch.instance_id} is not in {self._where()}")
-            if batch.generation < generation.generation:
-                raise StaleWrite(f"instance {batch.instance_id} is now owned by {generation.owner} "
-                                 f"(generation {generation.generation}); this write carried {batch.generation}")
+            if batch.generation < row[0]:
+                raise StaleWrite(f"instance {batch.instance_id} is now owned by {row[1]} "
+                                 f"(generation {row[0]}); this write carried {batch.generation}")
             if batch.attempts:
-                rows = [_attempt_values(r) for r in batch.attempts.values()]
-                conn.execute(self._upsert_attempts(), rows)
+                conn.exec_driver_sql(sql["attempt"], [
+                    (r.instance_id, r.step_id, r.attempt, r.status.value, r.run_id,
+                     None if r.params is None else _dumps(r.params), _dumps(r.outputs) if r.outputs else "{}",
+                     r.message, r.created_at, r.started_at, r.ended_at,
+                     None if r.handle is None else _dumps(r.handle))
+                    for r in batch.attempts.values()])
             if batch.events:
-                conn.execute(sa.insert(_events), [
-                    {"instance_id": e.instance_id, "step_id": e.step_id, "attempt": e.attempt, "status": e.status,
-                     "message": e.message, "ts": e.ts} for e in batch.events])
+                conn.exec_driver_sql(sql["event"], [
+                    (e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts) for e in batch.events])
             if batch.logs:
-                conn.execute(sa.insert(_logs), [
-                    {"instance_id": c.instance_id, "step_id": c.step_id, "attempt": c.attempt, "stream": c.stream,
-                     "text": c.text, "ts": c.ts} for c in batch.logs])
+                conn.exec_driver_sql(sql["log"], [
+                    (c.instance_id, c.step_id, c.attempt, c.stream, c.text, c.ts) for c in batch.logs])
             if batch.instance is not None:
-                values = _instance_values(batch.instance)
-                for key in ("instance_id", "request_id", "created_at", "workflow_id", "version", "initiator"):
-                    values.pop(key)
-                conn.execute(sa.update(_instances).where(_instances.c.instance_id == batch.instance_id).values(**values))
+                r = batch.instance
+                conn.exec_driver_sql(sql["instance"], (
+                    r.status.value, r.run_id, _dumps(r.params), r.started_at, r.ended_at, r.message, r.instance_id))
 
-    _upsert = None
+    @property
+    def _sql(self) -> dict[str, str]:
+        statements = self.__dict__.get("_statements")
+        if statements is None:
+            p = "?" if self.dialect == "sqlite" else "%s"
 
-    def _upsert_attempts(self):
-        if self._upsert is None:
-            if self.dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(_attempts)
+            def marks(n: int) -> str:
+                return ", ".join([p] * n)
+
+            # the order of the tuples _commit builds
+            columns = ["instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
+                       "created_at", "started_at", "ended_at", "handle"]
+            assert set(columns) == {c.name for c in _attempts.columns}
             keys = ("instance_id", "step_id", "attempt")
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(keys),
-                set_={c.name: stmt.excluded[c.name] for c in _attempts.columns if c.name not in keys},
-            )
-            self._upsert = stmt
-        return self._upsert
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+            statements = self.__dict__["_statements"] = {
+                "fence": f"SELECT generation, owner FROM legato_instances WHERE instance_id = {p}",
+                "attempt": f"INSERT INTO legato_attempts ({', '.join(columns)}) VALUES ({marks(len(columns))}) "
+                           f"ON CONFLICT (instance_id, step_id, attempt) DO UPDATE SET {updates}",
+                "event": "INSERT INTO legato_events (instance_id, step_id, attempt, status, message, ts) "
+                         f"VALUES ({marks(6)})",
+                "log": f"INSERT INTO legato_logs (instance_id, step_id, attempt, stream, text, ts) VALUES ({marks(6)})",
+                "instance": f"UPDATE legato_instances SET status = {p}, run_id = {p}, params = {p}, started_at = {p}, "
+                            f"ended_at = {p}, message = {p} WHERE instance_id = {p}",
+            }
+        return statements
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         def read():
