@@ -97,7 +97,12 @@ def _engine(store: str, workspace: str | None = None):
         storage = open_storage(store, plugins)
     except StorageError as exc:
         _fail(str(exc))
-    return Engine(storage, plugins=plugins, workspace=workspace)
+    ttl = os.environ.get("LEGATO_LEASE_TTL", "30")
+    try:
+        lease_ttl = float(ttl)
+    except ValueError:
+        _fail(f"LEGATO_LEASE_TTL must be a number of seconds, got {ttl!r}")
+    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=lease_ttl)
 
 
 def _trio_run(fn) -> None:

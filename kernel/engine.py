@@ -520,6 +520,11 @@ class InstanceRun:
             self._running += 1
             self._to_launch.append(st)
             return
+        if st.record.handle is not None:
+            try:
+                step_type.reap(self._step_context(st, st.attempt), st.record.handle)
+            except Exception as exc:  # reaping is best effort; say so in the attempt's message
+                st.record.message = f"could not reap what the previous worker left running: {exc}"
         self._running += 1  # _on_result gives the permit back
         what = "started" if st.record.status is S.STARTING else "ran"
         self._on_result(st, st.attempt, StepResult(
@@ -695,13 +700,7 @@ class InstanceRun:
         handle, st.reattach = st.reattach, None
         if handle is None:
             self._set(st, S.RUNNING)
-        ctx = StepContext(
-            instance_id=self.iid, workflow_id=self.definition.workflow_id, step_id=sdef.id, attempt=attempt,
-            params=st.params, config=st.config, workflow_params=self.instance.params,
-            workspace=self.engine.workspace, definition_dir=self.definition.base_dir,
-            log=lambda stream, text: self._log(sdef.id, attempt, stream, text),
-            record_handle=lambda handle: self._record_handle(st, attempt, handle),
-        )
+        ctx = self._step_context(st, attempt)
         result: Any = None
         scope = st.scope
         with scope:
@@ -724,6 +723,16 @@ class InstanceRun:
             result = _STOPPED
         _crashpoint("step_done")
         self._post(("result", st, attempt, result))
+
+    def _step_context(self, st: _Step, attempt: int) -> StepContext:
+        sdef = st.sdef
+        return StepContext(
+            instance_id=self.iid, workflow_id=self.definition.workflow_id, step_id=sdef.id, attempt=attempt,
+            params=st.params or {}, config=st.config, workflow_params=self.instance.params,
+            workspace=self.engine.workspace, definition_dir=self.definition.base_dir,
+            log=lambda stream, text: self._log(sdef.id, attempt, stream, text),
+            record_handle=lambda handle: self._record_handle(st, attempt, handle),
+        )
 
     def _log(self, step_id: str, attempt: int, stream: str, text: str) -> None:
         if text:

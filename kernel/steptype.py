@@ -132,8 +132,13 @@ class StepContext:
     def attempt_dir(self) -> Path:
         """A directory private to this attempt, for outputs files and artifacts."""
         if self._attempt_dir is None:
-            path = self._workspace / self.instance_id / ".legato" / self.step_id / str(self.attempt)
-            os.makedirs(path, exist_ok=True)
+            path = self._workspace / self.instance_id / ".legato" / f"{self.step_id}.{self.attempt}"
+            try:
+                os.mkdir(path)  # one system call once the instance's .legato exists
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(path, exist_ok=True)
             self._attempt_dir = path
         return self._attempt_dir
 
@@ -185,3 +190,8 @@ class StepType:
     async def reattach(self, ctx: StepContext, handle: Any) -> StepResult:  # pragma: no cover
         """Follow a step started by a previous kernel (found through ``handle``) to its end."""
         raise NotImplementedError
+
+    def reap(self, ctx: StepContext, handle: Any) -> None:
+        """Stop whatever a previous kernel left running for this attempt (found through the
+        ``handle`` it recorded), when the attempt cannot be reattached. Must not block for long
+        and must not touch anything that is not this attempt's. The default does nothing."""

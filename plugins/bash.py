@@ -155,7 +155,8 @@ class Bash(StepType):
                 return StepResult.fatal_error(f"invalid bash params: {exc}")
 
         if cfg.script is not None:
-            bash = shutil.which("bash")
+            bash = self._bash or shutil.which("bash")
+            self._bash = bash
             if bash is None:
                 return StepResult.platform_error("no `bash` executable on PATH")
             command = [bash, "-c", cfg.script]
@@ -233,6 +234,22 @@ class Bash(StepType):
         if outputs_error:
             message += f" (and {outputs_error})"
         return StepResult.user_error(message, outputs)
+
+    _bash: str | None = None
+
+    def reap(self, ctx, handle) -> None:
+        """Kill the process group a dead kernel left behind, if it is still this attempt's (its
+        environment carries this attempt's idempotency key, so a reused pid is left alone)."""
+        pgid = handle.get("pgid") if isinstance(handle, dict) else None
+        if not isinstance(pgid, int) or pgid <= 1:
+            return
+        try:
+            with open(f"/proc/{pgid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            return  # gone already (or not ours to read)
+        if f"LEGATO_IDEMPOTENCY_KEY={ctx.idempotency_key}".encode() in environ:
+            _killpg(pgid, signal.SIGKILL)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -1,0 +1,222 @@
+"""The SQL store on SQLite: schema, durability across reopening, fencing, leases, and clear errors
+for the files users will feed it (DESIGN §6 Storage, §10)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import trio
+
+from legato.model import Batch, Event, InstanceRecord
+from legato.storage import StaleWrite, StorageError, open_storage
+
+from .conftest import LEGATO, ROOT, legato_cli
+
+CHAIN = {"workflow": {"id": "chain", "steps": [
+    {"step": {"id": "a", "type": "bash", "params": {"script": "echo hello from a; echo n=1 >> $LEGATO_OUTPUT"},
+              "transition": {"successors": ["b"]}}},
+    {"step": {"id": "b", "type": "noop", "params": {"outputs": {"k": [1, 2]}}}},
+]}}
+
+
+def sqlite_url(tmp_path, name="legato.db") -> str:
+    return f"sqlite:///{tmp_path / name}"
+
+
+async def test_migrations_build_exactly_the_declared_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from legato.plugins.sqlstore.schema import metadata
+
+    store = open_storage(sqlite_url(tmp_path))
+    async with store:
+        with store._engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"version_table": "legato_alembic_version"}),
+                                    metadata)
+    assert diff == []
+
+
+async def test_everything_survives_reopening(plugins, tmp_path):
+    from legato.engine import Engine
+
+    url = sqlite_url(tmp_path)
+    async with open_storage(url) as store:
+        engine = Engine(store, plugins=plugins, workspace=tmp_path / "runs")
+        final = await engine.execute(engine.load(CHAIN), request_id="r1")
+        before = (await store.get_attempts(final.instance_id), await store.get_timeline(final.instance_id),
+                  await store.get_logs(final.instance_id))
+    async with open_storage(url) as store:
+        again = await store.get_instance(final.instance_id)
+        after = (await store.get_attempts(final.instance_id), await store.get_timeline(final.instance_id),
+                 await store.get_logs(final.instance_id))
+        version = await store.get_definition("chain")
+        same, created = await store.create_instance(InstanceRecord("other", "chain", 1, request_id="r1"))
+    assert again == final and again.status.value == "SUCCEEDED"
+    assert after == before
+    assert {a.step_id: a.outputs for a in after[0]} == {"a": {"n": "1"}, "b": {"k": [1, 2]}}
+    assert "".join(c.text for c in after[2]) == "hello from a\n"
+    assert len(after[1]) == 2 + 2 * 9
+    assert version.document == CHAIN
+    assert not created and same.instance_id == final.instance_id
+
+
+async def test_definition_versions_are_immutable(tmp_path):
+    async with open_storage(sqlite_url(tmp_path)) as store:
+        v1 = await store.push_definition("w", {"a": 1})
+        assert (await store.push_definition("w", {"a": 1})).version == 1
+        v2 = await store.push_definition("w", {"a": 2})
+        assert (v1.version, v2.version) == (1, 2)
+        assert (await store.get_definition("w")).document == {"a": 2}
+        assert (await store.get_definition("w", 1)).document == {"a": 1}
+
+
+async def test_leases_expire_and_fence_stale_writers(tmp_path):
+    async with open_storage(sqlite_url(tmp_path)) as store:
+        await store.create_instance(InstanceRecord("i1", "w", 1, created_at=time.time()))
+        gen_a = await store.acquire_lease("i1", "worker-a", ttl=0.2)
+        assert gen_a == 1
+        assert await store.acquire_lease("i1", "worker-b", ttl=0.2) is None  # live: refused
+        assert await store.acquire_lease("i1", "worker-a", ttl=0.2) == 1  # renewal keeps the generation
+        await trio.sleep(0.3)
+        assert [r.instance_id for r in await store.list_resumable()] == ["i1"]
+        gen_b = await store.acquire_lease("i1", "worker-b", ttl=30)
+        assert gen_b == 2
+        assert await store.list_resumable() == []
+        with pytest.raises(StaleWrite, match="owned by worker-b"):
+            await store.commit(Batch("i1", gen_a, events=[Event(time.time(), "i1", None, 0, "LATE")]))
+        await store.commit(Batch("i1", gen_b, events=[Event(time.time(), "i1", None, 0, "OK")]))
+        assert [e.status for e in await store.get_timeline("i1")] == ["OK"]
+        assert await store.acquire_lease("i1", "worker-a", ttl=1) is None
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    """Two processes run 100-step chains into one SQLite file at the same time."""
+    import json
+
+    doc = {"workflow": {"id": "c", "steps": [
+        {"step": {"id": f"s{i}", "type": "noop", **({"transition": {"successors": [f"s{i + 1}"]}} if i < 99 else {})}}
+        for i in range(100)]}}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    env = {**os.environ, "LEGATO_STORE": sqlite_url(tmp_path)}
+    procs = [subprocess.Popen([LEGATO, "run", str(path), "--json", "--workspace", str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    db = sqlite3.connect(tmp_path / "legato.db")
+    for report in reports:
+        assert report["status"] == "SUCCEEDED"
+        (events,) = db.execute("SELECT count(*) FROM legato_events WHERE instance_id = ?",
+                               (report["instance_id"],)).fetchone()
+        assert events == 2 + 100 * 9
+
+
+def test_corrupt_file_is_refused_and_left_alone(tmp_path):
+    db = tmp_path / "legato.db"
+    garbage = b"this is not a database, it is someone's notes\n" * 100
+    db.write_bytes(garbage)
+    proc = legato_cli("run", "examples/etl.json", "--store", sqlite_url(tmp_path), "--workspace", str(tmp_path))
+    assert proc.returncode == 1
+    assert "is not a Legato database or is corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert db.read_bytes() == garbage
+
+
+def test_foreign_database_is_refused(tmp_path):
+    db = tmp_path / "legato.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO users VALUES (1, 'ada')")
+    conn.commit()
+    conn.close()
+    proc = legato_cli("list", "--store", sqlite_url(tmp_path))
+    assert proc.returncode == 1
+    assert "holds tables that are not Legato's (users)" in proc.stderr
+    assert sqlite3.connect(db).execute("SELECT name FROM users").fetchall() == [("ada",)]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody can write to, even root: a read-only tmpfs (or chmod when not root)."""
+    target = tmp_path / "ro"
+    target.mkdir()
+    if os.geteuid() != 0:
+        target.chmod(0o555)
+        yield target
+        target.chmod(0o755)
+        return
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(target)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot make a read-only directory here as root (mount: {proc.stderr.strip()})")
+    yield target
+    subprocess.run(["umount", str(target)], check=False)
+
+
+def test_read_only_directory_gives_a_clear_error(read_only_dir):
+    proc = legato_cli("run", "examples/etl.json", "--store", f"sqlite:///{read_only_dir}/sub/legato.db")
+    assert proc.returncode == 1
+    assert f"cannot create the directory {read_only_dir}/sub" in proc.stderr
+    proc = legato_cli("run", "examples/etl.json", "--store", f"sqlite:///{read_only_dir}/legato.db")
+    assert proc.returncode == 1
+    assert "cannot write to" in proc.stderr or "read-only" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_full_disk_is_a_clear_error_and_loses_nothing_committed(plugins, tmp_path):
+    """SQLite's max_page_count makes the database 'full' exactly like a full disk does."""
+    import sqlalchemy as sa
+
+    from legato.engine import Engine
+
+    url = sqlite_url(tmp_path)
+    async with open_storage(url) as store:
+        engine = Engine(store, plugins=plugins, workspace=tmp_path / "runs")
+        first = await engine.execute(engine.load(CHAIN))
+        pages = store._engine.connect().exec_driver_sql("PRAGMA page_count").scalar()
+
+        @sa.event.listens_for(store._engine, "connect")
+        def _cap(dbapi_conn, _record):
+            dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        store._engine.dispose()
+        big = {"workflow": {"id": "big", "steps": [
+            {"step": {"id": f"s{i}", "type": "noop", "params": {"outputs": {"blob": "x" * 4000}}}} for i in range(200)]}}
+        with pytest.raises(StorageError, match="the disk is full") as info:
+            await engine.execute(engine.load(big))
+        assert "nothing committed before is lost" in str(info.value)
+    async with open_storage(url) as store:
+        kept = await store.get_instance(first.instance_id)
+        assert kept.status.value == "SUCCEEDED"
+        assert len(await store.get_attempts(first.instance_id)) == 2
+
+
+async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    async with open_storage(sqlite_url(tmp_path)) as store:
+        with store._engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_the_default_store_is_sqlite_in_dot_legato(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LEGATO_STORE"}
+    proc = subprocess.run([LEGATO, "run", str(ROOT / "examples" / "params.yaml")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / ".legato" / "legato.db").exists()
+    listed = subprocess.run([LEGATO, "list"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "params-demo" in listed.stdout and "SUCCEEDED" in listed.stdout
+    instance = listed.stdout.split()[0]
+    logs = subprocess.run([LEGATO, "logs", instance, "plan"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "report 20260227..20260302 ($ in USD)" in logs.stdout
+    status = subprocess.run([LEGATO, "status", instance, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert '"status": "SUCCEEDED"' in status.stdout
