@@ -112,7 +112,13 @@ def _trio_run(fn) -> None:
     from .storage import StorageError
 
     try:
-        trio.run(fn)
+        try:
+            trio.run(fn)
+        except BaseExceptionGroup as group:  # the CLI's own nurseries: show what happened, not the group
+            leaf = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
     except StorageError as exc:
         _fail(str(exc), EXIT_FAILED)
     except Exception as exc:  # a bug in Legato or a plugin: say so plainly, keep the details

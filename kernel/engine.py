@@ -462,20 +462,23 @@ class InstanceRun:
         history: dict[str, list[AttemptRecord]] = {}
         for record in attempts:
             history.setdefault(record.step_id, []).append(record)
-        order = graphlib.TopologicalSorter({s.id: s.predecessors for s in self.definition.steps}).static_order()
-        for sid in order:
-            records = history.get(sid)
-            if not records:
-                continue
+        # Every step with history gets its record first, so releasing a finished predecessor
+        # never creates a step that already exists.
+        for sid, records in history.items():
             st = self.steps[sid]
             records.sort(key=lambda r: r.attempt)
-            record = st.record = records[-1]
-            st.attempt = record.attempt
+            st.record = records[-1]
+            st.attempt = st.record.attempt
             st.params = next((r.params for r in records if r.params is not None), None)
             st.errors = sum(r.status is S.USER_FAILED for r in records)
             st.platform = sum(r.status is S.PLATFORM_FAILED for r in records)
             st.timeouts = sum(r.status is S.TIMEOUT_FAILED for r in records)
-            status = record.status
+        order = graphlib.TopologicalSorter({s.id: s.predecessors for s in self.definition.steps}).static_order()
+        for sid in order:
+            if sid not in history:
+                continue
+            st = self.steps[sid]
+            status = st.record.status
             if status.complete:
                 st.finished = True
                 self._finished_steps.append(st)

@@ -1,0 +1,207 @@
+"""Crash recovery on the SQLite store (DESIGN §5, §10): the kernel runs as a subprocess, is killed
+with SIGKILL at random moments and at named crash points, and is resumed until its instance ends.
+
+Every step is a bash step that appends its idempotency key (unique per attempt) to a ledger file,
+so the ledger says what really ran; the database, read directly with sqlite3, says what Legato
+recorded. The invariants: every instance ends as it should, a SUCCEEDED step never runs again,
+each attempt runs at most once, every step's succeeded key is in the ledger, and no step ran more
+often than the attempts recorded for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import LEGATO, ROOT
+
+LEASE_TTL = "0.4"
+WORK = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 0.08; echo "done=$LEGATO_STEP_ID" >> "$LEGATO_OUTPUT"'
+RETRIES = {"error_retry_limit": 5, "platform_retry_limit": 100, "backoff": {"type": "fixed", "base": 0.15}}
+
+
+def bash(sid, to=(), script=WORK, **extra):
+    body = {"id": sid, "type": "bash", "params": {"script": script}, "retry_policy": RETRIES, **extra}
+    if to:
+        body["transition"] = {"successors": list(to)}
+    return {"step": body}
+
+
+def workflows(ledger: str) -> dict[str, dict]:
+    params = {"ledger": ledger}
+    flaky = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 0.05; [ "$LEGATO_ATTEMPT" -ge 3 ]'
+    return {
+        "chain": {"workflow": {"id": "chain", "params": params, "steps": [
+            bash(f"c{i}", [f"c{i + 1}"] if i < 5 else []) for i in range(6)]}},
+        "fan": {"workflow": {"id": "fan", "params": params, "steps": [
+            bash("root", [f"f{i}" for i in range(4)]), *[bash(f"f{i}", ["join"]) for i in range(4)], bash("join")]}},
+        "retry": {"workflow": {"id": "retry", "params": params, "steps": [
+            bash("flaky", ["after"], script=flaky), bash("after")]}},
+    }
+
+
+class Driver:
+    """Starts, kills and resumes `legato run --request-id` until the instance has ended."""
+
+    def __init__(self, tmp: Path, rng: random.Random) -> None:
+        self.tmp = tmp
+        self.rng = rng
+        self.db = tmp / "legato.db"
+        self.env = {**os.environ, "LEGATO_STORE": f"sqlite:///{self.db}", "LEGATO_LEASE_TTL": LEASE_TTL}
+        self.cycles = 0
+
+    def launch(self, path: Path, request_id: str, crash_at: str | None = None) -> subprocess.Popen:
+        env = dict(self.env)
+        if crash_at:
+            env["LEGATO_CRASH_AT"] = crash_at
+        return subprocess.Popen([LEGATO, "run", str(path), "--request-id", request_id, "--workspace",
+                                 str(self.tmp / "runs")], env=env, cwd=self.tmp, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def drive(self, path: Path, request_id: str, *, crash_at: str | None = None, kills: int = 3) -> str:
+        """Run with ``kills`` random SIGKILLs (plus the named crash point), then to the end."""
+        proc = self.launch(path, request_id, crash_at)
+        for _ in range(200):
+            if kills > 0:
+                try:
+                    proc.wait(timeout=self.rng.uniform(0.25, 0.9))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    kills -= 1
+            out, err = proc.communicate(timeout=120)
+            if proc.returncode == 0:
+                return out
+            if proc.returncode == -signal.SIGKILL:
+                self.cycles += 1
+            elif "owned by another live worker" not in err:  # the previous owner's lease is still live
+                raise AssertionError(f"legato exited {proc.returncode}: {out}\n{err}")
+            time.sleep(0.05)
+            proc = self.launch(path, request_id)
+        raise AssertionError("the instance never ended")
+
+
+def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: str = "SUCCEEDED") -> dict:
+    conn = sqlite3.connect(db)
+    (instance_id, status), = conn.execute(
+        "SELECT instance_id, status FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall()
+    assert status == expect, f"{request_id}: {status}"
+    attempts = collections.defaultdict(list)
+    for step_id, attempt, st in conn.execute(
+            "SELECT step_id, attempt, status FROM legato_attempts WHERE instance_id = ? ORDER BY attempt",
+            (instance_id,)):
+        attempts[step_id].append((attempt, st))
+    ran = collections.Counter(ledger_lines)
+    for step_id, rows in attempts.items():
+        statuses = [st for _, st in rows]
+        assert [a for a, _ in rows] == list(range(1, len(rows) + 1)), f"{step_id}: attempts {rows}"
+        assert statuses.count("SUCCEEDED") == 1 and statuses[-1] == "SUCCEEDED", f"{step_id}: {statuses}"
+        keys = {f"{instance_id}:{step_id}:{a}" for a, _ in rows}
+        mine = [k for k in ran if k.startswith(f"{instance_id}:{step_id}:")]
+        assert set(mine) <= keys, f"{step_id}: the ledger shows attempts the store never recorded: {set(mine) - keys}"
+        assert all(ran[k] == 1 for k in mine), f"{step_id}: an attempt ran twice: {ran}"
+        assert f"{instance_id}:{step_id}:{len(rows)}" in ran, f"{step_id}: the succeeded attempt never ran"
+        assert len(mine) <= len(rows)
+    # terminal states never change: no event follows an attempt's first terminal event
+    terminal = {"SUCCEEDED", "COMPLETED_WITH_ERROR", "SKIPPED", "UNSATISFIED", "USER_FAILED", "PLATFORM_FAILED",
+                "TIMEOUT_FAILED", "FATALLY_FAILED", "INTERNALLY_FAILED", "STOPPED", "TIMED_OUT"}
+    ended = set()
+    for step_id, attempt, st in conn.execute(
+            "SELECT step_id, attempt, status FROM legato_events WHERE instance_id = ? AND step_id IS NOT NULL "
+            "ORDER BY id", (instance_id,)):
+        assert (step_id, attempt) not in ended, f"{step_id}#{attempt} changed after ending: {st}"
+        if st in terminal:
+            ended.add((step_id, attempt))
+    return {"steps": len(attempts), "attempts": sum(len(r) for r in attempts.values())}
+
+
+CRASH_POINTS = ["committed:2", "committed:5", "before_launch:1", "before_launch:3", "step_done:1", "step_done:2",
+                "backoff:1"]
+
+
+def test_crash_battery(tmp_path):
+    seed = int(os.environ.get("LEGATO_CRASH_SEED", "20261121"))
+    rng = random.Random(seed)
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    driver = Driver(tmp_path, rng)
+    paths = {}
+    for name, doc in workflows(str(ledger)).items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(doc))
+    runs = []
+    # named crash points first, each on every workflow it can hit, then random kills
+    for point in CRASH_POINTS:
+        for name in ("retry",) if point.startswith("backoff") else ("chain", "fan", "retry"):
+            runs.append((name, f"{name}-{point}", point, 1))
+    for i in range(6):
+        for name in paths:
+            runs.append((name, f"{name}-random-{i}", None, 2))
+    totals = collections.Counter()
+    for name, request_id, point, kills in runs:
+        driver.drive(paths[name], request_id, crash_at=point, kills=kills)
+    lines = ledger.read_text().split()
+    for name, request_id, point, kills in runs:
+        figures = check_instance(driver.db, request_id, lines)
+        totals.update(figures)
+    totals["instances"] = len(runs)
+    totals["crash_resume_cycles"] = driver.cycles
+    totals["ledger_entries"] = len(lines)
+    print(f"\ncrash battery (seed {seed}): {dict(totals)}", file=sys.stderr)
+    assert driver.cycles >= 50, f"only {driver.cycles} crash-resume cycles"
+
+
+def _wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    doc = {"workflow": {"id": "slow", "params": {"ledger": str(ledger)}, "steps": [
+        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 1.5'), bash("b")]}}
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    driver.env["LEGATO_LEASE_TTL"] = "1.0"
+    owner = driver.launch(path, "req")
+    try:
+        _wait_for(lambda: ":a:1" in ledger.read_text(), what="step a to start")
+        # a second worker is refused while the owner is alive, and runs nothing
+        second = driver.launch(path, "req")
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 1 and "owned by another live worker" in err
+        assert ledger.read_text().count(":a:") == 1
+        # pause the owner past its lease: the second worker takes over and finishes the instance
+        owner.send_signal(signal.SIGSTOP)
+        time.sleep(1.3)
+        taker = driver.launch(path, "req")
+        out, err = taker.communicate(timeout=60)
+        assert taker.returncode == 0, err
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    out, err = owner.communicate(timeout=30)
+    assert owner.returncode == 1
+    assert "lost the lease" in err or "now owned by" in err
+    conn = sqlite3.connect(driver.db)
+    (instance_id, status), = conn.execute("SELECT instance_id, status FROM legato_instances").fetchall()
+    assert status == "SUCCEEDED"
+    tries = conn.execute("SELECT attempt, status FROM legato_attempts WHERE step_id = 'a' ORDER BY attempt").fetchall()
+    assert tries == [(1, "PLATFORM_FAILED"), (2, "SUCCEEDED")]
+    # the woken owner's late result for attempt 1 was rejected, not written
+    events = [s for (s,) in conn.execute(
+        "SELECT status FROM legato_events WHERE step_id = 'a' AND attempt = 1 ORDER BY id")]
+    assert events[-1] == "PLATFORM_FAILED" and "USER_FAILED" not in events and "SUCCEEDED" not in events
+    check_instance(driver.db, "req", ledger.read_text().split())
