@@ -198,6 +198,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
                 outcome["existing"] = instance
                 return
             await _follow(engine, definition, instance, view, outcome, resume=not created)
+            outcome["orphans"] = len(await engine.storage.list_resumable())
 
     _trio_run(main_task)
     if "invalid" in outcome:
@@ -206,7 +207,11 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
         inst = outcome["existing"]
         click.echo(f"request id {request_id!r} already ran instance {inst.instance_id}: {inst.status.value}")
         sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
-    sys.exit(_report(view, outcome, as_json))
+    code = _report(view, outcome, as_json)
+    if outcome.get("orphans"):
+        click.echo(f"note: {outcome['orphans']} unfinished instance(s) in the store have no live worker; "
+                   "`legato resume` picks them up", err=True)
+    sys.exit(code)
 
 
 @main.command()

@@ -16,7 +16,7 @@ from legato.hookspecs import hookimpl
 
 class NoopParams(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="allow")
-    outputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = pydantic.Field(default_factory=dict)
 
 
 class Noop(StepType):
