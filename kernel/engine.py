@@ -200,7 +200,7 @@ class Engine:
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
             params=values, request_id=request_id, initiator=initiator, created_at=now,
         )
-        return await self.storage.create_instance(record)
+        return await self.storage.create_instance(record, self.owner, self.lease_ttl)
 
     @staticmethod
     def _unknown_param(definition: Definition, name: str) -> str:
@@ -748,6 +748,10 @@ class InstanceRun:
             return
         st.record.handle = handle
         self._batch.attempts[(st.sdef.id, attempt)] = st.record
+        if not self.engine.step_type(st.sdef.type).can_reattach:
+            # The handle only serves reaping after a crash: it rides on the next commit rather
+            # than holding the step (and its permit) for a commit of its own.
+            return
         waiter = trio.Event()
         self._durable_waiters.append(waiter)
         self._post(("flush",))

@@ -67,6 +67,7 @@ class StepContext:
     - ``workflow_params``: the instance's evaluated workflow params;
     - ``workdir``: the instance's shared working directory (created on first use);
     - ``attempt_dir``: a directory private to this attempt (created on first use);
+    - ``outputs_path``: a file private to this attempt for outputs (``$LEGATO_OUTPUT``);
     - ``idempotency_key``: unique per attempt, stable across crash and resume;
     - ``log(stream, text)``: append to the step's log (streamed to storage while it runs);
     - ``await record_handle(handle)``: durably record what a restarted kernel needs to reattach.
@@ -123,10 +124,14 @@ class StepContext:
     def workdir(self) -> Path:
         """The instance's working directory, shared by its steps (files flow from step to step)."""
         if self._workdir is None:
-            path = self._workspace / self.instance_id
-            os.makedirs(path, exist_ok=True)
-            self._workdir = path
+            self._workdir = _ensure_dir(self._workspace / self.instance_id)
         return self._workdir
+
+    @property
+    def outputs_path(self) -> Path:
+        """A file path private to this attempt where its process may write ``key=value`` or JSON
+        lines of outputs (what step types export as ``$LEGATO_OUTPUT``). Not created."""
+        return _ensure_dir(self._workspace / self.instance_id / ".legato") / f"{self.step_id}.{self.attempt}.outputs"
 
     @property
     def attempt_dir(self) -> Path:
@@ -147,8 +152,21 @@ class StepContext:
         self._log(stream, text)
 
     async def record_handle(self, handle: Any) -> None:
-        """Durably record a JSON-able handle (a pid, a container id) before relying on it."""
+        """Record a JSON-able handle (a pid, a container id). For a step type that can reattach
+        it is durable when this returns; for others it is written with the next commit and
+        serves to reap what a crashed kernel left running."""
         await self._record_handle(handle)
+
+
+_made: set[Path] = set()
+
+
+def _ensure_dir(path: Path) -> Path:
+    """Create ``path`` once per process (a step per second would otherwise pay a mkdir each)."""
+    if path not in _made:
+        os.makedirs(path, exist_ok=True)
+        _made.add(path)
+    return path
 
 
 class StepType:

@@ -53,9 +53,12 @@ class Storage(abc.ABC):
 
     # -- instances ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    async def create_instance(self, record: InstanceRecord, owner: str | None = None,
+                              ttl: float = 0.0) -> tuple[InstanceRecord, bool]:
         """Insert ``record``; if its ``request_id`` is already known for that workflow, return the
-        existing instance and False instead (idempotent start)."""
+        existing instance and False instead (idempotent start). With ``owner``, the new instance
+        is created already leased to it for ``ttl`` seconds (generation 1), so no other worker
+        sees it as abandoned before its owner starts running it."""
 
     @abc.abstractmethod
     async def commit(self, batch: Batch) -> None:

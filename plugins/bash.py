@@ -168,12 +168,11 @@ class Bash(StepType):
             what = "does not exist" if not cwd.exists() else "is not a directory"
             return StepResult.user_error(f"working_dir {str(cwd)!r} {what}")
 
-        output_file = ctx.attempt_dir / "outputs"
+        output_file = ctx.outputs_path
         # A stale file (an earlier run of this same attempt) must not count as this run's outputs.
         output_file.unlink(missing_ok=True)
-        env = self._environment(ctx, cfg, output_file)
-
         try:
+            env = self._environment(ctx, cfg, output_file)
             proc = await trio.lowlevel.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -264,24 +263,31 @@ class Bash(StepType):
         return path
 
     @staticmethod
-    def _environment(ctx, cfg: BashParams, output_file: Path) -> dict[str, str]:
-        env: dict[str, str] = dict(os.environ) if cfg.inherit_env else {}
+    def _environment(ctx, cfg: BashParams, output_file: Path) -> dict[bytes, bytes]:
+        ours: dict[str, str] = {}
         params: dict[str, Any] = dict(ctx.workflow_params or {})
         # The config keys are the step's own settings, not data; a workflow param that happens to
         # share such a name (say `env`) is still the user's data and is exported.
         params.update((k, v) for k, v in (ctx.params or {}).items() if k not in _CONFIG_KEYS)
         for name, value in params.items():
             if isinstance(name, str) and _ENV_NAME.match(name):
-                env[name] = _env_value(value)
-        env.update(cfg.env or {})
+                ours[name] = _env_value(value)
+        ours.update(cfg.env or {})
         # Last, so neither params nor `env` can spoof them.
-        env.update(
+        ours.update(
             LEGATO_OUTPUT=str(output_file),
             LEGATO_INSTANCE_ID=str(ctx.instance_id),
             LEGATO_STEP_ID=str(ctx.step_id),
             LEGATO_ATTEMPT=str(ctx.attempt),
             LEGATO_IDEMPOTENCY_KEY=str(ctx.idempotency_key),
         )
+        # Bytes all the way: copying os.environ as str would decode every variable, every step.
+        env: dict[bytes, bytes] = dict(os.environb) if cfg.inherit_env else {}
+        encode = os.fsencode
+        for name, value in ours.items():
+            if "\0" in value:
+                raise ValueError(f"the value of {name} contains a NUL byte, which no environment can hold")
+            env[encode(name)] = encode(value)
         return env
 
     @staticmethod

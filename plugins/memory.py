@@ -46,7 +46,8 @@ class MemoryStorage(Storage):
                 return v
         return None
 
-    async def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    async def create_instance(self, record: InstanceRecord, owner: str | None = None,
+                              ttl: float = 0.0) -> tuple[InstanceRecord, bool]:
         if record.request_id is not None:
             key = (record.workflow_id, record.request_id)
             existing = self._requests.get(key)
@@ -57,6 +58,8 @@ class MemoryStorage(Storage):
         self._attempts[record.instance_id] = {}
         self._events[record.instance_id] = []
         self._logs[record.instance_id] = []
+        if owner is not None:
+            self._leases[record.instance_id] = (owner, time.monotonic() + ttl, 1)
         return copy.copy(record), True
 
     async def commit(self, batch: Batch) -> None:

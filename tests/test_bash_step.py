@@ -103,7 +103,7 @@ async def test_script_success_with_outputs(tmp_path):
     assert h.text("stdout") == "hello\n"
     assert h.handles and h.handles[0]["pid"] == h.handles[0]["pgid"] > 0
     # The outputs file lives in the attempt's private directory.
-    assert (h.ctx.attempt_dir / "outputs").exists()
+    assert h.ctx.outputs_path.exists()
 
 
 async def test_default_working_dir_is_instance_workdir(tmp_path):
@@ -202,7 +202,7 @@ async def test_legato_variables_and_extra_env(tmp_path, monkeypatch):
     result = await h.run()
     assert result.outcome is Outcome.DONE
     assert h.text("stdout").splitlines() == [
-        "inst1", "step1", "1", "inst1:step1:1", str(h.ctx.attempt_dir / "outputs"), "yes", "inherited",
+        "inst1", "step1", "1", "inst1:step1:1", str(h.ctx.outputs_path), "yes", "inherited",
     ]
 
 

@@ -181,22 +181,27 @@ async def test_full_disk_is_a_clear_error_and_loses_nothing_committed(plugins, t
     async with open_storage(url) as store:
         engine = Engine(store, plugins=plugins, workspace=tmp_path / "runs")
         first = await engine.execute(engine.load(CHAIN))
-        pages = store._engine.connect().exec_driver_sql("PRAGMA page_count").scalar()
+        big = {"workflow": {"id": "big", "steps": [
+            {"step": {"id": f"s{i}", "type": "noop", "params": {"outputs": {"blob": "x" * 4000}}}} for i in range(200)]}}
+        definition = engine.load(big)
+        instance, _ = await engine.start(definition)
+        pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
 
         @sa.event.listens_for(store._engine, "connect")
         def _cap(dbapi_conn, _record):
             dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
 
         store._engine.dispose()
-        big = {"workflow": {"id": "big", "steps": [
-            {"step": {"id": f"s{i}", "type": "noop", "params": {"outputs": {"blob": "x" * 4000}}}} for i in range(200)]}}
+        store._writer.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(StorageError, match="the disk is full") as info:
-            await engine.execute(engine.load(big))
+            await engine.run(definition, instance)
         assert "nothing committed before is lost" in str(info.value)
     async with open_storage(url) as store:
         kept = await store.get_instance(first.instance_id)
         assert kept.status.value == "SUCCEEDED"
         assert len(await store.get_attempts(first.instance_id)) == 2
+        stuck = await store.get_instance(instance.instance_id)
+        assert stuck.status.value in ("CREATED", "IN_PROGRESS")  # resumable once there is room
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):

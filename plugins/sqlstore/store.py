@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -52,6 +53,7 @@ class SqlStorage(Storage):
         self.dialect = parts.scheme.split("+")[0]
         self._query = dict(parse_qsl(parts.query))
         self._engine: sa.Engine | None = None
+        self._writer: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
         self.path: Path | None = None
         if self.dialect == "sqlite":
@@ -74,11 +76,36 @@ class SqlStorage(Storage):
         else:
             raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
         try:
-            self._migrate()
+            with self._init_lock():
+                self._migrate()
+                if self.dialect == "sqlite":
+                    self._writer = self._new_writer()
         except StorageError:
             raise
         except Exception as exc:
             raise self._explain(exc, "open") from None
+
+    @contextlib.contextmanager
+    def _init_lock(self):
+        """Processes opening one SQLite file at once take turns: switching a new file to WAL and
+        migrating it are not things SQLite's busy timeout covers."""
+        if self.path is None:
+            yield
+            return
+        import fcntl
+
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            handle = open(lock_path, "a+")
+        except OSError:
+            yield  # a read-only directory: nothing to migrate there anyway, let SQLite say why
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _sqlite_engine(self) -> sa.Engine:
         path = self.path
@@ -99,7 +126,7 @@ class SqlStorage(Storage):
         )
 
         @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):
+        def _on_connect(dbapi_conn, _record=None):
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
             mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -114,6 +141,13 @@ class SqlStorage(Storage):
             # lock at BEGIN so a writer never fails halfway through upgrading a read lock.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        def writer() -> sqlite3.Connection:
+            # The group-commit connection: outside SQLAlchemy's pool, configured like the others.
+            conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
+            _on_connect(conn)
+            return conn
+
+        self._new_writer = writer
         return engine
 
     def _migrate(self) -> None:
@@ -156,13 +190,20 @@ class SqlStorage(Storage):
             return StorageError(f"{where}: the disk is full ({text}); nothing committed before is lost. "
                                 "Free space and run `legato resume`")
         if "locked" in lower or "busy" in lower:
-            return StorageError(f"{where} stayed locked by another process ({text}); try again")
+            return StorageError(f"{where} stayed locked by another process while trying to {doing} ({text}); try again")
         return StorageError(f"{where}: could not {doing}: {text}")
 
     async def aclose(self) -> None:
         if self._engine is not None:
             engine, self._engine = self._engine, None
-            await trio.to_thread.run_sync(engine.dispose)
+            writer, self._writer = self._writer, None
+
+            def close() -> None:
+                if writer is not None:
+                    writer.close()
+                engine.dispose()
+
+            await trio.to_thread.run_sync(close)
 
     # -- running in threads -------------------------------------------------------------------
 
@@ -222,10 +263,11 @@ class SqlStorage(Storage):
 
     # -- instances ------------------------------------------------------------------------------
 
-    async def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
-        return await self._run(self._create_instance, record, doing="create the instance")
+    async def create_instance(self, record: InstanceRecord, owner: str | None = None,
+                              ttl: float = 0.0) -> tuple[InstanceRecord, bool]:
+        return await self._run(self._create_instance, record, owner, ttl, doing="create the instance")
 
-    def _create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
         with self._engine.begin() as conn:
             if record.request_id is not None:
                 row = conn.execute(sa.select(_instances).where(
@@ -233,6 +275,10 @@ class SqlStorage(Storage):
                 if row is not None:
                     return _instance(row), False
             conn.execute(sa.insert(_instances).values(**_instance_values(record), generation=0))
+            if owner is not None:
+                conn.execute(sa.text(
+                    f"UPDATE legato_instances SET owner = :owner, lease_expires = {self._now_sql()} + :ttl, "
+                    "generation = 1 WHERE instance_id = :iid"), {"owner": owner, "ttl": ttl, "iid": record.instance_id})
         return record, True
 
     async def commit(self, batch: Batch) -> None:
@@ -240,32 +286,47 @@ class SqlStorage(Storage):
 
     def _commit(self, batch: Batch) -> None:
         # The hot path: driver-level statements (prepared once per connection by the driver),
-        # executemany per table, one transaction.
-        sql = self._sql
+        # executemany per table, one transaction. On SQLite a dedicated connection skips
+        # SQLAlchemy's per-statement work entirely.
+        if self._writer is not None:
+            raw = self._writer
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                self._write(raw.execute, raw.executemany, batch)
+            except BaseException:
+                if raw.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                    raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+            return
         with self._engine.begin() as conn:
-            row = conn.exec_driver_sql(sql["fence"], (batch.instance_id,)).first()
-            if row is None:
-                raise StorageError(f"instance {batch.instance_id} is not in {self._where()}")
-            if batch.generation < row[0]:
-                raise StaleWrite(f"instance {batch.instance_id} is now owned by {row[1]} "
-                                 f"(generation {row[0]}); this write carried {batch.generation}")
-            if batch.attempts:
-                conn.exec_driver_sql(sql["attempt"], [
-                    (r.instance_id, r.step_id, r.attempt, r.status.value, r.run_id,
-                     None if r.params is None else _dumps(r.params), _dumps(r.outputs) if r.outputs else "{}",
-                     r.message, r.created_at, r.started_at, r.ended_at,
-                     None if r.handle is None else _dumps(r.handle))
-                    for r in batch.attempts.values()])
-            if batch.events:
-                conn.exec_driver_sql(sql["event"], [
-                    (e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts) for e in batch.events])
-            if batch.logs:
-                conn.exec_driver_sql(sql["log"], [
-                    (c.instance_id, c.step_id, c.attempt, c.stream, c.text, c.ts) for c in batch.logs])
-            if batch.instance is not None:
-                r = batch.instance
-                conn.exec_driver_sql(sql["instance"], (
-                    r.status.value, r.run_id, _dumps(r.params), r.started_at, r.ended_at, r.message, r.instance_id))
+            self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
+
+    def _write(self, execute, executemany, batch: Batch) -> None:
+        sql = self._sql
+        row = execute(sql["fence"], (batch.instance_id,)).fetchone()
+        if row is None:
+            raise StorageError(f"instance {batch.instance_id} is not in {self._where()}")
+        if batch.generation < row[0]:
+            raise StaleWrite(f"instance {batch.instance_id} is now owned by {row[1]} "
+                             f"(generation {row[0]}); this write carried {batch.generation}")
+        if batch.attempts:
+            executemany(sql["attempt"], [
+                (r.instance_id, r.step_id, r.attempt, r.status.value, r.run_id,
+                 None if r.params is None else _dumps(r.params), _dumps(r.outputs) if r.outputs else "{}",
+                 r.message, r.created_at, r.started_at, r.ended_at,
+                 None if r.handle is None else _dumps(r.handle))
+                for r in batch.attempts.values()])
+        if batch.events:
+            executemany(sql["event"], [
+                (e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts) for e in batch.events])
+        if batch.logs:
+            executemany(sql["log"], [
+                (c.instance_id, c.step_id, c.attempt, c.stream, c.text, c.ts) for c in batch.logs])
+        if batch.instance is not None:
+            r = batch.instance
+            execute(sql["instance"], (
+                r.status.value, r.run_id, _dumps(r.params), r.started_at, r.ended_at, r.message, r.instance_id))
 
     @property
     def _sql(self) -> dict[str, str]:
