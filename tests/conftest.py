@@ -90,3 +90,12 @@ def legato_cli(*args, cwd=None, timeout=60, **kwargs) -> subprocess.CompletedPro
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False

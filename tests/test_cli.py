@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LEGATO, ROOT, legato_cli
+from .conftest import LEGATO, ROOT, alive, legato_cli
 
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 
@@ -119,17 +119,9 @@ def test_interrupt_stops_the_instance_and_kills_its_processes(tmp_path):
     assert "STOPPED" in out.splitlines()[-2] or "STOPPED" in out.splitlines()[-1]
     for pid in map(int, pids.read_text().split()):
         deadline = time.monotonic() + 3
-        while _alive(pid):
+        while alive(pid):
             assert time.monotonic() < deadline, f"process {pid} survived the interrupt"
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_plugins_lists_first_party_plugins():

@@ -15,6 +15,7 @@ import trio.testing
 from legato.states import StepStatus
 
 from . import scripted
+from .conftest import alive
 
 
 def step(sid, type="noop", to=None, **fields):
@@ -291,16 +292,8 @@ async def test_step_timeout_kills_its_process_group(run_doc, tmp_path):
     listed = [int(p) for p in pids.read_text().split()]
     assert len(listed) == 3
     with trio.fail_after(3):
-        while any(_alive(p) for p in listed):
+        while any(alive(p) for p in listed):
             await trio.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # -- params and outputs ------------------------------------------------------------------------
