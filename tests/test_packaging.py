@@ -56,9 +56,21 @@ def test_kernel_imports_no_plugin(path):
 
 def test_first_party_plugins_are_entry_points():
     eps = PYPROJECT["project"]["entry-points"]["legato"]
-    modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if p.stem != "__init__"}
+    modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if p.stem not in ("__init__", "profiles")}
     modules |= {p.parent.name for p in (ROOT / "plugins").glob("*/__init__.py")}
     assert {v.rsplit(".", 1)[-1] for v in eps.values()} == modules
+
+
+def test_every_first_party_plugin_publishes_a_conformance_profile():
+    plugins = set(PYPROJECT["project"]["entry-points"]["legato"])
+    profiles = PYPROJECT["project"]["entry-points"]["legato.conformance"]
+    covered = set()
+    from legato.plugins import profiles as module
+
+    for name, target in profiles.items():
+        profile = getattr(module, target.split(":")[1])
+        covered.add(profile.entry_point)
+    assert covered == plugins, f"plugins without a conformance profile: {sorted(plugins - covered)}"
 
 
 def test_wheel_is_complete_and_installs_no_stray_top_level(tmp_path):

@@ -1,0 +1,513 @@
+"""The conformance suites: the contract every step type and storage backend passes (DESIGN §7).
+
+Use them from a plugin's own tests::
+
+    from legato.conformance import StepTypeSuite
+
+    class TestMyStepConformance(StepTypeSuite):
+        profile = "mystep"          # a published profile's name, or a StepTypeProfile
+
+or run them for installed plugins with ``legato conformance`` (the same classes, generated).
+The tests are plain synchronous pytest tests that drive trio themselves, so a plugin's test
+setup needs nothing but pytest. Each test says what broke in words a plugin author can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import trio
+
+from .profiles import PublishedProfile, StepTypeProfile, StorageProfile, load_profiles
+
+__all__ = ["StepTypeSuite", "StorageSuite", "requires"]
+
+CANCEL_BOUND = 2.0  # seconds a cancelled step may take to end
+LOOP_GAP_BOUND = 0.25  # the longest the event loop may stay blocked while a step runs
+IMPORT_BOUND = 1.0  # seconds an entry point may take to load
+
+
+def requires(capability: str):
+    """Mark a suite test as needing ``capability``; it skips, saying so, when the profile lacks it."""
+
+    def mark(fn):
+        fn.legato_requires = capability
+        return fn
+
+    return mark
+
+
+_published: dict[str, PublishedProfile] | None = None
+
+
+def _resolve(profile: Any, expected: type) -> Any:
+    global _published
+    if isinstance(profile, str):
+        if _published is None:
+            _published = load_profiles()
+        found = _published.get(profile)
+        if found is None:
+            pytest.fail(f"no conformance profile named {profile!r} is published in the `legato.conformance` "
+                        f"entry points (known: {', '.join(sorted(_published)) or 'none'})")
+        if found.errors:
+            pytest.fail(f"the profile {profile!r} failed to load: {'; '.join(found.errors)}")
+        profile = found.profile
+    if not isinstance(profile, expected):
+        pytest.fail(f"{profile!r} is not a {expected.__name__}")
+    return profile
+
+
+class _Suite:
+    profile: ClassVar[Any] = None
+    _kind: ClassVar[type] = object
+
+    @pytest.fixture(autouse=True)
+    def _capability_gate(self, request):
+        if self.profile is None:
+            pytest.skip("the suite base class itself: subclass it and set `profile`")
+        self.p = _resolve(self.profile, self._kind)
+        needed = getattr(request.function, "legato_requires", None)
+        if needed and needed not in self.p.capabilities:
+            pytest.skip(f"{self.p.name} does not declare the {needed!r} capability")
+
+    def _plugins(self):
+        from legato.plugin_manager import Plugins, get_plugins
+
+        return Plugins(extra=[self.p.plugin]) if self.p.plugin is not None else get_plugins()
+
+    def test_entry_point_loads_alone_and_cheaply(self):
+        """The plugin's entry point loads without the others, fast, and without its heavy library."""
+        if self.p.entry_point is None:
+            pytest.skip(f"{self.p.name} is registered in process, not through an entry point")
+        script = (
+            "import importlib.metadata, json, sys, time\n"
+            f"name = {self.p.entry_point!r}\n"
+            "eps = [e for e in importlib.metadata.entry_points(group='legato') if e.name == name]\n"
+            "before = set(sys.modules); t = time.perf_counter(); eps[0].load() if eps else None\n"
+            "took = time.perf_counter() - t\n"
+            "from legato.plugin_manager import Plugins\n"
+            "p = Plugins()\n"
+            "print(json.dumps({'found': bool(eps), 'seconds': took, 'new': sorted(set(sys.modules) - before),"
+            " 'steps': sorted(p.step_types.types), 'storage': sorted(p.storage.factories)}))\n"
+        )
+        env = {**os.environ, "LEGATO_PLUGINS": self.p.entry_point}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, f"loading the entry point {self.p.entry_point!r} alone failed:\n{proc.stderr}"
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["found"], f"no `legato` entry point named {self.p.entry_point!r} is installed"
+        heavy = [m for m in self.p.heavy_modules if m in report["new"]]
+        assert not heavy, (f"loading the entry point imported {heavy}: import heavy libraries inside the "
+                           "step type's methods, so `legato --help` and other plugins do not pay for them")
+        assert report["seconds"] < IMPORT_BOUND, f"loading the entry point took {report['seconds']:.2f}s"
+        self._check_registered(report)
+
+
+class StepTypeSuite(_Suite):
+    """The step-type contract. Subclass with ``profile`` set (a name or a StepTypeProfile)."""
+
+    _kind = StepTypeProfile
+
+    def _check_registered(self, report: dict) -> None:
+        assert self.p.step_type in report["steps"], (
+            f"the entry point {self.p.entry_point!r} loaded alone does not register step type {self.p.step_type!r}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _doc(self, params: dict[str, Any], successors: list[dict] | None = None, **fields: Any) -> dict:
+        step = {"id": "s", "type": self.p.step_type, "params": params,
+                "retry_policy": {"error_retry_limit": 0, "platform_retry_limit": 0}, **fields}
+        steps = [{"step": step}]
+        if successors:
+            step["transition"] = {"successors": [s["step"]["id"] for s in successors]}
+            steps.extend(successors)
+        return {"workflow": {"id": f"conformance-{self.p.step_type}", "steps": steps}}
+
+    def _engine(self, tmp: Path):
+        from legato.engine import Engine
+        from legato.storage import open_storage
+
+        plugins = self._plugins()
+        settings = {self.p.step_type: self.p.settings} if self.p.settings else None
+        return Engine(open_storage("memory://", plugins), plugins=plugins, workspace=tmp, step_settings=settings)
+
+    def _run(self, tmp: Path, doc: dict) -> dict[str, Any]:
+        engine = self._engine(tmp)
+
+        async def main():
+            instance = await engine.execute(engine.load(doc))
+            storage = engine.storage
+            return {
+                "instance": instance,
+                "attempts": {a.step_id: a for a in await storage.get_attempts(instance.instance_id)},
+                "logs": await storage.get_logs(instance.instance_id),
+            }
+
+        return trio.run(main)
+
+    def _ended(self, result: dict, expected: str) -> None:
+        attempt = result["attempts"]["s"]
+        status = attempt.status.value
+        logs = "".join(c.text for c in result["logs"])[-2000:]
+        assert status != "INTERNALLY_FAILED", (
+            f"the step type broke its contract (raised or returned something else than a StepResult): "
+            f"{attempt.message}")
+        assert status == expected, (f"expected the attempt to end {expected}, it ended {status}: "
+                                    f"{attempt.message!r}\nlog tail:\n{logs}")
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def test_success_succeeds(self, tmp_path):
+        """The `success` params end SUCCEEDED, with the expected outputs if any are declared."""
+        result = self._run(tmp_path, self._doc(self.p.success))
+        self._ended(result, "SUCCEEDED")
+        assert result["instance"].status.value == "SUCCEEDED"
+
+    @requires("outputs")
+    def test_outputs_round_trip(self, tmp_path):
+        """Outputs are JSON, persisted, and read downstream as `steps.s.outputs` in params and conditions."""
+        expected = self.p.expected_outputs
+        reader = {"step": {"id": "reader", "type": "noop", "params": {
+            "got": {"type": "MAP", "expression": "steps.s.outputs"}}}}
+        doc = self._doc(self.p.success, [reader])
+        doc["workflow"]["steps"][0]["step"]["transition"] = {
+            "successors": {"reader": "size(steps.s.outputs) >= " + str(len(expected))}}
+        result = self._run(tmp_path, doc)
+        self._ended(result, "SUCCEEDED")
+        outputs = result["attempts"]["s"].outputs
+        assert json.loads(json.dumps(outputs)) == outputs, "outputs must be plain JSON values"
+        missing = {k: v for k, v in expected.items() if outputs.get(k) != v}
+        assert not missing, f"outputs {outputs!r} lack the expected {missing!r}"
+        reader_attempt = result["attempts"].get("reader")
+        assert reader_attempt is not None and reader_attempt.status.value == "SUCCEEDED", (
+            "a downstream step could not read the outputs")
+        assert {k: reader_attempt.params["got"].get(k) for k in expected} == expected
+
+    @requires("user_failure")
+    def test_user_failure_is_user_failed(self, tmp_path):
+        """The `user_failure` params end USER_FAILED (the step's own work failed), with a message."""
+        result = self._run(tmp_path, self._doc(self.p.user_failure))
+        self._ended(result, "USER_FAILED")
+        assert result["attempts"]["s"].message.strip(), "a failure needs a message that says what failed"
+
+    @requires("fatal_failure")
+    def test_fatal_failure_is_fatally_failed(self, tmp_path):
+        """The `fatal_failure` params end FATALLY_FAILED and are never retried."""
+        doc = self._doc(self.p.fatal_failure)
+        doc["workflow"]["steps"][0]["step"]["retry_policy"] = {"error_retry_limit": 3, "platform_retry_limit": 3}
+        result = self._run(tmp_path, doc)
+        self._ended(result, "FATALLY_FAILED")
+        assert result["attempts"]["s"].attempt == 1, "a fatal failure was retried"
+
+    @requires("invalid_params")
+    def test_invalid_params_are_refused_before_running(self, tmp_path):
+        """Params the step type's schema refuses are reported when the definition loads, located."""
+        from legato.definition import DefinitionError
+
+        engine = self._engine(tmp_path)
+        with pytest.raises(DefinitionError) as info:
+            engine.load(self._doc(self.p.invalid))
+        pointers = [p.pointer for p in info.value.problems]
+        want = f"/workflow/steps/0/step/params{self.p.invalid_pointer}"
+        assert want in pointers, f"expected a problem at {want}, got {[str(p) for p in info.value.problems]}"
+
+    # -- a long-running step --------------------------------------------------------------------
+
+    def _while_running(self, tmp_path: Path, check) -> dict[str, Any]:
+        """Start `long_running`, call ``await check(run, engine, facts)`` once it is RUNNING, then
+        stop the instance and measure how long it takes to end."""
+        engine = self._engine(tmp_path)
+        facts: dict[str, Any] = {}
+
+        async def main():
+            definition = engine.load(self._doc(self.p.long_running))
+            instance, _ = await engine.start(definition)
+            running = trio.Event()
+
+            def observer(event):
+                if event.step_id == "s" and event.status == "RUNNING":
+                    running.set()
+
+            async with trio.open_nursery() as nursery:
+                run = await nursery.start(lambda task_status: engine.run(
+                    definition, instance, observer=observer, task_status=task_status))
+                with trio.move_on_after(30):
+                    await running.wait()
+                assert running.is_set(), "the long-running step never reached RUNNING"
+                facts["before"] = _descendants(), _busy_threads()
+                await check(run, engine, facts)
+                facts["stop_called"] = time.monotonic()
+                run.stop("stopped by the conformance suite")
+            facts["ended"] = time.monotonic()
+            facts["instance"] = await engine.storage.get_instance(instance.instance_id)
+            facts["attempts"] = {a.step_id: a for a in await engine.storage.get_attempts(instance.instance_id)}
+
+        trio.run(main)
+        return facts
+
+    @requires("cancellation")
+    def test_cancellation_ends_the_step_and_leaves_nothing(self, tmp_path):
+        """Stopping a running step ends it within 2 s; no process or thread it started survives."""
+        async def started(run, engine, facts):
+            await trio.sleep(0.5)
+            facts["during"] = _descendants()
+
+        facts = self._while_running(tmp_path, started)
+        took = facts["ended"] - facts["stop_called"]
+        assert took <= CANCEL_BOUND, (f"the step took {took:.1f}s to end after it was cancelled; the bound is "
+                                      f"{CANCEL_BOUND}s: honour trio cancellation (kill what you started)")
+        assert facts["attempts"]["s"].status.value == "STOPPED"
+        deadline = time.monotonic() + 1.0
+        left = _descendants() - facts["before"][0]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = _descendants() - facts["before"][0]
+        assert not left, f"processes left running after cancellation: {sorted(left)}"
+        busy = _busy_threads() - facts["before"][1]
+        assert not busy, f"threads still working after cancellation: {sorted(busy)}"
+
+    @requires("long_running")
+    def test_event_loop_stays_live_while_the_step_runs(self, tmp_path):
+        """A running step never blocks the event loop: blocking work belongs in a thread or a process."""
+        async def watch(run, engine, facts):
+            gaps = []
+            last = time.monotonic()
+            with trio.move_on_after(1.5):
+                while True:
+                    await trio.sleep(0.01)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+            facts["worst_gap"] = max(gaps + [time.monotonic() - last])
+
+        facts = self._while_running(tmp_path, watch)
+        assert facts["worst_gap"] <= LOOP_GAP_BOUND, (
+            f"the event loop was blocked for {facts['worst_gap']:.2f}s while the step ran: run blocking "
+            "calls with trio.to_thread.run_sync or in a subprocess")
+
+    @requires("logs")
+    def test_logs_stream_while_the_step_runs(self, tmp_path):
+        """What the step logs reaches storage while it runs, not only when it ends."""
+        async def poll(run, engine, facts):
+            with trio.move_on_after(3):
+                while not await engine.storage.get_logs(run.iid):
+                    await trio.sleep(0.05)
+            facts["logs"] = await engine.storage.get_logs(run.iid)
+
+        facts = self._while_running(tmp_path, poll)
+        assert facts["logs"], "nothing reached the step's log within 3 s of RUNNING while the step ran"
+
+
+class StorageSuite(_Suite):
+    """The storage contract. Subclass with ``profile`` set (a name or a StorageProfile)."""
+
+    _kind = StorageProfile
+
+    def _check_registered(self, report: dict) -> None:
+        assert self.p.scheme in report["storage"], (
+            f"the entry point {self.p.entry_point!r} loaded alone does not register storage {self.p.scheme!r}")
+
+    def _open(self, directory: Path):
+        from legato.storage import open_storage
+
+        return open_storage(self.p.make_url(str(directory)), self._plugins())
+
+    def _records(self, iid: str):
+        from legato.model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
+        from legato.states import InstanceStatus, StepStatus
+
+        now = 1_700_000_000.25  # fixed, so records built twice compare equal
+        instance = InstanceRecord(iid, "wf", 1, params={"n": 1, "s": "x"}, request_id=f"req-{iid}", created_at=now)
+        attempt = AttemptRecord(iid, "a", 1, StepStatus.SUCCEEDED, params={"p": [1, 2]}, outputs={"o": {"k": "v"}},
+                                message="done", created_at=now, started_at=now, ended_at=now, handle={"pid": 1})
+        done = InstanceRecord(iid, "wf", 1, InstanceStatus.SUCCEEDED, params={"n": 1, "s": "x"},
+                              request_id=f"req-{iid}", created_at=now, started_at=now, ended_at=now)
+        batch = Batch(iid, 1, instance=done, attempts={("a", 1): attempt},
+                      events=[Event(now, iid, "a", 1, "RUNNING"), Event(now, iid, "a", 1, "SUCCEEDED", "done"),
+                              Event(now, iid, None, 0, "SUCCEEDED")],
+                      logs=[LogChunk(iid, "a", 1, "stdout", "hello\n", now)])
+        return instance, batch
+
+    def _run(self, fn):
+        return trio.run(fn)
+
+    def test_round_trip(self, tmp_path):
+        """What is committed reads back equal: definitions, instances, attempts, timeline, logs."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                v1 = await store.push_definition("wf", {"workflow": {"id": "wf"}})
+                assert (await store.get_definition("wf")).document == {"workflow": {"id": "wf"}}
+                instance, batch = self._records("i-rt")
+                _, created = await store.create_instance(instance, "me", 30)
+                assert created
+                await store.commit(batch)
+                got = await store.get_instance("i-rt")
+                assert got == batch.instance, f"instance read back as {got!r}"
+                assert await store.get_attempts("i-rt") == list(batch.attempts.values())
+                assert await store.get_timeline("i-rt") == batch.events
+                assert await store.get_logs("i-rt") == batch.logs
+                assert await store.get_logs("i-rt", "a", 2) == []
+                again, created = await store.create_instance(self._records("i-other")[0].__class__(
+                    "i-other", "wf", v1.version, request_id="req-i-rt"))
+                assert not created and again.instance_id == "i-rt", "a known request id started a second instance"
+
+        self._run(main)
+
+    @requires("persistent")
+    def test_data_survives_reopening(self, tmp_path):
+        """Close the store, open it again: everything committed is there."""
+        async def write():
+            async with self._open(tmp_path) as store:
+                instance, batch = self._records("i-p")
+                await store.create_instance(instance, "me", 30)
+                await store.commit(batch)
+
+        async def read():
+            async with self._open(tmp_path) as store:
+                instance, batch = self._records("i-p")
+                got = await store.get_instance("i-p")
+                assert got is not None, "the instance is gone after reopening"
+                assert got.status == batch.instance.status
+                assert await store.get_attempts("i-p") == list(batch.attempts.values())
+                assert len(await store.get_timeline("i-p")) == len(batch.events)
+
+        self._run(write)
+        self._run(read)
+
+    @requires("leases")
+    def test_leases_expire_and_fence(self, tmp_path):
+        """A live lease is refused to others; once expired another owner gets a newer generation and the
+        old owner's writes are rejected with StaleWrite."""
+        from legato.model import Batch, Event
+        from legato.storage import StaleWrite
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                instance, _ = self._records("i-l")
+                await store.create_instance(instance)
+                old = await store.acquire_lease("i-l", "a", 0.3)
+                assert old is not None
+                assert await store.acquire_lease("i-l", "b", 0.3) is None, "a live lease was handed to another owner"
+                await trio.sleep(0.5)
+                new = await store.acquire_lease("i-l", "b", 30)
+                assert new is not None and new > old, f"an expired lease was not taken over ({old} -> {new})"
+                with pytest.raises(StaleWrite):
+                    await store.commit(Batch("i-l", old, events=[Event(time.time(), "i-l", None, 0, "LATE")]))
+                assert await store.get_timeline("i-l") == [], "a stale write reached the timeline"
+
+        self._run(main)
+
+    @requires("concurrent_writers")
+    def test_concurrent_writers_lose_nothing(self, tmp_path):
+        """Twenty tasks commit fifty batches each at once: every event is there, in each writer's order."""
+        from legato.model import Batch, Event
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for w in range(20):
+                    await store.create_instance(self._records(f"i-c{w}")[0])
+
+                async def writer(w: int) -> None:
+                    for n in range(50):
+                        await store.commit(Batch(f"i-c{w}", 0, events=[Event(time.time(), f"i-c{w}", "s", n, f"E{n}")]))
+
+                async with trio.open_nursery() as nursery:
+                    for w in range(20):
+                        nursery.start_soon(writer, w)
+                for w in range(20):
+                    got = [e.status for e in await store.get_timeline(f"i-c{w}")]
+                    assert got == [f"E{n}" for n in range(50)], f"writer {w} lost or reordered events: {got[:5]}…"
+
+        self._run(main)
+
+    @requires("multiprocess")
+    def test_two_processes_write_at_once(self, tmp_path):
+        """Two processes commit to one store at the same time; neither loses a write."""
+        url = self.p.make_url(str(tmp_path))
+        script = (
+            "import sys, time, trio\n"
+            "from legato.storage import open_storage\n"
+            "from legato.model import Batch, Event, InstanceRecord\n"
+            "url, iid = sys.argv[1], sys.argv[2]\n"
+            "async def main():\n"
+            "    async with open_storage(url) as store:\n"
+            "        await store.create_instance(InstanceRecord(iid, 'wf', 1, created_at=time.time()))\n"
+            "        for n in range(100):\n"
+            "            await store.commit(Batch(iid, 0, events=[Event(time.time(), iid, 's', n, f'E{n}')]))\n"
+            "trio.run(main)\n"
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", script, url, f"i-mp{k}"], stderr=subprocess.PIPE, text=True)
+                 for k in range(2)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"a writer process failed: {err}"
+
+        async def check():
+            async with self._open(tmp_path) as store:
+                for k in range(2):
+                    assert len(await store.get_timeline(f"i-mp{k}")) == 100, f"process {k} lost writes"
+
+        self._run(check)
+
+    def test_the_engine_runs_on_it(self, tmp_path):
+        """A workflow runs to the end on this store and its whole timeline is kept."""
+        from legato.engine import Engine
+
+        doc = {"workflow": {"id": "chain", "steps": [
+            {"step": {"id": f"s{i}", "type": "noop", "params": {"outputs": {"i": i}},
+                      **({"transition": {"successors": [f"s{i + 1}"]}} if i < 19 else {})}} for i in range(20)]}}
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                engine = Engine(store, plugins=self._plugins(), workspace=tmp_path / "runs")
+                instance = await engine.execute(engine.load(doc))
+                assert instance.status.value == "SUCCEEDED"
+                attempts = await store.get_attempts(instance.instance_id)
+                assert sorted(a.outputs["i"] for a in attempts) == list(range(20))
+                assert len(await store.get_timeline(instance.instance_id)) == 2 + 20 * 9
+
+        self._run(main)
+
+
+def _descendants() -> set[int]:
+    """Processes descending from this one (Linux /proc), zombies excluded."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _busy_threads() -> set[str]:
+    """Threads doing work: trio's idle worker threads (waiting for a job) do not count."""
+    frames = sys._current_frames()
+    busy = set()
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.ident is None:
+            continue
+        frame = frames.get(thread.ident)
+        idle = frame is not None and frame.f_code.co_filename.endswith("_thread_cache.py") and \
+            frame.f_code.co_name == "_work"
+        if not idle:
+            busy.add(f"{thread.name} ({thread.ident})")
+    return busy
