@@ -7,15 +7,10 @@
   published in the ``legato.conformance`` entry-point group;
 - ``legato conformance [NAME …]`` runs the same suites for every installed plugin.
 
-Importing this package imports pytest: it is for tests and the ``conformance`` command only.
+The suites import pytest when first used; profiles do not.
 """
 
-import pytest
-
-# Assertion messages in the suites are what plugin authors read: let pytest rewrite them.
-pytest.register_assert_rewrite("legato.conformance.suites")
-
-from .profiles import (  # noqa: E402
+from .profiles import (
     STEP_CAPABILITIES,
     STORAGE_CAPABILITIES,
     ProfileError,
@@ -23,7 +18,6 @@ from .profiles import (  # noqa: E402
     StorageProfile,
     load_profiles,
 )
-from .suites import StepTypeSuite, StorageSuite, requires  # noqa: E402
 
 __all__ = [
     "STEP_CAPABILITIES",
@@ -36,3 +30,16 @@ __all__ = [
     "load_profiles",
     "requires",
 ]
+
+
+def __getattr__(name: str):
+    """The suites import pytest: load them on first use only (profiles and the CLI stay light)."""
+    if name in ("StepTypeSuite", "StorageSuite", "requires"):
+        import pytest
+
+        # Assertion messages in the suites are what plugin authors read: let pytest rewrite them.
+        pytest.register_assert_rewrite("legato.conformance.suites")
+        from . import suites
+
+        return getattr(suites, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

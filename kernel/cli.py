@@ -39,7 +39,28 @@ def _print_problems(exc) -> None:
         click.echo(f"  {problem}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The built-in commands plus those installed packages add through the ``legato.commands``
+    entry-point group (``legato conformance`` comes from ``legato.conformance`` that way)."""
+
+    def _installed(self) -> dict:
+        import importlib.metadata
+
+        return {ep.name: ep for ep in importlib.metadata.entry_points(group="legato.commands")}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._installed()))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None:
+            ep = self._installed().get(name)
+            if ep is not None:
+                command = ep.load()
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="legato", prog_name="legato")
 def main() -> None:
     """Legato: workflows of steps (bash, docker, notebooks, SQL, …) with Maestro's semantics.
@@ -396,57 +417,6 @@ def _instance_json(instance, attempts) -> dict[str, Any]:
         "status": instance.status.value, "message": instance.message, "params": instance.params,
         "started_at": instance.started_at, "ended_at": instance.ended_at, "steps": steps,
     }
-
-
-@main.command()
-@click.argument("names", nargs=-1)
-@click.option("--kind", type=click.Choice(["step", "storage"]), default=None, help="Only step types, or only storage.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("-k", "keyword", default=None, help="Only tests matching this pytest -k expression.")
-def conformance(names: tuple[str, ...], kind: str | None, as_json: bool, keyword: str | None) -> None:
-    """Run the conformance suites for installed plugins (all, or the NAMES given).
-
-    Exits 1 if any test fails. Plugin authors: subclass legato.conformance.StepTypeSuite (or
-    StorageSuite) in your own tests to run the same suite under plain pytest.
-    """
-    try:
-        from legato.conformance.runner import run_conformance
-    except ImportError as exc:
-        _fail(f"the conformance suites need pytest ({exc}); pip install pytest")
-    try:
-        result = run_conformance(list(names), kind, ["-k", keyword] if keyword else None)
-    except ValueError as exc:
-        _fail(str(exc))
-    rows, errors = result["rows"], result["errors"]
-    failed = bool(errors) or any(r["failed"] or r["errors"] for r in rows) or not rows
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        sys.exit(EXIT_FAILED if failed else EXIT_OK)
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table(box=None, pad_edge=False)
-    for column in ("plugin", "kind", "distribution", "version", "passed", "failed", "skipped", "result"):
-        table.add_column(column)
-    for r in rows:
-        bad = r["failed"] or r["errors"]
-        table.add_row(r["name"], r["kind"], r["distribution"], r["version"], str(r["passed"]),
-                      str(len(r["failed"]) + len(r["errors"])), str(len(r["skipped"])),
-                      "[red]FAIL[/]" if bad else "[green]pass[/]")
-    console.print(table)
-    for r in rows:
-        for error in r["errors"]:
-            console.print(f"[red]{r['name']}[/]: profile failed to load: {error}", markup=True, highlight=False)
-        for f in r["failed"]:
-            console.print(f"[red]{r['name']}[/] {f['test']}: {f['message']}", markup=True, highlight=False)
-        for s in r["skipped"]:
-            console.print(f"[dim]{r['name']} {s['test']} skipped: {s['reason']}[/]", markup=True, highlight=False)
-    for error in errors:
-        console.print(f"[red]{error}[/]", markup=True, highlight=False)
-    if not rows:
-        console.print("no conformance profiles installed", highlight=False)
-    sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 @main.command()

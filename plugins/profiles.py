@@ -50,7 +50,7 @@ memory = StorageProfile(
 
 sqlite = StorageProfile(
     scheme="sqlite",
-    entry_point="sql",
+    entry_point="sqlstore",
     make_url=lambda directory: f"sqlite:///{directory}/conformance.db",
     capabilities={"persistent", "leases", "concurrent_writers", "multiprocess"},
     heavy_modules=("sqlalchemy", "sqlmodel", "alembic"),
