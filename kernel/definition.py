@@ -296,6 +296,7 @@ class _Validator:
         self.step_types = step_types
         self.compiler = compiler
         self.problems: list[Problem] = []
+        self.unavailable: dict[str, str | None] = {}  # asked once per step type
 
     def add(self, pointer: str, message: str) -> None:
         self.problems.append(Problem(pointer, message))
@@ -481,6 +482,12 @@ class _Validator:
             if cls is None:
                 known = ", ".join(sorted(self.step_types)) or "none"
                 self.add(f"{pointer}/type", f"unknown step type {stype!r}; installed: {known} (see `legato plugins`)")
+            else:
+                if stype not in self.unavailable:
+                    self.unavailable[stype] = cls.unavailable()
+                why = self.unavailable[stype]
+                if why:
+                    self.add(f"{pointer}/type", f"step type {stype!r} cannot run here: {why}")
         params = self.params(raw.get("params"), f"{pointer}/params", cls.raw_params if cls else frozenset())
         if cls is not None:
             self.step_config(cls, params, f"{pointer}/params")
