@@ -703,6 +703,9 @@ class InstanceRun:
         handle, st.reattach = st.reattach, None
         if handle is None:
             self._set(st, S.RUNNING)
+            # Make RUNNING (and the handle the step records next) durable soon, not only when
+            # the step ends: a step that finishes at once shares the tick with its result.
+            self._post(("flush",))
         ctx = self._step_context(st, attempt)
         result: Any = None
         scope = st.scope
