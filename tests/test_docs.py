@@ -31,3 +31,42 @@ def test_readme_lists_every_hook():
     for hook in hooks:
         assert f"`{hook}`" in _readme(), f"README does not document {hook}"
         assert getattr(hookspecs, hook).__doc__, f"{hook} has no docstring"
+
+
+PLUGINS_DOC = ROOT / "docs" / "plugins.md"
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"```(?:python|toml)\n(.*?)```", text, re.S)
+
+
+def test_plugin_guide_code_is_copied_from_the_contrib_package():
+    """Every python/toml block in docs/plugins.md is a verbatim slice of legato-python's sources."""
+    package = ROOT / "contrib" / "legato-python"
+    sources = [p.read_text() for p in package.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()]
+    blocks = _code_blocks(PLUGINS_DOC.read_text())
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert any(block in source for source in sources), f"docs/plugins.md drifted from the code:\n{block[:300]}"
+
+
+def test_every_hook_is_documented_with_its_signature_and_has_a_test_of_its_own():
+    import inspect
+
+    from legato import hookspecs
+
+    guide = PLUGINS_DOC.read_text()
+    tests = (ROOT / "tests" / "test_plugins.py").read_text()
+    for name in [n for n in dir(hookspecs) if n.startswith("legato_")]:
+        signature = f"{name}{inspect.signature(getattr(hookspecs, name))}"
+        assert f"`{signature}`" in guide, f"docs/plugins.md does not document `{signature}`"
+        assert f"def test_hook_{name}(" in tests or f"async def test_hook_{name}(" in tests, (
+            f"{name} has no test of its own in tests/test_plugins.py (test_hook_{name})")
+
+
+def test_every_capability_is_documented():
+    from legato.conformance import STEP_CAPABILITIES, STORAGE_CAPABILITIES
+
+    guide = PLUGINS_DOC.read_text()
+    for name, promise in {**STEP_CAPABILITIES, **STORAGE_CAPABILITIES}.items():
+        assert f"| `{name}` | {promise} |" in guide, f"capability {name!r} is not in docs/plugins.md's tables"
