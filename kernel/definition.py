@@ -20,7 +20,6 @@ from typing import Any, Mapping
 
 from .cel import CelCompiler, CelError, CelProgram
 from .params import (
-    NAME_RE,
     ParamError,
     ParamSpec,
     interpolation_names,
@@ -449,8 +448,8 @@ class _Validator:
                 loc = [str(part) for part in err["loc"]]
                 if loc and loc[0] in pending:
                     continue
-                if err["type"] == "missing" and pending:
-                    continue
+                if pending and (err["type"] == "missing" or not loc):
+                    continue  # a missing field, or a whole-model rule, may hinge on an expression's value
                 where = pointer + "".join(f"/{_esc(p)}" for p in loc)
                 self.add(where, f"{cls.name}: {_pydantic_message(err)}")
 

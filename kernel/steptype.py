@@ -148,7 +148,8 @@ class StepContext:
         return self._attempt_dir
 
     def log(self, stream: str, text: str) -> None:
-        """Append ``text`` to the step's ``stream`` ("stdout" or "stderr") log. Never blocks."""
+        """Append ``text`` to the step's ``stream`` ("stdout" or "stderr") log. Never blocks.
+        Call it from the event loop's thread (from a worker thread: ``trio.from_thread.run_sync``)."""
         self._log(stream, text)
 
     async def record_handle(self, handle: Any) -> None:

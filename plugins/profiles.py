@@ -55,3 +55,64 @@ sqlite = StorageProfile(
     capabilities={"persistent", "leases", "concurrent_writers", "multiprocess"},
     heavy_modules=("sqlalchemy", "sqlmodel", "alembic"),
 )
+
+sql = StepTypeProfile(
+    step_type="sql",
+    entry_point="sql",
+    heavy_modules=("duckdb",),
+    capabilities={"outputs", "user_failure", "long_running", "logs", "cancellation", "invalid_params"},
+    success={"query": "CREATE TABLE t AS SELECT range AS i FROM range(3); SELECT count(*) AS n, $kind AS kind FROM t",
+             "query_params": {"kind": "csv"}},
+    expected_outputs={"row_count": 1, "columns": ["n", "kind"], "rows": [[3, "csv"]], "truncated": False},
+    user_failure={"query": "SELECT * FROM no_such_table"},
+    long_running={"query": "SET threads TO 1;\nSELECT count(*) FROM range(1000000000) a, range(1000000) b"},
+    invalid={"query": "SELECT 1", "max_rows": 5000},
+    invalid_pointer="/max_rows",
+)
+
+
+def notebook() -> StepTypeProfile:
+    """Sample notebooks are written to a temporary directory (removed at exit) when the profile is
+    built: plain JSON, so building the profile needs neither nbformat nor papermill."""
+    import atexit
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="legato-notebook-profile-"))
+    atexit.register(shutil.rmtree, directory, True)
+
+    def write(name: str, *sources: str, parameters: str | None = None) -> str:
+        cells = [(source, []) for source in sources]
+        if parameters is not None:
+            cells.insert(0, (parameters, ["parameters"]))
+        document = {
+            "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell-{n}", "metadata": {"tags": tags},
+                       "outputs": [], "source": source} for n, (source, tags) in enumerate(cells)],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                         "language_info": {"name": "python"}},
+            "nbformat": 4, "nbformat_minor": 5,
+        }
+        path = directory / name
+        path.write_text(json.dumps(document), encoding="utf-8")
+        return str(path)
+
+    (directory / "not-a-notebook.ipynb").write_text("this is not JSON\n")
+    return StepTypeProfile(
+        step_type="notebook",
+        entry_point="notebook",
+        heavy_modules=("papermill", "nbformat", "nbclient", "jupyter_client", "zmq"),
+        capabilities={"outputs", "user_failure", "fatal_failure", "long_running", "logs", "cancellation",
+                      "invalid_params"},
+        success={"input_path": write("success.ipynb",
+                                     "from legato.notebook import output\noutput('rows', rows)\noutput('kind', 'csv')",
+                                     parameters="rows = 0"),
+                 "rows": 2},
+        expected_outputs={"rows": 2, "kind": "csv"},
+        user_failure={"input_path": write("fails.ipynb", "raise ValueError('input missing')")},
+        fatal_failure={"input_path": str(directory / "not-a-notebook.ipynb")},
+        long_running={"input_path": write("long.ipynb", "print('started', flush=True)\nimport time\ntime.sleep(60)")},
+        invalid={"input_path": "any.ipynb", "cell_timeout": -1},
+        invalid_pointer="/cell_timeout",
+    )

@@ -20,20 +20,8 @@ class TestNoopConformance(StepTypeSuite):
     profile = "noop"
 
 
-class TestSleepConformance(StepTypeSuite):
-    profile = "sleep"
-
-
-class TestBashConformance(StepTypeSuite):
-    profile = "bash"
-
-
 class TestMemoryConformance(StorageSuite):
     profile = "memory"
-
-
-class TestSqliteConformance(StorageSuite):
-    profile = "sqlite"
 
 
 def test_unknown_capabilities_are_refused():

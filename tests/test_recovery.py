@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from .conftest import LEGATO, ROOT
+from .conftest import LEGATO
 
 LEASE_TTL = "0.4"
 WORK = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 0.08; echo "done=$LEGATO_STEP_ID" >> "$LEGATO_OUTPUT"'

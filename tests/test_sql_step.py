@@ -1,0 +1,450 @@
+"""The ``sql`` step type (DuckDB), through the real engine, plus its conformance suite."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from legato.conformance.suites import StepTypeSuite, _busy_threads
+from legato.definition import DefinitionError
+from legato.engine import Engine
+from legato.storage import open_storage
+
+duckdb = pytest.importorskip("duckdb")
+
+from legato.plugins import sql as sql_plugin  # noqa: E402
+
+NO_RETRY = {"error_retry_limit": 0, "platform_retry_limit": 0}
+#: A query that runs for minutes unless interrupted (one DuckDB thread, so it does not hog the host).
+LONG_QUERY = "SET threads TO 1;\nSELECT count(*) FROM range(1000000000) a, range(1000000) b"
+
+
+# -- harness -----------------------------------------------------------------------------------
+
+
+def make_engine(tmp_path: Path) -> Engine:
+    return Engine(open_storage("memory://"), workspace=tmp_path / "runs")
+
+
+def step(sid: str = "q", retry: dict | None = None, **params) -> dict:
+    return {"step": {"id": sid, "type": "sql", "params": params, "retry_policy": retry or NO_RETRY}}
+
+
+def workflow(*steps: dict, params: dict | None = None) -> dict:
+    doc = {"workflow": {"id": "sqlwf", "steps": list(steps)}}
+    if params:
+        doc["workflow"]["params"] = params
+    return doc
+
+
+class Done:
+    def __init__(self, engine, instance, attempts, logs) -> None:
+        self.engine = engine
+        self.instance = instance
+        self.attempts = attempts
+        self.by_step = {a.step_id: a for a in attempts}  # the last attempt of each step
+        self.logs = logs
+
+    def status(self, sid: str = "q") -> str:
+        return self.by_step[sid].status.value
+
+    def outputs(self, sid: str = "q") -> dict:
+        return self.by_step[sid].outputs
+
+    def message(self, sid: str = "q") -> str:
+        return self.by_step[sid].message
+
+    def log(self, sid: str = "q") -> str:
+        return "".join(c.text for c in self.logs if c.step_id == sid)
+
+    @property
+    def workdir(self) -> Path:
+        return self.engine.workspace / self.instance.instance_id
+
+
+async def run(tmp_path: Path, doc, params: dict | None = None, engine: Engine | None = None) -> Done:
+    engine = engine or make_engine(tmp_path)
+    instance = await engine.execute(engine.load(doc), params)
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    logs = await engine.storage.get_logs(instance.instance_id)
+    return Done(engine, instance, attempts, logs)
+
+
+# -- statements, outputs, files ------------------------------------------------------------------
+
+
+async def test_statements_run_in_order_in_a_file_database(tmp_path):
+    doc = workflow(step(
+        database="data/shop.db",
+        query="""
+            CREATE TABLE sales(region VARCHAR, amount DECIMAL(10, 2), day DATE);
+            INSERT INTO sales VALUES ('eu', 10.50, DATE '2024-01-02'), ('us', 7, DATE '2024-01-03'),
+                                     ('eu', 1.25, NULL);
+            -- the result the step reports
+            SELECT region, amount, day FROM sales ORDER BY amount DESC;
+        """))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    out = done.outputs()
+    assert out["row_count"] == 3
+    assert out["columns"] == ["region", "amount", "day"]
+    assert out["rows"] == [["eu", 10.5, "2024-01-02"], ["us", 7.0, "2024-01-03"], ["eu", 1.25, None]]
+    assert out["truncated"] is False
+    json.dumps(out)  # plain JSON
+    db = done.workdir / "data" / "shop.db"
+    assert db.is_file(), "the database lives in the instance's working directory"
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM sales").fetchall() == [(3,)]
+    finally:
+        con.close()
+    log = done.log()
+    assert "sql> CREATE TABLE sales(region VARCHAR, amount DECIMAL(10, 2), day DATE);" in log
+    assert "sql> INSERT INTO sales VALUES" in log and "(3 rows)" in log
+    assert "sql> SELECT region, amount, day FROM sales ORDER BY amount DESC;" in log
+
+
+async def test_a_later_step_reads_the_same_database_and_conditions_see_row_count(tmp_path):
+    doc = workflow(
+        {"step": {**step(database="w.db", query="CREATE TABLE t AS SELECT range AS i FROM range(5); "
+                                                 "SELECT * FROM t WHERE i >= $low",
+                         query_params={"low": 2})["step"],
+                  "transition": {"successors": {"many": "steps.q.outputs.row_count > 2",
+                                                "few": "steps.q.outputs.row_count <= 2"}}}},
+        step("many", database="w.db", read_only=True, query="SELECT sum(i) AS total FROM t"),
+        step("few", query="SELECT 1"),
+    )
+    done = await run(tmp_path, doc)
+    assert done.status("q") == "SUCCEEDED", done.message("q")
+    assert done.outputs("q")["row_count"] == 3
+    assert done.status("many") == "SUCCEEDED", done.message("many")
+    assert done.outputs("many")["rows"] == [[10]]
+    assert "few" not in done.by_step or done.status("few") != "SUCCEEDED"
+
+
+async def test_dml_reports_the_rows_it_changed(tmp_path):
+    doc = workflow(step(query="CREATE TABLE t AS SELECT range AS i FROM range(10); "
+                              "UPDATE t SET i = i + 1 WHERE i < 4"))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["row_count"] == 4
+    assert done.log().count("(10 rows)") == 1 and "(4 rows)" in done.log()
+
+
+async def test_max_rows_truncates_the_rows_not_the_count(tmp_path):
+    done = await run(tmp_path, workflow(step(query="SELECT range AS i FROM range(50)", max_rows=5)))
+    out = done.outputs()
+    assert out["row_count"] == 50 and out["truncated"] is True
+    assert out["rows"] == [[0], [1], [2], [3], [4]]
+    default = await run(tmp_path, workflow(step(query="SELECT range AS i FROM range(50)")))
+    assert len(default.outputs()["rows"]) == 20
+    none = await run(tmp_path, workflow(step(query="SELECT 1 AS one", max_rows=0)))
+    assert none.outputs() == {"row_count": 1, "columns": ["one"], "rows": [], "truncated": True}
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+async def test_result_path_holds_the_full_result(tmp_path, suffix):
+    doc = workflow(step(
+        query="SELECT range AS i, 'it''s ' || range AS s FROM range(100) WHERE range % $m = 0",
+        query_params={"m": 2}, max_rows=3, result_path=f"out/evens.{suffix}"))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    out = done.outputs()
+    path = Path(out["result_path"])
+    assert path == done.workdir / "out" / f"evens.{suffix}" and path.is_file()
+    assert out["row_count"] == 50 and out["truncated"] is True
+    assert out["rows"] == [[0, "it's 0"], [2, "it's 2"], [4, "it's 4"]]
+    con = duckdb.connect()
+    try:
+        reader = "read_parquet" if suffix == "parquet" else "read_csv"
+        rows = con.execute(f"SELECT i, s FROM {reader}($p) ORDER BY i", {"p": str(path)}).fetchall()
+    finally:
+        con.close()
+    assert rows == [(i, f"it's {i}") for i in range(0, 100, 2)]
+    assert not list(done.workdir.glob(".legato/q.*/result.parquet")), "the spill file was left behind"
+
+
+async def test_values_become_json():
+    to = sql_plugin.to_json_value
+    assert to(decimal.Decimal("1.50")) == 1.5
+    assert to(datetime.date(2024, 1, 2)) == "2024-01-02"
+    assert to(datetime.datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05"
+    assert to(datetime.time(3, 4)) == "03:04:00"
+    assert to(uuid.UUID(int=1)) == "00000000-0000-0000-0000-000000000001"
+    assert to(b"a\x00\\") == "a\\x00\\x5C"
+    assert to(float("nan")) == "nan" and to(float("inf")) == "inf"
+    assert to(2**70) == str(2**70)
+    assert to([1, {"k": decimal.Decimal("2")}]) == [1, {"k": 2.0}]
+    assert to(datetime.timedelta(days=1)) == "1 day, 0:00:00"
+
+
+async def test_nested_and_temporal_columns_round_trip_as_json(tmp_path):
+    done = await run(tmp_path, workflow(step(query=(
+        "SELECT [1, 2] AS l, {'a': 1, 'b': 'x'} AS s, TIMESTAMP '2024-01-02 03:04:05' AS ts, "
+        "INTERVAL 2 DAY AS iv, 12345678901234567890123::HUGEINT AS big, 'ab'::BLOB AS bl"))))
+    assert done.status() == "SUCCEEDED", done.message()
+    row = done.outputs()["rows"][0]
+    assert row[:3] == [[1, 2], {"a": 1, "b": "x"}, "2024-01-02T03:04:05"]
+    assert row[4] == "12345678901234567890123" and row[5] == "ab"
+    json.dumps(row)
+
+
+# -- parameters are data ---------------------------------------------------------------------------
+
+
+async def test_bound_params_are_never_pasted(tmp_path):
+    marker = tmp_path / "pwned"
+    nasty = "x'; DROP TABLE t; --"
+    shell = f"$(touch {marker})"
+    doc = workflow(step(
+        database="p.db",
+        query="CREATE TABLE t(v VARCHAR); INSERT INTO t VALUES ($nasty), ($shell); SELECT v FROM t ORDER BY v DESC",
+        query_params={"nasty": nasty, "shell": shell}))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["rows"] == [[nasty], [shell]], "the values did not round-trip byte for byte"
+    again = await run(tmp_path, workflow(step(database=str(done.workdir / "p.db"), read_only=True,
+                                              query="SELECT count(*) FROM t")))
+    assert again.outputs()["rows"] == [[2]], "the table is gone"
+    assert not marker.exists()
+
+
+async def test_params_come_from_expressions_and_other_params(tmp_path):
+    """`$name` binds query_params first, then the step's other params, then the workflow's."""
+    doc = workflow(
+        step(query="SELECT $r AS r, $n AS n, $limit AS lim, $region AS region",
+             query_params={"r": "${region}!"}, n={"type": "LONG", "expression": "size(region) + 1"},
+             region="step's"),
+        params={"region": {"type": "STRING", "value": "eu'--"}, "limit": {"type": "LONG", "value": 7}})
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["rows"] == [["eu'--!", 6, 7, "step's"]]
+
+
+async def test_dollar_brace_in_the_query_is_not_interpolated(tmp_path):
+    params = {"name": {"type": "STRING", "value": "PASTED"}}
+    literal = await run(tmp_path, workflow(step(query="SELECT '${name}' AS v"), params=params))
+    assert literal.status() == "SUCCEEDED", literal.message()
+    assert literal.outputs()["rows"] == [["${name}"]]
+
+    bare = await run(tmp_path, workflow(step(query="SELECT ${name} AS v"), params=params))
+    assert bare.status() == "USER_FAILED"
+    assert "PASTED" not in bare.message() and "PASTED" not in bare.log()
+    assert "${name}" in bare.message() or "syntax error" in bare.message()
+
+
+async def test_a_missing_parameter_is_a_user_error_naming_it(tmp_path):
+    done = await run(tmp_path, workflow(step(query="SELECT $nope")))
+    assert done.status() == "USER_FAILED"
+    assert "nope" in done.message()
+
+
+# -- query files -----------------------------------------------------------------------------------
+
+
+async def test_query_file_resolves_against_the_definition(tmp_path):
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "report.sql").write_text(
+        "CREATE TABLE t AS SELECT range AS i FROM range(4);\nSELECT sum(i) AS s FROM t WHERE i > $min;\n")
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(workflow(step(query_file="sql/report.sql", query_params={"min": 0}))))
+    done = await run(tmp_path, path)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["rows"] == [[6]]
+
+    path.write_text(json.dumps(workflow(step(query_file="sql/missing.sql"))))
+    missing = await run(tmp_path, path)
+    assert missing.status() == "USER_FAILED"
+    assert "missing.sql" in missing.message() and "does not exist" in missing.message()
+
+
+async def test_query_file_without_a_definition_file_resolves_against_cwd(tmp_path, monkeypatch):
+    (tmp_path / "q.sql").write_text("SELECT 42 AS answer")
+    monkeypatch.chdir(tmp_path)
+    done = await run(tmp_path, workflow(step(query_file="q.sql")))
+    assert done.outputs()["rows"] == [[42]]
+
+
+@pytest.mark.parametrize("params, pointer", [
+    ({"query": "SELECT 1", "query_file": "x.sql"}, ""),
+    ({}, ""),
+    ({"query": "SELECT 1", "max_rows": 1001}, "/max_rows"),
+    ({"query": "SELECT 1", "result_path": "out.json"}, "/result_path"),
+    ({"query": "SELECT 1", "query_params": {"not a name": 1}}, "/query_params"),
+])
+async def test_bad_params_are_refused_at_load(tmp_path, params, pointer):
+    with pytest.raises(DefinitionError) as info:
+        make_engine(tmp_path).load(workflow(step(**params)))
+    want = f"/workflow/steps/0/step/params{pointer}"
+    assert want in [p.pointer for p in info.value.problems], [str(p) for p in info.value.problems]
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+async def test_sql_errors_are_user_failures_with_duckdbs_message(tmp_path):
+    done = await run(tmp_path, workflow(step(query="SELECT 1; SELECT * FROM no_such_table")))
+    assert done.status() == "USER_FAILED"
+    assert "statement 2 of 2" in done.message()
+    assert "no_such_table does not exist" in done.message()
+
+    syntax = await run(tmp_path, workflow(step(query="SELEC 1")))
+    assert syntax.status() == "USER_FAILED" and "syntax error" in syntax.message()
+
+    constraint = await run(tmp_path, workflow(step(query="CREATE TABLE k(a INT PRIMARY KEY); "
+                                                         "INSERT INTO k VALUES (1), (1)")))
+    assert constraint.status() == "USER_FAILED" and "constraint" in constraint.message().lower()
+
+
+async def test_user_errors_follow_the_error_retry_limit(tmp_path):
+    retry = {"error_retry_limit": 2, "platform_retry_limit": 0, "backoff": {"type": "fixed", "base": 0}}
+    done = await run(tmp_path, workflow(step(query="SELECT * FROM nowhere", retry=retry)))
+    assert [a.status.value for a in done.attempts] == ["USER_FAILED"] * 3
+
+
+async def test_read_only_refuses_writes(tmp_path):
+    first = await run(tmp_path, workflow(step(database=str(tmp_path / "ro.db"), query="CREATE TABLE t(a INT)")))
+    assert first.status() == "SUCCEEDED", first.message()
+    done = await run(tmp_path, workflow(step(database=str(tmp_path / "ro.db"), read_only=True,
+                                             query="INSERT INTO t VALUES (1)")))
+    assert done.status() == "USER_FAILED"
+    assert "read-only" in done.message()
+    memory = await run(tmp_path, workflow(step(read_only=True, query="SELECT 1")))
+    assert memory.status() == "USER_FAILED" and "read-only" in memory.message()
+
+
+async def test_a_database_locked_by_another_process_is_a_platform_failure(tmp_path):
+    db = tmp_path / "locked.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\n"
+         "print('ready', flush=True)\ntime.sleep(60)\n", str(db)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        retry = {"error_retry_limit": 0, "platform_retry_limit": 2, "backoff": {"type": "fixed", "base": 0}}
+        done = await run(tmp_path, workflow(step(database=str(db), query="SELECT 1", retry=retry)))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [a.status.value for a in done.attempts] == ["PLATFORM_FAILED"] * 3
+    assert str(db) in done.message() and "another process holds it" in done.message()
+    # Once the other process is gone, the same step works.
+    after = await run(tmp_path, workflow(step(database=str(db), query="SELECT 1 AS ok")))
+    assert after.status() == "SUCCEEDED", after.message()
+
+
+async def test_a_database_open_here_with_the_other_read_only_setting_is_a_platform_failure(tmp_path):
+    db = tmp_path / "shared.db"
+    con = duckdb.connect(str(db))  # read-write, in this process (as another running step would)
+    try:
+        con.execute("CREATE TABLE t AS SELECT 1 AS a")
+        shared = await run(tmp_path, workflow(step(database=str(db), query="SELECT a FROM t")))
+        conflict = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
+    finally:
+        con.close()
+    assert shared.status() == "SUCCEEDED" and shared.outputs()["rows"] == [[1]]
+    assert conflict.status() == "PLATFORM_FAILED"
+    assert str(db) in conflict.message() and "different configuration" in conflict.message()
+
+
+def test_unavailable_without_duckdb(monkeypatch):
+    assert sql_plugin.Sql.unavailable() is None
+    real = sql_plugin.importlib.util.find_spec
+    monkeypatch.setattr(sql_plugin.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "duckdb" else real(name, *a))
+    reason = sql_plugin.Sql.unavailable()
+    assert reason and "pip install duckdb" in reason
+
+
+def test_loading_the_plugin_does_not_import_duckdb():
+    proc = subprocess.run([sys.executable, "-c", "import sys, legato.plugins.sql\nprint('duckdb' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+# -- long queries: the loop stays live, cancellation interrupts ---------------------------------
+
+
+async def _start_long(tmp_path: Path, check, **params) -> dict:
+    engine = make_engine(tmp_path)
+    facts: dict = {"before": _busy_threads()}
+    definition = engine.load(workflow(step(**(params or {"query": LONG_QUERY}))))
+    instance, _ = await engine.start(definition)
+    running = trio.Event()
+
+    def observer(event):
+        if event.step_id == "q" and event.status == "RUNNING":
+            running.set()
+
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(lambda task_status: engine.run(
+            definition, instance, observer=observer, task_status=task_status))
+        with trio.fail_after(10):
+            await running.wait()
+        await check(facts)
+        facts["stop"] = time.monotonic()
+        handle.stop("enough")
+    facts["ended"] = time.monotonic()
+    facts["attempts"] = await engine.storage.get_attempts(instance.instance_id)
+    facts["logs"] = "".join(c.text for c in await engine.storage.get_logs(instance.instance_id))
+    return facts
+
+
+LONG = {
+    "one long statement": {"query": LONG_QUERY},
+    "many statements": {"query": "SET threads TO 1;\n" + "SELECT count(*) FROM range(100000000) WHERE range % 7 = 3;\n" * 400},
+    "a huge result": {"query": "SELECT range FROM range(1000000000000)"},
+    "writing result_path": {"query": LONG_QUERY, "result_path": "out/r.parquet"},
+}
+
+
+@pytest.mark.parametrize("what", list(LONG))
+async def test_cancelling_a_long_query_interrupts_it(tmp_path, what):
+    async def wait(facts):
+        await trio.sleep(0.6)
+
+    facts = await _start_long(tmp_path, wait, **LONG[what])
+    took = facts["ended"] - facts["stop"]
+    assert took < 2.0, f"the query took {took:.2f}s to stop"
+    assert [a.status.value for a in facts["attempts"]] == ["STOPPED"]
+    assert "sql> SELECT " in facts["logs"]
+    busy = _busy_threads() - facts["before"]
+    assert not busy, f"threads still working after cancellation: {busy}"
+
+
+async def test_the_event_loop_stays_live_during_a_long_query(tmp_path):
+    async def watch(facts):
+        gaps, last = [], time.monotonic()
+        with trio.move_on_after(1.0):
+            while True:
+                await trio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+        facts["worst"] = max(gaps)
+
+    facts = await _start_long(tmp_path, watch)
+    assert facts["worst"] < 0.25, f"the loop was blocked for {facts['worst']:.2f}s"
+
+
+async def test_a_timeout_interrupts_the_query(tmp_path):
+    doc = workflow({"step": {**step(query=LONG_QUERY)["step"], "timeout": "1s"}})
+    started = time.monotonic()
+    done = await run(tmp_path, doc)
+    assert time.monotonic() - started < 4
+    assert done.status() == "TIMED_OUT"
+
+
+# -- conformance -----------------------------------------------------------------------------------
+
+class TestSqlConformance(StepTypeSuite):
+    profile = "sql"  # as published in plugins/profiles.py
