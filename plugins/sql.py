@@ -202,7 +202,7 @@ class Sql(StepType):
                 pass
 
         shared = _Shared()
-        work = _Work(cfg, database, query_file, result_path, spill, bindings, shared, log, ctx.workdir)
+        work = _Work(cfg, database, query_file, result_path, spill, bindings, shared, log)
         # The global thread bound trio.to_thread uses, so DuckDB steps share it with other
         # blocking work.
         async with trio.to_thread.current_default_thread_limiter():
@@ -263,8 +263,7 @@ class _Work:
     """The blocking part, run in a worker thread: connect, run the statements, build outputs."""
 
     def __init__(self, cfg: SqlParams, database: str, query_file: Path | None, result_path: Path | None,
-                 spill: Path | None, bindings: dict[str, Any], shared: _Shared, log, workdir: Path) -> None:
-        self.workdir = workdir
+                 spill: Path | None, bindings: dict[str, Any], shared: _Shared, log) -> None:
         self.cfg = cfg
         self.database = database
         self.query_file = query_file
@@ -342,10 +341,7 @@ class _Work:
         except OSError as exc:
             raise _Failure(StepResult.user_error(f"cannot create the directory of database {self.database!r}: {exc}"))
         try:
-            # Relative file paths in queries (read_csv('sales.csv')) resolve in the instance's
-            # working directory, where earlier steps wrote them: a setting, not SQL text.
-            return duckdb.connect(self.database, read_only=cfg.read_only,
-                                  config={"file_search_path": str(self.workdir)})
+            return duckdb.connect(self.database, read_only=cfg.read_only)
         except duckdb.Error as exc:
             text = str(exc)
             if "Could not set lock on file" in text:
