@@ -116,3 +116,22 @@ def notebook() -> StepTypeProfile:
         invalid={"input_path": "any.ipynb", "cell_timeout": -1},
         invalid_pointer="/cell_timeout",
     )
+
+
+docker = StepTypeProfile(
+    step_type="docker",
+    entry_point="docker",
+    heavy_modules=("docker",),
+    capabilities={"outputs", "user_failure", "fatal_failure", "long_running", "logs", "cancellation",
+                  "invalid_params"},
+    success={"image": "legato-test/busybox:1", "command": [
+        "sh", "-c", 'echo "kind=csv" >> "$LEGATO_OUTPUT"; echo \'{"rows": 2}\' >> "$LEGATO_OUTPUT"']},
+    expected_outputs={"kind": "csv", "rows": 2},
+    user_failure={"image": "legato-test/busybox:1", "command": ["sh", "-c", "echo 'input missing' >&2; exit 3"]},
+    # a bind mount the operator did not allow (no `allowed_mounts` in the settings): retrying cannot help
+    fatal_failure={"image": "legato-test/busybox:1", "command": ["true"],
+                   "mounts": [{"source": "/etc", "target": "/host-etc"}]},
+    long_running={"image": "legato-test/busybox:1", "command": ["sh", "-c", "echo started; sleep 60"]},
+    invalid={"image": "legato-test/busybox:1", "command": ["true"], "privileged": True},
+    invalid_pointer="/privileged",
+)

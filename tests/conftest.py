@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -113,3 +115,39 @@ def require_component(name: str, problem: str | None) -> None:
     if REQUIRE_COMPONENTS:
         pytest.fail(f"required in CI: {message}")
     pytest.skip(message)
+
+
+IMAGE = "legato-test/busybox:1"  # built locally by scripts/engines (no registry is reachable)
+
+
+@functools.lru_cache(maxsize=1)
+def docker_problem() -> str | None:
+    """None when an engine answers and the test image is there, else why not."""
+    try:
+        import docker
+    except ImportError:
+        return "the Docker SDK for Python is not installed (pip install docker)"
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        return f"no Docker engine answers ({exc})"
+    try:
+        client.images.get(IMAGE)
+    except Exception:  # noqa: BLE001
+        return f"the test image {IMAGE} is missing"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_problem() -> str | None:
+    """Why notebooks cannot run here, or None."""
+    if importlib.util.find_spec("papermill") is None:
+        return "papermill is not installed (pip install papermill ipykernel)"
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        KernelSpecManager().get_kernel_spec("python3")
+    except Exception as exc:  # noqa: BLE001 - any reason is a reason to skip
+        return f"no python3 Jupyter kernel ({type(exc).__name__}: {exc})"
+    return None

@@ -11,14 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LEGATO, ROOT, alive, legato_cli
+from .conftest import LEGATO, ROOT, alive, docker_problem, kernel_problem, legato_cli, require_component
 
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 
 
+def _require_engines_of(example: Path) -> None:
+    text = example.read_text()
+    if '"docker"' in text or "type: docker" in text:
+        require_component("Docker", docker_problem())
+    if '"notebook"' in text or "type: notebook" in text:
+        require_component("Jupyter kernel", kernel_problem())
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_runs_to_success(example, tmp_path):
-    proc = legato_cli("run", str(example), "--workspace", str(tmp_path), "--json")
+    _require_engines_of(example)
+    proc = legato_cli("run", str(example), "--workspace", str(tmp_path), "--json", timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["status"] == "SUCCEEDED"
@@ -147,3 +156,16 @@ def test_help_and_version():
     proc = legato_cli("--help")
     assert proc.returncode == 0 and "run" in proc.stdout and "validate" in proc.stdout
     assert legato_cli("--version").stdout.startswith("legato, version")
+
+
+def test_the_pipeline_example_chains_four_step_types(tmp_path):
+    """bash -> sql (DuckDB) -> notebook (papermill) -> docker, values flowing as outputs."""
+    example = ROOT / "examples" / "pipeline.json"
+    _require_engines_of(example)
+    proc = legato_cli("run", str(example), "--workspace", str(tmp_path), "--json", timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = json.loads(proc.stdout)["steps"]
+    assert steps["extract"]["outputs"]["rows"] == "4"
+    assert steps["load"]["outputs"]["rows"] == [["north", 150, 275], ["south", 80, 275], ["east", 45, 275]]
+    assert steps["report"]["outputs"]["top_region"] == "north"
+    assert steps["publish"]["outputs"]["published"] == "north"

@@ -26,24 +26,11 @@ from legato.definition import DefinitionError
 from legato.engine import Engine
 from legato.storage import open_storage
 
-from .conftest import alive, require_component
+from .conftest import alive, kernel_problem, require_component
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 NASTY = "$(touch /tmp/legato-pwned); DROP TABLE t;--'\"\\n\n\t{text} `id` \\\" é ✓ \x01"
 NO_RETRY = {"error_retry_limit": 0, "platform_retry_limit": 0}
-
-
-def kernel_problem() -> str | None:
-    """Why notebooks cannot run here, or None."""
-    if importlib.util.find_spec("papermill") is None:
-        return "papermill is not installed (pip install papermill ipykernel)"
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager
-
-        KernelSpecManager().get_kernel_spec("python3")
-    except Exception as exc:  # noqa: BLE001 - any reason is a reason to skip
-        return f"no python3 Jupyter kernel ({type(exc).__name__}: {exc})"
-    return None
 
 
 @pytest.fixture
