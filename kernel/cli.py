@@ -109,11 +109,39 @@ _store_option = click.option(
     help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://.")
 
 
-def _engine(store: str, workspace: str | None = None):
+_settings_option = click.option(
+    "--settings", type=click.Path(dir_okay=False), envvar="LEGATO_SETTINGS", default=None,
+    help="A JSON or YAML file of operator settings per step type, e.g. {docker: {allowed_mounts: [/data]}} "
+         "(also LEGATO_SETTINGS). Workflows cannot change these.")
+
+
+def _load_settings(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as exc:
+        _fail(f"cannot read settings {path}: {exc.strerror or exc}")
+    import yaml
+
+    try:
+        settings = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        _fail(f"settings {path} is not valid JSON or YAML: {exc}")
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        _fail(f"settings {path} must map each step type's name to an object of its settings")
+    unknown = sorted(set(settings) - set(_plugins().step_types.types))
+    if unknown:
+        _fail(f"settings {path} name step types that are not installed: {', '.join(unknown)}")
+    return settings
+
+
+def _engine(store: str, workspace: str | None = None, settings: str | None = None):
     from .engine import Engine
     from .storage import StorageError, open_storage
 
     plugins = _plugins()
+    step_settings = _load_settings(settings)
     try:
         storage = open_storage(store, plugins)
     except StorageError as exc:
@@ -123,7 +151,7 @@ def _engine(store: str, workspace: str | None = None):
         lease_ttl = float(ttl)
     except ValueError:
         _fail(f"LEGATO_LEASE_TTL must be a number of seconds, got {ttl!r}")
-    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=lease_ttl)
+    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=lease_ttl, step_settings=step_settings)
 
 
 def _trio_run(fn) -> None:
@@ -184,9 +212,10 @@ def _report(view, outcome: dict, as_json: bool) -> int:
               help="Where instances get their working directories [default: .legato/runs].")
 @click.option("--request-id", default=None,
               help="Idempotency key: the same id starts at most one instance (an unfinished one is resumed).")
+@_settings_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final instance and steps as JSON.")
 def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, request_id: str | None,
-        as_json: bool) -> None:
+        settings: str | None, as_json: bool) -> None:
     """Run a workflow in the foreground until it ends.
 
     Shows each step's state live on a terminal, plain lines otherwise. Ctrl-C stops the instance
@@ -198,7 +227,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     from .view import make_view
 
     overrides = _parse_params(params)
-    engine = _engine(store, workspace)
+    engine = _engine(store, workspace, settings)
     try:
         definition = engine.load(file)
     except DefinitionError as exc:
@@ -240,8 +269,9 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
 @_store_option
 @click.option("--workspace", type=click.Path(file_okay=False), default=None,
               help="Where instances get their working directories [default: .legato/runs].")
+@_settings_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final instances as JSON.")
-def resume(instance: str | None, store: str, workspace: str | None, as_json: bool) -> None:
+def resume(instance: str | None, store: str, workspace: str | None, settings: str | None, as_json: bool) -> None:
     """Resume INSTANCE, or every unfinished instance whose worker is gone (its lease expired).
 
     Steps that finished are not run again; a step that was running is reattached when its step
@@ -249,7 +279,7 @@ def resume(instance: str | None, store: str, workspace: str | None, as_json: boo
     """
     from .view import PlainView
 
-    engine = _engine(store, workspace)
+    engine = _engine(store, workspace, settings)
     results: list[dict[str, Any]] = []
 
     async def main_task() -> None:

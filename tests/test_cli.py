@@ -169,3 +169,29 @@ def test_the_pipeline_example_chains_four_step_types(tmp_path):
     assert steps["load"]["outputs"]["rows"] == [["north", 150, 275], ["south", 80, 275], ["east", 45, 275]]
     assert steps["report"]["outputs"]["top_region"] == "north"
     assert steps["publish"]["outputs"]["published"] == "north"
+
+
+def test_operator_settings_reach_step_types(tmp_path):
+    """--settings (or LEGATO_SETTINGS) is how an operator allows what workflows cannot: a mount."""
+    require_component("Docker", docker_problem())
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the host\n")
+    doc = {"workflow": {"id": "m", "steps": [{"step": {
+        "id": "read", "type": "docker", "retry_policy": {"error_retry_limit": 0, "platform_retry_limit": 0},
+        "params": {"image": "legato-test/busybox:1", "mounts": [{"source": str(data), "target": "/data"}],
+                   "command": ["sh", "-c", 'echo "line=$(cat /data/in.txt)" >> "$LEGATO_OUTPUT"']}}}]}}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    refused = legato_cli("run", str(path), "--workspace", str(tmp_path / "ws"), "--json", timeout=120)
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["steps"]["read"]["status"] == "FATALLY_FAILED"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"docker:\n  allowed_mounts: [{tmp_path}]\n")
+    allowed = legato_cli("run", str(path), "--workspace", str(tmp_path / "ws"), "--json", "--settings",
+                         str(settings), timeout=120)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert json.loads(allowed.stdout)["steps"]["read"]["outputs"] == {"line": "from the host"}
+    settings.write_text("dockr: {}\n")
+    typo = legato_cli("run", str(path), "--settings", str(settings))
+    assert typo.returncode == 2 and "name step types that are not installed: dockr" in typo.stderr
