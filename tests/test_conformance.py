@@ -13,7 +13,7 @@ import pytest
 
 from legato.conformance import ProfileError, StepTypeProfile, StepTypeSuite, StorageSuite
 
-from .conftest import ROOT, legato_cli
+from .conftest import ROOT, docker_problem, kernel_problem, legato_cli, require_component
 
 
 class TestNoopConformance(StepTypeSuite):
@@ -32,10 +32,12 @@ def test_unknown_capabilities_are_refused():
 
 
 def test_the_cli_runs_every_installed_plugin_and_passes():
-    proc = legato_cli("conformance", "--json", timeout=600)
+    require_component("Docker", docker_problem())  # the docker and notebook suites run real engines
+    require_component("Jupyter kernel", kernel_problem())
+    proc = legato_cli("conformance", "--json", timeout=900)
     report = json.loads(proc.stdout)
     names = {row["name"] for row in report["rows"]}
-    assert {"noop", "sleep", "bash", "memory", "sqlite"} <= names
+    assert {"noop", "sleep", "bash", "memory", "sqlite", "sql", "notebook", "docker", "http", "python"} <= names
     for row in report["rows"]:
         assert not row["failed"] and not row["errors"], row
         assert row["passed"] >= 3
