@@ -23,8 +23,6 @@ when the step is cancelled and after it exits, so nothing it started outlives th
 
 from __future__ import annotations
 
-import codecs
-import json
 import os
 import re
 import shutil
@@ -38,17 +36,22 @@ import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
+from legato.processes import (
+    MAX_OUTPUTS_BYTES,
+    env_value,
+    kill_if_attempts,
+    killpg,
+    last_line,
+    parse_outputs,
+    pump,
+    read_outputs,
+    signal_name,
+)
 
 __all__ = ["BashParams", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
 
-#: The largest ``$LEGATO_OUTPUT`` file read; a bigger one fails the step.
-MAX_OUTPUTS_BYTES = 1024 * 1024
-
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONFIG_KEYS = frozenset({"script", "argv", "working_dir", "env", "inherit_env"})
-_READ_CHUNK = 65536
-# How much of stderr's tail is kept to quote the last line in a failure message.
-_STDERR_TAIL = 4096
 
 
 class BashParams(pydantic.BaseModel):
@@ -75,51 +78,6 @@ class BashParams(pydantic.BaseModel):
         if (self.script is None) == (self.argv is None):
             raise ValueError("give exactly one of `script` or `argv`")
         return self
-
-
-def parse_outputs(text: str) -> dict[str, Any]:
-    """Parse the contents of a ``$LEGATO_OUTPUT`` file into an outputs map.
-
-    Each non-blank line is either ``key=value`` (``key`` an identifier, ``value`` everything
-    after the first ``=``, kept as a string) or a JSON object, merged in. Later lines win.
-    Raises ``ValueError`` naming the first line that is neither.
-    """
-    outputs: dict[str, Any] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(_bad_line(number, line, f"invalid JSON ({exc})")) from None
-            outputs.update(obj)  # a line starting with `{` can only parse as an object
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not _ENV_NAME.match(key):
-            raise ValueError(_bad_line(number, line, "expected `key=value` or a JSON object"))
-        outputs[key] = value
-    return outputs
-
-
-def _bad_line(number: int, line: str, why: str) -> str:
-    shown = line if len(line) <= 80 else line[:77] + "..."
-    return f"bad line {number} in $LEGATO_OUTPUT: {shown!r}: {why}"
-
-
-def _env_value(value: Any) -> str:
-    """How a param value is spelled in the environment."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):  # before int: bool is an int
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
 
 
 class Bash(StepType):
@@ -197,12 +155,12 @@ class Bash(StepType):
                 return StepResult.platform_error(f"could not record the process handle: {exc}")
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, ctx, proc.stdout, "stdout", None)
-                nursery.start_soon(self._pump, ctx, proc.stderr, "stderr", stderr_tail)
+                nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
+                nursery.start_soon(pump, ctx, proc.stderr, "stderr", stderr_tail)
                 await proc.wait()
                 # Background children the script left behind hold our pipes open; kill them so
                 # the pumps see EOF, and so nothing outlives the step.
-                _killpg(pgid, signal.SIGKILL)
+                killpg(pgid, signal.SIGKILL)
                 nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
             drain_abandoned = nursery.cancel_scope.cancelled_caught
         finally:
@@ -216,7 +174,7 @@ class Bash(StepType):
                 "still holds stdout/stderr open\n",
             )
 
-        outputs, outputs_error = self._read_outputs(output_file)
+        outputs, outputs_error = read_outputs(output_file)
         rc = proc.returncode
         if rc == 0:
             if outputs_error:
@@ -224,10 +182,10 @@ class Bash(StepType):
             return StepResult.done(outputs)
 
         if rc < 0:
-            message = f"killed by signal {_signal_name(-rc)}"
+            message = f"killed by signal {signal_name(-rc)}"
         else:
             message = f"exit code {rc}"
-        last = _last_line(stderr_tail[0])
+        last = last_line(stderr_tail[0])
         if last:
             message += f": {last}"
         if outputs_error:
@@ -239,16 +197,8 @@ class Bash(StepType):
     def reap(self, ctx, handle) -> None:
         """Kill the process group a dead kernel left behind, if it is still this attempt's (its
         environment carries this attempt's idempotency key, so a reused pid is left alone)."""
-        pgid = handle.get("pgid") if isinstance(handle, dict) else None
-        if not isinstance(pgid, int) or pgid <= 1:
-            return
-        try:
-            with open(f"/proc/{pgid}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            return  # gone already (or not ours to read)
-        if f"LEGATO_IDEMPOTENCY_KEY={ctx.idempotency_key}".encode() in environ:
-            _killpg(pgid, signal.SIGKILL)
+        if isinstance(handle, dict):
+            kill_if_attempts(handle.get("pgid"), ctx.idempotency_key)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -271,7 +221,7 @@ class Bash(StepType):
         params.update((k, v) for k, v in (ctx.params or {}).items() if k not in _CONFIG_KEYS)
         for name, value in params.items():
             if isinstance(name, str) and _ENV_NAME.match(name):
-                ours[name] = _env_value(value)
+                ours[name] = env_value(value)
         ours.update(cfg.env or {})
         # Last, so neither params nor `env` can spoof them.
         ours.update(
@@ -304,70 +254,19 @@ class Bash(StepType):
             return StepResult.user_error(f"cannot run {command[0]!r}: {reason}")
         return StepResult.platform_error(f"cannot start {command[0]!r}: {exc}")
 
-    @staticmethod
-    async def _pump(ctx, stream, name: str, tail: list[str] | None) -> None:
-        # Incremental, so a multi-byte character split across two reads still decodes.
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
-            chunk = await stream.receive_some(_READ_CHUNK)
-            text = decoder.decode(chunk, final=not chunk)
-            if text:
-                ctx.log(name, text)
-                if tail is not None:
-                    tail[0] = (tail[0] + text)[-_STDERR_TAIL:]
-            if not chunk:
-                return
-
     async def _stop(self, proc, pgid: int) -> None:
         """Make sure the process is reaped and its whole group is gone. Call shielded."""
         if proc.returncode is None:
-            _killpg(pgid, signal.SIGTERM)
+            killpg(pgid, signal.SIGTERM)
             with trio.move_on_after(self.term_grace):
                 await proc.wait()
         # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.
-        _killpg(pgid, signal.SIGKILL)
+        killpg(pgid, signal.SIGKILL)
         await proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 await stream.aclose()
 
-    @staticmethod
-    def _read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_OUTPUTS_BYTES + 1)
-        except FileNotFoundError:
-            return {}, None
-        except OSError as exc:
-            return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
-        if len(data) > MAX_OUTPUTS_BYTES:
-            return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
-        try:
-            return parse_outputs(data.decode("utf-8", errors="replace")), None
-        except ValueError as exc:
-            return {}, str(exc)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:  # the group is already empty
-        pass
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
-
-
-def _last_line(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line:
-            return line if len(line) <= 200 else line[:197] + "..."
-    return ""
 
 
 @hookimpl

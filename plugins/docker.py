@@ -58,7 +58,7 @@ import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
-from legato.plugins.bash import MAX_OUTPUTS_BYTES, _env_value, _last_line, _signal_name, parse_outputs
+from legato.processes import env_value, last_line, read_outputs, signal_name
 
 __all__ = ["DockerParams", "Docker", "Mount"]
 
@@ -372,7 +372,7 @@ class Docker(StepType):
         params.update((k, v) for k, v in (ctx.params or {}).items() if k not in _CONFIG_KEYS)
         for name, value in params.items():
             if isinstance(name, str) and _ENV_NAME.match(name):
-                ours[name] = _env_value(value)
+                ours[name] = env_value(value)
         ours.update(cfg.env or {})
         # Last, so neither params nor `env` can spoof them.
         ours.update(
@@ -486,7 +486,7 @@ class Docker(StepType):
             return self._api_failure("lost the container while following it", status)
 
         code = status.get("StatusCode")
-        outputs, outputs_error = _read_outputs(ctx.attempt_dir / OUTPUTS_NAME)
+        outputs, outputs_error = read_outputs(ctx.attempt_dir / OUTPUTS_NAME)
         if code == 0:
             if outputs_error:
                 return StepResult.user_error(outputs_error)
@@ -500,11 +500,11 @@ class Docker(StepType):
         else:
             message = f"exit code {code}"
             if isinstance(code, int) and 128 < code < 128 + 65:
-                message += f" (killed by {_signal_name(code - 128)})"
+                message += f" (killed by {signal_name(code - 128)})"
             error = status.get("Error") or {}
             if isinstance(error, dict) and error.get("Message"):
                 message += f" ({error['Message']})"
-        last = _last_line(tail[0])
+        last = last_line(tail[0])
         if last:
             message += f": {last}"
         if outputs_error:
@@ -686,22 +686,6 @@ def _why(exc: BaseException) -> str:
     if explanation:
         return str(explanation if isinstance(explanation, str) else explanation.decode("utf-8", "replace"))
     return str(exc) or type(exc).__name__
-
-
-def _read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_OUTPUTS_BYTES + 1)
-    except FileNotFoundError:
-        return {}, None
-    except OSError as exc:
-        return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
-    if len(data) > MAX_OUTPUTS_BYTES:
-        return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
-    try:
-        return parse_outputs(data.decode("utf-8", errors="replace")), None
-    except ValueError as exc:
-        return {}, str(exc)
 
 
 @hookimpl

@@ -49,6 +49,8 @@ import os
 import signal
 import sys
 
+from legato.processes import killpg  # standard library only: cheap in the child too
+
 # ---------------------------------------------------------------------------------------------
 # The child side: ``python -m legato.plugins.notebook SPEC_FILE CONTROL_FD`` runs papermill.
 # It comes first, before the parent's imports (pydantic, trio), which it does not need: they
@@ -74,7 +76,7 @@ def _child_main(argv: list[str]) -> int:
 
     def die() -> None:
         if state["kernel"]:
-            _killpg(state["kernel"], signal.SIGKILL)
+            killpg(state["kernel"], signal.SIGKILL)
         os._exit(128 + signal.SIGTERM)
 
     def on_term(signum, frame) -> None:
@@ -198,13 +200,6 @@ def _escape_braces(path: str) -> str:
     return path.replace("{", "{{").replace("}", "}}")
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:  # the group is already empty
-        pass
-
-
 if __name__ == "__main__":
     sys.exit(_child_main(sys.argv[1:]))
 
@@ -213,7 +208,6 @@ if __name__ == "__main__":
 # The step type (the parent side, in the Legato process).
 # ---------------------------------------------------------------------------------------------
 
-import codecs  # noqa: E402
 import importlib.util  # noqa: E402
 import keyword  # noqa: E402
 import re  # noqa: E402
@@ -227,7 +221,7 @@ import trio  # noqa: E402
 
 from legato import Outcome, StepResult, StepType  # noqa: E402
 from legato.hookspecs import hookimpl  # noqa: E402
-from legato.plugins.bash import MAX_OUTPUTS_BYTES, parse_outputs  # noqa: E402
+from legato.processes import kill_if_attempts, last_line, pump, read_outputs, signal_name  # noqa: E402
 
 __all__ = ["NotebookParams", "Notebook", "papermill_parameters"]
 
@@ -235,7 +229,6 @@ _CONFIG_KEYS = frozenset({"input_path", "output_path", "parameters", "kernel_nam
                           "cell_timeout", "start_timeout", "log_output", "env"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _READ_CHUNK = 65536
-_STDERR_TAIL = 4096
 
 
 def _is_name(name: Any) -> bool:
@@ -376,8 +369,8 @@ class Notebook(StepType):
                 return StepResult.platform_error(f"could not record the process handle: {exc}")
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, ctx, proc.stdout, "stdout", None)
-                nursery.start_soon(_pump, ctx, proc.stderr, "stderr", stderr_tail)
+                nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
+                nursery.start_soon(pump, ctx, proc.stderr, "stderr", stderr_tail)
                 nursery.start_soon(control.follow, ctx, pgid)
                 await proc.wait()
                 # Whatever papermill left (a kernel it failed to shut down, background children)
@@ -400,18 +393,8 @@ class Notebook(StepType):
         still this attempt's (their environment carries its idempotency key)."""
         if not isinstance(handle, dict):
             return
-        key = f"LEGATO_IDEMPOTENCY_KEY={ctx.idempotency_key}".encode()
         for name in ("kernel_pgid", "pgid"):
-            pgid = handle.get(name)
-            if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
-                continue
-            try:
-                with open(f"/proc/{pgid}/environ", "rb") as f:
-                    environ = f.read().split(b"\0")
-            except OSError:
-                continue  # gone already (or not ours to read)
-            if key in environ:
-                _killpg(pgid, signal.SIGKILL)
+            kill_if_attempts(handle.get(name), ctx.idempotency_key)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -437,34 +420,34 @@ class Notebook(StepType):
 
     @staticmethod
     def _kill_groups(pgid: int, control: "_Control") -> None:
-        _killpg(pgid, signal.SIGKILL)
+        killpg(pgid, signal.SIGKILL)
         if control.kernel_pgid is not None:
-            _killpg(control.kernel_pgid, signal.SIGKILL)
+            killpg(control.kernel_pgid, signal.SIGKILL)
 
     async def _stop(self, proc, pgid: int, control: "_Control") -> None:
         """Make sure papermill is reaped and both process groups are gone. Call shielded."""
         if control.kernel_pgid is not None:
             # Cancelled: the kernel's state is being thrown away, no need to be gentle.
-            _killpg(control.kernel_pgid, signal.SIGKILL)
+            killpg(control.kernel_pgid, signal.SIGKILL)
         if proc.returncode is None:
             # papermill's SIGTERM handler kills the kernel it launched, even one not reported yet.
-            _killpg(pgid, signal.SIGTERM)
+            killpg(pgid, signal.SIGTERM)
             with trio.move_on_after(self.term_grace):
                 await proc.wait()
-        _killpg(pgid, signal.SIGKILL)
+        killpg(pgid, signal.SIGKILL)
         await proc.wait()
         # A kernel papermill reported after we stopped listening is in the pipe: read it and kill it.
         with trio.move_on_after(0.5):
             await control.follow(None, pgid)
         await control.aclose()
         if control.kernel_pgid is not None:
-            _killpg(control.kernel_pgid, signal.SIGKILL)
+            killpg(control.kernel_pgid, signal.SIGKILL)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 await stream.aclose()
 
     def _result(self, ctx, cfg, returncode, result, stderr_tail, output_path: Path, output_file: Path) -> StepResult:
-        outputs, outputs_error = _read_outputs(output_file)
+        outputs, outputs_error = read_outputs(output_file)
         status = (result or {}).get("status")
         if status == "ok":
             if outputs_error:
@@ -496,10 +479,10 @@ class Notebook(StepType):
             return StepResult.platform_error(f"papermill failed: {result.get('type')}: {result.get('message')}")
         # No result: papermill died before it could say why.
         if returncode is not None and returncode < 0:
-            how = f"was killed by signal {_signal_name(-returncode)}"
+            how = f"was killed by signal {signal_name(-returncode)}"
         else:
             how = f"exited with code {returncode} without a result"
-        last = _last_line(stderr_tail)
+        last = last_line(stderr_tail)
         return StepResult.platform_error(f"papermill {how}" + (f": {last}" if last else ""))
 
 
@@ -554,19 +537,6 @@ class _Control:
         await self.stream.aclose()
 
 
-async def _pump(ctx, stream, name: str, tail: list[str] | None) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while True:
-        chunk = await stream.receive_some(_READ_CHUNK)
-        text = decoder.decode(chunk, final=not chunk)
-        if text:
-            ctx.log(name, text)
-            if tail is not None:
-                tail[0] = (tail[0] + text)[-_STDERR_TAIL:]
-        if not chunk:
-            return
-
-
 def _base(ctx) -> Path:
     return Path(ctx.definition_dir) if ctx.definition_dir is not None else Path.cwd()
 
@@ -574,37 +544,6 @@ def _base(ctx) -> Path:
 def _resolve(path: str, base: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else base / p
-
-
-def _read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_OUTPUTS_BYTES + 1)
-    except FileNotFoundError:
-        return {}, None
-    except OSError as exc:
-        return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
-    if len(data) > MAX_OUTPUTS_BYTES:
-        return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
-    try:
-        return parse_outputs(data.decode("utf-8", errors="replace")), None
-    except ValueError as exc:
-        return {}, str(exc)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
-
-
-def _last_line(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line:
-            return line if len(line) <= 200 else line[:197] + "..."
-    return ""
 
 
 @hookimpl

@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import trio
 
+import legato.processes
 from legato import Outcome, StepContext
 
 from legato.plugins import bash as bash_plugin
@@ -139,7 +140,7 @@ async def test_bad_outputs_line_is_user_error(tmp_path):
 
 
 async def test_oversized_outputs_file_is_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(bash_plugin, "MAX_OUTPUTS_BYTES", 100)
+    monkeypatch.setattr(legato.processes, "MAX_OUTPUTS_BYTES", 100)
     h = Harness(tmp_path, {"script": 'for i in $(seq 50); do echo "k$i=v" >> "$LEGATO_OUTPUT"; done'})
     result = await h.run()
     assert result.outcome is Outcome.USER_ERROR

@@ -32,7 +32,6 @@ the step is cancelled (SIGTERM, then SIGKILL after ``term_grace``) and after the
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import re
@@ -46,6 +45,7 @@ import pydantic
 import trio
 
 from legato import StepResult, StepType
+from legato.processes import kill_if_attempts, killpg, pump
 
 __all__ = ["CALLABLE_PATTERN", "CONFIG_KEYS", "MAX_RESULT_BYTES", "PythonParams", "PythonStep"]
 
@@ -61,9 +61,6 @@ CONFIG_KEYS = frozenset({"callable", "kwargs", "python", "working_dir", "sys_pat
 MAX_RESULT_BYTES = 1024 * 1024
 
 _CHILD = Path(__file__).with_name("child.py")
-_READ_CHUNK = 65536
-# How much of stderr's tail is kept to quote in a failure message.
-_STDERR_TAIL = 4096
 _EXIT_TERMINATED = 143
 
 
@@ -172,12 +169,12 @@ class PythonStep(StepType):
                 return StepResult.platform_error(f"could not record the process handle: {exc}")
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, ctx, proc.stdout, "stdout", None)
-                nursery.start_soon(_pump, ctx, proc.stderr, "stderr", stderr_tail)
+                nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
+                nursery.start_soon(pump, ctx, proc.stderr, "stderr", stderr_tail)
                 await proc.wait()
                 # Processes the callable left behind hold our pipes open; kill them so the pumps
                 # see EOF, and so nothing outlives the step.
-                _killpg(pgid, signal.SIGKILL)
+                killpg(pgid, signal.SIGKILL)
                 nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
             drain_abandoned = nursery.cancel_scope.cancelled_caught
         finally:
@@ -199,16 +196,8 @@ class PythonStep(StepType):
     def reap(self, ctx, handle) -> None:
         """Kill the process group a dead kernel left behind, if it is still this attempt's (its
         environment carries this attempt's idempotency key, so a reused pid is left alone)."""
-        pgid = handle.get("pgid") if isinstance(handle, dict) else None
-        if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
-            return
-        try:
-            with open(f"/proc/{pgid}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            return  # gone already (or not ours to read)
-        if f"LEGATO_IDEMPOTENCY_KEY={ctx.idempotency_key}".encode() in environ:
-            _killpg(pgid, signal.SIGKILL)
+        if isinstance(handle, dict):
+            kill_if_attempts(handle.get("pgid"), ctx.idempotency_key)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -251,11 +240,11 @@ class PythonStep(StepType):
     async def _stop(self, proc, pgid: int) -> None:
         """Make sure the process is reaped and its whole group is gone. Call shielded."""
         if proc.returncode is None:
-            _killpg(pgid, signal.SIGTERM)
+            killpg(pgid, signal.SIGTERM)
             with trio.move_on_after(self.term_grace):
                 await proc.wait()
         # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.
-        _killpg(pgid, signal.SIGKILL)
+        killpg(pgid, signal.SIGKILL)
         await proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
@@ -328,27 +317,6 @@ def _read_result(path: Path) -> tuple[tuple[str, dict[str, Any], str] | None, st
             or not isinstance(message, str):
         return None, "the callable's result file is malformed"
     return (outcome, outputs, message), None
-
-
-async def _pump(ctx, stream, name: str, tail: list[str] | None) -> None:
-    # Incremental, so a multi-byte character split across two reads still decodes.
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while True:
-        chunk = await stream.receive_some(_READ_CHUNK)
-        text = decoder.decode(chunk, final=not chunk)
-        if text:
-            ctx.log(name, text)
-            if tail is not None:
-                tail[0] = (tail[0] + text)[-_STDERR_TAIL:]
-        if not chunk:
-            return
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:  # the group is already empty
-        pass
 
 
 def _exit(rc: int) -> str:

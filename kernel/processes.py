@@ -1,0 +1,157 @@
+"""Helpers for step types that run processes (bash, notebook, docker, and third-party ones).
+
+The pieces every such step type needs and must get right the same way: the ``$LEGATO_OUTPUT``
+format, how param values are spelled in an environment, streaming a pipe into the step's log,
+killing a process group, and recognising (before killing it on resume) a process group that
+really belongs to an attempt. Standard library only: cheap to import anywhere, including child
+processes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MAX_OUTPUTS_BYTES",
+    "parse_outputs",
+    "read_outputs",
+    "env_value",
+    "pump",
+    "killpg",
+    "kill_if_attempts",
+    "signal_name",
+    "last_line",
+]
+
+#: The largest ``$LEGATO_OUTPUT`` file read; a larger one is the step's error.
+MAX_OUTPUTS_BYTES = 1024 * 1024
+_READ_CHUNK = 65536
+_TAIL = 4096  # characters of stderr kept for the failure message
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_outputs(text: str) -> dict[str, Any]:
+    """Parse the contents of a ``$LEGATO_OUTPUT`` file into an outputs map.
+
+    Each non-blank line is either ``key=value`` (``key`` an identifier, ``value`` everything
+    after the first ``=``, kept as a string) or a JSON object, merged in. Later lines win.
+    Raises ``ValueError`` naming the first line that is neither.
+    """
+    outputs: dict[str, Any] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(_bad_line(number, line, f"invalid JSON ({exc})")) from None
+            outputs.update(obj)  # a line starting with `{` can only parse as an object
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not _KEY.match(key):
+            raise ValueError(_bad_line(number, line, "expected `key=value` or a JSON object"))
+        outputs[key] = value
+    return outputs
+
+
+def _bad_line(number: int, line: str, why: str) -> str:
+    shown = line if len(line) <= 80 else line[:77] + "..."
+    return f"bad line {number} in $LEGATO_OUTPUT: {shown!r}: {why}"
+
+
+def read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
+    """Read and parse a ``$LEGATO_OUTPUT`` file: (outputs, None), or ({}, what is wrong with it).
+    A file that was never written means no outputs."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_OUTPUTS_BYTES + 1)
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
+    if len(data) > MAX_OUTPUTS_BYTES:
+        return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
+    try:
+        return parse_outputs(data.decode("utf-8", errors="replace")), None
+    except ValueError as exc:
+        return {}, str(exc)
+
+
+def env_value(value: Any) -> str:
+    """How a param value is spelled in an environment: strings as they are, booleans as
+    ``true``/``false``, numbers in decimal, arrays and maps as JSON, null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+async def pump(ctx, stream, name: str, tail: list[str] | None = None) -> None:
+    """Copy a trio receive stream into the step's ``name`` log until EOF, as it arrives.
+    With ``tail`` (a one-element list), keep the last few KB there for the failure message."""
+    # Incremental, so a multi-byte character split across two reads still decodes.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        chunk = await stream.receive_some(_READ_CHUNK)
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            ctx.log(name, text)
+            if tail is not None:
+                tail[0] = (tail[0] + text)[-_TAIL:]
+        if not chunk:
+            return
+
+
+def killpg(pgid: int, sig: int) -> None:
+    """Signal a whole process group; an empty group is not an error."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_if_attempts(pgid: Any, idempotency_key: str) -> bool:
+    """SIGKILL process group ``pgid`` if its leader's environment carries this attempt's
+    ``LEGATO_IDEMPOTENCY_KEY`` (so a pid reused by someone else is left alone). For ``reap``."""
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
+        return False
+    try:
+        with open(f"/proc/{pgid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return False  # gone already (or not ours to read)
+    if f"LEGATO_IDEMPOTENCY_KEY={idempotency_key}".encode() not in environ:
+        return False
+    killpg(pgid, signal.SIGKILL)
+    return True
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; the number itself when it names no signal."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def last_line(text: str, width: int = 200) -> str:
+    """The last non-blank line of ``text``, shortened to ``width``: what a failure message quotes."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line:
+            return line if len(line) <= width else line[: width - 3] + "..."
+    return ""
