@@ -12,6 +12,7 @@ outputs (one commit per tick, whatever the number of steps it moved).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -51,6 +52,9 @@ class _Internal:
 
     def __init__(self, message: str) -> None:
         self.message = message
+
+# How long RUNNING states, handles and log lines may wait for a commit of their own (seconds).
+FLUSH_DELAY = 0.05
 
 # The states a fresh attempt walks through before it may start, in order.
 _MATERIALIZE = (S.INITIALIZED, S.WAITING_FOR_SIGNALS, S.EVALUATING_PARAMS)
@@ -285,6 +289,7 @@ class InstanceRun:
         self._nursery: trio.Nursery | None = None
         self._generation = 0
         self._lost: BaseException | None = None
+        self._flush_at: float | None = None  # trio time by which pending changes are committed
         self._emit = engine.plugins.emit if engine.plugins.has_event_observers else None
         wf = {
             "id": definition.workflow_id, "version": instance.version, "instance_id": self.iid,
@@ -308,6 +313,13 @@ class InstanceRun:
     def _post(self, message: tuple) -> None:
         self._inbox.append(message)
         self._wake.set()
+
+    def _flush_soon(self) -> None:
+        """Commit what is pending within FLUSH_DELAY even if nothing else wakes the loop: RUNNING
+        states, handles and log lines stream to storage without a commit each."""
+        if self._flush_at is None:
+            self._flush_at = trio.current_time() + FLUSH_DELAY
+            self._wake.set()  # the loop may be waiting with no deadline: let it take this one
 
     def _event(self, step_id: str | None, attempt: int, status: str, message: str = "") -> None:
         self._batch.events.append(Event(time.time(), self.iid, step_id, attempt, status, message))
@@ -336,6 +348,7 @@ class InstanceRun:
         self._event(None, 0, status.value, message)
 
     async def _commit(self) -> None:
+        self._flush_at = None
         batch, self._batch = self._batch, Batch(self.iid, self._generation)
         try:
             await self.engine.storage.commit(batch)
@@ -431,15 +444,21 @@ class InstanceRun:
                 return
 
     async def _loop(self, nursery) -> None:
+        urgent = True  # the roots (or a resumed run's steps) are waiting for their first commit
         while True:
             while self._inbox:
                 self._handle(self._inbox.popleft())
+                urgent = True
             if self._is_done():
                 self._finish()
                 await self._commit()
                 return
-            if self._batch:
+            # Messages (results, retries, actions) and launches commit now; what only asked to be
+            # flushed soon (RUNNING, handles, log lines) waits for its deadline or the next tick.
+            due = self._flush_at is not None and trio.current_time() >= self._flush_at
+            if self._batch and (urgent or due or self._to_launch):
                 await self._commit()
+            urgent = False
             if self._to_launch:
                 _crashpoint("before_launch")
                 launch, self._to_launch = self._to_launch, []
@@ -447,7 +466,9 @@ class InstanceRun:
                     st.scope = trio.CancelScope()  # before the task runs, so a stop can reach it
                     nursery.start_soon(self._run_step, st, st.attempt)
             if not self._inbox:
-                await self._wake.wait()
+                deadline = self._flush_at if self._flush_at is not None else math.inf
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
                 self._wake = trio.Event()
 
     # -- resuming ------------------------------------------------------------------------------
@@ -704,8 +725,8 @@ class InstanceRun:
         if handle is None:
             self._set(st, S.RUNNING)
             # Make RUNNING (and the handle the step records next) durable soon, not only when
-            # the step ends: a step that finishes at once shares the tick with its result.
-            self._post(("flush",))
+            # the step ends; a step that ends sooner than that shares its result's commit.
+            self._flush_soon()
         ctx = self._step_context(st, attempt)
         result: Any = None
         scope = st.scope
@@ -743,8 +764,7 @@ class InstanceRun:
     def _log(self, step_id: str, attempt: int, stream: str, text: str) -> None:
         if text:
             self._batch.logs.append(LogChunk(self.iid, step_id, attempt, stream, text, time.time()))
-            if not self._inbox:
-                self._post(("flush",))
+            self._flush_soon()
 
     async def _record_handle(self, st: _Step, attempt: int, handle: Any) -> None:
         if st.attempt != attempt:
