@@ -27,6 +27,8 @@ __all__ = [
     "kill_if_attempts",
     "signal_name",
     "last_line",
+    "supervise",
+    "HandleNotRecorded",
 ]
 
 #: The largest ``$LEGATO_OUTPUT`` file read; a larger one is the step's error.
@@ -155,3 +157,52 @@ def last_line(text: str, width: int = 200) -> str:
         if line:
             return line if len(line) <= width else line[: width - 3] + "..."
     return ""
+
+
+class HandleNotRecorded(Exception):
+    """The process handle could not be recorded (storage trouble); the process was stopped."""
+
+
+async def supervise(ctx, proc, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+    """Follow a process started with ``start_new_session=True`` and piped stdout/stderr to its end.
+
+    Records ``{"pid", "pgid"}`` as the attempt's handle, streams stdout and stderr into the step's
+    log as they arrive, and once the process exits kills whatever it left in its process group
+    (so nothing outlives the step and the pipes reach EOF). On cancellation, and whatever
+    happens, the group gets SIGTERM, then SIGKILL after ``term_grace`` seconds, and the process is
+    reaped. Returns (exit code, the last few KB of stderr). Raises :class:`HandleNotRecorded`.
+    """
+    import trio
+
+    pgid = proc.pid  # a session leader leads its own process group
+    tail = [""]
+    drain_abandoned = False
+    try:
+        try:
+            await ctx.record_handle({"pid": proc.pid, "pgid": pgid})
+        except Exception as exc:  # storage trouble: the finally below stops the process
+            raise HandleNotRecorded(f"could not record the process handle: {exc}") from None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
+            nursery.start_soon(pump, ctx, proc.stderr, "stderr", tail)
+            await proc.wait()
+            killpg(pgid, signal.SIGKILL)
+            # Only a process that left the group (setsid) can still hold the pipes open.
+            nursery.cancel_scope.deadline = trio.current_time() + drain_timeout
+        drain_abandoned = nursery.cancel_scope.cancelled_caught
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                killpg(pgid, signal.SIGTERM)
+                with trio.move_on_after(term_grace):
+                    await proc.wait()
+            # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.
+            killpg(pgid, signal.SIGKILL)
+            await proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    await stream.aclose()
+    if drain_abandoned:
+        ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process group "
+                          "still holds stdout/stderr open\n")
+    return proc.returncode, tail[0]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -38,14 +37,14 @@ from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
 from legato.processes import (
     MAX_OUTPUTS_BYTES,
+    HandleNotRecorded,
     env_value,
     kill_if_attempts,
-    killpg,
     last_line,
     parse_outputs,
-    pump,
     read_outputs,
     signal_name,
+    supervise,
 )
 
 __all__ = ["BashParams", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
@@ -143,39 +142,13 @@ class Bash(StepType):
             )
         except (OSError, ValueError) as exc:
             return self._spawn_failure(exc, command, cwd, cfg)
-        # start_new_session makes the child a session (and group) leader: pgid == pid.
-        pgid = proc.pid
-
-        stderr_tail = [""]
-        drain_abandoned = False
         try:
-            try:
-                await ctx.record_handle({"pid": proc.pid, "pgid": pgid})
-            except Exception as exc:  # storage trouble: the finally below stops the process
-                return StepResult.platform_error(f"could not record the process handle: {exc}")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
-                nursery.start_soon(pump, ctx, proc.stderr, "stderr", stderr_tail)
-                await proc.wait()
-                # Background children the script left behind hold our pipes open; kill them so
-                # the pumps see EOF, and so nothing outlives the step.
-                killpg(pgid, signal.SIGKILL)
-                nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
-            drain_abandoned = nursery.cancel_scope.cancelled_caught
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._stop(proc, pgid)
-
-        if drain_abandoned:
-            ctx.log(
-                "stderr",
-                "\n[legato] stopped reading output: a process outside the step's process group "
-                "still holds stdout/stderr open\n",
-            )
+            rc, stderr_tail = await supervise(ctx, proc, term_grace=self.term_grace,
+                                              drain_timeout=self.drain_timeout)
+        except HandleNotRecorded as exc:
+            return StepResult.platform_error(str(exc))
 
         outputs, outputs_error = read_outputs(output_file)
-        rc = proc.returncode
         if rc == 0:
             if outputs_error:
                 return StepResult.user_error(outputs_error)
@@ -185,7 +158,7 @@ class Bash(StepType):
             message = f"killed by signal {signal_name(-rc)}"
         else:
             message = f"exit code {rc}"
-        last = last_line(stderr_tail[0])
+        last = last_line(stderr_tail)
         if last:
             message += f": {last}"
         if outputs_error:
@@ -253,19 +226,6 @@ class Bash(StepType):
             reason = "command not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
             return StepResult.user_error(f"cannot run {command[0]!r}: {reason}")
         return StepResult.platform_error(f"cannot start {command[0]!r}: {exc}")
-
-    async def _stop(self, proc, pgid: int) -> None:
-        """Make sure the process is reaped and its whole group is gone. Call shielded."""
-        if proc.returncode is None:
-            killpg(pgid, signal.SIGTERM)
-            with trio.move_on_after(self.term_grace):
-                await proc.wait()
-        # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.
-        killpg(pgid, signal.SIGKILL)
-        await proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                await stream.aclose()
 
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ import pydantic
 import trio
 
 from legato import StepResult, StepType
-from legato.processes import kill_if_attempts, killpg, pump
+from legato.processes import HandleNotRecorded, kill_if_attempts, last_line, signal_name, supervise
 
 __all__ = ["CALLABLE_PATTERN", "CONFIG_KEYS", "MAX_RESULT_BYTES", "PythonParams", "PythonStep"]
 
@@ -157,39 +156,15 @@ class PythonStep(StepType):
         except (OSError, ValueError) as exc:
             request_path.unlink(missing_ok=True)
             return self._spawn_failure(exc, interpreter, cwd, cfg)
-        # start_new_session makes the child a session (and group) leader: pgid == pid.
-        pgid = proc.pid
-
-        stderr_tail = [""]
-        drain_abandoned = False
         try:
-            try:
-                await ctx.record_handle({"pid": proc.pid, "pgid": pgid})
-            except Exception as exc:  # storage trouble: the finally below stops the process
-                return StepResult.platform_error(f"could not record the process handle: {exc}")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
-                nursery.start_soon(pump, ctx, proc.stderr, "stderr", stderr_tail)
-                await proc.wait()
-                # Processes the callable left behind hold our pipes open; kill them so the pumps
-                # see EOF, and so nothing outlives the step.
-                killpg(pgid, signal.SIGKILL)
-                nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
-            drain_abandoned = nursery.cancel_scope.cancelled_caught
+            returncode, stderr_tail = await supervise(ctx, proc, term_grace=self.term_grace,
+                                                      drain_timeout=self.drain_timeout)
+        except HandleNotRecorded as exc:
+            return StepResult.platform_error(str(exc))
         finally:
-            with trio.CancelScope(shield=True):
-                await self._stop(proc, pgid)
             # The params may be secrets: they need not outlive the process that read them.
             request_path.unlink(missing_ok=True)
-
-        if drain_abandoned:
-            ctx.log(
-                "stderr",
-                "\n[legato] stopped reading output: a process outside the step's process group "
-                "still holds stdout/stderr open\n",
-            )
-        result = self._result(result_path, proc.returncode, stderr_tail[0])
+        result = self._result(result_path, returncode, stderr_tail)
         result_path.unlink(missing_ok=True)  # read: the outputs travel in the StepResult
         return result
 
@@ -236,19 +211,6 @@ class PythonStep(StepType):
             reason = "not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
             return StepResult.fatal_error(f"cannot run the interpreter {interpreter!r} (`python` param): {reason}")
         return StepResult.platform_error(f"cannot start {interpreter!r}: {exc}")
-
-    async def _stop(self, proc, pgid: int) -> None:
-        """Make sure the process is reaped and its whole group is gone. Call shielded."""
-        if proc.returncode is None:
-            killpg(pgid, signal.SIGTERM)
-            with trio.move_on_after(self.term_grace):
-                await proc.wait()
-        # Unconditionally: the leader may be gone while members that ignored SIGTERM remain.
-        killpg(pgid, signal.SIGKILL)
-        await proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                await stream.aclose()
 
     @staticmethod
     def _result(path: Path, rc: int, stderr_tail: str) -> StepResult:
@@ -321,19 +283,12 @@ def _read_result(path: Path) -> tuple[tuple[str, dict[str, Any], str] | None, st
 
 def _exit(rc: int) -> str:
     if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = str(-rc)
-        return f"was killed by signal {name}"
+        return f"was killed by signal {signal_name(-rc)}"
     if rc == _EXIT_TERMINATED:
         return "was terminated (exit code 143)"
     return f"exited with code {rc}"
 
 
 def _quote(stderr_tail: str) -> str:
-    for line in reversed(stderr_tail.splitlines()):
-        line = line.strip()
-        if line:
-            return ": " + (line if len(line) <= 200 else line[:197] + "...")
-    return ""
+    line = last_line(stderr_tail)
+    return f": {line}" if line else ""
