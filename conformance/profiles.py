@@ -119,8 +119,6 @@ class StorageProfile:
         _check_capabilities("storage", self.capabilities, STORAGE_CAPABILITIES)
 
 
-Profile = StepTypeProfile | StorageProfile
-
 
 @dataclass
 class PublishedProfile:

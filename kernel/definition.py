@@ -149,10 +149,6 @@ class Definition:
     base_dir: Path | None = None
     version: int | None = None
 
-    @property
-    def roots(self) -> list[StepDef]:
-        return [s for s in self.steps if not s.predecessors]
-
 
 # -- documents -----------------------------------------------------------------------------------
 

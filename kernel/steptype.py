@@ -181,15 +181,15 @@ class StepType:
       they are the user's data). Literal values are validated when a definition is loaded,
       evaluated values before the step starts.
     - ``raw_params``: params that are code for the step type (a bash ``script``, a SQL ``query``):
-      Legato does not interpolate ``${…}`` in them, so values never get pasted into code;
-    - ``cancel_grace``: seconds the step may take to clean up once cancelled.
+      Legato does not interpolate ``${…}`` in them, so values never get pasted into code.
+
+    A cancelled ``run`` must end within 2 seconds (the conformance suite's bound).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type["pydantic.BaseModel"] | None] = None
     raw_params: ClassVar[frozenset[str]] = frozenset()
-    cancel_grace: ClassVar[float] = 2.0
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})
@@ -200,7 +200,7 @@ class StepType:
         return None
 
     async def run(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract
-        """Do the step's work. Honour trio cancellation within ``cancel_grace``; leave nothing behind."""
+        """Do the step's work. Honour trio cancellation within 2 s; leave nothing behind."""
         raise NotImplementedError
 
     #: Set to True by step types that implement :meth:`reattach`.

@@ -211,7 +211,6 @@ class Docker(StepType):
     # Code for the container: `${x}` in them is the container shell's expansion, never Legato's paste.
     raw_params = frozenset({"command", "entrypoint"})
     can_reattach = True
-    cancel_grace = 2.0
 
     #: Seconds the kill path may take once cancelled (inside the 2 s cancellation bound).
     kill_timeout: float = 1.5

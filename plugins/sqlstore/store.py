@@ -468,15 +468,6 @@ def _instance(row) -> InstanceRecord:
     )
 
 
-def _attempt_values(r: AttemptRecord) -> dict[str, Any]:
-    return {
-        "instance_id": r.instance_id, "step_id": r.step_id, "attempt": r.attempt, "status": r.status.value,
-        "run_id": r.run_id, "params": None if r.params is None else _dumps(r.params), "outputs": _dumps(r.outputs),
-        "message": r.message, "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at,
-        "handle": None if r.handle is None else _dumps(r.handle),
-    }
-
-
 def _attempt(row) -> AttemptRecord:
     return AttemptRecord(
         instance_id=row.instance_id, step_id=row.step_id, attempt=row.attempt, status=StepStatus(row.status),
