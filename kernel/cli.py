@@ -128,12 +128,16 @@ def _load_settings(path: str | None) -> dict | None:
         settings = yaml.safe_load(text)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         _fail(f"settings {path} is not valid JSON or YAML: {exc}")
-    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
-        _fail(f"settings {path} must map each step type's name to an object of its settings")
-    unknown = sorted(set(settings) - set(_plugins().step_types.types))
-    if unknown:
-        _fail(f"settings {path} name step types that are not installed: {', '.join(unknown)}")
-    return settings
+    if settings is None:
+        return None  # an empty file: no settings
+    from .steptype import SettingsError, validate_step_settings
+
+    try:
+        return validate_step_settings(_plugins().step_types.types, settings)
+    except SettingsError as exc:
+        for key, message in exc.problems:
+            click.echo(f"legato: settings {path}: {key}: {message}", err=True)
+        sys.exit(EXIT_INVALID)
 
 
 def _engine(store: str, workspace: str | None = None, settings: str | None = None):

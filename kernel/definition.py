@@ -22,6 +22,7 @@ from .cel import CelCompiler, CelError, CelProgram
 from .params import (
     ParamError,
     ParamSpec,
+    argv_problems,
     interpolation_names,
     parse_param,
 )
@@ -313,8 +314,10 @@ class _Validator:
             self.add(pointer, f"CEL {exc.located()}")
             return None
 
-    def params(self, raw: Any, pointer: str, code: frozenset[str] = frozenset()) -> dict[str, ParamSpec]:
-        """Parse params; names in ``code`` are code for the step type, never ``${}`` templates."""
+    def params(self, raw: Any, pointer: str, code: frozenset[str] = frozenset(),
+               argv: frozenset[str] = frozenset()) -> dict[str, ParamSpec]:
+        """Parse params; names in ``code`` are code for the step type, never ``${}`` templates;
+        names in ``argv`` are argument vectors, where ``${}`` may only be a whole element."""
         if raw is None:
             return {}
         if not isinstance(raw, dict):
@@ -342,6 +345,11 @@ class _Validator:
                     interpolation_names(spec.value)
                 except ParamError as exc:
                     self.add(where, exc.message)
+                else:
+                    if name in argv:
+                        at = where + ("/value" if isinstance(value, dict) and "value" in value else "")
+                        for index, message in argv_problems(spec.value):
+                            self.add(f"{at}/{index}", message)
             specs[name] = spec
         return specs
 
@@ -483,7 +491,8 @@ class _Validator:
                 why = self.unavailable[stype]
                 if why:
                     self.add(f"{pointer}/type", f"step type {stype!r} cannot run here: {why}")
-        params = self.params(raw.get("params"), f"{pointer}/params", cls.raw_params if cls else frozenset())
+        params = self.params(raw.get("params"), f"{pointer}/params", cls.raw_params if cls else frozenset(),
+                             cls.argv_params if cls else frozenset())
         if cls is not None:
             self.step_config(cls, params, f"{pointer}/params")
         failure_mode = FailureMode.FAIL_AFTER_RUNNING

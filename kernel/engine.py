@@ -32,7 +32,7 @@ from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
 from .params import ParamError, evaluate_params, parse_override
 from .plugin_manager import Plugins, get_plugins
 from .states import STEP_TRANSITIONS, IllegalTransition, InstanceStatus, StepStatus, instance_status_from
-from .steptype import Outcome, StepContext, StepResult, StepType
+from .steptype import Outcome, StepContext, StepResult, StepType, validate_step_settings
 from .storage import StaleWrite, Storage, StorageError
 
 __all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld"]
@@ -140,7 +140,8 @@ class Engine:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.workspace = Path(workspace or ".legato/runs").resolve()
         self.compiler = CelCompiler(self.plugins.cel_functions.functions)
-        self._step_settings = step_settings or {}
+        # Checked now, so wrong settings fail here (SettingsError), not when a step first runs.
+        self._step_settings = validate_step_settings(self.plugins.step_types.types, step_settings)
         self._step_types: dict[str, StepType] = {}
         self.runs: dict[str, InstanceRun] = {}
 
@@ -700,7 +701,7 @@ class InstanceRun:
             return {}
         step_type = self.engine.plugins.step_types.types[sdef.type]
         return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                               context=self._context(), raw=step_type.raw_params)
+                               context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params)
 
     def _validate_config(self, st: _Step) -> Any:
         """The step's params as the step type's ``Params`` model (None when it declares none)."""

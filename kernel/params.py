@@ -21,6 +21,8 @@ __all__ = [
     "parse_param",
     "coerce",
     "interpolate",
+    "interpolate_argv",
+    "argv_problems",
     "interpolation_names",
     "RESERVED_NAMES",
     "NAME_RE",
@@ -290,6 +292,17 @@ def interpolation_names(value: Any) -> list[str]:
     return names
 
 
+def _as_text(found: Any) -> str:
+    """A value as ``${}`` spells it in text: booleans ``true``/``false``, arrays and maps as JSON."""
+    if isinstance(found, bool):
+        return "true" if found else "false"
+    if isinstance(found, (dict, list)):
+        import json
+
+        return json.dumps(found, separators=(",", ":"))
+    return str(found)
+
+
 def interpolate(value: Any, lookup: Callable[[str], Any]) -> Any:
     """Replace each ``${name}`` (or ``${a.b.c}``) by ``lookup(name)`` as text; ``$$`` is ``$``.
     Arrays and maps are interpolated element by element. ``lookup`` raises KeyError when unknown."""
@@ -300,14 +313,7 @@ def interpolate(value: Any, lookup: Callable[[str], Any]) -> Any:
         def sub(m: re.Match) -> str:
             if m.group(0) == "$$":
                 return "$"
-            found = lookup(m.group(1).strip())
-            if isinstance(found, bool):
-                return "true" if found else "false"
-            if isinstance(found, (dict, list)):
-                import json
-
-                return json.dumps(found, separators=(",", ":"))
-            return str(found)
+            return _as_text(lookup(m.group(1).strip()))
 
         return _INTERP.sub(sub, value)
     if isinstance(value, list):
@@ -315,6 +321,53 @@ def interpolate(value: Any, lookup: Callable[[str], Any]) -> Any:
     if isinstance(value, dict):
         return {k: interpolate(v, lookup) for k, v in value.items()}
     return value
+
+
+# An argv element that is one whole ``${name}``: the only place ``${}`` may appear in an argv.
+_WHOLE = re.compile(r"\$\{([^}]*)\}\Z")
+_ESCAPE = re.compile(r"\$\$")
+
+
+def argv_problems(value: Any) -> list[tuple[int, str]]:
+    """For a param that is an argument vector: ``(index, message)`` of each element holding a
+    ``${…}`` that is not the whole element (a program such as ``sh -c`` would parse the pasted
+    value as code). ``$$`` is a literal ``$`` and is fine anywhere."""
+    problems: list[tuple[int, str]] = []
+    if not isinstance(value, list):
+        return problems
+    for i, element in enumerate(value):
+        if not isinstance(element, str) or "$" not in element or _WHOLE.match(element):
+            continue
+        refs = [m.group(1).strip() for m in _INTERP.finditer(element) if m.group(0) != "$$"]
+        if refs:
+            name = refs[0].split(".")[-1] if refs[0].startswith("params.") else refs[0]
+            var = name if NAME_RE.match(name) else "name"
+            problems.append((i, (
+                f"${{{refs[0]}}} inside an argument is refused: the program (e.g. `sh -c`) could parse the "
+                f"pasted value as code. Read the param from the environment instead (\"${var}\" in a shell), "
+                f"or make the whole element `${{{refs[0]}}}` (it is passed as one argument); write $${{ for a "
+                f"literal ${{")))
+    return problems
+
+
+def interpolate_argv(value: Any, lookup: Callable[[str], Any]) -> Any:
+    """``${}`` in an argument vector: an element that is exactly ``${name}`` becomes the value's
+    text as one whole element; ``$$`` is ``$``. Raises ParamError for ``${…}`` anywhere else
+    (:func:`argv_problems` refuses that when the definition loads)."""
+    if not isinstance(value, list):
+        return interpolate(value, lookup)
+    out = []
+    for i, element in enumerate(value):
+        if isinstance(element, str) and "$" in element:
+            whole = _WHOLE.match(element)
+            if whole:
+                element = _as_text(lookup(whole.group(1).strip()))
+            elif argv_problems([element]):
+                raise ParamError(argv_problems([element])[0][1], f"/{i}")
+            else:
+                element = _ESCAPE.sub("$", element)
+        out.append(element)
+    return out
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -328,6 +381,7 @@ def evaluate_params(
     context: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     raw: frozenset[str] = frozenset(),
+    argv: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Evaluate ``specs`` in declaration order and return name -> value.
 
@@ -335,7 +389,8 @@ def evaluate_params(
     step's) as bare identifiers and under ``params``; ``context`` adds CEL names (``steps``,
     ``workflow``) already converted with :func:`legato.cel.to_cel`. ``overrides`` replace declared
     values (the caller checked the modes). Names in ``raw`` are code for the step type: their
-    ``${}`` is left alone. Raises ParamError whose ``pointer`` is ``/<name>…``.
+    ``${}`` is left alone; names in ``argv`` are argument vectors (:func:`interpolate_argv`).
+    Raises ParamError whose ``pointer`` is ``/<name>…``.
     """
     from .cel import CelError, to_cel
 
@@ -381,9 +436,11 @@ def evaluate_params(
                 raise ParamError(f"expression evaluated to null; a {spec.type.value} is expected", f"/{name}/expression")
         elif spec.interpolated and name not in raw:
             try:
-                value = interpolate(spec.value, lookup)
+                value = interpolate_argv(spec.value, lookup) if name in argv else interpolate(spec.value, lookup)
             except (KeyError, TypeError, IndexError) as exc:
                 raise ParamError(f"${{…}} refers to {exc} which is not known here", f"/{name}") from None
+            except ParamError as exc:
+                raise ParamError(exc.message, f"/{name}{exc.pointer}") from None
         else:
             value = spec.value
         try:

@@ -1,9 +1,17 @@
 """The contract between the kernel and a step type (DESIGN §6).
 
 A step type is a class with a ``name``, an optional pydantic ``Params`` model for the
-configuration it reads from the step's params, and ``async run(ctx) -> StepResult``.  Step
-failures are data (a :class:`StepResult`), never exceptions: an exception escaping ``run`` is a
-broken contract and ends the attempt INTERNALLY_FAILED.
+configuration it reads from the step's params, an optional pydantic ``Settings`` model for what
+the operator configures (per worker, never per workflow), and ``async run(ctx) -> StepResult``.
+Step failures are data (a :class:`StepResult`), never exceptions: an exception escaping ``run``
+is a broken contract and ends the attempt INTERNALLY_FAILED.
+
+Operator settings are validated against ``Settings`` when they are loaded (``legato run
+--settings FILE``: a wrong type or an unknown key is exit 2 naming the key, e.g. ``settings
+x.yaml: docker.allowed_mounts: must be a list of absolute paths, got a string '/'``), when an
+``Engine`` is built with ``step_settings``, and again whenever a step type is instantiated, so a
+step type only ever sees settings its model accepted (``self.settings``, a plain dict of every
+field, defaults included). A step type without a ``Settings`` model takes no settings.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     import pydantic
 
-__all__ = ["Outcome", "StepResult", "StepContext", "StepType"]
+__all__ = ["Outcome", "StepResult", "StepContext", "StepType", "SettingsError", "validate_settings",
+           "validate_step_settings"]
 
 
 class Outcome(str, enum.Enum):
@@ -182,6 +191,14 @@ class StepType:
       evaluated values before the step starts.
     - ``raw_params``: params that are code for the step type (a bash ``script``, a SQL ``query``):
       Legato does not interpolate ``${…}`` in them, so values never get pasted into code.
+    - ``argv_params``: params that are argument vectors (a bash ``argv``, a docker ``command``):
+      an element that is exactly ``${name}`` is replaced by the value as one whole element;
+      ``${…}`` anywhere else in an element is refused when the definition loads, since the
+      program (``sh -c …``) might parse the pasted text as code. ``$$`` is a literal ``$``.
+    - ``Settings``: a pydantic model of the operator's settings (say ``extra="forbid"``; Legato
+      refuses keys the model does not declare in any case). Give a field a ``description``
+      ("a list of absolute paths") and a wrong type is reported as "must be <description>".
+      ``None``: the step type takes no settings.
 
     A cancelled ``run`` must end within 2 seconds (the conformance suite's bound).
     """
@@ -189,10 +206,14 @@ class StepType:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type["pydantic.BaseModel"] | None] = None
+    Settings: ClassVar[type["pydantic.BaseModel"] | None] = None
     raw_params: ClassVar[frozenset[str]] = frozenset()
+    argv_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        self.settings = dict(settings or {})
+        #: The operator's settings as validated by ``Settings`` (every field, defaults included).
+        #: Raises :class:`SettingsError` for settings the model refuses.
+        self.settings = validate_settings(type(self), settings)
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -214,3 +235,98 @@ class StepType:
         """Stop whatever a previous kernel left running for this attempt (found through the
         ``handle`` it recorded), when the attempt cannot be reattached. Must not block for long
         and must not touch anything that is not this attempt's. The default does nothing."""
+
+
+class SettingsError(ValueError):
+    """Operator settings a step type's ``Settings`` model refuses. ``problems`` holds
+    ``(key, message)`` pairs, the key dotted from the step type's name
+    (``docker.allowed_mounts``); ``str()`` is one line per problem."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{key}: {message}" for key, message in problems))
+
+
+def validate_settings(cls: type[StepType], raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``raw`` checked against ``cls.Settings``: a dict of every field (defaults filled in).
+    Raises :class:`SettingsError` naming each wrong or unknown key."""
+    name = cls.name or cls.__name__
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise SettingsError([(name, f"must be a map of setting -> value, got {_kind(raw)}")])
+    model = cls.Settings
+    if model is None:
+        if raw:
+            keys = ", ".join(sorted(str(k) for k in raw))
+            raise SettingsError([(name, f"the {name} step type takes no settings (got {keys})")])
+        return {}
+    import pydantic
+
+    fields = model.model_fields
+    known = set(fields) | {f.alias for f in fields.values() if f.alias}
+    problems: list[tuple[str, str]] = []
+    for key in raw:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else f"{name}'s settings are: {', '.join(sorted(known))}"
+            problems.append((f"{name}.{key}", f"unknown setting ({hint})"))
+    if problems:
+        raise SettingsError(problems)
+    try:
+        settings = model.model_validate(dict(raw))
+    except pydantic.ValidationError as exc:
+        seen: set[str] = set()
+        for err in exc.errors():
+            loc = list(err.get("loc") or ())
+            field = fields.get(str(loc[0])) if loc else None
+            if field is not None and field.description and not err["type"].startswith("value_error"):
+                where, message = [loc[0]], f"must be {field.description}, got {_kind(raw.get(loc[0]))}"
+            else:
+                where, message = loc, str(err.get("msg", "invalid"))
+                if message.startswith("Value error, "):
+                    message = message[len("Value error, "):]
+            key = name + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where)
+            if key not in seen:
+                seen.add(key)
+                problems.append((key, message))
+        raise SettingsError(problems) from None
+    return settings.model_dump()
+
+
+def validate_step_settings(types: Mapping[str, type[StepType]],
+                           settings: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Every step type's settings in ``settings`` (step type name -> its settings) checked with
+    :func:`validate_settings`; a name no installed step type has is a problem too. Raises
+    :class:`SettingsError` listing every problem found."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise SettingsError([("settings", f"must map each step type's name to its settings, got {_kind(settings)}")])
+    out: dict[str, dict[str, Any]] = {}
+    problems: list[tuple[str, str]] = []
+    for name, raw in settings.items():
+        cls = types.get(name) if isinstance(name, str) else None
+        if cls is None:
+            problems.append((str(name), f"no installed step type is named {name!r} "
+                                        f"(installed: {', '.join(sorted(types)) or 'none'})"))
+            continue
+        try:
+            out[name] = validate_settings(cls, raw)
+        except SettingsError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SettingsError(problems)
+    return out
+
+
+def _kind(value: Any) -> str:
+    """A value as an error message shows it: its JSON kind and a short repr."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a map", type(None): "null"}.get(type(value), type(value).__name__)
+    if value is None:
+        return kind
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"

@@ -4,6 +4,14 @@ Params (the bash configuration):
 
 - ``script`` (string) XOR ``argv`` (list of strings): exactly one. ``script`` runs as
   ``bash -c <script>``; ``argv`` runs the program directly, without a shell.
+
+``${}`` in them: ``script`` is code and is never interpolated by Legato: ``${x}`` in it is bash's
+own expansion of the environment variable ``x`` (every param is exported, see below), so a
+value is never parsed as bash. In ``argv`` an element that is exactly ``${name}`` becomes the
+value as one whole argument (not split, not parsed); ``${…}`` inside a longer element is refused
+when the definition loads (``["sh", "-c", "echo ${x}"]`` would run the value as code: write
+``["sh", "-c", "echo \"$x\""]``). ``$$`` is a literal ``$``. In the other params (``env``
+values, ``working_dir``) ``${}`` is text interpolation: the result is a value, never code.
 - ``working_dir`` (string, optional): relative paths resolve against the definition's directory
   (else the current directory); default: the instance's shared working directory.
 - ``env`` (map of string to string, optional): extra environment variables.
@@ -87,6 +95,9 @@ class Bash(StepType):
     Params = BashParams
     # The script is code: `${x}` in it is bash's expansion of the env var, never Legato's paste.
     raw_params = frozenset({"script"})
+    # An argument vector: `${x}` only as a whole element (one argument, never re-parsed); inside an
+    # element it is refused at load (`["sh", "-c", "echo ${x}"]` would run the value as code).
+    argv_params = frozenset({"argv"})
 
     #: Seconds between SIGTERM and SIGKILL when the step is cancelled.
     term_grace: float = 1.0

@@ -4,16 +4,21 @@ Params (the docker configuration):
 
 - ``image`` (string, required): the image to run.
 - ``command`` (list of strings, optional): the argv, run without a shell unless it names one;
-  ``entrypoint`` (list of strings, optional): replaces the image's entrypoint. Both are code for
-  the container: Legato does not interpolate ``${…}`` in them (write ``sh -c '… "$name" …'`` and
-  let the param arrive as an environment variable).
+  ``entrypoint`` (list of strings, optional): replaces the image's entrypoint. Both are argument
+  vectors: an element that is exactly ``${name}`` becomes the value as one whole argument
+  (never split, never parsed by Legato); ``${…}`` inside a longer element is refused when the
+  definition loads, because a shell (``sh -c "… ${x} …"``) would parse the pasted value as code:
+  write ``sh -c '… "$name" …'`` and let the param arrive as an environment variable. ``$$`` is a
+  literal ``$``.
 - ``env`` (map of string to string), ``working_dir``, ``user``: as ``docker run`` has them.
 - ``cpus`` (number > 0) and ``memory`` (bytes, or ``"256m"``, ``"1g"``…; at least 6 MiB): limits.
   The memory limit includes swap, so a container that exceeds it is killed (``out of memory``).
 - ``network`` (default ``none``): the network mode. ``host`` and ``container:…`` are refused
   unless the operator lists them in the step type's settings (``allowed_networks``).
-- ``docker_host`` (engine URL, optional): else the step type's ``docker_host`` setting, else
-  ``DOCKER_HOST`` and the default socket.
+- ``docker_host`` (engine URL, optional): refused unless it is the operator's own
+  ``docker_host`` setting or listed in the ``allowed_docker_hosts`` setting, since the engine is
+  the operator's choice. Without it: the ``docker_host`` setting, else ``DOCKER_HOST`` and the
+  default socket.
 - ``pull``: ``if-missing`` (default: pull when the engine lacks the image) or ``never``.
 - ``mounts`` (list of ``{source, target, read_only}``, read-only by default): bind mounts, refused
   unless ``source`` lies under a directory of the operator's allow-list (settings
@@ -58,9 +63,10 @@ import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
+from legato.paths import absolute_paths, is_under
 from legato.processes import env_value, last_line, read_outputs, signal_name
 
-__all__ = ["DockerParams", "Docker", "Mount"]
+__all__ = ["DockerParams", "DockerSettings", "Docker", "Mount"]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONFIG_KEYS = frozenset({
@@ -159,6 +165,26 @@ class DockerParams(pydantic.BaseModel):
         return value
 
 
+class DockerSettings(pydantic.BaseModel):
+    """The operator's settings of the ``docker`` step type (``--settings``: ``docker: {…}``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    docker_host: str | None = pydantic.Field(
+        None, min_length=1, description="an engine URL (unix:///var/run/docker.sock, tcp://host:2376)")
+    allowed_docker_hosts: list[str] = pydantic.Field(
+        default_factory=list, description="a list of engine URLs workflows may choose with `docker_host`")
+    allowed_mounts: list[str] = pydantic.Field(
+        default_factory=list, description="a list of absolute paths (directories workflows may mount)")
+    allowed_networks: list[str] = pydantic.Field(
+        default_factory=list, description="a list of network modes (host, container:NAME) workflows may use")
+
+    @pydantic.field_validator("allowed_mounts")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        return absolute_paths(value)
+
+
 class _ImageMissing(Exception):
     pass
 
@@ -208,8 +234,10 @@ class Docker(StepType):
     name = "docker"
     description = "runs a command in a Docker container; params are passed as environment variables"
     Params = DockerParams
-    # Code for the container: `${x}` in them is the container shell's expansion, never Legato's paste.
-    raw_params = frozenset({"command", "entrypoint"})
+    Settings = DockerSettings
+    # Argument vectors: `${x}` only as a whole element (one argument); inside an element it is
+    # refused at load, since `sh -c "… ${x} …"` would parse the pasted value as code.
+    argv_params = frozenset({"command", "entrypoint"})
     can_reattach = True
 
     #: Seconds the kill path may take once cancelled (inside the 2 s cancellation bound).
@@ -240,6 +268,7 @@ class Docker(StepType):
         refused = self._refused(cfg)
         if refused:
             return StepResult.fatal_error(refused)
+        host = self._host(cfg)
         io_dir = ctx.attempt_dir
         outputs_file = io_dir / OUTPUTS_NAME
         try:
@@ -247,7 +276,6 @@ class Docker(StepType):
         except ValueError as exc:
             return StepResult.user_error(f"cannot start the container: {exc}")
 
-        host = self._host(cfg)
         try:
             engine = await self._engine(host)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the engine is the platform's
@@ -338,23 +366,30 @@ class Docker(StepType):
 
     def _refused(self, cfg: DockerParams) -> str | None:
         """The operator's policy (settings), which a workflow cannot widen."""
-        allowed_networks = set(self.settings.get("allowed_networks") or ())
+        allowed_networks = set(self.settings["allowed_networks"])
         net = cfg.network
         if (net == "host" or net.startswith("container:")) and net not in allowed_networks:
             return (f"network {net!r} is refused: it shares a namespace with the host or another container "
                     "(the operator may allow it in the docker step type's settings, `allowed_networks`)")
         if cfg.mounts:
-            allowed = [os.path.realpath(p) for p in self.settings.get("allowed_mounts") or ()]
+            allowed = self.settings["allowed_mounts"]
             for mount in cfg.mounts:
-                real = os.path.realpath(mount.source)
-                if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in allowed):
-                    where = ", ".join(allowed) if allowed else "none are allowed"
+                if not is_under(os.path.realpath(mount.source), allowed):
+                    where = ", ".join(os.path.realpath(p) for p in allowed) if allowed else "none are allowed"
                     return (f"the mount of {mount.source!r} is refused: it is not under a directory the operator "
                             f"allows (settings `allowed_mounts`: {where})")
+        if cfg.docker_host is not None and cfg.docker_host != self.settings["docker_host"] \
+                and cfg.docker_host not in self.settings["allowed_docker_hosts"]:
+            listed = ", ".join(self.settings["allowed_docker_hosts"]) or "none is allowed"
+            return (f"docker_host {cfg.docker_host!r} is refused: the Docker engine is the operator's choice "
+                    f"(settings `docker.docker_host`); a workflow may name only an engine the operator lists "
+                    f"in `docker.allowed_docker_hosts` ({listed}). Remove `docker_host` from the step's params")
         return None
 
     def _host(self, cfg: DockerParams) -> str | None:
-        return cfg.docker_host or self.settings.get("docker_host") or None
+        """The engine to use: the workflow's ``docker_host`` (only once :meth:`_refused` allowed
+        it), else the operator's, else ``DOCKER_HOST`` and the default socket."""
+        return cfg.docker_host or self.settings["docker_host"] or None
 
     async def _engine(self, host: str | None) -> _Engine:
         engine = self._engines.get(host)

@@ -6,7 +6,10 @@ Params (the notebook configuration):
   definition's directory (else the current directory).
 - ``output_path`` (string, optional): where the executed notebook is written; default
   ``output.ipynb`` in the attempt's private directory. A relative path resolves against the
-  working directory. Its absolute path is the step's output ``output_notebook``.
+  instance's working directory; once symlinks and ``..`` are resolved it must lie there or under
+  a directory the operator lists in the ``allowed_paths`` setting (``notebook: {allowed_paths:
+  [/srv/reports]}``), else the step ends FATALLY_FAILED (:mod:`legato.paths`). Its absolute path
+  is the step's output ``output_notebook``.
 - ``parameters`` (map, optional): papermill parameters, see below.
 - ``kernel_name`` (string, default ``python3``): the Jupyter kernel to run the notebook with
   (``jupyter kernelspec list``); the notebook's own kernelspec metadata is not used.
@@ -221,9 +224,10 @@ import trio  # noqa: E402
 
 from legato import Outcome, StepResult, StepType  # noqa: E402
 from legato.hookspecs import hookimpl  # noqa: E402
+from legato.paths import PathRefused, absolute_paths, confine  # noqa: E402
 from legato.processes import kill_if_attempts, last_line, pump, read_outputs, signal_name  # noqa: E402
 
-__all__ = ["NotebookParams", "Notebook", "papermill_parameters"]
+__all__ = ["NotebookParams", "NotebookSettings", "Notebook", "papermill_parameters"]
 
 _CONFIG_KEYS = frozenset({"input_path", "output_path", "parameters", "kernel_name", "working_dir",
                           "cell_timeout", "start_timeout", "log_output", "env"})
@@ -233,6 +237,22 @@ _READ_CHUNK = 65536
 
 def _is_name(name: Any) -> bool:
     return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+class NotebookSettings(pydantic.BaseModel):
+    """The operator's settings of the ``notebook`` step type (``--settings``: ``notebook: {…}``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    allowed_paths: list[str] = pydantic.Field(
+        default_factory=list,
+        description="a list of absolute paths (directories `output_path` may point into, besides the "
+                    "instance's working directory)")
+
+    @pydantic.field_validator("allowed_paths")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        return absolute_paths(value)
 
 
 class NotebookParams(pydantic.BaseModel):
@@ -285,6 +305,7 @@ class Notebook(StepType):
     name = "notebook"
     description = "executes a Jupyter notebook with papermill; params are injected as notebook parameters"
     Params = NotebookParams
+    Settings = NotebookSettings
 
     #: Seconds between SIGTERM and SIGKILL of papermill when the step is cancelled.
     term_grace: float = 0.5
@@ -315,7 +336,14 @@ class Notebook(StepType):
             what = "does not exist" if not cwd.exists() else "is not a directory"
             return StepResult.user_error(f"working_dir {str(cwd)!r} {what}")
         attempt_dir = ctx.attempt_dir
-        output_path = attempt_dir / "output.ipynb" if cfg.output_path is None else _resolve(cfg.output_path, cwd)
+        if cfg.output_path is None:
+            output_path = attempt_dir / "output.ipynb"
+        else:
+            try:
+                output_path = confine(cfg.output_path, ctx.workdir, self.settings["allowed_paths"],
+                                      what="output_path", setting="notebook.allowed_paths")
+            except PathRefused as exc:
+                return StepResult.fatal_error(str(exc))
         try:
             output_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

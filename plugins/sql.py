@@ -17,6 +17,13 @@ Params (the sql configuration):
 - ``result_path`` (string, optional, ``.parquet`` or ``.csv``): write the whole result of the last
   statement there (relative to the instance's working directory; parent directories are made).
 
+``database`` and ``result_path`` are confined (:mod:`legato.paths`): once symlinks and ``..`` are
+resolved they must lie in the instance's working directory or under a directory the operator
+lists in the ``allowed_paths`` setting (``sql: {allowed_paths: [/data/warehouse]}``); anything
+else ends the step FATALLY_FAILED, saying where the path led. ``${}`` in them (and in every
+param but ``query``) is text interpolation; ``query`` is code and never interpolated: bind
+values with ``$name``.
+
 Outputs: ``row_count`` (rows in the last statement's result; for INSERT/UPDATE/DELETE the count
 of rows they changed), ``columns`` (names), ``rows`` (the first ``max_rows`` rows, lists of
 JSON values: dates and times as ISO strings, decimals as floats, blobs as escaped strings),
@@ -53,8 +60,9 @@ import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
+from legato.paths import PathRefused, absolute_paths, confine
 
-__all__ = ["SqlParams", "Sql", "to_json_value"]
+__all__ = ["SqlParams", "SqlSettings", "Sql", "to_json_value"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONFIG_KEYS = frozenset({"database", "query", "query_file", "query_params", "read_only", "max_rows",
@@ -118,6 +126,22 @@ class SqlParams(pydantic.BaseModel):
         return self
 
 
+class SqlSettings(pydantic.BaseModel):
+    """The operator's settings of the ``sql`` step type (``--settings``: ``sql: {…}``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    allowed_paths: list[str] = pydantic.Field(
+        default_factory=list,
+        description="a list of absolute paths (directories `database` and `result_path` may point into, "
+                    "besides the instance's working directory)")
+
+    @pydantic.field_validator("allowed_paths")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        return absolute_paths(value)
+
+
 class _Stop(Exception):
     """Raised in the worker thread when the step was cancelled before a statement started."""
 
@@ -166,6 +190,7 @@ class Sql(StepType):
     name = "sql"
     description = "runs SQL with DuckDB; params are bound as $name parameters, never pasted"
     Params = SqlParams
+    Settings = SqlSettings
     # The query is code: `${x}` in it is never Legato's paste (bind `$x` through query_params).
     raw_params = frozenset({"query"})
 
@@ -183,13 +208,19 @@ class Sql(StepType):
             except pydantic.ValidationError as exc:
                 return StepResult.fatal_error(f"invalid sql params: {exc}")
 
-        database = cfg.database if cfg.database == ":memory:" else str(ctx.workdir / cfg.database)
+        allowed = self.settings["allowed_paths"]
+        try:
+            database = cfg.database if cfg.database == ":memory:" else str(
+                confine(cfg.database, ctx.workdir, allowed, what="database", setting="sql.allowed_paths"))
+            result_path = None if cfg.result_path is None else confine(
+                cfg.result_path, ctx.workdir, allowed, what="result_path", setting="sql.allowed_paths")
+        except PathRefused as exc:
+            return StepResult.fatal_error(str(exc))
         if cfg.query_file is not None:
             base = Path(ctx.definition_dir) if ctx.definition_dir is not None else Path.cwd()
             query_file: Path | None = base / cfg.query_file
         else:
             query_file = None
-        result_path = None if cfg.result_path is None else ctx.workdir / cfg.result_path
         bindings = _bindings(ctx, cfg)
         spill = ctx.attempt_dir / "result.parquet" if result_path is not None else None
 

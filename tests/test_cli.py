@@ -194,4 +194,4 @@ def test_operator_settings_reach_step_types(tmp_path):
     assert json.loads(allowed.stdout)["steps"]["read"]["outputs"] == {"line": "from the host"}
     settings.write_text("dockr: {}\n")
     typo = legato_cli("run", str(path), "--settings", str(settings))
-    assert typo.returncode == 2 and "name step types that are not installed: dockr" in typo.stderr
+    assert typo.returncode == 2 and "no installed step type is named 'dockr'" in typo.stderr

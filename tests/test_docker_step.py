@@ -119,15 +119,15 @@ PAYLOAD = "$(touch /tmp/x); \"'`id` $HOME \\ \n; rm -rf / #"
 
 
 async def test_success_outputs_env_and_params_as_data(tmp_path):
-    # `${payload}` in the command is the container shell's expansion of the env var: `command`
-    # is code, Legato never pastes a value into it.
+    # Params reach the container's shell as environment variables ("$payload"), never pasted into
+    # the command by Legato (`$${…}` is a literal `${…}` for the shell).
     script = (
         'echo "to stdout"; echo "to stderr" >&2; '
         'echo "kind=csv" >> "$LEGATO_OUTPUT"; echo \'{"rows": 2, "tags": ["a"]}\' >> "$LEGATO_OUTPUT"; '
-        'printf "%s" "${payload}" > /legato/raw; '
+        'printf "%s" "$payload" > /legato/raw; '
         'printf "%s|%s|%s|%s|%s|%s|%s" "$LEGATO_INSTANCE_ID" "$LEGATO_STEP_ID" "$LEGATO_ATTEMPT" '
         '"$LEGATO_IDEMPOTENCY_KEY" "$flag" "$items" "$image" > /legato/env; '
-        'printf "%s" "${EXTRA}|${wf_only}|${shared}" > /legato/more; test ! -e /tmp/x'
+        'printf "%s" "$${EXTRA}|$wf_only|$shared" > /legato/more; test ! -e /tmp/x'
     )
     ran = await execute(tmp_path, workflow(
         {"command": ["sh", "-c", script], "payload": PAYLOAD, "flag": True, "items": [1, "b"],
@@ -173,9 +173,24 @@ async def test_missing_image_that_cannot_be_pulled_is_platform_failed(tmp_path):
 
 
 async def test_unreachable_engine_is_platform_failed(tmp_path):
-    ran = await execute(tmp_path, workflow({"command": ["true"], "docker_host": "unix:///nonexistent.sock"}))
+    ran = await execute(tmp_path, workflow({"command": ["true"], "docker_host": "unix:///nonexistent.sock"}),
+                        settings={"allowed_docker_hosts": ["unix:///nonexistent.sock"]})
     assert ran.last.status.value == "PLATFORM_FAILED"
     assert "cannot reach the Docker engine at unix:///nonexistent.sock" in ran.last.message
+
+
+@pytest.mark.parametrize("settings", [None, {"docker_host": "unix:///operators.sock"},
+                                      {"allowed_docker_hosts": ["unix:///other.sock"]}])
+async def test_the_operator_chooses_the_docker_engine(tmp_path, settings):
+    """A workflow's `docker_host` (literal, `${…}` or `-p`) never overrides the operator's engine:
+    refused unless the operator lists it, before any engine is contacted."""
+    doc = workflow({"command": ["true"], "docker_host": "${host}"}, wf_params={"host": "unix:///default.sock"})
+    engine = make_engine(tmp_path, settings)
+    instance = await engine.execute(engine.load(doc), {"host": "unix:///attacker.sock"})
+    last = (await engine.storage.get_attempts(instance.instance_id))[-1]
+    assert last.status.value == "FATALLY_FAILED", last.message
+    assert "docker_host 'unix:///attacker.sock' is refused" in last.message
+    assert "allowed_docker_hosts" in last.message and "Remove `docker_host`" in last.message
 
 
 async def test_engine_from_settings(tmp_path):
@@ -234,7 +249,7 @@ async def test_host_network_refused_unless_allowed(tmp_path):
 
 async def test_out_of_memory_is_user_failed(tmp_path):
     # A shell variable grown past the limit: the kernel's OOM killer ends the container.
-    grow = 'x=$(head -c 100000000 /dev/zero | tr "\\0" x); echo ${#x}'
+    grow = 'x=$(head -c 100000000 /dev/zero | tr "\\0" x); echo $${#x}'
     ran = await execute(tmp_path, workflow({"command": ["sh", "-c", grow], "memory": "8m"}))
     assert ran.last.status.value == "USER_FAILED"
     assert ran.last.message.startswith("killed: out of memory (limit 8m)"), ran.last.message

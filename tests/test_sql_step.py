@@ -32,7 +32,9 @@ LONG_QUERY = "SET threads TO 1;\nSELECT count(*) FROM range(1000000000) a, range
 
 
 def make_engine(tmp_path: Path) -> Engine:
-    return Engine(open_storage("memory://"), workspace=tmp_path / "runs")
+    # Databases these tests keep beside the workspace (tmp_path/…) are allowed by the operator.
+    return Engine(open_storage("memory://"), workspace=tmp_path / "runs",
+                  step_settings={"sql": {"allowed_paths": [str(tmp_path)]}})
 
 
 def step(sid: str = "q", retry: dict | None = None, **params) -> dict:

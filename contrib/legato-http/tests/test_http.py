@@ -515,7 +515,18 @@ def test_host_patterns(monkeypatch):
     assert Http().allowed_hosts() is None
     monkeypatch.setenv("LEGATO_HTTP_ALLOWED_HOSTS", "a.example,b.example")
     assert Http().allowed_hosts() == ["a.example", "b.example"]
-    assert Http({"allowed_hosts": "c.example"}).allowed_hosts() == ["c.example"]
+    assert Http({"allowed_hosts": ["c.example"]}).allowed_hosts() == ["c.example"]  # settings first
+
+
+def test_settings_are_validated_a_string_is_not_an_allow_list():
+    """Operator settings go through HttpSettings: a string is refused (not split, not iterated
+    letter by letter), as is an unknown key, each named."""
+    from legato.steptype import SettingsError
+
+    with pytest.raises(SettingsError, match=r"http.allowed_hosts: must be a list of host names"):
+        Http({"allowed_hosts": "c.example"})
+    with pytest.raises(SettingsError, match=r"http.allowed_host: unknown setting \(did you mean `allowed_hosts`\?\)"):
+        Http({"allowed_host": ["c.example"]})
 
 
 # -- params are data ---------------------------------------------------------------------------------------

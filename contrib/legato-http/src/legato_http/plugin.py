@@ -15,8 +15,9 @@ Params (see README.md for the full table):
 
 Params are data: headers and the body are sent exactly as given; nothing is pasted into code.
 
-Operator settings (``step_settings={"http": {...}}``): ``allowed_hosts``, a list of exact host
-names or ``*.suffix`` patterns (``"*"`` allows every host). When the settings do not say, the
+Operator settings (``step_settings={"http": {...}}``, validated by :class:`HttpSettings`):
+``allowed_hosts``, a list of exact host names or ``*.suffix`` patterns (``"*"`` allows every
+host); a string there is refused (it is not split). When the settings do not say, the
 ``LEGATO_HTTP_ALLOWED_HOSTS`` environment variable (comma-separated) is read. No allow-list: every
 host is allowed; an empty one: none is.
 """
@@ -35,7 +36,7 @@ import trio
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
 
-__all__ = ["HttpParams", "Http", "ALLOWED_HOSTS_ENV", "METHODS", "OUTCOMES", "host_allowed",
+__all__ = ["HttpParams", "HttpSettings", "Http", "ALLOWED_HOSTS_ENV", "METHODS", "OUTCOMES", "host_allowed",
            "parse_allowed_hosts"]
 
 ALLOWED_HOSTS_ENV = "LEGATO_HTTP_ALLOWED_HOSTS"
@@ -132,6 +133,15 @@ class HttpParams(pydantic.BaseModel):
         return "json_" in self.model_fields_set
 
 
+class HttpSettings(pydantic.BaseModel):
+    """The operator's settings of the ``http`` step type (``--settings``: ``http: {…}``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    allowed_hosts: list[str] | None = pydantic.Field(
+        None, description="a list of host names (exact, `*.suffix`, or `*`)")
+
+
 def parse_allowed_hosts(raw: Any) -> list[str]:
     """Normalize an allow-list (a list, or a comma-separated string). Raises ValueError."""
     if isinstance(raw, str):
@@ -165,6 +175,7 @@ class Http(StepType):
     name = "http"
     description = "sends an HTTP request; 2xx is DONE, 4xx FATAL, 5xx and network errors retryable"
     Params = HttpParams
+    Settings = HttpSettings
     # CEL is code for this step type: `${…}` is never interpolated into it.
     raw_params = frozenset({"state_expr"})
 
