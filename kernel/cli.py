@@ -136,7 +136,7 @@ def _load_settings(path: str | None) -> dict | None:
         return validate_step_settings(_plugins().step_types.types, settings)
     except SettingsError as exc:
         for key, message in exc.problems:
-            click.echo(f"legato: settings {path}: {key}: {message}", err=True)
+            click.echo(f"legato: settings {path}: {key + ': ' if key else ''}{message}", err=True)
         sys.exit(EXIT_INVALID)
 
 

@@ -240,11 +240,12 @@ class StepType:
 class SettingsError(ValueError):
     """Operator settings a step type's ``Settings`` model refuses. ``problems`` holds
     ``(key, message)`` pairs, the key dotted from the step type's name
-    (``docker.allowed_mounts``); ``str()`` is one line per problem."""
+    (``docker.allowed_mounts``; empty for the settings as a whole); ``str()`` is one line per
+    problem."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
-        super().__init__("\n".join(f"{key}: {message}" for key, message in problems))
+        super().__init__("\n".join(f"{key}: {message}" if key else message for key, message in problems))
 
 
 def validate_settings(cls: type[StepType], raw: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -273,10 +274,8 @@ def validate_settings(cls: type[StepType], raw: Mapping[str, Any] | None) -> dic
             close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"{name}'s settings are: {', '.join(sorted(known))}"
             problems.append((f"{name}.{key}", f"unknown setting ({hint})"))
-    if problems:
-        raise SettingsError(problems)
     try:
-        settings = model.model_validate(dict(raw))
+        settings = model.model_validate({k: v for k, v in raw.items() if k in known})
     except pydantic.ValidationError as exc:
         seen: set[str] = set()
         for err in exc.errors():
@@ -292,7 +291,8 @@ def validate_settings(cls: type[StepType], raw: Mapping[str, Any] | None) -> dic
             if key not in seen:
                 seen.add(key)
                 problems.append((key, message))
-        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
     return settings.model_dump()
 
 
@@ -304,7 +304,7 @@ def validate_step_settings(types: Mapping[str, type[StepType]],
     if settings is None:
         return {}
     if not isinstance(settings, Mapping):
-        raise SettingsError([("settings", f"must map each step type's name to its settings, got {_kind(settings)}")])
+        raise SettingsError([("", f"must map each step type's name to its settings, got {_kind(settings)}")])
     out: dict[str, dict[str, Any]] = {}
     problems: list[tuple[str, str]] = []
     for name, raw in settings.items():

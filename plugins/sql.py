@@ -210,8 +210,10 @@ class Sql(StepType):
 
         allowed = self.settings["allowed_paths"]
         try:
-            database = cfg.database if cfg.database == ":memory:" else str(
-                confine(cfg.database, ctx.workdir, allowed, what="database", setting="sql.allowed_paths"))
+            # DuckDB's connect() reads a backslash as a path separator (`..\\..\\x` climbs out):
+            # confine the path DuckDB will open, not the one Python would.
+            database = cfg.database if cfg.database == ":memory:" else str(confine(
+                cfg.database.replace("\\", "/"), ctx.workdir, allowed, what="database", setting="sql.allowed_paths"))
             result_path = None if cfg.result_path is None else confine(
                 cfg.result_path, ctx.workdir, allowed, what="result_path", setting="sql.allowed_paths")
         except PathRefused as exc:

@@ -62,7 +62,7 @@ def _no_container_left():
 
 
 #: Tests that need no engine (definitions refused when they load).
-NO_ENGINE = {"test_invalid_params_are_refused_at_load"}
+NO_ENGINE = {"test_invalid_params_are_refused_at_load", "test_the_operator_chooses_the_docker_engine"}
 
 
 @pytest.fixture(autouse=True)
