@@ -122,6 +122,8 @@ class Engine:
 
     One per process: it owns the plugins, the CEL compiler (and its cache), the step-type
     instances and the storage.  ``workspace`` is where instances get their working directories.
+    ``step_settings`` (step type name -> the operator's settings for it) are validated here by
+    each step type's ``Settings`` model: wrong ones raise ``legato.steptype.SettingsError``.
     """
 
     def __init__(

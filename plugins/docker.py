@@ -25,6 +25,11 @@ Params (the docker configuration):
   ``allowed_mounts``). A workflow cannot widen it.
 - ``privileged``: refused when the definition is loaded. Privileged containers are never run.
 
+Operator settings (:class:`DockerSettings`, ``docker: {…}`` in ``--settings``; validated, so a
+wrong type or an unknown key is refused naming it): ``docker_host`` (the engine), and the
+allow-lists ``allowed_docker_hosts``, ``allowed_mounts`` (absolute paths) and
+``allowed_networks``, each empty by default. A workflow can narrow but never widen them.
+
 Every other param is the user's data and reaches the container ONLY as an environment variable,
 spelled as the ``bash`` step type spells them (workflow params first, step params overriding
 them; strings as they are, booleans ``true``/``false``, lists and maps as JSON).
