@@ -468,3 +468,52 @@ def test_wrong_settings_are_exit_2_naming_the_key(tmp_path, settings, expected):
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
     assert_no_canary(tmp_path)
     assert not os.path.exists(tmp_path / "ws"), "nothing ran"
+
+
+def test_settings_are_validated_whenever_a_step_type_is_built():
+    """The contract for every step type, first- or third-party: `Settings` declares what the
+    operator may set; `self.settings` holds every field; anything else is a SettingsError."""
+    import pydantic
+
+    from legato import StepType
+
+    class Model(pydantic.BaseModel):
+        roots: list[str] = pydantic.Field(default_factory=list, description="a list of paths")
+
+    class WithSettings(StepType):
+        name = "with-settings"
+        Settings = Model
+
+    class Without(StepType):
+        name = "without"
+
+    assert WithSettings().settings == {"roots": []}
+    assert WithSettings({"roots": ["/a"]}).settings == {"roots": ["/a"]}
+    with pytest.raises(SettingsError) as info:
+        WithSettings({"roots": "/", "root": ["/a"]})
+    assert info.value.problems == [("with-settings.root", "unknown setting (did you mean `roots`?)"),
+                                   ("with-settings.roots", "must be a list of paths, got a string '/'")]
+    assert Without().settings == {}
+    with pytest.raises(SettingsError, match="the without step type takes no settings"):
+        Without({"anything": 1})
+
+
+def test_confine_resolves_symlinks_and_dot_dots(tmp_path):
+    from legato.paths import PathRefused, confine
+
+    work, allowed, outside = tmp_path / "work", tmp_path / "allowed", tmp_path / "outside"
+    for d in (work, allowed, outside):
+        d.mkdir()
+    (work / "out").symlink_to(outside)
+    (work / "ok").symlink_to(allowed)
+    assert confine("a/b.csv", work, [], what="x", setting="s.allowed_paths") == work / "a" / "b.csv"
+    assert confine("ok/b.csv", work, [str(allowed)], what="x", setting="s") == allowed / "b.csv"
+    assert confine(str(allowed / "c"), work, [str(allowed)], what="x", setting="s") == allowed / "c"
+    for bad in ("out/b.csv", "../outside/b.csv", str(outside / "b.csv"), "a/../../x", "ok/b.csv",
+                str(tmp_path / "allowedx"), "a\0b"):
+        with pytest.raises(PathRefused):
+            confine(bad, work, [], what="x", setting="s.allowed_paths")
+    with pytest.raises(PathRefused, match=r"x '\.\./outside/b\.csv' \(resolved: .*\) is refused: .*s\.allowed_paths"):
+        confine("../outside/b.csv", work, [str(allowed)], what="x", setting="s.allowed_paths")
+    with pytest.raises(PathRefused):  # a sibling whose name starts like an allowed root is not under it
+        confine(str(tmp_path / "allowedx" / "f"), work, [str(allowed)], what="x", setting="s")
