@@ -28,6 +28,13 @@ explicit ``parameters`` map. papermill injects them as Python literals in a cell
 tagged ``parameters`` (or at the top); values are JSON (strings, numbers, booleans, null, lists,
 maps) and arrive byte for byte. Only names that are Python identifiers can be parameters: the
 implicit ones that are not are skipped, an explicit one is refused when the definition loads.
+``${}`` in a param's string (a ``parameters`` value, ``output_path``) is text interpolation done
+before the notebook runs: the result is a value, and papermill writes it as a Python literal.
+The notebook's code is never built from a value.
+
+Operator settings (:class:`NotebookSettings`, ``notebook: {…}`` in ``--settings``):
+``allowed_paths``, the absolute directories outside the instance's working directory that
+``output_path`` may point into (none by default).
 
 The kernel gets ``LEGATO_OUTPUT`` (a file of outputs: ``legato.notebook.output(key, value)``
 appends JSON lines to it; ``key=value`` lines work too), ``LEGATO_INSTANCE_ID``,

@@ -20,7 +20,8 @@ Params (the sql configuration):
 ``database`` and ``result_path`` are confined (:mod:`legato.paths`): once symlinks and ``..`` are
 resolved they must lie in the instance's working directory or under a directory the operator
 lists in the ``allowed_paths`` setting (``sql: {allowed_paths: [/data/warehouse]}``); anything
-else ends the step FATALLY_FAILED, saying where the path led. ``${}`` in them (and in every
+else ends the step FATALLY_FAILED, saying where the path led. In ``database`` a backslash is a
+path separator, as DuckDB reads it when it opens the file. ``${}`` in them (and in every
 param but ``query``) is text interpolation; ``query`` is code and never interpolated: bind
 values with ``$name``.
 
