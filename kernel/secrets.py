@@ -122,12 +122,12 @@ class Secrets:
     included); ``stream()`` masks text that arrives in pieces. Falsy while it knows no value.
     """
 
-    __slots__ = ("_values", "_pattern", "_prefixes", "_longest")
+    __slots__ = ("_values", "_pattern", "_firsts", "_longest")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: set[str] = set()
         self._pattern: re.Pattern | None = None
-        self._prefixes: frozenset[str] = frozenset()
+        self._firsts: dict[str, list[str]] = {}  # first character -> the forms that start with it
         self._longest = 0
         self.add(*values)
 
@@ -143,7 +143,9 @@ class Secrets:
             forms |= _encodings(value)
         ordered = sorted(forms, key=len, reverse=True)  # the longest match first
         self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
-        self._prefixes = frozenset(f[:i] for f in forms for i in range(1, len(f)))
+        self._firsts = {}
+        for form in ordered:
+            self._firsts.setdefault(form[0], []).append(form)
         self._longest = len(ordered[0])
 
     @property
@@ -180,9 +182,13 @@ class Secrets:
 
     def _pending(self, text: str) -> int:
         """How many trailing characters of ``text`` could begin a secret (and must wait for more)."""
-        for k in range(min(self._longest - 1, len(text)), 0, -1):
-            if text[-k:] in self._prefixes:
-                return k
+        firsts, end = self._firsts, len(text)
+        for p in range(max(0, end - self._longest + 1), end):
+            forms = firsts.get(text[p])
+            if forms:
+                tail = text[p:]
+                if any(len(f) > len(tail) and f.startswith(tail) for f in forms):
+                    return end - p  # the earliest such start: hold back the most
         return 0
 
 
