@@ -29,8 +29,9 @@ implicit ones that are not are skipped, an explicit one is refused when the defi
 The kernel gets ``LEGATO_OUTPUT`` (a file of outputs: ``legato.notebook.output(key, value)``
 appends JSON lines to it; ``key=value`` lines work too), ``LEGATO_INSTANCE_ID``,
 ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``, ``env``, and from the
-worker's environment only the minimal base (``legato.processes.BASE_ENV``, plus ``JUPYTER_*``
-and ``IPYTHONDIR``) and what the operator allows in the step type's ``inherit_env`` setting.
+worker's environment only the minimal base (``legato.processes.BASE_ENV``, plus where Jupyter
+and IPython find kernels and configuration: ``JUPYTER_PATH``, ``IPYTHONDIR``…) and what the
+operator allows in the step type's ``inherit_env`` setting.
 
 **Secrets.** A secret param is injected like any other (the kernel needs its value), but every
 copy of the executed notebook written to ``output_path`` (papermill saves it after each cell)
@@ -532,8 +533,10 @@ class Notebook(StepType):
         return StepResult.platform_error(f"papermill {how}" + (f": {last}" if last else ""))
 
 
-#: Where Jupyter and IPython look for kernels and configuration: the kernel needs them as the worker has them.
-_JUPYTER_ENV = ("JUPYTER_*", "IPYTHONDIR")
+#: Where Jupyter and IPython look for kernels and configuration: the kernel needs them as the worker
+#: has them (named one by one: JUPYTER_TOKEN, say, is a credential).
+_JUPYTER_ENV = ("JUPYTER_PATH", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_CONFIG_PATH",
+                "JUPYTER_PLATFORM_DIRS", "IPYTHONDIR")
 
 
 async def _send_spec(stream, data: bytes) -> None:
