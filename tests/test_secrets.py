@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -150,7 +151,31 @@ def docker_steps() -> list[dict]:
     return [{"step": ok}, failing(bad)]
 
 
-STEP_TYPES = {"bash": bash_steps, "sql": sql_steps, "notebook": notebook_steps, "docker": docker_steps}
+PYTHON_CALLABLES = """
+import hashlib, os
+
+
+def ok(token):
+    print("python sees", token, sorted(os.environ))
+    return {"seen": token, "token_hash": hashlib.sha256(token.encode()).hexdigest()}
+
+
+def bad(token):
+    raise ValueError(f"cannot log in with {token!r}")
+"""
+
+
+def python_steps() -> list[dict]:
+    """The contrib ``python`` step type, which passes step params (not workflow params) to the
+    callable: the secret is a step param of its own, resolved when the step launches."""
+    token = {"type": "STRING", "secret": True, "value": "env:LEGATO_TEST_TOKEN"}
+    common = {"sys_path": ["."], "token": token}
+    return [{"step": {"id": "ok", "type": "python", "params": {"callable": "secret_callables:ok", **common}}},
+            failing({"id": "bad", "type": "python", "params": {"callable": "secret_callables:bad", **common}})]
+
+
+STEP_TYPES = {"bash": bash_steps, "sql": sql_steps, "notebook": notebook_steps, "docker": docker_steps,
+              "python": python_steps}
 
 
 @pytest.mark.parametrize("step_type", sorted(STEP_TYPES))
@@ -159,7 +184,10 @@ def test_no_surface_shows_a_secret_of_any_step_type(tmp_path, step_type):
         require_component("Docker", docker_problem())
     if step_type == "notebook":
         require_component("a Jupyter kernel", kernel_problem())
+    if step_type == "python" and importlib.util.find_spec("legato_python") is None:
+        pytest.skip("contrib/legato-python is not installed")
     legato = Legato(tmp_path, AWS_SECRET_ACCESS_KEY=AWS)
+    (tmp_path / "secret_callables.py").write_text(PYTHON_CALLABLES)
     proc = legato.run(with_key(legato, STEP_TYPES[step_type]()))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status = legato.status()
