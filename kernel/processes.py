@@ -74,11 +74,11 @@ def _bad_line(number: int, line: str, why: str) -> str:
     return f"bad line {number} in $LEGATO_OUTPUT: {shown!r}: {why}"
 
 
-def read_outputs(path: Path, *, remove: bool = False) -> tuple[dict[str, Any], str | None]:
+def read_outputs(path: Path, *, secrets: Any = None) -> tuple[dict[str, Any], str | None]:
     """Read and parse a ``$LEGATO_OUTPUT`` file: (outputs, None), or ({}, what is wrong with it).
-    A file that was never written means no outputs. With ``remove`` the file is deleted once
-    read (step types pass ``remove=bool(ctx.secrets)``: the stored outputs are masked, the file
-    is not)."""
+    A file that was never written means no outputs. With ``secrets`` (``ctx.secrets``) a file
+    that holds a secret is rewritten masked once read: the kernel stores the outputs masked
+    anyway, so reading the file again (a resumed step) gives the same outputs."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_OUTPUTS_BYTES + 1)
@@ -86,17 +86,38 @@ def read_outputs(path: Path, *, remove: bool = False) -> tuple[dict[str, Any], s
         return {}, None
     except OSError as exc:
         return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
-    if remove:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
     if len(data) > MAX_OUTPUTS_BYTES:
+        if secrets:
+            _remove(path)  # too big to parse, too big to keep
         return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
+    text = data.decode("utf-8", errors="replace")
+    if secrets:
+        masked = secrets.mask(text)
+        if masked != text:
+            _rewrite(path, masked)
     try:
-        return parse_outputs(data.decode("utf-8", errors="replace")), None
+        return parse_outputs(text), None
     except ValueError as exc:
         return {}, str(exc)
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace the file's contents (a new file renamed over it: the old one may belong to a
+    container's user); if that fails, remove it."""
+    tmp = path.with_name(path.name + ".masked")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        _remove(tmp)
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def env_value(value: Any) -> str:

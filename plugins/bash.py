@@ -169,7 +169,7 @@ class Bash(StepType):
         except HandleNotRecorded as exc:
             return StepResult.platform_error(str(exc))
 
-        outputs, outputs_error = read_outputs(output_file, remove=bool(ctx.secrets))
+        outputs, outputs_error = read_outputs(output_file, secrets=ctx.secrets)
         if rc == 0:
             if outputs_error:
                 return StepResult.user_error(outputs_error)

@@ -479,7 +479,7 @@ class Docker(StepType):
             return self._api_failure("lost the container while following it", status)
 
         code = status.get("StatusCode")
-        outputs, outputs_error = read_outputs(ctx.attempt_dir / OUTPUTS_NAME, remove=bool(ctx.secrets))
+        outputs, outputs_error = read_outputs(ctx.attempt_dir / OUTPUTS_NAME, secrets=ctx.secrets)
         if code == 0:
             if outputs_error:
                 return StepResult.user_error(outputs_error)

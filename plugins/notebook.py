@@ -494,7 +494,7 @@ class Notebook(StepType):
                 await stream.aclose()
 
     def _result(self, ctx, cfg, returncode, result, stderr_tail, output_path: Path, output_file: Path) -> StepResult:
-        outputs, outputs_error = read_outputs(output_file, remove=bool(ctx.secrets))
+        outputs, outputs_error = read_outputs(output_file, secrets=ctx.secrets)
         status = (result or {}).get("status")
         if status == "ok":
             if outputs_error:
