@@ -159,9 +159,11 @@ def _engine(store: str, workspace: str | None = None, settings: str | None = Non
 
 
 def _trio_run(fn) -> None:
-    """Run ``fn`` under trio; storage errors and Legato bugs become messages, not tracebacks."""
+    """Run ``fn`` under trio; storage errors, a start the engine refuses (a secret it cannot
+    resolve on resume) and Legato bugs become messages, not tracebacks."""
     import trio
 
+    from .engine import StartError
     from .storage import StorageError
 
     try:
@@ -174,6 +176,8 @@ def _trio_run(fn) -> None:
             raise leaf from None
     except StorageError as exc:
         _fail(str(exc), EXIT_FAILED)
+    except StartError as exc:
+        _fail(str(exc))
     except Exception as exc:  # a bug in Legato or a plugin: say so plainly, keep the details
         _internal_error(exc)
 
@@ -413,10 +417,14 @@ def _internal_error(exc: BaseException) -> None:
     import tempfile
     import traceback
 
+    from .secrets import mask_known
+
+    # Masked with every secret this process resolved: an exception's message may quote one.
+    report = mask_known("".join(traceback.format_exception(exc)))
     with tempfile.NamedTemporaryFile("w", prefix="legato-crash-", suffix=".txt", delete=False) as f:
-        traceback.print_exception(exc, file=f)
-    _fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug in Legato or a plugin. "
-          f"Details: {f.name}", EXIT_FAILED)
+        f.write(report)
+    _fail(mask_known(f"internal error ({type(exc).__name__}: {exc}); this is a bug in Legato or a plugin. "
+                     f"Details: {f.name}"), EXIT_FAILED)
 
 
 async def _interrupt(engine, instance_id: str, outcome: dict) -> None:

@@ -149,6 +149,8 @@ class Definition:
     source: str = ""
     base_dir: Path | None = None
     version: int | None = None
+    #: Whether any param (the workflow's or a step's) is secret: the engine masks only then.
+    has_secrets: bool = False
 
 
 # -- documents -----------------------------------------------------------------------------------
@@ -353,8 +355,10 @@ class _Validator:
             specs[name] = spec
         return specs
 
-    def check_refs(self, params: dict[str, ParamSpec], known: set[str], scope: set[str], pointer: str) -> None:
-        """``${name}`` and ``steps.<id>`` references must name something that exists."""
+    def check_refs(self, params: dict[str, ParamSpec], known: set[str], scope: set[str], pointer: str,
+                   secret: frozenset[str] = frozenset()) -> None:
+        """``${name}`` and ``steps.<id>`` references must name something that exists; a secret
+        (a name in ``secret``) is never pasted into another param."""
         for name, spec in params.items():
             where = f"{pointer}/{_esc(name)}"
             sources = [spec.expression, spec.validator]
@@ -365,6 +369,10 @@ class _Validator:
                         head = parts[1] if parts[0] == "params" and len(parts) > 1 else parts[0]
                         if head not in scope and head not in ("params", "steps", "workflow"):
                             self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
+                        elif head in secret:
+                            self.add(where, f"${{{ref}}} names the secret param `{head}`: a secret is never pasted "
+                                            "into another param (the result would be stored); use it where it "
+                                            f"arrives in the step (bash: \"${head}\")")
                         sources.append(ref)
                 except ParamError:
                     pass
@@ -495,6 +503,12 @@ class _Validator:
                              cls.argv_params if cls else frozenset())
         if cls is not None:
             self.step_config(cls, params, f"{pointer}/params")
+            fields = cls.Params.model_fields if cls.Params is not None else {}
+            for pname, spec in params.items():
+                if spec.secret and pname in fields:
+                    self.add(f"{pointer}/params/{_esc(pname)}/secret",
+                             f"`{pname}` configures the {cls.name} step type and cannot be secret; pass the "
+                             "secret as a param of its own")
         failure_mode = FailureMode.FAIL_AFTER_RUNNING
         if "failure_mode" in raw:
             try:
@@ -741,9 +755,13 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
     v.cycles(steps, by_id)
     known = set(by_id)
     scope = set(wparams)
-    v.check_refs(wparams, known, scope, "/workflow/params")
+    secret = frozenset(n for n, spec in wparams.items() if spec.secret)
+    has_secrets = bool(secret)
+    v.check_refs(wparams, known, scope, "/workflow/params", secret)
     for step in steps:
-        v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params")
+        step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
+        has_secrets = has_secrets or len(step_secret) > len(secret)
+        v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)
 
     if v.problems:
         raise DefinitionError(v.problems, name)
@@ -759,4 +777,5 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         run_strategy=run_strategy,
         source=name,
         base_dir=base_dir,
+        has_secrets=has_secrets,
     )

@@ -29,7 +29,7 @@ import trio
 from .cel import CelCompiler, CelError, to_cel
 from .definition import Definition, FailureMode, StepDef, load_definition
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
-from .params import ParamError, evaluate_params, parse_override
+from .params import ParamError, evaluate_params, parse_override, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
 from .states import STEP_TRANSITIONS, IllegalTransition, InstanceStatus, StepStatus, instance_status_from
 from .steptype import Outcome, StepContext, StepResult, StepType, validate_step_settings
@@ -203,6 +203,8 @@ class Engine:
             )
         except ParamError as exc:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
+        if definition.has_secrets:  # refuse now what the instance could not run with
+            _resolve_workflow_secrets(definition, values, self.compiler)
         record = InstanceRecord(
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
             params=values, request_id=request_id, initiator=initiator, created_at=now,
@@ -257,6 +259,16 @@ class Engine:
         return await self.run(definition, instance, observer=observer)
 
 
+def _resolve_workflow_secrets(definition: Definition, values: dict[str, Any], compiler, secrets=None) -> dict[str, Any]:
+    """The workflow's params with secret references resolved; raises StartError naming the param."""
+    from .secrets import Secrets
+
+    try:
+        return resolve_secrets(definition.params, values, compiler, secrets if secrets is not None else Secrets())
+    except ParamError as exc:
+        raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
+
+
 def _utc(ts: float):
     import datetime
 
@@ -294,6 +306,14 @@ class InstanceRun:
         self._lost: BaseException | None = None
         self._flush_at: float | None = None  # trio time by which pending changes are committed
         self._emit = engine.plugins.emit if engine.plugins.has_event_observers else None
+        # Secrets: None (no masking pass anywhere) unless the definition declares a secret param.
+        self._secrets = None
+        self._streams: dict[tuple[str, int, str], Any] = {}
+        self._workflow_params = instance.params  # what steps see: secret references resolved
+        if definition.has_secrets:
+            from .secrets import Secrets
+
+            self._secrets = Secrets()
         wf = {
             "id": definition.workflow_id, "version": instance.version, "instance_id": self.iid,
             "run_id": instance.run_id, "run_ts": _utc(instance.created_at), "initiator": instance.initiator,
@@ -325,12 +345,16 @@ class InstanceRun:
             self._wake.set()  # the loop may be waiting with no deadline: let it take this one
 
     def _event(self, step_id: str | None, attempt: int, status: str, message: str = "") -> None:
+        if self._secrets is not None:
+            message = self._secrets.mask(message)
         self._batch.events.append(Event(time.time(), self.iid, step_id, attempt, status, message))
 
     def _set(self, st: _Step, status: StepStatus, message: str = "") -> None:
         record = st.record
         if status not in STEP_TRANSITIONS[record.status]:
             raise IllegalTransition(record.status, status, f"step {st.sdef.id} attempt {st.attempt}")
+        if self._secrets is not None:
+            message = self._secrets.mask(message)
         record.status = status
         if message:
             record.message = message
@@ -346,6 +370,8 @@ class InstanceRun:
             self.instance.started_at = now
         elif status.terminal:
             self.instance.ended_at = now
+            if self._secrets is not None:
+                message = self._secrets.mask(message)
             self.instance.message = message
         self._batch.instance = self.instance
         self._event(None, 0, status.value, message)
@@ -390,6 +416,9 @@ class InstanceRun:
             task_status.started(self)
             return self.instance
         storage, engine = self.engine.storage, self.engine
+        if self._secrets is not None:  # before the lease: an unresolvable secret changes nothing
+            self._workflow_params = _resolve_workflow_secrets(self.definition, self.instance.params,
+                                                              engine.compiler, self._secrets)
         generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
         if generation is None:
             raise LeaseHeld(f"instance {self.iid} is owned by another live worker; try again once its lease expires")
@@ -732,11 +761,13 @@ class InstanceRun:
             self._flush_soon()
         ctx = self._step_context(st, attempt)
         result: Any = None
+        if self._secrets is not None:
+            result = self._resolve_step_secrets(st, ctx)
         scope = st.scope
         with scope:
             try:
-                if scope.cancel_called:  # stopped between launch and now: do not start the work
-                    pass
+                if scope.cancel_called or result is not None:  # stopped between launch and now, or
+                    pass  # a secret could not be resolved: do not start the work
                 else:
                     work = step_type.run(ctx) if handle is None else step_type.reattach(ctx, handle)
                     if sdef.timeout is not None:
@@ -751,6 +782,8 @@ class InstanceRun:
         st.scope = None
         if scope.cancel_called:  # stopped; even a step that swallowed the cancellation counts as stopped
             result = _STOPPED
+        if self._streams:
+            self._flush_streams(sdef.id, attempt)
         _crashpoint("step_done")
         self._post(("result", st, attempt, result))
 
@@ -758,16 +791,43 @@ class InstanceRun:
         sdef = st.sdef
         return StepContext(
             instance_id=self.iid, workflow_id=self.definition.workflow_id, step_id=sdef.id, attempt=attempt,
-            params=st.params or {}, config=st.config, workflow_params=self.instance.params,
+            params=st.params or {}, config=st.config, workflow_params=self._workflow_params,
             workspace=self.engine.workspace, definition_dir=self.definition.base_dir,
             log=lambda stream, text: self._log(sdef.id, attempt, stream, text),
-            record_handle=lambda handle: self._record_handle(st, attempt, handle),
+            record_handle=lambda handle: self._record_handle(st, attempt, handle), secrets=self._secrets,
         )
 
+    def _resolve_step_secrets(self, st: _Step, ctx: StepContext) -> StepResult | None:
+        """Put the resolved values of the step's secret params into ``ctx.params`` (never into
+        ``st.params``, which is stored); an unresolvable one fails the attempt, saying why."""
+        specs = st.sdef.params
+        if not ctx.params or not any(specs[name].secret for name in ctx.params if name in specs):
+            return None
+        try:
+            ctx.params = resolve_secrets(specs, ctx.params, self.engine.compiler, self._secrets)
+        except ParamError as exc:
+            return StepResult(Outcome.FATAL_ERROR, {}, f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}",
+                              retryable=False)
+        return None
+
     def _log(self, step_id: str, attempt: int, stream: str, text: str) -> None:
+        if self._secrets is not None:
+            key = (step_id, attempt, stream)
+            masker = self._streams.get(key)
+            if masker is None:
+                masker = self._streams[key] = self._secrets.stream()
+            text = masker.feed(text)
         if text:
             self._batch.logs.append(LogChunk(self.iid, step_id, attempt, stream, text, time.time()))
             self._flush_soon()
+
+    def _flush_streams(self, step_id: str, attempt: int) -> None:
+        """The step's output ended: store what its stream maskers held back."""
+        for key in [k for k in self._streams if k[0] == step_id and k[1] == attempt]:
+            text = self._streams.pop(key).flush()
+            if text:
+                self._batch.logs.append(LogChunk(self.iid, step_id, attempt, key[2], text, time.time()))
+                self._flush_soon()
 
     async def _record_handle(self, st: _Step, attempt: int, handle: Any) -> None:
         if st.attempt != attempt:
@@ -805,11 +865,11 @@ class InstanceRun:
             self._end_step(st, S.INTERNALLY_FAILED,
                            f"step type {sdef.type!r} returned {result!r:.200}, not a StepResult (a bug in the plugin)")
         elif result.outcome is Outcome.DONE:
-            st.record.outputs = _outputs(result.outputs)
+            st.record.outputs = _outputs(result.outputs, self._secrets)
             self._set(st, S.FINISHING)
             self._end_step(st, S.SUCCEEDED, result.message)
         else:
-            st.record.outputs = _outputs(result.outputs)
+            st.record.outputs = _outputs(result.outputs, self._secrets)
             message = result.message or result.outcome.value
             retry = result.retryable and self._ending is None
             if result.outcome is Outcome.USER_ERROR and retry and st.errors < policy.error_retry_limit:
@@ -901,8 +961,12 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     return group
 
 
-def _outputs(outputs: Any) -> dict[str, Any]:
-    return dict(outputs) if isinstance(outputs, dict) else {}
+def _outputs(outputs: Any, secrets=None) -> dict[str, Any]:
+    if not isinstance(outputs, dict):
+        return {}
+    if secrets is not None:
+        return secrets.mask_value(outputs)
+    return dict(outputs)
 
 
 def _internal(step_type: str, exc: BaseException) -> str:

@@ -24,6 +24,8 @@ __all__ = [
     "interpolate_argv",
     "argv_problems",
     "interpolation_names",
+    "check_secret_override",
+    "resolve_secrets",
     "RESERVED_NAMES",
     "NAME_RE",
 ]
@@ -95,13 +97,16 @@ class ParamSpec:
     validator: str | None = None
     has_value: bool = True
     interpolated: bool = False  # a string (or strings inside) containing ${…}
+    #: A secret: ``value`` is a reference (``env:NAME``, ``file:PATH``) resolved at run time by
+    #: :mod:`legato.secrets`; the value itself is never stored.
+    secret: bool = False
 
     @property
     def is_literal(self) -> bool:
         return self.has_value and not self.interpolated
 
 
-_FULL_FORM_KEYS = {"type", "value", "expression", "mode", "validator", "description"}
+_FULL_FORM_KEYS = {"type", "value", "expression", "mode", "validator", "description", "secret"}
 
 
 def infer_type(value: Any) -> ParamType:
@@ -169,6 +174,11 @@ def parse_param(name: str, raw: Any) -> ParamSpec:
         raise ParamError("`validator` must be a CEL expression string", "/validator")
     if "value" in raw and "expression" in raw:
         raise ParamError("give either `value` or `expression`, not both")
+    secret = raw.get("secret", False)
+    if not isinstance(secret, bool):
+        raise ParamError("`secret` must be true or false", "/secret")
+    if secret:
+        return _parse_secret(name, ptype, raw, mode, validator)
     if "expression" in raw:
         if not isinstance(raw["expression"], str):
             raise ParamError("`expression` must be a CEL expression string", "/expression")
@@ -178,6 +188,35 @@ def parse_param(name: str, raw: Any) -> ParamSpec:
     except ParamError as exc:
         raise ParamError(exc.message, "/value") from None
     return ParamSpec(name, ptype, value, None, mode, validator, interpolated=_has_interpolation(value))
+
+
+def _parse_secret(name: str, ptype: ParamType, raw: dict, mode: ParamMode, validator: str | None) -> ParamSpec:
+    from .secrets import REFERENCE_HELP, parse_reference
+
+    if ptype is not ParamType.STRING:
+        raise ParamError(f"a secret param is a STRING (its value is text read from the environment or a file), "
+                         f"not a {ptype.value}", "/type")
+    if "expression" in raw:
+        raise ParamError(f"a secret param takes its value from a reference, {REFERENCE_HELP}, not an expression "
+                         "(whatever an expression computes would be stored)", "/expression")
+    try:
+        parse_reference(raw["value"])
+    except ValueError as exc:
+        raise ParamError(str(exc), "/value") from None
+    return ParamSpec(name, ptype, raw["value"], None, mode, validator, secret=True)
+
+
+def check_secret_override(spec: ParamSpec, value: Any) -> None:
+    """A start or restart may point a secret param at another reference, never give the value
+    itself (it would be stored, and it shows in shell history and ``ps``). Raises ParamError."""
+    from .secrets import REFERENCE_HELP, parse_reference
+
+    try:
+        parse_reference(value)
+    except ValueError:
+        raise ParamError(f"param {spec.name} is secret: give a reference, {REFERENCE_HELP} "
+                         f"(e.g. -p {spec.name}=env:{spec.name.upper()}), never the secret itself; "
+                         "a value given here would be stored") from None
 
 
 def _type_name(value: Any) -> str:
@@ -425,6 +464,17 @@ def evaluate_params(
         return current
 
     for name, spec in specs.items():
+        if spec.secret:
+            # The reference is the param's stored value; legato.secrets resolves it (and runs the
+            # validator on the resolved value) when the instance runs.
+            value = overrides[name] if overrides and name in overrides else spec.value
+            try:
+                check_secret_override(spec, value)
+            except ParamError as exc:
+                raise ParamError(exc.message, f"/{name}") from None
+            values[name] = out[name] = value
+            cel_values = None
+            continue
         if overrides and name in overrides:
             value = overrides[name]
         elif spec.expression is not None:
@@ -460,3 +510,32 @@ def evaluate_params(
             if ok is not True:
                 raise ParamError(f"value {value!r:.80} fails its validator `{spec.validator}`", f"/{name}/validator")
     return out
+
+
+def resolve_secrets(specs: dict[str, ParamSpec], values: dict[str, Any], compiler, secrets) -> dict[str, Any]:
+    """``values`` (evaluated params) with each secret param's reference replaced by the secret it
+    names, which ``secrets`` (a :class:`legato.secrets.Secrets`) learns to mask. A secret's
+    validator runs here, on the resolved value; its message never shows the value. Raises
+    ParamError whose ``pointer`` is ``/<name>…``."""
+    from .cel import CelError, to_cel
+    from .secrets import resolve_reference
+
+    resolved = dict(values)
+    for name, spec in specs.items():
+        if not spec.secret or name not in values:
+            continue
+        try:
+            value = resolve_reference(values[name])
+        except ValueError as exc:
+            raise ParamError(f"secret param {name}: {exc}", f"/{name}/value") from None
+        secrets.add(value)
+        resolved[name] = value
+        if spec.validator is not None:
+            try:
+                ok = compiler.compile(spec.validator).evaluate({"value": to_cel(value)})
+            except CelError as exc:
+                raise ParamError(secrets.mask(f"CEL {exc.located()}"), f"/{name}/validator") from None
+            if ok is not True:
+                raise ParamError(f"the secret value of {name} (from {values[name]}) fails its validator "
+                                 f"`{spec.validator}`", f"/{name}/validator")
+    return resolved

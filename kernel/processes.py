@@ -1,7 +1,8 @@
 """Helpers for step types that run processes (bash, notebook, docker, and third-party ones).
 
 The pieces every such step type needs and must get right the same way: the ``$LEGATO_OUTPUT``
-format, how param values are spelled in an environment, streaming a pipe into the step's log,
+format, how param values are spelled in an environment, the minimal environment a step's process
+starts from (plus what the operator allows it to inherit), streaming a pipe into the step's log,
 killing a process group, and recognising (before killing it on resume) a process group that
 really belongs to an attempt. Standard library only: cheap to import anywhere, including child
 processes.
@@ -22,6 +23,12 @@ __all__ = [
     "parse_outputs",
     "read_outputs",
     "env_value",
+    "BASE_ENV",
+    "env_patterns",
+    "inherit_allowed",
+    "inherit_names",
+    "legato_variables",
+    "process_environment",
     "pump",
     "killpg",
     "kill_if_attempts",
@@ -68,9 +75,11 @@ def _bad_line(number: int, line: str, why: str) -> str:
     return f"bad line {number} in $LEGATO_OUTPUT: {shown!r}: {why}"
 
 
-def read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
+def read_outputs(path: Path, *, secrets: Any = None) -> tuple[dict[str, Any], str | None]:
     """Read and parse a ``$LEGATO_OUTPUT`` file: (outputs, None), or ({}, what is wrong with it).
-    A file that was never written means no outputs."""
+    A file that was never written means no outputs. With ``secrets`` (``ctx.secrets``) a file
+    that holds a secret is rewritten masked once read: the kernel stores the outputs masked
+    anyway, so reading the file again (a resumed step) gives the same outputs."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_OUTPUTS_BYTES + 1)
@@ -79,11 +88,37 @@ def read_outputs(path: Path) -> tuple[dict[str, Any], str | None]:
     except OSError as exc:
         return {}, f"cannot read $LEGATO_OUTPUT: {exc}"
     if len(data) > MAX_OUTPUTS_BYTES:
+        if secrets:
+            _remove(path)  # too big to parse, too big to keep
         return {}, f"$LEGATO_OUTPUT is larger than {MAX_OUTPUTS_BYTES} bytes"
+    text = data.decode("utf-8", errors="replace")
+    if secrets:
+        masked = secrets.mask(text)
+        if masked != text:
+            _rewrite(path, masked)
     try:
-        return parse_outputs(data.decode("utf-8", errors="replace")), None
+        return parse_outputs(text), None
     except ValueError as exc:
         return {}, str(exc)
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace the file's contents (a new file renamed over it: the old one may belong to a
+    container's user); if that fails, remove it."""
+    tmp = path.with_name(path.name + ".masked")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        _remove(tmp)
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def env_value(value: Any) -> str:
@@ -100,6 +135,106 @@ def env_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
+
+
+#: What every step's process gets from the worker's environment, whatever the operator allows:
+#: where programs are, who and where the user is, language and time zone, the temp directory.
+#: Everything else (cloud credentials, tokens, DOCKER_HOST…) reaches a step only if the operator
+#: lists it in the step type's ``inherit_env`` setting.
+BASE_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME",
+})
+_BASE_PREFIXES = (b"LC_",)
+
+
+def env_patterns(values: Any) -> list[str]:
+    """Check an ``inherit_env`` list: names of environment variables, a trailing ``*`` matching a
+    prefix (``AWS_*``). For a ``Settings`` model's field validator; raises ``ValueError``."""
+    if not isinstance(values, (list, tuple)) or not all(isinstance(n, str) and _ENV_PATTERN.match(n) for n in values):
+        raise ValueError("must be a list of environment variable names (a trailing * matches a prefix, "
+                         f"e.g. AWS_*), got {values!r:.80}")
+    return list(values)
+
+
+def inherit_allowed(settings: Any) -> tuple[str, ...]:
+    """The operator's ``inherit_env`` setting of a step type: names of the worker's environment
+    variables its steps may inherit beyond :data:`BASE_ENV`, a trailing ``*`` matching a prefix
+    (``AWS_*``). Raises ValueError when it is not a list of such names."""
+    allowed = (settings or {}).get("inherit_env") if isinstance(settings, dict) else None
+    if allowed is None:
+        return ()
+    try:
+        return tuple(env_patterns(allowed))
+    except ValueError as exc:
+        raise ValueError(f"the operator setting `inherit_env` {exc}") from None
+
+
+_ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$|^\*$")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
+
+
+def inherit_names(settings, asked: bool | list[str], step_type: str) -> tuple[str, ...]:
+    """What a step inherits from the worker's environment: the operator's ``inherit_env``
+    allow-list (``asked`` true), nothing (false), or the names ``asked`` lists, each of which the
+    operator must allow. Raises ValueError saying which name is not allowed and who can allow it."""
+    allowed = inherit_allowed(settings)
+    if asked is True:
+        return allowed
+    if not asked:
+        return ()
+    refused = [name for name in asked if not _matches(name, allowed)]
+    if refused:
+        shown = ", ".join(allowed) if allowed else "none"
+        raise ValueError(f"`inherit_env` asks for {', '.join(refused)}, which the operator does not allow "
+                         f"(the {step_type} step type's setting `inherit_env` allows: {shown}); ask the "
+                         "operator to add it there, or pass the value as a (secret) param")
+    return tuple(asked)
+
+
+def legato_variables(ctx, output: Any = None) -> dict[str, str]:
+    """The ``LEGATO_*`` variables of an attempt: ``LEGATO_OUTPUT`` (when ``output`` is given),
+    ``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT``, ``LEGATO_IDEMPOTENCY_KEY``."""
+    out = {} if output is None else {"LEGATO_OUTPUT": str(output)}
+    out.update(
+        LEGATO_INSTANCE_ID=str(ctx.instance_id),
+        LEGATO_STEP_ID=str(ctx.step_id),
+        LEGATO_ATTEMPT=str(ctx.attempt),
+        LEGATO_IDEMPOTENCY_KEY=str(ctx.idempotency_key),
+    )
+    return out
+
+
+def process_environment(ours: dict[str, str], inherit: Any = (), *, base: frozenset[str] = BASE_ENV) -> dict[bytes, bytes]:
+    """The environment of a step's process: :data:`BASE_ENV` (and ``LC_*``) from the worker's
+    environment, the worker's variables matching ``inherit`` (what the operator allowed, see
+    :func:`inherit_allowed`), then ``ours`` (params, ``env``, ``LEGATO_*``) on top. Never the
+    worker's whole environment. Raises ValueError for a value with a NUL byte."""
+    env: dict[bytes, bytes] = {}
+    # Bytes all the way: decoding every variable of os.environ, every step, costs for nothing.
+    environ = os.environb
+    for name in base:
+        value = environ.get(name.encode())
+        if value is not None:
+            env[name.encode()] = value
+    for name, value in environ.items():
+        if name.startswith(_BASE_PREFIXES):
+            env[name] = value
+    if inherit:
+        patterns = tuple(inherit)
+        for name, value in environ.items():
+            text = os.fsdecode(name)
+            if _matches(text, patterns):
+                env[name] = value
+    encode = os.fsencode
+    for name, value in ours.items():
+        if "\0" in value:
+            raise ValueError(f"the value of {name} contains a NUL byte, which no environment can hold")
+        env[encode(name)] = encode(value)
+    return env
 
 
 async def pump(ctx, stream, name: str, tail: list[str] | None = None) -> None:

@@ -79,6 +79,10 @@ class StepContext:
     - ``outputs_path``: a file private to this attempt for outputs (``$LEGATO_OUTPUT``);
     - ``idempotency_key``: unique per attempt, stable across crash and resume;
     - ``log(stream, text)``: append to the step's log (streamed to storage while it runs);
+    - ``secrets``: the instance's :class:`legato.secrets.Secrets` when its workflow has secret
+      params (``None`` otherwise). ``params`` and ``workflow_params`` hold the resolved values;
+      the kernel masks them in logs, messages and outputs, and a step type masks with
+      ``secrets.mask(text)`` whatever it writes elsewhere itself (a notebook's output copy);
     - ``await record_handle(handle)``: durably record what a restarted kernel needs to reattach.
     """
 
@@ -97,6 +101,7 @@ class StepContext:
         "_attempt_dir",
         "_log",
         "_record_handle",
+        "secrets",
     )
 
     def __init__(
@@ -113,6 +118,7 @@ class StepContext:
         definition_dir: Path | None,
         log: Callable[[str, str], None],
         record_handle: Callable[[Any], Any],
+        secrets: Any = None,
     ) -> None:
         self.instance_id = instance_id
         self.workflow_id = workflow_id
@@ -128,6 +134,7 @@ class StepContext:
         self._attempt_dir: Path | None = None
         self._log = log
         self._record_handle = record_handle
+        self.secrets = secrets
 
     @property
     def workdir(self) -> Path:

@@ -15,7 +15,13 @@ values, ``working_dir``) ``${}`` is text interpolation: the result is a value, n
 - ``working_dir`` (string, optional): relative paths resolve against the definition's directory
   (else the current directory); default: the instance's shared working directory.
 - ``env`` (map of string to string, optional): extra environment variables.
-- ``inherit_env`` (bool, default true): whether the child inherits the kernel's environment.
+- ``inherit_env`` (true, false or a list of names, default true): which variables of the
+  worker's environment the process inherits beyond the minimal base (``PATH``, ``HOME``,
+  ``LANG``/``LC_*``, ``TZ``, ``TMPDIR``…, see ``legato.processes.BASE_ENV``). Only variables the
+  operator allows in the step type's settings (``bash: {inherit_env: [AWS_PROFILE, "PROXY_*"]}``)
+  can be inherited: ``true`` takes all of them, a list asks for some by name (asking for one the
+  operator does not allow fails the step), ``false`` none. The worker's whole environment never
+  reaches a step.
 
 Every other param is the user's data and reaches the process ONLY as an environment variable
 (workflow params first, step params overriding them), never spliced into the script text:
@@ -31,7 +37,6 @@ when the step is cancelled and after it exits, so nothing it started outlives th
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -46,19 +51,39 @@ from legato.hookspecs import hookimpl
 from legato.processes import (
     MAX_OUTPUTS_BYTES,
     HandleNotRecorded,
+    env_patterns,
     env_value,
+    inherit_names,
     kill_if_attempts,
     last_line,
+    legato_variables,
     parse_outputs,
+    process_environment,
     read_outputs,
     signal_name,
     supervise,
 )
 
-__all__ = ["BashParams", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
+__all__ = ["BashParams", "BashSettings", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONFIG_KEYS = frozenset({"script", "argv", "working_dir", "env", "inherit_env"})
+
+
+class BashSettings(pydantic.BaseModel):
+    """The operator's settings of the ``bash`` step type (``--settings``: ``bash: {…}``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    inherit_env: list[str] = pydantic.Field(
+        default_factory=list,
+        description="a list of environment variable names (of the worker's environment steps may "
+                    "inherit; a trailing * matches a prefix)")
+
+    @pydantic.field_validator("inherit_env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return env_patterns(value)
 
 
 class BashParams(pydantic.BaseModel):
@@ -70,7 +95,16 @@ class BashParams(pydantic.BaseModel):
     argv: list[str] | None = pydantic.Field(None, min_length=1)
     working_dir: str | None = None
     env: dict[str, str] | None = None
-    inherit_env: bool = True
+    inherit_env: bool | list[str] = True
+
+    @pydantic.field_validator("inherit_env")
+    @classmethod
+    def _inherit_names(cls, names: bool | list[str]) -> bool | list[str]:
+        if isinstance(names, list):
+            for name in names:
+                if not _ENV_NAME.match(name):
+                    raise ValueError(f"`inherit_env` entry {name!r} is not a valid environment variable name")
+        return names
 
     @pydantic.field_validator("env")
     @classmethod
@@ -93,6 +127,7 @@ class Bash(StepType):
     name = "bash"
     description = "runs a bash script or a command; params are passed as environment variables"
     Params = BashParams
+    Settings = BashSettings
     # The script is code: `${x}` in it is bash's expansion of the env var, never Legato's paste.
     raw_params = frozenset({"script"})
     # An argument vector: `${x}` only as a whole element (one argument, never re-parsed); inside an
@@ -140,7 +175,11 @@ class Bash(StepType):
         # A stale file (an earlier run of this same attempt) must not count as this run's outputs.
         output_file.unlink(missing_ok=True)
         try:
-            env = self._environment(ctx, cfg, output_file)
+            inherit = inherit_names(self.settings, cfg.inherit_env, self.name)
+        except ValueError as exc:
+            return StepResult.fatal_error(str(exc))
+        try:
+            env = self._environment(ctx, cfg, output_file, inherit)
             proc = await trio.lowlevel.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -159,7 +198,7 @@ class Bash(StepType):
         except HandleNotRecorded as exc:
             return StepResult.platform_error(str(exc))
 
-        outputs, outputs_error = read_outputs(output_file)
+        outputs, outputs_error = read_outputs(output_file, secrets=ctx.secrets)
         if rc == 0:
             if outputs_error:
                 return StepResult.user_error(outputs_error)
@@ -197,7 +236,7 @@ class Bash(StepType):
         return path
 
     @staticmethod
-    def _environment(ctx, cfg: BashParams, output_file: Path) -> dict[bytes, bytes]:
+    def _environment(ctx, cfg: BashParams, output_file: Path, inherit=()) -> dict[bytes, bytes]:
         ours: dict[str, str] = {}
         params: dict[str, Any] = dict(ctx.workflow_params or {})
         # The config keys are the step's own settings, not data; a workflow param that happens to
@@ -208,21 +247,8 @@ class Bash(StepType):
                 ours[name] = env_value(value)
         ours.update(cfg.env or {})
         # Last, so neither params nor `env` can spoof them.
-        ours.update(
-            LEGATO_OUTPUT=str(output_file),
-            LEGATO_INSTANCE_ID=str(ctx.instance_id),
-            LEGATO_STEP_ID=str(ctx.step_id),
-            LEGATO_ATTEMPT=str(ctx.attempt),
-            LEGATO_IDEMPOTENCY_KEY=str(ctx.idempotency_key),
-        )
-        # Bytes all the way: copying os.environ as str would decode every variable, every step.
-        env: dict[bytes, bytes] = dict(os.environb) if cfg.inherit_env else {}
-        encode = os.fsencode
-        for name, value in ours.items():
-            if "\0" in value:
-                raise ValueError(f"the value of {name} contains a NUL byte, which no environment can hold")
-            env[encode(name)] = encode(value)
-        return env
+        ours.update(legato_variables(ctx, output_file))
+        return process_environment(ours, inherit)
 
     @staticmethod
     def _spawn_failure(exc: Exception, command: list[str], cwd: Path, cfg: BashParams) -> StepResult:

@@ -69,7 +69,7 @@ import trio
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
 from legato.paths import absolute_paths, is_under
-from legato.processes import env_value, last_line, read_outputs, signal_name
+from legato.processes import env_value, last_line, legato_variables, read_outputs, signal_name
 
 __all__ = ["DockerParams", "DockerSettings", "Docker", "Mount"]
 
@@ -414,13 +414,7 @@ class Docker(StepType):
                 ours[name] = env_value(value)
         ours.update(cfg.env or {})
         # Last, so neither params nor `env` can spoof them.
-        ours.update(
-            LEGATO_OUTPUT=f"{IO_DIR}/{OUTPUTS_NAME}",
-            LEGATO_INSTANCE_ID=str(ctx.instance_id),
-            LEGATO_STEP_ID=str(ctx.step_id),
-            LEGATO_ATTEMPT=str(ctx.attempt),
-            LEGATO_IDEMPOTENCY_KEY=str(ctx.idempotency_key),
-        )
+        ours.update(legato_variables(ctx, f"{IO_DIR}/{OUTPUTS_NAME}"))
         for name, value in ours.items():
             if "\0" in value:
                 raise ValueError(f"the value of {name} contains a NUL byte, which no environment can hold")
@@ -525,7 +519,7 @@ class Docker(StepType):
             return self._api_failure("lost the container while following it", status)
 
         code = status.get("StatusCode")
-        outputs, outputs_error = read_outputs(ctx.attempt_dir / OUTPUTS_NAME)
+        outputs, outputs_error = read_outputs(ctx.attempt_dir / OUTPUTS_NAME, secrets=ctx.secrets)
         if code == 0:
             if outputs_error:
                 return StepResult.user_error(outputs_error)

@@ -38,7 +38,15 @@ Operator settings (:class:`NotebookSettings`, ``notebook: {…}`` in ``--setting
 
 The kernel gets ``LEGATO_OUTPUT`` (a file of outputs: ``legato.notebook.output(key, value)``
 appends JSON lines to it; ``key=value`` lines work too), ``LEGATO_INSTANCE_ID``,
-``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``.
+``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``, ``env``, and from the
+worker's environment only the minimal base (``legato.processes.BASE_ENV``, plus where Jupyter
+and IPython find kernels and configuration: ``JUPYTER_PATH``, ``IPYTHONDIR``…) and what the
+operator allows in the step type's ``inherit_env`` setting.
+
+**Secrets.** A secret param is injected like any other (the kernel needs its value), but every
+copy of the executed notebook written to ``output_path`` (papermill saves it after each cell)
+has each secret value masked as ``***``, in the parameters cell and in the cells' outputs alike.
+The parameters travel to papermill through a pipe, never through a file.
 
 Outcomes: DONE with the outputs and ``output_notebook``; a cell that raises is a USER_ERROR
 naming the cell (its 1-based position in the input notebook and its first line) and the
@@ -71,11 +79,18 @@ _INJECTED_TAG = "injected-parameters"
 _MAX_TEXT = 2000
 
 
+_MASKED = "legato-masked://"
+
+
 def _child_main(argv: list[str]) -> int:
-    """Execute the notebook described by the spec file; report on the control fd (JSON lines:
-    ``{"kernel": {"pid", "pgid"}}`` once the kernel is launched, then ``{"result": {...}}``)."""
-    with open(argv[0], encoding="utf-8") as f:
-        spec = json.load(f)
+    """Execute the notebook described by the spec (a JSON file, or ``-``: read from stdin);
+    report on the control fd (JSON lines: ``{"kernel": {"pid", "pgid"}}`` once the kernel is
+    launched, then ``{"result": {...}}``)."""
+    if argv[0] == "-":
+        spec = json.load(sys.stdin)
+    else:
+        with open(argv[0], encoding="utf-8") as f:
+            spec = json.load(f)
     control = int(argv[1])
     state: dict = {"kernel": None, "launching": False, "term": False, "cell": None, "injected": 0}
 
@@ -170,11 +185,16 @@ def _child_main(argv: list[str]) -> int:
         send({"result": {"status": "no_such_kernel", "known": known}})
         return 1
 
+    output_path = _escape_braces(spec["output_path"])
+    if spec.get("mask"):
+        output_path = _MASKED + output_path
+        _register_masked_writer(spec["mask"])
+
     result: dict
     try:
         papermill.execute_notebook(
             _escape_braces(spec["input_path"]),
-            _escape_braces(spec["output_path"]),
+            output_path,
             parameters=spec["parameters"],
             kernel_name=spec["kernel_name"],
             language=kernel_spec.language or None,
@@ -205,6 +225,28 @@ def _child_main(argv: list[str]) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
+def _register_masked_writer(values: list[str]) -> None:
+    """papermill writes every copy of the output notebook (one after each cell) through this
+    handler, which masks the secrets in the notebook's text first."""
+    from papermill.iorw import LocalHandler, papermill_io
+
+    from legato.secrets import Secrets
+
+    masker = Secrets(values)
+
+    class MaskedHandler(LocalHandler):
+        def read(self, path):
+            return super().read(path[len(_MASKED):])
+
+        def write(self, buf, path):
+            return super().write(masker.mask(buf), path[len(_MASKED):])
+
+        def pretty_path(self, path):
+            return path[len(_MASKED):]
+
+    papermill_io.register(_MASKED, MaskedHandler())
+
+
 def _escape_braces(path: str) -> str:
     # papermill formats paths with the parameters (`{name}`): a path is a path, not a template.
     return path.replace("{", "{{").replace("}", "}}")
@@ -232,7 +274,18 @@ import trio  # noqa: E402
 from legato import Outcome, StepResult, StepType  # noqa: E402
 from legato.hookspecs import hookimpl  # noqa: E402
 from legato.paths import PathRefused, absolute_paths, confine  # noqa: E402
-from legato.processes import kill_if_attempts, last_line, pump, read_outputs, signal_name  # noqa: E402
+from legato.processes import (  # noqa: E402
+    BASE_ENV,
+    env_patterns,
+    inherit_allowed,
+    kill_if_attempts,
+    last_line,
+    legato_variables,
+    process_environment,
+    pump,
+    read_outputs,
+    signal_name,
+)
 
 __all__ = ["NotebookParams", "NotebookSettings", "Notebook", "papermill_parameters"]
 
@@ -260,6 +313,16 @@ class NotebookSettings(pydantic.BaseModel):
     @classmethod
     def _absolute(cls, value: list[str]) -> list[str]:
         return absolute_paths(value)
+
+    inherit_env: list[str] = pydantic.Field(
+        default_factory=list,
+        description="a list of environment variable names (of the worker's environment the "
+                    "notebook's processes may inherit; a trailing * matches a prefix)")
+
+    @pydantic.field_validator("inherit_env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return env_patterns(value)
 
 
 class NotebookParams(pydantic.BaseModel):
@@ -359,9 +422,13 @@ class Notebook(StepType):
         output_file = ctx.outputs_path
         output_file.unlink(missing_ok=True)  # a stale file must not count as this run's outputs
         runtime_dir = attempt_dir / "jupyter-runtime"
-        spec_path = attempt_dir / "papermill.json"
         try:
-            spec_path.write_text(json.dumps({
+            inherit = inherit_allowed(self.settings)
+        except ValueError as exc:
+            return StepResult.fatal_error(str(exc))
+        try:
+            # Through a pipe, not a file: the parameters may hold secrets.
+            spec = json.dumps({
                 "input_path": str(input_path),
                 "output_path": str(output_path),
                 "parameters": papermill_parameters(ctx, cfg),
@@ -369,16 +436,17 @@ class Notebook(StepType):
                 "cell_timeout": cfg.cell_timeout,
                 "start_timeout": cfg.start_timeout,
                 "log_output": cfg.log_output,
-            }), encoding="utf-8")
-            env = self._environment(ctx, cfg, output_file, runtime_dir)
+                "mask": sorted(ctx.secrets.values) if ctx.secrets else [],
+            }).encode()
+            env = self._environment(ctx, cfg, output_file, runtime_dir, inherit)
         except (ValueError, TypeError) as exc:
             return StepResult.user_error(f"cannot start the notebook: {exc}")
 
         read_fd, write_fd = os.pipe()
         try:
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-u", "-m", "legato.plugins.notebook", str(spec_path), str(write_fd)],
-                stdin=subprocess.DEVNULL,
+                [sys.executable, "-u", "-m", "legato.plugins.notebook", "-", str(write_fd)],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=str(cwd),
@@ -404,6 +472,7 @@ class Notebook(StepType):
                 return StepResult.platform_error(f"could not record the process handle: {exc}")
 
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(_send_spec, proc.stdin, spec)
                 nursery.start_soon(pump, ctx, proc.stdout, "stdout", None)
                 nursery.start_soon(pump, ctx, proc.stderr, "stderr", stderr_tail)
                 nursery.start_soon(control.follow, ctx, pgid)
@@ -434,24 +503,13 @@ class Notebook(StepType):
     # -- helpers ---------------------------------------------------------------------------
 
     @staticmethod
-    def _environment(ctx, cfg: NotebookParams, output_file: Path, runtime_dir: Path) -> dict[bytes, bytes]:
+    def _environment(ctx, cfg: NotebookParams, output_file: Path, runtime_dir: Path, inherit=()) -> dict[bytes, bytes]:
         ours: dict[str, str] = dict(cfg.env or {})
-        ours.update(
-            # Connection files (with the kernel's HMAC key) go in the attempt's directory, removed
-            # after the step, rather than in ~/.local/share/jupyter, where a killed kernel would leave them.
-            JUPYTER_RUNTIME_DIR=str(runtime_dir),
-            LEGATO_OUTPUT=str(output_file),
-            LEGATO_INSTANCE_ID=str(ctx.instance_id),
-            LEGATO_STEP_ID=str(ctx.step_id),
-            LEGATO_ATTEMPT=str(ctx.attempt),
-            LEGATO_IDEMPOTENCY_KEY=str(ctx.idempotency_key),
-        )
-        env: dict[bytes, bytes] = dict(os.environb)
-        for name, value in ours.items():
-            if "\0" in value:
-                raise ValueError(f"the value of {name} contains a NUL byte, which no environment can hold")
-            env[os.fsencode(name)] = os.fsencode(value)
-        return env
+        # Connection files (with the kernel's HMAC key) go in the attempt's directory, removed
+        # after the step, rather than in ~/.local/share/jupyter, where a killed kernel would leave them.
+        ours["JUPYTER_RUNTIME_DIR"] = str(runtime_dir)
+        ours.update(legato_variables(ctx, output_file))
+        return process_environment(ours, (*inherit, *_JUPYTER_ENV), base=BASE_ENV)
 
     @staticmethod
     def _kill_groups(pgid: int, control: "_Control") -> None:
@@ -477,12 +535,12 @@ class Notebook(StepType):
         await control.aclose()
         if control.kernel_pgid is not None:
             killpg(control.kernel_pgid, signal.SIGKILL)
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 await stream.aclose()
 
     def _result(self, ctx, cfg, returncode, result, stderr_tail, output_path: Path, output_file: Path) -> StepResult:
-        outputs, outputs_error = read_outputs(output_file)
+        outputs, outputs_error = read_outputs(output_file, secrets=ctx.secrets)
         status = (result or {}).get("status")
         if status == "ok":
             if outputs_error:
@@ -519,6 +577,21 @@ class Notebook(StepType):
             how = f"exited with code {returncode} without a result"
         last = last_line(stderr_tail)
         return StepResult.platform_error(f"papermill {how}" + (f": {last}" if last else ""))
+
+
+#: Where Jupyter and IPython look for kernels and configuration: the kernel needs them as the worker
+#: has them (named one by one: JUPYTER_TOKEN, say, is a credential).
+_JUPYTER_ENV = ("JUPYTER_PATH", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_CONFIG_PATH",
+                "JUPYTER_PLATFORM_DIRS", "IPYTHONDIR")
+
+
+async def _send_spec(stream, data: bytes) -> None:
+    """Hand papermill its spec on stdin, then close it (a child that died first just never reads it)."""
+    try:
+        await stream.send_all(data)
+        await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 def _cell(result: dict) -> str:

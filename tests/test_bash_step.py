@@ -52,8 +52,8 @@ class Harness:
     def text(self, stream: str) -> str:
         return "".join(t for s, t in self.logs if s == stream)
 
-    async def run(self):
-        return await Bash().run(self.ctx)
+    async def run(self, settings: dict | None = None):
+        return await Bash(settings).run(self.ctx)
 
 
 def gone(pid: int) -> bool:
@@ -203,7 +203,7 @@ async def test_legato_variables_and_extra_env(tmp_path, monkeypatch):
     result = await h.run()
     assert result.outcome is Outcome.DONE
     assert h.text("stdout").splitlines() == [
-        "inst1", "step1", "1", "inst1:step1:1", str(h.ctx.outputs_path), "yes", "inherited",
+        "inst1", "step1", "1", "inst1:step1:1", str(h.ctx.outputs_path), "yes", "",  # not the worker's env
     ]
 
 
@@ -213,6 +213,28 @@ async def test_inherit_env_false(tmp_path, monkeypatch):
     result = await h.run()
     assert result.outcome is Outcome.DONE, result.message
     assert h.text("stdout") == "[unset]"
+
+
+async def test_inherit_env_takes_only_what_the_operator_allows(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEGATO_TEST_PARENT", "inherited")
+    monkeypatch.setenv("LEGATO_TEST_OTHER", "other")
+    script = 'printf "[%s][%s]" "${LEGATO_TEST_PARENT-unset}" "${LEGATO_TEST_OTHER-unset}"'
+    settings = {"inherit_env": ["LEGATO_TEST_PAR*"]}
+    h = Harness(tmp_path, {"script": script})
+    assert (await h.run(settings)).outcome is Outcome.DONE
+    assert h.text("stdout") == "[inherited][unset]"
+    h = Harness(tmp_path, {"script": script, "inherit_env": ["LEGATO_TEST_PARENT"]})
+    assert (await h.run(settings)).outcome is Outcome.DONE
+    assert h.text("stdout") == "[inherited][unset]"
+    h = Harness(tmp_path, {"script": script, "inherit_env": ["LEGATO_TEST_OTHER"]})
+    result = await h.run(settings)
+    assert result.outcome is Outcome.FATAL_ERROR and h.text("stdout") == ""
+    assert "LEGATO_TEST_OTHER, which the operator does not allow" in result.message
+    # The operator's own setting is checked by BashSettings when the step type is built.
+    from legato.steptype import SettingsError
+
+    with pytest.raises(SettingsError, match=r"^bash\.inherit_env: must be a list of environment variable names"):
+        Bash({"inherit_env": "LEGATO_TEST_OTHER"})
 
 
 async def test_argv_runs_without_shell(tmp_path):

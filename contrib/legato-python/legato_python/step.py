@@ -26,7 +26,9 @@ message is ``ExceptionType: message`` and whose traceback is in the step's log; 
 attribute that cannot be found, or params the callable's signature does not accept, are a
 FATAL_ERROR (retrying cannot help). The child runs in its own process group with the
 ``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``
-environment variables; its stdout and stderr stream into the step's log; the group is killed when
+environment variables and, of the worker's environment, only the minimal base
+(``legato.processes.BASE_ENV``) and what the operator allows in the step type's ``inherit_env``
+setting (``python: {inherit_env: [PYTHONPATH, "AWS_*"]}``); its stdout and stderr stream into the step's log; the group is killed when
 the step is cancelled (SIGTERM, then SIGKILL after ``term_grace``) and after the child exits.
 """
 
@@ -44,9 +46,19 @@ import pydantic
 import trio
 
 from legato import StepResult, StepType
-from legato.processes import HandleNotRecorded, kill_if_attempts, last_line, signal_name, supervise
+from legato.processes import (
+    HandleNotRecorded,
+    env_patterns,
+    inherit_allowed,
+    kill_if_attempts,
+    last_line,
+    legato_variables,
+    process_environment,
+    signal_name,
+    supervise,
+)
 
-__all__ = ["CALLABLE_PATTERN", "CONFIG_KEYS", "MAX_RESULT_BYTES", "PythonParams", "PythonStep"]
+__all__ = ["CALLABLE_PATTERN", "CONFIG_KEYS", "MAX_RESULT_BYTES", "PythonParams", "PythonSettings", "PythonStep"]
 
 _IDENT = r"[^\W\d]\w*"
 #: What ``callable`` must look like: a dotted module path, a colon, a dotted attribute path.
@@ -88,12 +100,29 @@ class _Unserialisable(ValueError):
     pass
 
 
+class PythonSettings(pydantic.BaseModel):
+    """The operator's settings of the ``python`` step type (``--settings``: ``python: {…}``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    inherit_env: list[str] = pydantic.Field(
+        default_factory=list,
+        description="a list of environment variable names (of the worker's environment the child "
+                    "process may inherit; a trailing * matches a prefix)")
+
+    @pydantic.field_validator("inherit_env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return env_patterns(value)
+
+
 class PythonStep(StepType):
     """Calls ``callable`` in a child Python process; params arrive as keyword arguments."""
 
     name = "python"
     description = "calls a Python function (`package.module:function`) in a child process; params are its kwargs"
     Params = PythonParams
+    Settings = PythonSettings
 
     #: Seconds between SIGTERM and SIGKILL when the step is cancelled.
     term_grace: float = 1.0
@@ -143,13 +172,18 @@ class PythonStep(StepType):
 
         command = [interpreter, "-u", str(_CHILD), str(request_path)]
         try:
+            inherit = inherit_allowed(self.settings)
+        except ValueError as exc:
+            request_path.unlink(missing_ok=True)
+            return StepResult.fatal_error(str(exc))
+        try:
             proc = await trio.lowlevel.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=str(cwd),
-                env=self._environment(ctx),
+                env=process_environment(legato_variables(ctx), inherit),
                 # Its own process group, so one killpg reaches everything it starts.
                 start_new_session=True,
             )
@@ -183,20 +217,6 @@ class PythonStep(StepType):
         if os.sep not in cfg.python and (os.altsep is None or os.altsep not in cfg.python):
             return cfg.python  # a bare name: exec looks it up on PATH
         return str(_resolve(ctx, cfg.python))
-
-    @staticmethod
-    def _environment(ctx) -> dict[bytes, bytes]:
-        # Bytes all the way: copying os.environ as str would decode every variable, every step.
-        env: dict[bytes, bytes] = dict(os.environb)
-        ours = {
-            "LEGATO_INSTANCE_ID": str(ctx.instance_id),
-            "LEGATO_STEP_ID": str(ctx.step_id),
-            "LEGATO_ATTEMPT": str(ctx.attempt),
-            "LEGATO_IDEMPOTENCY_KEY": str(ctx.idempotency_key),
-        }
-        for name, value in ours.items():
-            env[os.fsencode(name)] = os.fsencode(value)
-        return env
 
     @staticmethod
     def _spawn_failure(exc: Exception, interpreter: str, cwd: Path, cfg: PythonParams) -> StepResult:
