@@ -540,6 +540,8 @@ class InstanceRun:
         """The previous owner died while this attempt's work may have been running."""
         step_type = self.engine.step_type(st.sdef.type)
         if st.record.status is not S.STARTING and step_type.can_reattach and st.record.handle is not None:
+            if not self._ready(st):  # a reattached attempt sees the same ctx.config as the one that started it
+                return
             st.reattach = st.record.handle
             self._running += 1
             self._to_launch.append(st)
@@ -562,10 +564,7 @@ class InstanceRun:
         for status in _MATERIALIZE:
             if status in STEP_TRANSITIONS[record.status]:
                 self._set(st, status)
-        if record.status is S.WAITING_FOR_PERMITS:
-            self._request_permit(st)
-        else:
-            self._prepare(st)
+        self._prepare(st)  # queued ones too: their config exists only in the process that died
 
     def _is_done(self) -> bool:
         return not (self._running or self._to_launch or self._retrying or self._permit_queue)
@@ -641,19 +640,33 @@ class InstanceRun:
         self._prepare(st)
 
     def _prepare(self, st: _Step) -> None:
-        """EVALUATING_PARAMS: evaluate once (later attempts and resumes reuse the values), check
-        them against the step type's schema, then queue for a permit."""
+        """EVALUATING_PARAMS (or a restored WAITING_FOR_PERMITS): make the attempt ready, then
+        queue it for a permit."""
+        if not self._ready(st):
+            return
+        if st.record.status is not S.WAITING_FOR_PERMITS:
+            self._set(st, S.WAITING_FOR_PERMITS)
+        self._request_permit(st)
+
+    def _ready(self, st: _Step) -> bool:
+        """Evaluate the step's params once (later attempts and resumes reuse the values) and
+        check them against the step type's schema (``st.config``). Every attempt that is to run
+        or be followed passes here, fresh or restored after a crash. False when the attempt ended
+        FATALLY_FAILED instead."""
         try:
             if st.params is None:
                 st.params = self._evaluate_step_params(st)
             if st.config is None:
                 st.config = self._validate_config(st)
         except ParamError as exc:
-            self._end_step(st, S.FATALLY_FAILED, f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}")
-            return
+            message = f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}"
+            if S.FATALLY_FAILED in STEP_TRANSITIONS[st.record.status]:
+                self._end_step(st, S.FATALLY_FAILED, message)
+            else:  # valid when this attempt was prepared, refused now: the step type changed under it
+                self._end_step(st, S.INTERNALLY_FAILED, f"{message} (the params were accepted before a restart)")
+            return False
         st.record.params = st.params
-        self._set(st, S.WAITING_FOR_PERMITS)
-        self._request_permit(st)
+        return True
 
     def _request_permit(self, st: _Step) -> None:
         if self._running < self._limit:

@@ -204,3 +204,32 @@ def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
         "SELECT status FROM legato_events WHERE step_id = 'a' AND attempt = 1 ORDER BY id")]
     assert events[-1] == "PLATFORM_FAILED" and "USER_FAILED" not in events and "SUCCEEDED" not in events
     check_instance(driver.db, "req", ledger.read_text().split())
+
+
+def _read(db: Path, sql: str, *args) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_queued_steps_resume_with_their_config(tmp_path):
+    """Steps queued behind step_concurrency when the worker died (WAITING_FOR_PERMITS) are
+    prepared again on resume: their step type sees its validated config, as a fresh attempt does."""
+    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "queued", "steps": [
+        {"step": {"id": f"q{i}", "type": "sleep", "params": {"seconds": 0.05, "outputs": {"i": i}}}}
+        for i in range(4)]}}
+    path = tmp_path / "queued.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    # The first commit holds IN_PROGRESS, q0 STARTING and the other three WAITING_FOR_PERMITS.
+    first = driver.launch(path, "req", crash_at="committed:1")
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    queued = _read(driver.db, "SELECT step_id FROM legato_attempts WHERE status = 'WAITING_FOR_PERMITS'")
+    assert len(queued) == 3, queued
+    driver.drive(path, "req", kills=0)
+    rows = _read(driver.db, "SELECT step_id, attempt, status, outputs, message FROM legato_attempts ORDER BY step_id, attempt")
+    last = {sid: (status, json.loads(outputs), message) for sid, _, status, outputs, message in rows}
+    assert last == {f"q{i}": ("SUCCEEDED", {"i": i}, "") for i in range(4)}, rows
