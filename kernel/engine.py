@@ -56,6 +56,9 @@ class _Internal:
 # How long RUNNING states, handles and log lines may wait for a commit of their own (seconds).
 FLUSH_DELAY = 0.05
 
+# The bound on one StepType.release call (seconds): it runs shielded, after the attempt ended.
+RELEASE_TIMEOUT = 5.0
+
 # The states a fresh attempt walks through before it may start, in order.
 _MATERIALIZE = (S.INITIALIZED, S.WAITING_FOR_SIGNALS, S.EVALUATING_PARAMS)
 
@@ -71,9 +74,9 @@ def _parse_crash_at(spec: str | None) -> list | None:
     return [name, int(count or 1)]
 
 
-# Named crash points for the crash-test battery: LEGATO_CRASH_AT=name[:n] kills this process
-# with SIGKILL the n-th time the kernel passes `name`. Unset (always, outside tests) it costs one
-# comparison.
+# Named crash points for the crash-test battery: LEGATO_CRASH_AT=name[:n] kills this process with
+# SIGKILL the n-th time the kernel passes `name` (committed, before_launch, step_done, backoff,
+# before_release). Unset (always, outside tests) it costs one comparison.
 _CRASH_AT = _parse_crash_at(os.environ.get("LEGATO_CRASH_AT"))
 
 
@@ -142,13 +145,17 @@ class Engine:
         self.compiler = CelCompiler(self.plugins.cel_functions.functions)
         self._step_settings = step_settings or {}
         self._step_types: dict[str, StepType] = {}
+        self.releasing: set[str] = set()  # step types that override StepType.release
         self.runs: dict[str, InstanceRun] = {}
 
     def step_type(self, name: str) -> StepType:
+        """The (one, shared) instance of step type ``name``, built with its operator settings."""
         st = self._step_types.get(name)
         if st is None:
             st = self.plugins.step_types.types[name](self._step_settings.get(name))
             self._step_types[name] = st
+            if type(st).release is not StepType.release:
+                self.releasing.add(name)
         return st
 
     def load(self, source) -> Definition:
@@ -283,6 +290,9 @@ class InstanceRun:
         self._ending: InstanceStatus | None = None  # STOPPED / FAILED (kill, fail-immediately) / TIMED_OUT
         self._end_message = ""
         self._durable_waiters: list[trio.Event] = []
+        self._releases: list[tuple[_Step, int, Any]] = []  # ended attempts to release once durable
+        self._releasing = 0  # StepType.release calls under way
+        self._released = trio.Event()  # set when the last of them returns
         self._finished_steps: list[_Step] = []
         self._cel_synced = 0
         self._cel_context: dict[str, Any] | None = None
@@ -350,6 +360,9 @@ class InstanceRun:
     async def _commit(self) -> None:
         self._flush_at = None
         batch, self._batch = self._batch, Batch(self.iid, self._generation)
+        releases = self._releases  # the ends in this batch: released only once it is durable
+        if releases:
+            self._releases = []
         try:
             await self.engine.storage.commit(batch)
         except StorageError as exc:
@@ -371,6 +384,36 @@ class InstanceRun:
             waiters, self._durable_waiters = self._durable_waiters, []
             for waiter in waiters:
                 waiter.set()
+        if releases:
+            _crashpoint("before_release")
+            for st, attempt, handle in releases:
+                self._nursery.start_soon(self._release_attempt, st, attempt, handle)
+
+    async def _release_attempt(self, st: _Step, attempt: int, handle: Any) -> None:
+        """StepType.release for an attempt whose end is durable: shielded (an instance that ends,
+        or loses its lease, still frees what its ended attempts kept) and bounded."""
+        step_type = self.engine.step_type(st.sdef.type)
+        self._releasing += 1
+        try:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(RELEASE_TIMEOUT):
+                    try:
+                        await step_type.release(self._step_context(st, attempt), handle)
+                    except Exception:  # noqa: BLE001 - best effort: the next resume releases it again
+                        pass
+        finally:
+            self._releasing -= 1
+            if not self._releasing:
+                self._released.set()
+                self._released = trio.Event()
+
+    async def _wait_released(self) -> None:
+        """Before the instance's end is committed: the ends of its attempts are durable and their
+        releases have returned, so no resume is needed to free what they kept."""
+        if self._releases:
+            await self._commit()  # starts them
+        while self._releasing:
+            await self._released.wait()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -450,6 +493,8 @@ class InstanceRun:
                 self._handle(self._inbox.popleft())
                 urgent = True
             if self._is_done():
+                if self._releases or self._releasing:
+                    await self._wait_released()
                 self._finish()
                 await self._commit()
                 return
@@ -483,6 +528,9 @@ class InstanceRun:
         history: dict[str, list[AttemptRecord]] = {}
         for record in attempts:
             history.setdefault(record.step_id, []).append(record)
+        for sdef in self.definition.steps:
+            self.engine.step_type(sdef.type)  # instantiating a step type tells whether it releases
+        releasing = self.engine.releasing
         # Every step with history gets its record first, so releasing a finished predecessor
         # never creates a step that already exists.
         for sid, records in history.items():
@@ -494,6 +542,11 @@ class InstanceRun:
             st.errors = sum(r.status is S.USER_FAILED for r in records)
             st.platform = sum(r.status is S.PLATFORM_FAILED for r in records)
             st.timeouts = sum(r.status is S.TIMEOUT_FAILED for r in records)
+            if st.sdef.type in releasing:
+                # Ended attempts whose release a crash may have cut off (it is idempotent).
+                for r in records:
+                    if r.status.terminal and r.handle is not None:
+                        self._nursery.start_soon(self._release_attempt, st, r.attempt, r.handle)
         order = graphlib.TopologicalSorter({s.id: s.predecessors for s in self.definition.steps}).static_order()
         for sid in order:
             if sid not in history:
@@ -798,6 +851,7 @@ class InstanceRun:
     def _on_result(self, st: _Step, attempt: int, result: Any) -> None:
         self._running -= 1
         sdef = st.sdef
+        record = st.record  # this attempt's, even once a retry is scheduled
         policy = sdef.retry
         ignore = sdef.failure_mode is FailureMode.IGNORE_FAILURE
         if result is _STOPPED:
@@ -834,6 +888,8 @@ class InstanceRun:
                 if not result.retryable:
                     final = S.FATALLY_FAILED
                 self._end_step(st, S.COMPLETED_WITH_ERROR if ignore else final, message)
+        if record.handle is not None and sdef.type in self.engine.releasing:
+            self._releases.append((st, attempt, record.handle))
         self._grant_permits()
 
     def _retry(self, st: _Step, status: StepStatus, message: str, n: int) -> None:
