@@ -432,7 +432,10 @@ class InstanceRun:
         storage, engine = self.engine.storage, self.engine
         generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
         if generation is None:
-            raise LeaseHeld(f"instance {self.iid} is owned by another live worker; try again once its lease expires")
+            lease = await storage.get_lease(self.iid)
+            who, left = (lease.describe(), f" (for {lease.expires_in:.1f}s more)") if lease else ("another worker", "")
+            raise LeaseHeld(f"instance {self.iid} is owned by another live worker, {who}; it is resumed once "
+                            f"that worker ends or its lease expires{left}")
         self._generation = generation
         self._batch.generation = generation
         attempts = await storage.get_attempts(self.iid) if self.instance.status is not I.CREATED else []
@@ -471,20 +474,30 @@ class InstanceRun:
         return self.instance
 
     async def _heartbeat(self) -> None:
-        """Renew the lease well before it expires; losing it means another worker took over."""
-        ttl = self.engine.lease_ttl
+        """Renew the lease well before it expires. Late renewals (the worker was paused, the
+        database locked) keep it as long as no other worker took it; storage errors are retried
+        until one succeeds or says the lease is gone. Losing it to another worker ends the run."""
+        storage, owner, ttl = self.engine.storage, self.engine.owner, self.engine.lease_ttl
+        delay = ttl / 3
         while True:
-            await trio.sleep(ttl / 3)
+            await trio.sleep(delay)
             try:
-                generation = await self.engine.storage.acquire_lease(self.iid, self.engine.owner, ttl)
-            except StorageError as exc:
-                generation, error = None, exc
-            else:
-                error = StaleWrite(f"lost the lease of instance {self.iid} to another worker")
-            if generation != self._generation:
-                self._lost = error
-                self._nursery.cancel_scope.cancel()
-                return
+                generation = await storage.acquire_lease(self.iid, owner, ttl, generation=self._generation)
+            except StorageError:
+                delay = min(ttl / 3, 1.0)  # try again soon: the lease is only lost if someone took it
+                continue
+            delay = ttl / 3
+            if generation == self._generation:
+                continue
+            try:
+                lease = await storage.get_lease(self.iid)
+            except StorageError:
+                lease = None
+            who = lease.describe() if lease is not None else "another worker"
+            self._lost = StaleWrite(f"lost the lease of instance {self.iid} to {who} while this worker "
+                                    f"({owner}) was not renewing it; that worker carries the instance on")
+            self._nursery.cancel_scope.cancel()
+            return
 
     async def _loop(self, nursery) -> None:
         urgent = True  # the roots (or a resumed run's steps) are waiting for their first commit

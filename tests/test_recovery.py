@@ -195,7 +195,8 @@ def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
     assert owner.returncode == 1
     assert "lost the lease" in err or "now owned by" in err
     conn = sqlite3.connect(driver.db)
-    (instance_id, status), = conn.execute("SELECT instance_id, status FROM legato_instances").fetchall()
+    (instance_id, status, taker), = conn.execute("SELECT instance_id, status, owner FROM legato_instances").fetchall()
+    assert taker in err, f"the message does not say who took the lease ({taker}): {err}"
     assert status == "SUCCEEDED"
     tries = conn.execute("SELECT attempt, status FROM legato_attempts WHERE step_id = 'a' ORDER BY attempt").fetchall()
     assert tries == [(1, "PLATFORM_FAILED"), (2, "SUCCEEDED")]
@@ -233,3 +234,84 @@ def test_queued_steps_resume_with_their_config(tmp_path):
     rows = _read(driver.db, "SELECT step_id, attempt, status, outputs, message FROM legato_attempts ORDER BY step_id, attempt")
     last = {sid: (status, json.loads(outputs), message) for sid, _, status, outputs, message in rows}
     assert last == {f"q{i}": ("SUCCEEDED", {"i": i}, "") for i in range(4)}, rows
+
+
+def _lease_expired(db: Path) -> bool:
+    """Whether the instance's lease has expired by the database's clock (what other workers see)."""
+    (expired,), = _read(db, "SELECT lease_expires < (julianday('now') - 2440587.5) * 86400.0 FROM legato_instances")
+    return bool(expired)
+
+
+def test_a_paused_owner_that_nobody_replaced_renews_its_lease_and_carries_on(tmp_path):
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    doc = {"workflow": {"id": "paused", "params": {"ledger": str(ledger)}, "steps": [
+        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 1'), bash("b")]}}
+    path = tmp_path / "paused.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    driver.env["LEGATO_LEASE_TTL"] = "0.5"
+    owner = driver.launch(path, "req")
+    try:
+        _wait_for(lambda: ":a:1" in ledger.read_text(), what="step a to start")
+        owner.send_signal(signal.SIGSTOP)  # a long GC, a SIGSTOP: past the lease, nobody else around
+        _wait_for(lambda: _lease_expired(driver.db), what="the lease to expire")
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    out, err = owner.communicate(timeout=60)
+    assert owner.returncode == 0, err
+    tries = _read(driver.db, "SELECT step_id, attempt, status FROM legato_attempts ORDER BY step_id, attempt")
+    assert tries == [("a", 1, "SUCCEEDED"), ("b", 1, "SUCCEEDED")]
+    check_instance(driver.db, "req", ledger.read_text().split())
+
+
+def _held_by_a_killed_worker(tmp_path: Path):
+    """A worker with the default 30 s lease, SIGKILLed while its step runs."""
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    doc = {"workflow": {"id": "dead", "params": {"ledger": str(ledger)}, "steps": [
+        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; [ "$LEGATO_ATTEMPT" -gt 1 ] || sleep 30'),
+        bash("b")]}}
+    path = tmp_path / "dead.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    driver.env["LEGATO_LEASE_TTL"] = "30"
+    owner = driver.launch(path, "req")
+    _wait_for(lambda: ":a:1" in ledger.read_text(), what="step a to start")
+    owner.kill()
+    owner.wait()
+    assert not _lease_expired(driver.db)
+    return driver, path, ledger
+
+
+def test_a_dead_owner_on_this_machine_frees_its_lease_at_once_for_run(tmp_path):
+    driver, path, ledger = _held_by_a_killed_worker(tmp_path)
+    proc = driver.launch(path, "req")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    tries = _read(driver.db, "SELECT step_id, attempt, status FROM legato_attempts ORDER BY step_id, attempt")
+    assert tries[0] == ("a", 1, "PLATFORM_FAILED") and tries[-1] == ("b", 1, "SUCCEEDED"), tries
+
+
+def test_resume_takes_a_dead_owners_instance_at_once_and_lists_what_live_owners_hold(tmp_path):
+    driver, path, ledger = _held_by_a_killed_worker(tmp_path)
+    ledger.write_text("")
+    # A live worker holds a second instance.
+    live = driver.launch(path, "other")
+    try:
+        _wait_for(lambda: ledger.read_text().count(":a:1") >= 1, what="the live worker's step to start")
+        (live_id, live_owner), = _read(driver.db, "SELECT instance_id, owner FROM legato_instances "
+                                       "WHERE request_id = 'other'")
+        (dead_id,), = _read(driver.db, "SELECT instance_id FROM legato_instances WHERE request_id = 'req'")
+        proc = subprocess.run([LEGATO, "resume", "--workspace", str(tmp_path / "runs")], env=driver.env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 0, text
+        assert _read(driver.db, "SELECT status FROM legato_instances WHERE instance_id = ?", dead_id) == [
+            ("SUCCEEDED",)], text
+        assert "nothing to resume" not in text
+        assert live_id in text and live_owner in text and "lease expires in" in text, text
+        assert f"pid {live.pid}" in text, text
+    finally:
+        live.kill()
+        live.wait()
