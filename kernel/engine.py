@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import trio
 
-from .cel import CelCompiler, CelError, to_cel
+from .cel import CelCompiler, CelError, to_cel, unconvertible
 from .definition import Definition, FailureMode, StepDef, load_definition
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
 from .params import ParamError, evaluate_params, parse_override
@@ -766,10 +766,17 @@ class InstanceRun:
             steps = self._cel_context["steps"]
             for st in self._finished_steps[self._cel_synced:]:
                 record = st.record
-                steps[to_cel(st.sdef.id)] = to_cel({
+                entry = {
                     "status": record.status.value, "params": record.params or {}, "outputs": record.outputs,
                     "attempt": record.attempt, "end_time": record.ended_at or 0.0,
-                })
+                }
+                try:
+                    value = to_cel(entry)
+                except (ValueError, OverflowError, RecursionError):
+                    # Stored before outputs were checked on the way in: leave them out, so that
+                    # an expression reading them fails (located) instead of the whole instance.
+                    value = to_cel({**entry, "params": {}, "outputs": {}})
+                steps[to_cel(st.sdef.id)] = value
             self._cel_synced = len(self._finished_steps)
         return self._cel_context
 
@@ -778,8 +785,13 @@ class InstanceRun:
         if not sdef.params:
             return {}
         step_type = self.engine.plugins.step_types.types[sdef.type]
-        return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                               context=self._context(), raw=step_type.raw_params)
+        try:
+            return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
+                                   context=self._context(), raw=step_type.raw_params)
+        except ParamError:
+            raise
+        except _UNCONVERTIBLE as exc:  # a value stored before values were checked on the way in
+            raise ParamError(f"a value this step's params see cannot be converted for CEL ({exc})") from None
 
     def _validate_config(self, st: _Step) -> Any:
         """The step's params as the step type's ``Params`` model (None when it declares none)."""
@@ -881,11 +893,13 @@ class InstanceRun:
         elif not isinstance(result, StepResult) or not isinstance(result.outcome, Outcome):
             self._end_step(st, S.INTERNALLY_FAILED,
                            f"step type {sdef.type!r} returned {result!r:.200}, not a StepResult (a bug in the plugin)")
-        elif result.outcome is Outcome.DONE:
+        elif result.outcome is Outcome.DONE and not (result.outputs and _bad_outputs(result)):
             st.record.outputs = _outputs(result.outputs)
             self._set(st, S.FINISHING)
             self._end_step(st, S.SUCCEEDED, result.message)
         else:
+            if result.outputs:
+                _bad_outputs(result)
             st.record.outputs = _outputs(result.outputs)
             message = result.message or result.outcome.value
             retry = result.retryable and self._ending is None
@@ -950,9 +964,10 @@ class InstanceRun:
                     else:
                         try:
                             value = cond.program.evaluate(self._context())
-                        except CelError as exc:
+                        except (CelError, *_UNCONVERTIBLE) as exc:
+                            why = exc.located() if isinstance(exc, CelError) else f"a value cannot be converted ({exc})"
                             nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
-                                              f"condition failed: {exc.located()}")
+                                              f"condition failed: {why}")
                             value = True
                         if not isinstance(value, bool):
                             nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
@@ -974,6 +989,11 @@ class InstanceRun:
                         work.append(nxt)
 
 
+# What converting a value for CEL raises when the value is out of CEL's range (an integer beyond
+# 64 bits) or too deep: values are checked where they enter, this is the net for older records.
+_UNCONVERTIBLE = (ValueError, OverflowError, RecursionError)
+
+
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     while isinstance(group, BaseExceptionGroup):
         group = group.exceptions[0]
@@ -982,6 +1002,26 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 
 def _outputs(outputs: Any) -> dict[str, Any]:
     return dict(outputs) if isinstance(outputs, dict) else {}
+
+
+def _bad_outputs(result: StepResult) -> bool:
+    """Whether the result's outputs hold a value CEL cannot (an integer beyond 64 bits, nesting
+    too deep). If so they are dropped and a DONE result becomes the step's user error, naming the
+    key: kept, they would break every later evaluation and every resume of the instance."""
+    if not isinstance(result.outputs, dict):
+        return False  # not a map: dropped by _outputs
+    problem = unconvertible(result.outputs)
+    if problem is None:
+        return False
+    path, reason = problem
+    key, _, inner = path.lstrip("/").partition("/")
+    message = f"output {key!r}{f' at /{inner}' if inner else ''}: {reason} (the outputs were dropped)"
+    if result.outcome is Outcome.DONE:
+        result.outcome = Outcome.USER_ERROR
+    else:  # failed anyway: keep its outcome and say both
+        message = f"{result.message or result.outcome.value}; and {message}"
+    result.outputs, result.message = {}, message
+    return True
 
 
 def _internal(step_type: str, exc: BaseException) -> str:

@@ -315,3 +315,61 @@ def test_resume_takes_a_dead_owners_instance_at_once_and_lists_what_live_owners_
     finally:
         live.kill()
         live.wait()
+
+
+# -- values the kernel cannot convert never wedge an instance -------------------------------------
+
+BIG = 99999999999999999999  # above 2**63
+
+
+async def test_an_output_beyond_64_bits_fails_its_step_naming_the_key(run_doc):
+    script = f"""echo '{{"n": {BIG}, "ok": 1}}' >> "$LEGATO_OUTPUT" """
+    doc = {"workflow": {"id": "big-output", "steps": [
+        {"step": {"id": "a", "type": "bash", "params": {"script": script}, "retry_policy": {"error_retry_limit": 1},
+                  "transition": {"successors": {"b": "steps.a.outputs.n > 0"}}}},
+        {"step": {"id": "b", "type": "noop"}}]}}
+    ran = await run_doc(doc)
+    assert ran.status == "FAILED"
+    assert ran.tries("a") == ["USER_FAILED", "USER_FAILED"]  # a user error: its retry policy applies
+    assert "output 'n'" in ran.last["a"].message and str(BIG) in ran.last["a"].message, ran.last["a"].message
+    assert ran.last["a"].outputs == {}
+    assert "b" not in ran.last
+
+
+async def test_a_value_stored_before_the_checks_cannot_wedge_an_instance(engine):
+    """An instance whose store holds an output CEL cannot take (written by an older Legato)
+    resumes: the condition that reads it fails, located, and the instance ends."""
+    from legato.model import AttemptRecord, Batch
+    from legato.states import InstanceStatus, StepStatus
+
+    doc = {"workflow": {"id": "wedge", "steps": [
+        {"step": {"id": "a", "type": "noop", "transition": {"successors": {"b": "steps.a.outputs.n > 0"}}}},
+        {"step": {"id": "b", "type": "noop", "transition": {"successors": {"c": "true"}}}},
+        {"step": {"id": "c", "type": "noop"}}]}}
+    definition = engine.load(doc)
+    instance, _ = await engine.start(definition)
+    instance.status = InstanceStatus.IN_PROGRESS
+    await engine.storage.commit(Batch(instance.instance_id, 1, instance=instance, attempts={("a", 1): AttemptRecord(
+        instance.instance_id, "a", 1, StepStatus.SUCCEEDED, params={}, outputs={"n": BIG}, created_at=1.0)}))
+    final = await engine.resume(instance.instance_id)
+    assert final.status.value == "FAILED"
+    attempts = {a.step_id: a for a in await engine.storage.get_attempts(instance.instance_id)}
+    assert attempts["b"].status.value == "FATALLY_FAILED"
+    assert "/transition/successors/b" in attempts["b"].message, attempts["b"].message
+    assert "c" not in attempts
+
+
+def test_a_param_beyond_64_bits_is_a_start_error_naming_it(tmp_path):
+    doc = {"workflow": {"id": "big-param", "params": {"x": {"type": "LONG", "value": 1}, "m": {}}, "steps": [
+        {"step": {"id": "a", "type": "noop"}}]}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(doc))
+    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{tmp_path / 'legato.db'}"}
+    for param, words in ((f"x={BIG}", str(BIG)), ("x=1e20", "100000000000000000000"),
+                         (f'm={{"deep": [{BIG}]}}', "/deep/0")):
+        proc = subprocess.run([LEGATO, "run", str(path), "-p", param, "--workspace", str(tmp_path / "runs")],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (param, proc.stdout, proc.stderr)
+        assert f"param {param[0]}" in proc.stderr and words in proc.stderr and "64-bit" in proc.stderr, proc.stderr
+        assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert _read(tmp_path / "legato.db", "SELECT count(*) FROM legato_instances") == [(0,)]
