@@ -35,10 +35,10 @@ from .test_recovery import RETRIES, WORK, bash, check_instance
 KILLS = 200
 #: Kills each instance takes before it is let run to its end: a few, so that every instance
 #: crashes in several places, and many instances cover many moments.
-KILLS_PER_INSTANCE = (1, 5)
+KILLS_PER_INSTANCE = (2, 6)
 #: A kill comes this long (uniformly, seconds) after its kernel was forked; an undisturbed
 #: instance takes about 1-2 s, so kills land everywhere from start-up to the last commit.
-KILL_AFTER = (0.02, 1.2)
+KILL_AFTER = (0.02, 0.8)
 BOX = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> /ledger/docker; sleep 0.2; echo "k=$LEGATO_STEP_ID" >> "$LEGATO_OUTPUT"'
 
 
