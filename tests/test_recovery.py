@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 
 
+import pydantic
+
+from legato import StepResult, StepType
+from legato.hookspecs import hookimpl
+
 from .conftest import LEGATO
 
 LEASE_TTL = "0.4"
@@ -384,3 +389,53 @@ def test_a_param_beyond_64_bits_is_a_start_error_naming_it(tmp_path):
         assert f"param {param[0]}" in proc.stderr and words in proc.stderr and "64-bit" in proc.stderr, proc.stderr
         assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
     assert _read(tmp_path / "legato.db", "SELECT count(*) FROM legato_instances") == [(0,)]
+
+
+class FollowParams(pydantic.BaseModel):
+    seconds: float = 0.0
+
+
+class Follow(StepType):
+    """A step type that can reattach, and reads its config when it does."""
+
+    name = "follow"
+    Params = FollowParams
+    can_reattach = True
+    seen: list = []
+
+    async def run(self, ctx):  # pragma: no cover - only reattached here
+        raise AssertionError("a reattachable attempt with a handle must not run again")
+
+    async def reattach(self, ctx, handle):
+        type(self).seen.append((handle, ctx.config))
+        return StepResult.done({"seconds": ctx.config.seconds})
+
+
+class _FollowPlugin:
+    @staticmethod
+    @hookimpl
+    def legato_register_step_types(registry):
+        registry.add(Follow)
+
+
+async def test_reattached_steps_resume_with_their_config(tmp_path):
+    """An attempt that was RUNNING (its handle recorded) is followed on resume with the same
+    validated config as the run that started it."""
+    from legato.engine import Engine
+    from legato.model import AttemptRecord, Batch
+    from legato.plugin_manager import Plugins
+    from legato.plugins.memory import MemoryStorage
+    from legato.states import InstanceStatus, StepStatus
+
+    engine = Engine(MemoryStorage(), plugins=Plugins(extra=[_FollowPlugin]), workspace=tmp_path / "runs")
+    definition = engine.load({"workflow": {"id": "follow", "steps": [
+        {"step": {"id": "a", "type": "follow", "params": {"seconds": 2}}}]}})
+    instance, _ = await engine.start(definition)
+    instance.status = InstanceStatus.IN_PROGRESS
+    await engine.storage.commit(Batch(instance.instance_id, 1, instance=instance, attempts={("a", 1): AttemptRecord(
+        instance.instance_id, "a", 1, StepStatus.RUNNING, params={"seconds": 2}, created_at=1.0, handle={"id": 7})}))
+    await engine.storage.release_lease(instance.instance_id, engine.owner)
+    final = await engine.resume(instance.instance_id)
+    assert final.status.value == "SUCCEEDED"
+    [(handle, config)] = Follow.seen
+    assert handle == {"id": 7} and config is not None and config.seconds == 2.0
