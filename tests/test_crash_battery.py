@@ -24,6 +24,7 @@ import json
 import os
 import random
 import select
+import sqlite3
 import subprocess
 import sys
 import time
@@ -181,16 +182,19 @@ def test_crash_battery_kill_9_storm(tmp_path):
         instances.add(iid)
         totals.update(figures)
         ran = {key: n for key, n in boxes.items() if key.startswith(f"{iid}:box:")}
-        import sqlite3
-
         conn = sqlite3.connect(db)
         (last,), = conn.execute("SELECT max(attempt) FROM legato_attempts WHERE instance_id = ? AND step_id = 'box'",
                                 (iid,)).fetchall()
         conn.close()
         assert ran == {f"{iid}:box:{last}": 1}, f"{request_id}: the docker step's containers ran {ran}"
+    conn = sqlite3.connect(db)
+    statuses = collections.Counter(dict(conn.execute("SELECT status, count(*) FROM legato_attempts GROUP BY status")))
+    (reattached,), = conn.execute("SELECT count(*) FROM legato_logs WHERE text LIKE '[legato] reattached to container%'")
+    conn.close()
     assert not _containers_of(instances), "containers were left behind"
     assert not _processes_of(instances), "processes were left behind"
     print(f"\ncrash battery kill -9 storm (seed {seed}, scale {scale:g}): {kills} kills, {cycles} cycles, "
           f"{len(request_ids)} instances, {totals['steps']} steps, {totals['attempts']} attempts, "
-          f"{len(lines)} bash and {sum(boxes.values())} container runs, {elapsed:.0f}s")
+          f"{len(lines)} bash and {sum(boxes.values())} container runs, {reattached} reattaches to a container, "
+          f"{statuses['PLATFORM_FAILED']} attempts ended PLATFORM_FAILED by a crash, {elapsed:.0f}s")
     assert kills >= target
