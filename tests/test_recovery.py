@@ -439,3 +439,28 @@ async def test_reattached_steps_resume_with_their_config(tmp_path):
     assert final.status.value == "SUCCEEDED"
     [(handle, config)] = Follow.seen
     assert handle == {"id": 7} and config is not None and config.seconds == 2.0
+
+
+async def test_a_heartbeat_that_cannot_reach_the_store_keeps_the_lease_nobody_took(tmp_path, plugins):
+    """Renewals that fail (the database locked, unreachable for a while) are retried; the lease
+    is lost only if another worker took it, so the run carries on and ends normally."""
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StorageError
+
+    class Flaky(MemoryStorage):
+        failures = 0
+
+        async def acquire_lease(self, instance_id, owner, ttl, generation=None):
+            if generation is not None and self.failures < 4:  # the heartbeat's renewals
+                self.failures += 1
+                raise StorageError("the database is locked")
+            return await super().acquire_lease(instance_id, owner, ttl, generation)
+
+    storage = Flaky()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs", lease_ttl=0.3)
+    definition = engine.load({"workflow": {"id": "hb", "steps": [
+        {"step": {"id": "a", "type": "sleep", "params": {"seconds": 1.5}}}]}})
+    final = await engine.execute(definition)
+    assert storage.failures == 4
+    assert final.status.value == "SUCCEEDED"
