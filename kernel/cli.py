@@ -278,6 +278,7 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
     Steps that finished are not run again; a step that was running is reattached when its step
     type can (else it fails as a platform error and its retry policy decides).
     """
+    from .engine import LeaseHeld
     from .view import PlainView
 
     engine = _engine(store, workspace, settings)
@@ -305,8 +306,18 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
                 definition = engine.load(version.document)
                 view = PlainView(definition, quiet=as_json)
                 outcome: dict[str, Any] = {"view": view}
+                try:
+                    await _follow(engine, definition, record, view, outcome, resume=True)
+                except* LeaseHeld:
+                    if instance:
+                        raise
+                    # Taken by another worker since the list was read: it is that worker's now.
+                    outcome["held"] = await engine.storage.get_lease(record.instance_id)
+                if "held" in outcome:
+                    if outcome["held"] is not None:
+                        held.append((record, outcome["held"]))
+                    continue
                 results.append(outcome)
-                await _follow(engine, definition, record, view, outcome, resume=True)
                 if outcome.get("interrupted"):
                     return
 

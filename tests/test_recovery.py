@@ -464,3 +464,31 @@ async def test_a_heartbeat_that_cannot_reach_the_store_keeps_the_lease_nobody_to
     final = await engine.execute(definition)
     assert storage.failures == 4
     assert final.status.value == "SUCCEEDED"
+
+
+def test_resume_skips_an_instance_another_worker_took_after_the_list_was_read(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from legato.cli import main
+    from legato.plugins.sqlstore.store import SqlStorage
+
+    driver, path, ledger = _held_by_a_killed_worker(tmp_path)
+    ledger.write_text("")
+    live = driver.launch(path, "other")  # a live worker, holding its instance
+    try:
+        _wait_for(lambda: ":a:1" in ledger.read_text(), what="the live worker's step to start")
+        (live_id,), = _read(driver.db, "SELECT instance_id FROM legato_instances WHERE request_id = 'other'")
+
+        async def everything_unfinished(self, limit=100):  # as if the live worker took it just after
+            return [r for r in await self.list_instances(limit=limit) if not r.status.terminal][::-1]
+
+        monkeypatch.setattr(SqlStorage, "list_resumable", everything_unfinished)
+        monkeypatch.setenv("LEGATO_STORE", driver.env["LEGATO_STORE"])
+        result = CliRunner().invoke(main, ["resume", "--workspace", str(tmp_path / "runs")])
+        assert result.exit_code == 0, result.output
+        assert "internal error" not in result.output and live_id in result.output, result.output
+        statuses = dict(_read(driver.db, "SELECT request_id, status FROM legato_instances"))
+        assert statuses == {"req": "SUCCEEDED", "other": "IN_PROGRESS"}, statuses
+    finally:
+        live.kill()
+        live.wait()
