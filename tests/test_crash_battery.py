@@ -40,6 +40,7 @@ KILLS_PER_INSTANCE = (2, 6)
 #: A kill comes this long (uniformly, seconds) after its kernel was forked; an undisturbed
 #: instance takes about 1-2 s, so kills land everywhere from start-up to the last commit.
 KILL_AFTER = (0.02, 0.8)
+HANG = 300  # seconds an undisturbed run may take before the battery calls it hung
 BOX = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> /ledger/docker; sleep 0.2; echo "k=$LEGATO_STEP_ID" >> "$LEGATO_OUTPUT"'
 
 
@@ -85,13 +86,15 @@ class ForkServer:
         return json.loads(line)
 
     def run(self, argv: list[str], log: Path, kill_after: float | None) -> int:
-        """Run ``legato argv``; SIGKILL it after ``kill_after`` seconds if it still runs. Its exit code."""
+        """Run ``legato argv``; SIGKILL it after ``kill_after`` seconds if it still runs. Its exit
+        code. Without ``kill_after`` it must end by itself (HANG seconds is a hang, not slowness)."""
         self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
         self.proc.stdin.flush()
         pid = self._answer(60)["pid"]
-        answer = self._answer(kill_after)
+        answer = self._answer(HANG if kill_after is None else kill_after)
         if answer is None:
             os.kill(pid, 9)
+            assert kill_after is not None, f"legato {' '.join(argv)} hung:\n{log.read_text()}"
             answer = self._answer(60)
         assert answer is not None and answer["pid"] == pid, answer
         return answer["exit"]
@@ -109,19 +112,30 @@ def _containers_of(instances: set[str]) -> list:
     return [c for c in found if c.labels.get("legato.instance") in instances]
 
 
-def _processes_of(instances: set[str]) -> list[int]:
-    marks = [f"LEGATO_INSTANCE_ID={i}".encode() for i in instances]
+def _processes_left(db: Path) -> list[str]:
+    """The process groups the battery's bash steps recorded (their handles) that still have a
+    live member carrying one of its attempts' idempotency keys."""
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT instance_id, step_id, attempt, handle FROM legato_attempts "
+                        "WHERE handle LIKE '%pgid%'").fetchall()
+    conn.close()
     left = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for iid, sid, attempt, handle in rows:
+        pgid = json.loads(handle)["pgid"]
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(m in environ for m in marks) and alive(int(entry)):
-            left.append(int(entry))
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            continue  # the group is empty
+        key = f"LEGATO_IDEMPOTENCY_KEY={iid}:{sid}:{attempt}".encode()
+        for entry in os.listdir("/proc"):  # only members of that group are read
+            try:
+                if not entry.isdigit() or os.getpgid(int(entry)) != pgid or not alive(int(entry)):
+                    continue
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if key in f.read().split(b"\0"):
+                        left.append(f"{iid}:{sid}:{attempt} pid {entry}")
+            except OSError:
+                continue
     return left
 
 
@@ -192,7 +206,7 @@ def test_crash_battery_kill_9_storm(tmp_path):
     (reattached,), = conn.execute("SELECT count(*) FROM legato_logs WHERE text LIKE '[legato] reattached to container%'")
     conn.close()
     assert not _containers_of(instances), "containers were left behind"
-    assert not _processes_of(instances), "processes were left behind"
+    assert not (left := _processes_left(db)), f"processes were left behind: {left}"
     print(f"\ncrash battery kill -9 storm (seed {seed}, scale {scale:g}): {kills} kills, {cycles} cycles, "
           f"{len(request_ids)} instances, {totals['steps']} steps, {totals['attempts']} attempts, "
           f"{len(lines)} bash and {sum(boxes.values())} container runs, {reattached} reattaches to a container, "
