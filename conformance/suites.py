@@ -407,6 +407,27 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    @requires("leases")
+    def test_a_late_renewal_keeps_a_lease_nobody_took(self, tmp_path):
+        """An owner that renews after its lease expired (it was paused) keeps its generation if no
+        other owner took the lease meanwhile; a heartbeat of a replaced owner takes nothing back,
+        and the lease says who holds it."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                instance, _ = self._records("i-r")
+                await store.create_instance(instance)
+                gen = await store.acquire_lease("i-r", "a", 0.2)
+                await trio.sleep(0.3)
+                assert await store.acquire_lease("i-r", "a", 0.2, generation=gen) == gen, "a late renewal was refused"
+                await trio.sleep(0.3)
+                assert await store.acquire_lease("i-r", "b", 30) == gen + 1
+                assert await store.acquire_lease("i-r", "a", 30, generation=gen) is None, "a replaced owner took it back"
+                lease = await store.get_lease("i-r")
+                assert (lease.owner, lease.generation) == ("b", gen + 1) and lease.live, lease
+                assert [r.instance_id for r, _ in await store.list_leased()] == ["i-r"]
+
+        self._run(main)
+
     @requires("concurrent_writers")
     def test_concurrent_writers_lose_nothing(self, tmp_path):
         """Twenty tasks commit fifty batches each at once: every event is there, in each writer's order."""

@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-__all__ = ["CelError", "CelProgram", "CelCompiler", "to_cel", "to_python"]
+__all__ = ["CelError", "CelProgram", "CelCompiler", "to_cel", "to_python", "unconvertible", "INT_MIN", "INT_MAX",
+           "MAX_VALUE_DEPTH"]
 
 MAX_SOURCE = 8192  # characters
 MAX_DEPTH = 48  # nesting of brackets / parentheses / braces in the source, checked before parsing
@@ -95,6 +96,45 @@ def _deadline_runner():
             return e.evaluate(context)
 
     return BoundedRunner
+
+
+#: CEL's int (and Legato's LONG) is a 64-bit signed integer.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: How deeply maps and arrays may nest in a value that CEL sees (params, step outputs).
+MAX_VALUE_DEPTH = 100
+
+
+def unconvertible(value: Any) -> tuple[str, str] | None:
+    """Why a plain JSON-like value (a param's, a step's outputs) cannot be given to CEL and kept:
+    ``(path, reason)`` for the first problem (``path`` like ``/rows/3``), or None when it can.
+
+    Checked where values enter (params, step outputs) so that conversion never fails later,
+    in the middle of scheduling or on every resume. Iterative: a deep value cannot overflow the
+    stack here."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, (str, float)):
+            continue
+        if isinstance(item, int):
+            if not INT_MIN <= item <= INT_MAX:
+                digits = str(item) if abs(item) < 10**60 else f"an integer of {len(str(abs(item)))} digits"
+                return path, (f"{digits} is outside the range of a 64-bit integer ({INT_MIN} to {INT_MAX}); "
+                              "give it as a string or a DOUBLE")
+            continue
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_VALUE_DEPTH:
+                return path, f"maps and arrays nest deeper than {MAX_VALUE_DEPTH} levels"
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(item, dict) and not isinstance(key, str):
+                    return path, f"the map key {key!r:.40} is not a string"
+                stack.append((child, f"{path}/{key}", depth + 1))
+            continue
+        if isinstance(item, (datetime.datetime, datetime.timedelta)):
+            continue
+        return path, f"a {type(item).__name__} is not a JSON value"
+    return None
 
 
 def to_cel(value: Any):

@@ -280,18 +280,23 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
 @_settings_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final instances as JSON.")
 def resume(instance: str | None, store: str, workspace: str | None, settings: str | None, as_json: bool) -> None:
-    """Resume INSTANCE, or every unfinished instance whose worker is gone (its lease expired).
+    """Resume INSTANCE, or every unfinished instance whose worker is gone (its lease expired, or
+    its process died on this machine); list those that live workers still hold.
 
     Steps that finished are not run again; a step that was running is reattached when its step
     type can (else it fails as a platform error and its retry policy decides).
     """
+    from .engine import LeaseHeld
     from .view import PlainView
 
     engine = _engine(store, workspace, settings)
     results: list[dict[str, Any]] = []
+    held: list[Any] = []
 
     async def main_task() -> None:
         async with engine.storage:
+            if not instance:
+                held.extend(await engine.storage.list_leased())
             if instance:
                 found = await engine.storage.get_instance(instance)
                 if found is None:
@@ -309,19 +314,37 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
                 definition = engine.load(version.document)
                 view = PlainView(definition, quiet=as_json)
                 outcome: dict[str, Any] = {"view": view}
+                try:
+                    await _follow(engine, definition, record, view, outcome, resume=True)
+                except* LeaseHeld:
+                    if instance:
+                        raise
+                    # Taken by another worker since the list was read: it is that worker's now.
+                    outcome["held"] = await engine.storage.get_lease(record.instance_id)
+                if "held" in outcome:
+                    if outcome["held"] is not None:
+                        held.append((record, outcome["held"]))
+                    continue
                 results.append(outcome)
-                await _follow(engine, definition, record, view, outcome, resume=True)
                 if outcome.get("interrupted"):
                     return
 
     _trio_run(main_task)
     if results and "invalid" in results[0]:
         _fail(results[0]["invalid"])
-    if not results:
-        click.echo("nothing to resume")
-        sys.exit(EXIT_OK)
     codes = [_report(r["view"], r, as_json) for r in results]
-    sys.exit(max(codes))
+    if held:
+        # Not "nothing": say what is unfinished and who holds it (a dead worker on this machine
+        # frees its lease at once, so these are alive, or on another machine until expiry).
+        click.echo(f"{len(held)} unfinished instance(s) are held by live workers"
+                   f"{'' if results else ', nothing to resume now'}:", err=bool(results) or as_json)
+        for record, lease in held:
+            click.echo(f"  {record.instance_id}  {record.workflow_id:<24} held by {lease.describe()}, "
+                       f"lease expires in {max(0.0, lease.expires_in or 0.0):.1f}s unless renewed",
+                       err=bool(results) or as_json)
+    elif not results:
+        click.echo("nothing to resume")
+    sys.exit(max(codes, default=EXIT_OK))
 
 
 @main.command()

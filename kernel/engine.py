@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import trio
 
-from .cel import CelCompiler, CelError, to_cel
+from .cel import CelCompiler, CelError, to_cel, unconvertible
 from .definition import Definition, FailureMode, StepDef, load_definition
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
 from .params import ParamError, evaluate_params, parse_override, resolve_secrets
@@ -56,6 +56,9 @@ class _Internal:
 # How long RUNNING states, handles and log lines may wait for a commit of their own (seconds).
 FLUSH_DELAY = 0.05
 
+# The bound on one StepType.release call (seconds): it runs shielded, after the attempt ended.
+RELEASE_TIMEOUT = 5.0
+
 # The states a fresh attempt walks through before it may start, in order.
 _MATERIALIZE = (S.INITIALIZED, S.WAITING_FOR_SIGNALS, S.EVALUATING_PARAMS)
 
@@ -71,9 +74,9 @@ def _parse_crash_at(spec: str | None) -> list | None:
     return [name, int(count or 1)]
 
 
-# Named crash points for the crash-test battery: LEGATO_CRASH_AT=name[:n] kills this process
-# with SIGKILL the n-th time the kernel passes `name`. Unset (always, outside tests) it costs one
-# comparison.
+# Named crash points for the crash-test battery: LEGATO_CRASH_AT=name[:n] kills this process with
+# SIGKILL the n-th time the kernel passes `name` (committed, before_launch, step_done, backoff,
+# before_release). Unset (always, outside tests) it costs one comparison.
 _CRASH_AT = _parse_crash_at(os.environ.get("LEGATO_CRASH_AT"))
 
 
@@ -145,13 +148,17 @@ class Engine:
         # Checked now, so wrong settings fail here (SettingsError), not when a step first runs.
         self._step_settings = validate_step_settings(self.plugins.step_types.types, step_settings)
         self._step_types: dict[str, StepType] = {}
+        self.releasing: set[str] = set()  # step types that override StepType.release
         self.runs: dict[str, InstanceRun] = {}
 
     def step_type(self, name: str) -> StepType:
+        """The (one, shared) instance of step type ``name``, built with its operator settings."""
         st = self._step_types.get(name)
         if st is None:
             st = self.plugins.step_types.types[name](self._step_settings.get(name))
             self._step_types[name] = st
+            if type(st).release is not StepType.release:
+                self.releasing.add(name)
         return st
 
     def load(self, source) -> Definition:
@@ -298,6 +305,9 @@ class InstanceRun:
         self._ending: InstanceStatus | None = None  # STOPPED / FAILED (kill, fail-immediately) / TIMED_OUT
         self._end_message = ""
         self._durable_waiters: list[trio.Event] = []
+        self._releases: list[tuple[_Step, int, Any]] = []  # ended attempts to release once durable
+        self._releasing = 0  # StepType.release calls under way
+        self._released = trio.Event()  # set when the last of them returns
         self._finished_steps: list[_Step] = []
         self._cel_synced = 0
         self._cel_context: dict[str, Any] | None = None
@@ -379,6 +389,9 @@ class InstanceRun:
     async def _commit(self) -> None:
         self._flush_at = None
         batch, self._batch = self._batch, Batch(self.iid, self._generation)
+        releases = self._releases  # the ends in this batch: released only once it is durable
+        if releases:
+            self._releases = []
         try:
             await self.engine.storage.commit(batch)
         except StorageError as exc:
@@ -400,6 +413,36 @@ class InstanceRun:
             waiters, self._durable_waiters = self._durable_waiters, []
             for waiter in waiters:
                 waiter.set()
+        if releases:
+            _crashpoint("before_release")
+            for st, attempt, handle in releases:
+                self._nursery.start_soon(self._release_attempt, st, attempt, handle)
+
+    async def _release_attempt(self, st: _Step, attempt: int, handle: Any) -> None:
+        """StepType.release for an attempt whose end is durable: shielded (an instance that ends,
+        or loses its lease, still frees what its ended attempts kept) and bounded."""
+        step_type = self.engine.step_type(st.sdef.type)
+        self._releasing += 1
+        try:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(RELEASE_TIMEOUT):
+                    try:
+                        await step_type.release(self._step_context(st, attempt), handle)
+                    except Exception:  # noqa: BLE001 - best effort: the next resume releases it again
+                        pass
+        finally:
+            self._releasing -= 1
+            if not self._releasing:
+                self._released.set()
+                self._released = trio.Event()
+
+    async def _wait_released(self) -> None:
+        """Before the instance's end is committed: the ends of its attempts are durable and their
+        releases have returned, so no resume is needed to free what they kept."""
+        if self._releases:
+            await self._commit()  # starts them
+        while self._releasing:
+            await self._released.wait()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -421,7 +464,10 @@ class InstanceRun:
                                                               engine.compiler, self._secrets)
         generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
         if generation is None:
-            raise LeaseHeld(f"instance {self.iid} is owned by another live worker; try again once its lease expires")
+            lease = await storage.get_lease(self.iid)
+            who, left = (lease.describe(), f" (for {lease.expires_in:.1f}s more)") if lease else ("another worker", "")
+            raise LeaseHeld(f"instance {self.iid} is owned by another live worker, {who}; it is resumed once "
+                            f"that worker ends or its lease expires{left}")
         self._generation = generation
         self._batch.generation = generation
         attempts = await storage.get_attempts(self.iid) if self.instance.status is not I.CREATED else []
@@ -460,20 +506,30 @@ class InstanceRun:
         return self.instance
 
     async def _heartbeat(self) -> None:
-        """Renew the lease well before it expires; losing it means another worker took over."""
-        ttl = self.engine.lease_ttl
+        """Renew the lease well before it expires. Late renewals (the worker was paused, the
+        database locked) keep it as long as no other worker took it; storage errors are retried
+        until one succeeds or says the lease is gone. Losing it to another worker ends the run."""
+        storage, owner, ttl = self.engine.storage, self.engine.owner, self.engine.lease_ttl
+        delay = ttl / 3
         while True:
-            await trio.sleep(ttl / 3)
+            await trio.sleep(delay)
             try:
-                generation = await self.engine.storage.acquire_lease(self.iid, self.engine.owner, ttl)
-            except StorageError as exc:
-                generation, error = None, exc
-            else:
-                error = StaleWrite(f"lost the lease of instance {self.iid} to another worker")
-            if generation != self._generation:
-                self._lost = error
-                self._nursery.cancel_scope.cancel()
-                return
+                generation = await storage.acquire_lease(self.iid, owner, ttl, generation=self._generation)
+            except StorageError:
+                delay = min(ttl / 3, 1.0)  # try again soon: the lease is only lost if someone took it
+                continue
+            delay = ttl / 3
+            if generation == self._generation:
+                continue
+            try:
+                lease = await storage.get_lease(self.iid)
+            except StorageError:
+                lease = None
+            who = lease.describe() if lease is not None else "another worker"
+            self._lost = StaleWrite(f"lost the lease of instance {self.iid} to {who} while this worker "
+                                    f"({owner}) was not renewing it; that worker carries the instance on")
+            self._nursery.cancel_scope.cancel()
+            return
 
     async def _loop(self, nursery) -> None:
         urgent = True  # the roots (or a resumed run's steps) are waiting for their first commit
@@ -482,6 +538,8 @@ class InstanceRun:
                 self._handle(self._inbox.popleft())
                 urgent = True
             if self._is_done():
+                if self._releases or self._releasing:
+                    await self._wait_released()
                 self._finish()
                 await self._commit()
                 return
@@ -515,6 +573,9 @@ class InstanceRun:
         history: dict[str, list[AttemptRecord]] = {}
         for record in attempts:
             history.setdefault(record.step_id, []).append(record)
+        for sdef in self.definition.steps:
+            self.engine.step_type(sdef.type)  # instantiating a step type tells whether it releases
+        releasing = self.engine.releasing
         # Every step with history gets its record first, so releasing a finished predecessor
         # never creates a step that already exists.
         for sid, records in history.items():
@@ -526,6 +587,11 @@ class InstanceRun:
             st.errors = sum(r.status is S.USER_FAILED for r in records)
             st.platform = sum(r.status is S.PLATFORM_FAILED for r in records)
             st.timeouts = sum(r.status is S.TIMEOUT_FAILED for r in records)
+            if st.sdef.type in releasing:
+                # Ended attempts whose release a crash may have cut off (it is idempotent).
+                for r in records:
+                    if r.status.terminal and r.handle is not None:
+                        self._nursery.start_soon(self._release_attempt, st, r.attempt, r.handle)
         order = graphlib.TopologicalSorter({s.id: s.predecessors for s in self.definition.steps}).static_order()
         for sid in order:
             if sid not in history:
@@ -572,6 +638,8 @@ class InstanceRun:
         """The previous owner died while this attempt's work may have been running."""
         step_type = self.engine.step_type(st.sdef.type)
         if st.record.status is not S.STARTING and step_type.can_reattach and st.record.handle is not None:
+            if not self._ready(st):  # a reattached attempt sees the same ctx.config as the one that started it
+                return
             st.reattach = st.record.handle
             self._running += 1
             self._to_launch.append(st)
@@ -594,10 +662,7 @@ class InstanceRun:
         for status in _MATERIALIZE:
             if status in STEP_TRANSITIONS[record.status]:
                 self._set(st, status)
-        if record.status is S.WAITING_FOR_PERMITS:
-            self._request_permit(st)
-        else:
-            self._prepare(st)
+        self._prepare(st)  # queued ones too: their config exists only in the process that died
 
     def _is_done(self) -> bool:
         return not (self._running or self._to_launch or self._retrying or self._permit_queue)
@@ -673,19 +738,33 @@ class InstanceRun:
         self._prepare(st)
 
     def _prepare(self, st: _Step) -> None:
-        """EVALUATING_PARAMS: evaluate once (later attempts and resumes reuse the values), check
-        them against the step type's schema, then queue for a permit."""
+        """EVALUATING_PARAMS (or a restored WAITING_FOR_PERMITS): make the attempt ready, then
+        queue it for a permit."""
+        if not self._ready(st):
+            return
+        if st.record.status is not S.WAITING_FOR_PERMITS:
+            self._set(st, S.WAITING_FOR_PERMITS)
+        self._request_permit(st)
+
+    def _ready(self, st: _Step) -> bool:
+        """Evaluate the step's params once (later attempts and resumes reuse the values) and
+        check them against the step type's schema (``st.config``). Every attempt that is to run
+        or be followed passes here, fresh or restored after a crash. False when the attempt ended
+        FATALLY_FAILED instead."""
         try:
             if st.params is None:
                 st.params = self._evaluate_step_params(st)
             if st.config is None:
                 st.config = self._validate_config(st)
         except ParamError as exc:
-            self._end_step(st, S.FATALLY_FAILED, f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}")
-            return
+            message = f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}"
+            if S.FATALLY_FAILED in STEP_TRANSITIONS[st.record.status]:
+                self._end_step(st, S.FATALLY_FAILED, message)
+            else:  # valid when this attempt was prepared, refused now: the step type changed under it
+                self._end_step(st, S.INTERNALLY_FAILED, f"{message} (the params were accepted before a restart)")
+            return False
         st.record.params = st.params
-        self._set(st, S.WAITING_FOR_PERMITS)
-        self._request_permit(st)
+        return True
 
     def _request_permit(self, st: _Step) -> None:
         if self._running < self._limit:
@@ -719,10 +798,17 @@ class InstanceRun:
             steps = self._cel_context["steps"]
             for st in self._finished_steps[self._cel_synced:]:
                 record = st.record
-                steps[to_cel(st.sdef.id)] = to_cel({
+                entry = {
                     "status": record.status.value, "params": record.params or {}, "outputs": record.outputs,
                     "attempt": record.attempt, "end_time": record.ended_at or 0.0,
-                })
+                }
+                try:
+                    value = to_cel(entry)
+                except (ValueError, OverflowError, RecursionError):
+                    # Stored before outputs were checked on the way in: leave them out, so that
+                    # an expression reading them fails (located) instead of the whole instance.
+                    value = to_cel({**entry, "params": {}, "outputs": {}})
+                steps[to_cel(st.sdef.id)] = value
             self._cel_synced = len(self._finished_steps)
         return self._cel_context
 
@@ -731,8 +817,13 @@ class InstanceRun:
         if not sdef.params:
             return {}
         step_type = self.engine.plugins.step_types.types[sdef.type]
-        return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                               context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params)
+        try:
+            return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
+                                   context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params)
+        except ParamError:
+            raise
+        except _UNCONVERTIBLE as exc:  # a value stored before values were checked on the way in
+            raise ParamError(f"a value this step's params see cannot be converted for CEL ({exc})") from None
 
     def _validate_config(self, st: _Step) -> Any:
         """The step's params as the step type's ``Params`` model (None when it declares none)."""
@@ -848,6 +939,7 @@ class InstanceRun:
     def _on_result(self, st: _Step, attempt: int, result: Any) -> None:
         self._running -= 1
         sdef = st.sdef
+        record = st.record  # this attempt's, even once a retry is scheduled
         policy = sdef.retry
         ignore = sdef.failure_mode is FailureMode.IGNORE_FAILURE
         if result is _STOPPED:
@@ -864,11 +956,13 @@ class InstanceRun:
         elif not isinstance(result, StepResult) or not isinstance(result.outcome, Outcome):
             self._end_step(st, S.INTERNALLY_FAILED,
                            f"step type {sdef.type!r} returned {result!r:.200}, not a StepResult (a bug in the plugin)")
-        elif result.outcome is Outcome.DONE:
+        elif result.outcome is Outcome.DONE and not (result.outputs and _bad_outputs(result)):
             st.record.outputs = _outputs(result.outputs, self._secrets)
             self._set(st, S.FINISHING)
             self._end_step(st, S.SUCCEEDED, result.message)
         else:
+            if result.outputs:
+                _bad_outputs(result)
             st.record.outputs = _outputs(result.outputs, self._secrets)
             message = result.message or result.outcome.value
             retry = result.retryable and self._ending is None
@@ -884,6 +978,8 @@ class InstanceRun:
                 if not result.retryable:
                     final = S.FATALLY_FAILED
                 self._end_step(st, S.COMPLETED_WITH_ERROR if ignore else final, message)
+        if record.handle is not None and sdef.type in self.engine.releasing:
+            self._releases.append((st, attempt, record.handle))
         self._grant_permits()
 
     def _retry(self, st: _Step, status: StepStatus, message: str, n: int) -> None:
@@ -931,9 +1027,10 @@ class InstanceRun:
                     else:
                         try:
                             value = cond.program.evaluate(self._context())
-                        except CelError as exc:
+                        except (CelError, *_UNCONVERTIBLE) as exc:
+                            why = exc.located() if isinstance(exc, CelError) else f"a value cannot be converted ({exc})"
                             nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
-                                              f"condition failed: {exc.located()}")
+                                              f"condition failed: {why}")
                             value = True
                         if not isinstance(value, bool):
                             nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
@@ -955,6 +1052,11 @@ class InstanceRun:
                         work.append(nxt)
 
 
+# What converting a value for CEL raises when the value is out of CEL's range (an integer beyond
+# 64 bits) or too deep: values are checked where they enter, this is the net for older records.
+_UNCONVERTIBLE = (ValueError, OverflowError, RecursionError)
+
+
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     while isinstance(group, BaseExceptionGroup):
         group = group.exceptions[0]
@@ -967,6 +1069,26 @@ def _outputs(outputs: Any, secrets=None) -> dict[str, Any]:
     if secrets is not None:
         return secrets.mask_value(outputs)
     return dict(outputs)
+
+
+def _bad_outputs(result: StepResult) -> bool:
+    """Whether the result's outputs hold a value CEL cannot (an integer beyond 64 bits, nesting
+    too deep). If so they are dropped and a DONE result becomes the step's user error, naming the
+    key: kept, they would break every later evaluation and every resume of the instance."""
+    if not isinstance(result.outputs, dict):
+        return False  # not a map: dropped by _outputs
+    problem = unconvertible(result.outputs)
+    if problem is None:
+        return False
+    path, reason = problem
+    key, _, inner = path.lstrip("/").partition("/")
+    message = f"output {key!r}{f' at /{inner}' if inner else ''}: {reason} (the outputs were dropped)"
+    if result.outcome is Outcome.DONE:
+        result.outcome = Outcome.USER_ERROR
+    else:  # failed anyway: keep its outcome and say both
+        message = f"{result.message or result.outcome.value}; and {message}"
+    result.outputs, result.message = {}, message
+    return True
 
 
 def _internal(step_type: str, exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .states import InstanceStatus, StepStatus
 
-__all__ = ["InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion"]
+__all__ = ["InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion", "Lease"]
 
 
 @dataclass(slots=True)
@@ -102,3 +102,34 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.instance is not None or self.attempts or self.events or self.logs)
+
+
+@dataclass(slots=True)
+class Lease:
+    """Who holds an instance's lease: the owner, where its process runs, and for how long.
+
+    ``expires_in`` is in seconds by the storage's clock (zero or less: expired; None: released).
+    ``host``, ``pid``, ``started`` and ``namespace`` are those of
+    :class:`legato.processes.ProcessIdentity`: on the same machine they tell a dead holder."""
+
+    owner: str
+    generation: int
+    expires_in: float | None
+    host: str = ""
+    pid: int | None = None
+    started: int | None = None
+    namespace: str = ""
+
+    @property
+    def live(self) -> bool:
+        """Not expired nor released, and its holder is not known to be dead."""
+        from .processes import process_gone
+
+        if self.expires_in is None or self.expires_in <= 0:
+            return False
+        return not process_gone(self.pid, self.started, self.namespace)
+
+    def describe(self) -> str:
+        """The holder for people: ``worker-id (pid 123 on host)``."""
+        where = f"pid {self.pid} on {self.host}" if self.pid is not None else self.host
+        return f"{self.owner} ({where})" if where else self.owner

@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .cel import INT_MAX as _INT_MAX
+from .cel import INT_MIN as _INT_MIN
+from .cel import unconvertible
+
 __all__ = [
     "ParamType",
     "ParamMode",
@@ -239,25 +243,30 @@ def coerce(ptype: ParamType, value: Any) -> Any:
         if isinstance(value, bool):
             raise fail()
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
+            value = int(value)
         if not isinstance(value, int):
             raise fail()
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ParamError(f"{_shown(value)} is outside the range of a LONG, a 64-bit integer "
+                             f"({_INT_MIN} to {_INT_MAX}); use a DOUBLE or a STRING for larger numbers")
         return value
     if ptype is ParamType.DOUBLE:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail()
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ParamError(f"{_shown(value)} is too large for a DOUBLE") from None
     if ptype is ParamType.BOOLEAN:
         if not isinstance(value, bool):
             raise fail()
         return value
-    if ptype is ParamType.ARRAY:
-        if not isinstance(value, list):
+    if ptype is ParamType.ARRAY or ptype is ParamType.MAP:
+        if not isinstance(value, list if ptype is ParamType.ARRAY else dict):
             raise fail()
-        return value
-    if ptype is ParamType.MAP:
-        if not isinstance(value, dict):
-            raise fail()
+        problem = unconvertible(value)  # what it holds must reach CEL and storage intact
+        if problem is not None:
+            raise ParamError(f"{problem[0] or 'the value'}: {problem[1]}")
         return value
     if ptype is ParamType.STRING_MAP:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -278,6 +287,12 @@ def coerce(ptype: ParamType, value: Any) -> Any:
         except ParamError as exc:
             raise ParamError(f"element {i}: {exc.message}") from None
     return out
+
+
+def _shown(number: int | float) -> str:
+    if isinstance(number, int) and abs(number) >= 10**60:
+        return f"an integer of {len(str(abs(number)))} digits"
+    return repr(number)
 
 
 def parse_override(spec: ParamSpec, text: str) -> Any:

@@ -16,7 +16,7 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "MAX_OUTPUTS_BYTES",
@@ -36,6 +36,9 @@ __all__ = [
     "last_line",
     "supervise",
     "HandleNotRecorded",
+    "ProcessIdentity",
+    "this_process",
+    "process_gone",
 ]
 
 #: The largest ``$LEGATO_OUTPUT`` file read; a larger one is the step's error.
@@ -341,3 +344,63 @@ async def supervise(ctx, proc, *, term_grace: float = 1.0, drain_timeout: float 
         ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process group "
                           "still holds stdout/stderr open\n")
     return proc.returncode, tail[0]
+
+
+class ProcessIdentity(NamedTuple):
+    """Who a process is, precisely enough to tell later that it is gone: its host name (for
+    people), pid, start time (``/proc/<pid>/stat`` field 22, clock ticks after boot: a reused pid
+    has another) and ``namespace`` (the boot id and pid namespace in which the pid means this
+    process; empty where that cannot be known, e.g. without /proc)."""
+
+    host: str
+    pid: int
+    started: int | None
+    namespace: str
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``, or None when the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # the name, in parentheses, may hold spaces
+    if not fields or fields[0] == b"Z":
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _namespace() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+_identity: list[ProcessIdentity] = []  # per process (a fork gets its own: the pid is checked)
+
+
+def this_process() -> ProcessIdentity:
+    """The identity of the calling process (computed once per process)."""
+    pid = os.getpid()
+    if not _identity or _identity[0].pid != pid:
+        import socket
+
+        _identity[:] = [ProcessIdentity(socket.gethostname(), pid, _start_time(pid), _namespace())]
+    return _identity[0]
+
+
+def process_gone(pid: int | None, started: int | None, namespace: str | None) -> bool:
+    """Whether the process so identified is known to be dead: it ran where this process runs
+    (same boot, same pid namespace) and its pid is free now, a zombie, or another process's.
+    False when that cannot be known (another machine or container, no /proc)."""
+    here = this_process()
+    if not namespace or namespace != here.namespace or not isinstance(pid, int) or started is None:
+        return False
+    return _start_time(pid) != started

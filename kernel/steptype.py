@@ -238,6 +238,19 @@ class StepType:
         """Follow a step started by a previous kernel (found through ``handle``) to its end."""
         raise NotImplementedError
 
+    async def release(self, ctx: StepContext, handle: Any) -> None:
+        """Free what this attempt kept after its work ended (found through the ``handle`` it
+        recorded), once the attempt's end is durable.
+
+        Called by the kernel after the commit that holds the attempt's terminal state, and again
+        on resume for ended attempts (a crash may have come between that commit and this call),
+        so it must be idempotent and bounded in time (the kernel gives it 5 s). It lets a step
+        type keep the evidence of its result (a finished container with its exit code, logs and
+        outputs) until nothing can ask for it again: a kernel that crashes after the work ended
+        but before its result was committed reattaches and reads that result instead of running
+        the work a second time. Only step types that override it pay for the call. The default
+        does nothing."""
+
     def reap(self, ctx: StepContext, handle: Any) -> None:
         """Stop whatever a previous kernel left running for this attempt (found through the
         ``handle`` it recorded), when the attempt cannot be reattached. Must not block for long

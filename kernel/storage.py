@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from .model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, LogChunk
+from .model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 
 __all__ = ["Storage", "StorageError", "StaleWrite", "open_storage"]
 
@@ -84,10 +84,25 @@ class Storage(abc.ABC):
 
     # -- leases ---------------------------------------------------------------------------
     @abc.abstractmethod
-    async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+    async def acquire_lease(self, instance_id: str, owner: str, ttl: float,
+                            generation: int | None = None) -> int | None:
         """Take or renew the instance's lease for ``owner``; return the generation to write with,
-        or None while another owner's lease is live. Taking a free or expired lease increments the
-        generation, so the previous owner's writes are rejected from then on (fencing)."""
+        or None while another owner's lease is live (:attr:`Lease.live`: a holder that ran on this
+        machine and whose process is gone frees it at once). Taking a lease from another owner
+        increments the generation, so that owner's writes are rejected from then on (fencing).
+        The owner that holds it renews it and keeps its generation, even past its expiry (a
+        paused worker that nobody replaced carries on). With ``generation`` (a heartbeat), only
+        renew: None, changing nothing, unless ``owner`` still holds it at that generation.
+        Record the calling process's :func:`legato.processes.this_process` with the lease."""
+
+    @abc.abstractmethod
+    async def get_lease(self, instance_id: str) -> Lease | None:
+        """Who holds (or last held) the instance's lease; None if it never had one."""
+
+    @abc.abstractmethod
+    async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
+        """Instances not yet ended whose lease is live (held by a live owner), oldest first: what
+        a resume has to wait for."""
 
     @abc.abstractmethod
     async def release_lease(self, instance_id: str, owner: str) -> None:
@@ -95,7 +110,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
-        """Instances not yet ended whose lease is free or expired, oldest first."""
+        """Instances not yet ended whose lease is not live (free, expired, or its holder is
+        known to be dead), oldest first."""
 
 
 def open_storage(url: str, plugins=None) -> Storage:

@@ -40,11 +40,13 @@ per line; ``/legato`` is this attempt's private directory, bind-mounted from the
 the labels ``legato=1``, ``legato.instance``, ``legato.step``, ``legato.attempt`` and
 ``legato.key``. Its stdout and stderr stream into the step's log. Exit code 0 is DONE, anything
 else a USER_ERROR; an engine that cannot be reached or an image that cannot be had is a
-PLATFORM_ERROR. The container is removed when it ends and when the step is cancelled.
+PLATFORM_ERROR. A cancelled step (stopped, timed out) kills and removes its container at once; a
+container that ended is kept until the attempt's end is committed, then removed (``release``).
 
 The container's id is recorded durably after it is created and before it starts, so a kernel that
 restarts after a crash reattaches to it: a container never started is started, a running one is
-followed to its end, an exited one yields its exit code, logs and outputs; then it is removed. A
+followed to its end, an exited one yields its exit code, logs and outputs (it never runs twice,
+even when the crash came between its exit and the commit of its result); then it is removed. A
 reattached step's log gets the container's whole log again (after a ``[legato] reattached`` line),
 since what the dead kernel had stored of it is unknown. A container that is gone (removed while no
 kernel followed it) is a PLATFORM_ERROR.
@@ -304,12 +306,16 @@ class Docker(StepType):
         try:
             try:
                 await ctx.record_handle({"container": cid, "docker_host": host})
-            except Exception as exc:  # noqa: BLE001 - storage trouble: the finally removes the container
+            except Exception as exc:  # noqa: BLE001 - storage trouble: no kernel could ever find it
+                with trio.CancelScope(shield=True):
+                    await self._remove(engine, cid)
                 return StepResult.platform_error(f"could not record the container's handle: {exc}")
+            # Kept once it ends: `release` removes it when the attempt's end is durable.
             return await self._follow(ctx, engine, cid, cfg.memory, start=True)
-        finally:
+        except BaseException:  # cancelled (stopped, timed out, the lease lost): kill it now
             with trio.CancelScope(shield=True):
                 await self._remove(engine, cid)
+            raise
 
     async def reattach(self, ctx, handle):
         """Follow the container a previous kernel started for this attempt to its end."""
@@ -332,7 +338,7 @@ class Docker(StepType):
                 f"the container {str(handle.get('container'))[:12]} of this attempt is gone (removed while no "
                 "worker followed it): its outcome is unknown")
         cid, state, memory = found
-        try:
+        try:  # as in `run`: kept once it ends, removed at once when cancelled
             if state == "created":  # recorded, never started: starting it now runs the work exactly once
                 ctx.log("stderr", f"[legato] reattached to container {cid[:12]}, which never started: starting it\n")
                 return await self._follow(ctx, engine, cid, memory, start=True)
@@ -340,9 +346,23 @@ class Docker(StepType):
                 ctx.log("stderr", f"[legato] reattached to container {cid[:12]} ({state}); its whole log follows\n")
                 return await self._follow(ctx, engine, cid, memory, start=False)
             return StepResult.platform_error(f"the container {cid[:12]} of this attempt is {state}: its outcome is unknown")
-        finally:
+        except BaseException:
             with trio.CancelScope(shield=True):
                 await self._remove(engine, cid)
+            raise
+
+    async def release(self, ctx, handle) -> None:
+        """Remove the attempt's container once its end is durable. Until then it is kept, exited,
+        so that a kernel that crashed in between reattaches and reads its exit code, logs and
+        outputs instead of running it a second time."""
+        if not isinstance(handle, dict) or not isinstance(handle.get("container"), str):
+            return
+        host = handle.get("docker_host")
+        try:
+            engine = await self._engine(host)
+        except Exception:  # noqa: BLE001 - an engine out of reach has nothing of ours to free
+            return
+        await self._remove(engine, handle["container"])
 
     def reap(self, ctx, handle) -> None:
         """Remove this attempt's container (by its id, or by the attempt's idempotency key)."""

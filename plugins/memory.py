@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from legato.hookspecs import hookimpl
-from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, LogChunk
+from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from legato.processes import this_process
 from legato.storage import StaleWrite, Storage
 
 
@@ -26,7 +27,8 @@ class MemoryStorage(Storage):
         self._attempts: dict[str, dict[tuple[str, int], AttemptRecord]] = {}
         self._events: dict[str, list[Event]] = {}
         self._logs: dict[str, list[LogChunk]] = {}
-        self._leases: dict[str, tuple[str, float, int]] = {}  # instance -> (owner, expiry, generation)
+        # instance -> (owner, expiry (monotonic; None: released), generation, holder's ProcessIdentity)
+        self._leases: dict[str, tuple[str, float | None, int, Any]] = {}
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
         versions = self._definitions.setdefault(workflow_id, [])
@@ -59,7 +61,7 @@ class MemoryStorage(Storage):
         self._events[record.instance_id] = []
         self._logs[record.instance_id] = []
         if owner is not None:
-            self._leases[record.instance_id] = (owner, time.monotonic() + ttl, 1)
+            self._leases[record.instance_id] = (owner, time.monotonic() + ttl, 1, this_process())
         return copy.copy(record), True
 
     async def commit(self, batch: Batch) -> None:
@@ -97,32 +99,51 @@ class MemoryStorage(Storage):
             if (step_id is None or c.step_id == step_id) and (attempt is None or c.attempt == attempt)
         ]
 
-    async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+    async def acquire_lease(self, instance_id: str, owner: str, ttl: float,
+                            generation: int | None = None) -> int | None:
         now = time.monotonic()
         current = self._leases.get(instance_id)
+        if generation is not None:  # a heartbeat: renew only
+            if current is None or current[0] != owner or current[2] != generation:
+                return None
         if current is None:
-            generation = 1
+            new = 1
         elif current[0] == owner:
-            generation = current[2]
-        elif current[1] <= now:
-            generation = current[2] + 1
+            new = current[2]
+        elif not self._lease(current, now).live:
+            new = current[2] + 1
         else:
             return None
-        self._leases[instance_id] = (owner, now + ttl, generation)
-        return generation
+        self._leases[instance_id] = (owner, now + ttl, new, this_process())
+        return new
+
+    @staticmethod
+    def _lease(entry, now: float) -> Lease:
+        owner, expiry, generation, who = entry
+        return Lease(owner, generation, None if expiry is None else expiry - now,
+                     who.host, who.pid, who.started, who.namespace)
+
+    async def get_lease(self, instance_id: str) -> Lease | None:
+        entry = self._leases.get(instance_id)
+        return None if entry is None else self._lease(entry, time.monotonic())
 
     async def release_lease(self, instance_id: str, owner: str) -> None:
         current = self._leases.get(instance_id)
         if current is not None and current[0] == owner:
-            self._leases[instance_id] = (owner, 0.0, current[2])
+            self._leases[instance_id] = (owner, None, current[2], current[3])
+
+    def _unfinished(self) -> list[tuple[InstanceRecord, Lease | None]]:
+        now = time.monotonic()
+        return [
+            (copy.copy(r), self._lease(self._leases[r.instance_id], now) if r.instance_id in self._leases else None)
+            for r in sorted(self._instances.values(), key=lambda r: r.created_at) if not r.status.terminal
+        ]
 
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
-        now = time.monotonic()
-        rows = [
-            copy.copy(r) for r in sorted(self._instances.values(), key=lambda r: r.created_at)
-            if not r.status.terminal and self._leases.get(r.instance_id, ("", 0.0, 0))[1] <= now
-        ]
-        return rows[:limit]
+        return [r for r, lease in self._unfinished() if lease is None or not lease.live][:limit]
+
+    async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
+        return [(r, lease) for r, lease in self._unfinished() if lease is not None and lease.live][:limit]
 
 
 @hookimpl

@@ -350,9 +350,13 @@ async def test_reattach_starts_a_container_that_never_started(tmp_path):
     logs: list = []
     ctx = context(tmp_path, uuid.uuid4().hex[:16], logs)
     cid = create_like_the_step(ctx, ["sh", "-c", "echo ran; echo k=v >> $LEGATO_OUTPUT"])
-    result = await Docker().reattach(ctx, {"container": cid, "docker_host": None})
+    docker = Docker()
+    result = await docker.reattach(ctx, {"container": cid, "docker_host": None})
     assert result.outcome.value == "DONE" and result.outputs == {"k": "v"}, result
     assert "ran" in "".join(t for s, t in logs if s == "stdout")
+    # Kept, exited, until the kernel says the attempt's end is durable.
+    assert [c.status for c in ours(legato_instance=ctx.instance_id)] == ["exited"]
+    await docker.release(ctx, {"container": cid, "docker_host": None})
     assert ours(legato_instance=ctx.instance_id) == []
 
 
@@ -366,6 +370,9 @@ async def test_reattach_finds_the_container_by_its_key_and_reports_a_gone_one(tm
     client().api.wait(cid)
     result = await Docker().reattach(ctx, {"docker_host": None})  # no id: found by the attempt's key
     assert result.outcome.value == "USER_ERROR" and result.message == "exit code 4: bad"
+    again = await Docker().reattach(ctx, {"docker_host": None})  # not released yet: the same result again
+    assert (again.outcome, again.message) == (result.outcome, result.message)
+    await Docker().release(ctx, {"container": cid, "docker_host": None})
     result = await Docker().reattach(ctx, {"container": cid, "docker_host": None})
     assert result.outcome.value == "PLATFORM_ERROR" and "is gone" in result.message
 
@@ -409,9 +416,10 @@ class Crash:
         self.env = {**os.environ, "LEGATO_STORE": f"sqlite:///{self.db}", "LEGATO_LEASE_TTL": "0.5"}
         self.since = time.time() - 1
 
-    def launch(self) -> subprocess.Popen:
+    def launch(self, crash_at: str | None = None) -> subprocess.Popen:
+        env = {**self.env, "LEGATO_CRASH_AT": crash_at} if crash_at else self.env
         return subprocess.Popen([LEGATO, "run", str(self.path), "--request-id", "crash", "--workspace",
-                                 str(self.tmp / "runs")], env=self.env, cwd=self.tmp, stdout=subprocess.PIPE,
+                                 str(self.tmp / "runs")], env=env, cwd=self.tmp, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     def container(self, status: str):
@@ -472,6 +480,26 @@ def test_crash_and_reattach(tmp_path, wait_for_exit):
     state = "exited" if wait_for_exit else "running"
     assert f"[legato] reattached to container {container.short_id[:12]} ({state})" in logs, logs
     assert ours(legato_step=sid) == []
+
+
+@pytest.mark.parametrize("crash_at", ["step_done:1", "before_release:1"], ids=["before-its-end-is-committed",
+                                                                           "before-it-is-released"])
+def test_a_container_that_ended_before_the_crash_is_not_run_again(tmp_path, crash_at):
+    """The kernel dies after the container exited: before its result was committed (resume
+    reattaches to the exited container and reads its result), or after (resume removes it)."""
+    sid = f"c{uuid.uuid4().hex[:10]}"
+    crash = Crash(tmp_path, sid, "echo ran; echo k=v >> $LEGATO_OUTPUT")
+    proc = crash.launch(crash_at)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    [container] = ours(legato_step=sid)
+    assert container.status == "exited"
+    crash.resume()
+    status, attempts, logs = crash.attempts()
+    assert status == "SUCCEEDED"
+    assert attempts == [(1, "SUCCEEDED", {"k": "v"})], attempts
+    assert crash.creations() == 1, "the container ran a second time"
+    assert ours(legato_step=sid) == [], "the ended container was not removed"
 
 
 # -- conformance -------------------------------------------------------------------------------

@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 
 
+import pydantic
+
+from legato import StepResult, StepType
+from legato.hookspecs import hookimpl
+
 from .conftest import LEGATO
 
 LEASE_TTL = "0.4"
@@ -89,7 +94,12 @@ class Driver:
         raise AssertionError("the instance never ended")
 
 
-def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: str = "SUCCEEDED") -> dict:
+def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: str = "SUCCEEDED", *,
+                   final: dict[str, str] | None = None, ledgered=None) -> dict:
+    """Check the invariants for one instance (see the module docstring). ``final`` maps steps that
+    must not end SUCCEEDED to what they end as (e.g. UNSATISFIED); only steps in ``ledgered``
+    (default: all) write their key to the ledger."""
+    final = final or {}
     conn = sqlite3.connect(db)
     (instance_id, status), = conn.execute(
         "SELECT instance_id, status FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall()
@@ -103,7 +113,12 @@ def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: s
     for step_id, rows in attempts.items():
         statuses = [st for _, st in rows]
         assert [a for a, _ in rows] == list(range(1, len(rows) + 1)), f"{step_id}: attempts {rows}"
+        if step_id in final:
+            assert statuses == [final[step_id]], f"{step_id}: {statuses}"
+            continue
         assert statuses.count("SUCCEEDED") == 1 and statuses[-1] == "SUCCEEDED", f"{step_id}: {statuses}"
+        if ledgered is not None and step_id not in ledgered:
+            continue
         keys = {f"{instance_id}:{step_id}:{a}" for a, _ in rows}
         mine = [k for k in ran if k.startswith(f"{instance_id}:{step_id}:")]
         assert set(mine) <= keys, f"{step_id}: the ledger shows attempts the store never recorded: {set(mine) - keys}"
@@ -120,7 +135,7 @@ def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: s
         assert (step_id, attempt) not in ended, f"{step_id}#{attempt} changed after ending: {st}"
         if st in terminal:
             ended.add((step_id, attempt))
-    return {"steps": len(attempts), "attempts": sum(len(r) for r in attempts.values())}
+    return {"instance_id": instance_id, "steps": len(attempts), "attempts": sum(len(r) for r in attempts.values())}
 
 
 CRASH_POINTS = ["committed:2", "committed:5", "before_launch:1", "before_launch:3", "step_done:1", "step_done:2",
@@ -151,6 +166,7 @@ def test_crash_battery(tmp_path):
     lines = ledger.read_text().split()
     for name, request_id, point, kills in runs:
         figures = check_instance(driver.db, request_id, lines)
+        figures.pop("instance_id")
         totals.update(figures)
     totals["instances"] = len(runs)
     totals["crash_resume_cycles"] = driver.cycles
@@ -195,7 +211,8 @@ def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
     assert owner.returncode == 1
     assert "lost the lease" in err or "now owned by" in err
     conn = sqlite3.connect(driver.db)
-    (instance_id, status), = conn.execute("SELECT instance_id, status FROM legato_instances").fetchall()
+    (instance_id, status, taker), = conn.execute("SELECT instance_id, status, owner FROM legato_instances").fetchall()
+    assert taker in err, f"the message does not say who took the lease ({taker}): {err}"
     assert status == "SUCCEEDED"
     tries = conn.execute("SELECT attempt, status FROM legato_attempts WHERE step_id = 'a' ORDER BY attempt").fetchall()
     assert tries == [(1, "PLATFORM_FAILED"), (2, "SUCCEEDED")]
@@ -204,3 +221,274 @@ def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
         "SELECT status FROM legato_events WHERE step_id = 'a' AND attempt = 1 ORDER BY id")]
     assert events[-1] == "PLATFORM_FAILED" and "USER_FAILED" not in events and "SUCCEEDED" not in events
     check_instance(driver.db, "req", ledger.read_text().split())
+
+
+def _read(db: Path, sql: str, *args) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_queued_steps_resume_with_their_config(tmp_path):
+    """Steps queued behind step_concurrency when the worker died (WAITING_FOR_PERMITS) are
+    prepared again on resume: their step type sees its validated config, as a fresh attempt does."""
+    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "queued", "steps": [
+        {"step": {"id": f"q{i}", "type": "sleep", "params": {"seconds": 0.05, "outputs": {"i": i}}}}
+        for i in range(4)]}}
+    path = tmp_path / "queued.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    # The first commit holds IN_PROGRESS, q0 STARTING and the other three WAITING_FOR_PERMITS.
+    first = driver.launch(path, "req", crash_at="committed:1")
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    queued = _read(driver.db, "SELECT step_id FROM legato_attempts WHERE status = 'WAITING_FOR_PERMITS'")
+    assert len(queued) == 3, queued
+    driver.drive(path, "req", kills=0)
+    rows = _read(driver.db, "SELECT step_id, attempt, status, outputs, message FROM legato_attempts ORDER BY step_id, attempt")
+    last = {sid: (status, json.loads(outputs), message) for sid, _, status, outputs, message in rows}
+    assert last == {f"q{i}": ("SUCCEEDED", {"i": i}, "") for i in range(4)}, rows
+
+
+def _lease_expired(db: Path) -> bool:
+    """Whether the instance's lease has expired by the database's clock (what other workers see)."""
+    (expired,), = _read(db, "SELECT lease_expires < (julianday('now') - 2440587.5) * 86400.0 FROM legato_instances")
+    return bool(expired)
+
+
+def test_a_paused_owner_that_nobody_replaced_renews_its_lease_and_carries_on(tmp_path):
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    doc = {"workflow": {"id": "paused", "params": {"ledger": str(ledger)}, "steps": [
+        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 1'), bash("b")]}}
+    path = tmp_path / "paused.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    driver.env["LEGATO_LEASE_TTL"] = "0.5"
+    owner = driver.launch(path, "req")
+    try:
+        _wait_for(lambda: ":a:1" in ledger.read_text(), what="step a to start")
+        owner.send_signal(signal.SIGSTOP)  # a long GC, a SIGSTOP: past the lease, nobody else around
+        _wait_for(lambda: _lease_expired(driver.db), what="the lease to expire")
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    out, err = owner.communicate(timeout=60)
+    assert owner.returncode == 0, err
+    tries = _read(driver.db, "SELECT step_id, attempt, status FROM legato_attempts ORDER BY step_id, attempt")
+    assert tries == [("a", 1, "SUCCEEDED"), ("b", 1, "SUCCEEDED")]
+    check_instance(driver.db, "req", ledger.read_text().split())
+
+
+def _held_by_a_killed_worker(tmp_path: Path):
+    """A worker with the default 30 s lease, SIGKILLed while its step runs."""
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    doc = {"workflow": {"id": "dead", "params": {"ledger": str(ledger)}, "steps": [
+        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; [ "$LEGATO_ATTEMPT" -gt 1 ] || sleep 30'),
+        bash("b")]}}
+    path = tmp_path / "dead.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    driver.env["LEGATO_LEASE_TTL"] = "30"
+    owner = driver.launch(path, "req")
+    _wait_for(lambda: ":a:1" in ledger.read_text(), what="step a to start")
+    owner.kill()
+    owner.wait()
+    assert not _lease_expired(driver.db)
+    return driver, path, ledger
+
+
+def test_a_dead_owner_on_this_machine_frees_its_lease_at_once_for_run(tmp_path):
+    driver, path, ledger = _held_by_a_killed_worker(tmp_path)
+    proc = driver.launch(path, "req")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    tries = _read(driver.db, "SELECT step_id, attempt, status FROM legato_attempts ORDER BY step_id, attempt")
+    assert tries[0] == ("a", 1, "PLATFORM_FAILED") and tries[-1] == ("b", 1, "SUCCEEDED"), tries
+
+
+def test_resume_takes_a_dead_owners_instance_at_once_and_lists_what_live_owners_hold(tmp_path):
+    driver, path, ledger = _held_by_a_killed_worker(tmp_path)
+    ledger.write_text("")
+    # A live worker holds a second instance.
+    live = driver.launch(path, "other")
+    try:
+        _wait_for(lambda: ledger.read_text().count(":a:1") >= 1, what="the live worker's step to start")
+        (live_id, live_owner), = _read(driver.db, "SELECT instance_id, owner FROM legato_instances "
+                                       "WHERE request_id = 'other'")
+        (dead_id,), = _read(driver.db, "SELECT instance_id FROM legato_instances WHERE request_id = 'req'")
+        proc = subprocess.run([LEGATO, "resume", "--workspace", str(tmp_path / "runs")], env=driver.env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 0, text
+        assert _read(driver.db, "SELECT status FROM legato_instances WHERE instance_id = ?", dead_id) == [
+            ("SUCCEEDED",)], text
+        assert "nothing to resume" not in text
+        assert live_id in text and live_owner in text and "lease expires in" in text, text
+        assert f"pid {live.pid}" in text, text
+    finally:
+        live.kill()
+        live.wait()
+
+
+# -- values the kernel cannot convert never wedge an instance -------------------------------------
+
+BIG = 99999999999999999999  # above 2**63
+
+
+async def test_an_output_beyond_64_bits_fails_its_step_naming_the_key(run_doc):
+    script = f"""echo '{{"n": {BIG}, "ok": 1}}' >> "$LEGATO_OUTPUT" """
+    doc = {"workflow": {"id": "big-output", "steps": [
+        {"step": {"id": "a", "type": "bash", "params": {"script": script}, "retry_policy": {"error_retry_limit": 1},
+                  "transition": {"successors": {"b": "steps.a.outputs.n > 0"}}}},
+        {"step": {"id": "b", "type": "noop"}}]}}
+    ran = await run_doc(doc)
+    assert ran.status == "FAILED"
+    assert ran.tries("a") == ["USER_FAILED", "USER_FAILED"]  # a user error: its retry policy applies
+    assert "output 'n'" in ran.last["a"].message and str(BIG) in ran.last["a"].message, ran.last["a"].message
+    assert ran.last["a"].outputs == {}
+    assert "b" not in ran.last
+
+
+async def test_a_value_stored_before_the_checks_cannot_wedge_an_instance(engine):
+    """An instance whose store holds an output CEL cannot take (written by an older Legato)
+    resumes: the condition that reads it fails, located, and the instance ends."""
+    from legato.model import AttemptRecord, Batch
+    from legato.states import InstanceStatus, StepStatus
+
+    doc = {"workflow": {"id": "wedge", "steps": [
+        {"step": {"id": "a", "type": "noop", "transition": {"successors": {"b": "steps.a.outputs.n > 0"}}}},
+        {"step": {"id": "b", "type": "noop", "transition": {"successors": {"c": "true"}}}},
+        {"step": {"id": "c", "type": "noop"}}]}}
+    definition = engine.load(doc)
+    instance, _ = await engine.start(definition)
+    instance.status = InstanceStatus.IN_PROGRESS
+    await engine.storage.commit(Batch(instance.instance_id, 1, instance=instance, attempts={("a", 1): AttemptRecord(
+        instance.instance_id, "a", 1, StepStatus.SUCCEEDED, params={}, outputs={"n": BIG}, created_at=1.0)}))
+    final = await engine.resume(instance.instance_id)
+    assert final.status.value == "FAILED"
+    attempts = {a.step_id: a for a in await engine.storage.get_attempts(instance.instance_id)}
+    assert attempts["b"].status.value == "FATALLY_FAILED"
+    assert "/transition/successors/b" in attempts["b"].message, attempts["b"].message
+    assert "c" not in attempts
+
+
+def test_a_param_beyond_64_bits_is_a_start_error_naming_it(tmp_path):
+    doc = {"workflow": {"id": "big-param", "params": {"x": {"type": "LONG", "value": 1}, "m": {}}, "steps": [
+        {"step": {"id": "a", "type": "noop"}}]}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(doc))
+    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{tmp_path / 'legato.db'}"}
+    for param, words in ((f"x={BIG}", str(BIG)), ("x=1e20", "100000000000000000000"),
+                         (f'm={{"deep": [{BIG}]}}', "/deep/0")):
+        proc = subprocess.run([LEGATO, "run", str(path), "-p", param, "--workspace", str(tmp_path / "runs")],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (param, proc.stdout, proc.stderr)
+        assert f"param {param[0]}" in proc.stderr and words in proc.stderr and "64-bit" in proc.stderr, proc.stderr
+        assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert _read(tmp_path / "legato.db", "SELECT count(*) FROM legato_instances") == [(0,)]
+
+
+class FollowParams(pydantic.BaseModel):
+    seconds: float = 0.0
+
+
+class Follow(StepType):
+    """A step type that can reattach, and reads its config when it does."""
+
+    name = "follow"
+    Params = FollowParams
+    can_reattach = True
+    seen: list = []
+
+    async def run(self, ctx):  # pragma: no cover - only reattached here
+        raise AssertionError("a reattachable attempt with a handle must not run again")
+
+    async def reattach(self, ctx, handle):
+        type(self).seen.append((handle, ctx.config))
+        return StepResult.done({"seconds": ctx.config.seconds})
+
+
+class _FollowPlugin:
+    @staticmethod
+    @hookimpl
+    def legato_register_step_types(registry):
+        registry.add(Follow)
+
+
+async def test_reattached_steps_resume_with_their_config(tmp_path):
+    """An attempt that was RUNNING (its handle recorded) is followed on resume with the same
+    validated config as the run that started it."""
+    from legato.engine import Engine
+    from legato.model import AttemptRecord, Batch
+    from legato.plugin_manager import Plugins
+    from legato.plugins.memory import MemoryStorage
+    from legato.states import InstanceStatus, StepStatus
+
+    engine = Engine(MemoryStorage(), plugins=Plugins(extra=[_FollowPlugin]), workspace=tmp_path / "runs")
+    definition = engine.load({"workflow": {"id": "follow", "steps": [
+        {"step": {"id": "a", "type": "follow", "params": {"seconds": 2}}}]}})
+    instance, _ = await engine.start(definition)
+    instance.status = InstanceStatus.IN_PROGRESS
+    await engine.storage.commit(Batch(instance.instance_id, 1, instance=instance, attempts={("a", 1): AttemptRecord(
+        instance.instance_id, "a", 1, StepStatus.RUNNING, params={"seconds": 2}, created_at=1.0, handle={"id": 7})}))
+    await engine.storage.release_lease(instance.instance_id, engine.owner)
+    final = await engine.resume(instance.instance_id)
+    assert final.status.value == "SUCCEEDED"
+    [(handle, config)] = Follow.seen
+    assert handle == {"id": 7} and config is not None and config.seconds == 2.0
+
+
+async def test_a_heartbeat_that_cannot_reach_the_store_keeps_the_lease_nobody_took(tmp_path, plugins):
+    """Renewals that fail (the database locked, unreachable for a while) are retried; the lease
+    is lost only if another worker took it, so the run carries on and ends normally."""
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StorageError
+
+    class Flaky(MemoryStorage):
+        failures = 0
+
+        async def acquire_lease(self, instance_id, owner, ttl, generation=None):
+            if generation is not None and self.failures < 4:  # the heartbeat's renewals
+                self.failures += 1
+                raise StorageError("the database is locked")
+            return await super().acquire_lease(instance_id, owner, ttl, generation)
+
+    storage = Flaky()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs", lease_ttl=0.3)
+    definition = engine.load({"workflow": {"id": "hb", "steps": [
+        {"step": {"id": "a", "type": "sleep", "params": {"seconds": 1.5}}}]}})
+    final = await engine.execute(definition)
+    assert storage.failures == 4
+    assert final.status.value == "SUCCEEDED"
+
+
+def test_resume_skips_an_instance_another_worker_took_after_the_list_was_read(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from legato.cli import main
+    from legato.plugins.sqlstore.store import SqlStorage
+
+    driver, path, ledger = _held_by_a_killed_worker(tmp_path)
+    ledger.write_text("")
+    live = driver.launch(path, "other")  # a live worker, holding its instance
+    try:
+        _wait_for(lambda: ":a:1" in ledger.read_text(), what="the live worker's step to start")
+        (live_id,), = _read(driver.db, "SELECT instance_id FROM legato_instances WHERE request_id = 'other'")
+
+        async def everything_unfinished(self, limit=100):  # as if the live worker took it just after
+            return [r for r in await self.list_instances(limit=limit) if not r.status.terminal][::-1]
+
+        monkeypatch.setattr(SqlStorage, "list_resumable", everything_unfinished)
+        monkeypatch.setenv("LEGATO_STORE", driver.env["LEGATO_STORE"])
+        result = CliRunner().invoke(main, ["resume", "--workspace", str(tmp_path / "runs")])
+        assert result.exit_code == 0, result.output
+        assert "internal error" not in result.output and live_id in result.output, result.output
+        statuses = dict(_read(driver.db, "SELECT request_id, status FROM legato_instances"))
+        assert statuses == {"req": "SUCCEEDED", "other": "IN_PROGRESS"}, statuses
+    finally:
+        live.kill()
+        live.wait()

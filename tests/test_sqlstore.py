@@ -225,3 +225,29 @@ def test_the_default_store_is_sqlite_in_dot_legato(tmp_path):
     assert "report 20260227..20260302 ($ in USD)" in logs.stdout
     status = subprocess.run([LEGATO, "status", instance, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert '"status": "SUCCEEDED"' in status.stdout
+
+
+async def test_a_lease_whose_holder_died_or_whose_pid_was_reused_is_free_at_once(tmp_path):
+    """The lease records its holder's process; on the same machine a holder that is gone, or a pid
+    now used by another process (another start time), frees the lease before it expires."""
+    import sqlite3
+    import subprocess
+
+    async with open_storage(sqlite_url(tmp_path)) as store:
+        for iid in ("i1", "i2"):
+            await store.create_instance(InstanceRecord(iid, "w", 1, created_at=time.time()), "worker-a", 30)
+        assert await store.acquire_lease("i1", "worker-b", 30) is None  # this very process holds it: alive
+        assert [r.instance_id for r, _ in await store.list_leased()] == ["i1", "i2"]
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        conn = sqlite3.connect(tmp_path / "legato.db")
+        with conn:
+            conn.execute("UPDATE legato_instances SET owner_pid = ? WHERE instance_id = 'i1'", (dead.pid,))
+            conn.execute("UPDATE legato_instances SET owner_started = owner_started + 1 WHERE instance_id = 'i2'")
+        conn.close()
+        assert [r.instance_id for r in await store.list_resumable()] == ["i1", "i2"]
+        assert await store.list_leased() == []
+        assert await store.acquire_lease("i1", "worker-b", 30) == 2
+        assert await store.acquire_lease("i2", "worker-b", 30) == 2
+        lease = await store.get_lease("i2")
+        assert lease.owner == "worker-b" and lease.pid == os.getpid() and lease.live

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
@@ -45,6 +45,12 @@ class InstanceRow(SQLModel, table=True):
     owner: Optional[str] = None
     lease_expires: Optional[float] = None
     generation: int = 0
+    # The lease holder's process (legato.processes.ProcessIdentity): a dead one on the same
+    # machine frees the lease at once.
+    owner_host: Optional[str] = None
+    owner_pid: Optional[int] = None
+    owner_started: Optional[int] = Field(default=None, sa_type=BigInteger)
+    owner_namespace: Optional[str] = None
 
 
 class AttemptRow(SQLModel, table=True):

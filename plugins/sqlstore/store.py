@@ -25,13 +25,14 @@ from urllib.parse import parse_qsl, urlsplit
 import sqlalchemy as sa
 import trio
 
-from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, LogChunk
+from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
 from legato.storage import StaleWrite, Storage, StorageError
 
 from .schema import AttemptRow, DefinitionVersionRow, EventRow, InstanceRow, LogRow, metadata
 
-HEAD = "0001"  # the newest migration: opening a store at another revision runs Alembic
+HEAD = "0002"  # the newest migration: opening a store at another revision runs Alembic
 
 _definitions = DefinitionVersionRow.__table__
 _instances = InstanceRow.__table__
@@ -278,7 +279,8 @@ class SqlStorage(Storage):
             if owner is not None:
                 conn.execute(sa.text(
                     f"UPDATE legato_instances SET owner = :owner, lease_expires = {self._now_sql()} + :ttl, "
-                    "generation = 1 WHERE instance_id = :iid"), {"owner": owner, "ttl": ttl, "iid": record.instance_id})
+                    f"generation = 1, {_HOLDER} WHERE instance_id = :iid"),
+                    {"owner": owner, "ttl": ttl, "iid": record.instance_id, **_holder()})
         return record, True
 
     async def commit(self, batch: Batch) -> None:
@@ -406,28 +408,42 @@ class SqlStorage(Storage):
 
     # -- leases ---------------------------------------------------------------------------------
 
-    async def acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
-        return await self._run(self._acquire_lease, instance_id, owner, ttl, doing="take the lease")
+    async def acquire_lease(self, instance_id: str, owner: str, ttl: float,
+                            generation: int | None = None) -> int | None:
+        return await self._run(self._acquire_lease, instance_id, owner, ttl, generation, doing="take the lease")
 
-    def _acquire_lease(self, instance_id: str, owner: str, ttl: float) -> int | None:
+    def _acquire_lease(self, instance_id: str, owner: str, ttl: float, renew: int | None) -> int | None:
         now_sql = self._now_sql()
         with self._engine.begin() as conn:
             lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
             row = conn.execute(sa.text(
-                f"SELECT owner, lease_expires, generation, {now_sql} AS now FROM legato_instances "
+                f"SELECT {_LEASE_COLUMNS}, {now_sql} AS now FROM legato_instances "
                 f"WHERE instance_id = :iid{lock}"), {"iid": instance_id}).first()
             if row is None:
                 raise StorageError(f"no instance {instance_id} in {self._where()}")
-            if row.owner == owner and row.lease_expires is not None and row.lease_expires > row.now:
-                generation = row.generation  # renewal
-            elif row.owner is None or row.lease_expires is None or row.lease_expires <= row.now:
-                generation = row.generation + 1  # free or expired: take it, fencing the old owner
+            if renew is not None and (row.owner != owner or row.generation != renew):
+                return None  # a heartbeat of an owner that was replaced: take nothing back
+            if row.owner == owner:
+                generation = row.generation  # renewal, even past expiry: nobody took it meanwhile
+            elif row.owner is None or not _lease(row).live:
+                generation = row.generation + 1  # free, expired or its holder dead: take it, fencing the old owner
             else:
                 return None
             conn.execute(sa.text(
-                f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen "
-                "WHERE instance_id = :iid"), {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id})
+                f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen, "
+                f"{_HOLDER} WHERE instance_id = :iid"),
+                {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
         return generation
+
+    async def get_lease(self, instance_id: str) -> Lease | None:
+        def read():
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.text(
+                    f"SELECT {_LEASE_COLUMNS}, {self._now_sql()} AS now FROM legato_instances "
+                    "WHERE instance_id = :iid"), {"iid": instance_id}).first()
+            return None if row is None or row.owner is None else _lease(row)
+
+        return await self._run(read, doing="read the lease")
 
     async def release_lease(self, instance_id: str, owner: str) -> None:
         def release():
@@ -437,18 +453,52 @@ class SqlStorage(Storage):
 
         await self._run(release, doing="release the lease")
 
-    async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
-        """Instances not yet ended whose lease is free or expired."""
-        def read():
-            now_sql = self._now_sql()
-            with self._engine.connect() as conn:
+    def _unfinished(self, live: bool, limit: int) -> list[tuple[InstanceRecord, Lease | None]]:
+        """Unfinished instances whose lease is live (or not), oldest first. Expiry is decided in
+        SQL; whether the holder of an unexpired lease is dead, here (it takes /proc)."""
+        now_sql = self._now_sql()
+        unexpired = f"owner IS NOT NULL AND lease_expires IS NOT NULL AND lease_expires > {now_sql}"
+        out: list[tuple[InstanceRecord, Lease | None]] = []
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                f"SELECT *, {now_sql} AS now FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', "
+                f"'PAUSED') AND {'' if live else 'NOT '}({unexpired}) ORDER BY created_at LIMIT :limit"),
+                {"limit": limit}).all()
+            if live:
+                return [(_instance(r), _lease(r)) for r in rows if _lease(r).live]
+            out = [(_instance(r), None) for r in rows]
+            if len(out) < limit:  # unexpired leases whose holder died on this machine are free too
                 rows = conn.execute(sa.text(
-                    "SELECT * FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', 'PAUSED') "
-                    f"AND (lease_expires IS NULL OR lease_expires <= {now_sql}) ORDER BY created_at LIMIT :limit"),
-                    {"limit": limit}).all()
-            return [_instance(row) for row in rows]
+                    f"SELECT *, {now_sql} AS now FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', "
+                    f"'PAUSED') AND {unexpired} ORDER BY created_at"), {}).all()
+                out += [(_instance(r), None) for r in rows if not _lease(r).live]
+                out.sort(key=lambda pair: pair[0].created_at)
+        return out[:limit]
+
+    async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
+        """Instances not yet ended whose lease is not live."""
+        def read():
+            return [record for record, _ in self._unfinished(False, limit)]
 
         return await self._run(read, doing="list resumable instances")
+
+    async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
+        return await self._run(self._unfinished, True, limit, doing="list leased instances")
+
+
+_LEASE_COLUMNS = "owner, lease_expires, generation, owner_host, owner_pid, owner_started, owner_namespace"
+_HOLDER = ("owner_host = :host, owner_pid = :pid, owner_started = :started, owner_namespace = :namespace")
+
+
+def _holder() -> dict[str, Any]:
+    me = this_process()
+    return {"host": me.host, "pid": me.pid, "started": me.started, "namespace": me.namespace}
+
+
+def _lease(row) -> Lease:
+    expires_in = None if row.lease_expires is None else row.lease_expires - row.now
+    return Lease(row.owner, row.generation, expires_in, row.owner_host or "", row.owner_pid, row.owner_started,
+                 row.owner_namespace or "")
 
 
 def _instance_values(r: InstanceRecord) -> dict[str, Any]:

@@ -1,0 +1,214 @@
+"""The crash battery of issue 8 (DESIGN §10): hundreds of SIGKILLs at random moments across a
+workflow of bash, noop, sleep and docker steps (a fan-out under ``step_concurrency``, a join, a
+branch with an UNSATISFIED arm), each instance driven with ``legato run --request-id`` on SQLite
+until it ends.
+
+What must hold: every instance ends SUCCEEDED (its UNSATISFIED arm UNSATISFIED); no step
+succeeded twice; no attempt ran twice (bash steps append their idempotency key to a ledger); no
+container ran twice (the docker step appends its key to a ledger in a bind mount the operator
+allows through ``--settings``: exactly one entry per instance, the succeeded attempt's); nothing
+leaked (no container labelled with one of the battery's instances, no process carrying one's
+``LEGATO_INSTANCE_ID``). Each kernel dies with SIGKILL while the next is started at once: its
+lease, held by a dead process on this machine, is free at once (no waiting out its 30 s).
+
+Kernels are forked from a server that imported Legato once (tests/forkserver.py), so the
+battery's time goes to crashing and resuming, not to imports. ``LEGATO_BATTERY_SCALE`` (default
+1: 200 kills, about 2-3 minutes here) multiplies the number of kills; ``LEGATO_CRASH_SEED`` picks
+the random moments. Run with ``-s`` to see the figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import select
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import IMAGE, ROOT, alive, docker_problem, require_component
+from .test_recovery import RETRIES, WORK, bash, check_instance
+
+KILLS = 200
+#: Kills each instance takes before it is let run to its end: a few, so that every instance
+#: crashes in several places, and many instances cover many moments.
+KILLS_PER_INSTANCE = (2, 6)
+#: A kill comes this long (uniformly, seconds) after its kernel was forked; an undisturbed
+#: instance takes about 1-2 s, so kills land everywhere from start-up to the last commit.
+KILL_AFTER = (0.02, 0.8)
+HANG = 300  # seconds an undisturbed run may take before the battery calls it hung
+BOX = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> /ledger/docker; sleep 0.2; echo "k=$LEGATO_STEP_ID" >> "$LEGATO_OUTPUT"'
+
+
+def storm(ledger: Path, dock: Path) -> dict:
+    docker = {"step": {"id": "box", "type": "docker", "retry_policy": RETRIES, "params": {
+        "image": IMAGE, "pull": "never", "command": ["sh", "-c", BOX],
+        "mounts": [{"source": str(dock), "target": "/ledger", "read_only": False}]},
+        "transition": {"successors": {"join": "steps.box.outputs.k == 'box'"}}}}
+    return {"properties": {"step_concurrency": 2}, "workflow": {"id": "storm", "params": {"ledger": str(ledger)},
+        "steps": [
+            bash("root", ["f_bash", "f_noop", "f_sleep", "box"]),
+            bash("f_bash", ["join"]),
+            {"step": {"id": "f_noop", "type": "noop", "params": {"outputs": {"n": 1}},
+                      "transition": {"successors": ["join"]}}},
+            {"step": {"id": "f_sleep", "type": "sleep", "params": {"seconds": 0.15}, "retry_policy": RETRIES,
+                      "transition": {"successors": ["join"]}}},
+            docker,
+            {"step": {"id": "join", "type": "bash", "params": {"script": WORK}, "retry_policy": RETRIES,
+                      "transition": {"successors": {"yes": "steps.join.outputs.done == 'join'",
+                                                    "no": "steps.join.outputs.done != 'join'"}}}},
+            {"step": {"id": "yes", "type": "noop", "transition": {"successors": ["end"]}}},
+            {"step": {"id": "no", "type": "noop", "transition": {"successors": ["end"]}}},
+            bash("end"),
+        ]}}
+
+
+LEDGERED = {"root", "f_bash", "join", "end"}
+
+
+class ForkServer:
+    """Drives tests/forkserver.py: one forked ``legato`` process at a time."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "forkserver.py")], cwd=tmp, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def _answer(self, timeout: float | None) -> dict | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        assert line, "the fork server died"
+        return json.loads(line)
+
+    def run(self, argv: list[str], log: Path, kill_after: float | None) -> int:
+        """Run ``legato argv``; SIGKILL it after ``kill_after`` seconds if it still runs. Its exit
+        code. Without ``kill_after`` it must end by itself (HANG seconds is a hang, not slowness)."""
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        pid = self._answer(60)["pid"]
+        answer = self._answer(HANG if kill_after is None else kill_after)
+        if answer is None:
+            os.kill(pid, 9)
+            assert kill_after is not None, f"legato {' '.join(argv)} hung:\n{log.read_text()}"
+            answer = self._answer(60)
+        assert answer is not None and answer["pid"] == pid, answer
+        return answer["exit"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _containers_of(instances: set[str]) -> list:
+    import docker
+
+    client = docker.from_env(timeout=30)
+    found = client.containers.list(all=True, filters={"label": "legato=1"})
+    return [c for c in found if c.labels.get("legato.instance") in instances]
+
+
+def _processes_left(db: Path) -> list[str]:
+    """The process groups the battery's bash steps recorded (their handles) that still have a
+    live member carrying one of its attempts' idempotency keys."""
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT instance_id, step_id, attempt, handle FROM legato_attempts "
+                        "WHERE handle LIKE '%pgid%'").fetchall()
+    conn.close()
+    left = []
+    for iid, sid, attempt, handle in rows:
+        pgid = json.loads(handle)["pgid"]
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            continue  # the group is empty
+        key = f"LEGATO_IDEMPOTENCY_KEY={iid}:{sid}:{attempt}".encode()
+        for entry in os.listdir("/proc"):  # only members of that group are read
+            try:
+                if not entry.isdigit() or os.getpgid(int(entry)) != pgid or not alive(int(entry)):
+                    continue
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if key in f.read().split(b"\0"):
+                        left.append(f"{iid}:{sid}:{attempt} pid {entry}")
+            except OSError:
+                continue
+    return left
+
+
+def test_crash_battery_kill_9_storm(tmp_path):
+    require_component("Docker", docker_problem())
+    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1"))
+    seed = int(os.environ.get("LEGATO_CRASH_SEED", "20261201"))
+    rng = random.Random(seed)
+    target = max(1, round(KILLS * scale))
+    ledger, dock = tmp_path / "ledger", tmp_path / "dock"
+    dock.mkdir()
+    ledger.touch()
+    (dock / "docker").touch()
+    definition = tmp_path / "storm.json"
+    definition.write_text(json.dumps(storm(ledger, dock)))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"docker": {"allowed_mounts": [str(dock)]}}))
+    db = tmp_path / "legato.db"
+    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{db}", "LEGATO_SETTINGS": str(settings)}
+    env.pop("LEGATO_LEASE_TTL", None)  # the default 30 s: a dead kernel's lease must be free at once anyway
+    env.pop("LEGATO_CRASH_AT", None)
+    server = ForkServer(tmp_path, env)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    kills = cycles = 0
+    request_ids: list[str] = []
+    started = time.monotonic()
+    try:
+        while kills < target:
+            request_id = f"storm-{len(request_ids)}"
+            request_ids.append(request_id)
+            quota = rng.randint(*KILLS_PER_INSTANCE)
+            argv = ["run", str(definition), "--request-id", request_id, "--workspace", str(tmp_path / "runs")]
+            for n in range(100):
+                cycles += 1
+                log = logs / f"{request_id}.{n}.log"
+                kill_after = rng.uniform(*KILL_AFTER) if quota > 0 else None
+                code = server.run(argv, log, kill_after)
+                if code == -9:
+                    kills += 1
+                    quota -= 1
+                    continue
+                assert code == 0, f"{request_id}: legato exited {code}:\n{log.read_text()}"
+                break
+            else:
+                raise AssertionError(f"{request_id} never ended")
+    finally:
+        server.close()
+    elapsed = time.monotonic() - started
+
+    lines = ledger.read_text().split()
+    boxes = collections.Counter((dock / "docker").read_text().split())
+    totals: collections.Counter = collections.Counter()
+    instances = set()
+    for request_id in request_ids:
+        figures = check_instance(db, request_id, lines, final={"no": "UNSATISFIED"}, ledgered=LEDGERED)
+        iid = figures.pop("instance_id")
+        instances.add(iid)
+        totals.update(figures)
+        ran = {key: n for key, n in boxes.items() if key.startswith(f"{iid}:box:")}
+        conn = sqlite3.connect(db)
+        (last,), = conn.execute("SELECT max(attempt) FROM legato_attempts WHERE instance_id = ? AND step_id = 'box'",
+                                (iid,)).fetchall()
+        conn.close()
+        assert ran == {f"{iid}:box:{last}": 1}, f"{request_id}: the docker step's containers ran {ran}"
+    conn = sqlite3.connect(db)
+    statuses = collections.Counter(dict(conn.execute("SELECT status, count(*) FROM legato_attempts GROUP BY status")))
+    (reattached,), = conn.execute("SELECT count(*) FROM legato_logs WHERE text LIKE '[legato] reattached to container%'")
+    conn.close()
+    assert not _containers_of(instances), "containers were left behind"
+    assert not (left := _processes_left(db)), f"processes were left behind: {left}"
+    print(f"\ncrash battery kill -9 storm (seed {seed}, scale {scale:g}): {kills} kills, {cycles} cycles, "
+          f"{len(request_ids)} instances, {totals['steps']} steps, {totals['attempts']} attempts, "
+          f"{len(lines)} bash and {sum(boxes.values())} container runs, {reattached} reattaches to a container, "
+          f"{statuses['PLATFORM_FAILED']} attempts ended PLATFORM_FAILED by a crash, {elapsed:.0f}s")
+    assert kills >= target
