@@ -16,6 +16,7 @@ Literal ``true`` / ``false`` conditions never reach cel-python (they dominate re
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 import sys
 import time
@@ -23,12 +24,12 @@ from typing import Any, Callable, Mapping
 
 __all__ = ["CelError", "CelProgram", "CelCompiler", "to_cel", "to_python"]
 
-MAX_SOURCE = 8192  # characters
-MAX_DEPTH = 48  # nesting of brackets / parentheses / braces in the source, checked before parsing
-MAX_TREE_DEPTH = 120  # depth of the parse tree (about 12 nested parentheses, or 60 chained `+`),
-# which keeps cel-python's recursive evaluator far from the interpreter's recursion limit
-MAX_EVAL_SECONDS = 0.5
-MAX_LIST = 100_000  # elements a Legato CEL function may build
+from .limits import MAX_CEL_DEPTH as MAX_DEPTH
+from .limits import MAX_CEL_EVAL_SECONDS as MAX_EVAL_SECONDS
+from .limits import MAX_CEL_LIST as MAX_LIST
+from .limits import MAX_CEL_SOURCE as MAX_SOURCE
+from .limits import MAX_CEL_TREE_DEPTH as MAX_TREE_DEPTH
+from .limits import MAX_VALUE_BYTES
 
 
 class CelError(Exception):
@@ -123,9 +124,29 @@ def to_cel(value: Any):
     return value  # already a CEL value
 
 
-def to_python(value: Any) -> Any:
-    """Convert a CEL result to plain JSON-like Python values."""
+class _TooBig(Exception):
+    pass
+
+
+def to_python(value: Any, limit: int | None = None) -> Any:
+    """Convert a CEL result to plain JSON-like Python values. With ``limit``, raise CelError as
+    soon as the result outgrows it (counted like :func:`legato.limits.value_size`): a list of a
+    million references to one long string is small in CEL and huge as copies."""
+    if limit is None:
+        return _plain(value, None)
+    try:
+        return _plain(value, [limit])
+    except _TooBig:
+        raise CelError(f"the result is larger than {limit} characters (MAX_VALUE_BYTES); "
+                       "build smaller values or split them into several params") from None
+
+
+def _plain(value: Any, budget: list[int] | None) -> Any:
     celtypes = _cel().celtypes
+    if budget is not None:
+        budget[0] -= len(value) if isinstance(value, (str, bytes)) else 1
+        if budget[0] < 0:
+            raise _TooBig()
     if value is None:
         return None
     if isinstance(value, celtypes.BoolType):
@@ -143,9 +164,9 @@ def to_python(value: Any) -> Any:
     if isinstance(value, celtypes.BytesType):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, Mapping):
-        return {str(k): to_python(v) for k, v in value.items()}
+        return {_plain(k, budget): _plain(v, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_python(v) for v in value]
+        return [_plain(v, budget) for v in value]
     return value
 
 
@@ -186,7 +207,7 @@ class CelProgram:
         """Evaluate with ``activation`` (names to CEL values, see :func:`to_cel`). Raises CelError."""
         celpy = _celpy
         try:
-            return to_python(self._runner.evaluate(activation))
+            result = self._runner.evaluate(activation)
         except _Timeout:
             raise CelError(f"evaluation took longer than {MAX_EVAL_SECONDS}s; simplify the expression") from None
         except celpy.CELEvalError as exc:
@@ -197,6 +218,7 @@ class CelProgram:
             raise
         except Exception as exc:  # cel-python's own bugs surface as plain exceptions
             raise CelError(f"evaluation failed: {type(exc).__name__}: {exc}") from None
+        return to_python(result, MAX_VALUE_BYTES)
 
 
 def _parse_reason(exc: Exception) -> str:
@@ -286,7 +308,7 @@ class CelCompiler:
 
 
 def builtin_functions() -> dict[str, Callable[..., Any]]:
-    """``intsBetween``, ``dateIntsBetween``, ``dateIntToTs``, ``tsToDateInt``."""
+    """``intsBetween``, ``dateIntsBetween``, ``dateIntToTs``, ``tsToDateInt``, and a bounded ``+``."""
     celtypes = _cel().celtypes
 
     def _bounded(n: int) -> None:
@@ -342,7 +364,18 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
         call.__name__ = name
         return call
 
+    def add(left, right):
+        """CEL's ``+``, refusing to build a string, bytes or list past MAX_VALUE_BYTES (doubling a
+        string thirty times would take gigabytes well within the time bound)."""
+        if isinstance(left, (str, bytes, list)) and isinstance(right, (str, bytes, list)):
+            size = len(left) + len(right)
+            if size > MAX_VALUE_BYTES:
+                return _celpy.CELEvalError(f"`+` would build a value of {size} characters or elements; "
+                                           f"the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)", ValueError, None)
+        return operator.add(left, right)
+
     return {
+        "_+_": add,
         "intsBetween": wrap("intsBetween", ints_between),
         "dateIntsBetween": wrap("dateIntsBetween", date_ints_between),
         "dateIntToTs": wrap("dateIntToTs", date_int_to_ts),

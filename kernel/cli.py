@@ -9,6 +9,7 @@ traceback.  Heavy modules (trio, cel-python, pydantic) are imported inside the c
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -146,12 +147,23 @@ def _engine(store: str, workspace: str | None = None, settings: str | None = Non
         storage = open_storage(store, plugins)
     except StorageError as exc:
         _fail(str(exc))
-    ttl = os.environ.get("LEGATO_LEASE_TTL", "30")
+    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=_lease_ttl(), step_settings=step_settings)
+
+
+LEASE_TTL_RANGE = (0.1, 86400.0)  # seconds: renewed every third of it, so not shorter; a day at most
+
+
+def _lease_ttl() -> float:
+    """LEGATO_LEASE_TTL, checked: a finite number of seconds within LEASE_TTL_RANGE."""
+    text = os.environ.get("LEGATO_LEASE_TTL", "30")
+    low, high = LEASE_TTL_RANGE
     try:
-        lease_ttl = float(ttl)
+        ttl = float(text)
     except ValueError:
-        _fail(f"LEGATO_LEASE_TTL must be a number of seconds, got {ttl!r}")
-    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=lease_ttl, step_settings=step_settings)
+        ttl = math.nan
+    if not low <= ttl <= high:  # NaN too
+        _fail(f"LEGATO_LEASE_TTL must be a number of seconds from {low:g} to {high:g} (default 30), got {text!r:.40}")
+    return ttl
 
 
 def _trio_run(fn) -> None:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .limits import MAX_INSTANCE_VALUE_BYTES, MAX_NESTING, MAX_VALUE_BYTES, nests_deeper, value_size
+
 __all__ = [
     "ParamType",
     "ParamMode",
@@ -22,6 +24,7 @@ __all__ = [
     "coerce",
     "interpolate",
     "interpolation_names",
+    "ValueBudget",
     "RESERVED_NAMES",
     "NAME_RE",
 ]
@@ -205,7 +208,13 @@ def coerce(ptype: ParamType, value: Any) -> Any:
     if ptype is ParamType.DOUBLE:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail()
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ParamError(f"expected a finite DOUBLE, got {value!r:.40}")
+        return number
     if ptype is ParamType.BOOLEAN:
         if not isinstance(value, bool):
             raise fail()
@@ -247,10 +256,17 @@ def parse_override(spec: ParamSpec, text: str) -> Any:
         return text
     if spec.type is ParamType.BOOLEAN and text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if len(text) > MAX_VALUE_BYTES:
+        raise ParamError(f"the value is {len(text)} characters long; the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)")
+    too_deep = ParamError(f"{text[:40]!r}… nests arrays and maps deeper than {MAX_NESTING} levels (MAX_NESTING)")
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
     except ValueError:
-        raise ParamError(f"{text!r} is not a {spec.type.value} (give it as JSON)") from None
+        raise ParamError(f"{text!r:.80} is not a {spec.type.value} (give it as JSON)") from None
+    if nests_deeper(value):
+        raise too_deep
     return coerce(spec.type, value)
 
 
@@ -290,31 +306,63 @@ def interpolation_names(value: Any) -> list[str]:
     return names
 
 
-def interpolate(value: Any, lookup: Callable[[str], Any]) -> Any:
+def interpolate(value: Any, lookup: Callable[[str], Any], limit: int = MAX_VALUE_BYTES) -> Any:
     """Replace each ``${name}`` (or ``${a.b.c}``) by ``lookup(name)`` as text; ``$$`` is ``$``.
-    Arrays and maps are interpolated element by element. ``lookup`` raises KeyError when unknown."""
-    if isinstance(value, str):
-        if "$" not in value:
-            return value
+    Arrays and maps are interpolated element by element. ``lookup`` raises KeyError when unknown.
+    Raises ParamError (before building it) when the result would grow past ``limit`` characters."""
+    size = [0]
 
-        def sub(m: re.Match) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            found = lookup(m.group(1).strip())
-            if isinstance(found, bool):
-                return "true" if found else "false"
-            if isinstance(found, (dict, list)):
-                import json
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        found = lookup(m.group(1).strip())
+        if isinstance(found, bool):
+            text = "true" if found else "false"
+        elif isinstance(found, (dict, list)):
+            import json
 
-                return json.dumps(found, separators=(",", ":"))
-            return str(found)
+            text = json.dumps(found, separators=(",", ":"))
+        else:
+            text = str(found)
+        size[0] += len(text)
+        if size[0] > limit:
+            raise ParamError(f"${{…}} would make a value of more than {limit} characters "
+                             "(MAX_VALUE_BYTES); pass big values by reference (a file, a table)")
+        return text
 
-        return _INTERP.sub(sub, value)
-    if isinstance(value, list):
-        return [interpolate(v, lookup) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate(v, lookup) for k, v in value.items()}
-    return value
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            size[0] += len(item)
+            return _INTERP.sub(sub, item) if "$" in item else item
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        return item
+
+    return walk(value)
+
+
+class ValueBudget:
+    """What the values computed for one instance (expressions, interpolations, overrides) may
+    still take, in :func:`legato.limits.value_size` units; each value is also held to
+    MAX_VALUE_BYTES on its own."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, total: int = MAX_INSTANCE_VALUE_BYTES) -> None:
+        self.left = total
+
+    def charge(self, value: Any) -> None:
+        """Count ``value`` against the budget; raise ParamError (pointer "") when it does not fit."""
+        size = value_size(value)
+        if size > MAX_VALUE_BYTES:
+            raise ParamError(f"the value is {size} characters large; the limit is {MAX_VALUE_BYTES} "
+                             "(MAX_VALUE_BYTES): pass big values by reference (a file, a table)")
+        self.left -= size
+        if self.left < 0:
+            raise ParamError(f"the values this instance computed exceed {MAX_INSTANCE_VALUE_BYTES} characters "
+                             "in all (MAX_INSTANCE_VALUE_BYTES): pass big values by reference (a file, a table)")
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -328,6 +376,7 @@ def evaluate_params(
     context: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     raw: frozenset[str] = frozenset(),
+    budget: ValueBudget | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``specs`` in declaration order and return name -> value.
 
@@ -335,7 +384,8 @@ def evaluate_params(
     step's) as bare identifiers and under ``params``; ``context`` adds CEL names (``steps``,
     ``workflow``) already converted with :func:`legato.cel.to_cel`. ``overrides`` replace declared
     values (the caller checked the modes). Names in ``raw`` are code for the step type: their
-    ``${}`` is left alone. Raises ParamError whose ``pointer`` is ``/<name>…``.
+    ``${}`` is left alone. Values computed here (not the definition's literals) are charged to
+    ``budget`` (a fresh one per call by default). Raises ParamError whose ``pointer`` is ``/<name>…``.
     """
     from .cel import CelError, to_cel
 
@@ -369,7 +419,10 @@ def evaluate_params(
             current = current[part]
         return current
 
+    if budget is None:
+        budget = ValueBudget()
     for name, spec in specs.items():
+        computed = True
         if overrides and name in overrides:
             value = overrides[name]
         elif spec.expression is not None:
@@ -384,10 +437,15 @@ def evaluate_params(
                 value = interpolate(spec.value, lookup)
             except (KeyError, TypeError, IndexError) as exc:
                 raise ParamError(f"${{…}} refers to {exc} which is not known here", f"/{name}") from None
+            except ParamError as exc:
+                raise ParamError(exc.message, f"/{name}") from None
         else:
             value = spec.value
+            computed = False
         try:
             value = coerce(spec.type, value)
+            if computed:
+                budget.charge(value)
         except ParamError as exc:
             raise ParamError(exc.message, f"/{name}") from None
         values[name] = value

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -61,6 +62,7 @@ class SqlStorage(Storage):
             if not raw or raw == ":memory:":
                 raise StorageError(f"{url!r}: give a file, e.g. sqlite:///.legato/legato.db")
             self.path = Path(raw).expanduser()
+            self._synchronous, self._busy_ms = self._sqlite_options()
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -107,6 +109,29 @@ class SqlStorage(Storage):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    _SQLITE_OPTIONS = ("synchronous", "busy_timeout")
+    MAX_BUSY_TIMEOUT = 86400.0  # seconds; SQLite counts milliseconds in a 32-bit int
+
+    def _sqlite_options(self) -> tuple[str, int]:
+        """``?synchronous=`` and ``?busy_timeout=`` (seconds), checked when the URL is given so a
+        typo is an invalid option (exit 2), not a failure halfway through a run."""
+        unknown = sorted(set(self._query) - set(self._SQLITE_OPTIONS))
+        if unknown:
+            raise StorageError(f"{self.url}: unknown option {unknown[0]!r}; sqlite URLs take "
+                               f"{' and '.join(self._SQLITE_OPTIONS)}")
+        synchronous = self._query.get("synchronous", "NORMAL").upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StorageError(f"{self.url}: synchronous must be OFF, NORMAL, FULL or EXTRA")
+        text = self._query.get("busy_timeout", "30")
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds <= self.MAX_BUSY_TIMEOUT:  # NaN too
+            raise StorageError(f"{self.url}: busy_timeout must be a number of seconds from 0 to "
+                               f"{self.MAX_BUSY_TIMEOUT:g}, got {text!r:.40}")
+        return synchronous, int(seconds * 1000)
+
     def _sqlite_engine(self) -> sa.Engine:
         path = self.path
         parent = path.parent if str(path.parent) else Path(".")
@@ -116,10 +141,7 @@ class SqlStorage(Storage):
             raise StorageError(f"cannot create the directory {parent} for {self.url}: {exc.strerror}") from None
         if path.exists() and not os.access(path, os.R_OK):
             raise StorageError(f"cannot read {path}: permission denied")
-        synchronous = self._query.get("synchronous", "NORMAL").upper()
-        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise StorageError(f"{self.url}: synchronous must be OFF, NORMAL, FULL or EXTRA")
-        busy_ms = int(float(self._query.get("busy_timeout", "30")) * 1000)
+        synchronous, busy_ms = self._synchronous, self._busy_ms
         engine = sa.create_engine(
             f"sqlite:///{path}",
             connect_args={"check_same_thread": False, "timeout": busy_ms / 1000, "isolation_level": None},
