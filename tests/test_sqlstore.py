@@ -225,3 +225,47 @@ def test_the_default_store_is_sqlite_in_dot_legato(tmp_path):
     assert "report 20260227..20260302 ($ in USD)" in logs.stdout
     status = subprocess.run([LEGATO, "status", instance, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert '"status": "SUCCEEDED"' in status.stdout
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("UPDATE legato_instances SET message = message")
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+conn.execute("ROLLBACK")
+"""
+
+
+def test_readers_never_wait_behind_a_writer(tmp_path):
+    """`status`, `list` and `logs` answer at once while another process holds a write
+    transaction open (reads take no write lock; in WAL mode they see the last commit)."""
+    import json
+    import sys
+
+    doc = tmp_path / "chain.json"
+    doc.write_text(json.dumps(CHAIN))
+    url = sqlite_url(tmp_path)
+    ran = legato_cli("run", str(doc), "--json", "--store", url, "--workspace", str(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+    iid = json.loads(ran.stdout)["instance_id"]
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, str(tmp_path / "legato.db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        probe = sqlite3.connect(tmp_path / "legato.db", timeout=0, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            probe.execute("BEGIN IMMEDIATE")  # the lock really is held
+        probe.close()
+        # The default busy timeout is 30 s: a reader that queued for the lock would hit the guard.
+        status = legato_cli("status", iid, "--store", url, timeout=20)
+        listed = legato_cli("list", "--store", url, timeout=20)
+        logs = legato_cli("logs", iid, "--store", url, timeout=20)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=20)
+    assert status.returncode == 0, status.stderr
+    assert f"[{iid}] SUCCEEDED" in status.stdout
+    assert listed.returncode == 0 and iid in listed.stdout, listed.stderr
+    assert logs.returncode == 0 and "hello from a" in logs.stdout, logs.stderr

@@ -159,9 +159,11 @@ class SqlStorage(Storage):
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn):
-            # pysqlite's own transaction handling is off (isolation_level=None); take the write
-            # lock at BEGIN so a writer never fails halfway through upgrading a read lock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # pysqlite's own transaction handling is off (isolation_level=None); a writer takes
+            # the write lock at BEGIN so it never fails halfway through upgrading a read lock. A
+            # reader (see _reading) takes none: in WAL mode it sees the last commit at once,
+            # whoever is writing.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("legato_read") else "BEGIN IMMEDIATE")
 
         def writer() -> sqlite3.Connection:
             # The group-commit connection: outside SQLAlchemy's pool, configured like the others.
@@ -172,8 +174,12 @@ class SqlStorage(Storage):
         self._new_writer = writer
         return engine
 
+    def _reading(self) -> sa.Connection:
+        """A connection for reads only: a plain (deferred) transaction that never waits for writers."""
+        return self._engine.connect().execution_options(legato_read=True)
+
     def _migrate(self) -> None:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             inspector = sa.inspect(conn)
             tables = set(inspector.get_table_names())
             current = None
@@ -273,7 +279,7 @@ class SqlStorage(Storage):
 
     async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 query = sa.select(_definitions).where(_definitions.c.workflow_id == workflow_id)
                 query = query.where(_definitions.c.version == version) if version else query.where(_definitions.c.active)
                 row = conn.execute(query).first()
@@ -379,7 +385,7 @@ class SqlStorage(Storage):
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 row = conn.execute(sa.select(_instances).where(_instances.c.instance_id == instance_id)).first()
             return _instance(row) if row is not None else None
 
@@ -390,14 +396,14 @@ class SqlStorage(Storage):
             query = sa.select(_instances).order_by(_instances.c.created_at.desc()).limit(limit)
             if workflow_id is not None:
                 query = query.where(_instances.c.workflow_id == workflow_id)
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 return [_instance(row) for row in conn.execute(query)]
 
         return await self._run(read, doing="list instances")
 
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(sa.select(_attempts).where(_attempts.c.instance_id == instance_id)
                                     .order_by(_attempts.c.created_at, _attempts.c.step_id, _attempts.c.attempt)).all()
             return [_attempt(row) for row in rows]
@@ -406,7 +412,7 @@ class SqlStorage(Storage):
 
     async def get_timeline(self, instance_id: str) -> list[Event]:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(sa.select(_events).where(_events.c.instance_id == instance_id)
                                     .order_by(_events.c.id)).all()
             return [Event(r.ts, r.instance_id, r.step_id, r.attempt, r.status, r.message) for r in rows]
@@ -420,7 +426,7 @@ class SqlStorage(Storage):
                 query = query.where(_logs.c.step_id == step_id)
             if attempt is not None:
                 query = query.where(_logs.c.attempt == attempt)
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(query.order_by(_logs.c.id)).all()
             return [LogChunk(r.instance_id, r.step_id, r.attempt, r.stream, r.text, r.ts) for r in rows]
 
@@ -463,7 +469,7 @@ class SqlStorage(Storage):
         """Instances not yet ended whose lease is free or expired."""
         def read():
             now_sql = self._now_sql()
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(sa.text(
                     "SELECT * FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', 'PAUSED') "
                     f"AND (lease_expires IS NULL OR lease_expires <= {now_sql}) ORDER BY created_at LIMIT :limit"),
