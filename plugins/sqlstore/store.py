@@ -57,6 +57,8 @@ class SqlStorage(Storage):
         self._writer: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
         self.path: Path | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file we opened
+        self._written: set[str] = set()  # instances this process committed to, to say what a loss took
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
@@ -82,6 +84,7 @@ class SqlStorage(Storage):
                 self._migrate()
                 if self.dialect == "sqlite":
                     self._writer = self._new_writer()
+                    self._identity = self._file_identity()
         except StorageError:
             raise
         except Exception as exc:
@@ -201,6 +204,26 @@ class SqlStorage(Storage):
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """The file we write to is still the one at our path. Deleted or replaced, SQLite goes on
+        committing into the unlinked file and every write would vanish silently: say so instead.
+        One stat per commit, against a commit's fsync-free write of a few pages."""
+        if self._identity is None or self._file_identity() == self._identity:
+            return
+        lost = ", ".join(sorted(self._written)[:5]) + (" …" if len(self._written) > 5 else "")
+        self._identity = None  # said once
+        raise StorageError(
+            f"the database {self.path} was deleted or replaced while Legato was writing to it: what this "
+            f"process wrote is lost with it (instances {lost or 'none'}). Restore the file from a backup and "
+            "run `legato resume`, or run the workflow again")
+
     def _where(self) -> str:
         return str(self.path) if self.path else self.url
 
@@ -209,7 +232,9 @@ class SqlStorage(Storage):
         text = str(getattr(exc, "orig", exc))
         lower = text.lower()
         where = self._where()
-        if "file is not a database" in lower or "malformed" in lower or "not a database" in lower:
+        if "malformed" in lower:
+            return _corrupt(where, text)
+        if "file is not a database" in lower or "not a database" in lower:
             return StorageError(f"{where} is not a Legato database or is corrupt ({text}); "
                                 "move it away or point --store at another file")
         if "readonly" in lower or "read-only" in lower or "unable to open" in lower or "permission" in lower:
@@ -230,6 +255,8 @@ class SqlStorage(Storage):
                 if writer is not None:
                     writer.close()
                 engine.dispose()
+                if self._written:
+                    self._check_file()  # deleted after the last commit: the run's record is gone all the same
 
             await trio.to_thread.run_sync(close)
 
@@ -326,6 +353,8 @@ class SqlStorage(Storage):
                     raw.execute("ROLLBACK")
                 raise
             raw.execute("COMMIT")
+            self._written.add(batch.instance_id)
+            self._check_file()
             return
         with self._engine.begin() as conn:
             self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
@@ -387,9 +416,22 @@ class SqlStorage(Storage):
         def read():
             with self._reading() as conn:
                 row = conn.execute(sa.select(_instances).where(_instances.c.instance_id == instance_id)).first()
+                if row is None:
+                    self._confirm_missing(conn, "legato_instances", instance_id)
             return _instance(row) if row is not None else None
 
         return await self._run(read, doing="read the instance")
+
+    def _confirm_missing(self, conn, table: str, instance_id: str) -> None:
+        """A lookup by key found nothing: make sure the table agrees without its index (a full
+        scan, on this rare path only). A corrupt index hides rows that `list` still shows; say the
+        database is corrupt rather than answer "no such instance"."""
+        if self.dialect != "sqlite":
+            return
+        found = conn.exec_driver_sql(f"SELECT count(*) FROM {table} NOT INDEXED WHERE instance_id = ?",
+                                     (instance_id,)).scalar()
+        if found:
+            raise _corrupt(self._where(), f"an index of {table} has lost rows that the table holds")
 
     async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
         def read():
@@ -406,6 +448,8 @@ class SqlStorage(Storage):
             with self._reading() as conn:
                 rows = conn.execute(sa.select(_attempts).where(_attempts.c.instance_id == instance_id)
                                     .order_by(_attempts.c.created_at, _attempts.c.step_id, _attempts.c.attempt)).all()
+                if not rows:
+                    self._confirm_missing(conn, "legato_attempts", instance_id)
             return [_attempt(row) for row in rows]
 
         return await self._run(read, doing="read attempts")
@@ -477,6 +521,12 @@ class SqlStorage(Storage):
             return [_instance(row) for row in rows]
 
         return await self._run(read, doing="list resumable instances")
+
+
+def _corrupt(where: str, why: str) -> StorageError:
+    return StorageError(
+        f"the database {where} is corrupt ({why}): restore it from a backup, or recover what is readable "
+        f"with `sqlite3 {where} .recover | sqlite3 recovered.db` and point --store at recovered.db")
 
 
 def _instance_values(r: InstanceRecord) -> dict[str, Any]:
