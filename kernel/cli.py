@@ -366,7 +366,7 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
 @main.command(name="list")
 @_store_option
 @click.option("--workflow", default=None, help="Only instances of this workflow id.")
-@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000), help="How many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) -> None:
     """List instances, newest first."""
@@ -391,7 +391,7 @@ def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) 
 @main.command()
 @click.argument("instance")
 @click.argument("step", required=False)
-@click.option("--attempt", type=int, default=None, help="Only this attempt.")
+@click.option("--attempt", type=click.IntRange(1, 2**31), default=None, help="Only this attempt.")
 @_store_option
 def logs(instance: str, step: str | None, attempt: int | None, store: str) -> None:
     """Print the logs (stdout and stderr) of an instance's steps, or of one STEP."""

@@ -791,6 +791,11 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         path = Path(source)
         name = str(path)
         try:
+            if path.exists() and not path.is_file():  # a FIFO would block the read forever, a device stream on
+                raise DefinitionError([Problem("", "not a regular file: give the path of a JSON or YAML file")], name)
+            if path.stat().st_size > MAX_DOCUMENT_BYTES:
+                raise DefinitionError([Problem("", f"the file is larger than {MAX_DOCUMENT_BYTES} bytes "
+                                                   "(MAX_DOCUMENT_BYTES)")], name)
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DefinitionError([Problem("", "file not found")], name) from None

@@ -391,15 +391,22 @@ def evaluate_params(
 
     values: dict[str, Any] = dict(scope or {})
     out: dict[str, Any] = {}
-    cel_values: dict[str, Any] | None = None
+    # Each value is converted to CEL once, not once per expression after it (a chain of params
+    # building on each other was quadratic); a scope value the caller already converted (the
+    # engine's context holds the workflow's params) is reused as it is.
+    cel_values: dict[str, Any] = {}
+    given = context or {}
 
     def activation() -> dict[str, Any]:
-        nonlocal cel_values
-        if cel_values is None:
-            cel_values = {k: to_cel(v) for k, v in values.items()}
-        act = dict(context or {})
+        for key, value in values.items():
+            if key not in cel_values:
+                known = given.get(key) if scope is not None and scope.get(key) is value else None
+                cel_values[key] = known if known is not None else to_cel(value)
+        act = dict(given)
         act.update(cel_values)
-        act["params"] = to_cel(values)
+        params = to_cel({})  # a CEL map, filled with the values converted above
+        params.update((to_cel(key), value) for key, value in cel_values.items())
+        act["params"] = params
         return act
 
     def lookup(path: str) -> Any:
@@ -450,7 +457,7 @@ def evaluate_params(
             raise ParamError(exc.message, f"/{name}") from None
         values[name] = value
         out[name] = value
-        cel_values = None
+        cel_values.pop(name, None)  # a step param may shadow a scope param of the same name
         if spec.validator is not None:
             act = activation()
             act["value"] = to_cel(value)

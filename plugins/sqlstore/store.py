@@ -65,6 +65,18 @@ class SqlStorage(Storage):
                 raise StorageError(f"{url!r}: give a file, e.g. sqlite:///.legato/legato.db")
             self.path = Path(raw).expanduser()
             self._synchronous, self._busy_ms = self._sqlite_options()
+            try:
+                self.path.stat()
+            except FileNotFoundError:
+                pass  # created when opened
+            except (OSError, ValueError) as exc:  # a name too long, a file where a directory should be, a NUL
+                raise StorageError(f"{url!r}: cannot use {raw!r:.80} as a database file: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+        elif self.dialect == "postgresql":
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg") is None:
+                raise StorageError(f"{url!r}: postgresql:// needs the psycopg driver: pip install 'psycopg[binary]'")
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -72,14 +84,14 @@ class SqlStorage(Storage):
         await trio.to_thread.run_sync(self._open)
 
     def _open(self) -> None:
-        if self.dialect == "sqlite":
-            self._engine = self._sqlite_engine()
-        elif self.dialect == "postgresql":
-            url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
-        else:
-            raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
         try:
+            if self.dialect == "sqlite":
+                self._engine = self._sqlite_engine()
+            elif self.dialect == "postgresql":
+                url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
+                self._engine = sa.create_engine(url, pool_pre_ping=True)
+            else:
+                raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
             with self._init_lock():
                 self._migrate()
                 if self.dialect == "sqlite":
