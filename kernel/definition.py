@@ -262,33 +262,44 @@ _BIG = 10 ** MAX_NUMBER_DIGITS
 
 def _inspect(document: dict) -> list[Problem]:
     """Duplicate keys, nesting past MAX_NESTING, strings past MAX_STRING_BYTES and numbers past
-    MAX_NUMBER_DIGITS, each at its pointer. One walk over the document, without recursion."""
+    MAX_NUMBER_DIGITS, each at its pointer. One walk over the document, without recursion; a
+    node's pointer is spelt out only for a problem (a chain of (key, parent) links until then)."""
     problems: list[Problem] = []
-    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    stack: list[tuple] = [(document, None, 0)]  # (node, (key, parent link) or None, depth)
     pop, push = stack.pop, stack.append
+
+    def pointer(link) -> str:
+        parts = []
+        while link is not None:
+            key, link = link
+            parts.append(_esc(key))
+        return "".join("/" + part for part in reversed(parts))
+
     while stack:
-        node, pointer, depth = pop()
+        node, link, depth = pop()
         kind = type(node)
         if kind is str:
             if len(node) > MAX_STRING_BYTES:
-                problems.append(Problem(pointer, f"a string of {len(node)} characters; the limit is "
-                                                 f"{MAX_STRING_BYTES} (MAX_STRING_BYTES)"))
+                problems.append(Problem(pointer(link), f"a string of {len(node)} characters; the limit is "
+                                                       f"{MAX_STRING_BYTES} (MAX_STRING_BYTES)"))
         elif kind is dict or kind is _Obj or kind is list:
             if depth >= MAX_NESTING:
-                problems.append(Problem(pointer, f"arrays and objects nest deeper than {MAX_NESTING} levels "
-                                                 "(MAX_NESTING)"))
+                problems.append(Problem(pointer(link), f"arrays and objects nest deeper than {MAX_NESTING} "
+                                                       "levels (MAX_NESTING)"))
                 continue
+            depth += 1
             if kind is list:
                 for i, value in enumerate(node):
-                    push((value, f"{pointer}/{i}", depth + 1))
+                    push((value, (i, link), depth))
             else:
                 for key in getattr(node, "duplicates", ()):
-                    problems.append(Problem(f"{pointer}/{_esc(key)}",
-                                            f"duplicate key {key!r}: a later value would silently replace an earlier one"))
+                    problems.append(Problem(pointer((key, link)), f"duplicate key {key!r}: a later value would "
+                                                                  "silently replace an earlier one"))
                 for key, value in node.items():
-                    push((value, f"{pointer}/{_esc(key)}", depth + 1))
+                    push((value, (key, link), depth))
         elif kind is int and not -_BIG < node < _BIG:
-            problems.append(Problem(pointer, f"a number of more than {MAX_NUMBER_DIGITS} digits (MAX_NUMBER_DIGITS)"))
+            problems.append(Problem(pointer(link), f"a number of more than {MAX_NUMBER_DIGITS} digits "
+                                                   "(MAX_NUMBER_DIGITS)"))
     problems.sort(key=lambda p: p.pointer)  # stable, whatever the walk's order
     return problems
 
