@@ -314,6 +314,7 @@ def interpolate(value: Any, lookup: Callable[[str], Any], limit: int = MAX_VALUE
 
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
+            size[0] -= 1
             return "$"
         found = lookup(m.group(1).strip())
         if isinstance(found, bool):
@@ -324,7 +325,7 @@ def interpolate(value: Any, lookup: Callable[[str], Any], limit: int = MAX_VALUE
             text = json.dumps(found, separators=(",", ":"))
         else:
             text = str(found)
-        size[0] += len(text)
+        size[0] += len(text) - len(m.group(0))  # the result's length, not the template's
         if size[0] > limit:
             raise ParamError(f"${{…}} would make a value of more than {limit} characters "
                              "(MAX_VALUE_BYTES); pass big values by reference (a file, a table)")

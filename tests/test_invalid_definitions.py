@@ -234,3 +234,15 @@ def test_examples_validate_in_a_subprocess():
         proc = subprocess.run([str(LEGATO), "validate", str(path)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert f"{path}: valid" in proc.stdout
+
+
+def test_yaml_aliases_within_the_bound_still_load(loader, tmp_path):
+    """Sharing a retry policy through an anchor is ordinary YAML: the alias bound leaves it alone."""
+    path = tmp_path / "shared.yaml"
+    path.write_text(
+        "workflow:\n  id: shared\n  steps:\n"
+        "    - step: {id: s0, type: noop, retry_policy: &retry {error_retry_limit: 3, backoff: {type: fixed, base: 2}}}\n"
+        + "".join(f"    - step: {{id: s{i}, type: noop, retry_policy: *retry}}\n" for i in range(1, 500)))
+    definition = loader(path)
+    assert len(definition.steps) == 500
+    assert {s.retry.error_retry_limit for s in definition.steps} == {3}
