@@ -204,8 +204,8 @@ def parse_document(text: str, source: str = "") -> dict[str, Any]:
 
 
 def _line_col(text: str, index: int) -> str:
-    line = text.count("\n", 0, index) + 1
-    return f"{line}:{index - (text.rfind(chr(10), 0, index) + 1) + 1}"
+    line_start = text.rfind("\n", 0, index) + 1
+    return f"{text.count(chr(10), 0, index) + 1}:{index - line_start + 1}"
 
 
 def _too_deep_at(text: str) -> str:

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # -- documents (legato.definition) ---------------------------------------------------------------
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # a definition file or text; 100,000 steps take ~15 MB
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # a definition file or text; 100,000 steps take ~10 MB
 MAX_NESTING = 64  # levels of arrays and objects in a document (or in a `-p` JSON value)
 MAX_YAML_ALIAS_NODES = 100_000  # nodes YAML aliases may stand for in all (a "billion laughs" has 10^9)
 MAX_NUMBER_DIGITS = 100  # digits of a number literal
