@@ -282,6 +282,9 @@ def _inspect(document: dict) -> list[Problem]:
             if len(node) > MAX_STRING_BYTES:
                 problems.append(Problem(pointer(link), f"a string of {len(node)} characters; the limit is "
                                                        f"{MAX_STRING_BYTES} (MAX_STRING_BYTES)"))
+            elif not node.isascii() and not _is_unicode(node):
+                problems.append(Problem(pointer(link), "the string holds a lone surrogate (JSON's \\ud800 to "
+                                                       "\\udfff without its pair): it is not text any process can take"))
         elif kind is dict or kind is _Obj or kind is list:
             if depth >= MAX_NESTING:
                 problems.append(Problem(pointer(link), f"arrays and objects nest deeper than {MAX_NESTING} "
@@ -302,6 +305,14 @@ def _inspect(document: dict) -> list[Problem]:
                                                    "(MAX_NUMBER_DIGITS)"))
     problems.sort(key=lambda p: p.pointer)  # stable, whatever the walk's order
     return problems
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _LOADER = None
@@ -818,6 +829,9 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         document = parse_document(source)
     else:
         document = dict(source)
+        problems = _inspect(document)  # the same bounds whoever built the document
+        if problems:
+            raise DefinitionError(problems, name)
 
     v = _Validator(step_types, compiler)
     v.unknown_keys(document, {"properties", "workflow"}, "", "top-level")

@@ -246,3 +246,13 @@ def test_yaml_aliases_within_the_bound_still_load(loader, tmp_path):
     definition = loader(path)
     assert len(definition.steps) == 500
     assert {s.retry.error_retry_limit for s in definition.steps} == {3}
+
+
+def test_lone_surrogates_are_refused_at_their_pointer(loader, tmp_path):
+    """JSON may spell half a surrogate pair (``\\ud800``); no process, file or terminal takes it."""
+    path = tmp_path / "surrogate.json"
+    path.write_text('{"workflow": {"id": "s", "params": {"s": "ok \\u00e9", "t": "bad \\ud800"}, '
+                    '"steps": [{"step": {"id": "a", "type": "noop"}}]}}')
+    with pytest.raises(DefinitionError) as info:
+        loader(path)
+    assert [(p.pointer, "lone surrogate" in p.message) for p in info.value.problems] == [("/workflow/params/t", True)]
