@@ -143,6 +143,11 @@ def _engine(store: str, workspace: str | None = None, settings: str | None = Non
 
     plugins = _plugins()
     step_settings = _load_settings(settings)
+    if workspace is not None:
+        try:
+            os.makedirs(workspace, exist_ok=True)
+        except (OSError, ValueError) as exc:  # a file on the way, no permission, a NUL byte
+            _fail(f"--workspace {workspace!r:.200}: cannot make the directory ({getattr(exc, 'strerror', None) or exc})")
     try:
         storage = open_storage(store, plugins)
     except StorageError as exc:

@@ -210,6 +210,7 @@ def test_operator_settings_reach_step_types(tmp_path):
         (["-p", "threshold=" + "[" * 5000 + "]" * 5000], {}, "nests arrays and maps deeper than 64 levels"),
         (["-p", "threshold=" + "9" * 5000], {}, "is not a LONG"),
         (["--workspace", "examples/etl.json"], {}, "is a file"),
+        (["--workspace", "examples/etl.json/runs"], {}, "cannot make the directory (Not a directory)"),
     ],
 )
 def test_bad_options_and_environment_exit_2_naming_them(args, env, message, tmp_path):

@@ -5,7 +5,7 @@ numbers, NaN, infinity, deep nesting, long strings; bad UTF-8; truncation), bomb
 "billion laughs", ``${}`` and CEL doubling), deep nesting, huge numbers, and bad options and
 environment variables (``--store``, ``?busy_timeout=``, ``LEGATO_LEASE_TTL``, ``-p``,
 ``--workspace``), run through ``legato validate`` and ``legato run``. For every case: the exit
-code is 0, 1 or 2; nothing says "Traceback" or "internal error"; it ends within 10 s; and the
+code is 0, 1 or 2; nothing says "Traceback", "internal error" or INTERNALLY_FAILED; it ends within 10 s; and the
 process's peak RSS stays under 512 MB.
 
 The bulk runs in-process (click's CliRunner, which reports an uncaught exception instead of
@@ -246,8 +246,10 @@ def _options() -> list[Case]:
               "=1", "noequals", "n=1=2", "s=\udcff", "workflow=1", "m={\"a\": " + "9" * 5000 + "}"]
     for value in values:
         cases.append(_run(f"param-{value[:30]!r}", ok, ".json", "-p", value))
-    cases.append(_run("workspace-is-a-file", ok, ".json", "--workspace", "{dir}/wf.json"))
-    cases.append(_run("workspace-under-a-file", ok, ".json", "--workspace", "{dir}/wf.json/runs"))
+    bash = _doc(steps=[{"step": {"id": "a", "type": "bash", "params": {"script": "true"}}}])
+    cases.append(_run("workspace-is-a-file", bash, ".json", "--workspace", "{dir}/wf.json"))
+    cases.append(_run("workspace-under-a-file", bash, ".json", "--workspace", "{dir}/wf.json/runs"))
+    cases.append(_run("workspace-unwritable", bash, ".json", "--workspace", "/proc/legato-runs"))
     cases.append(_run("request-id-long", ok, ".json", "--request-id", "r" * 100_000))
     cases.append(_run("request-id-empty", ok, ".json", "--request-id", ""))
     cases += [Case("status-odd-id", ["status", "'; drop table x; --", "--store", "sqlite:///{dir}/s.db"]),
@@ -388,6 +390,8 @@ def _verdict(code: int, output: str, seconds: float, crashed: str | None = None)
         return "a traceback"
     if "internal error" in output:
         return "an internal error"
+    if "INTERNALLY_FAILED" in output:  # a step type or the kernel broke on the input
+        return "a step ended INTERNALLY_FAILED"
     if seconds > LIMIT_SECONDS:
         return f"took {seconds:.1f}s"
     return None
