@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -66,12 +67,16 @@ class SqlStorage(Storage):
             self.path = Path(raw).expanduser()
             self._synchronous, self._busy_ms = self._sqlite_options()
             try:
-                self.path.stat()
+                st = self.path.stat()
             except FileNotFoundError:
                 pass  # created when opened
             except (OSError, ValueError) as exc:  # a name too long, a file where a directory should be, a NUL
                 raise StorageError(f"{url!r}: cannot use {raw!r:.80} as a database file: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(f"{url!r}: {raw!r:.80} is not a regular file; give the path of a "
+                                       "database file, e.g. sqlite:///.legato/legato.db")
         elif self.dialect == "postgresql":
             import importlib.util
 
