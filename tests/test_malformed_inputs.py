@@ -119,6 +119,11 @@ def _bombs() -> list[Case]:
         {"s": "x" * 4096, "t": ["${s}" * 200] * 2000})))
     mapped = {"s": "x" * 65536, "l": {"type": "STRING_ARRAY", "expression": "intsBetween(0, 100000).map(i, s)"}}
     cases.append(_run("cel-map-of-a-long-string", _doc(mapped)))
+    grow = {"s0": "x" * 16} | {f"s{i}": {"type": "STRING", "expression": " + ".join([f"s{i - 1}"] * 16)}
+                                for i in range(1, 4)}  # s3 is 64 KiB
+    grow |= {"s4": {"type": "STRING", "expression": " + ".join(["s3"] * 8)},  # 512 KiB
+             "l": {"type": "STRING_ARRAY", "expression": "intsBetween(0, 100000).map(i, s4 + s4)"}}
+    cases.append(_run("cel-map-of-concatenations", _doc(grow)))
     total = {f"p{i}": {"type": "STRING", "expression": f"{'s + ' * 15}s"} for i in range(40)}
     cases.append(_run("cel-many-big-values", _doc({"s": "x" * 60000} | total)))
     cases.append(_run("cel-nested-comprehensions", _doc(
