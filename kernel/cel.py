@@ -169,7 +169,7 @@ def _plain(value: Any, budget: list[int] | None) -> Any:
     if isinstance(value, celtypes.BytesType):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, Mapping):
-        return {_plain(k, budget): _plain(v, budget) for k, v in value.items()}
+        return {str(k): _plain(v, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v, budget) for v in value]
     return value
