@@ -309,6 +309,9 @@ KINDS = ["delete", "duplicate", "retype", "huge-int", "nan", "inf", "deep", "lon
 
 
 def _mutate(rng: random.Random, example: Path, kind: str) -> bytes:
+    """``example`` with one ``kind`` of damage at a random place. What a serialiser will not write
+    (NaN, 5,000-digit integers, a key twice) goes in as a placeholder replaced in the text; a key
+    given twice is written as JSON, YAML examples included."""
     text = example.read_text(encoding="utf-8")
     is_yaml = example.suffix in (".yaml", ".yml")
     doc = yaml.safe_load(text) if is_yaml else json.loads(text)
@@ -321,10 +324,9 @@ def _mutate(rng: random.Random, example: Path, kind: str) -> bytes:
     elif kind == "duplicate":
         if isinstance(parent, list):
             parent.insert(key, parent[key])
-        else:  # serialise, then repeat the member's text
+        else:  # the member twice: first with another value, then with its own
+            raw = f"{json.dumps(key)}: 1, {json.dumps(key)}: {json.dumps(parent[key])}"
             parent[key] = RAW.format(0)
-            raw = json.dumps(key) + ": 1, " + json.dumps(key) + ": " + json.dumps(_parent(
-                yaml.safe_load(text) if is_yaml else json.loads(text), path)[key])
     elif kind == "retype":
         parent[key] = rng.choice([None, True, 0, -1, 1.5, "", "x", [], {}, [None], {"": None}, "${", "$${x}", "${x}"])
     elif kind in ("bad-utf8", "truncate"):
