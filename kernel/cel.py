@@ -16,6 +16,7 @@ Literal ``true`` / ``false`` conditions never reach cel-python (they dominate re
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 import sys
 import time
@@ -24,12 +25,12 @@ from typing import Any, Callable, Mapping
 __all__ = ["CelError", "CelProgram", "CelCompiler", "to_cel", "to_python", "unconvertible", "INT_MIN", "INT_MAX",
            "MAX_VALUE_DEPTH"]
 
-MAX_SOURCE = 8192  # characters
-MAX_DEPTH = 48  # nesting of brackets / parentheses / braces in the source, checked before parsing
-MAX_TREE_DEPTH = 120  # depth of the parse tree (about 12 nested parentheses, or 60 chained `+`),
-# which keeps cel-python's recursive evaluator far from the interpreter's recursion limit
-MAX_EVAL_SECONDS = 0.5
-MAX_LIST = 100_000  # elements a Legato CEL function may build
+from .limits import MAX_CEL_DEPTH as MAX_DEPTH
+from .limits import MAX_CEL_EVAL_SECONDS as MAX_EVAL_SECONDS
+from .limits import MAX_CEL_LIST as MAX_LIST
+from .limits import MAX_CEL_SOURCE as MAX_SOURCE
+from .limits import MAX_CEL_TREE_DEPTH as MAX_TREE_DEPTH
+from .limits import INT_MAX, INT_MIN, MAX_VALUE_BYTES, MAX_VALUE_DEPTH
 
 
 class CelError(Exception):
@@ -98,12 +99,6 @@ def _deadline_runner():
     return BoundedRunner
 
 
-#: CEL's int (and Legato's LONG) is a 64-bit signed integer.
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-#: How deeply maps and arrays may nest in a value that CEL sees (params, step outputs).
-MAX_VALUE_DEPTH = 100
-
-
 def unconvertible(value: Any) -> tuple[str, str] | None:
     """Why a plain JSON-like value (a param's, a step's outputs) cannot be given to CEL and kept:
     ``(path, reason)`` for the first problem (``path`` like ``/rows/3``), or None when it can.
@@ -143,6 +138,8 @@ def to_cel(value: Any):
     if isinstance(value, bool):
         return celtypes.BoolType(value)
     if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:  # IntType() checks the same range forty times slower
+            return int.__new__(celtypes.IntType, value)
         return celtypes.IntType(value)
     if isinstance(value, float):
         return celtypes.DoubleType(value)
@@ -163,9 +160,29 @@ def to_cel(value: Any):
     return value  # already a CEL value
 
 
-def to_python(value: Any) -> Any:
-    """Convert a CEL result to plain JSON-like Python values."""
+class _TooBig(Exception):
+    pass
+
+
+def to_python(value: Any, limit: int | None = None) -> Any:
+    """Convert a CEL result to plain JSON-like Python values. With ``limit``, raise CelError as
+    soon as the result outgrows it (counted like :func:`legato.limits.value_size`): a list of a
+    million references to one long string is small in CEL and huge as copies."""
+    if limit is None:
+        return _plain(value, None)
+    try:
+        return _plain(value, [limit])
+    except _TooBig:
+        raise CelError(f"the result is larger than {limit} characters (MAX_VALUE_BYTES); "
+                       "build smaller values or split them into several params") from None
+
+
+def _plain(value: Any, budget: list[int] | None) -> Any:
     celtypes = _cel().celtypes
+    if budget is not None:
+        budget[0] -= len(value) if isinstance(value, (str, bytes)) else 1
+        if budget[0] < 0:
+            raise _TooBig()
     if value is None:
         return None
     if isinstance(value, celtypes.BoolType):
@@ -183,9 +200,9 @@ def to_python(value: Any) -> Any:
     if isinstance(value, celtypes.BytesType):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, Mapping):
-        return {str(k): to_python(v) for k, v in value.items()}
+        return {str(k): _plain(v, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_python(v) for v in value]
+        return [_plain(v, budget) for v in value]
     return value
 
 
@@ -226,7 +243,7 @@ class CelProgram:
         """Evaluate with ``activation`` (names to CEL values, see :func:`to_cel`). Raises CelError."""
         celpy = _celpy
         try:
-            return to_python(self._runner.evaluate(activation))
+            result = self._runner.evaluate(activation)
         except _Timeout:
             raise CelError(f"evaluation took longer than {MAX_EVAL_SECONDS}s; simplify the expression") from None
         except celpy.CELEvalError as exc:
@@ -237,6 +254,7 @@ class CelProgram:
             raise
         except Exception as exc:  # cel-python's own bugs surface as plain exceptions
             raise CelError(f"evaluation failed: {type(exc).__name__}: {exc}") from None
+        return to_python(result, MAX_VALUE_BYTES)
 
 
 def _parse_reason(exc: Exception) -> str:
@@ -326,7 +344,7 @@ class CelCompiler:
 
 
 def builtin_functions() -> dict[str, Callable[..., Any]]:
-    """``intsBetween``, ``dateIntsBetween``, ``dateIntToTs``, ``tsToDateInt``."""
+    """``intsBetween``, ``dateIntsBetween``, ``dateIntToTs``, ``tsToDateInt``, and a bounded ``+``."""
     celtypes = _cel().celtypes
 
     def _bounded(n: int) -> None:
@@ -382,7 +400,18 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
         call.__name__ = name
         return call
 
+    def add(left, right):
+        """CEL's ``+``, refusing to build a string, bytes or list past MAX_VALUE_BYTES (doubling a
+        string thirty times would take gigabytes well within the time bound)."""
+        if isinstance(left, (str, bytes, list)) and isinstance(right, (str, bytes, list)):
+            size = len(left) + len(right)
+            if size > MAX_VALUE_BYTES:
+                return _celpy.CELEvalError(f"`+` would build a value of {size} characters or elements; "
+                                           f"the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)", ValueError, None)
+        return operator.add(left, right)
+
     return {
+        "_+_": add,
         "intsBetween": wrap("intsBetween", ints_between),
         "dateIntsBetween": wrap("dateIntsBetween", date_ints_between),
         "dateIntToTs": wrap("dateIntToTs", date_int_to_ts),

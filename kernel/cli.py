@@ -9,6 +9,7 @@ traceback.  Heavy modules (trio, cel-python, pydantic) are imported inside the c
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -146,16 +147,32 @@ def _engine(store: str, workspace: str | None = None, settings: str | None = Non
 
     plugins = _plugins()
     step_settings = _load_settings(settings)
+    if workspace is not None:
+        try:
+            os.makedirs(workspace, exist_ok=True)
+        except (OSError, ValueError) as exc:  # a file on the way, no permission, a NUL byte
+            _fail(f"--workspace {workspace!r:.200}: cannot make the directory ({getattr(exc, 'strerror', None) or exc})")
     try:
         storage = open_storage(store, plugins)
     except StorageError as exc:
         _fail(str(exc))
-    ttl = os.environ.get("LEGATO_LEASE_TTL", "30")
+    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=_lease_ttl(), step_settings=step_settings)
+
+
+LEASE_TTL_RANGE = (0.1, 86400.0)  # seconds: renewed every third of it, so not shorter; a day at most
+
+
+def _lease_ttl() -> float:
+    """LEGATO_LEASE_TTL, checked: a finite number of seconds within LEASE_TTL_RANGE."""
+    text = os.environ.get("LEGATO_LEASE_TTL", "30")
+    low, high = LEASE_TTL_RANGE
     try:
-        lease_ttl = float(ttl)
+        ttl = float(text)
     except ValueError:
-        _fail(f"LEGATO_LEASE_TTL must be a number of seconds, got {ttl!r}")
-    return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=lease_ttl, step_settings=step_settings)
+        ttl = math.nan
+    if not low <= ttl <= high:  # NaN too
+        _fail(f"LEGATO_LEASE_TTL must be a number of seconds from {low:g} to {high:g} (default 30), got {text!r:.40}")
+    return ttl
 
 
 def _trio_run(fn) -> None:
@@ -385,7 +402,7 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
 @main.command(name="list")
 @_store_option
 @click.option("--workflow", default=None, help="Only instances of this workflow id.")
-@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000), help="How many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) -> None:
     """List instances, newest first."""
@@ -410,7 +427,7 @@ def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) 
 @main.command()
 @click.argument("instance")
 @click.argument("step", required=False)
-@click.option("--attempt", type=int, default=None, help="Only this attempt.")
+@click.option("--attempt", type=click.IntRange(1, 2**31), default=None, help="Only this attempt.")
 @_store_option
 def logs(instance: str, step: str | None, attempt: int | None, store: str) -> None:
     """Print the logs (stdout and stderr) of an instance's steps, or of one STEP."""

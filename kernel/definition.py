@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .cel import CelCompiler, CelError, CelProgram
+from .limits import (
+    MAX_BACKOFF_EXPONENT,
+    MAX_DOCUMENT_BYTES,
+    MAX_DURATION_SECONDS,
+    MAX_NESTING,
+    MAX_NUMBER_DIGITS,
+    MAX_STRING_BYTES,
+    MAX_YAML_ALIAS_NODES,
+)
 from .params import (
     ParamError,
     ParamSpec,
@@ -90,7 +99,10 @@ class Backoff:
     jitter: float = 0.0
 
     def delay(self, n: int, rand: float = 0.0) -> float:
-        raw = self.base if self.type == "fixed" else self.base * self.exponent ** (n - 1)
+        try:
+            raw = self.base if self.type == "fixed" else self.base * self.exponent ** (n - 1)
+        except OverflowError:  # the hundredth retry of a steep backoff: the cap applies
+            raw = self.cap
         raw = min(raw, self.cap)
         return raw + raw * self.jitter * rand
 
@@ -157,13 +169,25 @@ class Definition:
 
 
 def parse_document(text: str, source: str = "") -> dict[str, Any]:
-    """Parse JSON or YAML text; a syntax error becomes a DefinitionError with line:col."""
+    """Parse JSON or YAML text; a syntax error becomes a DefinitionError with line:col.
+
+    The document is bounded (:mod:`legato.limits`): its size, its nesting, the size of its strings
+    and numbers, and what YAML aliases may expand to; each excess is a located problem."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise DefinitionError([Problem("", f"the document is {len(text)} characters long; the limit is "
+                                           f"{MAX_DOCUMENT_BYTES} (MAX_DOCUMENT_BYTES)")], source)
     is_yaml = source.endswith((".yaml", ".yml")) or (not source.endswith(".json") and not text.lstrip().startswith("{"))
     if not is_yaml:
         try:
             document = json.loads(text, object_pairs_hook=_object)
         except json.JSONDecodeError as exc:
             raise DefinitionError([Problem("", f"{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")], source) from None
+        except RecursionError:
+            raise DefinitionError([Problem("", f"{_too_deep_at(text)}: invalid JSON: arrays and objects nest deeper "
+                                               f"than {MAX_NESTING} levels (MAX_NESTING)")], source) from None
+        except ValueError as exc:  # an integer past Python's conversion limit
+            raise DefinitionError([Problem("", f"{_long_number_at(text)}: invalid JSON: a number has more than "
+                                               f"{MAX_NUMBER_DIGITS} digits (MAX_NUMBER_DIGITS)")], source) from None
     else:
         import yaml
 
@@ -176,11 +200,45 @@ def parse_document(text: str, source: str = "") -> dict[str, Any]:
             raise DefinitionError([Problem("", f"{where}invalid YAML: {problem}")], source) from None
     if not isinstance(document, dict):
         raise DefinitionError([Problem("", "a definition is an object with `workflow` (and optional `properties`)")], source)
-    duplicates = list(_duplicates(document, ""))
-    if duplicates:
-        raise DefinitionError([Problem(p, f"duplicate key {k!r}: a later value would silently replace an earlier one")
-                               for p, k in duplicates], source)
+    problems = _inspect(document)
+    if problems:
+        raise DefinitionError(problems, source)
     return document
+
+
+def _line_col(text: str, index: int) -> str:
+    line_start = text.rfind("\n", 0, index) + 1
+    return f"{text.count(chr(10), 0, index) + 1}:{index - line_start + 1}"
+
+
+def _too_deep_at(text: str) -> str:
+    """line:col of the bracket that first nests past MAX_NESTING (only called once parsing failed)."""
+    depth, in_string, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return _line_col(text, i)
+        elif ch in "]}":
+            depth -= 1
+    return "1:1"
+
+
+_LONG_NUMBER = re.compile(r"\d{%d,}" % (MAX_NUMBER_DIGITS + 1))
+
+
+def _long_number_at(text: str) -> str:
+    m = _LONG_NUMBER.search(text)
+    return _line_col(text, m.start()) if m else "1:1"
 
 
 class _Obj(dict):
@@ -202,38 +260,139 @@ def _object(pairs) -> dict:
     return dict(obj)
 
 
-def _duplicates(node: Any, pointer: str):
-    if isinstance(node, dict):
-        for key in getattr(node, "duplicates", ()):
-            yield f"{pointer}/{_esc(key)}", key
-        for key, value in node.items():
-            yield from _duplicates(value, f"{pointer}/{_esc(key)}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _duplicates(value, f"{pointer}/{i}")
+_BIG = 10 ** MAX_NUMBER_DIGITS
+
+
+def _inspect(document: dict) -> list[Problem]:
+    """Duplicate keys, nesting past MAX_NESTING, strings past MAX_STRING_BYTES and numbers past
+    MAX_NUMBER_DIGITS, each at its pointer. One walk over the document, without recursion; a
+    node's pointer is spelt out only for a problem (a chain of (key, parent) links until then)."""
+    problems: list[Problem] = []
+    stack: list[tuple] = [(document, None, 0)]  # (node, (key, parent link) or None, depth)
+    pop, push = stack.pop, stack.append
+
+    def pointer(link) -> str:
+        parts = []
+        while link is not None:
+            key, link = link
+            parts.append(_esc(key))
+        return "".join("/" + part for part in reversed(parts))
+
+    while stack:
+        node, link, depth = pop()
+        kind = type(node)
+        if kind is str:
+            if len(node) > MAX_STRING_BYTES:
+                problems.append(Problem(pointer(link), f"a string of {len(node)} characters; the limit is "
+                                                       f"{MAX_STRING_BYTES} (MAX_STRING_BYTES)"))
+            elif not node.isascii() and not _is_unicode(node):
+                problems.append(Problem(pointer(link), "the string holds a lone surrogate (JSON's \\ud800 to "
+                                                       "\\udfff without its pair): it is not text any process can take"))
+        elif kind is dict or kind is _Obj or kind is list:
+            if depth >= MAX_NESTING:
+                problems.append(Problem(pointer(link), f"arrays and objects nest deeper than {MAX_NESTING} "
+                                                       "levels (MAX_NESTING)"))
+                continue
+            depth += 1
+            if kind is list:
+                for i, value in enumerate(node):
+                    push((value, (i, link), depth))
+            else:
+                for key in getattr(node, "duplicates", ()):
+                    problems.append(Problem(pointer((key, link)), f"duplicate key {key!r}: a later value would "
+                                                                  "silently replace an earlier one"))
+                for key, value in node.items():
+                    push((value, (key, link), depth))
+        elif kind is int and not -_BIG < node < _BIG:
+            problems.append(Problem(pointer(link), f"a number of more than {MAX_NUMBER_DIGITS} digits "
+                                                   "(MAX_NUMBER_DIGITS)"))
+    problems.sort(key=lambda p: p.pointer)  # stable, whatever the walk's order
+    return problems
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _LOADER = None
 
 
 def _yaml_loader():
-    """A safe loader that keeps dates as strings (a param `2025-01-01` is text, as in JSON) and
-    records duplicate keys."""
+    """A safe loader that keeps dates as strings (a param `2025-01-01` is text, as in JSON), records
+    duplicate keys, and bounds what a document can demand before it is built: nesting, what
+    aliases expand to (a "billion laughs" is refused at the alias that crosses the bound, a
+    recursive alias at once), the digits of an integer; keys must be scalars."""
     global _LOADER
     if _LOADER is None:
         import yaml
+        from yaml.composer import ComposerError
+        from yaml.constructor import ConstructorError
 
         class Loader(yaml.SafeLoader):
+            def __init__(self, stream):
+                super().__init__(stream)
+                self._depth = 0
+                self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, once composed
+                self._aliased = 0
+
+            def compose_node(self, parent, index):
+                if self.check_event(yaml.AliasEvent):
+                    event = self.peek_event()
+                    node = self.anchors.get(event.anchor)
+                    if node is not None:
+                        size = self._sizes.get(id(node))
+                        if size is None:
+                            raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains "
+                                                "it (a recursive alias)", event.start_mark)
+                        self._aliased += size
+                        if self._aliased > MAX_YAML_ALIAS_NODES:
+                            raise ComposerError(None, None, f"aliases expand to more than {MAX_YAML_ALIAS_NODES} "
+                                                "nodes (MAX_YAML_ALIAS_NODES)", event.start_mark)
+                    return super().compose_node(parent, index)
+                self._depth += 1
+                if self._depth > MAX_NESTING:
+                    raise ComposerError(None, None, f"sequences and mappings nest deeper than {MAX_NESTING} "
+                                        "levels (MAX_NESTING)", self.peek_event().start_mark)
+                try:
+                    node = super().compose_node(parent, index)
+                finally:
+                    self._depth -= 1
+                value, sizes = node.value, self._sizes
+                if isinstance(node, yaml.SequenceNode):
+                    sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in value)
+                elif isinstance(node, yaml.MappingNode):
+                    sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in value)
+                else:
+                    sizes[id(node)] = 1
+                return node
+
             def construct_mapping(self, node, deep=False):
                 self.flatten_mapping(node)
+                for key, _ in node.value:
+                    if not isinstance(key, yaml.ScalarNode):
+                        kind = "sequence" if isinstance(key, yaml.SequenceNode) else "mapping"
+                        raise ConstructorError(None, None, f"a key must be a plain value, not a {kind}",
+                                               key.start_mark)
                 return _object((self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
                                for k, v in node.value)
+
+            def construct_yaml_int(self, node):
+                digits = sum(ch.isdigit() for ch in node.value)
+                if digits > MAX_NUMBER_DIGITS:
+                    raise ConstructorError(None, None, f"a number has more than {MAX_NUMBER_DIGITS} digits "
+                                           "(MAX_NUMBER_DIGITS)", node.start_mark)
+                return super().construct_yaml_int(node)
 
         Loader.yaml_implicit_resolvers = {
             ch: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
             for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
         }
         Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
+        Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
         _LOADER = Loader
     return _LOADER
 
@@ -260,6 +419,9 @@ def parse_duration(value: Any) -> float:
             raise ValueError(f"{value!r} is not a duration; write seconds, or e.g. '90s', '5m', '1h30m', '2d'")
     else:
         raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '1h30m'")
+    if not seconds <= MAX_DURATION_SECONDS:  # NaN and infinity too
+        raise ValueError(f"a duration is at most {MAX_DURATION_SECONDS} seconds (a year, MAX_DURATION_SECONDS), "
+                         f"got {value!r:.40}; leave the timeout out for none")
     if not seconds > 0:
         raise ValueError("a duration must be positive")
     return seconds
@@ -395,12 +557,13 @@ class _Validator:
             return None
         return value
 
-    def number(self, obj: dict, key: str, pointer: str, minimum: float = 0.0) -> float | None:
+    def number(self, obj: dict, key: str, pointer: str, minimum: float = 0.0,
+               maximum: float = MAX_DURATION_SECONDS) -> float | None:
         if key not in obj:
             return None
         value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            self.add(f"{pointer}/{key}", f"expected a number >= {minimum:g}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:
+            self.add(f"{pointer}/{key}", f"expected a number from {minimum:.10g} to {maximum:.10g}, got {value!r:.40}")
             return None
         return float(value)
 
@@ -429,8 +592,10 @@ class _Validator:
                     self.add(f"{where}/type", f"backoff type must be `fixed` or `exponential`, got {kind!r}")
                 else:
                     b["type"] = kind
-                for key, minimum in (("base", 0.0), ("exponent", 1.0), ("cap", 0.0), ("jitter", 0.0)):
-                    value = self.number(backoff, key, where, minimum)
+                for key, minimum, maximum in (("base", 0.0, MAX_DURATION_SECONDS),
+                                              ("exponent", 1.0, MAX_BACKOFF_EXPONENT),
+                                              ("cap", 0.0, MAX_DURATION_SECONDS), ("jitter", 0.0, 1.0)):
+                    value = self.number(backoff, key, where, minimum, maximum)
                     if value is not None:
                         b[key] = value
                 kwargs["backoff"] = Backoff(**b)
@@ -671,6 +836,11 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         path = Path(source)
         name = str(path)
         try:
+            if path.exists() and not path.is_file():  # a FIFO would block the read forever, a device stream on
+                raise DefinitionError([Problem("", "not a regular file: give the path of a JSON or YAML file")], name)
+            if path.stat().st_size > MAX_DOCUMENT_BYTES:
+                raise DefinitionError([Problem("", f"the file is larger than {MAX_DOCUMENT_BYTES} bytes "
+                                                   "(MAX_DOCUMENT_BYTES)")], name)
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DefinitionError([Problem("", "file not found")], name) from None
@@ -682,6 +852,9 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         document = parse_document(source)
     else:
         document = dict(source)
+        problems = _inspect(document)  # the same bounds whoever built the document
+        if problems:
+            raise DefinitionError(problems, name)
 
     v = _Validator(step_types, compiler)
     v.unknown_keys(document, {"properties", "workflow"}, "", "top-level")

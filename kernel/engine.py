@@ -29,7 +29,7 @@ import trio
 from .cel import CelCompiler, CelError, to_cel, unconvertible
 from .definition import Definition, FailureMode, StepDef, load_definition
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
-from .params import ParamError, evaluate_params, parse_override, resolve_secrets
+from .params import ParamError, ValueBudget, evaluate_params, parse_override, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
 from .states import STEP_TRANSITIONS, IllegalTransition, InstanceStatus, StepStatus, instance_status_from
 from .steptype import Outcome, StepContext, StepResult, StepType, validate_step_settings
@@ -311,6 +311,7 @@ class InstanceRun:
         self._finished_steps: list[_Step] = []
         self._cel_synced = 0
         self._cel_context: dict[str, Any] | None = None
+        self._budget = ValueBudget()  # what this run's step params may compute, together
         self._nursery: trio.Nursery | None = None
         self._generation = 0
         self._lost: BaseException | None = None
@@ -819,7 +820,8 @@ class InstanceRun:
         step_type = self.engine.plugins.step_types.types[sdef.type]
         try:
             return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                                   context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params)
+                                   context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params,
+                                   budget=self._budget)
         except ParamError:
             raise
         except _UNCONVERTIBLE as exc:  # a value stored before values were checked on the way in

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .cel import INT_MAX as _INT_MAX
 from .cel import INT_MIN as _INT_MIN
 from .cel import unconvertible
+from .limits import MAX_INSTANCE_VALUE_BYTES, MAX_NESTING, MAX_VALUE_BYTES, nests_deeper, value_size
 
 __all__ = [
     "ParamType",
@@ -30,6 +31,7 @@ __all__ = [
     "interpolation_names",
     "check_secret_override",
     "resolve_secrets",
+    "ValueBudget",
     "RESERVED_NAMES",
     "NAME_RE",
 ]
@@ -254,9 +256,12 @@ def coerce(ptype: ParamType, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail()
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:
             raise ParamError(f"{_shown(value)} is too large for a DOUBLE") from None
+        if not math.isfinite(number):
+            raise ParamError(f"expected a finite DOUBLE, got {value!r:.40}")
+        return number
     if ptype is ParamType.BOOLEAN:
         if not isinstance(value, bool):
             raise fail()
@@ -303,10 +308,17 @@ def parse_override(spec: ParamSpec, text: str) -> Any:
         return text
     if spec.type is ParamType.BOOLEAN and text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if len(text) > MAX_VALUE_BYTES:
+        raise ParamError(f"the value is {len(text)} characters long; the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)")
+    too_deep = ParamError(f"{text[:40]!r}… nests arrays and maps deeper than {MAX_NESTING} levels (MAX_NESTING)")
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
     except ValueError:
-        raise ParamError(f"{text!r} is not a {spec.type.value} (give it as JSON)") from None
+        raise ParamError(f"{text!r:.80} is not a {spec.type.value} (give it as JSON)") from None
+    if nests_deeper(value):
+        raise too_deep
     return coerce(spec.type, value)
 
 
@@ -357,24 +369,56 @@ def _as_text(found: Any) -> str:
     return str(found)
 
 
-def interpolate(value: Any, lookup: Callable[[str], Any]) -> Any:
+def interpolate(value: Any, lookup: Callable[[str], Any], limit: int = MAX_VALUE_BYTES) -> Any:
     """Replace each ``${name}`` (or ``${a.b.c}``) by ``lookup(name)`` as text; ``$$`` is ``$``.
-    Arrays and maps are interpolated element by element. ``lookup`` raises KeyError when unknown."""
-    if isinstance(value, str):
-        if "$" not in value:
-            return value
+    Arrays and maps are interpolated element by element. ``lookup`` raises KeyError when unknown.
+    Raises ParamError (before building it) when the result would grow past ``limit`` characters."""
+    size = [0]
 
-        def sub(m: re.Match) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            return _as_text(lookup(m.group(1).strip()))
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            size[0] -= 1
+            return "$"
+        text = _as_text(lookup(m.group(1).strip()))
+        size[0] += len(text) - len(m.group(0))  # the result's length, not the template's
+        if size[0] > limit:
+            raise ParamError(f"${{…}} would make a value of more than {limit} characters "
+                             "(MAX_VALUE_BYTES); pass big values by reference (a file, a table)")
+        return text
 
-        return _INTERP.sub(sub, value)
-    if isinstance(value, list):
-        return [interpolate(v, lookup) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate(v, lookup) for k, v in value.items()}
-    return value
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            size[0] += len(item)
+            return _INTERP.sub(sub, item) if "$" in item else item
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        return item
+
+    return walk(value)
+
+
+class ValueBudget:
+    """What the values computed for one instance (expressions, interpolations, overrides) may
+    still take, in :func:`legato.limits.value_size` units; each value is also held to
+    MAX_VALUE_BYTES on its own."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, total: int = MAX_INSTANCE_VALUE_BYTES) -> None:
+        self.left = total
+
+    def charge(self, value: Any) -> None:
+        """Count ``value`` against the budget; raise ParamError (pointer "") when it does not fit."""
+        size = value_size(value)
+        if size > MAX_VALUE_BYTES:
+            raise ParamError(f"the value is {size} characters large; the limit is {MAX_VALUE_BYTES} "
+                             "(MAX_VALUE_BYTES): pass big values by reference (a file, a table)")
+        self.left -= size
+        if self.left < 0:
+            raise ParamError(f"the values this instance computed exceed {MAX_INSTANCE_VALUE_BYTES} characters "
+                             "in all (MAX_INSTANCE_VALUE_BYTES): pass big values by reference (a file, a table)")
 
 
 # An argv element that is one whole ``${name}``: the only place ``${}`` may appear in an argv.
@@ -436,6 +480,7 @@ def evaluate_params(
     overrides: dict[str, Any] | None = None,
     raw: frozenset[str] = frozenset(),
     argv: frozenset[str] = frozenset(),
+    budget: ValueBudget | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``specs`` in declaration order and return name -> value.
 
@@ -444,21 +489,29 @@ def evaluate_params(
     ``workflow``) already converted with :func:`legato.cel.to_cel`. ``overrides`` replace declared
     values (the caller checked the modes). Names in ``raw`` are code for the step type: their
     ``${}`` is left alone; names in ``argv`` are argument vectors (:func:`interpolate_argv`).
-    Raises ParamError whose ``pointer`` is ``/<name>…``.
+    Values computed here (not the definition's literals) are charged to ``budget`` (a fresh one
+    per call by default). Raises ParamError whose ``pointer`` is ``/<name>…``.
     """
     from .cel import CelError, to_cel
 
     values: dict[str, Any] = dict(scope or {})
     out: dict[str, Any] = {}
-    cel_values: dict[str, Any] | None = None
+    # Each value is converted to CEL once, not once per expression after it (a chain of params
+    # building on each other was quadratic); a scope value the caller already converted (the
+    # engine's context holds the workflow's params) is reused as it is.
+    cel_values: dict[str, Any] = {}
+    given = context or {}
 
     def activation() -> dict[str, Any]:
-        nonlocal cel_values
-        if cel_values is None:
-            cel_values = {k: to_cel(v) for k, v in values.items()}
-        act = dict(context or {})
+        for key, value in values.items():
+            if key not in cel_values:
+                known = given.get(key) if scope is not None and scope.get(key) is value else None
+                cel_values[key] = known if known is not None else to_cel(value)
+        act = dict(given)
         act.update(cel_values)
-        act["params"] = to_cel(values)
+        params = to_cel({})  # a CEL map, filled with the values converted above
+        params.update((to_cel(key), value) for key, value in cel_values.items())
+        act["params"] = params
         return act
 
     def lookup(path: str) -> Any:
@@ -478,6 +531,8 @@ def evaluate_params(
             current = current[part]
         return current
 
+    if budget is None:
+        budget = ValueBudget()
     for name, spec in specs.items():
         if spec.secret:
             # The reference is the param's stored value; legato.secrets resolves it (and runs the
@@ -488,8 +543,9 @@ def evaluate_params(
             except ParamError as exc:
                 raise ParamError(exc.message, f"/{name}") from None
             values[name] = out[name] = value
-            cel_values = None
+            cel_values.pop(name, None)  # the reference shadows a scope param of the same name
             continue
+        computed = True
         if overrides and name in overrides:
             value = overrides[name]
         elif spec.expression is not None:
@@ -508,13 +564,16 @@ def evaluate_params(
                 raise ParamError(exc.message, f"/{name}{exc.pointer}") from None
         else:
             value = spec.value
+            computed = False
         try:
             value = coerce(spec.type, value)
+            if computed:
+                budget.charge(value)
         except ParamError as exc:
             raise ParamError(exc.message, f"/{name}") from None
         values[name] = value
         out[name] = value
-        cel_values = None
+        cel_values.pop(name, None)  # a step param may shadow a scope param of the same name
         if spec.validator is not None:
             act = activation()
             act["value"] = to_cel(value)

@@ -83,9 +83,9 @@ def run_doc(engine):
     return run
 
 
-def legato_cli(*args, cwd=None, timeout=60, **kwargs) -> subprocess.CompletedProcess:
-    """Run the installed ``legato`` console script as a user would."""
-    env = {**os.environ, "COLUMNS": "200"}
+def legato_cli(*args, cwd=None, timeout=60, env_extra=None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``legato`` console script as a user would (``env_extra`` added to the environment)."""
+    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
     return subprocess.run([LEGATO, *args], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
 

@@ -195,3 +195,28 @@ def test_operator_settings_reach_step_types(tmp_path):
     settings.write_text("dockr: {}\n")
     typo = legato_cli("run", str(path), "--settings", str(settings))
     assert typo.returncode == 2 and "no installed step type is named 'dockr'" in typo.stderr
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--store", "sqlite:///{tmp}/s.db?busy_timeout=abc"], {}, "busy_timeout must be a number of seconds"),
+        (["--store", "sqlite:///{tmp}/s.db?busy_timeout=nan"], {}, "busy_timeout must be a number of seconds"),
+        (["--store", "sqlite:///{tmp}/s.db?busy_timout=5"], {}, "unknown option 'busy_timout'"),
+        ([], {"LEGATO_LEASE_TTL": "-1"}, "LEGATO_LEASE_TTL must be a number of seconds from 0.1 to 86400"),
+        ([], {"LEGATO_LEASE_TTL": "nan"}, "LEGATO_LEASE_TTL must be a number of seconds"),
+        ([], {"LEGATO_LEASE_TTL": "inf"}, "LEGATO_LEASE_TTL must be a number of seconds"),
+        ([], {"LEGATO_LEASE_TTL": "abc"}, "LEGATO_LEASE_TTL must be a number of seconds"),
+        (["-p", "threshold=" + "[" * 5000 + "]" * 5000], {}, "nests arrays and maps deeper than 64 levels"),
+        (["-p", "threshold=" + "9" * 5000], {}, "is not a LONG"),
+        (["--workspace", "examples/etl.json"], {}, "is a file"),
+        (["--workspace", "examples/etl.json/runs"], {}, "cannot make the directory (Not a directory)"),
+    ],
+)
+def test_bad_options_and_environment_exit_2_naming_them(args, env, message, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    workspace = [] if "--workspace" in args else ["--workspace", str(tmp_path)]
+    proc = legato_cli("run", "examples/etl.json", *args, *workspace, env_extra=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and "internal error" not in proc.stderr

@@ -7,8 +7,10 @@ message. Where more than one answer is right (which edge of a cycle gets blamed,
 is said to start), the pointer and/or the substring may be a list of alternatives, any one of which
 must match *in the same problem*.
 
-Files numbered 80–92 pin defects found (and fixed) in the validator; a defect found and not yet
-fixed goes into XFAIL as a strict xfail with its reason.
+Files numbered 80–92 pin defects found (and fixed) in the validator, 72–79, 84 and 93–98 the
+bounds on what a document may demand (legato.limits: alias bombs, nesting, huge numbers, keys
+that are not scalars, non-finite or out-of-range durations and backoffs); a defect found and
+not yet fixed goes into XFAIL as a strict xfail with its reason.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def _parsed(name: str):
     try:
         text = path.read_text(encoding="utf-8")
         return yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError):
+    except (UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
         return None
 
 
@@ -232,3 +234,25 @@ def test_examples_validate_in_a_subprocess():
         proc = subprocess.run([str(LEGATO), "validate", str(path)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert f"{path}: valid" in proc.stdout
+
+
+def test_yaml_aliases_within_the_bound_still_load(loader, tmp_path):
+    """Sharing a retry policy through an anchor is ordinary YAML: the alias bound leaves it alone."""
+    path = tmp_path / "shared.yaml"
+    path.write_text(
+        "workflow:\n  id: shared\n  steps:\n"
+        "    - step: {id: s0, type: noop, retry_policy: &retry {error_retry_limit: 3, backoff: {type: fixed, base: 2}}}\n"
+        + "".join(f"    - step: {{id: s{i}, type: noop, retry_policy: *retry}}\n" for i in range(1, 500)))
+    definition = loader(path)
+    assert len(definition.steps) == 500
+    assert {s.retry.error_retry_limit for s in definition.steps} == {3}
+
+
+def test_lone_surrogates_are_refused_at_their_pointer(loader, tmp_path):
+    """JSON may spell half a surrogate pair (``\\ud800``); no process, file or terminal takes it."""
+    path = tmp_path / "surrogate.json"
+    path.write_text('{"workflow": {"id": "s", "params": {"s": "ok \\u00e9", "t": "bad \\ud800"}, '
+                    '"steps": [{"step": {"id": "a", "type": "noop"}}]}}')
+    with pytest.raises(DefinitionError) as info:
+        loader(path)
+    assert [(p.pointer, "lone surrogate" in p.message) for p in info.value.problems] == [("/workflow/params/t", True)]

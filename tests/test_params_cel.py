@@ -534,3 +534,75 @@ def test_recursion_limit_is_unchanged_in_a_fresh_interpreter():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1234"
+
+
+# -- bounds on what params can compute (legato.limits) -------------------------------------------
+
+
+def test_interpolation_doubling_stops_at_the_value_limit(compiler):
+    from legato.limits import MAX_VALUE_BYTES
+
+    raw = {"s0": "xy"} | {f"s{i}": f"${{s{i - 1}}}${{s{i - 1}}}" for i in range(1, 31)}
+    with pytest.raises(ParamError) as info:
+        evaluate_params(specs(**raw), compiler)
+    assert info.value.pointer == "/s20"  # 2 * 2**20 characters: the first past 1 MiB
+    assert f"more than {MAX_VALUE_BYTES} characters (MAX_VALUE_BYTES)" in info.value.message
+
+
+def test_one_string_with_many_references_is_refused_before_it_is_built(compiler):
+    raw = {"s": "x" * 4096, "t": "${s}" * 200_000}  # would be 800 MB
+    with pytest.raises(ParamError, match="MAX_VALUE_BYTES") as info:
+        evaluate_params(specs(**raw), compiler)
+    assert info.value.pointer == "/t"
+
+
+def test_cel_concatenation_is_bounded(compiler):
+    raw = {"s0": "xy"} | {f"s{i}": {"type": "STRING", "expression": f"s{i - 1} + s{i - 1}"} for i in range(1, 31)}
+    with pytest.raises(ParamError, match="`\\+` would build a value of 2097152") as info:
+        evaluate_params(specs(**raw), compiler)
+    assert info.value.pointer == "/s20/expression"
+
+
+def test_a_cel_result_of_many_references_to_one_long_string_is_bounded(compiler):
+    with pytest.raises(CelError, match="the result is larger than"):
+        evaluate(compiler, "[s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s]", s="x" * 65536 * 2)
+
+
+def test_values_one_instance_computes_are_bounded_in_all(compiler):
+    from legato.limits import MAX_INSTANCE_VALUE_BYTES
+    from legato.params import ValueBudget
+
+    budget = ValueBudget()
+    raw = {"s": "x" * 60_000} | {f"p{i}": {"type": "STRING", "expression": "s + s + s + s + s + s + s + s + s + s"}
+                                  for i in range(40)}  # 600,000 characters each: 24 MB in all
+    with pytest.raises(ParamError, match="MAX_INSTANCE_VALUE_BYTES") as info:
+        evaluate_params(specs(**raw), compiler, budget=budget)
+    assert info.value.pointer == f"/p{MAX_INSTANCE_VALUE_BYTES // 600_000}"
+
+
+def test_a_chain_of_list_params_is_converted_once_each(compiler, monkeypatch):
+    import legato.cel
+
+    converted = []
+    real = legato.cel.to_cel
+
+    def counting(value):
+        if isinstance(value, list):
+            converted.append(len(value))
+        return real(value)
+
+    monkeypatch.setattr(legato.cel, "to_cel", counting)
+    raw = {"l0": [1, 2]} | {f"l{i}": {"type": "LONG_ARRAY", "expression": f"l{i - 1} + l{i - 1}"} for i in range(1, 17)}
+    values = evaluate_params(specs(**raw), compiler)
+    assert len(values["l16"]) == 2 ** 17
+    # Each value once (it was quadratic: every expression converted every earlier list again).
+    assert sorted(converted) == [2 ** i for i in range(1, 17)]
+
+
+def test_doubles_are_finite(compiler):
+    with pytest.raises(ParamError, match="expected a finite DOUBLE"):
+        coerce(T.DOUBLE, float("nan"))
+    with pytest.raises(ParamError, match="expected a finite DOUBLE"):
+        coerce(T.DOUBLE_ARRAY, [1.0, float("inf")])
+    with pytest.raises(ParamError, match="an integer of 401 digits is too large for a DOUBLE"):
+        coerce(T.DOUBLE, 10 ** 400)

@@ -239,6 +239,14 @@ def test_backoff_jitter_stays_within_bounds():
     assert Backoff("exponential", base=1, exponent=2, cap=5).delay(10) == 5
 
 
+def test_backoff_delay_never_overflows():
+    """The thousandth retry of the steepest allowed backoff is its cap, not an OverflowError."""
+    from legato.definition import Backoff
+    from legato.limits import MAX_BACKOFF_EXPONENT
+
+    assert Backoff("exponential", base=1, exponent=MAX_BACKOFF_EXPONENT, cap=60).delay(1000) == 60
+
+
 # -- concurrency, stop, kill, timeouts ---------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ for the files users will feed it (DESIGN §6 Storage, §10)."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -251,3 +252,121 @@ async def test_a_lease_whose_holder_died_or_whose_pid_was_reused_is_free_at_once
         assert await store.acquire_lease("i2", "worker-b", 30) == 2
         lease = await store.get_lease("i2")
         assert lease.owner == "worker-b" and lease.pid == os.getpid() and lease.live
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("UPDATE legato_instances SET message = message")
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+conn.execute("ROLLBACK")
+"""
+
+
+def test_readers_never_wait_behind_a_writer(tmp_path):
+    """`status`, `list` and `logs` answer at once while another process holds a write
+    transaction open (reads take no write lock; in WAL mode they see the last commit)."""
+    import json
+    import sys
+
+    doc = tmp_path / "chain.json"
+    doc.write_text(json.dumps(CHAIN))
+    url = sqlite_url(tmp_path)
+    ran = legato_cli("run", str(doc), "--json", "--store", url, "--workspace", str(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+    iid = json.loads(ran.stdout)["instance_id"]
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, str(tmp_path / "legato.db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        probe = sqlite3.connect(tmp_path / "legato.db", timeout=0, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            probe.execute("BEGIN IMMEDIATE")  # the lock really is held
+        probe.close()
+        # The default busy timeout is 30 s: a reader that queued for the lock would hit the guard.
+        status = legato_cli("status", iid, "--store", url, timeout=20)
+        listed = legato_cli("list", "--store", url, timeout=20)
+        logs = legato_cli("logs", iid, "--store", url, timeout=20)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=20)
+    assert status.returncode == 0, status.stderr
+    assert f"[{iid}] SUCCEEDED" in status.stdout
+    assert listed.returncode == 0 and iid in listed.stdout, listed.stderr
+    assert logs.returncode == 0 and "hello from a" in logs.stdout, logs.stderr
+
+
+def test_a_database_deleted_during_a_run_is_a_loud_loss(tmp_path):
+    """A step deletes the SQLite file mid-run: SQLite would go on committing into the unlinked
+    file, exit 0 and leave nothing behind. The run must exit 1 saying what was lost and what to do."""
+    import json
+
+    db = tmp_path / "legato.db"
+    doc = {"workflow": {"id": "vanishing", "steps": [
+        {"step": {"id": "rm", "type": "bash", "params": {"db": str(db), "script": 'rm -f "$db"'},
+                  "transition": {"successors": ["after"]}}},
+        {"step": {"id": "after", "type": "noop"}},
+    ]}}
+    path = tmp_path / "vanishing.json"
+    path.write_text(json.dumps(doc))
+    proc = legato_cli("run", str(path), "--store", sqlite_url(tmp_path), "--workspace", str(tmp_path))
+    assert not db.exists()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert f"the database {db} was deleted or replaced while Legato was writing to it" in proc.stderr
+    assert "Restore the file from a backup" in proc.stderr
+    assert re.search(r"instances [0-9a-f]{16}", proc.stderr), proc.stderr
+
+
+def test_a_database_deleted_after_the_last_commit_is_a_loud_loss(tmp_path, plugins):
+    """Deleted between the last commit and closing the store: closing says so."""
+    from legato.engine import Engine
+
+    async def main():
+        store = open_storage(sqlite_url(tmp_path))
+        await store.open()
+        engine = Engine(store, plugins=plugins, workspace=tmp_path / "runs")
+        final = await engine.execute(engine.load(CHAIN))
+        assert final.status.value == "SUCCEEDED"
+        (tmp_path / "legato.db").unlink()
+        with pytest.raises(StorageError, match=f"deleted or replaced.*{final.instance_id}"):
+            await store.aclose()
+
+    trio.run(main)
+
+
+def _corrupt_instances_index(db, instance_id: str) -> None:
+    """Change the key of ``instance_id`` inside the primary-key index of legato_instances only,
+    as a bad sector would: the table still has the row, the index no longer finds it."""
+    conn = sqlite3.connect(db)
+    (page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_legato_instances_1'"
+                           ).fetchone()
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(db.read_bytes())
+    at = data.find(instance_id.encode(), (page - 1) * size, page * size)
+    assert at > 0
+    data[at] = ord("z")
+    db.write_bytes(bytes(data))
+
+
+def test_a_corrupt_index_is_reported_as_corruption_not_as_a_missing_instance(tmp_path):
+    import json
+
+    doc = tmp_path / "chain.json"
+    doc.write_text(json.dumps(CHAIN))
+    url = sqlite_url(tmp_path)
+    ran = legato_cli("run", str(doc), "--json", "--store", url, "--workspace", str(tmp_path))
+    iid = json.loads(ran.stdout)["instance_id"]
+    _corrupt_instances_index(tmp_path / "legato.db", iid)
+    listed = legato_cli("list", "--store", url)
+    assert listed.returncode == 0 and iid in listed.stdout  # a table scan still sees it
+    for command in (["status", iid], ["logs", iid]):
+        proc = legato_cli(*command, "--store", url)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert f"the database {tmp_path / 'legato.db'} is corrupt" in proc.stderr, proc.stderr
+        assert ".recover" in proc.stderr and "no instance" not in proc.stderr

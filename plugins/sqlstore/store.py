@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -57,11 +59,30 @@ class SqlStorage(Storage):
         self._writer: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
         self.path: Path | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file we opened
+        self._written: set[str] = set()  # instances this process committed to, to say what a loss took
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
                 raise StorageError(f"{url!r}: give a file, e.g. sqlite:///.legato/legato.db")
             self.path = Path(raw).expanduser()
+            self._synchronous, self._busy_ms = self._sqlite_options()
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                pass  # created when opened
+            except (OSError, ValueError) as exc:  # a name too long, a file where a directory should be, a NUL
+                raise StorageError(f"{url!r}: cannot use {raw!r:.80} as a database file: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(f"{url!r}: {raw!r:.80} is not a regular file; give the path of a "
+                                       "database file, e.g. sqlite:///.legato/legato.db")
+        elif self.dialect == "postgresql":
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg") is None:
+                raise StorageError(f"{url!r}: postgresql:// needs the psycopg driver: pip install 'psycopg[binary]'")
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -69,18 +90,19 @@ class SqlStorage(Storage):
         await trio.to_thread.run_sync(self._open)
 
     def _open(self) -> None:
-        if self.dialect == "sqlite":
-            self._engine = self._sqlite_engine()
-        elif self.dialect == "postgresql":
-            url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
-        else:
-            raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
         try:
+            if self.dialect == "sqlite":
+                self._engine = self._sqlite_engine()
+            elif self.dialect == "postgresql":
+                url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
+                self._engine = sa.create_engine(url, pool_pre_ping=True)
+            else:
+                raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
             with self._init_lock():
                 self._migrate()
                 if self.dialect == "sqlite":
                     self._writer = self._new_writer()
+                    self._identity = self._file_identity()
         except StorageError:
             raise
         except Exception as exc:
@@ -108,6 +130,29 @@ class SqlStorage(Storage):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    _SQLITE_OPTIONS = ("synchronous", "busy_timeout")
+    MAX_BUSY_TIMEOUT = 86400.0  # seconds; SQLite counts milliseconds in a 32-bit int
+
+    def _sqlite_options(self) -> tuple[str, int]:
+        """``?synchronous=`` and ``?busy_timeout=`` (seconds), checked when the URL is given so a
+        typo is an invalid option (exit 2), not a failure halfway through a run."""
+        unknown = sorted(set(self._query) - set(self._SQLITE_OPTIONS))
+        if unknown:
+            raise StorageError(f"{self.url}: unknown option {unknown[0]!r}; sqlite URLs take "
+                               f"{' and '.join(self._SQLITE_OPTIONS)}")
+        synchronous = self._query.get("synchronous", "NORMAL").upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StorageError(f"{self.url}: synchronous must be OFF, NORMAL, FULL or EXTRA")
+        text = self._query.get("busy_timeout", "30")
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds <= self.MAX_BUSY_TIMEOUT:  # NaN too
+            raise StorageError(f"{self.url}: busy_timeout must be a number of seconds from 0 to "
+                               f"{self.MAX_BUSY_TIMEOUT:g}, got {text!r:.40}")
+        return synchronous, int(seconds * 1000)
+
     def _sqlite_engine(self) -> sa.Engine:
         path = self.path
         parent = path.parent if str(path.parent) else Path(".")
@@ -117,10 +162,7 @@ class SqlStorage(Storage):
             raise StorageError(f"cannot create the directory {parent} for {self.url}: {exc.strerror}") from None
         if path.exists() and not os.access(path, os.R_OK):
             raise StorageError(f"cannot read {path}: permission denied")
-        synchronous = self._query.get("synchronous", "NORMAL").upper()
-        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise StorageError(f"{self.url}: synchronous must be OFF, NORMAL, FULL or EXTRA")
-        busy_ms = int(float(self._query.get("busy_timeout", "30")) * 1000)
+        synchronous, busy_ms = self._synchronous, self._busy_ms
         engine = sa.create_engine(
             f"sqlite:///{path}",
             connect_args={"check_same_thread": False, "timeout": busy_ms / 1000, "isolation_level": None},
@@ -138,9 +180,11 @@ class SqlStorage(Storage):
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn):
-            # pysqlite's own transaction handling is off (isolation_level=None); take the write
-            # lock at BEGIN so a writer never fails halfway through upgrading a read lock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # pysqlite's own transaction handling is off (isolation_level=None); a writer takes
+            # the write lock at BEGIN so it never fails halfway through upgrading a read lock. A
+            # reader (see _reading) takes none: in WAL mode it sees the last commit at once,
+            # whoever is writing.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("legato_read") else "BEGIN IMMEDIATE")
 
         def writer() -> sqlite3.Connection:
             # The group-commit connection: outside SQLAlchemy's pool, configured like the others.
@@ -151,8 +195,12 @@ class SqlStorage(Storage):
         self._new_writer = writer
         return engine
 
+    def _reading(self) -> sa.Connection:
+        """A connection for reads only: a plain (deferred) transaction that never waits for writers."""
+        return self._engine.connect().execution_options(legato_read=True)
+
     def _migrate(self) -> None:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             inspector = sa.inspect(conn)
             tables = set(inspector.get_table_names())
             current = None
@@ -174,6 +222,26 @@ class SqlStorage(Storage):
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """The file we write to is still the one at our path. Deleted or replaced, SQLite goes on
+        committing into the unlinked file and every write would vanish silently: say so instead.
+        One stat per commit, against a commit's fsync-free write of a few pages."""
+        if self._identity is None or self._file_identity() == self._identity:
+            return
+        lost = ", ".join(sorted(self._written)[:5]) + (" …" if len(self._written) > 5 else "")
+        self._identity = None  # said once
+        raise StorageError(
+            f"the database {self.path} was deleted or replaced while Legato was writing to it: what this "
+            f"process wrote is lost with it (instances {lost or 'none'}). Restore the file from a backup and "
+            "run `legato resume`, or run the workflow again")
+
     def _where(self) -> str:
         return str(self.path) if self.path else self.url
 
@@ -182,7 +250,9 @@ class SqlStorage(Storage):
         text = str(getattr(exc, "orig", exc))
         lower = text.lower()
         where = self._where()
-        if "file is not a database" in lower or "malformed" in lower or "not a database" in lower:
+        if "malformed" in lower:
+            return _corrupt(where, text)
+        if "file is not a database" in lower or "not a database" in lower:
             return StorageError(f"{where} is not a Legato database or is corrupt ({text}); "
                                 "move it away or point --store at another file")
         if "readonly" in lower or "read-only" in lower or "unable to open" in lower or "permission" in lower:
@@ -203,6 +273,8 @@ class SqlStorage(Storage):
                 if writer is not None:
                     writer.close()
                 engine.dispose()
+                if self._written:
+                    self._check_file()  # deleted after the last commit: the run's record is gone all the same
 
             await trio.to_thread.run_sync(close)
 
@@ -252,7 +324,7 @@ class SqlStorage(Storage):
 
     async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 query = sa.select(_definitions).where(_definitions.c.workflow_id == workflow_id)
                 query = query.where(_definitions.c.version == version) if version else query.where(_definitions.c.active)
                 row = conn.execute(query).first()
@@ -300,6 +372,8 @@ class SqlStorage(Storage):
                     raw.execute("ROLLBACK")
                 raise
             raw.execute("COMMIT")
+            self._written.add(batch.instance_id)
+            self._check_file()
             return
         with self._engine.begin() as conn:
             self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
@@ -359,34 +433,49 @@ class SqlStorage(Storage):
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 row = conn.execute(sa.select(_instances).where(_instances.c.instance_id == instance_id)).first()
+                if row is None:
+                    self._confirm_missing(conn, "legato_instances", instance_id)
             return _instance(row) if row is not None else None
 
         return await self._run(read, doing="read the instance")
+
+    def _confirm_missing(self, conn, table: str, instance_id: str) -> None:
+        """A lookup by key found nothing: make sure the table agrees without its index (a full
+        scan, on this rare path only). A corrupt index hides rows that `list` still shows; say the
+        database is corrupt rather than answer "no such instance"."""
+        if self.dialect != "sqlite":
+            return
+        found = conn.exec_driver_sql(f"SELECT count(*) FROM {table} NOT INDEXED WHERE instance_id = ?",
+                                     (instance_id,)).scalar()
+        if found:
+            raise _corrupt(self._where(), f"an index of {table} has lost rows that the table holds")
 
     async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
         def read():
             query = sa.select(_instances).order_by(_instances.c.created_at.desc()).limit(limit)
             if workflow_id is not None:
                 query = query.where(_instances.c.workflow_id == workflow_id)
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 return [_instance(row) for row in conn.execute(query)]
 
         return await self._run(read, doing="list instances")
 
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(sa.select(_attempts).where(_attempts.c.instance_id == instance_id)
                                     .order_by(_attempts.c.created_at, _attempts.c.step_id, _attempts.c.attempt)).all()
+                if not rows:
+                    self._confirm_missing(conn, "legato_attempts", instance_id)
             return [_attempt(row) for row in rows]
 
         return await self._run(read, doing="read attempts")
 
     async def get_timeline(self, instance_id: str) -> list[Event]:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(sa.select(_events).where(_events.c.instance_id == instance_id)
                                     .order_by(_events.c.id)).all()
             return [Event(r.ts, r.instance_id, r.step_id, r.attempt, r.status, r.message) for r in rows]
@@ -400,7 +489,7 @@ class SqlStorage(Storage):
                 query = query.where(_logs.c.step_id == step_id)
             if attempt is not None:
                 query = query.where(_logs.c.attempt == attempt)
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = conn.execute(query.order_by(_logs.c.id)).all()
             return [LogChunk(r.instance_id, r.step_id, r.attempt, r.stream, r.text, r.ts) for r in rows]
 
@@ -437,7 +526,7 @@ class SqlStorage(Storage):
 
     async def get_lease(self, instance_id: str) -> Lease | None:
         def read():
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 row = conn.execute(sa.text(
                     f"SELECT {_LEASE_COLUMNS}, {self._now_sql()} AS now FROM legato_instances "
                     "WHERE instance_id = :iid"), {"iid": instance_id}).first()
@@ -459,7 +548,7 @@ class SqlStorage(Storage):
         now_sql = self._now_sql()
         unexpired = f"owner IS NOT NULL AND lease_expires IS NOT NULL AND lease_expires > {now_sql}"
         out: list[tuple[InstanceRecord, Lease | None]] = []
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(sa.text(
                 f"SELECT *, {now_sql} AS now FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', "
                 f"'PAUSED') AND {'' if live else 'NOT '}({unexpired}) ORDER BY created_at LIMIT :limit"),
@@ -499,6 +588,12 @@ def _lease(row) -> Lease:
     expires_in = None if row.lease_expires is None else row.lease_expires - row.now
     return Lease(row.owner, row.generation, expires_in, row.owner_host or "", row.owner_pid, row.owner_started,
                  row.owner_namespace or "")
+
+
+def _corrupt(where: str, why: str) -> StorageError:
+    return StorageError(
+        f"the database {where} is corrupt ({why}): restore it from a backup, or recover what is readable "
+        f"with `sqlite3 {where} .recover | sqlite3 recovered.db` and point --store at recovered.db")
 
 
 def _instance_values(r: InstanceRecord) -> dict[str, Any]:
