@@ -303,12 +303,15 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
     Steps that finished are not run again; a step that was running is reattached when its step
     type can (else it fails as a platform error and its retry policy decides).
     """
+    from .definition import DefinitionError
     from .engine import LeaseHeld
+    from .storage import StorageError
     from .view import PlainView
 
     engine = _engine(store, workspace, settings)
     results: list[dict[str, Any]] = []
     held: list[Any] = []
+    unloadable: list[str] = []
 
     async def main_task() -> None:
         async with engine.storage:
@@ -328,7 +331,16 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
                     click.echo(f"{record.instance_id} already ended: {record.status.value}")
                     continue
                 version = await engine.storage.get_definition(record.workflow_id, record.version)
-                definition = engine.load(version.document)
+                try:
+                    if version is None:
+                        raise StorageError(f"its definition {record.workflow_id} v{record.version} is missing "
+                                           "from the store")
+                    definition = engine.load(version.document)
+                except (DefinitionError, StorageError) as exc:
+                    # Left as it is (nothing is written): the stored version no longer loads here,
+                    # e.g. a step type that is not installed or a rule that has grown stricter.
+                    unloadable.append(f"instance {record.instance_id} not resumed: {_unloadable(record, exc)}")
+                    continue
                 view = PlainView(definition, quiet=as_json)
                 outcome: dict[str, Any] = {"view": view}
                 try:
@@ -359,9 +371,23 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
             click.echo(f"  {record.instance_id}  {record.workflow_id:<24} held by {lease.describe()}, "
                        f"lease expires in {max(0.0, lease.expires_in or 0.0):.1f}s unless renewed",
                        err=bool(results) or as_json)
-    elif not results:
+    elif not results and not unloadable:
         click.echo("nothing to resume")
-    sys.exit(max(codes, default=EXIT_OK))
+    for message in unloadable:
+        click.echo(f"legato: {message}", err=True)
+    sys.exit(max(codes + [EXIT_INVALID] * bool(unloadable), default=EXIT_OK))
+
+
+def _unloadable(record, exc: Exception) -> str:
+    """Why a stored instance's definition cannot be run here, and what to do."""
+    from .definition import DefinitionError
+
+    if not isinstance(exc, DefinitionError):
+        return str(exc)
+    problems = "; ".join(f"{p.pointer}: {p.message}" if p.pointer else p.message for p in exc.problems[:5])
+    more = f" (and {len(exc.problems) - 5} more)" if len(exc.problems) > 5 else ""
+    return (f"its definition ({record.workflow_id} v{record.version}) no longer loads here: {problems}{more}. "
+            "Install the plugins it needs (legato plugins), or run a corrected definition as a new instance")
 
 
 @main.command()

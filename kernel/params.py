@@ -17,6 +17,7 @@ from .cel import INT_MAX as _INT_MAX
 from .cel import INT_MIN as _INT_MIN
 from .cel import unconvertible
 from .limits import MAX_INSTANCE_VALUE_BYTES, MAX_NESTING, MAX_VALUE_BYTES, nests_deeper, value_size
+from .processes import controls_execution
 
 __all__ = [
     "ParamType",
@@ -155,6 +156,10 @@ def parse_param(name: str, raw: Any) -> ParamSpec:
         raise ParamError(f"param name {name!r} is not an identifier (letters, digits, _; not starting with a digit)")
     if name in RESERVED_NAMES:
         raise ParamError(f"param name {name!r} is reserved; choose another name")
+    if controls_execution(name):
+        raise ParamError(f"param name {name!r} is refused: params reach bash and docker steps as "
+                         f"environment variables of the same name, and {name} changes what those processes run; "
+                         f"choose another name (a step's `env` may still set {name} explicitly)")
     if not _is_full_form(raw):
         if isinstance(raw, dict) and "type" in raw and ("value" not in raw and "expression" not in raw):
             raise ParamError("a full-form param needs a `value` or an `expression`")

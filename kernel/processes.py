@@ -24,6 +24,8 @@ __all__ = [
     "read_outputs",
     "env_value",
     "BASE_ENV",
+    "EXECUTION_CONTROL",
+    "controls_execution",
     "env_patterns",
     "inherit_allowed",
     "inherit_names",
@@ -149,6 +151,25 @@ BASE_ENV = frozenset({
     "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME",
 })
 _BASE_PREFIXES = (b"LC_",)
+
+
+#: Environment variables that change what a process runs rather than what it reads: a shell's
+#: start-up and prompt hooks, the dynamic loader, interpreters' start-up paths, where programs
+#: are found. Params are exported as variables of their own name, so a param so named would let a
+#: start request (``-p BASH_ENV=/tmp/x``) run code; such names are refused as param names.
+EXECUTION_CONTROL = frozenset({
+    "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS", "CDPATH", "GLOBIGNORE",
+    "PATH", "PYTHONSTARTUP", "PYTHONPATH", "PYTHONHOME", "PYTHONINSPECT", "PYTHONWARNINGS",
+    "PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
+    "GCONV_PATH", "HOSTALIASES", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+})
+_EXECUTION_PREFIXES = ("LD_", "BASH_FUNC_", "DYLD_")
+
+
+def controls_execution(name: str) -> bool:
+    """Whether the environment variable ``name`` changes what a step's process runs
+    (:data:`EXECUTION_CONTROL`, ``LD_*``, ``BASH_FUNC_*``): such a name is no param's."""
+    return name in EXECUTION_CONTROL or name.startswith(_EXECUTION_PREFIXES)
 
 
 def env_patterns(values: Any) -> list[str]:

@@ -206,6 +206,29 @@ def test_spliced_argv_interpolation_is_refused_at_load(tmp_path, argv, pointer):
     assert 'inside an argument is refused' in problems[where] and '"$p"' in problems[where]
 
 
+@pytest.mark.parametrize("name", ["BASH_ENV", "ENV", "SHELLOPTS", "PS4", "PROMPT_COMMAND", "IFS", "PATH",
+                                  "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_FUNC_ls%%", "PYTHONSTARTUP", "NODE_OPTIONS"])
+def test_params_named_like_variables_that_run_code_are_refused_at_load(tmp_path, name):
+    """Params are exported under their own names, so a param named BASH_ENV (or LD_PRELOAD, PATH…)
+    would let a start request (`-p BASH_ENV=/tmp/evil`) decide what bash or the loader runs: such
+    names are refused where they are declared, workflow or step, and a step's `env` stays the
+    explicit way to set them."""
+    engine = make_engine(tmp_path)
+    for document, where in [
+        (doc({"id": "s", "type": "bash", "params": {"script": "true"}}, params={name: "x"}), f"/workflow/params/{name}"),
+        (doc({"id": "s", "type": "bash", "params": {"script": "true", name: "x"}}),
+         f"/workflow/steps/0/step/params/{name}"),
+    ]:
+        with pytest.raises(DefinitionError) as info:
+            engine.load(document)
+        problems = {p.pointer: p.message for p in info.value.problems}
+        if not name.isidentifier():  # `BASH_FUNC_ls%%` is refused as no identifier already
+            assert "is not an identifier" in problems[where], problems
+            continue
+        assert f"{name} changes what those processes run" in problems[where], problems
+    engine.load(doc({"id": "s", "type": "bash", "params": {"script": "true", "env": {"PATH": "/usr/bin:/bin"}}}))
+
+
 async def test_argv_whole_elements_and_dollar_escapes(tmp_path):
     """`${p}` as a whole element is one argument (spaces and all); `$$` is a literal `$`, so a
     shell's own `$${x}` or `$$x` reaches it as `${x}` / `$x` and is expanded from the environment."""

@@ -492,3 +492,30 @@ def test_resume_skips_an_instance_another_worker_took_after_the_list_was_read(tm
     finally:
         live.kill()
         live.wait()
+
+
+def test_an_instance_whose_stored_definition_no_longer_loads_is_named_not_a_crash(tmp_path):
+    """Resume of an instance whose pinned definition fails today's validation (a step type that
+    is no longer installed, a rule grown stricter) is exit 2 naming the instance, the place and
+    what to do; the instance is left as it was, and resuming everything else goes on."""
+    doc = {"workflow": {"id": "stale", "steps": [{"step": {"id": "a", "type": "noop"}}]}}
+    path = tmp_path / "stale.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    first = driver.launch(path, "req", crash_at="committed:1")
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    doc["workflow"]["steps"][0]["step"]["type"] = "uninstalled"
+    conn = sqlite3.connect(driver.db)
+    with conn:
+        conn.execute("UPDATE legato_definition_versions SET document = ?", (json.dumps(doc),))
+    conn.close()
+    (iid,), = _read(driver.db, "SELECT instance_id FROM legato_instances")
+    for args in (["resume", iid], ["resume"]):
+        proc = subprocess.run([LEGATO, *args, "--workspace", str(tmp_path / "runs")], env=driver.env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+        assert f"instance {iid} not resumed: its definition (stale v1) no longer loads here: " in proc.stderr
+        assert "/workflow/steps/0/step/type" in proc.stderr and "Install the plugins it needs" in proc.stderr
+    assert _read(driver.db, "SELECT status FROM legato_instances") == [("IN_PROGRESS",)]
