@@ -48,10 +48,10 @@ import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
+from legato.process_settings import ProcessSettings
 from legato.processes import (
     MAX_OUTPUTS_BYTES,
     HandleNotRecorded,
-    env_patterns,
     env_value,
     inherit_names,
     kill_if_attempts,
@@ -70,20 +70,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONFIG_KEYS = frozenset({"script", "argv", "working_dir", "env", "inherit_env"})
 
 
-class BashSettings(pydantic.BaseModel):
-    """The operator's settings of the ``bash`` step type (``--settings``: ``bash: {…}``)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    inherit_env: list[str] = pydantic.Field(
-        default_factory=list,
-        description="a list of environment variable names (of the worker's environment steps may "
-                    "inherit; a trailing * matches a prefix)")
-
-    @pydantic.field_validator("inherit_env")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        return env_patterns(value)
+class BashSettings(ProcessSettings):
+    """The operator's settings of the ``bash`` step type (``--settings``: ``bash: {…}``): ``inherit_env``."""
 
 
 class BashParams(pydantic.BaseModel):

@@ -274,9 +274,9 @@ import trio  # noqa: E402
 from legato import Outcome, StepResult, StepType  # noqa: E402
 from legato.hookspecs import hookimpl  # noqa: E402
 from legato.paths import PathRefused, absolute_paths, confine  # noqa: E402
+from legato.process_settings import ProcessSettings  # noqa: E402
 from legato.processes import (  # noqa: E402
     BASE_ENV,
-    env_patterns,
     inherit_allowed,
     kill_if_attempts,
     last_line,
@@ -299,10 +299,9 @@ def _is_name(name: Any) -> bool:
     return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
 
 
-class NotebookSettings(pydantic.BaseModel):
-    """The operator's settings of the ``notebook`` step type (``--settings``: ``notebook: {…}``)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
+class NotebookSettings(ProcessSettings):
+    """The operator's settings of the ``notebook`` step type (``--settings``: ``notebook: {…}``):
+    ``inherit_env`` and ``allowed_paths``."""
 
     allowed_paths: list[str] = pydantic.Field(
         default_factory=list,
@@ -313,16 +312,6 @@ class NotebookSettings(pydantic.BaseModel):
     @classmethod
     def _absolute(cls, value: list[str]) -> list[str]:
         return absolute_paths(value)
-
-    inherit_env: list[str] = pydantic.Field(
-        default_factory=list,
-        description="a list of environment variable names (of the worker's environment the "
-                    "notebook's processes may inherit; a trailing * matches a prefix)")
-
-    @pydantic.field_validator("inherit_env")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        return env_patterns(value)
 
 
 class NotebookParams(pydantic.BaseModel):

@@ -46,9 +46,9 @@ import pydantic
 import trio
 
 from legato import StepResult, StepType
+from legato.process_settings import ProcessSettings
 from legato.processes import (
     HandleNotRecorded,
-    env_patterns,
     inherit_allowed,
     kill_if_attempts,
     last_line,
@@ -100,20 +100,8 @@ class _Unserialisable(ValueError):
     pass
 
 
-class PythonSettings(pydantic.BaseModel):
-    """The operator's settings of the ``python`` step type (``--settings``: ``python: {…}``)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    inherit_env: list[str] = pydantic.Field(
-        default_factory=list,
-        description="a list of environment variable names (of the worker's environment the child "
-                    "process may inherit; a trailing * matches a prefix)")
-
-    @pydantic.field_validator("inherit_env")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        return env_patterns(value)
+class PythonSettings(ProcessSettings):
+    """The operator's settings of the ``python`` step type (``--settings``: ``python: {…}``): ``inherit_env``."""
 
 
 class PythonStep(StepType):
