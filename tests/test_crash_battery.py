@@ -108,7 +108,7 @@ def _containers_of(instances: set[str]) -> list:
     import docker
 
     client = docker.from_env(timeout=30)
-    found = client.containers.list(all=True, filters={"label": "legato=1"})
+    found = client.containers.list(all=True, filters={"label": "legato=1"}, ignore_removed=True)
     return [c for c in found if c.labels.get("legato.instance") in instances]
 
 

@@ -38,9 +38,10 @@ def client():
 
 
 def ours(**labels) -> list:
-    """Every container labelled legato=1 (and ``labels``), running or stopped."""
+    """Every container labelled legato=1 (and ``labels``), running or stopped. One removed while
+    the list is read (another test's, being released) is gone, not an error."""
     filters = ["legato=1", *(f"{k.replace('_', '.')}={v}" for k, v in labels.items())]
-    return client().containers.list(all=True, filters={"label": filters})
+    return client().containers.list(all=True, filters={"label": filters}, ignore_removed=True)
 
 
 @pytest.fixture(autouse=True)
