@@ -1105,12 +1105,18 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
             v.add(f"{where}/owner", "owner is a name or Maestro's {\"name\": …} object")
         step_concurrency = v.whole(props, "step_concurrency", where, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
         concurrency = v.whole(props, "workflow_concurrency", where, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
+        concurrency_at = f"{where}/workflow_concurrency"
+        rule = props.get("run_strategy")
+        if isinstance(rule, dict) and "workflow_concurrency" in rule and "workflow_concurrency" not in props:
+            concurrency_at = f"{where}/run_strategy/workflow_concurrency"
+        elif isinstance(rule, int) and not isinstance(rule, bool):
+            concurrency_at = f"{where}/run_strategy"
         if "run_strategy" in props:
             run_strategy, concurrency = v.run_strategy(props["run_strategy"], f"{where}/run_strategy", concurrency)
             v.warn(f"{where}/run_strategy", f"run_strategy {run_strategy.value!r} is accepted but not enforced yet: "
                                             "every start runs at once, whatever else runs")
         if concurrency is not None:
-            v.warn(f"{where}/workflow_concurrency", "workflow_concurrency is accepted but not enforced yet: "
+            v.warn(concurrency_at, "workflow_concurrency is accepted but not enforced yet: "
                                                     "instances are not limited")
         if step_concurrency is not None:
             v.warn(f"{where}/step_concurrency", "step_concurrency is enforced within each instance only; across "
