@@ -664,15 +664,6 @@ class _Validator:
             if ref not in known:
                 self.add(pointer, f"`steps.{ref}` names no step")
 
-    def integer(self, obj: dict, key: str, pointer: str, minimum: int = 0) -> int | None:
-        if key not in obj:
-            return None
-        value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.add(f"{pointer}/{key}", f"expected an integer >= {minimum}, got {value!r}")
-            return None
-        return value
-
     def number(self, obj: dict, key: str, pointer: str, minimum: float = 0.0,
                maximum: float = MAX_DURATION_SECONDS, numeric_string: bool = False) -> float | None:
         if key not in obj:
