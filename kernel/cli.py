@@ -40,6 +40,14 @@ def _print_problems(exc) -> None:
         click.echo(f"  {problem}", err=True)
 
 
+def _print_warnings(definition) -> None:
+    """Fields the definition sets that are accepted but not enforced yet, on stderr (issue 9:
+    nothing a definition says is validated and then silently ignored)."""
+    source = definition.source or "definition"
+    for warning in definition.warnings:
+        click.echo(f"{source}: warning: {warning}", err=True)
+
+
 class _Commands(click.Group):
     """The built-in commands plus those installed packages add through the ``legato.commands``
     entry-point group (``legato conformance`` comes from ``legato.conformance`` that way)."""
@@ -89,8 +97,11 @@ def validate(file: str, as_json: bool) -> None:
             _print_problems(exc)
         sys.exit(EXIT_INVALID)
     if as_json:
-        click.echo(json.dumps({"valid": True, "workflow": definition.workflow_id, "steps": len(definition.steps)}))
+        click.echo(json.dumps({"valid": True, "workflow": definition.workflow_id, "steps": len(definition.steps),
+                               "warnings": [{"pointer": w.pointer, "message": w.message}
+                                            for w in definition.warnings]}))
     else:
+        _print_warnings(definition)
         click.echo(f"{file}: valid ({definition.workflow_id}, {len(definition.steps)} steps)")
 
 
@@ -258,6 +269,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     except DefinitionError as exc:
         _print_problems(exc)
         sys.exit(EXIT_INVALID)
+    _print_warnings(definition)
 
     view = make_view(definition, plain=as_json or not sys.stdout.isatty(), quiet=as_json)
     outcome: dict[str, Any] = {}

@@ -21,10 +21,12 @@ from typing import Any, Mapping
 from .cel import CelCompiler, CelError, CelProgram
 from .limits import (
     MAX_BACKOFF_EXPONENT,
+    MAX_CONCURRENCY,
     MAX_DOCUMENT_BYTES,
     MAX_DURATION_SECONDS,
     MAX_NESTING,
     MAX_NUMBER_DIGITS,
+    MAX_RETRY_LIMIT,
     MAX_STRING_BYTES,
     MAX_YAML_ALIAS_NODES,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "FailureMode",
     "Backoff",
     "RetryPolicy",
+    "RETRY_CLASSES",
     "Condition",
     "StepDef",
     "Definition",
@@ -107,14 +110,29 @@ class Backoff:
         return raw + raw * self.jitter * rand
 
 
+#: The failure classes a retry policy counts separately, as Maestro's RetryPolicy names them.
+RETRY_CLASSES = ("error", "platform", "timeout")
+
+
 @dataclass(slots=True, frozen=True)
 class RetryPolicy:
-    """Separate limits per failure class (DESIGN §3)."""
+    """Separate limits per failure class (DESIGN §3), and the backoff before each retry.
+
+    ``backoff`` applies to every class unless the class has its own (``platform_backoff``,
+    ``timeout_backoff``: Maestro's backoffs are per class, ``error_`` / ``platform_`` /
+    ``timeout_retry_backoff_in_secs`` …); :meth:`backoff_for` picks the one that applies."""
 
     error_retry_limit: int = 2
     platform_retry_limit: int = 10
     timeout_retry_limit: int = 0
     backoff: Backoff = Backoff()
+    platform_backoff: Backoff | None = None
+    timeout_backoff: Backoff | None = None
+
+    def backoff_for(self, kind: str) -> Backoff:
+        """The backoff for failure class ``kind``: ``"error"`` (user), ``"platform"`` or ``"timeout"``."""
+        own = self.platform_backoff if kind == "platform" else self.timeout_backoff if kind == "timeout" else None
+        return own or self.backoff
 
 
 @dataclass(slots=True)
@@ -163,6 +181,9 @@ class Definition:
     version: int | None = None
     #: Whether any param (the workflow's or a step's) is secret: the engine masks only then.
     has_secrets: bool = False
+    #: Fields accepted but not (yet) doing what they say, each at its pointer: `validate` and
+    #: `run` print them, so nothing a definition says is silently ignored.
+    warnings: list[Problem] = field(default_factory=list)
 
 
 # -- documents -----------------------------------------------------------------------------------
@@ -397,33 +418,50 @@ def _yaml_loader():
     return _LOADER
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Maestro's DurationParser units (d, day(s), h, hour(s), min, minute(s), s, sec, second(s), ms,
+# millisecond(s)) plus the short ones Legato has always taken (m, hr, secs, mins); any order, spaces
+# between a number and its unit optional, case-insensitive. Unlike Maestro's parser, which skips
+# what it cannot read, anything left over is an error: "5 mon" must not quietly mean 0 seconds.
+_DURATION = re.compile(
+    r"\s*(\d+(?:\.\d+)?)\s*(milliseconds?|ms|seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d)(?![a-z])\s*,?")
+_UNITS = {"ms": 0.001, "millisecond": 0.001, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
+          "h": 3600, "hr": 3600, "hour": 3600, "d": 86400, "day": 86400}
+_NUMERIC = re.compile(r"\s*[+-]?\d+(?:\.\d+)?\s*")
+_DURATION_HINT = "write seconds (a number, or a numeric string), or e.g. '300 seconds', '2 min', '1 hour', '1h30m', '1 day'"
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like ``"90s"``, ``"5m"``, ``"1h30m"``. Raises ValueError."""
+def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
+    """Seconds from a duration as Maestro writes one (``DurationParser`` / ``ParsableLong``): a
+    number or a numeric string is seconds; otherwise a string such as ``"300 seconds"``, ``"2 min"``,
+    ``"1 hour"``, ``"1h30m"``, ``"10 minutes 5 seconds 1 day"``. Raises ValueError.
+
+    At most MAX_DURATION_SECONDS; positive unless ``allow_zero`` (a backoff may be 0)."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '1h30m'")
+        raise ValueError(f"a duration is not true or false; {_DURATION_HINT}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str) and value.strip():
-        text = value.strip().replace(" ", "")
-        pos, seconds = 0, 0.0
-        for m in _DURATION.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if pos != len(text):
-            raise ValueError(f"{value!r} is not a duration; write seconds, or e.g. '90s', '5m', '1h30m', '2d'")
+        text = value.lower()
+        if _NUMERIC.fullmatch(text):
+            seconds = float(text)
+        else:
+            pos, seconds = 0, 0.0
+            for m in _DURATION.finditer(text):
+                if m.start() != pos:
+                    break
+                unit = m.group(2)
+                unit = unit if unit in _UNITS else unit.rstrip("s")
+                seconds += float(m.group(1)) * _UNITS[unit]
+                pos = m.end()
+            if pos != len(text) or pos == 0:
+                raise ValueError(f"{value!r:.60} is not a duration; {_DURATION_HINT}")
     else:
-        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '1h30m'")
+        raise ValueError(f"a duration is a number of seconds or a string; {_DURATION_HINT}")
     if not seconds <= MAX_DURATION_SECONDS:  # NaN and infinity too
         raise ValueError(f"a duration is at most {MAX_DURATION_SECONDS} seconds (a year, MAX_DURATION_SECONDS), "
                          f"got {value!r:.40}; leave the timeout out for none")
-    if not seconds > 0:
-        raise ValueError("a duration must be positive")
+    if not (seconds >= 0 if allow_zero else seconds > 0):
+        raise ValueError("a duration must not be negative" if allow_zero else "a duration must be positive")
     return seconds
 
 
@@ -433,7 +471,7 @@ def _esc(token: Any) -> str:
 
 # -- the validator -------------------------------------------------------------------------------
 
-_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")  # Maestro's ids have dots: job.1
 _WORKFLOW_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _STEP_KEYS = {
     "id", "type", "name", "description", "params", "transition", "retry_policy", "timeout",
@@ -444,10 +482,38 @@ _NOT_YET = {
     "signal_outputs": "signal outputs arrive with the signals issue",
 }
 _WRAPPERS = {"step", "foreach", "while", "subworkflow"}
-_WORKFLOW_KEYS = {"id", "name", "description", "params", "steps", "timeout", "time_triggers", "signal_triggers", "tags"}
-_PROPERTY_KEYS = {"owner", "run_strategy", "step_concurrency", "workflow_concurrency", "description", "alerting", "tags"}
+_WORKFLOW_KEYS = {"id", "name", "description", "params", "steps", "timeout", "time_triggers", "signal_triggers", "tags",
+                  "criticality", "instance_step_concurrency"}
+_PROPERTY_KEYS = {"owner", "run_strategy", "step_concurrency", "workflow_concurrency", "description", "alerting", "tags",
+                  "access_control", "alerting_disabled", "signal_trigger_disabled", "time_trigger_disabled"}
+# Maestro's PropertiesSnapshot adds these to Properties.
+_SNAPSHOT_KEYS = {"workflow_id", "create_time", "author"}
+# Maestro's WorkflowCreateRequest (properties, workflow, is_active, git_info, extra_info) and its
+# stored WorkflowDefinition (properties_snapshot, metadata, activation and bookkeeping fields).
+# Only `properties` / `properties_snapshot` and `workflow` mean something here; the rest is kept
+# in Definition.document, unread.
+_TOP_KEYS = {"properties", "workflow", "is_active", "git_info", "extra_info", "properties_snapshot", "metadata",
+             "activate_time", "activated_by", "is_latest", "is_default", "modify_time", "internal_id",
+             "trigger_uuids", "enriched_extras"}
+_CRITICALITIES = {"CRITICAL", "HIGH", "MEDIUM", "LOW"}
 _RETRY_KEYS = {"error_retry_limit", "platform_retry_limit", "timeout_retry_limit", "backoff"}
 _BACKOFF_KEYS = {"type", "base", "exponent", "cap", "jitter"}
+_TAG_KEYS = {"name", "namespace", "permit", "attributes"}
+_TAG_NAMESPACES = {"SYSTEM", "RUNTIME", "JOB_TEMPLATE", "NOTEBOOK_TEMPLATE", "USER_DEFINED", "PLATFORM"}
+
+
+def _upper(value: Any) -> Any:
+    """Maestro's enums are read case-insensitively (``Rule.create``, ``FailureMode.create`` …)."""
+    return value.upper() if isinstance(value, str) else value
+_MAESTRO_BACKOFF_KEY = re.compile(r"^(error|platform|timeout)_retry_")
+
+
+def _is_maestro_backoff(raw: dict) -> bool:
+    """Whether a backoff object is written Maestro's way (RetryPolicy.FixedBackoff / ExponentialBackoff)."""
+    kind = raw.get("type")
+    if isinstance(kind, str) and kind.upper() in ("FIXED_BACKOFF", "EXPONENTIAL_BACKOFF"):
+        return True
+    return any(isinstance(k, str) and _MAESTRO_BACKOFF_KEY.match(k) for k in raw)
 _STEPS_REF = re.compile(r"\bsteps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\bsteps\s*\[\s*[\"']([^\"']+)[\"']\s*\]")
 
 
@@ -456,10 +522,59 @@ class _Validator:
         self.step_types = step_types
         self.compiler = compiler
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.unavailable: dict[str, str | None] = {}  # asked once per step type
+        self._folded: dict[str, str] | None = None
 
     def add(self, pointer: str, message: str) -> None:
         self.problems.append(Problem(pointer, message))
+
+    def warn(self, pointer: str, message: str) -> None:
+        """Something accepted that does not (yet) do what it says; the CLI prints it."""
+        self.warnings.append(Problem(pointer, message))
+
+    def folded_types(self) -> dict[str, str]:
+        """Registered step type names by their lower-case form (built once per definition)."""
+        if self._folded is None:
+            self._folded = {name.lower(): name for name in self.step_types}
+        return self._folded
+
+    def tags(self, raw: Any, pointer: str) -> list[str]:
+        """Tag names from Maestro's TagList: strings, or objects ``{name, namespace, permit,
+        attributes}`` (a tag permit is accepted and warned about: not enforced yet)."""
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.add(pointer, "tags must be an array of strings or {\"name\": …, \"namespace\": …} objects")
+            return []
+        names: list[str] = []
+        for i, tag in enumerate(raw):
+            where = f"{pointer}/{i}"
+            if isinstance(tag, str):
+                names.append(tag)
+            elif isinstance(tag, dict):
+                self.unknown_keys(tag, _TAG_KEYS, where, "tag")
+                name = tag.get("name")
+                if not isinstance(name, str) or not name:
+                    self.add(f"{where}/name", "a tag object needs a `name` string")
+                    continue
+                ns = tag.get("namespace")
+                if ns is not None and (not isinstance(ns, str) or ns.upper() not in _TAG_NAMESPACES):
+                    self.add(f"{where}/namespace", f"unknown tag namespace {ns!r:.40}; use one of "
+                                                   f"{', '.join(sorted(n.lower() for n in _TAG_NAMESPACES))}")
+                if "permit" in tag:
+                    permit = tag["permit"]
+                    if isinstance(permit, bool) or not isinstance(permit, int) or permit < 0:
+                        self.add(f"{where}/permit", f"a tag permit is a whole number >= 0, got {permit!r:.40}")
+                    else:
+                        self.warn(f"{where}/permit", "tag permits are accepted but not enforced yet: steps with "
+                                                     "this tag are not limited")
+                if "attributes" in tag and not isinstance(tag["attributes"], dict):
+                    self.add(f"{where}/attributes", "tag attributes must be an object")
+                names.append(name)
+            else:
+                self.add(where, "a tag is a string or a {\"name\": …, \"namespace\": …} object")
+        return names
 
     def unknown_keys(self, obj: dict, allowed: set[str], pointer: str, what: str) -> None:
         for key in obj:
@@ -475,7 +590,8 @@ class _Validator:
         try:
             return self.compiler.compile(source)
         except CelError as exc:
-            self.add(pointer, f"CEL {exc.located()}")
+            hint = _sel_hint(source)
+            self.add(pointer, f"CEL {exc.located()}{hint}")
             return None
 
     def params(self, raw: Any, pointer: str, code: frozenset[str] = frozenset(),
@@ -548,26 +664,22 @@ class _Validator:
             if ref not in known:
                 self.add(pointer, f"`steps.{ref}` names no step")
 
-    def integer(self, obj: dict, key: str, pointer: str, minimum: int = 0) -> int | None:
-        if key not in obj:
-            return None
-        value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.add(f"{pointer}/{key}", f"expected an integer >= {minimum}, got {value!r}")
-            return None
-        return value
-
     def number(self, obj: dict, key: str, pointer: str, minimum: float = 0.0,
-               maximum: float = MAX_DURATION_SECONDS) -> float | None:
+               maximum: float = MAX_DURATION_SECONDS, numeric_string: bool = False) -> float | None:
         if key not in obj:
             return None
         value = obj[key]
+        if numeric_string and isinstance(value, str) and _NUMERIC.fullmatch(value):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:
             self.add(f"{pointer}/{key}", f"expected a number from {minimum:.10g} to {maximum:.10g}, got {value!r:.40}")
             return None
         return float(value)
 
     def retry_policy(self, raw: Any, pointer: str) -> RetryPolicy:
+        """Legato's form ({limits…, backoff: {type: fixed|exponential, base, exponent, cap, jitter}})
+        or Maestro's (RetryPolicy: limits up to 99, a backoff of type FIXED_BACKOFF or
+        EXPONENTIAL_BACKOFF with a base, exponent and cap per failure class)."""
         if raw is None:
             return RetryPolicy()
         if not isinstance(raw, dict):
@@ -576,22 +688,26 @@ class _Validator:
         self.unknown_keys(raw, _RETRY_KEYS, pointer, "retry_policy")
         kwargs: dict[str, Any] = {}
         for key in ("error_retry_limit", "platform_retry_limit", "timeout_retry_limit"):
-            value = self.integer(raw, key, pointer)
+            value = self.whole(raw, key, pointer, 0, MAX_RETRY_LIMIT, "MAX_RETRY_LIMIT")
             if value is not None:
                 kwargs[key] = value
         backoff = raw.get("backoff")
         if backoff is not None:
             where = f"{pointer}/backoff"
             if not isinstance(backoff, dict):
-                self.add(where, "backoff must be an object: {type: fixed|exponential, base, exponent, cap, jitter}")
+                self.add(where, "backoff must be an object: {type: fixed|exponential, base, exponent, cap, jitter} "
+                                "or Maestro's {type: FIXED_BACKOFF|EXPONENTIAL_BACKOFF, error_retry_backoff_in_secs, …}")
+            elif _is_maestro_backoff(backoff):
+                kwargs.update(self.maestro_backoff(backoff, where))
             else:
                 self.unknown_keys(backoff, _BACKOFF_KEYS, where, "backoff")
                 b: dict[str, Any] = {}
                 kind = backoff.get("type", "exponential")
-                if kind not in ("fixed", "exponential"):
-                    self.add(f"{where}/type", f"backoff type must be `fixed` or `exponential`, got {kind!r}")
+                if not isinstance(kind, str) or kind.lower() not in ("fixed", "exponential"):
+                    self.add(f"{where}/type", "backoff type must be `fixed` or `exponential` (or Maestro's "
+                                              f"FIXED_BACKOFF / EXPONENTIAL_BACKOFF), got {kind!r:.40}")
                 else:
-                    b["type"] = kind
+                    b["type"] = kind.lower()
                 for key, minimum, maximum in (("base", 0.0, MAX_DURATION_SECONDS),
                                               ("exponent", 1.0, MAX_BACKOFF_EXPONENT),
                                               ("cap", 0.0, MAX_DURATION_SECONDS), ("jitter", 0.0, 1.0)):
@@ -600,6 +716,81 @@ class _Validator:
                         b[key] = value
                 kwargs["backoff"] = Backoff(**b)
         return RetryPolicy(**kwargs)
+
+    def run_strategy(self, raw: Any, pointer: str, concurrency: int | None) -> tuple[RunStrategy, int | None]:
+        """Maestro's RunStrategy: a rule name (any case), ``{rule, workflow_concurrency}``, or a
+        number (PARALLEL with that concurrency). Returns the rule and the concurrency, if given."""
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = {"rule": "PARALLEL", "workflow_concurrency": raw}
+        if isinstance(raw, dict):
+            self.unknown_keys(raw, {"rule", "workflow_concurrency"}, pointer, "run_strategy")
+            given = self.whole(raw, "workflow_concurrency", pointer, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
+            if given is not None:
+                if concurrency is not None and concurrency != given:
+                    self.add(f"{pointer}/workflow_concurrency", f"workflow_concurrency is {given} here and "
+                                                                f"{concurrency} beside run_strategy: give it once")
+                concurrency = given
+            rule, pointer = raw.get("rule"), f"{pointer}/rule"
+        else:
+            rule = raw
+        try:
+            strategy = RunStrategy(rule.lower() if isinstance(rule, str) else rule)
+        except ValueError:
+            self.add(pointer, f"unknown run_strategy {rule!r:.40}; use one of {', '.join(r.value for r in RunStrategy)}")
+            return RunStrategy.SEQUENTIAL, concurrency
+        if concurrency is not None and concurrency > 1 and strategy is not RunStrategy.PARALLEL:
+            self.add(pointer, f"only the parallel run strategy allows a workflow_concurrency above 1, not "
+                              f"{strategy.value} (Maestro's RunStrategy rule)")
+        return strategy, concurrency
+
+    def maestro_backoff(self, raw: dict, pointer: str) -> dict[str, Backoff]:
+        """Maestro's FixedBackoff / ExponentialBackoff, each field missing taken from Maestro's
+        Defaults (mergeWithDefault): 60 s fixed; 60 s × 2^(n-1) capped at 600 s (user errors) or
+        3600 s (platform errors, timeouts). Returns RetryPolicy's backoff fields, one per class."""
+        kind = raw.get("type", "EXPONENTIAL_BACKOFF")
+        fixed = isinstance(kind, str) and kind.upper() == "FIXED_BACKOFF"
+        if not fixed and not (isinstance(kind, str) and kind.upper() == "EXPONENTIAL_BACKOFF"):
+            self.add(f"{pointer}/type", f"backoff type must be FIXED_BACKOFF or EXPONENTIAL_BACKOFF, got {kind!r:.40}")
+        allowed = {"type"} | {f"{c}_retry_backoff_in_secs" for c in RETRY_CLASSES}
+        if not fixed:
+            allowed |= {f"{c}_retry_{f}" for c in RETRY_CLASSES for f in ("exponent", "limit_in_secs")}
+        self.unknown_keys(raw, allowed, pointer, "FIXED_BACKOFF" if fixed else "EXPONENTIAL_BACKOFF")
+        out: dict[str, Backoff] = {}
+        for cls in RETRY_CLASSES:
+            base = self.seconds(raw, f"{cls}_retry_backoff_in_secs", pointer, 60.0)
+            if fixed:
+                backoff = Backoff("fixed", base, 1.0, MAX_DURATION_SECONDS)
+            else:
+                exponent = self.number(raw, f"{cls}_retry_exponent", pointer, 1.0, MAX_BACKOFF_EXPONENT,
+                                       numeric_string=True)
+                cap = self.seconds(raw, f"{cls}_retry_limit_in_secs", pointer, 600.0 if cls == "error" else 3600.0)
+                backoff = Backoff("exponential", base, 2.0 if exponent is None else exponent, cap)
+            out["backoff" if cls == "error" else f"{cls}_backoff"] = backoff
+        return out
+
+    def seconds(self, obj: dict, key: str, pointer: str, default: float) -> float:
+        """A backoff field in seconds: a number, a numeric string or a duration string; 0 allowed."""
+        if key not in obj:
+            return default
+        try:
+            return parse_duration(obj[key], allow_zero=True)
+        except ValueError as exc:
+            self.add(f"{pointer}/{key}", str(exc))
+            return default
+
+    def whole(self, obj: dict, key: str, pointer: str, minimum: int, maximum: int, limit: str) -> int | None:
+        """A whole number from ``minimum`` to ``maximum``: an integer or a numeric string, as
+        Maestro's ParsableLong takes it."""
+        if key not in obj:
+            return None
+        value = obj[key]
+        if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= MAX_NUMBER_DIGITS:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            self.add(f"{pointer}/{key}", f"expected a whole number from {minimum} to {maximum} ({limit}), "
+                                         f"got {obj[key]!r:.40}")
+            return None
+        return value
 
     def duration(self, raw: Any, pointer: str) -> float | None:
         if raw is None:
@@ -641,8 +832,8 @@ class _Validator:
         sid = raw.get("id")
         ok = True
         if not isinstance(sid, str) or not _ID_RE.match(sid):
-            self.add(f"{pointer}/id", "a step needs an `id`: letters, digits, `_` and `-`, starting with a letter or `_`"
-                     if sid is None else f"step id {sid!r} is not valid: use letters, digits, `_` and `-`, starting with a letter or `_`")
+            self.add(f"{pointer}/id", "a step needs an `id`: letters, digits, `_`, `.` and `-`, starting with a letter or `_`"
+                     if sid is None else f"step id {sid!r} is not valid: use letters, digits, `_`, `.` and `-`, starting with a letter or `_`")
             ok = False
         elif sid in seen:
             self.add(f"{pointer}/id", f"duplicate step id {sid!r} (first defined at {seen[sid]})")
@@ -655,9 +846,16 @@ class _Validator:
             self.add(f"{pointer}/type", "a step needs a `type` (e.g. bash, noop, sleep)")
         else:
             cls = self.step_types.get(stype)
+            if cls is None:  # Maestro writes step types capitalised: NoOp, Sleep
+                canonical = self.folded_types().get(stype.lower())
+                if canonical is not None:
+                    stype, cls = canonical, self.step_types[canonical]
             if cls is None:
                 known = ", ".join(sorted(self.step_types)) or "none"
-                self.add(f"{pointer}/type", f"unknown step type {stype!r}; installed: {known} (see `legato plugins`)")
+                close = difflib.get_close_matches(stype.lower(), sorted(self.folded_types()), n=1, cutoff=0.6)
+                hint = f" (did you mean {self.folded_types()[close[0]]!r}?)" if close else ""
+                self.add(f"{pointer}/type", f"unknown step type {stype!r:.60}{hint}; installed: {known} "
+                                            "(see `legato plugins`)")
             else:
                 if stype not in self.unavailable:
                     self.unavailable[stype] = cls.unavailable()
@@ -677,14 +875,11 @@ class _Validator:
         failure_mode = FailureMode.FAIL_AFTER_RUNNING
         if "failure_mode" in raw:
             try:
-                failure_mode = FailureMode(raw["failure_mode"])
+                failure_mode = FailureMode(_upper(raw["failure_mode"]))
             except ValueError:
                 self.add(f"{pointer}/failure_mode",
                          f"unknown failure_mode {raw['failure_mode']!r}; use one of {', '.join(m.value for m in FailureMode)}")
-        tags = raw.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            self.add(f"{pointer}/tags", "tags must be an array of strings")
-            tags = []
+        tags = self.tags(raw.get("tags"), f"{pointer}/tags")
         for key in ("name", "description"):
             if key in raw and not isinstance(raw[key], str):
                 self.add(f"{pointer}/{key}", f"{key} must be a string")
@@ -799,6 +994,20 @@ class _Validator:
                     self.add(f"{where}/timezone", f"unknown time zone {tz!r}; use an IANA name like Europe/Amsterdam")
 
 
+# Marks of Maestro's SEL (a Java subset) that CEL never has: statements ended by `;`, `return`,
+# `new Type(…)`, Java's static helpers, and validators written as annotations (`@NotNull`).
+_SEL_MARKS = re.compile(r";\s*$|^\s*return\b|^\s*@[A-Z][A-Za-z]*\b|\bnew\s+[A-Z][A-Za-z0-9_.]*\s*\(|\b(?:Util|DateTime|DateTimeZone|"
+                        r"DateTimeFormat|Math|String|Integer|Long)\.[a-zA-Z]+\s*\(|\bparams\.getFromStep\s*\(")
+
+
+def _sel_hint(source: str) -> str:
+    """A pointer to the docs when a failed CEL expression looks like Maestro's SEL."""
+    if not _SEL_MARKS.search(source):
+        return ""
+    return ("; this looks like Maestro's SEL (Java-like, with `;`, `return`, `new …`): Legato's expressions "
+            "are CEL, see docs/maestro.md (\"Expressions\") for how to write it")
+
+
 def _pydantic_message(err: dict) -> str:
     msg = err.get("msg", "invalid")
     if err.get("type") == "missing":
@@ -857,25 +1066,53 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
             raise DefinitionError(problems, name)
 
     v = _Validator(step_types, compiler)
-    v.unknown_keys(document, {"properties", "workflow"}, "", "top-level")
-    props = document.get("properties", {})
+    v.unknown_keys(document, _TOP_KEYS, "", "top-level")
+    # Maestro's create request carries `properties`; its stored definition (WorkflowDefinition)
+    # carries `properties_snapshot`, which adds who wrote it and when.
+    props_key = "properties"
+    if "properties_snapshot" in document:
+        if "properties" in document:
+            v.add("/properties_snapshot", "give `properties` or Maestro's `properties_snapshot`, not both")
+        else:
+            props_key = "properties_snapshot"
+    for key in ("metadata", "git_info", "extra_info", "enriched_extras"):
+        if key in document and document[key] is not None and not isinstance(document[key], dict):
+            v.add(f"/{key}", f"{key} must be an object")
+    if "is_active" in document and not isinstance(document["is_active"], bool):
+        v.add("/is_active", "is_active must be true or false")
+    props = document.get(props_key, {})
+    where = f"/{props_key}"
     step_concurrency = None
     run_strategy = RunStrategy.SEQUENTIAL
     if props is None:
         props = {}
     if not isinstance(props, dict):
-        v.add("/properties", "properties must be an object")
+        v.add(where, f"{props_key} must be an object")
         props = {}
     else:
-        v.unknown_keys(props, _PROPERTY_KEYS, "/properties", "properties")
-        step_concurrency = v.integer(props, "step_concurrency", "/properties", 1)
-        v.integer(props, "workflow_concurrency", "/properties", 1)
+        allowed = _PROPERTY_KEYS | (_SNAPSHOT_KEYS if props_key == "properties_snapshot" else set())
+        v.unknown_keys(props, allowed, where, props_key)
+        if "owner" in props and not isinstance(props["owner"], (str, dict)):
+            v.add(f"{where}/owner", "owner is a name or Maestro's {\"name\": …} object")
+        step_concurrency = v.whole(props, "step_concurrency", where, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
+        concurrency = v.whole(props, "workflow_concurrency", where, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
+        concurrency_at = f"{where}/workflow_concurrency"
+        rule = props.get("run_strategy")
+        if isinstance(rule, dict) and "workflow_concurrency" in rule and "workflow_concurrency" not in props:
+            concurrency_at = f"{where}/run_strategy/workflow_concurrency"
+        elif isinstance(rule, int) and not isinstance(rule, bool):
+            concurrency_at = f"{where}/run_strategy"
         if "run_strategy" in props:
-            try:
-                run_strategy = RunStrategy(str(props["run_strategy"]).lower())
-            except ValueError:
-                v.add("/properties/run_strategy",
-                      f"unknown run_strategy {props['run_strategy']!r}; use one of {', '.join(r.value for r in RunStrategy)}")
+            run_strategy, concurrency = v.run_strategy(props["run_strategy"], f"{where}/run_strategy", concurrency)
+            v.warn(f"{where}/run_strategy", f"run_strategy {run_strategy.value!r} is accepted but not enforced yet: "
+                                            "every start runs at once, whatever else runs")
+        if concurrency is not None:
+            v.warn(concurrency_at, "workflow_concurrency is accepted but not enforced yet: "
+                                                    "instances are not limited")
+        if step_concurrency is not None:
+            v.warn(f"{where}/step_concurrency", "step_concurrency is enforced within each instance only; across "
+                                                "instances it is not enforced yet")
+        v.tags(props.get("tags"), f"{where}/tags")
 
     wf = document.get("workflow")
     if not isinstance(wf, dict):
@@ -883,7 +1120,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         raise DefinitionError(v.problems, name)
     v.unknown_keys(wf, _WORKFLOW_KEYS, "/workflow", "workflow")
     for key in ("signal_triggers",):
-        if key in wf:
+        if wf.get(key):  # Maestro writes an empty list when there are none
             v.add(f"/workflow/{key}", "not supported yet: signal triggers arrive with the signals issue")
     wid = wf.get("id")
     if not isinstance(wid, str) or not _WORKFLOW_ID_RE.match(wid):
@@ -892,11 +1129,20 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
     for key in ("name", "description"):
         if key in wf and not isinstance(wf[key], str):
             v.add(f"/workflow/{key}", f"{key} must be a string")
-    if "tags" in wf and (not isinstance(wf["tags"], list) or not all(isinstance(t, str) for t in wf["tags"])):
-        v.add("/workflow/tags", "tags must be an array of strings")
+    v.tags(wf.get("tags"), "/workflow/tags")
+    instance_limit = v.whole(wf, "instance_step_concurrency", "/workflow", 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
+    if instance_limit is not None:  # Maestro's per-instance cap: what Legato enforces
+        step_concurrency = instance_limit if step_concurrency is None else min(step_concurrency, instance_limit)
+    if "criticality" in wf and (not isinstance(wf["criticality"], str)
+                                or wf["criticality"].upper() not in _CRITICALITIES):
+        v.add("/workflow/criticality", f"criticality is one of {', '.join(sorted(_CRITICALITIES))}, "
+                                       f"got {wf['criticality']!r:.40}")
     wparams = v.params(wf.get("params"), "/workflow/params")
     timeout = v.duration(wf.get("timeout"), "/workflow/timeout")
     v.triggers(wf.get("time_triggers"), "/workflow/time_triggers")
+    if wf.get("time_triggers"):
+        v.warn("/workflow/time_triggers", "time_triggers are accepted but not enforced yet: nothing starts this "
+                                          "workflow on a schedule")
 
     raw_steps = wf.get("steps")
     steps: list[StepDef] = []
@@ -951,4 +1197,5 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         source=name,
         base_dir=base_dir,
         has_secrets=has_secrets,
+        warnings=v.warnings,
     )

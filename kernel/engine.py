@@ -38,6 +38,8 @@ from .storage import StaleWrite, Storage, StorageError
 __all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld"]
 
 S = StepStatus
+# Which backoff of a step's retry policy a retryable failure waits (RetryPolicy.backoff_for).
+_RETRY_CLASS = {S.USER_FAILED: "error", S.PLATFORM_FAILED: "platform", S.TIMEOUT_FAILED: "timeout"}
 I = InstanceStatus  # noqa: E741
 
 # Results a step task reports besides a StepResult.
@@ -621,7 +623,7 @@ class InstanceRun:
         )
         if pending:  # a retry was scheduled when the previous owner stopped
             counter = {S.USER_FAILED: st.errors, S.PLATFORM_FAILED: st.platform}.get(status, st.timeouts)
-            delay = st.sdef.retry.backoff.delay(counter, random.random())
+            delay = st.sdef.retry.backoff_for(_RETRY_CLASS[status]).delay(counter, random.random())
             left = max(0.0, (st.record.ended_at or 0.0) + delay - time.time())
             scope = trio.CancelScope()
             self._retrying[st.sdef.id] = scope
@@ -988,7 +990,7 @@ class InstanceRun:
         """End this attempt ``status`` and schedule the next after the backoff for retry ``n``."""
         st.record.ended_at = time.time()
         self._set(st, status, message)
-        delay = st.sdef.retry.backoff.delay(n, random.random())
+        delay = st.sdef.retry.backoff_for(_RETRY_CLASS[status]).delay(n, random.random())
         scope = trio.CancelScope()
         self._retrying[st.sdef.id] = scope
         self._nursery.start_soon(self._retry_after, st, delay, scope)

@@ -20,6 +20,8 @@ __all__ = [
     "MAX_VALUE_DEPTH",
     "MAX_DURATION_SECONDS",
     "MAX_BACKOFF_EXPONENT",
+    "MAX_RETRY_LIMIT",
+    "MAX_CONCURRENCY",
     "MAX_CEL_SOURCE",
     "MAX_CEL_DEPTH",
     "MAX_CEL_TREE_DEPTH",
@@ -45,6 +47,10 @@ MAX_VALUE_DEPTH = 100  # nesting of maps and arrays in a value CEL sees (a param
 # -- durations and backoff (legato.definition) -----------------------------------------------------
 MAX_DURATION_SECONDS = 366 * 86400  # a timeout or a backoff: at most a year (omit a timeout for none)
 MAX_BACKOFF_EXPONENT = 100.0
+MAX_RETRY_LIMIT = 99  # retries of one class for one step (Maestro's Constants.MAX_RETRY_LIMIT)
+
+# -- concurrency (legato.definition) ----------------------------------------------------------------
+MAX_CONCURRENCY = 1000  # step_concurrency, workflow_concurrency (Maestro's *_CONCURRENCY_MAX_LIMIT)
 
 # -- CEL expressions (legato.cel) ------------------------------------------------------------------
 MAX_CEL_SOURCE = 8192  # characters

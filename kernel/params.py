@@ -169,13 +169,14 @@ def parse_param(name: str, raw: Any) -> ParamSpec:
         value = coerce(ptype, raw)
         return ParamSpec(name, ptype, value, interpolated=_has_interpolation(value))
     try:
-        ptype = ParamType(raw["type"])
+        ptype = ParamType(raw["type"].upper() if isinstance(raw["type"], str) else raw["type"])
     except ValueError:
         raise ParamError(
             f"unknown param type {raw['type']!r}; use one of {', '.join(t.value for t in ParamType)}", "/type"
         ) from None
     try:
-        mode = ParamMode(raw.get("mode", "MUTABLE"))
+        mode = raw.get("mode", "MUTABLE")
+        mode = ParamMode(mode.upper() if isinstance(mode, str) else mode)  # Maestro's are case-insensitive
     except ValueError:
         raise ParamError(
             f"unknown param mode {raw['mode']!r}; use one of {', '.join(m.value for m in ParamMode)}", "/mode"

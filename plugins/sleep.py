@@ -1,6 +1,6 @@
 """``sleep``: waits, then ends as told. For demos, timeouts and cancellation tests.
 
-Params: ``seconds`` (number, default 1); ``outcome`` (``DONE`` | ``USER_ERROR`` | ``PLATFORM_ERROR``
+Params: ``seconds`` (number, default 1; Maestro's ``sleep_seconds`` is the same); ``outcome`` (``DONE`` | ``USER_ERROR`` | ``PLATFORM_ERROR``
 | ``FATAL_ERROR``, default ``DONE``); ``outputs`` (map, returned as outputs).
 """
 
@@ -17,7 +17,7 @@ from legato.hookspecs import hookimpl
 
 class SleepParams(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="allow")
-    seconds: float = pydantic.Field(1.0, ge=0)
+    seconds: float = pydantic.Field(1.0, ge=0, validation_alias=pydantic.AliasChoices("seconds", "sleep_seconds"))
     outcome: Literal["DONE", "USER_ERROR", "PLATFORM_ERROR", "FATAL_ERROR"] = "DONE"
     outputs: dict[str, Any] = {}
 

@@ -31,7 +31,7 @@ from .conftest import LEGATO
 
 LEASE_TTL = "0.4"
 WORK = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 0.08; echo "done=$LEGATO_STEP_ID" >> "$LEGATO_OUTPUT"'
-RETRIES = {"error_retry_limit": 5, "platform_retry_limit": 100, "backoff": {"type": "fixed", "base": 0.15}}
+RETRIES = {"error_retry_limit": 5, "platform_retry_limit": 99, "backoff": {"type": "fixed", "base": 0.15}}  # 99: MAX_RETRY_LIMIT
 
 
 def bash(sid, to=(), script=WORK, **extra):
