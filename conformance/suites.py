@@ -410,6 +410,43 @@ class StorageSuite(_Suite):
         self._run(write)
         self._run(read)
 
+    def test_instances_found_by_id_prefix_and_listed_by_state(self, tmp_path):
+        """``find_instances`` matches an id prefix exactly (case-sensitive, ``_`` and ``%`` are
+        plain characters), ordered by id, up to ``limit``; ``list_instances`` filters by workflow
+        and by state together, newest first."""
+        from legato.model import InstanceRecord
+        from legato.states import InstanceStatus
+
+        rows = [("3fa2c1", "w1", InstanceStatus.FAILED, 1.0), ("3fa2d7", "w1", InstanceStatus.SUCCEEDED, 2.0),
+                ("3fb000", "w2", InstanceStatus.FAILED, 3.0), ("a_b", "w1", InstanceStatus.FAILED, 4.0),
+                ("axb", "w1", InstanceStatus.CREATED, 5.0)]
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for iid, wf, status, at in rows:
+                    await store.create_instance(InstanceRecord(iid, wf, 1, status, created_at=at))
+
+                async def ids(prefix, limit=10):
+                    return [r.instance_id for r in await store.find_instances(prefix, limit)]
+
+                assert await ids("3fa2") == ["3fa2c1", "3fa2d7"]
+                assert await ids("3f") == ["3fa2c1", "3fa2d7", "3fb000"]
+                assert await ids("3f", limit=2) == ["3fa2c1", "3fa2d7"]
+                assert await ids("3fa2d7") == ["3fa2d7"], "an exact id is its own prefix"
+                assert await ids("3FA2") == [], "prefixes are compared case-sensitively"
+                assert await ids("a_") == ["a_b"], "_ is a plain character, not a wildcard"
+                assert await ids("%") == [] and await ids("zz") == []
+
+                async def listed(**filters):
+                    return [r.instance_id for r in await store.list_instances(**filters)]
+
+                assert await listed(status=InstanceStatus.FAILED) == ["a_b", "3fb000", "3fa2c1"]
+                assert await listed(workflow_id="w1", status=InstanceStatus.FAILED) == ["a_b", "3fa2c1"]
+                assert await listed(workflow_id="w2", status=InstanceStatus.SUCCEEDED) == []
+                assert await listed(workflow_id="w1", limit=2) == ["axb", "a_b"]
+
+        self._run(main)
+
     @requires("leases")
     def test_leases_expire_and_fence(self, tmp_path):
         """A live lease is refused to others; once expired another owner gets a newer generation and the

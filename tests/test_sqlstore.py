@@ -12,6 +12,7 @@ import time
 import pytest
 import trio
 
+from legato.conformance import StorageSuite
 from legato.model import Batch, Event, InstanceRecord
 from legato.storage import StaleWrite, StorageError, open_storage
 
@@ -372,3 +373,9 @@ def test_a_corrupt_index_is_reported_as_corruption_not_as_a_missing_instance(tmp
         assert "Traceback" not in proc.stderr
         assert f"the database {tmp_path / 'legato.db'} is corrupt" in proc.stderr, proc.stderr
         assert ".recover" in proc.stderr and "no instance" not in proc.stderr
+
+
+class TestSqliteConformance(StorageSuite):
+    """The storage contract under plain pytest too (``legato conformance`` runs it as well)."""
+
+    profile = "sqlite"  # as published in plugins/profiles.py
