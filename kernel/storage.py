@@ -139,5 +139,7 @@ def open_storage(url: str, plugins=None) -> Storage:
     factory = plugins.storage.factories.get(scheme)
     if factory is None:
         known = ", ".join(sorted(plugins.storage.factories)) or "none installed"
-        raise StorageError(f"no storage backend for {url!r}: known schemes are {known}")
+        raise StorageError(f"no storage backend for {url!r}: known schemes are {known}. Check the store URL "
+                           f"(--store or LEGATO_STORE), or install the plugin that provides {scheme!r:.40} "
+                           "(`legato plugins` lists what is installed)")
     return factory(url)

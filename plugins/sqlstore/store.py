@@ -73,7 +73,8 @@ class SqlStorage(Storage):
                 pass  # created when opened
             except (OSError, ValueError) as exc:  # a name too long, a file where a directory should be, a NUL
                 raise StorageError(f"{url!r}: cannot use {raw!r:.80} as a database file: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+                                   f"{getattr(exc, 'strerror', None) or exc}; give the path of a database "
+                                   "file, e.g. sqlite:///.legato/legato.db") from None
             else:
                 if not stat.S_ISREG(st.st_mode):
                     raise StorageError(f"{url!r}: {raw!r:.80} is not a regular file; give the path of a "
