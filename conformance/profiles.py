@@ -29,7 +29,7 @@ STEP_CAPABILITIES: dict[str, str] = {
     "fatal_failure": "`fatal_failure` params end the attempt with a fatal error (FATALLY_FAILED)",
     "long_running": "`long_running` params run for at least 10 s unless cancelled",
     "logs": "`long_running` params write to the step's log within its first second",
-    "cancellation": "a cancelled `long_running` step ends within 2 s and leaves no process or thread behind",
+    "cancellation": "a cancelled `long_running` step ends (a 10 s hang guard: the sample must run longer) and leaves no process or thread behind",
     "invalid_params": "`invalid` params are refused when the definition is loaded, at `invalid_pointer`",
 }
 

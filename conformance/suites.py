@@ -30,9 +30,14 @@ from .profiles import PublishedProfile, StepTypeProfile, StorageProfile, load_pr
 
 __all__ = ["StepTypeSuite", "StorageSuite", "requires"]
 
-CANCEL_BOUND = 2.0  # seconds a cancelled step may take to end
-LOOP_GAP_BOUND = 0.25  # the longest the event loop may stay blocked while a step runs
-IMPORT_BOUND = 1.0  # seconds an entry point may take to load
+# A hang guard, not a speed limit: a step that honours cancellation ends in well under a second
+# even on a loaded machine; one that ignores it runs on to the end of its long-running sample,
+# which must last longer than this.
+CANCEL_BOUND = 10.0  # seconds a cancelled step may take to end
+# The longest the event loop may be held by the step. Time the loop's thread spent waiting for a
+# CPU (the machine was busy, /proc/thread-self/schedstat on Linux) does not count against it.
+LOOP_GAP_BOUND = 0.25
+MODULE_BUDGET = 100  # modules of other packages an entry point may import beyond what the engine imports
 
 
 def requires(capability: str):
@@ -84,29 +89,39 @@ class _Suite:
         return Plugins(extra=[self.p.plugin]) if self.p.plugin is not None else get_plugins()
 
     def test_entry_point_loads_alone_and_cheaply(self):
-        """The plugin's entry point loads without the others, fast, and without its heavy library."""
+        """The plugin's entry point loads without the others and without its heavy library: beyond
+        what the engine itself imports, it may add at most MODULE_BUDGET modules of other packages.
+        Counted, not timed, so the check means the same on a busy CI machine as on a laptop."""
         if self.p.entry_point is None:
             pytest.skip(f"{self.p.name} is registered in process, not through an entry point")
         script = (
-            "import importlib.metadata, json, sys, time\n"
+            "import importlib.metadata, json, sys\n"
             f"name = {self.p.entry_point!r}\n"
             "eps = [e for e in importlib.metadata.entry_points(group='legato') if e.name == name]\n"
-            "before = set(sys.modules); t = time.perf_counter(); eps[0].load() if eps else None\n"
-            "took = time.perf_counter() - t\n"
+            "import legato.engine, legato.plugin_manager\n"
+            "before = set(sys.modules); eps[0].load() if eps else None\n"
+            "own = {'legato', eps[0].module.split('.')[0]} if eps else {'legato'}\n"
+            "new = sorted(set(sys.modules) - before)\n"
+            "other = [m for m in new if m.split('.')[0] not in own]\n"
             "from legato.plugin_manager import Plugins\n"
             "p = Plugins()\n"
-            "print(json.dumps({'found': bool(eps), 'seconds': took, 'new': sorted(set(sys.modules) - before),"
+            "print(json.dumps({'found': bool(eps), 'new': new, 'other': other,"
             " 'steps': sorted(p.step_types.types), 'storage': sorted(p.storage.factories)}))\n"
         )
         env = {**os.environ, "LEGATO_PLUGINS": self.p.entry_point}
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0, f"loading the entry point {self.p.entry_point!r} alone failed:\n{proc.stderr}"
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         assert report["found"], f"no `legato` entry point named {self.p.entry_point!r} is installed"
         heavy = [m for m in self.p.heavy_modules if m in report["new"]]
         assert not heavy, (f"loading the entry point imported {heavy}: import heavy libraries inside the "
                            "step type's methods, so `legato --help` and other plugins do not pay for them")
-        assert report["seconds"] < IMPORT_BOUND, f"loading the entry point took {report['seconds']:.2f}s"
+        other = report["other"]
+        packages = sorted({m.split(".")[0] for m in other})
+        assert len(other) <= MODULE_BUDGET, (
+            f"loading the entry point imported {len(other)} modules of other packages beyond what the engine "
+            f"imports (the budget is {MODULE_BUDGET}): {', '.join(packages)}; import libraries inside the "
+            "step type's methods")
         self._check_registered(report)
 
 
@@ -254,7 +269,8 @@ class StepTypeSuite(_Suite):
 
     @requires("cancellation")
     def test_cancellation_ends_the_step_and_leaves_nothing(self, tmp_path):
-        """Stopping a running step ends it within 2 s; no process or thread it started survives."""
+        """Stopping a running step ends it (within CANCEL_BOUND, a hang guard); no process or thread it
+        started survives."""
         async def started(run, engine, facts):
             await trio.sleep(0.5)
             facts["during"] = _descendants()
@@ -264,31 +280,32 @@ class StepTypeSuite(_Suite):
         assert took <= CANCEL_BOUND, (f"the step took {took:.1f}s to end after it was cancelled; the bound is "
                                       f"{CANCEL_BOUND}s: honour trio cancellation (kill what you started)")
         assert facts["attempts"]["s"].status.value == "STOPPED"
-        deadline = time.monotonic() + 1.0
+        # Reaping may trail the step's end a little; a hang guard, so that a busy machine does not fail it.
+        deadline = time.monotonic() + CANCEL_BOUND
         left = _descendants() - facts["before"][0]
         while left and time.monotonic() < deadline:
             time.sleep(0.05)
             left = _descendants() - facts["before"][0]
-        assert not left, f"processes left running after cancellation: {sorted(left)}"
+        assert not left, f"processes left running {CANCEL_BOUND:g} s after cancellation: {sorted(left)}"
         busy = _busy_threads() - facts["before"][1]
-        while busy and time.monotonic() < deadline + 1.0:  # threads get the same grace as processes
+        while busy and time.monotonic() < deadline:
             time.sleep(0.05)
             busy = _busy_threads() - facts["before"][1]
-        assert not busy, f"threads still working 1 s after cancellation: {sorted(busy)}"
+        assert not busy, f"threads still working {CANCEL_BOUND:g} s after cancellation: {sorted(busy)}"
 
     @requires("long_running")
     def test_event_loop_stays_live_while_the_step_runs(self, tmp_path):
         """A running step never blocks the event loop: blocking work belongs in a thread or a process."""
         async def watch(run, engine, facts):
             gaps = []
-            last = time.monotonic()
+            last, waited = time.monotonic(), _runqueue_wait()
             with trio.move_on_after(1.5):
                 while True:
                     await trio.sleep(0.01)
-                    now = time.monotonic()
-                    gaps.append(now - last)
-                    last = now
-            facts["worst_gap"] = max(gaps + [time.monotonic() - last])
+                    now, now_waited = time.monotonic(), _runqueue_wait()
+                    gaps.append(now - last - (now_waited - waited))
+                    last, waited = now, now_waited
+            facts["worst_gap"] = max(gaps + [time.monotonic() - last - (_runqueue_wait() - waited)])
 
         facts = self._while_running(tmp_path, watch)
         assert facts["worst_gap"] <= LOOP_GAP_BOUND, (
@@ -306,6 +323,15 @@ class StepTypeSuite(_Suite):
 
         facts = self._while_running(tmp_path, poll)
         assert facts["logs"], "nothing reached the step's log within 3 s of RUNNING while the step ran"
+
+
+async def _wait_expired(store, instance_id: str) -> None:
+    """Wait until the store itself reports the instance's lease expired (its clock, not ours)."""
+    with trio.move_on_after(30):
+        while (lease := await store.get_lease(instance_id)) is not None and lease.live:
+            await trio.sleep(0.02)
+        return
+    pytest.fail(f"the lease of {instance_id} with a 0.05 s TTL still reads as live 30 s later")
 
 
 class StorageSuite(_Suite):
@@ -384,6 +410,43 @@ class StorageSuite(_Suite):
         self._run(write)
         self._run(read)
 
+    def test_instances_found_by_id_prefix_and_listed_by_state(self, tmp_path):
+        """``find_instances`` matches an id prefix exactly (case-sensitive, ``_`` and ``%`` are
+        plain characters), ordered by id, up to ``limit``; ``list_instances`` filters by workflow
+        and by state together, newest first."""
+        from legato.model import InstanceRecord
+        from legato.states import InstanceStatus
+
+        rows = [("3fa2c1", "w1", InstanceStatus.FAILED, 1.0), ("3fa2d7", "w1", InstanceStatus.SUCCEEDED, 2.0),
+                ("3fb000", "w2", InstanceStatus.FAILED, 3.0), ("a_b", "w1", InstanceStatus.FAILED, 4.0),
+                ("axb", "w1", InstanceStatus.CREATED, 5.0)]
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for iid, wf, status, at in rows:
+                    await store.create_instance(InstanceRecord(iid, wf, 1, status, created_at=at))
+
+                async def ids(prefix, limit=10):
+                    return [r.instance_id for r in await store.find_instances(prefix, limit)]
+
+                assert await ids("3fa2") == ["3fa2c1", "3fa2d7"]
+                assert await ids("3f") == ["3fa2c1", "3fa2d7", "3fb000"]
+                assert await ids("3f", limit=2) == ["3fa2c1", "3fa2d7"]
+                assert await ids("3fa2d7") == ["3fa2d7"], "an exact id is its own prefix"
+                assert await ids("3FA2") == [], "prefixes are compared case-sensitively"
+                assert await ids("a_") == ["a_b"], "_ is a plain character, not a wildcard"
+                assert await ids("%") == [] and await ids("zz") == []
+
+                async def listed(**filters):
+                    return [r.instance_id for r in await store.list_instances(**filters)]
+
+                assert await listed(status=InstanceStatus.FAILED) == ["a_b", "3fb000", "3fa2c1"]
+                assert await listed(workflow_id="w1", status=InstanceStatus.FAILED) == ["a_b", "3fa2c1"]
+                assert await listed(workflow_id="w2", status=InstanceStatus.SUCCEEDED) == []
+                assert await listed(workflow_id="w1", limit=2) == ["axb", "a_b"]
+
+        self._run(main)
+
     @requires("leases")
     def test_leases_expire_and_fence(self, tmp_path):
         """A live lease is refused to others; once expired another owner gets a newer generation and the
@@ -395,10 +458,11 @@ class StorageSuite(_Suite):
             async with self._open(tmp_path) as store:
                 instance, _ = self._records("i-l")
                 await store.create_instance(instance)
-                old = await store.acquire_lease("i-l", "a", 0.3)
+                old = await store.acquire_lease("i-l", "a", 30)
                 assert old is not None
-                assert await store.acquire_lease("i-l", "b", 0.3) is None, "a live lease was handed to another owner"
-                await trio.sleep(0.5)
+                assert await store.acquire_lease("i-l", "b", 30) is None, "a live lease was handed to another owner"
+                assert await store.acquire_lease("i-l", "a", 0.05, generation=old) == old, "a heartbeat was refused"
+                await _wait_expired(store, "i-l")
                 new = await store.acquire_lease("i-l", "b", 30)
                 assert new is not None and new > old, f"an expired lease was not taken over ({old} -> {new})"
                 with pytest.raises(StaleWrite):
@@ -416,10 +480,10 @@ class StorageSuite(_Suite):
             async with self._open(tmp_path) as store:
                 instance, _ = self._records("i-r")
                 await store.create_instance(instance)
-                gen = await store.acquire_lease("i-r", "a", 0.2)
-                await trio.sleep(0.3)
-                assert await store.acquire_lease("i-r", "a", 0.2, generation=gen) == gen, "a late renewal was refused"
-                await trio.sleep(0.3)
+                gen = await store.acquire_lease("i-r", "a", 0.05)
+                await _wait_expired(store, "i-r")
+                assert await store.acquire_lease("i-r", "a", 0.05, generation=gen) == gen, "a late renewal was refused"
+                await _wait_expired(store, "i-r")
                 assert await store.acquire_lease("i-r", "b", 30) == gen + 1
                 assert await store.acquire_lease("i-r", "a", 30, generation=gen) is None, "a replaced owner took it back"
                 lease = await store.get_lease("i-r")
@@ -520,6 +584,15 @@ def _descendants() -> set[int]:
             out.add(child)
             todo.append(child)
     return out
+
+
+def _runqueue_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _busy_threads() -> set[str]:

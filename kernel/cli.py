@@ -116,6 +116,7 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 DEFAULT_STORE = "sqlite:///.legato/legato.db"
+INSTANCE_STATES = ("CREATED", "IN_PROGRESS", "PAUSED", "SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT")  # legato.states, unimported
 _store_option = click.option(
     "--store", envvar="LEGATO_STORE", default=DEFAULT_STORE, show_default=True,
     help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://.")
@@ -170,6 +171,71 @@ def _engine(store: str, workspace: str | None = None, settings: str | None = Non
     return Engine(storage, plugins=plugins, workspace=workspace, lease_ttl=_lease_ttl(), step_settings=step_settings)
 
 
+STORE_FORMS = "sqlite:///path/to/file.db, postgresql://user@host/db or memory://"
+
+
+class _Refused(Exception):
+    """Raised inside a command's trio task for input that names nothing usable: exit 2, the message."""
+
+
+def _read_engine(store: str):
+    """The engine of a read-only command: a store that does not exist is refused, never created."""
+    engine = _engine(store)
+    _require_store(engine, store)
+    return engine
+
+
+def _require_store(engine, store: str) -> None:
+    """Exit 2, saying so, when the store ``engine`` would open does not exist yet."""
+    if not engine.storage.exists():
+        where = getattr(engine.storage, "path", None) or store
+        _fail(f"no Legato store at {where} (nothing has run here yet; use --store URL or LEGATO_STORE "
+              "to read another store)")
+
+
+class _opened:
+    """``async with _opened(storage, url)``: open the store, or say which URL failed and how to fix it
+    (a StorageError: exit 1, like any store that stops working)."""
+
+    def __init__(self, storage, url: str) -> None:
+        self.storage, self.url = storage, url
+
+    async def __aenter__(self):
+        from .storage import StorageError
+
+        try:
+            await self.storage.open()
+        except StorageError as exc:  # exit 1 as before: the URL is well-formed, the store behind it is not usable
+            text = str(exc)
+            hint = "" if "--store" in text else f". Check --store (or LEGATO_STORE): it takes {STORE_FORMS}"
+            raise StorageError(f"cannot open the store {self.url}: {text}{hint}") from None
+        return self.storage
+
+    async def __aexit__(self, *exc) -> None:
+        await self.storage.aclose()
+
+
+AMBIGUOUS_SHOWN = 10  # candidates listed for an ambiguous instance id prefix
+
+
+async def _resolve_instance(storage, given: str, store: str):
+    """The instance ``given`` names: its id, or a unique prefix of it. Anything else is refused
+    (exit 2) with the same message from every command, listing the candidates of an ambiguous prefix."""
+    record = await storage.get_instance(given) if given else None
+    if record is not None:
+        return record
+    found = await storage.find_instances(given, AMBIGUOUS_SHOWN + 1) if given else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise _Refused(f"no instance {given!r} in {store}: `legato list` shows the instances there")
+    lines = [f"  {r.instance_id}  {r.workflow_id:<24} {r.status.value}" for r in found[:AMBIGUOUS_SHOWN]]
+    more = "\n  …and more" if len(found) > AMBIGUOUS_SHOWN else ""
+    raise _Refused(f"instance id {given!r} is ambiguous in {store}: it starts "
+                   f"{'more than ' if more else ''}{min(len(found), AMBIGUOUS_SHOWN)} instances; "
+                   "give more of the id:\n" + "\n".join(lines) + more)
+
+
 LEASE_TTL_RANGE = (0.1, 86400.0)  # seconds: renewed every third of it, so not shorter; a day at most
 
 
@@ -202,6 +268,8 @@ def _trio_run(fn) -> None:
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
             raise leaf from None
+    except _Refused as exc:
+        _fail(str(exc))
     except StorageError as exc:
         _fail(str(exc), EXIT_FAILED)
     except StartError as exc:
@@ -275,7 +343,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     outcome: dict[str, Any] = {}
 
     async def main_task() -> None:
-        async with engine.storage:
+        async with _opened(engine.storage, store):
             try:
                 instance, created = await engine.start(definition, raw_params=overrides, request_id=request_id)
             except StartError as exc:
@@ -321,27 +389,27 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
     from .view import PlainView
 
     engine = _engine(store, workspace, settings)
+    if not engine.storage.exists():  # nothing to resume; do not create a store to say so
+        if instance is None:
+            click.echo("nothing to resume")
+            sys.exit(EXIT_OK)
+        _require_store(engine, store)
     results: list[dict[str, Any]] = []
     held: list[Any] = []
     unloadable: list[str] = []
 
     async def main_task() -> None:
-        async with engine.storage:
+        async with _opened(engine.storage, store):
             if not instance:
                 held.extend(await engine.storage.list_leased())
-            if instance:
-                found = await engine.storage.get_instance(instance)
-                if found is None:
-                    outcome = {"invalid": f"no instance {instance!r} in {store}"}
-                    results.append(outcome)
-                    return
+            if instance is not None:
+                found = await _resolve_instance(engine.storage, instance, store)
+                if found.status.terminal:
+                    raise _Refused(_ended(found))
                 todo = [found]
             else:
                 todo = await engine.storage.list_resumable()
             for record in todo:
-                if record.status.terminal:
-                    click.echo(f"{record.instance_id} already ended: {record.status.value}")
-                    continue
                 version = await engine.storage.get_definition(record.workflow_id, record.version)
                 try:
                     if version is None:
@@ -371,8 +439,6 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
                     return
 
     _trio_run(main_task)
-    if results and "invalid" in results[0]:
-        _fail(results[0]["invalid"])
     codes = [_report(r["view"], r, as_json) for r in results]
     if held:
         # Not "nothing": say what is unfinished and who holds it (a dead worker on this machine
@@ -388,6 +454,16 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
     for message in unloadable:
         click.echo(f"legato: {message}", err=True)
     sys.exit(max(codes + [EXIT_INVALID] * bool(unloadable), default=EXIT_OK))
+
+
+def _ended(record) -> str:
+    """Why ``legato resume`` refuses an instance that has ended, and what to do instead."""
+    head = f"instance {record.instance_id} ({record.workflow_id}) already ended {record.status.value}"
+    if record.status.value == "SUCCEEDED":
+        return f"{head}: nothing to resume"
+    # No restart command exists yet (DESIGN §3 plans one): say so rather than point at nothing.
+    return (f"{head}; resume continues only unfinished instances. `legato restart` is planned but not "
+            f"there yet: to run {record.workflow_id} again, start a new instance with `legato run FILE`")
 
 
 def _unloadable(record, exc: Exception) -> str:
@@ -407,13 +483,16 @@ def _unloadable(record, exc: Exception) -> str:
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(instance: str | None, store: str, as_json: bool) -> None:
-    """Show an instance (default: the newest) and the latest attempt of each of its steps."""
-    engine = _engine(store)
+    """Show an instance (default: the newest) and the latest attempt of each of its steps.
+
+    INSTANCE is an instance id or a unique prefix of one.
+    """
+    engine = _read_engine(store)
     found: dict[str, Any] = {}
 
     async def main_task() -> None:
-        async with engine.storage:
-            record = await engine.storage.get_instance(instance) if instance else \
+        async with _opened(engine.storage, store):
+            record = await _resolve_instance(engine.storage, instance, store) if instance is not None else \
                 next(iter(await engine.storage.list_instances(limit=1)), None)
             if record is not None:
                 found["instance"] = record
@@ -421,7 +500,7 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
 
     _trio_run(main_task)
     if "instance" not in found:
-        _fail(f"no instance {instance!r} in {store}" if instance else f"no instances in {store} yet", EXIT_FAILED)
+        _fail(f"no instances in {store} yet", EXIT_FAILED)
     record, attempts = found["instance"], found["attempts"]
     if as_json:
         click.echo(json.dumps(_instance_json(record, attempts), indent=2, default=str))
@@ -440,16 +519,21 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
 @main.command(name="list")
 @_store_option
 @click.option("--workflow", default=None, help="Only instances of this workflow id.")
+@click.option("--state", type=click.Choice(INSTANCE_STATES, case_sensitive=False), default=None,
+              help="Only instances in this state.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000), help="How many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) -> None:
-    """List instances, newest first."""
-    engine = _engine(store)
+def list_instances(store: str, workflow: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List instances, newest first (only those of --workflow and in --state when given)."""
+    from .states import InstanceStatus
+
+    engine = _read_engine(store)
     rows: list[Any] = []
+    status = InstanceStatus(state.upper()) if state else None
 
     async def main_task() -> None:
-        async with engine.storage:
-            rows.extend(await engine.storage.list_instances(workflow, limit))
+        async with _opened(engine.storage, store):
+            rows.extend(await engine.storage.list_instances(workflow, limit, status))
 
     _trio_run(main_task)
     if as_json:
@@ -468,20 +552,29 @@ def list_instances(store: str, workflow: str | None, limit: int, as_json: bool) 
 @click.option("--attempt", type=click.IntRange(1, 2**31), default=None, help="Only this attempt.")
 @_store_option
 def logs(instance: str, step: str | None, attempt: int | None, store: str) -> None:
-    """Print the logs (stdout and stderr) of an instance's steps, or of one STEP."""
-    engine = _engine(store)
+    """Print the logs (stdout and stderr) of an instance's steps, or of one STEP.
+
+    INSTANCE is an instance id or a unique prefix of one.
+    """
+    engine = _read_engine(store)
     chunks: list[Any] = []
+    said: dict[str, str] = {}
 
     async def main_task() -> None:
-        async with engine.storage:
-            if await engine.storage.get_instance(instance) is None:
-                chunks.append(None)
-                return
-            chunks.extend(await engine.storage.get_logs(instance, step, attempt))
+        async with _opened(engine.storage, store):
+            record = await _resolve_instance(engine.storage, instance, store)
+            iid = record.instance_id
+            attempts = await engine.storage.get_attempts(iid)
+            _check_attempt(record, attempts, step, attempt)
+            chunks.extend(await engine.storage.get_logs(iid, step, attempt))
+            if not chunks:
+                which = f"step {step}" + (f" attempt {attempt}" if attempt else "") if step else \
+                    (f"attempt {attempt} of its steps" if attempt else "its steps")
+                said["empty"] = f"instance {iid}: {which} logged nothing"
 
     _trio_run(main_task)
-    if chunks[:1] == [None]:
-        _fail(f"no instance {instance!r} in {store}", EXIT_FAILED)
+    if "empty" in said:  # not silence: say that there is nothing (on stderr, so output stays the log)
+        click.echo(f"legato: {said['empty']}", err=True)
     current = None
     for chunk in chunks:
         key = (chunk.step_id, chunk.attempt)
@@ -489,6 +582,24 @@ def logs(instance: str, step: str | None, attempt: int | None, store: str) -> No
             click.echo(f"== {chunk.step_id} #{chunk.attempt}")
             current = key
         click.echo(chunk.text, nl=False)
+
+
+def _check_attempt(record, attempts, step: str | None, attempt: int | None) -> None:
+    """Refuse (exit 2) a STEP or --attempt that instance ``record`` does not have, naming what it has."""
+    iid = record.instance_id
+    steps = list(dict.fromkeys(a.step_id for a in attempts))
+    if step is not None:
+        tries = [a.attempt for a in attempts if a.step_id == step]
+        if not tries:
+            have = f"steps that have started: {', '.join(steps)}" if steps else "none of its steps has started"
+            raise _Refused(f"instance {iid} ({record.workflow_id}) has no step {step!r} with an attempt; {have}")
+        if attempt is not None and attempt not in tries:
+            raise _Refused(f"step {step!r} of instance {iid} has no attempt {attempt}; it has attempt"
+                           f"{'s' if len(tries) > 1 else ''} {', '.join(map(str, tries))}")
+    elif attempt is not None and all(a.attempt != attempt for a in attempts):
+        most = max((a.attempt for a in attempts), default=0)
+        raise _Refused(f"no step of instance {iid} has an attempt {attempt}"
+                       + (f"; the most any step has is {most}" if most else "; none of its steps has started"))
 
 
 def _internal_error(exc: BaseException) -> None:

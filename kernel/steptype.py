@@ -207,7 +207,8 @@ class StepType:
       ("a list of absolute paths") and a wrong type is reported as "must be <description>".
       ``None``: the step type takes no settings.
 
-    A cancelled ``run`` must end within 2 seconds (the conformance suite's bound).
+    A cancelled ``run`` must end promptly, within 2 seconds on an idle machine (the conformance suite
+    checks it with a 10 s hang guard, so that a busy CI machine does not fail a correct plugin).
     """
 
     name: ClassVar[str] = ""

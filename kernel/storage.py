@@ -12,6 +12,7 @@ import abc
 from typing import Any
 
 from .model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from .states import InstanceStatus
 
 __all__ = ["Storage", "StorageError", "StaleWrite", "open_storage"]
 
@@ -34,6 +35,13 @@ class Storage(abc.ABC):
 
     async def aclose(self) -> None:
         """Release resources. Everything committed stays."""
+
+    def exists(self) -> bool:
+        """Whether the store is already there, checked before :meth:`open` and without creating
+        anything: read-only commands (``status``, ``list``, ``logs``) refuse to open a store that
+        does not exist rather than create an empty one. A file-backed store answers whether its
+        file exists; a server-backed or in-memory one is there once reachable (the default)."""
+        return True
 
     async def __aenter__(self) -> "Storage":
         await self.open()
@@ -69,8 +77,16 @@ class Storage(abc.ABC):
     async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
 
     @abc.abstractmethod
-    async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
-        """Newest first."""
+    async def list_instances(self, workflow_id: str | None = None, limit: int = 50,
+                             status: InstanceStatus | None = None) -> list[InstanceRecord]:
+        """At most ``limit`` instances, newest first; only those of ``workflow_id`` and only those
+        in ``status`` when given."""
+
+    @abc.abstractmethod
+    async def find_instances(self, prefix: str, limit: int = 10) -> list[InstanceRecord]:
+        """Instances whose id starts with ``prefix`` (compared exactly: case-sensitive, no
+        wildcards), ordered by id, at most ``limit``; an exact id is among them. The CLI resolves
+        a unique prefix to its instance and lists the candidates of an ambiguous one."""
 
     @abc.abstractmethod
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
@@ -123,5 +139,7 @@ def open_storage(url: str, plugins=None) -> Storage:
     factory = plugins.storage.factories.get(scheme)
     if factory is None:
         known = ", ".join(sorted(plugins.storage.factories)) or "none installed"
-        raise StorageError(f"no storage backend for {url!r}: known schemes are {known}")
+        raise StorageError(f"no storage backend for {url!r}: known schemes are {known}. Check the store URL "
+                           f"(--store or LEGATO_STORE), or install the plugin that provides {scheme!r:.40} "
+                           "(`legato plugins` lists what is installed)")
     return factory(url)

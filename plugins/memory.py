@@ -13,6 +13,7 @@ from typing import Any
 from legato.hookspecs import hookimpl
 from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
+from legato.states import InstanceStatus
 from legato.storage import StaleWrite, Storage
 
 
@@ -81,10 +82,15 @@ class MemoryStorage(Storage):
         record = self._instances.get(instance_id)
         return copy.copy(record) if record else None
 
-    async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
-        rows = [r for r in self._instances.values() if workflow_id is None or r.workflow_id == workflow_id]
+    async def list_instances(self, workflow_id: str | None = None, limit: int = 50,
+                             status: InstanceStatus | None = None) -> list[InstanceRecord]:
+        rows = [r for r in self._instances.values()
+                if (workflow_id is None or r.workflow_id == workflow_id) and (status is None or r.status == status)]
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return [copy.copy(r) for r in rows[:limit]]
+
+    async def find_instances(self, prefix: str, limit: int = 10) -> list[InstanceRecord]:
+        return [copy.copy(self._instances[i]) for i in sorted(self._instances) if i.startswith(prefix)][:limit]
 
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
         return [copy.copy(r) for r in self._attempts.get(instance_id, {}).values()]

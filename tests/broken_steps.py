@@ -60,10 +60,11 @@ class plugin:  # noqa: N801 - a namespace of hook implementations
 
 
 def _profile(step_type: str, **extra) -> StepTypeProfile:
-    return StepTypeProfile(step_type=step_type, plugin=plugin, success={"seconds": 0}, long_running={"seconds": 3},
-                           **extra)
+    extra.setdefault("long_running", {"seconds": 3})
+    return StepTypeProfile(step_type=step_type, plugin=plugin, success={"seconds": 0}, **extra)
 
 
-ignores_cancel = _profile("broken_ignores_cancel", capabilities={"cancellation"})
+# long enough to outlast the suite's cancellation hang guard
+ignores_cancel = _profile("broken_ignores_cancel", capabilities={"cancellation"}, long_running={"seconds": 15})
 blocks_loop = _profile("broken_blocks_loop", capabilities={"long_running"})
 lies = _profile("broken_lies", capabilities={"user_failure"}, user_failure={"seconds": 0, "fail": True})

@@ -69,7 +69,7 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-async def all_gone(pids, timeout: float = 2.0) -> bool:
+async def all_gone(pids, timeout: float = 15.0) -> bool:
     """Whether every pid is gone within ``timeout``: a SIGKILLed process takes a moment to die."""
     with trio.move_on_after(timeout):
         while not all(gone(p) for p in pids):
@@ -77,7 +77,7 @@ async def all_gone(pids, timeout: float = 2.0) -> bool:
     return all(gone(p) for p in pids)
 
 
-async def wait_for_file(path: Path, timeout: float = 3.0) -> str:
+async def wait_for_file(path: Path, timeout: float = 30.0) -> str:
     with trio.fail_after(timeout):
         while not path.exists():
             await trio.sleep(0.01)
@@ -274,10 +274,11 @@ async def test_relative_working_dir_resolves_against_definition_dir(tmp_path):
 
 
 async def test_logs_stream_while_running(tmp_path):
-    h = Harness(tmp_path, {"script": "echo first; sleep 5; echo second"})
+    # the script waits for a file the test never writes: "second" can only come after a cancel
+    h = Harness(tmp_path, {"script": "echo first; while [ ! -e never ]; do sleep 0.05; done; echo second"})
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.run)
-        with trio.fail_after(2):
+        with trio.fail_after(30):  # a hang guard
             while "first" not in h.text("stdout"):
                 await trio.sleep(0.01)
         assert "second" not in h.text("stdout")
@@ -296,7 +297,7 @@ async def test_cancellation_kills_the_process_group(tmp_path):
     cwd = h.ctx.workdir
     pids: list[int] = []
     try:
-        with trio.fail_after(5):  # safety net only; the real bound is asserted below
+        with trio.fail_after(60):  # a hang guard: the sleeps would run 300 s
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(h.run)
@@ -308,7 +309,8 @@ async def test_cancellation_kills_the_process_group(tmp_path):
                     started = trio.current_time()
                     scope.cancel()
             assert scope.cancelled_caught
-            assert trio.current_time() - started < 2
+            # a hang guard: without the group kill the sleeps would run 300 s
+            assert trio.current_time() - started < 30
         assert await all_gone(pids), [p for p in pids if not gone(p)]
     finally:
         kill_quietly(pids)
@@ -318,14 +320,13 @@ async def test_cancellation_terminates_gracefully_first(tmp_path):
     # SIGTERM goes to the whole group: the foreground sleep dies at once, so the script's trap
     # runs (bash defers traps while a foreground child runs) well before the SIGKILL deadline.
     h = Harness(tmp_path, {"script": "trap 'echo bye > termed; exit 0' TERM; echo ready > ready; sleep 300"})
-    with trio.fail_after(5):
+    with trio.fail_after(60):  # a hang guard
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(h.run)
                 await wait_for_file(h.ctx.workdir / "ready")
-                started = trio.current_time()
                 scope.cancel()
-        assert trio.current_time() - started < Bash.term_grace
+    # the trap wrote its file: SIGTERM reached the script before any SIGKILL could
     assert (h.ctx.workdir / "termed").read_text() == "bye\n"
 
 
@@ -335,7 +336,7 @@ async def test_cancellation_escalates_to_sigkill(tmp_path):
     h = Harness(tmp_path, {"script": script})
     pids: list[int] = []
     try:
-        with trio.fail_after(5):
+        with trio.fail_after(60):  # a hang guard
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(h.run)
@@ -345,25 +346,26 @@ async def test_cancellation_escalates_to_sigkill(tmp_path):
                     started = trio.current_time()
                     scope.cancel()
             elapsed = trio.current_time() - started
-            assert Bash.term_grace <= elapsed < Bash.term_grace + 1
+            # it waited out the grace, then killed (a hang guard above: the sleep would run 300 s)
+            assert Bash.term_grace <= elapsed < Bash.term_grace + 30
         assert await all_gone(pids), [p for p in pids if not gone(p)]
     finally:
         kill_quietly(pids)
 
 
-async def test_leftover_background_children_are_killed_after_normal_exit(tmp_path):
+async def test_leftover_background_children_are_killed_after_normal_exit(tmp_path, monkeypatch):
     # The background sleep keeps stdout open: without the group kill the run would never end.
+    # With a drain timeout longer than the hang guard, only the kill at exit lets the run end in time.
+    monkeypatch.setattr(Bash, "drain_timeout", 120.0)
     h = Harness(tmp_path, {"script": "sleep 300 & echo $! > bg; echo done"})
     pid = None
     try:
-        with trio.fail_after(3):
-            started = trio.current_time()
+        with trio.fail_after(60):
             result = await h.run()
         pid = int((h.ctx.workdir / "bg").read_text())
         assert result.outcome is Outcome.DONE, result.message
         assert h.text("stdout") == "done\n"
         # Killed at exit, not merely cut off after the drain timeout.
-        assert trio.current_time() - started < Bash.drain_timeout / 2
         assert "stopped reading output" not in h.text("stderr")
         assert await all_gone([pid])
     finally:
@@ -379,7 +381,7 @@ async def test_escaped_process_holding_pipes_does_not_hang(tmp_path, monkeypatch
     h = Harness(tmp_path, {"script": script})
     pid = None
     try:
-        with trio.fail_after(3):
+        with trio.fail_after(30):  # a hang guard: the escapee holds the pipes for 300 s
             result = await h.run()
         pid = int((h.ctx.workdir / "esc").read_text())
         assert result.outcome is Outcome.DONE

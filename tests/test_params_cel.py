@@ -446,7 +446,8 @@ def test_evaluation_is_time_bounded(compiler):
     start = time.monotonic()
     with pytest.raises(CelError, match="took longer than"):
         program.evaluate({})
-    assert time.monotonic() - start < 1.5  # MAX_EVAL_SECONDS is 0.5; never anywhere near "forever"
+    # a hang guard: MAX_EVAL_SECONDS is 0.5 and the whole product would take hours
+    assert time.monotonic() - start < 10, "the evaluation deadline did not stop the expression"
     assert compiler.compile("1 + 1").evaluate({}) == 2  # the next evaluation gets a fresh deadline
 
 

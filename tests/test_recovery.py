@@ -186,11 +186,13 @@ def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
     ledger = tmp_path / "ledger"
     ledger.touch()
     doc = {"workflow": {"id": "slow", "params": {"ledger": str(ledger)}, "steps": [
-        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; sleep 1.5'), bash("b")]}}
+        # attempt 1 outlasts everything below (the owner is paused meanwhile); attempt 2 is quick
+        bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; '
+                                'case "$LEGATO_IDEMPOTENCY_KEY" in *:a:1) sleep 20;; esac'), bash("b")]}}
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(doc))
     driver = Driver(tmp_path, random.Random(1))
-    driver.env["LEGATO_LEASE_TTL"] = "1.0"
+    driver.env["LEGATO_LEASE_TTL"] = "4.0"  # heartbeats every 1.3 s keep it live even on a loaded machine
     owner = driver.launch(path, "req")
     try:
         _wait_for(lambda: ":a:1" in ledger.read_text(), what="step a to start")
@@ -201,7 +203,8 @@ def test_a_live_owner_keeps_its_instance_and_a_paused_one_is_fenced(tmp_path):
         assert ledger.read_text().count(":a:") == 1
         # pause the owner past its lease: the second worker takes over and finishes the instance
         owner.send_signal(signal.SIGSTOP)
-        time.sleep(1.3)
+        _wait_for(lambda: _read(driver.db, "SELECT lease_expires < (julianday('now') - 2440587.5) * 86400.0 "
+                                           "FROM legato_instances") == [(1,)], what="the paused owner's lease to expire")
         taker = driver.launch(path, "req")
         out, err = taker.communicate(timeout=60)
         assert taker.returncode == 0, err

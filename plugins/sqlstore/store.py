@@ -73,7 +73,8 @@ class SqlStorage(Storage):
                 pass  # created when opened
             except (OSError, ValueError) as exc:  # a name too long, a file where a directory should be, a NUL
                 raise StorageError(f"{url!r}: cannot use {raw!r:.80} as a database file: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+                                   f"{getattr(exc, 'strerror', None) or exc}; give the path of a database "
+                                   "file, e.g. sqlite:///.legato/legato.db") from None
             else:
                 if not stat.S_ISREG(st.st_mode):
                     raise StorageError(f"{url!r}: {raw!r:.80} is not a regular file; give the path of a "
@@ -452,15 +453,32 @@ class SqlStorage(Storage):
         if found:
             raise _corrupt(self._where(), f"an index of {table} has lost rows that the table holds")
 
-    async def list_instances(self, workflow_id: str | None = None, limit: int = 50) -> list[InstanceRecord]:
+    async def list_instances(self, workflow_id: str | None = None, limit: int = 50,
+                             status: InstanceStatus | None = None) -> list[InstanceRecord]:
         def read():
             query = sa.select(_instances).order_by(_instances.c.created_at.desc()).limit(limit)
             if workflow_id is not None:
                 query = query.where(_instances.c.workflow_id == workflow_id)
+            if status is not None:
+                query = query.where(_instances.c.status == status.value)
             with self._reading() as conn:
                 return [_instance(row) for row in conn.execute(query)]
 
         return await self._run(read, doing="list instances")
+
+    async def find_instances(self, prefix: str, limit: int = 10) -> list[InstanceRecord]:
+        def read():
+            # substr, not LIKE: SQLite's LIKE ignores case and reads _ and % as wildcards
+            query = (sa.select(_instances)
+                     .where(sa.func.substr(_instances.c.instance_id, 1, len(prefix)) == prefix)
+                     .order_by(_instances.c.instance_id).limit(limit))
+            with self._reading() as conn:
+                return [_instance(row) for row in conn.execute(query)]
+
+        return await self._run(read, doing="find instances")
+
+    def exists(self) -> bool:
+        return self.path is None or self.path.exists()
 
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
         def read():
