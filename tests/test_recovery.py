@@ -234,19 +234,26 @@ def _read(db: Path, sql: str, *args) -> list[tuple]:
         conn.close()
 
 
+def _killed_after_the_first_commit(tmp_path: Path, doc: dict) -> tuple["Driver", Path]:
+    """Write ``doc``, run it with `--request-id req` and SIGKILL the kernel right after its first
+    commit (the crash point `committed:1`): the instance is IN_PROGRESS and owned by a dead worker."""
+    path = tmp_path / f"{doc['workflow']['id']}.json"
+    path.write_text(json.dumps(doc))
+    driver = Driver(tmp_path, random.Random(1))
+    first = driver.launch(path, "req", crash_at="committed:1")
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    return driver, path
+
+
 def test_queued_steps_resume_with_their_config(tmp_path):
     """Steps queued behind step_concurrency when the worker died (WAITING_FOR_PERMITS) are
     prepared again on resume: their step type sees its validated config, as a fresh attempt does."""
     doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "queued", "steps": [
         {"step": {"id": f"q{i}", "type": "sleep", "params": {"seconds": 0.05, "outputs": {"i": i}}}}
         for i in range(4)]}}
-    path = tmp_path / "queued.json"
-    path.write_text(json.dumps(doc))
-    driver = Driver(tmp_path, random.Random(1))
     # The first commit holds IN_PROGRESS, q0 STARTING and the other three WAITING_FOR_PERMITS.
-    first = driver.launch(path, "req", crash_at="committed:1")
-    first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL
+    driver, path = _killed_after_the_first_commit(tmp_path, doc)
     queued = _read(driver.db, "SELECT step_id FROM legato_attempts WHERE status = 'WAITING_FOR_PERMITS'")
     assert len(queued) == 3, queued
     driver.drive(path, "req", kills=0)
@@ -502,12 +509,7 @@ def test_an_instance_whose_stored_definition_no_longer_loads_is_named_not_a_cras
     is no longer installed, a rule grown stricter) is exit 2 naming the instance, the place and
     what to do; the instance is left as it was, and resuming everything else goes on."""
     doc = {"workflow": {"id": "stale", "steps": [{"step": {"id": "a", "type": "noop"}}]}}
-    path = tmp_path / "stale.json"
-    path.write_text(json.dumps(doc))
-    driver = Driver(tmp_path, random.Random(1))
-    first = driver.launch(path, "req", crash_at="committed:1")
-    first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL
+    driver, path = _killed_after_the_first_commit(tmp_path, doc)
     doc["workflow"]["steps"][0]["step"]["type"] = "uninstalled"
     conn = sqlite3.connect(driver.db)
     with conn:
