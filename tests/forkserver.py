@@ -3,16 +3,21 @@ per request, so a battery can SIGKILL hundreds of real kernels without paying th
 start-up (1–2 s of imports on a busy CI machine) each time.
 
 Run as a script (``python tests/forkserver.py``). Protocol, one JSON object per line: the driver
-writes ``{"argv": [...], "log": path}``; the server forks a child that runs ``legato <argv>``
-exactly as the console script does (same ``main``, same exit codes) with stdout and stderr in
-``log``, answers ``{"pid": n}`` at once and ``{"pid": n, "exit": code}`` once the child is gone
-(``-9`` when it was SIGKILLed). The driver kills the child by its pid. One child at a time.
+writes ``{"argv": [...], "log": path, "kill_after": seconds}``; the server forks a child that runs
+``legato <argv>`` exactly as the console script does (same ``main``, same exit codes) with stdout
+and stderr in ``log``, answers ``{"pid": n}`` at once and ``{"pid": n, "exit": code, "killed":
+bool}`` once the child is gone (``-9`` when it was SIGKILLed). The server itself SIGKILLs a child
+still running after ``kill_after`` seconds: it holds the child unreaped until then, so the pid it
+signals cannot belong to anyone else (a driver killing by pid races the child's own exit and the
+pid's reuse). One child at a time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import sys
 
 
@@ -73,8 +78,17 @@ def main() -> None:
             _child(request["argv"], request["log"])
         out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
+        killed = False
+        pidfd = os.pidfd_open(pid)  # readable once the child has exited; it stays unreaped till waitpid
+        try:
+            ready, _, _ = select.select([pidfd], [], [], request.get("kill_after"))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)  # still ours: not reaped yet, so the pid is not reused
+                killed = True
+        finally:
+            os.close(pidfd)
         _, status = os.waitpid(pid, 0)
-        out.write(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}) + "\n")
+        out.write(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status), "killed": killed}) + "\n")
         out.flush()
 
 

@@ -88,15 +88,13 @@ class ForkServer:
     def run(self, argv: list[str], log: Path, kill_after: float | None) -> int:
         """Run ``legato argv``; SIGKILL it after ``kill_after`` seconds if it still runs. Its exit
         code. Without ``kill_after`` it must end by itself (HANG seconds is a hang, not slowness)."""
-        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        limit = HANG if kill_after is None else kill_after
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log), "kill_after": limit}) + "\n")
         self.proc.stdin.flush()
         pid = self._answer(60)["pid"]
-        answer = self._answer(HANG if kill_after is None else kill_after)
-        if answer is None:
-            os.kill(pid, 9)
-            assert kill_after is not None, f"legato {' '.join(argv)} hung:\n{log.read_text()}"
-            answer = self._answer(60)
+        answer = self._answer(limit + 60)
         assert answer is not None and answer["pid"] == pid, answer
+        assert kill_after is not None or not answer["killed"], f"legato {' '.join(argv)} hung:\n{log.read_text()}"
         return answer["exit"]
 
     def close(self) -> None:
