@@ -1101,7 +1101,9 @@ class InstanceRun:
         """Join-all, satisfied-any: count ``done`` as finished for each successor (worklist, so a
         long run of UNSATISFIED steps does not recurse). ``edges`` are the values of ``done``'s
         conditional edges; without them (a resumed run) they are evaluated again: pure functions
-        of durable outputs, they gave these values before, and one that now fails counts false."""
+        of durable outputs, they gave these values before. One that fails now (a value an older
+        Legato stored) cannot blame its source, whose end is durable: the instance fails, naming
+        the edge, and the target is never created."""
         work = [done]
         while work:
             st = work.pop()
@@ -1114,7 +1116,12 @@ class InstanceRun:
                     elif edges is not None and st is done:
                         nxt.satisfied = edges[target]
                     else:
-                        nxt.satisfied = self._edge_value(st, target, cond) is True
+                        value = self._edge_value(st, target, cond)
+                        if isinstance(value, str):  # the source's end is durable: fail the instance,
+                            self._failed = True  # saying where; the target stays NOT_CREATED
+                            self._end_message = self._end_message or value
+                            continue
+                        nxt.satisfied = value
                 nxt.remaining -= 1
                 if nxt.remaining == 0 and nxt.record is None:  # (a resumed run restores created steps itself)
                     if nxt.satisfied:
