@@ -115,7 +115,7 @@ class _Step:
 
     __slots__ = (
         "sdef", "record", "attempt", "remaining", "satisfied", "params", "config",
-        "errors", "platform", "timeouts", "scope", "finished", "reattach",
+        "errors", "platform", "timeouts", "scope", "finished", "reattach", "conditional",
     )
 
     def __init__(self, sdef: StepDef) -> None:
@@ -130,6 +130,7 @@ class _Step:
         self.scope: trio.CancelScope | None = None
         self.finished = False
         self.reattach: Any = None  # the handle to follow instead of starting the work anew
+        self.conditional = any(cond.constant is None for _, cond in sdef.successors)  # edges to evaluate
 
 
 class Engine:
@@ -1042,8 +1043,7 @@ class InstanceRun:
         st.finished = True
         self._finished_steps.append(st)
         edges = None
-        if status.complete and status is not S.UNSATISFIED and any(
-                cond.constant is None for _, cond in st.sdef.successors):
+        if st.conditional and status.complete and status is not S.UNSATISFIED:
             edges = self._edges(st, status)
             if isinstance(edges, str):
                 self._set(st, S.INTERNALLY_FAILED, edges)
@@ -1070,9 +1070,10 @@ class InstanceRun:
         prior, record.status = record.status, status  # what `steps.<id>.status` reads
         try:
             values: dict[str, bool] = {}
+            context = self._edge_context(st)
             for target, cond in st.sdef.successors:
                 if cond.constant is None:
-                    value = self._edge_value(st, target, cond)
+                    value = self._edge_value(st, target, cond, context)
                     if isinstance(value, str):
                         return value
                     values[target] = value
@@ -1080,13 +1081,19 @@ class InstanceRun:
         finally:
             record.status = prior
 
-    def _edge_value(self, st: _Step, target: str, cond) -> bool | str:
-        """Evaluate the condition of the edge ``st -> target``: a boolean, or why not (located).
-        It sees what params see, and the source step's own params as bare names (Maestro)."""
+    def _edge_context(self, st: _Step) -> dict[str, Any]:
+        """What ``st``'s edge conditions see: what params see, and the source step's own params as
+        bare names, over workflow params of the same name (Maestro's next conditions)."""
         context = self._context()
         if st.params:
             own = context["steps"][to_cel(st.sdef.id)]["params"]
             context = {**context, **{str(name): value for name, value in own.items()}}
+        return context
+
+    def _edge_value(self, st: _Step, target: str, cond, context: dict[str, Any] | None = None) -> bool | str:
+        """Evaluate the condition of the edge ``st -> target``: a boolean, or why not (located)."""
+        if context is None:
+            context = self._edge_context(st)
         where = f"{st.sdef.pointer}/transition/successors/{target}"
         try:
             value = cond.program.evaluate(context)
