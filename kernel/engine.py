@@ -627,14 +627,14 @@ class InstanceRun:
                 self._continue(st)
 
     def _restore_ended(self, st: _Step, status: StepStatus) -> None:
-        policy = st.sdef.retry
-        pending = (
-            (status is S.USER_FAILED and st.errors <= policy.error_retry_limit)
-            or (status is S.PLATFORM_FAILED and st.platform <= policy.platform_retry_limit)
-            or (status is S.TIMEOUT_FAILED and st.timeouts <= policy.timeout_retry_limit)
-        )
+        if status.retryable:
+            # The counters include this attempt: was a retry due after the one before it? (False
+            # only for a record an older Legato left, which kept the status of an exhausted class.)
+            counter, limit = _counter(st, status)
+            pending = next_status(status, counter - 1, limit, st.sdef.failure_mode) is status
+        else:
+            pending = False
         if pending:  # a retry was scheduled when the previous owner stopped
-            counter = {S.USER_FAILED: st.errors, S.PLATFORM_FAILED: st.platform}.get(status, st.timeouts)
             delay = st.sdef.retry.backoff_for(_RETRY_CLASS[status]).delay(counter, random.random())
             left = max(0.0, (st.record.ended_at or 0.0) + delay - time.time())
             scope = trio.CancelScope()
@@ -984,15 +984,7 @@ class InstanceRun:
         """End a failed attempt as :func:`legato.states.next_status` decides: retried while its
         class has a retry left, else FATALLY_FAILED / TIMED_OUT, with the failure mode applied."""
         sdef = st.sdef
-        policy = sdef.retry
-        if raw is S.USER_FAILED:
-            used, limit = st.errors, policy.error_retry_limit
-        elif raw is S.PLATFORM_FAILED:
-            used, limit = st.platform, policy.platform_retry_limit
-        elif raw is S.TIMEOUT_FAILED:
-            used, limit = st.timeouts, policy.timeout_retry_limit
-        else:
-            used = limit = 0
+        used, limit = _counter(st, raw)
         status = next_status(raw, used, limit, sdef.failure_mode, retryable)
         if status.retryable:
             if self._ending is not None:  # the instance is ending: the retry would be stopped unborn
@@ -1147,6 +1139,18 @@ class InstanceRun:
 # What converting a value for CEL raises when the value is out of CEL's range (an integer beyond
 # 64 bits) or too deep: values are checked where they enter, this is the net for older records.
 _UNCONVERTIBLE = (ValueError, OverflowError, RecursionError)
+
+
+def _counter(st: _Step, raw: StepStatus) -> tuple[int, int]:
+    """The retries of ``raw``'s class the step has made, and its policy's limit for that class."""
+    policy = st.sdef.retry
+    if raw is S.USER_FAILED:
+        return st.errors, policy.error_retry_limit
+    if raw is S.PLATFORM_FAILED:
+        return st.platform, policy.platform_retry_limit
+    if raw is S.TIMEOUT_FAILED:
+        return st.timeouts, policy.timeout_retry_limit
+    return 0, 0
 
 
 def _cel_entry(record: AttemptRecord):

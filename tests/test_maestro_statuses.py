@@ -236,3 +236,26 @@ def test_json_lists_every_step_of_the_definition(tmp_path):
     shown = legato_cli("status", report["instance_id"], "--store", store, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["steps"] == report["steps"]
+
+
+@pytest.mark.parametrize("limit, tries, final", [
+    (1, ["USER_FAILED", "FATALLY_FAILED"], "FAILED"),  # the retry the previous owner had scheduled
+    (0, ["USER_FAILED"], "FAILED"),  # an older Legato's exhausted USER_FAILED: not retried again
+])
+async def test_resume_takes_the_retry_a_retryable_status_promises(engine, limit, tries, final):
+    """StepInstance.Status.USER_FAILED is retryable (shouldWakeup): a resumed instance whose step
+    ended USER_FAILED with a retry left runs that retry; without one it is not run again."""
+    from legato.model import AttemptRecord, Batch
+    from legato.states import InstanceStatus, StepStatus
+
+    doc = wf(scripted_step("s", ["USER_ERROR"], retry_policy={"error_retry_limit": limit, **NO_BACKOFF}))
+    definition = engine.load(doc)
+    instance, _ = await engine.start(definition)
+    instance.status = InstanceStatus.IN_PROGRESS
+    record = AttemptRecord(instance.instance_id, "s", 1, StepStatus.USER_FAILED, params={"results": ["USER_ERROR"]},
+                           message="scripted USER_ERROR", created_at=1.0, ended_at=1.0)
+    await engine.storage.commit(Batch(instance.instance_id, 1, instance=instance, attempts={("s", 1): record}))
+    final_record = await engine.resume(instance.instance_id)
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert [a.status.value for a in attempts] == tries
+    assert final_record.status.value == final

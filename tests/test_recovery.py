@@ -126,8 +126,8 @@ def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: s
         assert f"{instance_id}:{step_id}:{len(rows)}" in ran, f"{step_id}: the succeeded attempt never ran"
         assert len(mine) <= len(rows)
     # terminal states never change: no event follows an attempt's first terminal event
-    terminal = {"SUCCEEDED", "COMPLETED_WITH_ERROR", "SKIPPED", "UNSATISFIED", "USER_FAILED", "PLATFORM_FAILED",
-                "TIMEOUT_FAILED", "FATALLY_FAILED", "INTERNALLY_FAILED", "STOPPED", "TIMED_OUT"}
+    terminal = {"DISABLED", "SUCCEEDED", "COMPLETED_WITH_ERROR", "SKIPPED", "UNSATISFIED", "USER_FAILED",
+                "PLATFORM_FAILED", "TIMEOUT_FAILED", "FATALLY_FAILED", "INTERNALLY_FAILED", "STOPPED", "TIMED_OUT"}
     ended = set()
     for step_id, attempt, st in conn.execute(
             "SELECT step_id, attempt, status FROM legato_events WHERE instance_id = ? AND step_id IS NOT NULL "
