@@ -159,16 +159,18 @@ class StepTypeSuite(_Suite):
         async def main():
             instance = await engine.execute(engine.load(doc))
             storage = engine.storage
+            attempts = await storage.get_attempts(instance.instance_id)
             return {
                 "instance": instance,
-                "attempts": {a.step_id: a for a in await storage.get_attempts(instance.instance_id)},
+                "attempts": {a.step_id: a for a in attempts},  # each step's latest
+                "tries": [a for a in attempts if a.step_id == "s"],  # every attempt of the step under test
                 "logs": await storage.get_logs(instance.instance_id),
             }
 
         return trio.run(main)
 
-    def _ended(self, result: dict, expected: str) -> None:
-        attempt = result["attempts"]["s"]
+    def _ended(self, result: dict, expected: str, attempt=None) -> None:
+        attempt = attempt or result["attempts"]["s"]
         status = attempt.status.value
         logs = "".join(c.text for c in result["logs"])[-2000:]
         assert status != "INTERNALLY_FAILED", (
@@ -207,10 +209,19 @@ class StepTypeSuite(_Suite):
 
     @requires("user_failure")
     def test_user_failure_is_user_failed(self, tmp_path):
-        """The `user_failure` params end USER_FAILED (the step's own work failed), with a message."""
-        result = self._run(tmp_path, self._doc(self.p.user_failure))
-        self._ended(result, "USER_FAILED")
-        assert result["attempts"]["s"].message.strip(), "a failure needs a message that says what failed"
+        """The `user_failure` params end the attempt USER_FAILED (the step's own work failed), with a
+        message; it is retried under error_retry_limit, and the attempt with no retry left ends
+        FATALLY_FAILED (Maestro's StepRuntimeManager.getUserErrorStatus)."""
+        doc = self._doc(self.p.user_failure)
+        doc["workflow"]["steps"][0]["step"]["retry_policy"] = {
+            "error_retry_limit": 1, "platform_retry_limit": 0, "backoff": {"type": "fixed", "base": 0}}
+        result = self._run(tmp_path, doc)
+        first = result["tries"][0]
+        self._ended(result, "USER_FAILED", first)
+        assert first.message.strip(), "a failure needs a message that says what failed"
+        assert [a.status.value for a in result["tries"]] == ["USER_FAILED", "FATALLY_FAILED"], (
+            "a user failure must be retried once under error_retry_limit 1, then end FATALLY_FAILED: "
+            f"{[(a.status.value, a.message) for a in result['tries']]}")
 
     @requires("fatal_failure")
     def test_fatal_failure_is_fatally_failed(self, tmp_path):

@@ -299,7 +299,8 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
 def _report(view, outcome: dict, as_json: bool) -> int:
     instance, attempts = outcome["instance"], outcome["attempts"]
     if as_json:
-        click.echo(json.dumps(_instance_json(instance, attempts), indent=2, default=str))
+        steps = [s.id for s in view.definition.steps]
+        click.echo(json.dumps(_instance_json(instance, attempts, steps), indent=2, default=str))
     else:
         view.summary(instance, attempts, outcome["logs"])
     if outcome.get("interrupted"):
@@ -497,13 +498,15 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
             if record is not None:
                 found["instance"] = record
                 found["attempts"] = await engine.storage.get_attempts(record.instance_id)
+                if as_json:
+                    found["steps"] = await _step_ids(engine, record)
 
     _trio_run(main_task)
     if "instance" not in found:
         _fail(f"no instances in {store} yet", EXIT_FAILED)
     record, attempts = found["instance"], found["attempts"]
     if as_json:
-        click.echo(json.dumps(_instance_json(record, attempts), indent=2, default=str))
+        click.echo(json.dumps(_instance_json(record, attempts, found["steps"]), indent=2, default=str))
         return
     click.echo(f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
                + (f": {record.message}" if record.message else ""))
@@ -636,8 +639,28 @@ async def _interrupt(engine, instance_id: str, outcome: dict) -> None:
                 run.stop("interrupted")
 
 
-def _instance_json(instance, attempts) -> dict[str, Any]:
-    steps: dict[str, Any] = {}
+async def _step_ids(engine, record) -> list[str]:
+    """The step ids of the instance's definition version, in order; none if it no longer loads
+    here (the JSON then lists the steps that have attempts)."""
+    from .definition import DefinitionError
+
+    version = await engine.storage.get_definition(record.workflow_id, record.version)
+    if version is None:
+        return []
+    try:
+        return [s.id for s in engine.load(version.document).steps]
+    except DefinitionError:
+        return []
+
+
+def _instance_json(instance, attempts, step_ids=()) -> dict[str, Any]:
+    """The instance and every step of its definition (``step_ids``): a step never created is
+    NOT_CREATED, attempt 0, as in Maestro's step overview."""
+    steps: dict[str, Any] = {
+        sid: {"status": "NOT_CREATED", "attempt": 0, "outputs": {}, "message": "", "started_at": None,
+              "ended_at": None}
+        for sid in step_ids
+    }
     for a in attempts:
         steps[a.step_id] = {
             "status": a.status.value, "attempt": a.attempt, "outputs": a.outputs, "message": a.message,

@@ -31,7 +31,15 @@ from .definition import Definition, FailureMode, StepDef, load_definition
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
 from .params import ParamError, ValueBudget, evaluate_params, parse_override, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
-from .states import STEP_TRANSITIONS, IllegalTransition, InstanceStatus, StepStatus, instance_status_from
+from .states import (
+    STEP_TRANSITIONS,
+    IllegalTransition,
+    InstanceStatus,
+    StepStatus,
+    instance_ending,
+    instance_status_from,
+    next_status,
+)
 from .steptype import Outcome, StepContext, StepResult, StepType, validate_step_settings
 from .storage import StaleWrite, Storage, StorageError
 
@@ -40,6 +48,9 @@ __all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld"]
 S = StepStatus
 # Which backoff of a step's retry policy a retryable failure waits (RetryPolicy.backoff_for).
 _RETRY_CLASS = {S.USER_FAILED: "error", S.PLATFORM_FAILED: "platform", S.TIMEOUT_FAILED: "timeout"}
+# The raw ending of an attempt whose step type reported a failure (StepRuntimeManager.execute).
+_FAILURE = {Outcome.USER_ERROR: S.USER_FAILED, Outcome.PLATFORM_ERROR: S.PLATFORM_FAILED,
+            Outcome.FATAL_ERROR: S.FATALLY_FAILED}
 I = InstanceStatus  # noqa: E741
 
 # Results a step task reports besides a StepResult.
@@ -104,7 +115,7 @@ class _Step:
 
     __slots__ = (
         "sdef", "record", "attempt", "remaining", "satisfied", "params", "config",
-        "errors", "platform", "timeouts", "scope", "edge_error", "finished", "reattach",
+        "errors", "platform", "timeouts", "scope", "finished", "reattach", "conditional",
     )
 
     def __init__(self, sdef: StepDef) -> None:
@@ -117,9 +128,9 @@ class _Step:
         self.config: Any = None
         self.errors = self.platform = self.timeouts = 0
         self.scope: trio.CancelScope | None = None
-        self.edge_error = ""
         self.finished = False
         self.reattach: Any = None  # the handle to follow instead of starting the work anew
+        self.conditional = any(cond.constant is None for _, cond in sdef.successors)  # edges to evaluate
 
 
 class Engine:
@@ -304,6 +315,7 @@ class InstanceRun:
         self._retrying: dict[str, trio.CancelScope] = {}
         self._limit = definition.step_concurrency or 1_000_000
         self._failed = False  # a step failed for good (not ignored)
+        self._timed_out = False  # a step ended TIMED_OUT
         self._ending: InstanceStatus | None = None  # STOPPED / FAILED (kill, fail-immediately) / TIMED_OUT
         self._end_message = ""
         self._durable_waiters: list[trio.Event] = []
@@ -615,14 +627,14 @@ class InstanceRun:
                 self._continue(st)
 
     def _restore_ended(self, st: _Step, status: StepStatus) -> None:
-        policy = st.sdef.retry
-        pending = (
-            (status is S.USER_FAILED and st.errors <= policy.error_retry_limit)
-            or (status is S.PLATFORM_FAILED and st.platform <= policy.platform_retry_limit)
-            or (status is S.TIMEOUT_FAILED and st.timeouts <= policy.timeout_retry_limit)
-        )
+        if status.retryable:
+            # The counters include this attempt: was a retry due after the one before it? (False
+            # only for a record an older Legato left, which kept the status of an exhausted class.)
+            counter, limit = _counter(st, status)
+            pending = next_status(status, counter - 1, limit, st.sdef.failure_mode) is status
+        else:
+            pending = False
         if pending:  # a retry was scheduled when the previous owner stopped
-            counter = {S.USER_FAILED: st.errors, S.PLATFORM_FAILED: st.platform}.get(status, st.timeouts)
             delay = st.sdef.retry.backoff_for(_RETRY_CLASS[status]).delay(counter, random.random())
             left = max(0.0, (st.record.ended_at or 0.0) + delay - time.time())
             scope = trio.CancelScope()
@@ -631,10 +643,13 @@ class InstanceRun:
             return
         st.finished = True
         self._finished_steps.append(st)
-        if status is S.STOPPED:
+        ending = instance_ending(status)
+        if ending is I.STOPPED:
             self._ending = self._ending or I.STOPPED
             self._end_message = self._end_message or st.record.message
-        elif status is S.INTERNALLY_FAILED or st.sdef.failure_mode is not FailureMode.IGNORE_FAILURE:
+        elif ending is I.TIMED_OUT:
+            self._timed_out = True
+        elif ending is I.FAILED:
             self._failed = True
 
     def _restore_interrupted(self, st: _Step) -> None:
@@ -674,6 +689,8 @@ class InstanceRun:
         endings = []
         if self._failed:
             endings.append(I.FAILED)
+        if self._timed_out:
+            endings.append(I.TIMED_OUT)
         if self._ending is not None:
             endings.append(self._ending)
         final = instance_status_from(endings)
@@ -702,6 +719,8 @@ class InstanceRun:
             return
         self._ending = status
         self._end_message = reason
+        # MaestroTask.cancel: what the workflow's timeout ends is TIMED_OUT, anything else STOPPED.
+        stopped = S.TIMED_OUT if status is I.TIMED_OUT else S.STOPPED
         for st in self.steps.values():
             if st.scope is not None:
                 st.scope.cancel()
@@ -710,10 +729,10 @@ class InstanceRun:
         self._retrying.clear()
         while self._permit_queue:
             st = self._permit_queue.popleft()
-            self._set(st, S.STOPPED, reason)
+            self._set(st, stopped, reason)
             st.finished = True
         for st in self._to_launch:  # STARTING but never launched
-            self._set(st, S.STOPPED, reason)
+            self._set(st, stopped, reason)
             st.finished = True
         self._running -= len(self._to_launch)
         self._to_launch.clear()
@@ -735,9 +754,6 @@ class InstanceRun:
         self._event(st.sdef.id, st.attempt, "CREATED")
         for status in _MATERIALIZE:
             self._set(st, status)
-        if st.edge_error:
-            self._end_step(st, S.FATALLY_FAILED, st.edge_error)
-            return
         self._prepare(st)
 
     def _prepare(self, st: _Step) -> None:
@@ -753,7 +769,9 @@ class InstanceRun:
         """Evaluate the step's params once (later attempts and resumes reuse the values) and
         check them against the step type's schema (``st.config``). Every attempt that is to run
         or be followed passes here, fresh or restored after a crash. False when the attempt ended
-        FATALLY_FAILED instead."""
+        INTERNALLY_FAILED instead: params that fail to evaluate are Maestro's internal error
+        (MaestroTask.doExecute's catch, StepRuntimeSummary.markInternalError), never retried nor
+        ignored."""
         try:
             if st.params is None:
                 st.params = self._evaluate_step_params(st)
@@ -761,10 +779,10 @@ class InstanceRun:
                 st.config = self._validate_config(st)
         except ParamError as exc:
             message = f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}"
-            if S.FATALLY_FAILED in STEP_TRANSITIONS[st.record.status]:
-                self._end_step(st, S.FATALLY_FAILED, message)
-            else:  # valid when this attempt was prepared, refused now: the step type changed under it
-                self._end_step(st, S.INTERNALLY_FAILED, f"{message} (the params were accepted before a restart)")
+            if st.record.status is not S.EVALUATING_PARAMS:
+                # valid when this attempt was prepared, refused now: the step type changed under it
+                message += " (the params were accepted before a restart)"
+            self._end_step(st, S.INTERNALLY_FAILED, message)
             return False
         st.record.params = st.params
         return True
@@ -800,20 +818,14 @@ class InstanceRun:
         if self._cel_synced < len(self._finished_steps):
             steps = self._cel_context["steps"]
             for st in self._finished_steps[self._cel_synced:]:
-                record = st.record
-                entry = {
-                    "status": record.status.value, "params": record.params or {}, "outputs": record.outputs,
-                    "attempt": record.attempt, "end_time": record.ended_at or 0.0,
-                }
-                try:
-                    value = to_cel(entry)
-                except (ValueError, OverflowError, RecursionError):
-                    # Stored before outputs were checked on the way in: leave them out, so that
-                    # an expression reading them fails (located) instead of the whole instance.
-                    value = to_cel({**entry, "params": {}, "outputs": {}})
-                steps[to_cel(st.sdef.id)] = value
+                steps[to_cel(st.sdef.id)] = _cel_entry(st.record)
             self._cel_synced = len(self._finished_steps)
         return self._cel_context
+
+    def _recontext(self, st: _Step) -> None:
+        """``st`` ended otherwise than its entry in the CEL context says: convert it again."""
+        if self._cel_context is not None and self._cel_synced >= len(self._finished_steps):
+            self._cel_context["steps"][to_cel(st.sdef.id)] = _cel_entry(st.record)
 
     def _evaluate_step_params(self, st: _Step) -> dict[str, Any]:
         sdef = st.sdef
@@ -944,17 +956,12 @@ class InstanceRun:
         self._running -= 1
         sdef = st.sdef
         record = st.record  # this attempt's, even once a retry is scheduled
-        policy = sdef.retry
-        ignore = sdef.failure_mode is FailureMode.IGNORE_FAILURE
         if result is _STOPPED:
-            self._end_step(st, S.STOPPED, self._end_message or "stopped")
+            # MaestroTask.cancel: a step the workflow's timeout ends is TIMED_OUT, else STOPPED.
+            self._end_step(st, S.TIMED_OUT if self._ending is I.TIMED_OUT else S.STOPPED,
+                           self._end_message or "stopped")
         elif result is _TIMEOUT:
-            msg = f"timed out after {sdef.timeout:g}s"
-            if st.timeouts < policy.timeout_retry_limit and self._ending is None:
-                st.timeouts += 1
-                self._retry(st, S.TIMEOUT_FAILED, msg, st.timeouts)
-            else:
-                self._end_step(st, S.COMPLETED_WITH_ERROR if ignore else S.TIMED_OUT, msg)
+            self._conclude(st, S.TIMEOUT_FAILED, f"timed out after {sdef.timeout:g}s", True)
         elif isinstance(result, _Internal):
             self._end_step(st, S.INTERNALLY_FAILED, result.message)
         elif not isinstance(result, StepResult) or not isinstance(result.outcome, Outcome):
@@ -968,23 +975,39 @@ class InstanceRun:
             if result.outputs:
                 _bad_outputs(result)
             st.record.outputs = _outputs(result.outputs, self._secrets)
-            message = result.message or result.outcome.value
-            retry = result.retryable and self._ending is None
-            if result.outcome is Outcome.USER_ERROR and retry and st.errors < policy.error_retry_limit:
-                st.errors += 1
-                self._retry(st, S.USER_FAILED, message, st.errors)
-            elif result.outcome is Outcome.PLATFORM_ERROR and retry and st.platform < policy.platform_retry_limit:
-                st.platform += 1
-                self._retry(st, S.PLATFORM_FAILED, message, st.platform)
-            else:
-                final = {Outcome.USER_ERROR: S.USER_FAILED, Outcome.PLATFORM_ERROR: S.PLATFORM_FAILED}.get(
-                    result.outcome, S.FATALLY_FAILED)
-                if not result.retryable:
-                    final = S.FATALLY_FAILED
-                self._end_step(st, S.COMPLETED_WITH_ERROR if ignore else final, message)
+            self._conclude(st, _FAILURE[result.outcome], result.message or result.outcome.value, result.retryable)
         if record.handle is not None and sdef.type in self.engine.releasing:
             self._releases.append((st, attempt, record.handle))
         self._grant_permits()
+
+    def _conclude(self, st: _Step, raw: StepStatus, message: str, retryable: bool) -> None:
+        """End a failed attempt as :func:`legato.states.next_status` decides: retried while its
+        class has a retry left, else FATALLY_FAILED / TIMED_OUT, with the failure mode applied."""
+        sdef = st.sdef
+        used, limit = _counter(st, raw)
+        status = next_status(raw, used, limit, sdef.failure_mode, retryable)
+        if status.retryable:
+            if self._ending is not None:  # the instance is ending: the retry would be stopped unborn
+                st.record.ended_at = time.time()
+                self._set(st, status, message)
+                return
+            if raw is S.USER_FAILED:
+                st.errors += 1
+            elif raw is S.PLATFORM_FAILED:
+                st.platform += 1
+            else:
+                st.timeouts += 1
+            self._retry(st, status, message, used + 1)
+            return
+        if status is not raw and raw is not S.TIMEOUT_FAILED:  # say what the status hides
+            why = []
+            if raw is not S.FATALLY_FAILED:
+                left = "declared not retryable" if not retryable else f"no {_RETRY_CLASS[raw]} retry left"
+                why.append(f"{raw.value}, {left}: FATALLY_FAILED")
+            if status is S.COMPLETED_WITH_ERROR:
+                why.append("IGNORE_FAILURE: COMPLETED_WITH_ERROR")
+            message = f"{message} ({'; '.join(why)})"
+        self._end_step(st, status, message)
 
     def _retry(self, st: _Step, status: StepStatus, message: str, n: int) -> None:
         """End this attempt ``status`` and schedule the next after the backoff for retry ``n``."""
@@ -1003,22 +1026,83 @@ class InstanceRun:
             self._post(("retry", st))
 
     def _end_step(self, st: _Step, status: StepStatus, message: str = "") -> None:
-        """Record the step's final status and, when the DAG continues, its successors' fate."""
+        """Record the step's final status and, when the DAG continues, its successors' fate.
+
+        A complete step's conditional edges are evaluated first: one that fails makes the step
+        itself INTERNALLY_FAILED (MaestroTask.doExecute: evaluateNextConditionParams throws,
+        markInternalError), and nothing downstream is created."""
         st.record.ended_at = time.time()
-        self._set(st, status, message)
         st.finished = True
         self._finished_steps.append(st)
-        if status.complete:
-            self._release(st)
-        elif status is not S.STOPPED:
-            if status is S.INTERNALLY_FAILED or st.sdef.failure_mode is not FailureMode.IGNORE_FAILURE:
+        edges = None
+        if st.conditional and status.complete and status is not S.UNSATISFIED:
+            edges = self._edges(st, status)
+            if isinstance(edges, str):
+                self._set(st, S.INTERNALLY_FAILED, edges)
+                self._recontext(st)
                 self._failed = True
-            if st.sdef.failure_mode is FailureMode.FAIL_IMMEDIATELY and self._ending is None:
-                self._end(I.FAILED, f"step {st.sdef.id} failed ({status.value}) with FAIL_IMMEDIATELY")
+                return
+        self._set(st, status, message)
+        if status.complete:
+            self._release(st, edges)
+            return
+        ending = instance_ending(status)
+        if ending is I.FAILED:
+            self._failed = True
+        elif ending is I.TIMED_OUT:
+            self._timed_out = True
+        # FAIL_IMMEDIATELY applies to FATALLY_FAILED only (MaestroTask.doExecute).
+        if status is S.FATALLY_FAILED and st.sdef.failure_mode is FailureMode.FAIL_IMMEDIATELY and self._ending is None:
+            self._end(I.FAILED, f"step {st.sdef.id} failed ({status.value}) with FAIL_IMMEDIATELY")
 
-    def _release(self, done: _Step) -> None:
+    def _edges(self, st: _Step, status: StepStatus) -> dict[str, bool] | str:
+        """The values of ``st``'s conditional edges, as they see the step ended ``status``; or
+        the located reason the first of them could not be evaluated."""
+        record = st.record
+        prior, record.status = record.status, status  # what `steps.<id>.status` reads
+        try:
+            values: dict[str, bool] = {}
+            context = self._edge_context(st)
+            for target, cond in st.sdef.successors:
+                if cond.constant is None:
+                    value = self._edge_value(st, target, cond, context)
+                    if isinstance(value, str):
+                        return value
+                    values[target] = value
+            return values
+        finally:
+            record.status = prior
+
+    def _edge_context(self, st: _Step) -> dict[str, Any]:
+        """What ``st``'s edge conditions see: what params see, and the source step's own params as
+        bare names, over workflow params of the same name (Maestro's next conditions)."""
+        context = self._context()
+        if st.params:
+            own = context["steps"][to_cel(st.sdef.id)]["params"]
+            context = {**context, **{str(name): value for name, value in own.items()}}
+        return context
+
+    def _edge_value(self, st: _Step, target: str, cond, context: dict[str, Any] | None = None) -> bool | str:
+        """Evaluate the condition of the edge ``st -> target``: a boolean, or why not (located)."""
+        if context is None:
+            context = self._edge_context(st)
+        where = f"{st.sdef.pointer}/transition/successors/{target}"
+        try:
+            value = cond.program.evaluate(context)
+        except (CelError, *_UNCONVERTIBLE) as exc:
+            why = exc.located() if isinstance(exc, CelError) else f"a value cannot be converted ({exc})"
+            return f"{where}: condition failed: {why}"
+        if not isinstance(value, bool):
+            return f"{where}: condition gave {value!r}, not a boolean"
+        return value
+
+    def _release(self, done: _Step, edges: dict[str, bool] | None = None) -> None:
         """Join-all, satisfied-any: count ``done`` as finished for each successor (worklist, so a
-        long run of UNSATISFIED steps does not recurse)."""
+        long run of UNSATISFIED steps does not recurse). ``edges`` are the values of ``done``'s
+        conditional edges; without them (a resumed run) they are evaluated again: pure functions
+        of durable outputs, they gave these values before. One that fails now (a value an older
+        Legato stored) cannot blame its source, whose end is durable: the instance fails, naming
+        the edge, and the target is never created."""
         work = [done]
         while work:
             st = work.pop()
@@ -1028,18 +1112,14 @@ class InstanceRun:
                 if passed and not nxt.satisfied:
                     if cond.constant is not None:
                         nxt.satisfied = cond.constant
+                    elif edges is not None and st is done:
+                        nxt.satisfied = edges[target]
                     else:
-                        try:
-                            value = cond.program.evaluate(self._context())
-                        except (CelError, *_UNCONVERTIBLE) as exc:
-                            why = exc.located() if isinstance(exc, CelError) else f"a value cannot be converted ({exc})"
-                            nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
-                                              f"condition failed: {why}")
-                            value = True
-                        if not isinstance(value, bool):
-                            nxt.edge_error = (f"{st.sdef.pointer}/transition/successors/{target}: "
-                                              f"condition gave {value!r}, not a boolean")
-                            value = True
+                        value = self._edge_value(st, target, cond)
+                        if isinstance(value, str):  # the source's end is durable: fail the instance,
+                            self._failed = True  # saying where; the target stays NOT_CREATED
+                            self._end_message = self._end_message or value
+                            continue
                         nxt.satisfied = value
                 nxt.remaining -= 1
                 if nxt.remaining == 0 and nxt.record is None:  # (a resumed run restores created steps itself)
@@ -1059,6 +1139,32 @@ class InstanceRun:
 # What converting a value for CEL raises when the value is out of CEL's range (an integer beyond
 # 64 bits) or too deep: values are checked where they enter, this is the net for older records.
 _UNCONVERTIBLE = (ValueError, OverflowError, RecursionError)
+
+
+def _counter(st: _Step, raw: StepStatus) -> tuple[int, int]:
+    """The retries of ``raw``'s class the step has made, and its policy's limit for that class."""
+    policy = st.sdef.retry
+    if raw is S.USER_FAILED:
+        return st.errors, policy.error_retry_limit
+    if raw is S.PLATFORM_FAILED:
+        return st.platform, policy.platform_retry_limit
+    if raw is S.TIMEOUT_FAILED:
+        return st.timeouts, policy.timeout_retry_limit
+    return 0, 0
+
+
+def _cel_entry(record: AttemptRecord):
+    """What ``steps.<id>`` holds for a finished step, converted for CEL."""
+    entry = {
+        "status": record.status.value, "params": record.params or {}, "outputs": record.outputs,
+        "attempt": record.attempt, "end_time": record.ended_at or 0.0,
+    }
+    try:
+        return to_cel(entry)
+    except _UNCONVERTIBLE:
+        # Stored before outputs were checked on the way in: leave them out, so that
+        # an expression reading them fails (located) instead of the whole instance.
+        return to_cel({**entry, "params": {}, "outputs": {}})
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

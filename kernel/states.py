@@ -1,7 +1,9 @@
 """The lifecycle state machines of a workflow instance and of a step attempt (DESIGN §4).
 
-This module is pure data plus one function: the tables say which transitions exist, and
-:func:`transition` applies one or raises.  Nothing here does I/O or knows about trio.
+This module is pure data plus small pure functions: the tables say which transitions exist,
+:func:`transition` applies one or raises, and :func:`next_status` decides how an attempt ends
+(Maestro's ``StepRuntimeManager`` / ``MaestroTask`` rules, in one place).  Nothing here does I/O or
+knows about trio.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ __all__ = [
     "STEP_TRANSITIONS",
     "INSTANCE_TRANSITIONS",
     "transition",
+    "next_status",
+    "instance_ending",
     "instance_status_from",
 ]
 
@@ -32,6 +36,7 @@ class StepStatus(str, enum.Enum):
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     FINISHING = "FINISHING"
+    DISABLED = "DISABLED"
     SUCCEEDED = "SUCCEEDED"
     COMPLETED_WITH_ERROR = "COMPLETED_WITH_ERROR"
     SKIPPED = "SKIPPED"
@@ -62,6 +67,16 @@ class StepStatus(str, enum.Enum):
         """Terminal and not complete: descendants stay NOT_CREATED."""
         return self in _STEP_TERMINAL and self not in _STEP_COMPLETE
 
+    @property
+    def retryable(self) -> bool:
+        """Terminal for this attempt, and the system tries again: a new attempt follows."""
+        return self in _STEP_RETRYABLE
+
+    @property
+    def restartable(self) -> bool:
+        """Terminal, not complete and not retried by the system (Maestro's ``isRestartable``)."""
+        return self in _STEP_TERMINAL and self not in _STEP_COMPLETE and self not in _STEP_RETRYABLE
+
 
 class InstanceStatus(str, enum.Enum):
     """The status of a workflow instance (of its current run)."""
@@ -85,7 +100,9 @@ class InstanceStatus(str, enum.Enum):
 S = StepStatus
 I = InstanceStatus  # noqa: E741
 
-_STEP_COMPLETE = frozenset({S.SUCCEEDED, S.COMPLETED_WITH_ERROR, S.SKIPPED, S.UNSATISFIED})
+# Maestro's StepInstance.Status flags: terminal, complete (the DAG goes on), retryable.
+_STEP_COMPLETE = frozenset({S.DISABLED, S.SUCCEEDED, S.COMPLETED_WITH_ERROR, S.SKIPPED, S.UNSATISFIED})
+_STEP_RETRYABLE = frozenset({S.USER_FAILED, S.PLATFORM_FAILED, S.TIMEOUT_FAILED})
 _STEP_TERMINAL = _STEP_COMPLETE | {
     S.USER_FAILED,
     S.PLATFORM_FAILED,
@@ -110,12 +127,12 @@ _RUN_ENDINGS = (
 )
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
-    S.NOT_CREATED: frozenset({S.CREATED, S.UNSATISFIED, S.SKIPPED}),
+    S.NOT_CREATED: frozenset({S.CREATED, S.UNSATISFIED, S.SKIPPED, S.DISABLED}),
     S.CREATED: frozenset({S.INITIALIZED, *_ANY_LIVE}),
     S.INITIALIZED: frozenset({S.PAUSED, S.WAITING_FOR_SIGNALS, *_ANY_LIVE}),
     S.PAUSED: frozenset({S.WAITING_FOR_SIGNALS, *_ANY_LIVE}),
     S.WAITING_FOR_SIGNALS: frozenset({S.EVALUATING_PARAMS, S.TIMED_OUT, *_ANY_LIVE}),
-    S.EVALUATING_PARAMS: frozenset({S.WAITING_FOR_PERMITS, S.FATALLY_FAILED, S.COMPLETED_WITH_ERROR, *_ANY_LIVE}),
+    S.EVALUATING_PARAMS: frozenset({S.WAITING_FOR_PERMITS, *_ANY_LIVE}),
     S.WAITING_FOR_PERMITS: frozenset({S.STARTING, S.TIMED_OUT, *_ANY_LIVE}),
     S.STARTING: frozenset({S.RUNNING, *_RUN_ENDINGS, *_ANY_LIVE}),
     S.RUNNING: frozenset({S.FINISHING, *_RUN_ENDINGS, *_ANY_LIVE}),
@@ -149,6 +166,54 @@ def transition(current, new, what: str = ""):
     if new not in table[current]:
         raise IllegalTransition(current, new, what)
     return new
+
+
+# -- how an attempt ends ------------------------------------------------------------------------
+
+# What a retryable failure becomes once no retry of its class is left (StepRuntimeManager's
+# getUserErrorStatus / getPlatformErrorStatus, MaestroTask.handleTimeoutError).
+_EXHAUSTED = {S.USER_FAILED: S.FATALLY_FAILED, S.PLATFORM_FAILED: S.FATALLY_FAILED, S.TIMEOUT_FAILED: S.TIMED_OUT}
+_IGNORE_FAILURE = "IGNORE_FAILURE"  # FailureMode is a str enum: compared by value, no import of definition
+
+
+def next_status(outcome: StepStatus, retries: int, limit: int, failure_mode: str,
+                retryable: bool = True) -> StepStatus:
+    """How an attempt ends, given what its work gave, the retry counter of that class and the
+    step's failure mode (Maestro's ``StepRuntimeManager``, ``StepInstance.StepRetry`` and
+    ``MaestroTask.doExecute``).
+
+    ``outcome`` is the attempt's raw ending: USER_FAILED / PLATFORM_FAILED / TIMEOUT_FAILED (the
+    step's own timeout fired), FATALLY_FAILED, INTERNALLY_FAILED, STOPPED, TIMED_OUT or SUCCEEDED.
+    ``retries`` are the retries of that class already made, ``limit`` the policy's limit for it;
+    ``retryable`` is False when the step declared the failure not retryable.
+
+    - A retryable failure with a retry of its class left stays as it is: the result is
+      ``retryable`` and a new attempt follows.
+    - Without one, USER_FAILED and PLATFORM_FAILED become FATALLY_FAILED, TIMEOUT_FAILED TIMED_OUT.
+    - The failure mode applies to FATALLY_FAILED only: IGNORE_FAILURE makes it
+      COMPLETED_WITH_ERROR (the DAG goes on). TIMED_OUT, INTERNALLY_FAILED and STOPPED stay.
+    """
+    exhausted = _EXHAUSTED.get(outcome)
+    if exhausted is not None:
+        if retryable and retries < limit:
+            return outcome
+        outcome = exhausted
+    if outcome is S.FATALLY_FAILED and failure_mode == _IGNORE_FAILURE:
+        return S.COMPLETED_WITH_ERROR
+    return outcome
+
+
+# What a step's final status makes of its instance (TaskHelper.checkProgress).
+_INSTANCE_ENDING = {
+    S.FATALLY_FAILED: I.FAILED, S.INTERNALLY_FAILED: I.FAILED, S.USER_FAILED: I.FAILED,
+    S.PLATFORM_FAILED: I.FAILED, S.TIMEOUT_FAILED: I.FAILED, S.TIMED_OUT: I.TIMED_OUT, S.STOPPED: I.STOPPED,
+}
+
+
+def instance_ending(status: StepStatus) -> InstanceStatus | None:
+    """The instance ending a step's final status asks for: FAILED for the failed ones, TIMED_OUT
+    for TIMED_OUT, STOPPED for STOPPED, None for the complete ones (``TaskHelper.checkProgress``)."""
+    return _INSTANCE_ENDING.get(status)
 
 
 # Precedence when several endings apply to one instance (DESIGN §4).

@@ -67,6 +67,12 @@ class Finished:
         return "".join(c.text for c in self.logs if c.step_id == step_id)
 
 
+def fatal_as(attempt, failure: str) -> bool:
+    """The attempt ended FATALLY_FAILED as a ``failure`` (USER_FAILED, PLATFORM_FAILED) with no retry
+    of that class left: the engine names the class in the message (legato.states.next_status)."""
+    return attempt.status.value == "FATALLY_FAILED" and f"({failure}, no " in attempt.message
+
+
 @pytest.fixture
 def run_doc(engine):
     async def run(doc, params=None, **kwargs) -> Finished:

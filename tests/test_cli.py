@@ -65,7 +65,7 @@ def test_failed_run_exits_1_and_shows_the_log_tail(tmp_path):
     proc = legato_cli("run", str(path), "--workspace", str(tmp_path))
     assert proc.returncode == 1
     assert "FAILED" in proc.stdout
-    assert "boom (attempt 1) USER_FAILED: exit code 7: disk is full" in proc.stdout
+    assert "boom (attempt 1) FATALLY_FAILED: exit code 7: disk is full" in proc.stdout
     assert "| disk is full" in proc.stdout
 
 

@@ -27,7 +27,7 @@ from legato.definition import DefinitionError
 from legato.engine import Engine
 from legato.storage import open_storage
 
-from .conftest import IMAGE, LEGATO, docker_problem, require_component
+from .conftest import IMAGE, LEGATO, docker_problem, fatal_as, require_component
 
 FAST = {"error_retry_limit": 0, "platform_retry_limit": 0}
 
@@ -149,14 +149,14 @@ async def test_success_outputs_env_and_params_as_data(tmp_path):
 async def test_nonzero_exit_is_user_failed_with_code_and_last_stderr_line(tmp_path):
     ran = await execute(tmp_path, workflow({"command": ["sh", "-c", "echo first >&2; echo 'input missing' >&2; "
                                                                      "echo partial=1 >> $LEGATO_OUTPUT; exit 3"]}))
-    assert ran.last.status.value == "USER_FAILED"
-    assert ran.last.message == "exit code 3: input missing"
+    assert fatal_as(ran.last, "USER_FAILED")
+    assert ran.last.message == "exit code 3: input missing (USER_FAILED, no error retry left: FATALLY_FAILED)"
     assert ran.last.outputs == {"partial": "1"}
 
 
 async def test_command_not_in_image_is_user_failed(tmp_path):
     ran = await execute(tmp_path, workflow({"command": ["no-such-program"]}))
-    assert ran.last.status.value == "USER_FAILED"
+    assert fatal_as(ran.last, "USER_FAILED")
     assert "could not start" in ran.last.message and "no-such-program" in ran.last.message
 
 
@@ -164,20 +164,20 @@ async def test_missing_image_with_pull_never_is_platform_failed_and_retried(tmp_
     retry = {"error_retry_limit": 0, "platform_retry_limit": 2, "backoff": {"type": "fixed", "base": 0.01}}
     ran = await execute(tmp_path, workflow({"image": "legato-test/absent:1", "command": ["true"], "pull": "never"},
                                            retry=retry))
-    assert [a.status.value for a in ran.attempts] == ["PLATFORM_FAILED"] * 3
+    assert [a.status.value for a in ran.attempts] == ["PLATFORM_FAILED"] * 2 + ["FATALLY_FAILED"]
     assert "legato-test/absent:1" in ran.last.message and "`pull` is never" in ran.last.message
 
 
 async def test_missing_image_that_cannot_be_pulled_is_platform_failed(tmp_path):
     ran = await execute(tmp_path, workflow({"image": "legato-test/absent:1", "command": ["true"]}))
-    assert ran.last.status.value == "PLATFORM_FAILED"
+    assert fatal_as(ran.last, "PLATFORM_FAILED")
     assert "pulling it failed" in ran.last.message
 
 
 async def test_unreachable_engine_is_platform_failed(tmp_path):
     ran = await execute(tmp_path, workflow({"command": ["true"], "docker_host": "unix:///nonexistent.sock"}),
                         settings={"allowed_docker_hosts": ["unix:///nonexistent.sock"]})
-    assert ran.last.status.value == "PLATFORM_FAILED"
+    assert fatal_as(ran.last, "PLATFORM_FAILED")
     assert "cannot reach the Docker engine at unix:///nonexistent.sock" in ran.last.message
 
 
@@ -197,7 +197,7 @@ async def test_the_operator_chooses_the_docker_engine(tmp_path, settings):
 
 async def test_engine_from_settings(tmp_path):
     ran = await execute(tmp_path, workflow({"command": ["true"]}), settings={"docker_host": "unix:///nonexistent.sock"})
-    assert ran.last.status.value == "PLATFORM_FAILED" and "unix:///nonexistent.sock" in ran.last.message
+    assert fatal_as(ran.last, "PLATFORM_FAILED") and "unix:///nonexistent.sock" in ran.last.message
 
 
 @pytest.mark.parametrize("params, pointer, words", [
@@ -253,7 +253,7 @@ async def test_out_of_memory_is_user_failed(tmp_path):
     # A shell variable grown past the limit: the kernel's OOM killer ends the container.
     grow = 'x=$(head -c 100000000 /dev/zero | tr "\\0" x); echo $${#x}'
     ran = await execute(tmp_path, workflow({"command": ["sh", "-c", grow], "memory": "8m"}))
-    assert ran.last.status.value == "USER_FAILED"
+    assert fatal_as(ran.last, "USER_FAILED")
     assert ran.last.message.startswith("killed: out of memory (limit 8m)"), ran.last.message
 
 

@@ -26,7 +26,7 @@ from legato.definition import DefinitionError
 from legato.engine import Engine
 from legato.storage import open_storage
 
-from .conftest import alive, kernel_problem, require_component
+from .conftest import alive, fatal_as, kernel_problem, require_component
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 NASTY = "$(touch /tmp/legato-pwned); DROP TABLE t;--'\"\\n\n\t{text} `id` \\\" é ✓ \x01"
@@ -128,7 +128,7 @@ async def test_failures_are_classified(tmp_path, kernel):
     assert instance.status.value == "FAILED"
 
     raises = attempts["raises"]
-    assert raises.status.value == "USER_FAILED"
+    assert fatal_as(raises, "USER_FAILED"), raises.message
     # the cell's 1-based position in the input notebook (the injected cell does not count), its first
     # line and the exception
     assert raises.message.startswith("cell 4 (`raise ValueError('bad')`) raised ValueError: bad"), raises.message
@@ -137,16 +137,16 @@ async def test_failures_are_classified(tmp_path, kernel):
     assert "never printed" not in log_of(logs, "raises")
 
     dies = attempts["dies"]
-    assert dies.status.value == "PLATFORM_FAILED"
+    assert fatal_as(dies, "PLATFORM_FAILED"), dies.message
     assert dies.message.startswith("the kernel died while running cell 2"), dies.message
     assert "about to die" in log_of(logs, "dies", "stdout")
 
     missing = attempts["missing"]
-    assert missing.status.value == "USER_FAILED"
+    assert fatal_as(missing, "USER_FAILED"), missing.message
     assert "no-such-notebook.ipynb" in missing.message and "does not exist" in missing.message
 
     nokernel = attempts["nokernel"]
-    assert nokernel.status.value == "PLATFORM_FAILED"
+    assert fatal_as(nokernel, "PLATFORM_FAILED"), nokernel.message
     assert "no Jupyter kernel named 'no-such-kernel'" in nokernel.message and "python3" in nokernel.message
 
     garbage = attempts["garbage"]
@@ -156,7 +156,7 @@ async def test_failures_are_classified(tmp_path, kernel):
     assert Path(attempts["raises"].outputs["output_notebook"]).name == "output.ipynb"  # the default
 
     slow = attempts["slow_cell"]
-    assert slow.status.value == "USER_FAILED"
+    assert fatal_as(slow, "USER_FAILED"), slow.message
     assert slow.message.startswith("cell 1 (`print('started', flush=True)`) did not finish within cell_timeout=1s")
 
     for attempt in attempts.values():

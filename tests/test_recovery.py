@@ -126,8 +126,8 @@ def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: s
         assert f"{instance_id}:{step_id}:{len(rows)}" in ran, f"{step_id}: the succeeded attempt never ran"
         assert len(mine) <= len(rows)
     # terminal states never change: no event follows an attempt's first terminal event
-    terminal = {"SUCCEEDED", "COMPLETED_WITH_ERROR", "SKIPPED", "UNSATISFIED", "USER_FAILED", "PLATFORM_FAILED",
-                "TIMEOUT_FAILED", "FATALLY_FAILED", "INTERNALLY_FAILED", "STOPPED", "TIMED_OUT"}
+    terminal = {"DISABLED", "SUCCEEDED", "COMPLETED_WITH_ERROR", "SKIPPED", "UNSATISFIED", "USER_FAILED",
+                "PLATFORM_FAILED", "TIMEOUT_FAILED", "FATALLY_FAILED", "INTERNALLY_FAILED", "STOPPED", "TIMED_OUT"}
     ended = set()
     for step_id, attempt, st in conn.execute(
             "SELECT step_id, attempt, status FROM legato_events WHERE instance_id = ? AND step_id IS NOT NULL "
@@ -356,7 +356,7 @@ async def test_an_output_beyond_64_bits_fails_its_step_naming_the_key(run_doc):
         {"step": {"id": "b", "type": "noop"}}]}}
     ran = await run_doc(doc)
     assert ran.status == "FAILED"
-    assert ran.tries("a") == ["USER_FAILED", "USER_FAILED"]  # a user error: its retry policy applies
+    assert ran.tries("a") == ["USER_FAILED", "FATALLY_FAILED"]  # a user error: its retry policy applies
     assert "output 'n'" in ran.last["a"].message and str(BIG) in ran.last["a"].message, ran.last["a"].message
     assert ran.last["a"].outputs == {}
     assert "b" not in ran.last
@@ -364,7 +364,9 @@ async def test_an_output_beyond_64_bits_fails_its_step_naming_the_key(run_doc):
 
 async def test_a_value_stored_before_the_checks_cannot_wedge_an_instance(engine):
     """An instance whose store holds an output CEL cannot take (written by an older Legato)
-    resumes: the condition that reads it fails, located, and the instance ends."""
+    resumes: the condition that reads it fails, located, and the instance ends FAILED saying so.
+    The source's SUCCEEDED is durable, so the instance carries the blame (a live run makes the
+    source INTERNALLY_FAILED); the target is never created."""
     from legato.model import AttemptRecord, Batch
     from legato.states import InstanceStatus, StepStatus
 
@@ -380,9 +382,9 @@ async def test_a_value_stored_before_the_checks_cannot_wedge_an_instance(engine)
     final = await engine.resume(instance.instance_id)
     assert final.status.value == "FAILED"
     attempts = {a.step_id: a for a in await engine.storage.get_attempts(instance.instance_id)}
-    assert attempts["b"].status.value == "FATALLY_FAILED"
-    assert "/transition/successors/b" in attempts["b"].message, attempts["b"].message
-    assert "c" not in attempts
+    assert attempts["a"].status.value == "SUCCEEDED"
+    assert final.message.startswith("/workflow/steps/0/step/transition/successors/b: condition failed"), final.message
+    assert "b" not in attempts and "c" not in attempts
 
 
 def test_a_param_beyond_64_bits_is_a_start_error_naming_it(tmp_path):

@@ -75,7 +75,7 @@ TABLE = {
            scripted_step("bad", ["USER_ERROR"], to=["after_bad"], retry_policy={"error_retry_limit": 0}),
            step("after_bad"), scripted_step("ok", [{"sleep": 0.05}], to=["after_ok"]), step("after_ok")),
         "FAILED",
-        {"a": "SUCCEEDED", "bad": "USER_FAILED", "after_bad": None, "ok": "SUCCEEDED", "after_ok": "SUCCEEDED"},
+        {"a": "SUCCEEDED", "bad": "FATALLY_FAILED", "after_bad": None, "ok": "SUCCEEDED", "after_ok": "SUCCEEDED"},
     ),
     "IGNORE_FAILURE continues downstream": (
         wf(scripted_step("a", ["FATAL_ERROR"], to=["b"], failure_mode="IGNORE_FAILURE"), step("b")),
@@ -104,13 +104,13 @@ TABLE = {
     "a plugin that returns garbage is INTERNALLY_FAILED": (
         wf(scripted_step("a", ["GARBAGE"])), "FAILED", {"a": "INTERNALLY_FAILED"},
     ),
-    "a condition that fails to evaluate fails its target, located": (
+    "a condition that fails to evaluate fails its source, INTERNALLY_FAILED, located": (
         wf(out("a", {"n": 1}, to={"b": "steps.a.outputs.missing > 1"}), step("b")),
-        "FAILED", {"a": "SUCCEEDED", "b": "FATALLY_FAILED"},
+        "FAILED", {"a": "INTERNALLY_FAILED", "b": None},
     ),
-    "a step param that fails to evaluate fails the step": (
+    "a step param that fails to evaluate is INTERNALLY_FAILED": (
         wf(step("a", params={"x": {"type": "LONG", "expression": "1 / 0"}})),
-        "FAILED", {"a": "FATALLY_FAILED"},
+        "FAILED", {"a": "INTERNALLY_FAILED"},
     ),
 }
 
@@ -125,14 +125,14 @@ async def test_semantics_table(run_doc, case):
 
 
 async def test_failed_condition_message_names_the_edge(run_doc):
-    result = await run_doc(TABLE["a condition that fails to evaluate fails its target, located"][0])
-    message = result.last["b"].message
+    result = await run_doc(TABLE["a condition that fails to evaluate fails its source, INTERNALLY_FAILED, located"][0])
+    message = result.last["a"].message
     assert message.startswith("/workflow/steps/0/step/transition/successors/b: condition failed")
     assert "missing" in message
 
 
 async def test_param_failure_message_is_located(run_doc):
-    result = await run_doc(TABLE["a step param that fails to evaluate fails the step"][0])
+    result = await run_doc(TABLE["a step param that fails to evaluate is INTERNALLY_FAILED"][0])
     assert result.last["a"].message.startswith("/workflow/steps/0/step/params/x/expression: CEL")
     assert "divide by zero" in result.last["a"].message
 
@@ -153,8 +153,8 @@ async def test_join_all_waits_for_every_predecessor(run_doc):
 RETRY_CASES = {
     # results per attempt, retry policy -> attempt statuses
     "user errors retry up to error_retry_limit": (
-        ["USER_ERROR"], {"error_retry_limit": 2, **NO_BACKOFF}, ["USER_FAILED"] * 3, "FAILED"),
-    "default error_retry_limit is 2": (["USER_ERROR"], NO_BACKOFF, ["USER_FAILED"] * 3, "FAILED"),
+        ["USER_ERROR"], {"error_retry_limit": 2, **NO_BACKOFF}, ["USER_FAILED"] * 2 + ["FATALLY_FAILED"], "FAILED"),
+    "default error_retry_limit is 2": (["USER_ERROR"], NO_BACKOFF, ["USER_FAILED"] * 2 + ["FATALLY_FAILED"], "FAILED"),
     "a retry can succeed": (
         ["USER_ERROR", "DONE"], {"error_retry_limit": 2, **NO_BACKOFF}, ["USER_FAILED", "SUCCEEDED"], "SUCCEEDED"),
     "platform errors count separately": (
@@ -162,7 +162,7 @@ RETRY_CASES = {
         {"error_retry_limit": 1, "platform_retry_limit": 3, **NO_BACKOFF},
         ["PLATFORM_FAILED", "PLATFORM_FAILED", "USER_FAILED", "PLATFORM_FAILED", "SUCCEEDED"], "SUCCEEDED"),
     "platform limit reached": (
-        ["PLATFORM_ERROR"], {"platform_retry_limit": 1, **NO_BACKOFF}, ["PLATFORM_FAILED"] * 2, "FAILED"),
+        ["PLATFORM_ERROR"], {"platform_retry_limit": 1, **NO_BACKOFF}, ["PLATFORM_FAILED", "FATALLY_FAILED"], "FAILED"),
     "fatal errors never retry": (["FATAL_ERROR", "DONE"], NO_BACKOFF, ["FATALLY_FAILED"], "FAILED"),
     "a step may declare itself non-retryable": (["NOT_RETRYABLE", "DONE"], NO_BACKOFF, ["FATALLY_FAILED"], "FAILED"),
     "internal failures never retry": (["RAISE", "DONE"], {"error_retry_limit": 5, **NO_BACKOFF},
@@ -185,7 +185,7 @@ async def test_timeout_retries_then_timed_out(run_doc):
                            retry_policy={"timeout_retry_limit": 1, "error_retry_limit": 5, **NO_BACKOFF}))
     result = await run_doc(doc)
     assert result.tries("s") == ["TIMEOUT_FAILED", "TIMED_OUT"]
-    assert result.status == "FAILED"
+    assert result.status == "TIMED_OUT"
     assert "timed out after 0.05s" in result.last["s"].message
 
 
@@ -283,7 +283,7 @@ async def test_workflow_timeout(run_doc):
     started = time.monotonic()
     result = await run_doc(doc)
     assert result.status == "TIMED_OUT"
-    assert result.last["slow"].status is StepStatus.STOPPED
+    assert result.last["slow"].status is StepStatus.TIMED_OUT  # MaestroTask.cancel: the flow timed out
     assert time.monotonic() - started < 30, "the 0.2 s workflow timeout did not stop the 60 s step"  # a hang guard
 
 
@@ -386,6 +386,6 @@ async def test_every_transition_is_a_timestamped_event(run_doc):
 async def test_step_logs_are_captured(run_doc):
     result = await run_doc(wf(step("a", "bash", params={"script": "echo out; echo err >&2; exit 4"},
                                    retry_policy={"error_retry_limit": 0})))
-    assert result.last["a"].status is StepStatus.USER_FAILED
-    assert "exit code 4" in result.last["a"].message
+    assert result.last["a"].status is StepStatus.FATALLY_FAILED
+    assert "exit code 4" in result.last["a"].message and "(USER_FAILED, no error retry left" in result.last["a"].message
     assert "out\n" in result.log("a") and "err\n" in result.log("a")

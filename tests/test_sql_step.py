@@ -59,6 +59,12 @@ class Done:
     def status(self, sid: str = "q") -> str:
         return self.by_step[sid].status.value
 
+    def fatal(self, failure: str, sid: str = "q") -> bool:
+        """The step ended FATALLY_FAILED as a ``failure`` (USER_FAILED, PLATFORM_FAILED) with no retry
+        left: the engine names the class in the message (states.next_status)."""
+        attempt = self.by_step[sid]
+        return attempt.status.value == "FATALLY_FAILED" and f"({failure}, no " in attempt.message
+
     def outputs(self, sid: str = "q") -> dict:
         return self.by_step[sid].outputs
 
@@ -239,14 +245,14 @@ async def test_dollar_brace_in_the_query_is_not_interpolated(tmp_path):
     assert literal.outputs()["rows"] == [["${name}"]]
 
     bare = await run(tmp_path, workflow(step(query="SELECT ${name} AS v"), params=params))
-    assert bare.status() == "USER_FAILED"
+    assert bare.fatal("USER_FAILED")
     assert "PASTED" not in bare.message() and "PASTED" not in bare.log()
     assert "${name}" in bare.message() or "syntax error" in bare.message()
 
 
 async def test_a_missing_parameter_is_a_user_error_naming_it(tmp_path):
     done = await run(tmp_path, workflow(step(query="SELECT $nope")))
-    assert done.status() == "USER_FAILED"
+    assert done.fatal("USER_FAILED")
     assert "nope" in done.message()
 
 
@@ -265,7 +271,7 @@ async def test_query_file_resolves_against_the_definition(tmp_path):
 
     path.write_text(json.dumps(workflow(step(query_file="sql/missing.sql"))))
     missing = await run(tmp_path, path)
-    assert missing.status() == "USER_FAILED"
+    assert missing.fatal("USER_FAILED")
     assert "missing.sql" in missing.message() and "does not exist" in missing.message()
 
 
@@ -295,22 +301,22 @@ async def test_bad_params_are_refused_at_load(tmp_path, params, pointer):
 
 async def test_sql_errors_are_user_failures_with_duckdbs_message(tmp_path):
     done = await run(tmp_path, workflow(step(query="SELECT 1; SELECT * FROM no_such_table")))
-    assert done.status() == "USER_FAILED"
+    assert done.fatal("USER_FAILED")
     assert "statement 2 of 2" in done.message()
     assert "no_such_table does not exist" in done.message()
 
     syntax = await run(tmp_path, workflow(step(query="SELEC 1")))
-    assert syntax.status() == "USER_FAILED" and "syntax error" in syntax.message()
+    assert syntax.fatal("USER_FAILED") and "syntax error" in syntax.message()
 
     constraint = await run(tmp_path, workflow(step(query="CREATE TABLE k(a INT PRIMARY KEY); "
                                                          "INSERT INTO k VALUES (1), (1)")))
-    assert constraint.status() == "USER_FAILED" and "constraint" in constraint.message().lower()
+    assert constraint.fatal("USER_FAILED") and "constraint" in constraint.message().lower()
 
 
 async def test_user_errors_follow_the_error_retry_limit(tmp_path):
     retry = {"error_retry_limit": 2, "platform_retry_limit": 0, "backoff": {"type": "fixed", "base": 0}}
     done = await run(tmp_path, workflow(step(query="SELECT * FROM nowhere", retry=retry)))
-    assert [a.status.value for a in done.attempts] == ["USER_FAILED"] * 3
+    assert [a.status.value for a in done.attempts] == ["USER_FAILED"] * 2 + ["FATALLY_FAILED"]
 
 
 async def test_read_only_refuses_writes(tmp_path):
@@ -318,10 +324,10 @@ async def test_read_only_refuses_writes(tmp_path):
     assert first.status() == "SUCCEEDED", first.message()
     done = await run(tmp_path, workflow(step(database=str(tmp_path / "ro.db"), read_only=True,
                                              query="INSERT INTO t VALUES (1)")))
-    assert done.status() == "USER_FAILED"
+    assert done.fatal("USER_FAILED")
     assert "read-only" in done.message()
     memory = await run(tmp_path, workflow(step(read_only=True, query="SELECT 1")))
-    assert memory.status() == "USER_FAILED" and "read-only" in memory.message()
+    assert memory.fatal("USER_FAILED") and "read-only" in memory.message()
 
 
 async def test_a_database_locked_by_another_process_is_a_platform_failure(tmp_path):
@@ -337,7 +343,7 @@ async def test_a_database_locked_by_another_process_is_a_platform_failure(tmp_pa
     finally:
         holder.kill()
         holder.wait()
-    assert [a.status.value for a in done.attempts] == ["PLATFORM_FAILED"] * 3
+    assert [a.status.value for a in done.attempts] == ["PLATFORM_FAILED"] * 2 + ["FATALLY_FAILED"]
     assert str(db) in done.message() and "another process holds it" in done.message()
     # Once the other process is gone, the same step works.
     after = await run(tmp_path, workflow(step(database=str(db), query="SELECT 1 AS ok")))
@@ -354,7 +360,7 @@ async def test_a_database_open_here_with_the_other_read_only_setting_is_a_platfo
     finally:
         con.close()
     assert shared.status() == "SUCCEEDED" and shared.outputs()["rows"] == [[1]]
-    assert conflict.status() == "PLATFORM_FAILED"
+    assert conflict.fatal("PLATFORM_FAILED")
     assert str(db) in conflict.message() and "different configuration" in conflict.message()
 
 
