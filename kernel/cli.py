@@ -659,6 +659,7 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -666,7 +667,9 @@ def plugins(as_json: bool) -> None:
         table.add_column(column)
     for row in rows:
         status = "available" if row.unavailable is None else f"unavailable: {row.unavailable}"
-        table.add_row(row.name, row.kind, row.plugin, row.distribution, row.version, status)
+        # Escaped: `pip install 'legato[sql]'` is text, not rich markup.
+        table.add_row(*(escape(cell) for cell in (row.name, row.kind, row.plugin, row.distribution, row.version,
+                                                   status)))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
