@@ -87,12 +87,18 @@ class StorageRegistry(_Registry):
     def __init__(self, plugins: "Plugins") -> None:
         super().__init__(plugins)
         self.factories: dict[str, Callable[..., Any]] = {}
+        self.unavailable: dict[str, Callable[[], str | None]] = {}
 
-    def add(self, scheme: str, factory: Callable[..., Any]) -> None:
-        if not callable(factory):
+    def add(self, scheme: str, factory: Callable[..., Any],
+            unavailable: Callable[[], str | None] | None = None) -> None:
+        """``unavailable()``, if given, returns why the scheme cannot be used here (a missing
+        driver, with the install command) or None; ``legato plugins`` shows it."""
+        if not callable(factory) or (unavailable is not None and not callable(unavailable)):
             raise PluginError(f"{self._plugins._current} registered storage {scheme!r} with a non-callable factory")
         self._claim(scheme)
         self.factories[scheme] = factory
+        if unavailable is not None:
+            self.unavailable[scheme] = unavailable
 
 
 class TriggerRegistry(_Registry):
@@ -209,7 +215,8 @@ class Plugins:
         for name, cls in sorted(self.step_types.types.items()):
             add("step type", name, self.step_types._owner[name], cls.unavailable())
         for name in sorted(self.storage.factories):
-            add("storage", name, self.storage._owner[name])
+            why = self.storage.unavailable.get(name)
+            add("storage", name, self.storage._owner[name], why() if why else None)
         for name in sorted(self.triggers.types):
             add("trigger", name, self.triggers._owner[name])
         for name in sorted(self.cel_functions.functions):

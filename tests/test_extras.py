@@ -70,6 +70,16 @@ def test_a_definition_that_uses_a_step_type_whose_library_is_missing_is_exit_2_w
     assert not (tmp_path / ".legato").exists()  # refused before anything was stored
 
 
+def test_legato_plugins_says_the_postgresql_store_needs_its_extra_when_psycopg_is_missing():
+    rows = json.loads(legato_without(["psycopg"], "plugins", "--json").stdout)
+    (row,) = [r for r in rows if r["name"] == "postgresql"]
+    assert row["kind"] == "storage"
+    assert row["unavailable"] == "the psycopg driver is not installed: pip install 'legato[postgres]'"
+    assert "psycopg" in EXTRAS["postgres"][0]
+    (sqlite,) = [r for r in rows if r["name"] == "sqlite"]
+    assert sqlite["unavailable"] is None
+
+
 def test_the_same_definition_runs_when_the_extra_is_installed(tmp_path):
     path = tmp_path / "totals.json"
     path.write_text(json.dumps(SQL_WORKFLOW))
