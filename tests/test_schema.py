@@ -36,6 +36,13 @@ def test_the_schema_is_a_draft_2020_12_schema():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
+def test_the_shipped_file_is_what_the_builder_makes_from_the_loaders_tables():
+    """After a change to the loader, `python -m legato.schema.build` rewrites the file."""
+    from legato.schema.build import build
+
+    assert build() == SCHEMA, "the schema is stale: run `python -m legato.schema.build`"
+
+
 def test_legato_schema_prints_the_shipped_schema_and_where_it_is():
     """$ legato schema          the schema, as JSON
     $ legato schema --path   /…/site-packages/legato/schema/definition.schema.json"""
