@@ -160,6 +160,7 @@ async def arun(
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        started["cancelled"] = True  # read before the instance runs, if it has not yet
         if "token" in started:
             try:
                 trio.from_thread.run_sync(started["stop"], trio_token=started["token"])
@@ -198,6 +199,14 @@ async def _arun(definition, params, *, store, workspace, settings, request_id, o
     from .plugin_manager import get_plugins
     from .storage import Storage, StorageError, open_storage
 
+    iid: list[str] = []
+    if started is not None:  # arun under asyncio: how its cancellation reaches this thread
+        def stop() -> None:
+            started["cancelled"] = True
+            if iid and iid[0] in engine.runs:
+                engine.runs[iid[0]].stop("cancelled")
+
+        started.update(token=trio.lowlevel.current_trio_token(), stop=stop)
     plugins = get_plugins()
     storage = store if isinstance(store, Storage) else open_storage(str(store), plugins)
     engine = Engine(storage, plugins=plugins, workspace=workspace, step_settings=dict(settings or {}))
@@ -210,11 +219,10 @@ async def _arun(definition, params, *, store, workspace, settings, request_id, o
         raise StorageError(f"cannot open the store {storage.url}: {exc}") from None
     try:
         instance, created = await engine.start(loaded, dict(params or {}), request_id=request_id)
-        if created or not instance.status.terminal:
-            if started is not None:
-                started.update(token=trio.lowlevel.current_trio_token(),
-                               stop=lambda: engine.runs[instance.instance_id].stop("cancelled")
-                               if instance.instance_id in engine.runs else None)
+        iid.append(instance.instance_id)
+        if started is not None and started.get("cancelled"):
+            pass  # cancelled while starting: the caller raises CancelledError
+        elif created or not instance.status.terminal:
             if created:
                 instance = await engine.run(loaded, instance, observer=observer)
             else:  # the same request id, unfinished: carry it on

@@ -230,3 +230,12 @@ def test_the_legato_run_fixture(legato_run, tmp_path):
     instance = legato_run(HELLO, {"who": "fixture"})
     assert instance.statuses == {"greet": "SUCCEEDED", "after": "UNSATISFIED"}
     assert (tmp_path / "runs" / instance.id).is_dir()
+
+
+def test_what_a_definition_says_but_legato_does_not_enforce_yet_is_a_warning(tmp_path):
+    """The CLI's "warning:" lines are Python warnings here."""
+    document = {"properties": {"run_strategy": "parallel"}, **HELLO}
+    with pytest.warns(legato.DefinitionWarning, match="/properties/run_strategy: run_strategy 'parallel' is "
+                                                      "accepted but not enforced yet"):
+        instance = legato.run(document, workspace=tmp_path)
+    assert instance.succeeded
