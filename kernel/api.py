@@ -114,16 +114,22 @@ def run(
         import threading
 
         box: dict[str, Any] = {}
+        started: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                box["result"] = _trio_run(call)
+                box["result"] = _trio_run(partial(call, started=started))
             except BaseException as exc:  # handed to the caller's thread
                 box["error"] = exc
 
         thread = threading.Thread(target=target, name="legato.run")
         thread.start()
-        thread.join()
+        try:
+            thread.join()
+        except KeyboardInterrupt:  # the notebook's stop button: stop the instance, then say so
+            _stop(started)
+            thread.join()
+            raise
         if "error" in box:
             raise box["error"]
         return box["result"]
@@ -153,21 +159,26 @@ async def arun(
                            "outside async code use legato.run()")
     import asyncio
 
-    import trio
-
     started: dict[str, Any] = {}
     future = asyncio.get_running_loop().run_in_executor(None, _trio_run, partial(call, started=started))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        started["cancelled"] = True  # read before the instance runs, if it has not yet
-        if "token" in started:
-            try:
-                trio.from_thread.run_sync(started["stop"], trio_token=started["token"])
-            except trio.RunFinishedError:
-                pass
+        _stop(started)
         await asyncio.wait([future])
         raise
+
+
+def _stop(started: dict[str, Any]) -> None:
+    """Stop, from another thread, the instance that :func:`_arun` runs on trio in a thread of its own."""
+    import trio
+
+    started["cancelled"] = True  # read before the instance runs, if it has not yet
+    if "token" in started:
+        try:
+            trio.from_thread.run_sync(started["stop"], trio_token=started["token"])
+        except trio.RunFinishedError:
+            pass
 
 
 def _async_library() -> str | None:
