@@ -674,6 +674,68 @@ def _instance_json(instance, attempts, step_ids=()) -> dict[str, Any]:
 
 
 @main.command()
+@click.argument("target", metavar="FILE|INSTANCE")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True,
+              help="Mermaid (rendered by GitHub and most Markdown viewers) or Graphviz DOT (`| dot -Tsvg`).")
+@_store_option
+def graph(target: str, fmt: str, store: str) -> None:
+    """Print the DAG of a definition FILE, or of an INSTANCE with each step coloured by its state.
+
+    INSTANCE is an instance id or a unique prefix of one (read from --store).
+    """
+    from .definition import DefinitionError
+    from .graph import FORMATS
+
+    draw = FORMATS[fmt]
+    if os.path.exists(target) or target.endswith((".json", ".yaml", ".yml")):
+        engine = _engine(store)
+        try:
+            definition = engine.load(target)
+        except DefinitionError as exc:
+            _print_problems(exc)
+            sys.exit(EXIT_INVALID)
+        click.echo(draw(definition), nl=False)
+        return
+    from .storage import StorageError
+
+    engine = _read_engine(store)
+    found: dict[str, Any] = {}
+
+    async def main_task() -> None:
+        async with _opened(engine.storage, store):
+            record = await _resolve_instance(engine.storage, target, store)
+            version = await engine.storage.get_definition(record.workflow_id, record.version)
+            try:
+                if version is None:
+                    raise StorageError(f"its definition {record.workflow_id} v{record.version} is missing from the store")
+                found["definition"] = engine.load(version.document)
+            except (DefinitionError, StorageError) as exc:
+                raise _Refused(f"cannot draw instance {record.instance_id}: {_unloadable(record, exc)}") from None
+            found["record"] = record
+            found["attempts"] = await engine.storage.get_attempts(record.instance_id)
+
+    _trio_run(main_task)
+    record, statuses, attempts = found["record"], {}, {}
+    for a in sorted(found["attempts"], key=lambda a: (a.run_id, a.attempt)):  # the latest attempt is the state
+        statuses[a.step_id], attempts[a.step_id] = a.status.value, a.attempt
+    title = f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
+    click.echo(draw(found["definition"], statuses, attempts, title=title), nl=False)
+
+
+@main.command()
+@click.option("--path", "show_path", is_flag=True, help="Print where the schema file is instead (for editor settings).")
+def schema(show_path: bool) -> None:
+    """Print the JSON Schema (draft 2020-12) of the definition format, for editors to complete and check
+    definitions (see the README's "Editor support")."""
+    from .schema import SCHEMA_PATH
+
+    if show_path:
+        click.echo(str(SCHEMA_PATH))
+    else:
+        click.echo(SCHEMA_PATH.read_text(encoding="utf-8"), nl=False)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def plugins(as_json: bool) -> None:
     """List installed plugins: what each provides, its distribution and version, and whether it can run here."""
@@ -682,6 +744,7 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -689,7 +752,9 @@ def plugins(as_json: bool) -> None:
         table.add_column(column)
     for row in rows:
         status = "available" if row.unavailable is None else f"unavailable: {row.unavailable}"
-        table.add_row(row.name, row.kind, row.plugin, row.distribution, row.version, status)
+        # Escaped: `pip install 'legato[sql]'` is text, not rich markup.
+        table.add_row(*(escape(cell) for cell in (row.name, row.kind, row.plugin, row.distribution, row.version,
+                                                   status)))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -86,12 +87,18 @@ class StorageRegistry(_Registry):
     def __init__(self, plugins: "Plugins") -> None:
         super().__init__(plugins)
         self.factories: dict[str, Callable[..., Any]] = {}
+        self.unavailable: dict[str, Callable[[], str | None]] = {}
 
-    def add(self, scheme: str, factory: Callable[..., Any]) -> None:
-        if not callable(factory):
+    def add(self, scheme: str, factory: Callable[..., Any],
+            unavailable: Callable[[], str | None] | None = None) -> None:
+        """``unavailable()``, if given, returns why the scheme cannot be used here (a missing
+        driver, with the install command) or None; ``legato plugins`` shows it."""
+        if not callable(factory) or (unavailable is not None and not callable(unavailable)):
             raise PluginError(f"{self._plugins._current} registered storage {scheme!r} with a non-callable factory")
         self._claim(scheme)
         self.factories[scheme] = factory
+        if unavailable is not None:
+            self.unavailable[scheme] = unavailable
 
 
 class TriggerRegistry(_Registry):
@@ -137,6 +144,8 @@ class Plugins:
             self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
             self.pm.enable_tracing()
         self.sources: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+        #: Entry points that could not be imported for want of a library (listed as unavailable).
+        self.missing: list[PluginInfo] = []
         self._current = "?"
         if entry_points:
             self._load_entry_points(only)
@@ -167,13 +176,22 @@ class Plugins:
                 continue
             if self.pm.get_plugin(ep.name) is not None:
                 continue
+            dist = ep.dist
+            source = (dist.name if dist else "?", dist.version if dist else "?")
             try:
                 module = ep.load()
+            except ModuleNotFoundError as exc:
+                if not exc.name or exc.name.split(".")[0] == ep.module.split(".")[0]:  # its own package
+                    raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+                # A library the plugin needs is missing: the plugin is listed as unavailable,
+                # with the install command, and the rest of Legato carries on.
+                self.missing.append(PluginInfo(ep.name, "plugin", ep.name, *source,
+                                               unavailable=_missing_library(exc.name or "?", dist)))
+                continue
             except Exception as exc:  # a broken plugin must not take Legato down
                 raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
             self.pm.register(module, name=ep.name)
-            dist = ep.dist
-            self.sources[ep.name] = (dist.name if dist else "?", dist.version if dist else "?")
+            self.sources[ep.name] = source
 
     def _call_register(self, hook: str, registry: _Registry) -> None:
         caller = getattr(self.pm.hook, hook)
@@ -197,12 +215,38 @@ class Plugins:
         for name, cls in sorted(self.step_types.types.items()):
             add("step type", name, self.step_types._owner[name], cls.unavailable())
         for name in sorted(self.storage.factories):
-            add("storage", name, self.storage._owner[name])
+            why = self.storage.unavailable.get(name)
+            add("storage", name, self.storage._owner[name], why() if why else None)
         for name in sorted(self.triggers.types):
             add("trigger", name, self.triggers._owner[name])
         for name in sorted(self.cel_functions.functions):
             add("CEL function", name, self.cel_functions._owner[name])
-        return rows
+        return rows + self.missing
+
+
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _missing_library(module: str, dist: importlib.metadata.Distribution | None) -> str:
+    """Why a plugin whose import failed on ``module`` cannot run, and the command that installs
+    what it needs: the extra of its distribution that requires the library when there is one
+    (``pip install 'legato[sql]'``), else the distribution again (its own dependencies), else
+    the library by name."""
+    top = module.split(".")[0]
+    command = f"pip install {top}"
+    if dist is not None:
+        command = f"pip install '{dist.name}'"  # a dependency of the distribution itself went missing
+        for requirement in dist.requires or ():
+            name, extra = _REQUIREMENT.match(requirement), _EXTRA.search(requirement)
+            if name and _canonical(name.group(1)) == _canonical(top):
+                command = f"pip install '{dist.name}[{extra.group(1)}]'" if extra else f"pip install '{dist.name}'"
+                break
+    return f"the `{top}` library is not installed: {command}"
 
 
 _default: Plugins | None = None

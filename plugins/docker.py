@@ -87,7 +87,7 @@ _MIN_MEMORY = 6 * 1024 * 1024  # the engine refuses less
 IO_DIR = "/legato"
 OUTPUTS_NAME = "outputs"
 _STDERR_TAIL = 4096
-_INSTALL_HINT = "the docker step type needs the Docker SDK for Python: pip install 'docker>=7'"
+_INSTALL_HINT = "the docker step type needs the Docker SDK for Python: pip install 'legato[docker]'"
 
 
 def _memory_bytes(value: int | str) -> int:

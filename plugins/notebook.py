@@ -375,7 +375,7 @@ class Notebook(StepType):
     def unavailable(cls) -> str | None:
         """A reason when papermill is not installed, else None (without importing it)."""
         if importlib.util.find_spec("papermill") is None:
-            return "papermill is not installed: pip install papermill ipykernel"
+            return "papermill is not installed: pip install 'legato[notebook]'"
         return None
 
     async def run(self, ctx):

@@ -198,7 +198,7 @@ class Sql(StepType):
     @classmethod
     def unavailable(cls) -> str | None:
         if importlib.util.find_spec("duckdb") is None:
-            return "the `duckdb` Python package is not installed: pip install duckdb"
+            return "the `duckdb` Python package is not installed: pip install 'legato[sql]'"
         return None
 
     async def run(self, ctx):
@@ -330,7 +330,7 @@ class _Work:
         try:
             import duckdb  # here, in the worker thread: importing it takes a while
         except ImportError as exc:
-            return StepResult.platform_error(f"cannot import duckdb ({exc}): pip install duckdb")
+            return StepResult.platform_error(f"cannot import duckdb ({exc}): pip install 'legato[sql]'")
 
         con = self._connect(duckdb)
         try:

@@ -149,7 +149,7 @@ def docker_problem() -> str | None:
 def kernel_problem() -> str | None:
     """Why notebooks cannot run here, or None."""
     if importlib.util.find_spec("papermill") is None:
-        return "papermill is not installed (pip install papermill ipykernel)"
+        return "papermill is not installed (pip install 'legato[notebook]')"
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 

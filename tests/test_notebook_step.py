@@ -272,7 +272,7 @@ def test_unavailable_without_papermill(monkeypatch):
     assert Notebook.unavailable() is None or kernel_problem() is not None
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "papermill" else real(name, *a))
-    assert "pip install papermill" in Notebook.unavailable()
+    assert "pip install 'legato[notebook]'" in Notebook.unavailable()
 
 
 # -- conformance -----------------------------------------------------------------------------

@@ -86,5 +86,16 @@ def test_wheel_is_complete_and_installs_no_stray_top_level(tmp_path):
     assert tops == {"legato"}, f"the wheel installs top-level {tops - {'legato'}}"
     for package in _packages_on_disk():
         assert package.replace(".", "/") + "/__init__.py" in names
-    for module in ("legato/engine.py", "legato/plugins/bash.py", "legato/conformance/__init__.py"):
+    for module in ("legato/engine.py", "legato/plugins/bash.py", "legato/conformance/__init__.py",
+                   "legato/schema/definition.schema.json", "legato/api.py", "legato/testing.py",
+                   "legato/pytest_plugin.py"):
         assert module in names
+    # The heavy libraries are extras, each declared in the wheel's metadata.
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    lines = zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+    for extra, library in (("docker", "docker"), ("notebook", "papermill"), ("sql", "duckdb"),
+                           ("postgres", "psycopg"), ("all", "legato")):
+        assert f"Provides-Extra: {extra}" in lines
+        assert any(line.startswith(f"Requires-Dist: {library}") and f'extra == "{extra}"' in line for line in lines), extra
+    base = [line for line in lines if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert not [line for line in base if any(lib in line for lib in ("docker", "papermill", "duckdb", "psycopg"))]

@@ -370,7 +370,7 @@ def test_unavailable_without_duckdb(monkeypatch):
     monkeypatch.setattr(sql_plugin.importlib.util, "find_spec",
                         lambda name, *a: None if name == "duckdb" else real(name, *a))
     reason = sql_plugin.Sql.unavailable()
-    assert reason and "pip install duckdb" in reason
+    assert reason and "pip install 'legato[sql]'" in reason
 
 
 def test_loading_the_plugin_does_not_import_duckdb():

@@ -83,7 +83,7 @@ class SqlStorage(Storage):
             import importlib.util
 
             if importlib.util.find_spec("psycopg") is None:
-                raise StorageError(f"{url!r}: postgresql:// needs the psycopg driver: pip install 'psycopg[binary]'")
+                raise StorageError(f"{url!r}: postgresql:// needs the psycopg driver: pip install 'legato[postgres]'")
 
     # -- opening ----------------------------------------------------------------------------
 
