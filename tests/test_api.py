@@ -74,9 +74,9 @@ def test_a_failed_workflow_is_returned_not_raised(tmp_path):
         {"step": {"id": "never", "type": "noop"}}]}}
     instance = legato.run(failing, workspace=tmp_path)
     assert instance.status == "FAILED" and not instance.succeeded
-    assert instance.statuses == {"boom": "USER_FAILED", "never": "NOT_CREATED"}
+    assert instance.statuses == {"boom": "FATALLY_FAILED", "never": "NOT_CREATED"}
     boom = instance.steps["boom"]
-    assert boom.attempt == 2 and [a.status.value for a in boom.attempts] == ["USER_FAILED", "USER_FAILED"]
+    assert boom.attempt == 2 and [a.status.value for a in boom.attempts] == ["USER_FAILED", "FATALLY_FAILED"]
     assert boom.logs == "bad\n" and "3" in boom.message
 
 

@@ -102,7 +102,7 @@ title: "partly v1 [{iid}] FAILED"
 ---
 flowchart LR
     s0["start<br/>noop<br/>SUCCEEDED"]
-    s1["flaky<br/>bash<br/>USER_FAILED (attempt 2)"]
+    s1["flaky<br/>bash<br/>FATALLY_FAILED (attempt 2)"]
     s2["never<br/>noop<br/>UNSATISFIED"]
     s3["after<br/>noop<br/>NOT_CREATED"]
     s0 --> s1
@@ -110,8 +110,8 @@ flowchart LR
     s1 --> s3
     classDef SUCCEEDED fill:#c8e6c9,stroke:#2e7d32,color:#000
     class s0 SUCCEEDED
-    classDef USER_FAILED fill:#ffcdd2,stroke:#c62828,color:#000
-    class s1 USER_FAILED
+    classDef FATALLY_FAILED fill:#ffcdd2,stroke:#c62828,color:#000
+    class s1 FATALLY_FAILED
     classDef UNSATISFIED fill:#eeeeee,stroke:#9e9e9e,color:#000
     class s2 UNSATISFIED
     classDef NOT_CREATED fill:#eeeeee,stroke:#9e9e9e,color:#000
@@ -120,7 +120,7 @@ flowchart LR
     dot = legato("graph", iid, "--store", store, "--format", "dot", cwd=tmp_path)
     assert dot.returncode == 0, dot.stderr
     assert f'    label="partly v1 [{iid}] FAILED"; labelloc=t;\n' in dot.stdout
-    assert '    "flaky" [label="flaky\\nbash\\nUSER_FAILED (attempt 2)", fillcolor="#ffcdd2", color="#c62828"];\n' \
+    assert '    "flaky" [label="flaky\\nbash\\nFATALLY_FAILED (attempt 2)", fillcolor="#ffcdd2", color="#c62828"];\n' \
         in dot.stdout
 
 
@@ -143,3 +143,12 @@ def test_graph_of_an_invalid_file_lists_its_problems_with_exit_2(tmp_path):
     proc = legato("graph", "bad.json", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "bad.json: 1 problem(s) found\n  /workflow/steps/0/step/transition/successors/b: no such step\n"
+
+
+def test_every_step_status_has_a_colour():
+    """A status added to the state machine (DISABLED came with Maestro's statuses) gets a colour
+    of its own kind, not the grey fallback of an unknown one."""
+    from legato.graph import COLOURS
+    from legato.states import StepStatus
+
+    assert {s.value for s in StepStatus} - set(COLOURS) == set()
