@@ -284,8 +284,8 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
 
     storage = engine.storage
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_interrupt, engine, instance.instance_id, outcome)
-        async with view.open(nursery):
+        nursery.start_soon(_interrupt, engine, instance.instance_id, outcome, view)
+        async with view.open(nursery, storage, instance.instance_id, resume=resume):
             if resume:
                 final = await engine.resume(instance.instance_id, observer=view.on_event)
             else:
@@ -546,28 +546,59 @@ def list_instances(store: str, workflow: str | None, state: str | None, limit: i
         click.echo(f"{r.instance_id}  {when}  {r.workflow_id:<24} v{r.version:<3} {r.status.value}")
 
 
+FOLLOW_EVERY = 0.2  # seconds between `legato logs -f` reads of the store
+_MAY_RETRY = ("USER_FAILED", "PLATFORM_FAILED", "TIMEOUT_FAILED")  # a retry may follow these
+
+
 @main.command()
 @click.argument("instance")
 @click.argument("step", required=False)
 @click.option("--attempt", type=click.IntRange(1, 2**31), default=None, help="Only this attempt.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new output as it is written, until the instance (or STEP) ends.")
 @_store_option
-def logs(instance: str, step: str | None, attempt: int | None, store: str) -> None:
+def logs(instance: str, step: str | None, attempt: int | None, follow: bool, store: str) -> None:
     """Print the logs (stdout and stderr) of an instance's steps, or of one STEP.
 
-    INSTANCE is an instance id or a unique prefix of one.
+    INSTANCE is an instance id or a unique prefix of one. With -f, output is printed as the
+    instance writes it (from any process using the same store) and the command ends by itself when
+    the instance ends, or STEP does (its attempt ends and no retry can follow it).
     """
     engine = _read_engine(store)
-    chunks: list[Any] = []
     said: dict[str, str] = {}
+    current: list[Any] = [None]
+
+    def echo(chunks) -> None:
+        for chunk in chunks:
+            key = (chunk.step_id, chunk.attempt)
+            if step is None and key != current[0]:
+                click.echo(f"== {chunk.step_id} #{chunk.attempt}")
+                current[0] = key
+            click.echo(chunk.text, nl=False)
+        sys.stdout.flush()
 
     async def main_task() -> None:
+        import trio
+
         async with _opened(engine.storage, store):
             record = await _resolve_instance(engine.storage, instance, store)
-            iid = record.instance_id
-            attempts = await engine.storage.get_attempts(iid)
-            _check_attempt(record, attempts, step, attempt)
-            chunks.extend(await engine.storage.get_logs(iid, step, attempt))
-            if not chunks:
+            iid, offset = record.instance_id, 0
+            while True:
+                # The state first, then the output: everything written before that state is read.
+                record = await engine.storage.get_instance(iid)
+                attempts = await engine.storage.get_attempts(iid)
+                ended = record.status.terminal or (step is not None and _step_ended(attempts, step, attempt))
+                if not follow or ended:
+                    _check_attempt(record, attempts, step, attempt)
+                elif not offset and step is not None:  # following waits for a step yet to start
+                    await _check_step_defined(engine, record, step)
+                chunks = await engine.storage.get_logs_since(iid, offset, step, attempt)
+                offset += len(chunks)
+                echo(chunks)
+                if not follow or ended:
+                    break
+                await trio.sleep(FOLLOW_EVERY)
+            if not offset:
                 which = f"step {step}" + (f" attempt {attempt}" if attempt else "") if step else \
                     (f"attempt {attempt} of its steps" if attempt else "its steps")
                 said["empty"] = f"instance {iid}: {which} logged nothing"
@@ -575,13 +606,29 @@ def logs(instance: str, step: str | None, attempt: int | None, store: str) -> No
     _trio_run(main_task)
     if "empty" in said:  # not silence: say that there is nothing (on stderr, so output stays the log)
         click.echo(f"legato: {said['empty']}", err=True)
-    current = None
-    for chunk in chunks:
-        key = (chunk.step_id, chunk.attempt)
-        if step is None and key != current:
-            click.echo(f"== {chunk.step_id} #{chunk.attempt}")
-            current = key
-        click.echo(chunk.text, nl=False)
+
+
+async def _check_step_defined(engine, record, step: str) -> None:
+    """Refuse (exit 2) following a STEP that the instance's definition does not have."""
+    from .definition import DefinitionError
+
+    version = await engine.storage.get_definition(record.workflow_id, record.version)
+    try:
+        ids = [s.id for s in engine.load(version.document).steps] if version is not None else []
+    except DefinitionError:  # it no longer loads here: the instance's end settles it
+        return
+    if ids and step not in ids:
+        raise _Refused(f"instance {record.instance_id} ({record.workflow_id}) has no step {step!r}; "
+                       f"its steps: {', '.join(ids)}")
+
+
+def _step_ended(attempts, step: str, attempt: int | None) -> bool:
+    """Whether ``step`` (or that attempt of it) has ended for good while its instance runs on: its
+    latest attempt ended in a state no retry follows (after a retryable failure, a retry may)."""
+    mine = [a for a in attempts if a.step_id == step and (attempt is None or a.attempt == attempt)]
+    if not mine or not mine[-1].status.terminal:
+        return False
+    return attempt is not None or mine[-1].status.value not in _MAY_RETRY
 
 
 def _check_attempt(record, attempts, step: str | None, attempt: int | None) -> None:
@@ -616,11 +663,13 @@ def _internal_error(exc: BaseException) -> None:
                      f"Details: {f.name}"), EXIT_FAILED)
 
 
-async def _interrupt(engine, instance_id: str, outcome: dict) -> None:
+async def _interrupt(engine, instance_id: str, outcome: dict, view) -> None:
     """Ctrl-C (or SIGTERM) stops the instance cleanly; a second one kills it."""
     import signal
 
     import trio
+
+    from .view import STOPPING
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
@@ -632,8 +681,17 @@ async def _interrupt(engine, instance_id: str, outcome: dict) -> None:
                 run.kill("killed by a second interrupt")
             else:
                 outcome["stopping"] = True
-                click.echo("\ninterrupted: stopping the instance (Ctrl-C again to kill)", err=True)
+                view.note(STOPPING)  # above the live table, or on stderr
                 run.stop("interrupted")
+
+
+def _iso(ts: float | None) -> str | None:
+    """An ISO-8601 UTC timestamp to the millisecond (``2026-01-05T09:30:12.345+00:00``), or None."""
+    import datetime
+
+    if not ts:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _instance_json(instance, attempts) -> dict[str, Any]:
@@ -641,12 +699,13 @@ def _instance_json(instance, attempts) -> dict[str, Any]:
     for a in attempts:
         steps[a.step_id] = {
             "status": a.status.value, "attempt": a.attempt, "outputs": a.outputs, "message": a.message,
-            "started_at": a.started_at, "ended_at": a.ended_at,
+            "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
         }
     return {
         "instance_id": instance.instance_id, "workflow_id": instance.workflow_id, "version": instance.version,
         "status": instance.status.value, "message": instance.message, "params": instance.params,
-        "started_at": instance.started_at, "ended_at": instance.ended_at, "steps": steps,
+        "created_at": _iso(instance.created_at), "started_at": _iso(instance.started_at),
+        "ended_at": _iso(instance.ended_at), "steps": steps,
     }
 
 

@@ -501,14 +501,21 @@ class SqlStorage(Storage):
         return await self._run(read, doing="read the timeline")
 
     async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]:
+        return await self.get_logs_since(instance_id, 0, step_id, attempt)
+
+    async def get_logs_since(self, instance_id: str, offset: int, step_id: str | None = None,
+                             attempt: int | None = None) -> list[LogChunk]:
         def read():
             query = sa.select(_logs).where(_logs.c.instance_id == instance_id)
             if step_id is not None:
                 query = query.where(_logs.c.step_id == step_id)
             if attempt is not None:
                 query = query.where(_logs.c.attempt == attempt)
+            query = query.order_by(_logs.c.id)
+            if offset:
+                query = query.offset(offset)
             with self._reading() as conn:
-                rows = conn.execute(query.order_by(_logs.c.id)).all()
+                rows = conn.execute(query).all()
             return [LogChunk(r.instance_id, r.step_id, r.attempt, r.stream, r.text, r.ts) for r in rows]
 
         return await self._run(read, doing="read logs")
