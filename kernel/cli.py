@@ -119,7 +119,9 @@ DEFAULT_STORE = "sqlite:///.legato/legato.db"
 INSTANCE_STATES = ("CREATED", "IN_PROGRESS", "PAUSED", "SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT")  # legato.states, unimported
 _store_option = click.option(
     "--store", envvar="LEGATO_STORE", default=DEFAULT_STORE, show_default=True,
-    help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://.")
+    help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://. A URL that "
+         "cannot work (unknown scheme; a store that is not there, for a read) is exit 2; a store that "
+         "fails behind a well-formed URL (permissions, a corrupt file, a server down) is exit 1.")
 
 
 _settings_option = click.option(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -220,3 +222,108 @@ def test_bad_options_and_environment_exit_2_naming_them(args, env, message, tmp_
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout and "internal error" not in proc.stderr
+
+
+def test_plain_lines_prefix_each_output_line_with_its_step(tmp_path):
+    """Piped (CI, a log file): each line a step prints is written as it comes, prefixed with the
+    step, between that step's start and end lines."""
+    proc = legato_cli("run", "examples/etl.json", "--workspace", str(tmp_path), "--store",
+                      f"sqlite:///{tmp_path / 'legato.db'}")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for step, printed in (("extract", "extract | extracted 3 rows for "),
+                          ("load", "load | loading into sales_"), ("report", "report | report for ")):
+        start = next(i for i, line in enumerate(lines) if line.endswith(f" {step} #1 RUNNING"))
+        end = next(i for i, line in enumerate(lines) if f" {step} #1 SUCCEEDED after " in line)
+        output = [i for i, line in enumerate(lines) if line.startswith(printed)]
+        assert len(output) == 1 and start < output[0] < end, proc.stdout
+    assert not any(line.startswith("alert | ") for line in lines)
+
+
+def test_a_retry_in_plain_lines_says_when_and_which_attempt(tmp_path):
+    """A failed attempt that will be retried says so (Maestro's RetryPolicy: the backoff, then
+    the next attempt), and only the last attempt's failure reads as final."""
+    doc = {"workflow": {"id": "flaky", "steps": [{"step": {
+        "id": "fetch", "type": "bash", "params": {"script": 'echo "try $LEGATO_ATTEMPT"; exit 1'},
+        "retry_policy": {"error_retry_limit": 2, "backoff": {"type": "fixed", "base": 0.5}}}}]}}
+    path = tmp_path / "flaky.json"
+    path.write_text(json.dumps(doc))
+    proc = legato_cli("run", str(path), "--workspace", str(tmp_path), "--store", f"sqlite:///{tmp_path / 'l.db'}")
+    assert proc.returncode == 1, proc.stderr
+    ends = [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if " fetch #" in line and "RUNNING" not in line]
+    assert [re.sub(r"after \d+\.\d\ds", "after Ts", line) for line in ends] == [
+        "fetch #1 USER_FAILED after Ts, RETRYING in 0.5s (attempt 2/3): exit code 1",
+        "fetch #2 USER_FAILED after Ts, RETRYING in 0.5s (attempt 3/3): exit code 1",
+        "fetch #3 USER_FAILED after Ts: exit code 1",
+    ], proc.stdout
+    assert [line for line in proc.stdout.splitlines() if line.startswith("fetch | ")] == [
+        "fetch | try 1", "fetch | try 2", "fetch | try 3"]
+
+
+def test_json_carries_iso_8601_timestamps(tmp_path):
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+    proc = legato_cli("run", "examples/etl.json", "--workspace", str(tmp_path), "--json", *store)
+    run = json.loads(proc.stdout)
+    status = json.loads(legato_cli("status", run["instance_id"], "--json", *store).stdout)
+    listed = json.loads(legato_cli("list", "--json", *store).stdout)[0]
+    for report in (run, status, listed):
+        stamps = [datetime.datetime.fromisoformat(report[k]) for k in ("created_at", "started_at", "ended_at")]
+        assert all(s.utcoffset() == datetime.timedelta(0) for s in stamps), report
+        assert stamps == sorted(stamps), report
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", report["ended_at"]), report
+    extract = status["steps"]["extract"]
+    assert datetime.datetime.fromisoformat(extract["started_at"]) <= \
+        datetime.datetime.fromisoformat(extract["ended_at"])
+    assert status["steps"]["alert"]["started_at"] is None  # it never ran (UNSATISFIED)
+
+
+def test_logs_follow_prints_a_running_instances_output_and_ends_with_it(tmp_path):
+    """`legato logs -f` in one process follows an instance `legato run` runs in another: each
+    line the step prints shows while the step still runs, and -f ends by itself with the
+    instance (and `logs -f INSTANCE STEP` with the step)."""
+    fifo = tmp_path / "feed"
+    os.mkfifo(fifo)
+    doc = {"workflow": {"id": "gated", "steps": [
+        {"step": {"id": "extract", "type": "bash", "params": {"script": (
+            f"echo ready; exec 3<{fifo}; while read -r line <&3; do [ \"$line\" = open ] && break; "
+            "echo \"got $line\"; done; echo closing")}, "transition": {"successors": ["load"]}}},
+        {"step": {"id": "load", "type": "bash", "params": {"script": "echo loaded"}}}]}}
+    (tmp_path / "gated.json").write_text(json.dumps(doc))
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+
+    def start(*args):
+        return subprocess.Popen([LEGATO, *args, *store], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def read_until(proc, wanted: str) -> list[str]:
+        lines = []
+        while not lines or lines[-1] != wanted:  # a hang here is caught by the pytest timeout of CI
+            line = proc.stdout.readline()
+            assert line, f"{proc.args} ended before printing {wanted!r}: {lines} {proc.stderr.read()}"
+            lines.append(line.rstrip("\n"))
+        return lines
+
+    run = start("run", "gated.json", "--workspace", str(tmp_path / "runs"))
+    try:
+        read_until(run, "extract | ready")
+        iid = json.loads(legato_cli("list", "--json", *store).stdout)[0]["instance_id"]
+        follow = start("logs", "-f", iid[:8])
+        step = start("logs", "--follow", iid, "load")
+        assert read_until(follow, "ready") == ["== extract #1", "ready"]
+        with open(fifo, "w") as feed:  # opens once the step reads from it
+            feed.write("alpha\n")
+            feed.flush()
+            assert read_until(follow, "got alpha") == ["got alpha"]  # while the step still runs
+            feed.write("beta\nopen\n")
+        rest, err = follow.communicate(timeout=120)
+        assert (follow.returncode, err) == (0, "")
+        assert rest.splitlines() == ["got beta", "closing", "== load #1", "loaded"]
+        out, err = step.communicate(timeout=120)
+        assert (step.returncode, out, err) == (0, "loaded\n", "")
+        assert run.wait(timeout=120) == 0
+    finally:
+        for proc in (run,):
+            if proc.poll() is None:
+                proc.kill()
+    proc = legato_cli("logs", "-f", iid, "nosuch", *store)  # ended: refused like without -f
+    assert proc.returncode == 2 and "has no step 'nosuch' with an attempt" in proc.stderr
