@@ -499,6 +499,7 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
             if record is not None:
                 found["instance"] = record
                 found["attempts"] = await engine.storage.get_attempts(record.instance_id)
+                found["retries"] = await _pending_retries(engine, record, found["attempts"])
 
     _trio_run(main_task)
     if "instance" not in found:
@@ -515,7 +516,44 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
     for a in last.values():
         took = f"{a.ended_at - a.started_at:.2f}s" if a.ended_at and a.started_at else ""
         first = a.message.strip().splitlines()[0] if a.message.strip() else ""
-        click.echo(f"  {a.step_id:<24} {a.status.value:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+        state = found["retries"].get(a.step_id) or a.status.value
+        click.echo(f"  {a.step_id:<24} {state:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+
+
+async def _pending_retries(engine, record, attempts) -> dict[str, str]:
+    """``RETRYING in 4s (attempt 2/3)`` for each step of a running instance whose latest attempt
+    failed and will be retried (counted as the engine counts, per failure class), so that
+    ``status`` does not show a failure the engine is about to retry as final."""
+    import time
+
+    from .definition import RETRY_CLASSES, DefinitionError
+
+    last: dict[str, Any] = {}
+    for a in attempts:
+        last[a.step_id] = a
+    failed = [a for a in last.values() if a.status.value in _MAY_RETRY]
+    if record.status.terminal or not failed:
+        return {}
+    version = await engine.storage.get_definition(record.workflow_id, record.version)
+    try:
+        steps = {s.id: s for s in engine.load(version.document).steps} if version is not None else {}
+    except DefinitionError:  # it no longer loads here: show the stored states as they are
+        return {}
+    out = {}
+    for a in failed:
+        sdef = steps.get(a.step_id)
+        if sdef is None:
+            continue
+        policy, kind = sdef.retry, _MAY_RETRY.index(a.status.value)
+        limit = (policy.error_retry_limit, policy.platform_retry_limit, policy.timeout_retry_limit)[kind]
+        n = sum(b.step_id == a.step_id and b.status is a.status for b in attempts)
+        if n > limit:
+            continue
+        backoff = policy.backoff_for(RETRY_CLASSES[kind])
+        left = max(0, math.ceil((a.ended_at or time.time()) + backoff.delay(n) - time.time()))
+        when = (f"in {left}s" + ("+" if backoff.jitter else "")) if left else "now"
+        out[a.step_id] = f"RETRYING {when} (attempt {a.attempt + 1}/{a.attempt + 1 + limit - n})"
+    return out
 
 
 @main.command(name="list")

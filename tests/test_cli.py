@@ -327,3 +327,36 @@ def test_logs_follow_prints_a_running_instances_output_and_ends_with_it(tmp_path
                 proc.kill()
     proc = legato_cli("logs", "-f", iid, "nosuch", *store)  # ended: refused like without -f
     assert proc.returncode == 2 and "has no step 'nosuch' with an attempt" in proc.stderr
+
+
+def test_status_of_a_step_waiting_on_its_backoff_says_retrying(tmp_path):
+    """`legato status` from another process: a failed attempt the engine will retry reads
+    RETRYING with the time left and the attempt to come (counted per failure class, as Maestro's
+    RetryPolicy counts), not as a final failure."""
+    doc = {"workflow": {"id": "flaky", "steps": [{"step": {
+        "id": "fetch", "type": "bash", "params": {"script": "exit 1"},
+        "retry_policy": {"error_retry_limit": 2, "backoff": {"type": "fixed", "base": 600}}}}]}}
+    (tmp_path / "flaky.json").write_text(json.dumps(doc))
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+    run = subprocess.Popen([LEGATO, "run", "flaky.json", "--workspace", str(tmp_path / "runs"), *store],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:  # synchronise on the run's own line for the retry
+            if "RETRYING" in line:
+                assert line.split(" ", 1)[1].startswith("fetch #1 USER_FAILED after "), line
+                assert ", RETRYING in 600s (attempt 2/3): exit code 1" in line, line
+                break
+        else:
+            pytest.fail(f"the run ended without retrying: {run.stderr.read()}")
+        proc = legato_cli("status", *store, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        head, row = proc.stdout.splitlines()
+        assert head.startswith("flaky v1 [") and head.endswith("] IN_PROGRESS")
+        assert re.fullmatch(r"  fetch\s+RETRYING in (600|59\d)s \(attempt 2/3\) attempt 1\s+\d+\.\d\ds  exit code 1",
+                            row), row
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=120)
+    assert run.returncode == 130
+    row = legato_cli("status", *store, cwd=tmp_path).stdout.splitlines()[1]
+    assert row.split()[:2] == ["fetch", "USER_FAILED"], row  # it ended: the failure is final
