@@ -628,6 +628,14 @@ def logs(instance: str, step: str | None, attempt: int | None, follow: bool, sto
                 record = await engine.storage.get_instance(iid)
                 attempts = await engine.storage.get_attempts(iid)
                 ended = record.status.terminal or (step is not None and _step_ended(attempts, step, attempt))
+                if follow and not ended:
+                    lease = await engine.storage.get_lease(iid)
+                    if (lease is None or not lease.live) and not (await engine.storage.get_instance(iid)).status.terminal:
+                        said["orphan"] = (f"instance {iid} ({record.workflow_id}) is {record.status.value} but no live "
+                                          f"worker runs it (its worker died or its lease expired): `legato resume "
+                                          f"{iid}` continues it. Stopped following")
+                    elif lease is None or not lease.live:
+                        continue  # it ended just now: read its last state and output
                 if not follow or ended:
                     _check_attempt(record, attempts, step, attempt)
                 elif not offset and step is not None:  # following waits for a step yet to start
@@ -635,7 +643,7 @@ def logs(instance: str, step: str | None, attempt: int | None, follow: bool, sto
                 chunks = await engine.storage.get_logs_since(iid, offset, step, attempt)
                 offset += len(chunks)
                 echo(chunks)
-                if not follow or ended:
+                if not follow or ended or "orphan" in said:
                     break
                 await trio.sleep(FOLLOW_EVERY)
             if not offset:
@@ -646,6 +654,8 @@ def logs(instance: str, step: str | None, attempt: int | None, follow: bool, sto
     _trio_run(main_task)
     if "empty" in said:  # not silence: say that there is nothing (on stderr, so output stays the log)
         click.echo(f"legato: {said['empty']}", err=True)
+    if "orphan" in said:
+        _fail(said["orphan"], EXIT_FAILED)
 
 
 async def _check_step_defined(engine, record, step: str) -> None:

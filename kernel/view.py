@@ -80,7 +80,9 @@ class View:
     def on_event(self, event: Event) -> None:
         if event.step_id is None:
             self.instance_status = event.status
-            if event.status in _INSTANCE_ENDED:
+            if event.status == "IN_PROGRESS":  # the summary's clock too
+                self.started = event.ts
+            elif event.status in _INSTANCE_ENDED:
                 self.ended = event.ts
                 for row in self.rows.values():  # no retry comes once the instance has ended
                     row.retry = None

@@ -360,3 +360,30 @@ def test_status_of_a_step_waiting_on_its_backoff_says_retrying(tmp_path):
     assert run.returncode == 130
     row = legato_cli("status", *store, cwd=tmp_path).stdout.splitlines()[1]
     assert row.split()[:2] == ["fetch", "USER_FAILED"], row  # it ended: the failure is final
+
+
+def test_logs_follow_of_an_instance_whose_worker_died_says_so_and_ends(tmp_path):
+    """`logs -f` does not wait forever on an instance nobody runs: its worker was killed (kill -9),
+    so -f prints what is there, names `legato resume`, and exits 1."""
+    doc = {"workflow": {"id": "orphan", "steps": [{"step": {"id": "wait", "type": "bash", "params": {
+        "script": f"echo waiting; while [ ! -e {tmp_path / 'gate'} ]; do sleep 0.05; done"}}}]}}
+    (tmp_path / "orphan.json").write_text(json.dumps(doc))
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+    run = subprocess.Popen([LEGATO, "run", "orphan.json", "--workspace", str(tmp_path / "runs"), *store],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line == "wait | waiting\n":
+                break
+        run.kill()
+        run.communicate(timeout=60)
+        iid = json.loads(legato_cli("list", "--json", *store).stdout)[0]["instance_id"]
+        proc = legato_cli("logs", "-f", iid, *store, timeout=120)
+        assert (proc.returncode, proc.stdout) == (1, "== wait #1\nwaiting\n"), proc.stderr
+        assert proc.stderr == (f"legato: instance {iid} (orphan) is IN_PROGRESS but no live worker runs it (its "
+                               f"worker died or its lease expired): `legato resume {iid}` continues it. Stopped "
+                               "following\n")
+    finally:
+        (tmp_path / "gate").touch()  # the step's shell outlives its killed worker: let it end
+        if run.poll() is None:
+            run.kill()
