@@ -300,15 +300,16 @@ class LiveView(View):
         from rich.text import Text
 
         now = time.time()
-        table = Table(title=f"{self.definition.workflow_id}: {self.instance_status} · {self.progress()}",
-                      title_justify="left", expand=False, box=None, pad_edge=False)
+        # Text, not markup: ids, messages and output are the user's ("[error] …" stays as written).
+        table = Table(title=Text(f"{self.definition.workflow_id}: {self.instance_status} · {self.progress()}",
+                                 style="bold"), title_justify="left", expand=False, box=None, pad_edge=False)
         for column in ("step", "type", "state", "attempt", "time", "message"):
             table.add_column(column)
         output = []
         for sdef in self.definition.steps:
             row = self.rows[sdef.id]
-            table.add_row(sdef.id, sdef.type, self._state(row, now), str(row.attempt or ""),
-                          _duration(row), _first_line(row.message, 60))
+            table.add_row(Text(sdef.id), Text(sdef.type), self._state(row, now), str(row.attempt or ""),
+                          _duration(row), Text(_first_line(row.message, 60)))
             if row.status == "RUNNING":
                 for line in self._tail(sdef.id, row.attempt):
                     text = Text(f"{sdef.id} | ", style="dim")

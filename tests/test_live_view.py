@@ -177,3 +177,17 @@ def test_ctrl_c_shows_stopping_and_leaves_one_table(run_live, tmp_path):
     assert re.match(r"long: STOPPED · 1/1 done · \d+\.\ds$", lines[title[0]]), screen
     assert re.search(r"^wait\s+bash\s+STOPPED\s+1\s", screen, re.MULTILINE), screen
     assert _count(screen, r"^step\s+type\s+state") == 1, screen
+
+
+def test_what_steps_print_is_shown_as_written_not_as_markup(run_live, tmp_path):
+    """Output and messages with brackets (`[/red]`, `[bold]`) are the user's text: the table shows
+    them as printed, and the failed run ends with its summary, exit 1."""
+    doc = {"workflow": {"id": "marks", "steps": [{"step": {"id": "boom", "type": "bash",
+        "retry_policy": {"error_retry_limit": 0},
+        "params": {"script": "echo '[bold]loading[/bold] [/red]'; echo '[/red] disk [bold]full' >&2; exit 3"}}}]}}
+    code, screen = run_live(doc).finish()
+    assert code == 1, screen
+    assert re.search(r"^boom\s+bash\s+USER_FAILED\s+1\s+\S+\s+exit code 3: \[/red\] disk \[bold\]full$",
+                     screen, re.MULTILINE), screen
+    assert "    | [/red] disk [bold]full" in screen.splitlines(), screen
+    assert re.search(r"^marks: FAILED · 1/1 done · ", screen, re.MULTILINE), screen
