@@ -1,7 +1,7 @@
 """The ``legato`` command line (DESIGN §8).
 
-Exit codes: 0 succeeded, 1 the workflow failed / was stopped / timed out, 2 invalid input (a bad
-definition, param or option), 130 interrupted.  Errors are printed for people, never as a
+Exit codes: 0 succeeded, 1 the workflow failed / was stopped / timed out (or the store failed), 2
+invalid input (a bad definition, param, option or store URL), 130 interrupted.  Errors are printed for people, never as a
 traceback.  Heavy modules (trio, cel-python, pydantic) are imported inside the commands so that
 ``legato --help`` stays fast.
 """
