@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -277,6 +279,29 @@ def test_json_carries_iso_8601_timestamps(tmp_path):
     assert status["steps"]["alert"]["started_at"] is None  # it never ran (UNSATISFIED)
 
 
+@contextlib.contextmanager
+def _hang_guard(procs: list, seconds: float = 120.0, fifo: Path | None = None):
+    """Kill ``procs`` (a list that may grow) if the block runs longer than ``seconds`` (and open
+    ``fifo`` for reading, which lets a writer blocked on it go on): a blocked read then ends and
+    the test fails saying what it waited for, instead of hanging."""
+    def kill() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        if fifo is not None:
+            os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+    timer = threading.Timer(seconds, kill)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def test_logs_follow_prints_a_running_instances_output_and_ends_with_it(tmp_path):
     """`legato logs -f` in one process follows an instance `legato run` runs in another: each
     line the step prints shows while the step still runs, and -f ends by itself with the
@@ -291,20 +316,23 @@ def test_logs_follow_prints_a_running_instances_output_and_ends_with_it(tmp_path
     (tmp_path / "gated.json").write_text(json.dumps(doc))
     store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
 
+    procs: list = []
+
     def start(*args):
-        return subprocess.Popen([LEGATO, *args, *store], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, bufsize=1)
+        procs.append(subprocess.Popen([LEGATO, *args, *store], cwd=tmp_path, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, bufsize=1))
+        return procs[-1]
 
     def read_until(proc, wanted: str) -> list[str]:
         lines = []
-        while not lines or lines[-1] != wanted:  # a hang here is caught by the pytest timeout of CI
+        while not lines or lines[-1] != wanted:
             line = proc.stdout.readline()
             assert line, f"{proc.args} ended before printing {wanted!r}: {lines} {proc.stderr.read()}"
             lines.append(line.rstrip("\n"))
         return lines
 
-    run = start("run", "gated.json", "--workspace", str(tmp_path / "runs"))
-    try:
+    with _hang_guard(procs, fifo=fifo):
+        run = start("run", "gated.json", "--workspace", str(tmp_path / "runs"))
         read_until(run, "extract | ready")
         iid = json.loads(legato_cli("list", "--json", *store).stdout)[0]["instance_id"]
         follow = start("logs", "-f", iid[:8])
@@ -321,10 +349,6 @@ def test_logs_follow_prints_a_running_instances_output_and_ends_with_it(tmp_path
         out, err = step.communicate(timeout=120)
         assert (step.returncode, out, err) == (0, "loaded\n", "")
         assert run.wait(timeout=120) == 0
-    finally:
-        for proc in (run,):
-            if proc.poll() is None:
-                proc.kill()
     proc = legato_cli("logs", "-f", iid, "nosuch", *store)  # ended: refused like without -f
     assert proc.returncode == 2 and "has no step 'nosuch' with an attempt" in proc.stderr
 
@@ -340,7 +364,7 @@ def test_status_of_a_step_waiting_on_its_backoff_says_retrying(tmp_path):
     store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
     run = subprocess.Popen([LEGATO, "run", "flaky.json", "--workspace", str(tmp_path / "runs"), *store],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _hang_guard([run]):
         for line in run.stdout:  # synchronise on the run's own line for the retry
             if "RETRYING" in line:
                 assert line.split(" ", 1)[1].startswith("fetch #1 USER_FAILED after "), line
@@ -354,7 +378,6 @@ def test_status_of_a_step_waiting_on_its_backoff_says_retrying(tmp_path):
         assert head.startswith("flaky v1 [") and head.endswith("] IN_PROGRESS")
         assert re.fullmatch(r"  fetch\s+RETRYING in (600|59\d)s \(attempt 2/3\) attempt 1\s+\d+\.\d\ds  exit code 1",
                             row), row
-    finally:
         run.send_signal(signal.SIGINT)
         run.communicate(timeout=120)
     assert run.returncode == 130
@@ -372,11 +395,12 @@ def test_logs_follow_of_an_instance_whose_worker_died_says_so_and_ends(tmp_path)
     run = subprocess.Popen([LEGATO, "run", "orphan.json", "--workspace", str(tmp_path / "runs"), *store],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for line in run.stdout:
-            if line == "wait | waiting\n":
-                break
-        run.kill()
-        run.communicate(timeout=60)
+        with _hang_guard([run]):
+            for line in run.stdout:
+                if line == "wait | waiting\n":
+                    break
+            run.kill()
+            run.communicate(timeout=60)
         iid = json.loads(legato_cli("list", "--json", *store).stdout)[0]["instance_id"]
         proc = legato_cli("logs", "-f", iid, *store, timeout=120)
         assert (proc.returncode, proc.stdout) == (1, "== wait #1\nwaiting\n"), proc.stderr
@@ -385,5 +409,3 @@ def test_logs_follow_of_an_instance_whose_worker_died_says_so_and_ends(tmp_path)
                                "following\n")
     finally:
         (tmp_path / "gate").touch()  # the step's shell outlives its killed worker: let it end
-        if run.poll() is None:
-            run.kill()

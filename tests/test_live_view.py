@@ -100,10 +100,16 @@ def run_live(tmp_path):
         if term.proc.poll() is None:
             term.proc.kill()
             term.proc.wait()
+    for gate in GATES:  # a step's shell that outlived a killed run ends too
+        (tmp_path / gate).touch()
+
+
+GATES = ("gate", "warm", "never")
 
 
 def _gated(tmp_path, name: str, script: str) -> str:
-    """Bash that runs ``script`` once the test creates the gate file ``name``."""
+    """Bash that runs ``script`` once the test creates the gate file ``name`` (one of GATES)."""
+    assert name in GATES
     return f"while [ ! -e {tmp_path / name} ]; do sleep 0.02; done; {script}"
 
 
