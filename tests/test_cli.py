@@ -409,3 +409,17 @@ def test_logs_follow_of_an_instance_whose_worker_died_says_so_and_ends(tmp_path)
                                "following\n")
     finally:
         (tmp_path / "gate").touch()  # the step's shell outlives its killed worker: let it end
+
+
+def test_plain_lines_keep_a_line_split_across_writes_whole(tmp_path):
+    """Output written in pieces (printf without a newline, then the rest) is one prefixed line;
+    a last line with no newline still shows, before the step's end line."""
+    doc = {"workflow": {"id": "pieces", "steps": [{"step": {"id": "emit", "type": "bash", "params": {
+        "script": "printf 'half'; sleep 0.1; printf ' and half\\n'; printf 'no newline at the end'"}}}]}}
+    (tmp_path / "pieces.json").write_text(json.dumps(doc))
+    proc = legato_cli("run", "pieces.json", "--workspace", str(tmp_path / "runs"), "--store",
+                      f"sqlite:///{tmp_path / 'legato.db'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split(" ", 1)[1] if line[:2].isdigit() else line for line in proc.stdout.splitlines()]
+    assert lines[:4] == ["emit #1 RUNNING", "emit | half and half", "emit | no newline at the end",
+                         lines[3]] and lines[3].startswith("emit #1 SUCCEEDED after "), proc.stdout
