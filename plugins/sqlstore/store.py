@@ -509,14 +509,20 @@ class SqlStorage(Storage):
         key = (instance_id, step_id, attempt)
 
         def read():
-            query = sa.select(_logs).where(_logs.c.instance_id == instance_id)
+            done, last_id = self._log_cursors.get(key, (0, 0))
+            follow = bool(offset) and offset == done  # a follower's next poll: only rows after the last it read
+            instance = _logs.c.instance_id
+            if follow and self.dialect == "sqlite":
+                # `+column` keeps SQLite on the rowid range (the rows after the cursor) rather than
+                # the instance's index, which would scan all of the instance's rows on each poll.
+                instance = sa.literal_column("+legato_logs.instance_id")
+            query = sa.select(_logs).where(instance == instance_id)
             if step_id is not None:
                 query = query.where(_logs.c.step_id == step_id)
             if attempt is not None:
                 query = query.where(_logs.c.attempt == attempt)
             query = query.order_by(_logs.c.id)
-            done, last_id = self._log_cursors.get(key, (0, 0))
-            if offset and offset == done:  # a follower's next poll: only rows after the last it read
+            if follow:
                 query = query.where(_logs.c.id > last_id)
             elif offset:
                 query = query.offset(offset)
