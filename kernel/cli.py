@@ -1,9 +1,9 @@
 """The ``legato`` command line (DESIGN §8).
 
-Exit codes: 0 succeeded, 1 the workflow failed / was stopped / timed out (or the store failed), 2
-invalid input (a bad definition, param, option or store URL), 130 interrupted.  Errors are printed for people, never as a
-traceback.  Heavy modules (trio, cel-python, pydantic) are imported inside the commands so that
-``legato --help`` stays fast.
+Exit codes: 0 succeeded, 1 the workflow failed / was stopped / timed out (or the store failed),
+2 invalid input (a bad definition, param, option or store URL), 130 interrupted.  Errors are
+printed for people, never as a traceback.  Heavy modules (trio, cel-python, pydantic) are imported
+inside the commands so that ``legato --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -630,11 +630,12 @@ def logs(instance: str, step: str | None, attempt: int | None, follow: bool, sto
                 ended = record.status.terminal or (step is not None and _step_ended(attempts, step, attempt))
                 if follow and not ended:
                     lease = await engine.storage.get_lease(iid)
-                    if (lease is None or not lease.live) and not (await engine.storage.get_instance(iid)).status.terminal:
+                    gone = lease is None or not lease.live
+                    if gone and not (await engine.storage.get_instance(iid)).status.terminal:
                         said["orphan"] = (f"instance {iid} ({record.workflow_id}) is {record.status.value} but no live "
                                           f"worker runs it (its worker died or its lease expired): `legato resume "
                                           f"{iid}` continues it. Stopped following")
-                    elif lease is None or not lease.live:
+                    elif gone:
                         continue  # it ended just now: read its last state and output
                 if not follow or ended:
                     _check_attempt(record, attempts, step, attempt)
