@@ -148,7 +148,7 @@ def test_the_live_view_shows_progress_and_the_last_lines_of_running_steps(run_li
 
 def test_a_retry_waiting_on_its_backoff_reads_as_retrying(run_live, tmp_path):
     """Between attempts the step reads RETRYING with the time left and the attempt to come, and
-    is not counted as done (Maestro's StepRuntimeState keeps such a step running)."""
+    is not counted as done: the step has not ended, its next attempt is coming."""
     doc = {"workflow": {"id": "flaky", "steps": [{"step": {
         "id": "fetch", "type": "bash",
         "params": {"script": '[ "$LEGATO_ATTEMPT" -ge 2 ] && { echo fetched; exit 0; }; echo "try 1 failed"; exit 1'},
