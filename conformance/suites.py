@@ -400,6 +400,31 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_logs_since_an_offset_are_those_committed_after_it(self, tmp_path):
+        """``get_logs_since(iid, n, …)`` is ``get_logs(iid, …)[n:]`` for every filter, as commits
+        add chunks: what a follower (``legato logs -f``) reads on each poll."""
+        from legato.model import Batch, LogChunk
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                instance, _ = self._records("i-ls")
+                await store.create_instance(instance, "me", 30)
+                seen: dict = {}
+                for tick in range(3):
+                    logs = [LogChunk("i-ls", step, attempt, "stdout", f"{step}{attempt} tick {tick}\n", 1.0 + tick)
+                            for step in ("a", "b") for attempt in (1, 2)]
+                    await store.commit(Batch("i-ls", 1, logs=logs))
+                    for key in ((None, None), ("a", None), ("b", 2), (None, 1)):
+                        offset = len(seen.get(key, []))
+                        new = await store.get_logs_since("i-ls", offset, *key)
+                        seen[key] = seen.get(key, []) + new
+                        assert seen[key] == await store.get_logs("i-ls", *key), (key, offset)
+                        assert new, f"tick {tick} committed chunks that {key} should read"
+                assert await store.get_logs_since("i-ls", 100) == []
+                assert await store.get_logs_since("i-none", 0) == []
+
+        self._run(main)
+
     @requires("persistent")
     def test_data_survives_reopening(self, tmp_path):
         """Close the store, open it again: everything committed is there."""

@@ -1,9 +1,9 @@
 """The ``legato`` command line (DESIGN §8).
 
-Exit codes: 0 succeeded, 1 the workflow failed / was stopped / timed out, 2 invalid input (a bad
-definition, param or option), 130 interrupted.  Errors are printed for people, never as a
-traceback.  Heavy modules (trio, cel-python, pydantic) are imported inside the commands so that
-``legato --help`` stays fast.
+Exit codes: 0 succeeded, 1 the workflow failed / was stopped / timed out (or the store failed),
+2 invalid input (a bad definition, param, option or store URL), 130 interrupted.  Errors are
+printed for people, never as a traceback.  Heavy modules (trio, cel-python, pydantic) are imported
+inside the commands so that ``legato --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -119,7 +119,9 @@ DEFAULT_STORE = "sqlite:///.legato/legato.db"
 INSTANCE_STATES = ("CREATED", "IN_PROGRESS", "PAUSED", "SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT")  # legato.states, unimported
 _store_option = click.option(
     "--store", envvar="LEGATO_STORE", default=DEFAULT_STORE, show_default=True,
-    help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://.")
+    help="Storage URL (also LEGATO_STORE): sqlite:///path.db, postgresql://…, memory://. A URL that "
+         "cannot work (unknown scheme; a store that is not there, for a read) is exit 2; a store that "
+         "fails behind a well-formed URL (permissions, a corrupt file, a server down) is exit 1.")
 
 
 _settings_option = click.option(
@@ -284,8 +286,8 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
 
     storage = engine.storage
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_interrupt, engine, instance.instance_id, outcome)
-        async with view.open(nursery):
+        nursery.start_soon(_interrupt, engine, instance.instance_id, outcome, view)
+        async with view.open(nursery, storage, instance.instance_id, resume=resume):
             if resume:
                 final = await engine.resume(instance.instance_id, observer=view.on_event)
             else:
@@ -500,6 +502,8 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
                 found["attempts"] = await engine.storage.get_attempts(record.instance_id)
                 if as_json:
                     found["steps"] = await _step_ids(engine, record)
+                else:
+                    found["retries"] = await _pending_retries(engine, record, found["attempts"])
 
     _trio_run(main_task)
     if "instance" not in found:
@@ -516,7 +520,44 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
     for a in last.values():
         took = f"{a.ended_at - a.started_at:.2f}s" if a.ended_at and a.started_at else ""
         first = a.message.strip().splitlines()[0] if a.message.strip() else ""
-        click.echo(f"  {a.step_id:<24} {a.status.value:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+        state = found["retries"].get(a.step_id) or a.status.value
+        click.echo(f"  {a.step_id:<24} {state:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+
+
+async def _pending_retries(engine, record, attempts) -> dict[str, str]:
+    """``RETRYING in 4s (attempt 2/3)`` for each step of a running instance whose latest attempt
+    failed and will be retried (counted as the engine counts, per failure class), so that
+    ``status`` does not show a failure the engine is about to retry as final."""
+    import time
+
+    from .definition import RETRY_CLASSES, DefinitionError
+
+    last: dict[str, Any] = {}
+    for a in attempts:
+        last[a.step_id] = a
+    failed = [a for a in last.values() if a.status.value in _MAY_RETRY]
+    if record.status.terminal or not failed:
+        return {}
+    version = await engine.storage.get_definition(record.workflow_id, record.version)
+    try:
+        steps = {s.id: s for s in engine.load(version.document).steps} if version is not None else {}
+    except DefinitionError:  # it no longer loads here: show the stored states as they are
+        return {}
+    out = {}
+    for a in failed:
+        sdef = steps.get(a.step_id)
+        if sdef is None:
+            continue
+        policy, kind = sdef.retry, _MAY_RETRY.index(a.status.value)
+        limit = (policy.error_retry_limit, policy.platform_retry_limit, policy.timeout_retry_limit)[kind]
+        n = sum(b.step_id == a.step_id and b.status is a.status for b in attempts)
+        if n > limit:
+            continue
+        backoff = policy.backoff_for(RETRY_CLASSES[kind])
+        left = max(0, math.ceil((a.ended_at or time.time()) + backoff.delay(n) - time.time()))
+        when = (f"in {left}s" + ("+" if backoff.jitter else "")) if left else "now"
+        out[a.step_id] = f"RETRYING {when} (attempt {a.attempt + 1}/{a.attempt + 1 + limit - n})"
+    return out
 
 
 @main.command(name="list")
@@ -549,28 +590,68 @@ def list_instances(store: str, workflow: str | None, state: str | None, limit: i
         click.echo(f"{r.instance_id}  {when}  {r.workflow_id:<24} v{r.version:<3} {r.status.value}")
 
 
+FOLLOW_EVERY = 0.2  # seconds between `legato logs -f` reads of the store
+_MAY_RETRY = ("USER_FAILED", "PLATFORM_FAILED", "TIMEOUT_FAILED")  # a retry may follow these
+
+
 @main.command()
 @click.argument("instance")
 @click.argument("step", required=False)
 @click.option("--attempt", type=click.IntRange(1, 2**31), default=None, help="Only this attempt.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new output as it is written, until the instance (or STEP) ends.")
 @_store_option
-def logs(instance: str, step: str | None, attempt: int | None, store: str) -> None:
+def logs(instance: str, step: str | None, attempt: int | None, follow: bool, store: str) -> None:
     """Print the logs (stdout and stderr) of an instance's steps, or of one STEP.
 
-    INSTANCE is an instance id or a unique prefix of one.
+    INSTANCE is an instance id or a unique prefix of one. With -f, output is printed as the
+    instance writes it (from any process using the same store) and the command ends by itself when
+    the instance ends, or STEP does (its attempt ends and no retry can follow it).
     """
     engine = _read_engine(store)
-    chunks: list[Any] = []
     said: dict[str, str] = {}
+    current: list[Any] = [None]
+
+    def echo(chunks) -> None:
+        for chunk in chunks:
+            key = (chunk.step_id, chunk.attempt)
+            if step is None and key != current[0]:
+                click.echo(f"== {chunk.step_id} #{chunk.attempt}")
+                current[0] = key
+            click.echo(chunk.text, nl=False)
+        sys.stdout.flush()
 
     async def main_task() -> None:
+        import trio
+
         async with _opened(engine.storage, store):
             record = await _resolve_instance(engine.storage, instance, store)
-            iid = record.instance_id
-            attempts = await engine.storage.get_attempts(iid)
-            _check_attempt(record, attempts, step, attempt)
-            chunks.extend(await engine.storage.get_logs(iid, step, attempt))
-            if not chunks:
+            iid, offset = record.instance_id, 0
+            while True:
+                # The state first, then the output: everything written before that state is read.
+                record = await engine.storage.get_instance(iid)
+                attempts = await engine.storage.get_attempts(iid)
+                ended = record.status.terminal or (step is not None and _step_ended(attempts, step, attempt))
+                if follow and not ended:
+                    lease = await engine.storage.get_lease(iid)
+                    gone = lease is None or not lease.live
+                    if gone and not (await engine.storage.get_instance(iid)).status.terminal:
+                        said["orphan"] = (f"instance {iid} ({record.workflow_id}) is {record.status.value} but no live "
+                                          f"worker runs it (its worker died or its lease expired): `legato resume "
+                                          f"{iid}` continues it. Stopped following")
+                    elif gone:
+                        continue  # it ended just now: read its last state and output
+                if not follow or ended:
+                    _check_attempt(record, attempts, step, attempt)
+                elif not offset and step is not None:  # following waits for a step yet to start
+                    await _check_step_defined(engine, record, step)
+                chunks = await engine.storage.get_logs_since(iid, offset, step, attempt)
+                offset += len(chunks)
+                echo(chunks)
+                if not follow or ended or "orphan" in said:
+                    break
+                await trio.sleep(FOLLOW_EVERY)
+            if not offset:
                 which = f"step {step}" + (f" attempt {attempt}" if attempt else "") if step else \
                     (f"attempt {attempt} of its steps" if attempt else "its steps")
                 said["empty"] = f"instance {iid}: {which} logged nothing"
@@ -578,13 +659,31 @@ def logs(instance: str, step: str | None, attempt: int | None, store: str) -> No
     _trio_run(main_task)
     if "empty" in said:  # not silence: say that there is nothing (on stderr, so output stays the log)
         click.echo(f"legato: {said['empty']}", err=True)
-    current = None
-    for chunk in chunks:
-        key = (chunk.step_id, chunk.attempt)
-        if step is None and key != current:
-            click.echo(f"== {chunk.step_id} #{chunk.attempt}")
-            current = key
-        click.echo(chunk.text, nl=False)
+    if "orphan" in said:
+        _fail(said["orphan"], EXIT_FAILED)
+
+
+async def _check_step_defined(engine, record, step: str) -> None:
+    """Refuse (exit 2) following a STEP that the instance's definition does not have."""
+    from .definition import DefinitionError
+
+    version = await engine.storage.get_definition(record.workflow_id, record.version)
+    try:
+        ids = [s.id for s in engine.load(version.document).steps] if version is not None else []
+    except DefinitionError:  # it no longer loads here: the instance's end settles it
+        return
+    if ids and step not in ids:
+        raise _Refused(f"instance {record.instance_id} ({record.workflow_id}) has no step {step!r}; "
+                       f"its steps: {', '.join(ids)}")
+
+
+def _step_ended(attempts, step: str, attempt: int | None) -> bool:
+    """Whether ``step`` (or that attempt of it) has ended for good while its instance runs on: its
+    latest attempt ended in a state no retry follows (after a retryable failure, a retry may)."""
+    mine = [a for a in attempts if a.step_id == step and (attempt is None or a.attempt == attempt)]
+    if not mine or not mine[-1].status.terminal:
+        return False
+    return attempt is not None or mine[-1].status.value not in _MAY_RETRY
 
 
 def _check_attempt(record, attempts, step: str | None, attempt: int | None) -> None:
@@ -619,11 +718,13 @@ def _internal_error(exc: BaseException) -> None:
                      f"Details: {f.name}"), EXIT_FAILED)
 
 
-async def _interrupt(engine, instance_id: str, outcome: dict) -> None:
+async def _interrupt(engine, instance_id: str, outcome: dict, view) -> None:
     """Ctrl-C (or SIGTERM) stops the instance cleanly; a second one kills it."""
     import signal
 
     import trio
+
+    from .view import STOPPING
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
@@ -635,7 +736,7 @@ async def _interrupt(engine, instance_id: str, outcome: dict) -> None:
                 run.kill("killed by a second interrupt")
             else:
                 outcome["stopping"] = True
-                click.echo("\ninterrupted: stopping the instance (Ctrl-C again to kill)", err=True)
+                view.note(STOPPING)  # above the live table, or on stderr
                 run.stop("interrupted")
 
 
@@ -653,6 +754,15 @@ async def _step_ids(engine, record) -> list[str]:
         return []
 
 
+def _iso(ts: float | None) -> str | None:
+    """An ISO-8601 UTC timestamp to the millisecond (``2026-01-05T09:30:12.345+00:00``), or None."""
+    import datetime
+
+    if not ts:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _instance_json(instance, attempts, step_ids=()) -> dict[str, Any]:
     """The instance and every step of its definition (``step_ids``): a step never created is
     NOT_CREATED, attempt 0, as in Maestro's step overview."""
@@ -664,12 +774,13 @@ def _instance_json(instance, attempts, step_ids=()) -> dict[str, Any]:
     for a in attempts:
         steps[a.step_id] = {
             "status": a.status.value, "attempt": a.attempt, "outputs": a.outputs, "message": a.message,
-            "started_at": a.started_at, "ended_at": a.ended_at,
+            "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
         }
     return {
         "instance_id": instance.instance_id, "workflow_id": instance.workflow_id, "version": instance.version,
         "status": instance.status.value, "message": instance.message, "params": instance.params,
-        "started_at": instance.started_at, "ended_at": instance.ended_at, "steps": steps,
+        "created_at": _iso(instance.created_at), "started_at": _iso(instance.started_at),
+        "ended_at": _iso(instance.ended_at), "steps": steps,
     }
 
 

@@ -1013,7 +1013,11 @@ class InstanceRun:
         """End this attempt ``status`` and schedule the next after the backoff for retry ``n``."""
         st.record.ended_at = time.time()
         self._set(st, status, message)
-        delay = st.sdef.retry.backoff_for(_RETRY_CLASS[status]).delay(n, random.random())
+        policy = st.sdef.retry
+        delay = policy.backoff_for(_RETRY_CLASS[status]).delay(n, random.random())
+        limit = {S.USER_FAILED: policy.error_retry_limit, S.PLATFORM_FAILED: policy.platform_retry_limit}.get(
+            status, policy.timeout_retry_limit)
+        self._batch.events[-1].retry = (st.record.ended_at + delay, st.attempt + 1 + limit - n)
         scope = trio.CancelScope()
         self._retrying[st.sdef.id] = scope
         self._nursery.start_soon(self._retry_after, st, delay, scope)

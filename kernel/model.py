@@ -71,6 +71,10 @@ class Event:
     attempt: int
     status: str
     message: str = ""
+    #: On the event of an attempt whose failure will be retried: (when the next attempt starts, as
+    #: epoch seconds; the last attempt the failure class's retry limit allows). Only the observer
+    #: of the running instance sees it (storage keeps the status): ``legato run`` shows "RETRYING".
+    retry: tuple[float, int] | None = None
 
 
 @dataclass(slots=True)

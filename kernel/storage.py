@@ -98,6 +98,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]: ...
 
+    async def get_logs_since(self, instance_id: str, offset: int, step_id: str | None = None,
+                             attempt: int | None = None) -> list[LogChunk]:
+        """What :meth:`get_logs` returns with the same filter, from position ``offset`` on (0-based,
+        in the same order). A follower (``legato logs -f``, the live view) asks again with
+        ``offset`` plus the number of chunks it has read and gets only those committed since.
+        This default reads them all; backends override it to read only the new ones."""
+        return (await self.get_logs(instance_id, step_id, attempt))[offset:]
+
     # -- leases ---------------------------------------------------------------------------
     @abc.abstractmethod
     async def acquire_lease(self, instance_id: str, owner: str, ttl: float,

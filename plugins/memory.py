@@ -105,6 +105,12 @@ class MemoryStorage(Storage):
             if (step_id is None or c.step_id == step_id) and (attempt is None or c.attempt == attempt)
         ]
 
+    async def get_logs_since(self, instance_id: str, offset: int, step_id: str | None = None,
+                             attempt: int | None = None) -> list[LogChunk]:
+        if step_id is None and attempt is None:
+            return self._logs.get(instance_id, [])[offset:]
+        return (await self.get_logs(instance_id, step_id, attempt))[offset:]
+
     async def acquire_lease(self, instance_id: str, owner: str, ttl: float,
                             generation: int | None = None) -> int | None:
         now = time.monotonic()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -220,3 +224,202 @@ def test_bad_options_and_environment_exit_2_naming_them(args, env, message, tmp_
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout and "internal error" not in proc.stderr
+
+
+def test_plain_lines_prefix_each_output_line_with_its_step(tmp_path):
+    """Piped (CI, a log file): each line a step prints is written as it comes, prefixed with the
+    step, between that step's start and end lines."""
+    proc = legato_cli("run", "examples/etl.json", "--workspace", str(tmp_path), "--store",
+                      f"sqlite:///{tmp_path / 'legato.db'}")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for step, printed in (("extract", "extract | extracted 3 rows for "),
+                          ("load", "load | loading into sales_"), ("report", "report | report for ")):
+        start = next(i for i, line in enumerate(lines) if line.endswith(f" {step} #1 RUNNING"))
+        end = next(i for i, line in enumerate(lines) if f" {step} #1 SUCCEEDED after " in line)
+        output = [i for i, line in enumerate(lines) if line.startswith(printed)]
+        assert len(output) == 1 and start < output[0] < end, proc.stdout
+    assert not any(line.startswith("alert | ") for line in lines)
+
+
+def test_a_retry_in_plain_lines_says_when_and_which_attempt(tmp_path):
+    """A failed attempt that will be retried says so (Maestro's RetryPolicy: the backoff, then
+    the next attempt), and only the last attempt's failure reads as final."""
+    doc = {"workflow": {"id": "flaky", "steps": [{"step": {
+        "id": "fetch", "type": "bash", "params": {"script": 'echo "try $LEGATO_ATTEMPT"; exit 1'},
+        "retry_policy": {"error_retry_limit": 2, "backoff": {"type": "fixed", "base": 0.5}}}}]}}
+    path = tmp_path / "flaky.json"
+    path.write_text(json.dumps(doc))
+    proc = legato_cli("run", str(path), "--workspace", str(tmp_path), "--store", f"sqlite:///{tmp_path / 'l.db'}")
+    assert proc.returncode == 1, proc.stderr
+    ends = [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if " fetch #" in line and "RUNNING" not in line]
+    assert [re.sub(r"after \d+\.\d\ds", "after Ts", line) for line in ends] == [
+        "fetch #1 USER_FAILED after Ts, RETRYING in 0.5s (attempt 2/3): exit code 1",
+        "fetch #2 USER_FAILED after Ts, RETRYING in 0.5s (attempt 3/3): exit code 1",
+        "fetch #3 USER_FAILED after Ts: exit code 1",
+    ], proc.stdout
+    assert [line for line in proc.stdout.splitlines() if line.startswith("fetch | ")] == [
+        "fetch | try 1", "fetch | try 2", "fetch | try 3"]
+
+
+def test_json_carries_iso_8601_timestamps(tmp_path):
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+    proc = legato_cli("run", "examples/etl.json", "--workspace", str(tmp_path), "--json", *store)
+    run = json.loads(proc.stdout)
+    status = json.loads(legato_cli("status", run["instance_id"], "--json", *store).stdout)
+    listed = json.loads(legato_cli("list", "--json", *store).stdout)[0]
+    for report in (run, status, listed):
+        stamps = [datetime.datetime.fromisoformat(report[k]) for k in ("created_at", "started_at", "ended_at")]
+        assert all(s.utcoffset() == datetime.timedelta(0) for s in stamps), report
+        assert stamps == sorted(stamps), report
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", report["ended_at"]), report
+    extract = status["steps"]["extract"]
+    assert datetime.datetime.fromisoformat(extract["started_at"]) <= \
+        datetime.datetime.fromisoformat(extract["ended_at"])
+    assert status["steps"]["alert"]["started_at"] is None  # it never ran (UNSATISFIED)
+
+
+@contextlib.contextmanager
+def _hang_guard(procs: list, seconds: float = 120.0, fifo: Path | None = None):
+    """Kill ``procs`` (a list that may grow) if the block runs longer than ``seconds`` (and open
+    ``fifo`` for reading, which lets a writer blocked on it go on): a blocked read then ends and
+    the test fails saying what it waited for, instead of hanging."""
+    def kill() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        if fifo is not None:
+            os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+    timer = threading.Timer(seconds, kill)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_logs_follow_prints_a_running_instances_output_and_ends_with_it(tmp_path):
+    """`legato logs -f` in one process follows an instance `legato run` runs in another: each
+    line the step prints shows while the step still runs, and -f ends by itself with the
+    instance (and `logs -f INSTANCE STEP` with the step)."""
+    fifo = tmp_path / "feed"
+    os.mkfifo(fifo)
+    doc = {"workflow": {"id": "gated", "steps": [
+        {"step": {"id": "extract", "type": "bash", "params": {"script": (
+            f"echo ready; exec 3<{fifo}; while read -r line <&3; do [ \"$line\" = open ] && break; "
+            "echo \"got $line\"; done; echo closing")}, "transition": {"successors": ["load"]}}},
+        {"step": {"id": "load", "type": "bash", "params": {"script": "echo loaded"}}}]}}
+    (tmp_path / "gated.json").write_text(json.dumps(doc))
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+
+    procs: list = []
+
+    def start(*args):
+        procs.append(subprocess.Popen([LEGATO, *args, *store], cwd=tmp_path, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, bufsize=1))
+        return procs[-1]
+
+    def read_until(proc, wanted: str) -> list[str]:
+        lines = []
+        while not lines or lines[-1] != wanted:
+            line = proc.stdout.readline()
+            assert line, f"{proc.args} ended before printing {wanted!r}: {lines} {proc.stderr.read()}"
+            lines.append(line.rstrip("\n"))
+        return lines
+
+    with _hang_guard(procs, fifo=fifo):
+        run = start("run", "gated.json", "--workspace", str(tmp_path / "runs"))
+        read_until(run, "extract | ready")
+        iid = json.loads(legato_cli("list", "--json", *store).stdout)[0]["instance_id"]
+        follow = start("logs", "-f", iid[:8])
+        step = start("logs", "--follow", iid, "load")
+        assert read_until(follow, "ready") == ["== extract #1", "ready"]
+        with open(fifo, "w") as feed:  # opens once the step reads from it
+            feed.write("alpha\n")
+            feed.flush()
+            assert read_until(follow, "got alpha") == ["got alpha"]  # while the step still runs
+            feed.write("beta\nopen\n")
+        rest, err = follow.communicate(timeout=120)
+        assert (follow.returncode, err) == (0, "")
+        assert rest.splitlines() == ["got beta", "closing", "== load #1", "loaded"]
+        out, err = step.communicate(timeout=120)
+        assert (step.returncode, out, err) == (0, "loaded\n", "")
+        assert run.wait(timeout=120) == 0
+    proc = legato_cli("logs", "-f", iid, "nosuch", *store)  # ended: refused like without -f
+    assert proc.returncode == 2 and "has no step 'nosuch' with an attempt" in proc.stderr
+
+
+def test_status_of_a_step_waiting_on_its_backoff_says_retrying(tmp_path):
+    """`legato status` from another process: a failed attempt the engine will retry reads
+    RETRYING with the time left and the attempt to come (counted per failure class, as Maestro's
+    RetryPolicy counts), not as a final failure."""
+    doc = {"workflow": {"id": "flaky", "steps": [{"step": {
+        "id": "fetch", "type": "bash", "params": {"script": "exit 1"},
+        "retry_policy": {"error_retry_limit": 2, "backoff": {"type": "fixed", "base": 600}}}}]}}
+    (tmp_path / "flaky.json").write_text(json.dumps(doc))
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+    run = subprocess.Popen([LEGATO, "run", "flaky.json", "--workspace", str(tmp_path / "runs"), *store],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _hang_guard([run]):
+        for line in run.stdout:  # synchronise on the run's own line for the retry
+            if "RETRYING" in line:
+                assert line.split(" ", 1)[1].startswith("fetch #1 USER_FAILED after "), line
+                assert ", RETRYING in 600s (attempt 2/3): exit code 1" in line, line
+                break
+        else:
+            pytest.fail(f"the run ended without retrying: {run.stderr.read()}")
+        proc = legato_cli("status", *store, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        head, row = proc.stdout.splitlines()
+        assert head.startswith("flaky v1 [") and head.endswith("] IN_PROGRESS")
+        assert re.fullmatch(r"  fetch\s+RETRYING in (600|59\d)s \(attempt 2/3\) attempt 1\s+\d+\.\d\ds  exit code 1",
+                            row), row
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=120)
+    assert run.returncode == 130
+    row = legato_cli("status", *store, cwd=tmp_path).stdout.splitlines()[1]
+    assert row.split()[:2] == ["fetch", "USER_FAILED"], row  # it ended: the failure is final
+
+
+def test_logs_follow_of_an_instance_whose_worker_died_says_so_and_ends(tmp_path):
+    """`logs -f` does not wait forever on an instance nobody runs: its worker was killed (kill -9),
+    so -f prints what is there, names `legato resume`, and exits 1."""
+    doc = {"workflow": {"id": "orphan", "steps": [{"step": {"id": "wait", "type": "bash", "params": {
+        "script": f"echo waiting; while [ ! -e {tmp_path / 'gate'} ]; do sleep 0.05; done"}}}]}}
+    (tmp_path / "orphan.json").write_text(json.dumps(doc))
+    store = ["--store", f"sqlite:///{tmp_path / 'legato.db'}"]
+    run = subprocess.Popen([LEGATO, "run", "orphan.json", "--workspace", str(tmp_path / "runs"), *store],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with _hang_guard([run]):
+            for line in run.stdout:
+                if line == "wait | waiting\n":
+                    break
+            run.kill()
+            run.communicate(timeout=60)
+        iid = json.loads(legato_cli("list", "--json", *store).stdout)[0]["instance_id"]
+        proc = legato_cli("logs", "-f", iid, *store, timeout=120)
+        assert (proc.returncode, proc.stdout) == (1, "== wait #1\nwaiting\n"), proc.stderr
+        assert proc.stderr == (f"legato: instance {iid} (orphan) is IN_PROGRESS but no live worker runs it (its "
+                               f"worker died or its lease expired): `legato resume {iid}` continues it. Stopped "
+                               "following\n")
+    finally:
+        (tmp_path / "gate").touch()  # the step's shell outlives its killed worker: let it end
+
+
+def test_plain_lines_keep_a_line_split_across_writes_whole(tmp_path):
+    """Output written in pieces (printf without a newline, then the rest) is one prefixed line;
+    a last line with no newline still shows, before the step's end line."""
+    doc = {"workflow": {"id": "pieces", "steps": [{"step": {"id": "emit", "type": "bash", "params": {
+        "script": "printf 'half'; sleep 0.1; printf ' and half\\n'; printf 'no newline at the end'"}}}]}}
+    (tmp_path / "pieces.json").write_text(json.dumps(doc))
+    proc = legato_cli("run", "pieces.json", "--workspace", str(tmp_path / "runs"), "--store",
+                      f"sqlite:///{tmp_path / 'legato.db'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split(" ", 1)[1] if line[:2].isdigit() else line for line in proc.stdout.splitlines()]
+    assert lines[:4] == ["emit #1 RUNNING", "emit | half and half", "emit | no newline at the end",
+                         lines[3]] and lines[3].startswith("emit #1 SUCCEEDED after "), proc.stdout

@@ -58,6 +58,7 @@ class SqlStorage(Storage):
         self._engine: sa.Engine | None = None
         self._writer: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
+        self._log_cursors: dict[tuple, tuple[int, int]] = {}  # get_logs_since: (offset, id) read up to
         self.path: Path | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file we opened
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
@@ -501,14 +502,36 @@ class SqlStorage(Storage):
         return await self._run(read, doing="read the timeline")
 
     async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]:
+        return await self.get_logs_since(instance_id, 0, step_id, attempt)
+
+    async def get_logs_since(self, instance_id: str, offset: int, step_id: str | None = None,
+                             attempt: int | None = None) -> list[LogChunk]:
+        key = (instance_id, step_id, attempt)
+
         def read():
-            query = sa.select(_logs).where(_logs.c.instance_id == instance_id)
+            done, last_id = self._log_cursors.get(key, (0, 0))
+            follow = bool(offset) and offset == done  # a follower's next poll: only rows after the last it read
+            instance = _logs.c.instance_id
+            if follow and self.dialect == "sqlite":
+                # `+column` keeps SQLite on the rowid range (the rows after the cursor) rather than
+                # the instance's index, which would scan all of the instance's rows on each poll.
+                instance = sa.literal_column("+legato_logs.instance_id")
+            query = sa.select(_logs).where(instance == instance_id)
             if step_id is not None:
                 query = query.where(_logs.c.step_id == step_id)
             if attempt is not None:
                 query = query.where(_logs.c.attempt == attempt)
+            query = query.order_by(_logs.c.id)
+            if follow:
+                query = query.where(_logs.c.id > last_id)
+            elif offset:
+                query = query.offset(offset)
             with self._reading() as conn:
-                rows = conn.execute(query.order_by(_logs.c.id)).all()
+                rows = conn.execute(query).all()
+            if rows:  # ids of one instance grow: its single writer commits one batch after another
+                if len(self._log_cursors) > 64:
+                    self._log_cursors.clear()
+                self._log_cursors[key] = (offset + len(rows), rows[-1].id)
             return [LogChunk(r.instance_id, r.step_id, r.attempt, r.stream, r.text, r.ts) for r in rows]
 
         return await self._run(read, doing="read logs")
