@@ -256,7 +256,7 @@ def test_a_retry_in_plain_lines_says_when_and_which_attempt(tmp_path):
     assert [re.sub(r"after \d+\.\d\ds", "after Ts", line) for line in ends] == [
         "fetch #1 USER_FAILED after Ts, RETRYING in 0.5s (attempt 2/3): exit code 1",
         "fetch #2 USER_FAILED after Ts, RETRYING in 0.5s (attempt 3/3): exit code 1",
-        "fetch #3 USER_FAILED after Ts: exit code 1",
+        "fetch #3 FATALLY_FAILED after Ts: exit code 1 (USER_FAILED, no error retry left: FATALLY_FAILED)",
     ], proc.stdout
     assert [line for line in proc.stdout.splitlines() if line.startswith("fetch | ")] == [
         "fetch | try 1", "fetch | try 2", "fetch | try 3"]

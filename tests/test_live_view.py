@@ -193,7 +193,7 @@ def test_what_steps_print_is_shown_as_written_not_as_markup(run_live, tmp_path):
         "params": {"script": "echo '[bold]loading[/bold] [/red]'; echo '[/red] disk [bold]full' >&2; exit 3"}}}]}}
     code, screen = run_live(doc).finish()
     assert code == 1, screen
-    assert re.search(r"^boom\s+bash\s+USER_FAILED\s+1\s+\S+\s+exit code 3: \[/red\] disk \[bold\]full$",
+    assert re.search(r"^boom\s+bash\s+FATALLY_FAILED\s+1\s+\S+\s+exit code 3: \[/red\] disk \[bold\]full \(USER_FAILED, no",
                      screen, re.MULTILINE), screen
     assert "    | [/red] disk [bold]full" in screen.splitlines(), screen
     assert re.search(r"^marks: FAILED · 1/1 done · ", screen, re.MULTILINE), screen
