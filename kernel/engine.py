@@ -27,7 +27,7 @@ from typing import Any, Callable
 import trio
 
 from .cel import CelCompiler, CelError, to_cel, unconvertible
-from .definition import Definition, FailureMode, StepDef, load_definition
+from .definition import Definition, FailureMode, StepDef, load_definition, resolve_attributes
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
 from .params import ParamError, ValueBudget, evaluate_params, merge_start_params, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
@@ -202,6 +202,10 @@ class Engine:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         if definition.has_secrets:  # refuse now what the instance could not run with
             _resolve_workflow_secrets(definition, values, self.compiler)
+        try:  # `${param}` in timeouts and retry policies: refused now if it reads wrong
+            resolve_attributes(definition, values)
+        except ParamError as exc:
+            raise StartError(exc.message, exc.pointer) from None
         record = InstanceRecord(
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
             params=values, request_id=request_id, initiator=initiator, created_at=now,
@@ -277,7 +281,11 @@ class InstanceRun:
         self.instance = instance
         self.iid = instance.instance_id
         self.observer = observer
-        self.steps = {sdef.id: _Step(sdef) for sdef in definition.steps}
+        try:  # timeouts and retry policies written with `${param}`, read with this instance's params
+            self._timeout, resolved = resolve_attributes(definition, instance.params)
+        except ParamError as exc:
+            raise StartError(exc.message, exc.pointer) from None
+        self.steps = {sdef.id: _Step(resolved.get(sdef.id, sdef)) for sdef in definition.steps}
         self._batch = Batch(self.iid)
         self._inbox: deque = deque()
         self._wake = trio.Event()
@@ -461,7 +469,7 @@ class InstanceRun:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._heartbeat)
-                timeout = self.definition.timeout
+                timeout = self._timeout
                 if self.instance.status is I.CREATED:
                     self._set_instance(I.IN_PROGRESS)
                     if timeout:
