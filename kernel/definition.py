@@ -538,6 +538,15 @@ def _esc(token: Any) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
+def _nested(spec: ParamSpec, pointer: str):
+    """``(pointer, spec)`` of each param definition nested in a MAP, at any depth."""
+    for key, sub in spec.entries or ():
+        if sub is not None:
+            at = f"{pointer}/value/{_esc(key)}"
+            yield at, sub
+            yield from _nested(sub, at)
+
+
 def _strings(raw: Any) -> list[str]:
     """The strings of a timeout or a retry policy (its limits and its backoff's fields)."""
     if isinstance(raw, str):
@@ -717,6 +726,11 @@ class _Validator:
                 self.cel(spec.expression, where + "/expression")
             if spec.validator is not None:
                 self.cel(spec.validator, where + "/validator")
+            for at, sub in _nested(spec, where):  # a MAP's entries written as param definitions
+                if sub.expression is not None:
+                    self.cel(sub.expression, at + "/expression")
+                if sub.validator is not None:
+                    self.cel(sub.validator, at + "/validator")
             if spec.interpolated:
                 try:
                     interpolation_names(spec.value)
@@ -945,9 +959,8 @@ class _Validator:
                     sources += interpolation_names(spec.value)
                 except ParamError:
                     pass
-            for sub in dict(spec.entries or ()).values():
-                if sub is not None:
-                    sources += [src for src in (sub.expression, sub.validator) if src and "__" in src]
+            for _, sub in _nested(spec, ""):
+                sources += [src for src in (sub.expression, sub.validator) if src and "__" in src]
             refs: dict[str, tuple[str, str, str]] = {}
             for src in sources:
                 for token in _CROSS_STEP.findall(src):
@@ -1361,7 +1374,8 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
         has_secrets = has_secrets or len(step_secret) > len(secret)
         v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)
-        v.cross_step_refs(step, by_id, scope | set(step.params))
+        if step.params:
+            v.cross_step_refs(step, by_id, scope | set(step.params))
 
     if v.problems:
         raise DefinitionError(v.problems, name)
