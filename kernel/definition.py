@@ -718,7 +718,8 @@ class _Validator:
             try:
                 spec = parse_param(name, value)
             except ParamError as exc:
-                self.add(where + exc.pointer, exc.message)
+                for problem in (exc, *exc.more):
+                    self.add(where + problem.pointer, problem.message)
                 continue
             if name in code and spec.interpolated:
                 spec = dataclasses.replace(spec, interpolated=False)

@@ -97,10 +97,12 @@ RESERVED_NAMES = frozenset(
 class ParamError(ValueError):
     """A param declaration or value is wrong; ``pointer`` is relative to the param."""
 
-    def __init__(self, message: str, pointer: str = "") -> None:
+    def __init__(self, message: str, pointer: str = "", more: "list[ParamError] | None" = None) -> None:
         super().__init__(message)
         self.message = message
         self.pointer = pointer
+        #: Further problems found beside this one (the other bad entries of a MAP).
+        self.more = more or []
 
 
 @dataclass(slots=True, frozen=True)
@@ -282,13 +284,15 @@ def _parse_map(name: str, raw: dict, mode: ParamMode, validator: str | None, tag
     entries: list[tuple[str, ParamSpec | None]] = []
     plain: dict[str, Any] = {}
     dynamic = nested = False
+    errors: list[ParamError] = []
     for key, item in raw.items():
         if _is_full_form(item) or (isinstance(item, dict) and "type" in item and "value" not in item
                                    and isinstance(item["type"], str) and item["type"].upper() in ParamType.__members__):
             try:
                 sub = parse_param(str(key), item, nested=True, parent_mode=mode)
             except ParamError as exc:
-                raise ParamError(exc.message, f"/value/{_esc(key)}{exc.pointer}") from None
+                errors += [ParamError(e.message, f"/value/{_esc(key)}{e.pointer}") for e in (exc, *exc.more)]
+                continue
             nested = True
             entries.append((key, sub))
             plain[key] = sub.value if sub.is_literal else None
@@ -297,6 +301,8 @@ def _parse_map(name: str, raw: dict, mode: ParamMode, validator: str | None, tag
             entries.append((key, None))
             plain[key] = item
             dynamic = dynamic or _has_interpolation(item)
+    if errors:
+        raise ParamError(errors[0].message, errors[0].pointer, errors[1:])
     try:
         value = coerce(ParamType.MAP, plain)
     except ParamError as exc:
@@ -467,6 +473,8 @@ def merge_start_params(
     given += [(n, v, True) for n, v in (raw or {}).items()]
     for name, value, is_text in given:
         at = f"/{_esc(name)}"
+        if not isinstance(name, str):
+            raise ParamError(f"a param name is a string, got {_type_name(name)} {name!r:.40}", at)
         base = specs.get(name)
         try:
             if base is None:
