@@ -313,7 +313,8 @@ def _report(view, outcome: dict, as_json: bool) -> int:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Override a workflow param (repeatable). Values are parsed by the param's type.")
+              help="Set a workflow param (repeatable), parsed by its type; a map merges into the declared one; "
+                   "an undeclared name adds a param typed from its value.")
 @_store_option
 @click.option("--workspace", type=click.Path(file_okay=False), default=None,
               help="Where instances get their working directories [default: .legato/runs].")

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from .cel import CelCompiler, CelError, CelProgram
 from .limits import (
+    DEFAULT_TIMEOUT_SECONDS,
     MAX_BACKOFF_EXPONENT,
     MAX_CONCURRENCY,
     MAX_DOCUMENT_BYTES,
@@ -28,12 +29,14 @@ from .limits import (
     MAX_NUMBER_DIGITS,
     MAX_RETRY_LIMIT,
     MAX_STRING_BYTES,
+    MAX_TIMEOUT_SECONDS,
     MAX_YAML_ALIAS_NODES,
 )
 from .params import (
     ParamError,
     ParamSpec,
     argv_problems,
+    interpolate,
     interpolation_names,
     parse_param,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "load_definition",
     "parse_document",
     "parse_duration",
+    "resolve_attributes",
 ]
 
 
@@ -155,12 +159,16 @@ class StepDef:
     params: dict[str, ParamSpec]
     successors: list[tuple[str, Condition]]
     retry: RetryPolicy
-    timeout: float | None
+    timeout: float
     failure_mode: FailureMode
     name: str = ""
     description: str = ""
     tags: list[str] = field(default_factory=list)
     predecessors: list[str] = field(default_factory=list)
+    #: ``timeout`` / ``retry_policy`` as written when they hold ``${param}`` (Maestro's
+    #: ParsableLong with a param): :func:`resolve_attributes` reads them with each instance's
+    #: workflow params; ``timeout`` and ``retry`` above hold the defaults until then.
+    templates: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -173,7 +181,7 @@ class Definition:
     params: dict[str, ParamSpec]
     steps: list[StepDef]
     by_id: dict[str, StepDef]
-    timeout: float | None
+    timeout: float
     step_concurrency: int | None
     run_strategy: RunStrategy
     source: str = ""
@@ -184,6 +192,66 @@ class Definition:
     #: Fields accepted but not (yet) doing what they say, each at its pointer: `validate` and
     #: `run` print them, so nothing a definition says is silently ignored.
     warnings: list[Problem] = field(default_factory=list)
+    #: The workflow's ``timeout`` as written when it holds ``${param}``.
+    timeout_template: str | None = None
+    #: Ids of the steps with :attr:`StepDef.templates`.
+    templated: list[str] = field(default_factory=list)
+
+
+def resolve_attributes(definition: Definition, params: Mapping[str, Any]) -> tuple[float, dict[str, StepDef]]:
+    """The workflow timeout and the steps whose ``timeout`` or ``retry_policy`` hold ``${param}``,
+    read with one instance's evaluated workflow params (Maestro's DurationParser.
+    getTimeoutWithParamInMillis and RetryPolicyParser: workflow params only). Returns (timeout,
+    step id -> StepDef with its values). Raises ParamError whose pointer is absolute, naming
+    what the reference gave."""
+    timeout = definition.timeout
+    if definition.timeout_template is None and not definition.templated:
+        return timeout, {}
+    v = _Validator({}, None)  # type: ignore[arg-type]
+
+    def fill(raw: Any, at: str) -> Any:
+        try:
+            return interpolate(raw, lambda name: _param_path(params, name))
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ParamError(f"${{…}} refers to {exc}, which this instance's workflow params do not have", at) from None
+        except ParamError as exc:
+            raise ParamError(exc.message, at) from None
+
+    def first_problem(raw: Any, filled: Any) -> None:
+        if v.problems:
+            p = v.problems[0]
+            shown = json.dumps(raw)[:80]
+            raise ParamError(f"{p.message} ({shown} with this instance's params is {json.dumps(filled)[:80]})", p.pointer)
+
+    if definition.timeout_template is not None:
+        at = "/workflow/timeout"
+        filled = fill(definition.timeout_template, at)
+        timeout = v.duration(filled, at, DEFAULT_TIMEOUT_SECONDS)
+        first_problem(definition.timeout_template, filled)
+    steps: dict[str, StepDef] = {}
+    for sid in definition.templated:
+        sdef = definition.by_id[sid]
+        changes: dict[str, Any] = {}
+        for key, raw in (sdef.templates or {}).items():
+            at = f"{sdef.pointer}/{key}"
+            filled = fill(raw, at)
+            if key == "timeout":
+                changes["timeout"] = v.duration(filled, at, DEFAULT_TIMEOUT_SECONDS)
+            else:
+                changes["retry"] = v.retry_policy(filled, at)
+            first_problem(raw, filled)
+        steps[sid] = dataclasses.replace(sdef, **changes)
+    return timeout, steps
+
+
+def _param_path(params: Mapping[str, Any], path: str) -> Any:
+    head, *rest = path.split(".")
+    if head == "params" and rest:
+        head, *rest = rest
+    current = params[head]
+    for part in rest:
+        current = current[part]
+    return current
 
 
 # -- documents -----------------------------------------------------------------------------------
@@ -430,12 +498,13 @@ _NUMERIC = re.compile(r"\s*[+-]?\d+(?:\.\d+)?\s*")
 _DURATION_HINT = "write seconds (a number, or a numeric string), or e.g. '300 seconds', '2 min', '1 hour', '1h30m', '1 day'"
 
 
-def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
+def parse_duration(value: Any, *, allow_zero: bool = False, maximum: float = MAX_TIMEOUT_SECONDS,
+                   limit: str = "MAX_TIMEOUT_SECONDS") -> float:
     """Seconds from a duration as Maestro writes one (``DurationParser`` / ``ParsableLong``): a
     number or a numeric string is seconds; otherwise a string such as ``"300 seconds"``, ``"2 min"``,
     ``"1 hour"``, ``"1h30m"``, ``"10 minutes 5 seconds 1 day"``. Raises ValueError.
 
-    At most MAX_DURATION_SECONDS; positive unless ``allow_zero`` (a backoff may be 0)."""
+    At most ``maximum`` (a timeout: Maestro's 120 days); positive unless ``allow_zero`` (a backoff may be 0)."""
     if isinstance(value, bool):
         raise ValueError(f"a duration is not true or false; {_DURATION_HINT}")
     if isinstance(value, (int, float)):
@@ -457,9 +526,9 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
                 raise ValueError(f"{value!r:.60} is not a duration; {_DURATION_HINT}")
     else:
         raise ValueError(f"a duration is a number of seconds or a string; {_DURATION_HINT}")
-    if not seconds <= MAX_DURATION_SECONDS:  # NaN and infinity too
-        raise ValueError(f"a duration is at most {MAX_DURATION_SECONDS} seconds (a year, MAX_DURATION_SECONDS), "
-                         f"got {value!r:.40}; leave the timeout out for none")
+    if not seconds <= maximum:  # NaN and infinity too
+        raise ValueError(f"a duration here is at most {maximum:.0f} seconds ({maximum / 86400:g} days, {limit}), "
+                         f"got {value!r:.40}")
     if not (seconds >= 0 if allow_zero else seconds > 0):
         raise ValueError("a duration must not be negative" if allow_zero else "a duration must be positive")
     return seconds
@@ -467,6 +536,28 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
 
 def _esc(token: Any) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def _nested(spec: ParamSpec, pointer: str):
+    """``(pointer, spec)`` of each param definition nested in a MAP, at any depth."""
+    for key, sub in spec.entries or ():
+        if sub is not None:
+            at = f"{pointer}/value/{_esc(key)}"
+            yield at, sub
+            yield from _nested(sub, at)
+
+
+def _strings(raw: Any) -> list[str]:
+    """The strings of a timeout or a retry policy (its limits and its backoff's fields)."""
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, dict):
+        return []
+    out = [x for x in raw.values() if isinstance(x, str)]
+    backoff = raw.get("backoff")
+    if isinstance(backoff, dict):
+        out += [x for x in backoff.values() if isinstance(x, str)]
+    return out
 
 
 # -- the validator -------------------------------------------------------------------------------
@@ -514,6 +605,20 @@ def _is_maestro_backoff(raw: dict) -> bool:
     if isinstance(kind, str) and kind.upper() in ("FIXED_BACKOFF", "EXPONENTIAL_BACKOFF"):
         return True
     return any(isinstance(k, str) and _MAESTRO_BACKOFF_KEY.match(k) for k in raw)
+_CROSS_STEP = re.compile(r"(?<![.\w])([A-Za-z_]\w*?__\w+)")
+
+
+def _split_step_ref(token: str, by_id: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(step id, param)`` of ``job1__param`` when a step has that id; the first `__` that
+    leaves a known step id wins (``_a___b`` is step `_a`, param `_b`, when there is no `_a_`)."""
+    i = token.find("__")
+    while i > 0:
+        if token[:i] in by_id and token[i + 2:]:
+            return token[:i], token[i + 2:]
+        i = token.find("__", i + 1)
+    return None
+
+
 _STEPS_REF = re.compile(r"\bsteps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\bsteps\s*\[\s*[\"']([^\"']+)[\"']\s*\]")
 
 
@@ -525,6 +630,7 @@ class _Validator:
         self.warnings: list[Problem] = []
         self.unavailable: dict[str, str | None] = {}  # asked once per step type
         self._folded: dict[str, str] | None = None
+        self.workflow_params: dict[str, ParamSpec] = {}  # what `${}` in a timeout or retry policy may name
 
     def add(self, pointer: str, message: str) -> None:
         self.problems.append(Problem(pointer, message))
@@ -612,7 +718,8 @@ class _Validator:
             try:
                 spec = parse_param(name, value)
             except ParamError as exc:
-                self.add(where + exc.pointer, exc.message)
+                for problem in (exc, *exc.more):
+                    self.add(where + problem.pointer, problem.message)
                 continue
             if name in code and spec.interpolated:
                 spec = dataclasses.replace(spec, interpolated=False)
@@ -620,6 +727,11 @@ class _Validator:
                 self.cel(spec.expression, where + "/expression")
             if spec.validator is not None:
                 self.cel(spec.validator, where + "/validator")
+            for at, sub in _nested(spec, where):  # a MAP's entries written as param definitions
+                if sub.expression is not None:
+                    self.cel(sub.expression, at + "/expression")
+                if sub.validator is not None:
+                    self.cel(sub.validator, at + "/validator")
             if spec.interpolated:
                 try:
                     interpolation_names(spec.value)
@@ -645,7 +757,8 @@ class _Validator:
                     for ref in interpolation_names(spec.value):
                         parts = ref.split(".")
                         head = parts[1] if parts[0] == "params" and len(parts) > 1 else parts[0]
-                        if head not in scope and head not in ("params", "steps", "workflow"):
+                        if head not in scope and head not in ("params", "steps", "workflow") and (
+                                "__" not in head or _split_step_ref(head, known) is None):
                             self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
                         elif head in secret:
                             self.add(where, f"${{{ref}}} names the secret param `{head}`: a secret is never pasted "
@@ -773,7 +886,7 @@ class _Validator:
         if key not in obj:
             return default
         try:
-            return parse_duration(obj[key], allow_zero=True)
+            return parse_duration(obj[key], allow_zero=True, maximum=MAX_DURATION_SECONDS, limit="MAX_DURATION_SECONDS")
         except ValueError as exc:
             self.add(f"{pointer}/{key}", str(exc))
             return default
@@ -792,14 +905,80 @@ class _Validator:
             return None
         return value
 
-    def duration(self, raw: Any, pointer: str) -> float | None:
+    def duration(self, raw: Any, pointer: str, default: float = DEFAULT_TIMEOUT_SECONDS) -> float:
+        """A timeout (Maestro's ParsableLong duration, at most 120 days); ``default`` when absent
+        or wrong (Maestro's 10 days)."""
         if raw is None:
-            return None
+            return default
         try:
             return parse_duration(raw)
         except ValueError as exc:
             self.add(pointer, str(exc))
-            return None
+            return default
+
+    def template(self, raw: Any, pointer: str) -> bool:
+        """Whether ``raw`` (a timeout or a retry policy) holds ``${param}``; if so, check that it
+        names only workflow params (Maestro resolves these with the workflow's params alone) and
+        that it has the right shape with a number in each reference's place."""
+        texts = _strings(raw)
+        if not any("${" in t for t in texts):
+            return False
+        ok = True
+        for text in texts:
+            try:
+                names = interpolation_names(text)
+            except ParamError as exc:
+                self.add(pointer, exc.message)
+                return True
+            for name in names:
+                parts = name.split(".")
+                head = parts[1] if parts[0] == "params" and len(parts) > 1 else parts[0]
+                if head not in self.workflow_params:
+                    self.add(pointer, f"${{{name}}} names no workflow param: a {pointer.rsplit('/', 1)[-1]} may refer "
+                                      "to the workflow's params only (as in Maestro), declare it under /workflow/params")
+                    ok = False
+        if ok:  # the shape, with 1 in each reference's place (Maestro's TimeoutConstraint uses a dummy too)
+            dummy, before = interpolate(raw, lambda name: 1), len(self.problems)
+            if isinstance(raw, str):
+                self.duration(dummy, pointer)
+            else:
+                self.retry_policy(dummy, pointer)
+            for i in range(before, len(self.problems)):
+                p = self.problems[i]
+                self.problems[i] = Problem(p.pointer, f"{p.message} (read with 1 in place of each ${{…}})")
+        return True
+
+    def cross_step_refs(self, step: StepDef, by_id: dict[str, StepDef], scope: set[str]) -> None:
+        """Maestro's cross-step references, ``<step id>__<param>`` (ParamEvaluator, the
+        ``__`` of Constants.DEFAULT_STEP_PARAM_SEPARATOR), in a step param's ``${}``, expression
+        or validator: each must name a param the other step declares; the spec records them so
+        that evaluating it can read them from the steps that finished."""
+        for name, spec in step.params.items():
+            sources = [src for src in (spec.expression, spec.validator) if src and "__" in src]
+            if spec.interpolated and "__" in json.dumps(spec.value):
+                try:
+                    sources += interpolation_names(spec.value)
+                except ParamError:
+                    pass
+            for _, sub in _nested(spec, ""):
+                sources += [src for src in (sub.expression, sub.validator) if src and "__" in src]
+            refs: dict[str, tuple[str, str, str]] = {}
+            for src in sources:
+                for token in _CROSS_STEP.findall(src):
+                    split = _split_step_ref(token, by_id)
+                    if split is None or token in scope:
+                        continue
+                    sid, param = split
+                    where = f"{step.pointer}/params/{_esc(name)}"
+                    if sid == step.id:
+                        self.add(where, f"`{token}` is this step's own param: write `{param}`")
+                    elif param not in by_id[sid].params:
+                        known = ", ".join(by_id[sid].params) or "none"
+                        self.add(where, f"`{token}`: step {sid!r} declares no param {param!r} (it declares {known})")
+                    else:
+                        refs[token] = (token, sid, param)
+            if refs:
+                step.params[name] = dataclasses.replace(spec, step_refs=tuple(refs.values()))
 
     def step_config(self, cls: type[StepType], params: dict[str, ParamSpec], pointer: str) -> None:
         """Validate literal params against the step type's schema; expressions are checked when evaluated."""
@@ -883,8 +1062,16 @@ class _Validator:
         for key in ("name", "description"):
             if key in raw and not isinstance(raw[key], str):
                 self.add(f"{pointer}/{key}", f"{key} must be a string")
-        retry = self.retry_policy(raw.get("retry_policy"), f"{pointer}/retry_policy")
-        timeout = self.duration(raw.get("timeout"), f"{pointer}/timeout")
+        templates: dict[str, Any] = {}
+        retry_raw, timeout_raw = raw.get("retry_policy"), raw.get("timeout")
+        if isinstance(retry_raw, dict) and self.template(retry_raw, f"{pointer}/retry_policy"):
+            templates["retry_policy"], retry = retry_raw, RetryPolicy()
+        else:
+            retry = self.retry_policy(retry_raw, f"{pointer}/retry_policy")
+        if isinstance(timeout_raw, str) and self.template(timeout_raw, f"{pointer}/timeout"):
+            templates["timeout"], timeout = timeout_raw, DEFAULT_TIMEOUT_SECONDS
+        else:
+            timeout = self.duration(timeout_raw, f"{pointer}/timeout")
         if not ok:
             return None
         return StepDef(
@@ -900,6 +1087,7 @@ class _Validator:
             name=raw.get("name") if isinstance(raw.get("name"), str) else "",
             description=raw.get("description") if isinstance(raw.get("description"), str) else "",
             tags=tags,
+            templates=templates or None,
         )
 
     def transitions(self, raw_steps: list, steps: list[StepDef], by_id: dict[str, StepDef]) -> None:
@@ -1138,7 +1326,13 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         v.add("/workflow/criticality", f"criticality is one of {', '.join(sorted(_CRITICALITIES))}, "
                                        f"got {wf['criticality']!r:.40}")
     wparams = v.params(wf.get("params"), "/workflow/params")
-    timeout = v.duration(wf.get("timeout"), "/workflow/timeout")
+    v.workflow_params = wparams
+    timeout_template = wf.get("timeout") if isinstance(wf.get("timeout"), str) else None
+    if timeout_template is not None and v.template(timeout_template, "/workflow/timeout"):
+        timeout = DEFAULT_TIMEOUT_SECONDS
+    else:
+        timeout_template = None
+        timeout = v.duration(wf.get("timeout"), "/workflow/timeout")
     v.triggers(wf.get("time_triggers"), "/workflow/time_triggers")
     if wf.get("time_triggers"):
         v.warn("/workflow/time_triggers", "time_triggers are accepted but not enforced yet: nothing starts this "
@@ -1181,6 +1375,8 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
         has_secrets = has_secrets or len(step_secret) > len(secret)
         v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)
+        if step.params:
+            v.cross_step_refs(step, by_id, scope | set(step.params))
 
     if v.problems:
         raise DefinitionError(v.problems, name)
@@ -1198,4 +1394,6 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         base_dir=base_dir,
         has_secrets=has_secrets,
         warnings=v.warnings,
+        timeout_template=timeout_template,
+        templated=[s.id for s in steps if s.templates],
     )

@@ -27,9 +27,9 @@ from typing import Any, Callable
 import trio
 
 from .cel import CelCompiler, CelError, to_cel, unconvertible
-from .definition import Definition, FailureMode, StepDef, load_definition
+from .definition import Definition, FailureMode, StepDef, load_definition, resolve_attributes
 from .model import AttemptRecord, Batch, Event, InstanceRecord, LogChunk
-from .params import ParamError, ValueBudget, evaluate_params, parse_override, resolve_secrets
+from .params import ParamError, ValueBudget, evaluate_params, merge_start_params, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
 from .states import (
     STEP_TRANSITIONS,
@@ -189,28 +189,18 @@ class Engine:
     ) -> tuple[InstanceRecord, bool]:
         """Push the definition's version, evaluate the workflow params and create the instance.
 
-        ``params`` are typed overrides; ``raw_params`` are ``name=value`` strings from a command
-        line, parsed by each param's type. Returns (instance, created): with a known
+        ``params`` are values (or full-form definitions, as Maestro's run params) and ``raw_params``
+        ``name=value`` strings from a command line, merged into the definition's params by
+        :func:`legato.params.merge_start_params` (modes, deep-merged maps, added params). Returns (instance, created): with a known
         ``request_id`` the existing instance comes back and nothing new is created.
         """
         version = await self.storage.push_definition(definition.workflow_id, definition.document)
         definition.version = version.version
-        overrides = dict(params or {})
-        for name, text in (raw_params or {}).items():
-            spec = definition.params.get(name)
-            if spec is None:
-                raise StartError(self._unknown_param(definition, name))
-            try:
-                overrides[name] = parse_override(spec, text)
-            except ParamError as exc:
-                raise StartError(f"param {name}: {exc.message}", f"/workflow/params/{name}") from None
-        for name in overrides:
-            spec = definition.params.get(name)
-            if spec is None:
-                raise StartError(self._unknown_param(definition, name))
-            if not spec.mode.allows("start"):
-                raise StartError(f"param {name} is {spec.mode.value} and cannot be set when starting",
-                                 f"/workflow/params/{name}/mode")
+        budget = ValueBudget()
+        try:  # Maestro's ParamsMergeHelper: modes, deep-merged maps, params the request adds
+            specs = merge_start_params(definition.params, params, raw_params, budget=budget)
+        except ParamError as exc:
+            raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         now = time.time()
         instance_id = uuid.uuid4().hex[:16]
         workflow = {
@@ -218,23 +208,20 @@ class Engine:
             "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
         }
         try:
-            values = evaluate_params(
-                definition.params, self.compiler, context={"workflow": to_cel(workflow)}, overrides=overrides
-            )
+            values = evaluate_params(specs, self.compiler, context={"workflow": to_cel(workflow)}, budget=budget)
         except ParamError as exc:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         if definition.has_secrets:  # refuse now what the instance could not run with
             _resolve_workflow_secrets(definition, values, self.compiler)
+        try:  # `${param}` in timeouts and retry policies: refused now if it reads wrong
+            resolve_attributes(definition, values)
+        except ParamError as exc:
+            raise StartError(exc.message, exc.pointer) from None
         record = InstanceRecord(
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
             params=values, request_id=request_id, initiator=initiator, created_at=now,
         )
         return await self.storage.create_instance(record, self.owner, self.lease_ttl)
-
-    @staticmethod
-    def _unknown_param(definition: Definition, name: str) -> str:
-        known = ", ".join(definition.params) or "none"
-        return f"unknown param {name!r}: the workflow declares {known}; declare it under /workflow/params first"
 
     async def run(
         self,
@@ -305,7 +292,11 @@ class InstanceRun:
         self.instance = instance
         self.iid = instance.instance_id
         self.observer = observer
-        self.steps = {sdef.id: _Step(sdef) for sdef in definition.steps}
+        try:  # timeouts and retry policies written with `${param}`, read with this instance's params
+            self._timeout, resolved = resolve_attributes(definition, instance.params)
+        except ParamError as exc:
+            raise StartError(exc.message, exc.pointer) from None
+        self.steps = {sdef.id: _Step(resolved.get(sdef.id, sdef)) for sdef in definition.steps}
         self._batch = Batch(self.iid)
         self._inbox: deque = deque()
         self._wake = trio.Event()
@@ -490,7 +481,7 @@ class InstanceRun:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._heartbeat)
-                timeout = self.definition.timeout
+                timeout = self._timeout
                 if self.instance.status is I.CREATED:
                     self._set_instance(I.IN_PROGRESS)
                     if timeout:

@@ -19,6 +19,8 @@ __all__ = [
     "INT_MAX",
     "MAX_VALUE_DEPTH",
     "MAX_DURATION_SECONDS",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_TIMEOUT_SECONDS",
     "MAX_BACKOFF_EXPONENT",
     "MAX_RETRY_LIMIT",
     "MAX_CONCURRENCY",
@@ -45,7 +47,10 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # CEL's int, and Legato's LONG: a 64-bit
 MAX_VALUE_DEPTH = 100  # nesting of maps and arrays in a value CEL sees (a param's, a step's outputs)
 
 # -- durations and backoff (legato.definition) -----------------------------------------------------
-MAX_DURATION_SECONDS = 366 * 86400  # a timeout or a backoff: at most a year (omit a timeout for none)
+MAX_DURATION_SECONDS = 366 * 86400  # a backoff's base or cap: at most a year
+# Maestro's Defaults.DEFAULT_TIME_OUT_LIMIT_IN_MILLIS and Constants.MAX_TIME_OUT_LIMIT_IN_MILLIS:
+DEFAULT_TIMEOUT_SECONDS = 10 * 86400  # a step or workflow without `timeout`: 10 days
+MAX_TIMEOUT_SECONDS = 120 * 86400  # a step or workflow timeout: at most 120 days
 MAX_BACKOFF_EXPONENT = 100.0
 MAX_RETRY_LIMIT = 99  # retries of one class for one step (Maestro's Constants.MAX_RETRY_LIMIT)
 

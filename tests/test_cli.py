@@ -93,7 +93,7 @@ def test_param_override_reaches_bash_byte_for_byte(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-p", "nope=1"], "unknown param 'nope'"),
+        (["-p", "threshhold=1"], "did you mean 'threshold'"),
         (["-p", "threshold=abc"], "not a LONG"),
         (["-p", "threshold"], "-p expects name=value"),
         (["-p", "threshold=-1"], "fails its validator"),

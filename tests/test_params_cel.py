@@ -607,3 +607,63 @@ def test_doubles_are_finite(compiler):
         coerce(T.DOUBLE_ARRAY, [1.0, float("inf")])
     with pytest.raises(ParamError, match="an integer of 401 digits is too large for a DOUBLE"):
         coerce(T.DOUBLE, 10 ** 400)
+
+
+# -- Maestro's definitions and merge helpers ------------------------------------------------------
+
+
+@pytest.mark.parametrize("a, b, near", [
+    ("threshold", "threshhold", True), ("threshold", "treshold", True), ("threshold", "thresohld", True),
+    ("threshold", "THRESHOLD", True), ("threshold", "threshole", True), ("threshold", "thresh", False),
+    ("abc", "abd", True), ("ab", "ac", False), ("x", "y", False), ("run_date", "run_dates", True),
+    ("alpha", "beta", False),
+])
+def test_one_edit(a, b, near):
+    """What counts as a near miss of a declared name (a start param refused with a did-you-mean)."""
+    from legato.params import _one_edit
+
+    assert _one_edit(a, b) is near and _one_edit(b, a) is near
+
+
+@pytest.mark.parametrize("text, value", [
+    ("5", 5), ("-2.5", -2.5), ("true", True), ("[1, 2]", [1, 2]), ('{"k": "v"}', {"k": "v"}),
+    ("hello", "hello"), ("007", "007"), ("null", "null"), ("NaN", "NaN"), ('"quoted"', '"quoted"'), ("", ""),
+])
+def test_an_added_start_param_is_typed_from_its_text(text, value):
+    """ParamHelper.deriveTypedParameter types a value from what it is; `-p` text that is JSON
+    (not null, not a JSON string) is that value, else the text itself."""
+    from legato.params import _typed_text
+
+    assert _typed_text(text) == value and type(_typed_text(text)) is type(value)
+
+
+def test_a_full_form_with_tags_is_a_definition_not_a_map():
+    """AbstractParamDefinition: `tags` is a field of the definition."""
+    spec = parse_param("x", {"type": "STRING", "value": "a", "tags": ["t"], "description": "d"})
+    assert (spec.type, spec.value, spec.tags) == (T.STRING, "a", ("t",))
+
+
+def test_nested_map_definitions_keep_their_types_and_modes():
+    """MapParamDefinition: each entry is a ParamDefinition; copyWithParentMode makes it at least
+    as strict as its MAP."""
+    spec = parse_param("m", {"type": "MAP", "mode": "MUTABLE_ON_START", "value": {
+        "a": {"type": "LONG", "value": 2.0}, "b": {"type": "STRING", "value": "x", "mode": "CONSTANT"}, "c": [1]}})
+    entries = dict(spec.entries)
+    assert spec.value == {"a": 2, "b": "x", "c": [1]} and type(spec.value["a"]) is int and spec.is_literal
+    assert entries["a"].mode is ParamMode.MUTABLE_ON_START and entries["b"].mode is ParamMode.CONSTANT
+    assert entries["c"] is None
+
+
+def test_evaluate_params_evaluates_nested_expressions(compiler):
+    """ParamEvaluator.evaluateWorkflowParam: a literal MAP is evaluated entry by entry."""
+    out = evaluate_params(specs(n=2, m={"type": "MAP", "value": {"x": {"type": "LONG", "expression": "n * 3"},
+                                                                  "s": {"type": "STRING", "value": "n=${n}"}}}), compiler)
+    assert out == {"n": 2, "m": {"x": 6, "s": "n=2"}}
+
+
+def test_a_nested_validator_is_located(compiler):
+    """ParamEvaluator evaluates each nested param as a param, its validator included."""
+    with pytest.raises(ParamError) as info:
+        evaluate_params(specs(m={"type": "MAP", "value": {"x": {"type": "LONG", "expression": "1",
+                                                                 "validator": "value > 5"}}}), compiler)
+    assert info.value.pointer == "/m/value/x/validator"

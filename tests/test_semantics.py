@@ -358,18 +358,21 @@ async def test_idempotent_start(engine):
     assert other.instance_id != first.instance_id
 
 
-async def test_start_refuses_constant_and_unknown_params(engine):
+async def test_start_refuses_constant_and_near_miss_params(engine):
+    """ParamsMergeHelper: a CONSTANT param is not set at start; an undeclared one is added
+    (tests/test_maestro_params.py), unless one edit from a declared name."""
     from legato.engine import StartError
 
-    definition = engine.load(wf(step("a"), params={"c": {"type": "LONG", "value": 1, "mode": "CONSTANT"}, "m": 2}))
+    definition = engine.load(wf(step("a"), params={"c": {"type": "LONG", "value": 1, "mode": "CONSTANT"}, "m": 2,
+                                                   "limit": 3}))
     with pytest.raises(StartError, match="CONSTANT"):
         await engine.start(definition, {"c": 2})
-    with pytest.raises(StartError, match="unknown param 'nope'"):
-        await engine.start(definition, raw_params={"nope": "1"})
+    with pytest.raises(StartError, match="did you mean 'limit'"):
+        await engine.start(definition, raw_params={"limt": "1"})
     with pytest.raises(StartError, match="not a LONG"):
         await engine.start(definition, raw_params={"m": "abc"})
     instance, _ = await engine.start(definition, raw_params={"m": "5"})
-    assert instance.params == {"c": 1, "m": 5}
+    assert instance.params == {"c": 1, "m": 5, "limit": 3}
 
 
 async def test_every_transition_is_a_timestamped_event(run_doc):
