@@ -28,7 +28,6 @@ from .limits import (
     MAX_NUMBER_DIGITS,
     MAX_RETRY_LIMIT,
     MAX_STRING_BYTES,
-    MAX_YAML_ALIAS_NODES,
 )
 from .params import (
     ParamError,
@@ -37,6 +36,7 @@ from .params import (
     interpolation_names,
     parse_param,
 )
+from . import yaml12
 from .steptype import StepType
 
 __all__ = [
@@ -190,7 +190,8 @@ class Definition:
 
 
 def parse_document(text: str, source: str = "") -> dict[str, Any]:
-    """Parse JSON or YAML text; a syntax error becomes a DefinitionError with line:col.
+    """Parse JSON or YAML (1.2, :mod:`legato.yaml12`) text; a syntax error becomes a
+    DefinitionError with line:col.
 
     The document is bounded (:mod:`legato.limits`): its size, its nesting, the size of its strings
     and numbers, and what YAML aliases may expand to; each excess is a located problem."""
@@ -210,15 +211,11 @@ def parse_document(text: str, source: str = "") -> dict[str, Any]:
             raise DefinitionError([Problem("", f"{_long_number_at(text)}: invalid JSON: a number has more than "
                                                f"{MAX_NUMBER_DIGITS} digits (MAX_NUMBER_DIGITS)")], source) from None
     else:
-        import yaml
-
         try:
-            document = yaml.load(text, Loader=_yaml_loader())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{mark.line + 1}:{mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise DefinitionError([Problem("", f"{where}invalid YAML: {problem}")], source) from None
+            document = yaml12.load(text, object_hook=_object)
+        except yaml12.YamlError as exc:
+            where = f"{exc.line}:{exc.column}: " if exc.line is not None else ""
+            raise DefinitionError([Problem("", f"{where}invalid YAML: {exc.problem}")], source) from None
     if not isinstance(document, dict):
         raise DefinitionError([Problem("", "a definition is an object with `workflow` (and optional `properties`)")], source)
     problems = _inspect(document)
@@ -337,85 +334,6 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-_LOADER = None
-
-
-def _yaml_loader():
-    """A safe loader that keeps dates as strings (a param `2025-01-01` is text, as in JSON), records
-    duplicate keys, and bounds what a document can demand before it is built: nesting, what
-    aliases expand to (a "billion laughs" is refused at the alias that crosses the bound, a
-    recursive alias at once), the digits of an integer; keys must be scalars."""
-    global _LOADER
-    if _LOADER is None:
-        import yaml
-        from yaml.composer import ComposerError
-        from yaml.constructor import ConstructorError
-
-        class Loader(yaml.SafeLoader):
-            def __init__(self, stream):
-                super().__init__(stream)
-                self._depth = 0
-                self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, once composed
-                self._aliased = 0
-
-            def compose_node(self, parent, index):
-                if self.check_event(yaml.AliasEvent):
-                    event = self.peek_event()
-                    node = self.anchors.get(event.anchor)
-                    if node is not None:
-                        size = self._sizes.get(id(node))
-                        if size is None:
-                            raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains "
-                                                "it (a recursive alias)", event.start_mark)
-                        self._aliased += size
-                        if self._aliased > MAX_YAML_ALIAS_NODES:
-                            raise ComposerError(None, None, f"aliases expand to more than {MAX_YAML_ALIAS_NODES} "
-                                                "nodes (MAX_YAML_ALIAS_NODES)", event.start_mark)
-                    return super().compose_node(parent, index)
-                self._depth += 1
-                if self._depth > MAX_NESTING:
-                    raise ComposerError(None, None, f"sequences and mappings nest deeper than {MAX_NESTING} "
-                                        "levels (MAX_NESTING)", self.peek_event().start_mark)
-                try:
-                    node = super().compose_node(parent, index)
-                finally:
-                    self._depth -= 1
-                value, sizes = node.value, self._sizes
-                if isinstance(node, yaml.SequenceNode):
-                    sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in value)
-                elif isinstance(node, yaml.MappingNode):
-                    sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in value)
-                else:
-                    sizes[id(node)] = 1
-                return node
-
-            def construct_mapping(self, node, deep=False):
-                self.flatten_mapping(node)
-                for key, _ in node.value:
-                    if not isinstance(key, yaml.ScalarNode):
-                        kind = "sequence" if isinstance(key, yaml.SequenceNode) else "mapping"
-                        raise ConstructorError(None, None, f"a key must be a plain value, not a {kind}",
-                                               key.start_mark)
-                return _object((self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
-                               for k, v in node.value)
-
-            def construct_yaml_int(self, node):
-                digits = sum(ch.isdigit() for ch in node.value)
-                if digits > MAX_NUMBER_DIGITS:
-                    raise ConstructorError(None, None, f"a number has more than {MAX_NUMBER_DIGITS} digits "
-                                           "(MAX_NUMBER_DIGITS)", node.start_mark)
-                return super().construct_yaml_int(node)
-
-        Loader.yaml_implicit_resolvers = {
-            ch: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-            for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-        }
-        Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
-        Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
-        _LOADER = Loader
-    return _LOADER
 
 
 # Maestro's DurationParser units (d, day(s), h, hour(s), min, minute(s), s, sec, second(s), ms,
