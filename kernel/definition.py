@@ -935,6 +935,189 @@ def _pydantic_message(err: dict) -> str:
     return msg
 
 
+# -- references to steps that are not upstream --------------------------------------------------
+
+# `steps.x` or `steps["x"]` (not `a.steps.x`): a step an expression or `${}` reads.
+_UPSTREAM_REF = re.compile(r"(?<![.\w])steps\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*[\"']([^\"']+)[\"']\s*\])")
+#: How many upstream steps an error's hint names (the nearest first).
+_HINT_STEPS = 8
+
+
+def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dict[str, ParamSpec]) -> list[Problem]:
+    """References to steps that have not finished when the expression is evaluated, each at its
+    pointer: a step's params (expressions, validators, ``${steps.x…}``) read only steps upstream of
+    it; an edge condition of step ``s`` reads ``s`` and the steps upstream of it; workflow params
+    read none (they are evaluated at start). The engine's ``steps`` holds every step finished so
+    far, so such a reference would work or fail depending on timing.
+
+    One pass over the steps; a reference to a predecessor (or a predecessor's predecessor) costs
+    nothing more. The others are grouped by the step they name: one forward walk from it, over the
+    steps no later than its last reader in topological order, answers them all."""
+    problems: list[Problem] = []
+    for name, spec in wparams.items():
+        for ref, where in _param_step_refs(spec, f"/workflow/params/{_esc(name)}"):
+            if ref in by_id:
+                problems.append(Problem(where, f"`steps.{ref}`: workflow params are evaluated when the instance "
+                                               "starts, before any step has run; read it in the params of a step "
+                                               f"downstream of {ref}"))
+    # (reader step, referenced step, pointer, whether a condition reads it), for references that
+    # are neither to a predecessor nor to a predecessor's predecessor (the cheap, common cases)
+    queries: list[tuple[StepDef, str, str, bool]] = []
+    for step in steps:
+        for name, spec in step.params.items():
+            if spec.expression is None and spec.validator is None and not spec.interpolated:
+                continue
+            for ref, where in _param_step_refs(spec, f"{step.pointer}/params/{_esc(name)}"):
+                if ref == step.id or not _near_upstream(step, ref, by_id):
+                    queries.append((step, ref, where, False))
+        for target, cond in step.successors:
+            if cond.program is None:
+                continue
+            for ref in _cel_step_refs(cond.source):
+                if ref != step.id and not _near_upstream(step, ref, by_id):
+                    queries.append((step, ref, f"{step.pointer}/transition/successors/{_esc(target)}", True))
+    if not queries:
+        return problems
+    order = _topological_index(steps)
+    if order is None:
+        return problems  # a cycle, reported by the validator
+    last_reader: dict[str, int] = {}
+    for step, ref, _, _ in queries:
+        if step.id != ref and order[ref] < order[step.id] and order[step.id] > last_reader.get(ref, -1):
+            last_reader[ref] = order[step.id]
+    downstream = {ref: _descendants(ref, by_id, order, last) for ref, last in last_reader.items()}
+    for step, ref, where, condition in queries:
+        if step.id in downstream.get(ref, ()):
+            continue
+        problems.append(Problem(where, _not_upstream_message(step, ref, condition, by_id, order)))
+    return problems
+
+
+def _near_upstream(step: StepDef, ref: str, by_id: dict[str, StepDef]) -> bool:
+    """Whether ``ref`` is a predecessor of ``step`` or of one of its predecessors; True also for a
+    step that does not exist (the validator says it names no step)."""
+    preds = step.predecessors
+    if ref in preds or ref not in by_id:
+        return True
+    return len(preds) <= 8 and any(ref in by_id[p].predecessors for p in preds)
+
+
+def _param_step_refs(spec: ParamSpec, pointer: str):
+    """(step id, pointer) for each step a param's expression, validator or ``${}`` reads."""
+    if spec.expression is not None:
+        for ref in _cel_step_refs(spec.expression):
+            yield ref, f"{pointer}/expression"
+    if spec.validator is not None:
+        for ref in _cel_step_refs(spec.validator):
+            yield ref, f"{pointer}/validator"
+    if spec.interpolated:
+        try:
+            names = interpolation_names(spec.value)
+        except ParamError:
+            return  # reported by the validator
+        for name in names:
+            if name.startswith("steps."):
+                yield name.split(".")[1], pointer
+
+
+_NO_REFS: list[str] = []
+_REFS_SEEN: dict[str, list[str]] = {}
+
+
+def _cel_step_refs(source: Any) -> list[str]:
+    """The steps a CEL source reads (remembered: generated definitions repeat their expressions)."""
+    if not isinstance(source, str) or "steps" not in source:
+        return _NO_REFS
+    refs = _REFS_SEEN.get(source)
+    if refs is not None:
+        return refs
+    if len(_REFS_SEEN) > 10_000:
+        _REFS_SEEN.clear()
+    refs = [m.group(1) or m.group(2) for m in _UPSTREAM_REF.finditer(source)
+            if not (m.group(1) and _in_string(source, m.start()))]  # not "see steps.x" inside a string
+    _REFS_SEEN[source] = refs
+    return refs
+
+
+def _in_string(source: str, index: int) -> bool:
+    quote, escaped = None, False
+    for ch in source[:index]:
+        if escaped:
+            escaped = False
+        elif quote and ch == "\\":
+            escaped = True
+        elif quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+    return quote is not None
+
+
+def _topological_index(steps: list[StepDef]) -> dict[str, int] | None:
+    """Each step's position in one topological order (Kahn), or None when the graph has a cycle."""
+    remaining = {s.id: len(s.predecessors) for s in steps}
+    by_id = {s.id: s for s in steps}
+    ready = [s.id for s in steps if not s.predecessors]
+    order: dict[str, int] = {}
+    while ready:
+        sid = ready.pop()
+        order[sid] = len(order)
+        for target, _ in by_id[sid].successors:
+            remaining[target] -= 1
+            if remaining[target] == 0:
+                ready.append(target)
+    return order if len(order) == len(steps) else None
+
+
+def _descendants(start: str, by_id: dict[str, StepDef], order: dict[str, int], last: int) -> set[str]:
+    """The steps downstream of ``start`` whose topological position is at most ``last``."""
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for target, _ in by_id[stack.pop()].successors:
+            if target not in seen and order[target] <= last:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def _nearest_upstream(step: StepDef, by_id: dict[str, StepDef]) -> list[str]:
+    """Up to _HINT_STEPS + 1 steps upstream of ``step``, nearest first."""
+    found: list[str] = []
+    seen = {step.id}
+    frontier = [step.id]
+    while frontier and len(found) <= _HINT_STEPS:
+        nxt = []
+        for sid in frontier:
+            for pred in by_id[sid].predecessors:
+                if pred not in seen:
+                    seen.add(pred)
+                    found.append(pred)
+                    nxt.append(pred)
+        frontier = nxt
+    return found
+
+
+def _not_upstream_message(step: StepDef, ref: str, condition: bool, by_id: dict[str, StepDef],
+                          order: dict[str, int]) -> str:
+    sid = step.id
+    upstream = ([sid] if condition else []) + _nearest_upstream(step, by_id)
+    names = ", ".join(f"`{n}`" for n in upstream[:_HINT_STEPS]) + (", …" if len(upstream) > _HINT_STEPS else "")
+    if condition:
+        readable = f"a condition of `{sid}` can read {names}"
+    else:
+        readable = f"`{sid}` can read {names}" if names else f"nothing is upstream of `{sid}`"
+    if ref == sid:
+        return (f"`steps.{sid}` is this step itself: its params are evaluated before it runs; read its outputs "
+                "in its transition's conditions or in the params of a step downstream of it")
+    when = f"`{sid}`'s conditions are evaluated (as it ends)" if condition else f"`{sid}`'s params are evaluated"
+    if order[ref] > order[sid] and ref in _descendants(sid, by_id, order, order[ref]):
+        return f"`steps.{ref}` runs after `{sid}`, so it has not run yet when {when}; {readable}"
+    return (f"`steps.{ref}` is not upstream of `{sid}`, so it may or may not have run when {when}; "
+            f"{readable} (or add `{sid}` to the successors of `{ref}`)")
+
+
 def load_definition(
     source: str | Path | Mapping[str, Any],
     step_types: Mapping[str, type[StepType]],
@@ -1099,6 +1282,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
         has_secrets = has_secrets or len(step_secret) > len(secret)
         v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)
+    v.problems.extend(check_upstream(steps, by_id, wparams))
 
     if v.problems:
         raise DefinitionError(v.problems, name)

@@ -112,3 +112,106 @@ def test_yaml_reads_no_on_yes_as_strings_and_0755_as_yaml_1_2_does(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report["params"] == {"country": "NO", "switch": "on", "answer": "yes", "off_peak": "off",
                                 "mode": 755, "octal": 493, "day": "2025-01-01", "enabled": True}
+
+
+# -- references to steps that are not upstream -----------------------------------------------------
+
+
+def test_validate_names_references_to_steps_that_are_not_upstream(tmp_path):
+    """
+    $ legato validate branches.yaml
+    branches.yaml: 4 problem(s) found
+      /workflow/params/early/expression: `steps.extract`: workflow params are evaluated when ...
+      /workflow/steps/1/step/params/me/expression: `steps.load` is this step itself: ...
+      /workflow/steps/1/step/transition/successors/report: `steps.alert` is not upstream of `load`, ...
+      /workflow/steps/3/step/params/total: `steps.alert` is not upstream of `report`, ...
+    $ echo $?
+    2
+
+    ``alert`` is on another branch: whether it has finished when ``report`` starts depends on
+    timing, so the run would work on one day and fail on the next.
+    """
+    definition = write(tmp_path, "branches.yaml", """
+        workflow:
+          id: branches
+          params:
+            early: {type: STRING, expression: "steps.extract.status"}
+          steps:
+            - step:
+                id: extract
+                type: noop
+                transition: {successors: [load, alert]}
+            - step:
+                id: load
+                type: noop
+                params:
+                  me: {type: STRING, expression: "steps.load.status"}
+                  ok: {type: STRING, expression: "steps.extract.status + ' (not steps.alert)'"}
+                transition:
+                  successors:
+                    report: "steps.alert.status == 'SUCCEEDED' && steps.load.status == 'SUCCEEDED'"
+            - step:
+                id: alert
+                type: noop
+            - step:
+                id: report
+                type: bash
+                params:
+                  fine: ${steps.extract.status}
+                  total: ${steps.alert.outputs.total}
+                  script: echo "$total"
+        """)
+    proc = legato_cli("validate", str(definition), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"{definition}: 4 problem(s) found",
+        "  /workflow/params/early/expression: `steps.extract`: workflow params are evaluated when the instance "
+        "starts, before any step has run; read it in the params of a step downstream of extract",
+        "  /workflow/steps/1/step/params/me/expression: `steps.load` is this step itself: its params are evaluated "
+        "before it runs; read its outputs in its transition's conditions or in the params of a step downstream of it",
+        "  /workflow/steps/1/step/transition/successors/report: `steps.alert` is not upstream of `load`, so it may "
+        "or may not have run when `load`'s conditions are evaluated (as it ends); a condition of `load` can read "
+        "`load`, `extract` (or add `load` to the successors of `alert`)",
+        "  /workflow/steps/3/step/params/total: `steps.alert` is not upstream of `report`, so it may or may not "
+        "have run when `report`'s params are evaluated; `report` can read `load`, `extract` (or add `report` to "
+        "the successors of `alert`)",
+    ]
+
+
+def test_a_reference_to_a_step_downstream_says_it_has_not_run_yet(tmp_path):
+    """
+    $ legato validate early.json
+      /workflow/steps/0/step/params/n/expression: `steps.b` runs after `a`, so it has not run yet when
+      `a`'s params are evaluated; nothing is upstream of `a`
+    """
+    definition = write(tmp_path, "early.json", json.dumps({"workflow": {"id": "early", "steps": [
+        {"step": {"id": "a", "type": "noop", "params": {"n": {"type": "LONG", "expression": "steps.b.attempt"}},
+                  "transition": {"successors": ["b"]}}},
+        {"step": {"id": "b", "type": "noop"}}]}}))
+    proc = legato_cli("validate", str(definition), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[1:] == [
+        "  /workflow/steps/0/step/params/n/expression: `steps.b` runs after `a`, so it has not run yet when "
+        "`a`'s params are evaluated; nothing is upstream of `a`"]
+
+
+def test_references_to_any_ancestor_validate(tmp_path):
+    """Ancestors at every distance, through a diamond and a long chain, and a step's own outputs
+    in its conditions, are all upstream: no false alarm."""
+    steps = [{"step": {"id": "top", "type": "noop", "transition": {"successors": ["left", "right"]}}},
+             {"step": {"id": "left", "type": "noop", "transition": {"successors": ["join"]}}},
+             {"step": {"id": "right", "type": "noop", "transition": {"successors": ["join"]}}},
+             {"step": {"id": "join", "type": "noop", "transition": {"successors": ["c0"]},
+                       "params": {"a": "${steps.top.status}", "b": "${steps.left.status}${steps.right.status}"}}}]
+    n = 300
+    for i in range(n):
+        last = i == n - 1
+        steps.append({"step": {
+            "id": f"c{i}", "type": "noop",
+            "params": {"far": {"type": "STRING", "expression": "steps.top.status + steps.join.status"},
+                       **({"back": f"${{steps.c{i - 3}.status}}"} if i >= 3 else {})},
+            "transition": {"successors": {} if last else {f"c{i + 1}": f"steps.c{i}.status == 'SUCCEEDED' "
+                                                                       "&& steps.right.status != ''"}}}})
+    definition = write(tmp_path, "deep.json", json.dumps({"workflow": {"id": "deep", "steps": steps}}))
+    proc = legato_cli("validate", str(definition), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
