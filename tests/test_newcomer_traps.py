@@ -215,3 +215,139 @@ def test_references_to_any_ancestor_validate(tmp_path):
     definition = write(tmp_path, "deep.json", json.dumps({"workflow": {"id": "deep", "steps": steps}}))
     proc = legato_cli("validate", str(definition), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- CEL errors in the user's terms ----------------------------------------------------------------
+
+
+def test_a_condition_reading_a_row_by_name_says_how_to_write_it(tmp_path):
+    """
+    $ legato run rows.yaml
+    ...
+    traps [...] FAILED in 0.30s (1 fatally_failed, 1 succeeded)
+      step(s) failed: report
+      report (attempt 1) FATALLY_FAILED: /workflow/steps/0/step/transition/successors/report: condition
+      failed: `steps.load.outputs.rows[0]` is a list; use `rows[0][1]` or `records[0].total`
+
+    The condition is load's (its pointer says so); the step it guards, report, is the one that fails.
+    """
+    pytest.importorskip("duckdb")
+    definition = write(tmp_path, "rows.yaml", """
+        workflow:
+          id: traps
+          steps:
+            - step:
+                id: load
+                type: sql
+                params:
+                  query: SELECT 'north' AS region, 42 AS total
+                transition:
+                  successors:
+                    report: steps.load.outputs.rows[0].total > 10
+            - step:
+                id: report
+                type: noop
+        """)
+    proc = legato_cli("run", str(definition), "--store", "memory://", "--workspace", str(tmp_path / "runs"),
+                      cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-2:] == [
+        "  step(s) failed: report",
+        "  report (attempt 1) FATALLY_FAILED: /workflow/steps/0/step/transition/successors/report: condition "
+        "failed: `steps.load.outputs.rows[0]` is a list; use `rows[0][1]` or `records[0].total`"]
+    assert "celpy" not in proc.stdout + proc.stderr and "Type(" not in proc.stdout + proc.stderr
+
+
+def test_a_param_expression_that_fails_is_blamed_on_its_step_in_cel_terms(tmp_path):
+    """
+    $ legato run count.yaml
+      step(s) failed: report
+      report (attempt 1) FATALLY_FAILED: /workflow/steps/1/step/params/big/expression: CEL
+      `steps.count.outputs.n > 100` compares a string (`steps.count.outputs.n`) with an int (`100`);
+      convert one side: `int(steps.count.outputs.n)`
+    """
+    definition = write(tmp_path, "count.yaml", """
+        workflow:
+          id: count
+          steps:
+            - step:
+                id: count
+                type: bash
+                params: {script: 'echo "n=250" >> "$LEGATO_OUTPUT"'}
+                transition: {successors: [report]}
+            - step:
+                id: report
+                type: noop
+                params:
+                  big: {type: BOOLEAN, expression: "steps.count.outputs.n > 100"}
+        """)
+    proc = legato_cli("run", str(definition), "--store", "memory://", "--workspace", str(tmp_path / "runs"),
+                      cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-2:] == [
+        "  step(s) failed: report",
+        "  report (attempt 1) FATALLY_FAILED: /workflow/steps/1/step/params/big/expression: CEL "
+        "`steps.count.outputs.n > 100` compares a string (`steps.count.outputs.n`) with an int (`100`); "
+        "convert one side: `int(steps.count.outputs.n)`"]
+
+
+OUTPUTS = {"row_count": 2, "columns": ["region", "total"], "rows": [["north", 150], ["south", 80]],
+           "records": [{"region": "north", "total": 150}, {"region": "south", "total": 80}], "n": "5"}
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    # a list read by name
+    ("steps.load.outputs.rows[0].total > 100",
+     "`steps.load.outputs.rows[0]` is a list; use `rows[0][1]` or `records[0].total`"),
+    ("steps.load.outputs.rows[0]['total'] > 100",
+     "`steps.load.outputs.rows[0]` is a list, indexed by position; use `rows[0][1]` or `records[0].total`"),
+    ("steps.load.outputs.rows[0].totl > 100",
+     "`steps.load.outputs.rows[0]` is a list, which has no fields: `.totl` needs a map; index a list by "
+     "position (`steps.load.outputs.rows[0][0]`); its columns, in order: region, total"),
+    ("steps.load.outputs.rows['0']",
+     "`steps.load.outputs.rows` is a list: index it by position with an int, not a string (`'0'`)"),
+    ("steps.load.outputs.rows[5][0] == 'x'",
+     "`steps.load.outputs.rows[5]`: index 5 is out of range; `steps.load.outputs.rows` has 2 element(s)"),
+    # an int compared with a string
+    ("steps.load.outputs.n > 3",
+     "`steps.load.outputs.n > 3` compares a string (`steps.load.outputs.n`) with an int (`3`); convert one "
+     "side: `int(steps.load.outputs.n)`"),
+    ("threshold < 2.5", "`threshold < 2.5` compares an int (`threshold`) with a double (`2.5`); convert the int: "
+                        "`double(threshold)`"),
+    ("steps.load.outputs.row_count + 'a'",
+     "`steps.load.outputs.row_count + 'a'`: no `+` between an int (`steps.load.outputs.row_count`) and a string "
+     "(`'a'`); convert one side: `int('a')`"),
+    # a missing key
+    ("steps.load.outputs.rowcount > 0",
+     "`steps.load.outputs` has no `rowcount` (did you mean `row_count`?); its keys: columns, n, records, "
+     "row_count, rows"),
+    ("steps.load.outputs['total']",
+     "`steps.load.outputs` has no key 'total'; its keys: columns, n, records, row_count, rows"),
+    ("steps.alert.status == 'SUCCEEDED'",
+     "`steps.alert`: no step `alert` has finished at this point (finished: load); only steps upstream are there"),
+    # a method on the wrong type, a function, a name
+    ("steps.load.outputs.row_count.startsWith('1')",
+     "`steps.load.outputs.row_count.startsWith('1')`: `startsWith()` applies to a string, and "
+     "`steps.load.outputs.row_count` is an int"),
+    ("int(steps.load.outputs.rows[0][0]) > 1", "`int(steps.load.outputs.rows[0][0])`: 'north' is not an int"),
+    ("size(threshold) > 1", "`size(threshold)`: `size()` does not take (int)"),
+    ("thresold > 1", "`thresold` is not defined; the names here: params, steps, threshold, workflow"),
+    ("steps.load.outputs.row_count ? 'a' : 'b'",
+     "`steps.load.outputs.row_count ? 'a' : 'b'`: the condition before `?` must be a bool, and "
+     "`steps.load.outputs.row_count` is an int"),
+    ("!steps.load.outputs.n", "`!steps.load.outputs.n`: `!` needs a bool, and `steps.load.outputs.n` is a string"),
+    ("steps.load.outputs.row_count / 0 > 1", "`steps.load.outputs.row_count / 0`: cannot divide by zero"),
+    # Legato's own functions keep their words
+    ("size(intsBetween(0, 5, 0)) > 0", "intsBetween: step must not be 0"),
+])
+def test_cel_errors_name_the_sub_expression_and_cel_types(expression, message):
+    """The common mistakes, each as the message a user reads after ``CEL `` (cel-python's own
+    message named Python classes: ``ListType([...]) with type '<class 'celpy.celtypes.ListType'>'
+    does not support field selection``)."""
+    from legato.cel import CelCompiler, CelError, to_cel
+
+    context = {"steps": to_cel({"load": {"status": "SUCCEEDED", "outputs": OUTPUTS}}),
+               "params": to_cel({"threshold": 3}), "threshold": to_cel(3), "workflow": to_cel({"id": "w"})}
+    with pytest.raises(CelError) as info:
+        CelCompiler().compile(expression).evaluate(context)
+    assert info.value.message == message
