@@ -344,8 +344,13 @@ class _Work:
         try:
             self.shared.attach(con)
             # Per session, not in connect()'s config: two connections to one database file with
-            # different configs refuse each other. The value is bound, never pasted.
-            con.execute("SET SESSION file_search_path = $dir", {"dir": str(self.workdir)})
+            # different configs refuse each other. The value is bound, never pasted; DuckDB splits
+            # the setting at commas, so a directory whose path has one cannot be named in it.
+            if "," in str(self.workdir):
+                self.log("[legato] the instance's working directory has a comma in its path: relative paths "
+                         "in the query resolve in the worker's own directory\n")
+            else:
+                con.execute("SET SESSION file_search_path = $dir", {"dir": str(self.workdir)})
             try:
                 statements = con.extract_statements(text)
             except duckdb.Error as exc:
