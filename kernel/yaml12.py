@@ -138,6 +138,8 @@ def load(text: str, object_hook: Callable[[Iterable[tuple[Any, Any]]], dict] = d
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or str(exc)
+        if exc.context and problem.startswith("but "):  # "…, but found another document"
+            problem = f"{exc.context}, {problem}"
         if mark is None:
             raise YamlError(problem) from None
         raise YamlError(problem, mark.line + 1, mark.column + 1) from None
