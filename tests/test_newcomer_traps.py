@@ -351,3 +351,26 @@ def test_cel_errors_name_the_sub_expression_and_cel_types(expression, message):
     with pytest.raises(CelError) as info:
         CelCompiler().compile(expression).evaluate(context)
     assert info.value.message == message
+
+
+def test_the_upstream_check_walks_once_per_step_referenced_from_afar(monkeypatch):
+    """The check stays linear for 100,000-step definitions (DESIGN §9, validate ≤ 2 s): references
+    to a predecessor or a predecessor's predecessor cost a lookup, and the steps named from farther
+    away are answered by one forward walk each, whatever the number of readers."""
+    from legato import definition as definition_module
+    from legato.cel import CelCompiler
+    from legato.plugin_manager import get_plugins
+
+    walks = []
+    walk = definition_module._descendants
+    monkeypatch.setattr(definition_module, "_descendants", lambda *a: walks.append(a[0]) or walk(*a))
+    n = 5_000
+    steps = [{"step": {"id": f"s{i}", "type": "noop",
+                       "params": {"first": {"type": "STRING", "expression": "steps.s0.status"},
+                                  "back": f"${{steps.s{max(i - 2, 0)}.status}}"} if i >= 2 else {},
+                       "transition": {"successors": [f"s{i + 1}"] if i + 1 < n else []}}} for i in range(n)]
+    plugins = get_plugins()
+    loaded = definition_module.load_definition({"workflow": {"id": "long", "steps": steps}},
+                                               plugins.step_types.types, CelCompiler())
+    assert len(loaded.steps) == n
+    assert walks == ["s0"]
