@@ -477,7 +477,7 @@ def _describe(source: str, tree: Any, children: list, values: dict, context: Map
             if what == "steps":
                 done = _keys(operand)
                 return (f"`steps.{field}`: no step `{field}` has finished at this point (finished: {done}); "
-                        "only steps upstream are there")
+                        "read steps upstream of this one")
             return f"`{what}` has no `{field}`{_did_you_mean(field, operand)}; its keys: {_keys(operand)}"
         if _type_name(operand) == "list":
             hint = _row_hint(source, tree, values, field)

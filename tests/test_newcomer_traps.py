@@ -114,6 +114,29 @@ def test_yaml_reads_no_on_yes_as_strings_and_0755_as_yaml_1_2_does(tmp_path):
                                 "mode": 755, "octal": 493, "day": "2025-01-01", "enabled": True}
 
 
+def test_operator_settings_are_yaml_1_2_too(tmp_path):
+    """
+    $ cat settings.yaml
+    bash: {inherit_env: [NO]}      # a variable named NO, not the boolean false
+    $ NO=norway legato run --settings settings.yaml env.yaml --json
+    "outputs": {"no": "norway"}
+    """
+    settings = write(tmp_path, "settings.yaml", "bash: {inherit_env: [NO]}\n")
+    definition = write(tmp_path, "env.yaml", """
+        workflow:
+          id: env
+          steps:
+            - step:
+                id: a
+                type: bash
+                params: {script: 'echo "no=$NO" >> "$LEGATO_OUTPUT"'}
+        """)
+    proc = legato_cli("run", str(definition), "--settings", str(settings), "--store", "memory://",
+                      "--workspace", str(tmp_path / "runs"), "--json", cwd=tmp_path, env_extra={"NO": "norway"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["steps"]["a"]["outputs"] == {"no": "norway"}
+
+
 # -- references to steps that are not upstream -----------------------------------------------------
 
 
@@ -324,7 +347,7 @@ OUTPUTS = {"row_count": 2, "columns": ["region", "total"], "rows": [["north", 15
     ("steps.load.outputs['total']",
      "`steps.load.outputs` has no key 'total'; its keys: columns, n, records, row_count, rows"),
     ("steps.alert.status == 'SUCCEEDED'",
-     "`steps.alert`: no step `alert` has finished at this point (finished: load); only steps upstream are there"),
+     "`steps.alert`: no step `alert` has finished at this point (finished: load); read steps upstream of this one"),
     # a method on the wrong type, a function, a name
     ("steps.load.outputs.row_count.startsWith('1')",
      "`steps.load.outputs.row_count.startsWith('1')`: `startsWith()` applies to a string, and "
