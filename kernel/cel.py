@@ -517,14 +517,20 @@ def _describe(source: str, tree: Any, children: list, values: dict, context: Map
         hint = ""
         if {lt, rt} == {"int", "string"} or {lt, rt} == {"double", "string"}:
             number = "int" if "int" in (lt, rt) else "double"
-            text_side = left_text if lt == "string" else right_text
-            hint = f"; convert one side: `{number}({text_side})`"
+            text_side, number_side = (left_text, right_text) if lt == "string" else (right_text, left_text)
+            if op == "+":
+                hint = f"; convert one side: `string({number_side})` to join text, `{number}({text_side})` to add"
+            else:
+                hint = f"; convert one side: `{number}({text_side})`"
         elif {lt, rt} == {"int", "double"}:
             int_side = left_text if lt == "int" else right_text
             hint = f"; convert the int: `double({int_side})`"
         if op in ("<", "<=", ">", ">=", "==", "!="):
             return f"`{whole}` compares {_a(left_value)} (`{left_text}`) with {_a(right_value)} (`{right_text}`){hint}"
         if op == "in":
+            if rt in ("list", "map"):
+                return (f"`{whole}`: `{right_text}` holds values that cannot be compared with {_a(left_value)} "
+                        f"(`{left_text}`)")
             return f"`{whole}`: `in` needs a list or a map on its right, and `{right_text}` is {_a(right_value)}"
         return (f"`{whole}`: no `{op}` between {_a(left_value)} (`{left_text}`) and {_a(right_value)} "
                 f"(`{right_text}`){hint}")

@@ -339,7 +339,7 @@ OUTPUTS = {"row_count": 2, "columns": ["region", "total"], "rows": [["north", 15
                         "`double(threshold)`"),
     ("steps.load.outputs.row_count + 'a'",
      "`steps.load.outputs.row_count + 'a'`: no `+` between an int (`steps.load.outputs.row_count`) and a string "
-     "(`'a'`); convert one side: `int('a')`"),
+     "(`'a'`); convert one side: `string(steps.load.outputs.row_count)` to join text, `int('a')` to add"),
     # a missing key
     ("steps.load.outputs.rowcount > 0",
      "`steps.load.outputs` has no `rowcount` (did you mean `row_count`?); its keys: columns, n, records, "
