@@ -955,9 +955,9 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
     steps no later than its last reader in topological order, answers them all."""
     problems: list[Problem] = []
     for name, spec in wparams.items():
-        for ref, where in _param_step_refs(spec, f"/workflow/params/{_esc(name)}"):
+        for ref, field in _param_step_refs(spec):
             if ref in by_id:
-                problems.append(Problem(where, f"`steps.{ref}`: workflow params are evaluated when the instance "
+                problems.append(Problem(f"/workflow/params/{_esc(name)}{field}", f"`steps.{ref}`: workflow params are evaluated when the instance "
                                                "starts, before any step has run; read it in the params of a step "
                                                f"downstream of {ref}"))
     # (reader step, referenced step, pointer, whether a condition reads it), for references that
@@ -967,9 +967,9 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
         for name, spec in step.params.items():
             if spec.expression is None and spec.validator is None and not spec.interpolated:
                 continue
-            for ref, where in _param_step_refs(spec, f"{step.pointer}/params/{_esc(name)}"):
+            for ref, field in _param_step_refs(spec):
                 if ref == step.id or not _near_upstream(step, ref, by_id):
-                    queries.append((step, ref, where, False))
+                    queries.append((step, ref, f"{step.pointer}/params/{_esc(name)}{field}", False))
         for target, cond in step.successors:
             if cond.program is None:
                 continue
@@ -1002,22 +1002,23 @@ def _near_upstream(step: StepDef, ref: str, by_id: dict[str, StepDef]) -> bool:
     return len(preds) <= 8 and any(ref in by_id[p].predecessors for p in preds)
 
 
-def _param_step_refs(spec: ParamSpec, pointer: str):
-    """(step id, pointer) for each step a param's expression, validator or ``${}`` reads."""
+def _param_step_refs(spec: ParamSpec):
+    """(step id, "/expression" | "/validator" | "") for each step a param's expression, validator
+    or ``${}`` reads."""
     if spec.expression is not None:
         for ref in _cel_step_refs(spec.expression):
-            yield ref, f"{pointer}/expression"
+            yield ref, "/expression"
     if spec.validator is not None:
         for ref in _cel_step_refs(spec.validator):
-            yield ref, f"{pointer}/validator"
-    if spec.interpolated:
+            yield ref, "/validator"
+    if spec.interpolated and (not isinstance(spec.value, str) or "steps" in spec.value):
         try:
             names = interpolation_names(spec.value)
         except ParamError:
             return  # reported by the validator
         for name in names:
             if name.startswith("steps."):
-                yield name.split(".")[1], pointer
+                yield name.split(".")[1], ""
 
 
 _NO_REFS: list[str] = []
