@@ -8,7 +8,10 @@ cel-python is the engine.  What this module adds:
   of the lists our own functions build; exceeding one is a :class:`CelError`, never a hang;
 - isolation: building a cel-python ``Environment`` raises the interpreter's recursion limit;
   we put it back, so using CEL never changes process-wide state;
-- errors for people: :class:`CelError` carries ``line`` and ``column`` (1-based) when known.
+- errors for people: :class:`CelError` carries ``line`` and ``column`` (1-based) when known; an
+  evaluation error names the sub-expression that failed, as written, and its operands' CEL types
+  (``steps.load.outputs.rows[0]` is a list; use `rows[0][1]` or `records[0].total``), never
+  cel-python's classes. To find it the expression is evaluated once more, only when it failed.
 
 Literal ``true`` / ``false`` conditions never reach cel-python (they dominate real DAGs).
 """
@@ -91,6 +94,8 @@ def _deadline_runner():
             return sub
 
     class BoundedRunner(celpy.InterpretedRunner):
+        Evaluator = BoundedEvaluator
+
         def evaluate(self, context):
             e = BoundedEvaluator(ast=self.ast, activation=self.new_activation())
             e.deadline = time.monotonic() + MAX_EVAL_SECONDS
@@ -247,7 +252,7 @@ class CelProgram:
         except _Timeout:
             raise CelError(f"evaluation took longer than {MAX_EVAL_SECONDS}s; simplify the expression") from None
         except celpy.CELEvalError as exc:
-            raise CelError(_eval_message(exc)) from None
+            raise CelError(_explain(self, activation) or _eval_message(exc)) from None
         except RecursionError:
             raise CelError("expression is too deeply nested to evaluate") from None
         except CelError:
@@ -297,6 +302,303 @@ def _eval_message(exc: Exception) -> str:
     return message
 
 
+# -- errors in the user's terms -------------------------------------------------------------------
+#
+# cel-python's evaluation errors name its Python classes and grammar rules ("ListType(...) with type
+# '<class 'celpy.celtypes.ListType'>' does not support field selection"). When one happens, the
+# expression is evaluated again, off the hot path, by an evaluator that notes where the error was
+# born and what the operands there were; the message then names that sub-expression, as the user
+# wrote it, and the operands' CEL types.
+
+_CEL_TYPES = (("BoolType", "bool"), ("IntType", "int"), ("UintType", "uint"), ("DoubleType", "double"),
+              ("StringType", "string"), ("BytesType", "bytes"), ("ListType", "list"), ("MapType", "map"),
+              ("TimestampType", "timestamp"), ("DurationType", "duration"))
+_ARTICLE = {"int": "an int", "uint": "a uint", "list": "a list", "map": "a map", "error": "an error"}
+#: What CEL's string and list methods apply to, for "`x.startsWith()` needs a string".
+_METHOD_TARGETS = {"startsWith": "string", "endsWith": "string", "contains": "string", "matches": "string",
+                   "lowerAscii": "string", "upperAscii": "string", "size": "string, list or map",
+                   "getFullYear": "timestamp", "getMonth": "timestamp", "getDate": "timestamp",
+                   "getDayOfMonth": "timestamp", "getDayOfWeek": "timestamp", "getDayOfYear": "timestamp",
+                   "getHours": "timestamp or duration", "getMinutes": "timestamp or duration",
+                   "getSeconds": "timestamp or duration", "getMilliseconds": "timestamp or duration",
+                   "map": "list or map", "filter": "list or map", "exists": "list or map", "all": "list or map",
+                   "exists_one": "list or map"}
+_OPS = {"relation_lt": "<", "relation_le": "<=", "relation_gt": ">", "relation_ge": ">=", "relation_eq": "==",
+        "relation_ne": "!=", "relation_in": "in", "addition_add": "+", "addition_sub": "-",
+        "multiplication_mul": "*", "multiplication_div": "/", "multiplication_mod": "%"}
+_NO_VALUE = object()
+
+
+def _type_name(value: Any) -> str:
+    """A value's type in CEL's words: int, double, string, bool, list, map, null, …"""
+    if value is None:
+        return "null"
+    if isinstance(value, _celpy.CELEvalError):
+        return "error"
+    for cls in type(value).__mro__:
+        for name, cel in _CEL_TYPES:
+            if cls.__name__ == name:
+                return cel
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "map"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def _a(value: Any) -> str:
+    name = _type_name(value)
+    return _ARTICLE.get(name, f"a {name}")
+
+
+def _trace(program: "CelProgram", context: Mapping[str, Any]):
+    """Evaluate again, noting for each error value the node it was born at and the values of that
+    node's children then. Returns ``(error, {id(error): (node, child values, error)}, {id(node):
+    value})`` for the error the evaluation ends with, or None."""
+    runner = program._runner
+    errors: dict[int, tuple] = {}
+    values: dict[int, Any] = {}
+    CELEvalError = _celpy.CELEvalError
+
+    class Tracing(runner.Evaluator):
+        def _visit_tree(self, tree):
+            try:
+                value = super()._visit_tree(tree)
+            except CELEvalError as err:
+                value = err
+                errors.setdefault(id(err), (tree, [values.get(id(c), _NO_VALUE) for c in tree.children], err))
+                raise
+            values[id(tree)] = value
+            if isinstance(value, CELEvalError):
+                errors.setdefault(id(value), (tree, [values.get(id(c), _NO_VALUE) for c in tree.children], value))
+            return value
+
+        def sub_evaluator(self, ast):
+            sub = Tracing(ast, activation=self.activation)
+            sub.deadline = self.deadline
+            return sub
+
+    evaluator = Tracing(ast=runner.ast, activation=runner.new_activation())
+    evaluator.deadline = time.monotonic() + MAX_EVAL_SECONDS
+    try:
+        evaluator.evaluate(context)
+    except CELEvalError as err:
+        return err, errors, values
+    return None
+
+
+def _text(source: str, tree: Any) -> str:
+    """The part of ``source`` a node was parsed from, as the user wrote it."""
+    meta = getattr(tree, "meta", None)
+    start, end = getattr(meta, "start_pos", None), getattr(meta, "end_pos", None)
+    if start is not None and end is not None and not getattr(meta, "empty", False):
+        return " ".join(source[start:end].split())
+    return _celpy.celparser.tree_dump(tree)
+
+
+def _explain(program: "CelProgram", context: Mapping[str, Any]) -> str | None:
+    """The failed evaluation's error in the user's terms, or None to fall back to cel-python's."""
+    try:
+        found = _trace(program, context)
+        if found is None:
+            return None
+        err, errors, values = found
+        seen = set()
+        while id(err) in errors and id(err) not in seen:  # an error made of another: explain the first
+            if getattr(err, "legato", False):
+                return _eval_message(err)
+            seen.add(id(err))
+            tree, children, _ = errors[id(err)]
+            inner = next((c for c in children if isinstance(c, _celpy.CELEvalError) and id(c) in errors), None)
+            if inner is None:
+                return _describe(program.source, tree, children, values, context)
+            err = inner
+        return None
+    except Exception:  # noqa: BLE001 - an explanation is a courtesy; the plain message remains
+        return None
+
+
+def _keys(value: Any, limit: int = 12) -> str:
+    keys = sorted(str(k) for k in value.keys())
+    shown = ", ".join(keys[:limit]) + (", …" if len(keys) > limit else "")
+    return shown or "none"
+
+
+def _did_you_mean(name: str, value: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(k) for k in value.keys()], n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _row_hint(source: str, tree: Any, values: dict, column: Any) -> str:
+    """For ``X.rows[i].name`` or ``X.rows[i]['name']`` where ``X`` has ``columns`` (a sql step's
+    outputs): the two ways to write it (``rows[i][k]``, ``records[i].name``), or the columns."""
+    member = tree.children[0] if tree.children else None
+    inner = member.children[0] if getattr(member, "children", None) else None
+    while getattr(inner, "data", None) == "member" and inner.children:
+        inner = inner.children[0]
+    if getattr(inner, "data", None) != "member_index":
+        return ""
+    rows_tree, index_tree = inner.children[0], inner.children[1]
+    rows_node = rows_tree
+    while getattr(rows_node, "data", None) == "member" and rows_node.children:
+        rows_node = rows_node.children[0]
+    if getattr(rows_node, "data", None) != "member_dot" or rows_node.children[1].value != "rows":
+        return ""
+    outputs = values.get(id(rows_node.children[0]), _NO_VALUE)
+    if not isinstance(outputs, Mapping) or "columns" not in outputs:
+        return ""
+    columns = [str(c) for c in outputs["columns"]]
+    if str(column) not in columns:
+        return f"; its columns, in order: {', '.join(columns)}"
+    index = _text(source, index_tree)
+    hint = f"`rows[{index}][{columns.index(str(column))}]`"
+    if "records" in outputs:
+        hint += f" or `records[{index}].{column}`"
+    return f"; use {hint}"
+
+
+def _describe(source: str, tree: Any, children: list, values: dict, context: Mapping[str, Any]) -> str | None:
+    kind = tree.data
+    whole = _text(source, tree)
+    if kind == "member_dot":
+        operand, field = children[0], tree.children[1].value
+        what = _text(source, tree.children[0])
+        if isinstance(operand, Mapping):
+            if what == "steps":
+                done = _keys(operand)
+                return (f"`steps.{field}`: no step `{field}` has finished at this point (finished: {done}); "
+                        "read steps upstream of this one")
+            return f"`{what}` has no `{field}`{_did_you_mean(field, operand)}; its keys: {_keys(operand)}"
+        if _type_name(operand) == "list":
+            hint = _row_hint(source, tree, values, field)
+            if hint.startswith("; use"):
+                return f"`{what}` is a list{hint}"
+            return (f"`{what}` is a list, which has no fields: `.{field}` needs a map; index a list by position "
+                    f"(`{what}[0]`){hint}")
+        return f"`{what}` is {_a(operand)}, which has no field `{field}`"
+    if kind == "member_index":
+        operand, index = children[0], children[1]
+        what = _text(source, tree.children[0])
+        if _type_name(operand) == "list":
+            if _type_name(index) != "int":
+                hint = _row_hint(source, tree, values, index)
+                if hint.startswith("; use"):
+                    return f"`{what}` is a list, indexed by position{hint}"
+                return (f"`{what}` is a list: index it by position with an int, not {_a(index)} "
+                        f"(`{_text(source, tree.children[1])}`){hint}")
+            return f"`{whole}`: index {int(index)} is out of range; `{what}` has {len(operand)} element(s)"
+        if isinstance(operand, Mapping):
+            key = _text(source, tree.children[1])
+            return f"`{what}` has no key {key}{_did_you_mean(str(index), operand)}; its keys: {_keys(operand)}"
+        return f"`{what}` is {_a(operand)}: it cannot be indexed with `[…]`"
+    if kind in ("relation", "addition", "multiplication") and len(tree.children) == 2:
+        op_tree, right = tree.children
+        op = _OPS.get(op_tree.data)
+        if op is None or not op_tree.children:
+            return None
+        left_value = values.get(id(op_tree.children[0]), _NO_VALUE)
+        right_value = children[1]
+        if left_value is _NO_VALUE or right_value is _NO_VALUE:
+            return None
+        lt, rt = _type_name(left_value), _type_name(right_value)
+        if op in ("/", "%") and rt in ("int", "uint", "double") and not right_value:
+            return f"`{whole}`: cannot divide by zero"
+        left_text, right_text = _text(source, op_tree.children[0]), _text(source, right)
+        hint = ""
+        if {lt, rt} == {"int", "string"} or {lt, rt} == {"double", "string"}:
+            number = "int" if "int" in (lt, rt) else "double"
+            text_side, number_side = (left_text, right_text) if lt == "string" else (right_text, left_text)
+            if op == "+":
+                hint = f"; convert one side: `string({number_side})` to join text, `{number}({text_side})` to add"
+            else:
+                hint = f"; convert one side: `{number}({text_side})`"
+        elif {lt, rt} == {"int", "double"}:
+            int_side = left_text if lt == "int" else right_text
+            hint = f"; convert the int: `double({int_side})`"
+        if op in ("<", "<=", ">", ">=", "==", "!="):
+            return f"`{whole}` compares {_a(left_value)} (`{left_text}`) with {_a(right_value)} (`{right_text}`){hint}"
+        if op == "in":
+            if rt in ("list", "map"):
+                return (f"`{whole}`: `{right_text}` holds values that cannot be compared with {_a(left_value)} "
+                        f"(`{left_text}`)")
+            return f"`{whole}`: `in` needs a list or a map on its right, and `{right_text}` is {_a(right_value)}"
+        return (f"`{whole}`: no `{op}` between {_a(left_value)} (`{left_text}`) and {_a(right_value)} "
+                f"(`{right_text}`){hint}")
+    if kind == "unary" and len(tree.children) == 2:
+        sign = "!" if tree.children[0].data == "unary_not" else "-"
+        operand = children[1]
+        need = "a bool" if sign == "!" else "a number"
+        return f"`{whole}`: `{sign}` needs {need}, and `{_text(source, tree.children[1])}` is {_a(operand)}"
+    if kind == "expr" and len(tree.children) == 3:
+        condition = children[0]
+        if _type_name(condition) != "bool":
+            return (f"`{whole}`: the condition before `?` must be a bool, and "
+                    f"`{_text(source, tree.children[0])}` is {_a(condition)}")
+        return None
+    if kind == "member_dot_arg":
+        target, method = children[0], tree.children[1].value
+        err = values.get(id(tree))
+        cause = _cause(err)
+        if "undeclared reference" in str(err.args[0] if err is not None and err.args else ""):
+            return f"`{whole}`: there is no method `{method}`"
+        what = _text(source, tree.children[0])
+        wants = _METHOD_TARGETS.get(method)
+        if wants and _type_name(target) not in wants.split(" or ") and _type_name(target) not in wants.split(", "):
+            return f"`{whole}`: `{method}()` applies to {_article_list(wants)}, and `{what}` is {_a(target)}"
+        args = children[2] if len(children) > 2 and isinstance(children[2], list) else []
+        types = ", ".join(_type_name(a) for a in args)
+        return f"`{whole}`: `{method}()` of {_a(target)} does not take ({types}){cause}"
+    if kind == "primary" and tree.children and getattr(tree.children[0], "data", None) == "ident_arg":
+        call = tree.children[0]  # a function call, evaluated by its `primary` node
+        name = call.children[0].value
+        err = values.get(id(tree))
+        if err is not None and err.args and "undeclared reference" in str(err.args[0]):
+            return f"`{whole}`: there is no function `{name}`"
+        args = [values.get(id(c), _NO_VALUE) for c in call.children[1].children] if len(call.children) > 1 else []
+        if _NO_VALUE in args:
+            return None
+        if err is not None and len(err.args) > 1 and err.args[1] is ValueError and len(args) == 1 \
+                and name in ("int", "uint", "double", "bool", "timestamp", "duration"):
+            shown = f"{str(args[0])[:40]!r}" if isinstance(args[0], str) else _text(source, call.children[1])
+            return f"`{whole}`: {shown} is not {_ARTICLE.get(name, 'a ' + name)}"
+        types = ", ".join(_type_name(a) for a in args)
+        return f"`{whole}`: `{name}()` does not take ({types}){_cause(err)}"
+    if kind in ("ident", "primary"):
+        name = whole
+        err = values.get(id(tree))
+        if err is not None and err.args and "undeclared reference" in str(err.args[0]):
+            known = sorted(k for k in context if isinstance(k, str))
+            return (f"`{name}` is not defined; the names here: {', '.join(known[:12])}"
+                    f"{', …' if len(known) > 12 else ''}")
+    return None
+
+
+def _article_list(types: str) -> str:
+    first, *rest = types.split(", ")
+    return _ARTICLE.get(first, f"a {first}") + ("" if not rest else ", " + ", ".join(rest))
+
+
+def _cause(err: Any) -> str:
+    """The Python exception's own words when they say something about the value (int('abc'))."""
+    if err is None or len(err.args) < 3 or not err.args[2]:
+        return ""
+    detail = err.args[2][0] if isinstance(err.args[2], tuple) else err.args[2]
+    text = str(detail)
+    if "Type" in text or "NotImplemented" in text or "object" in text:
+        return ""  # Python classes: nothing the user wrote
+    return f": {text}"
+
+
 def _tree_depth(tree) -> int:
     deepest, stack = 0, [(tree, 1)]
     while stack:
@@ -341,6 +643,13 @@ class CelCompiler:
 
 
 # -- Legato's CEL functions ------------------------------------------------------------------
+
+
+def _own_error(message: str, kind: type) -> Any:
+    """An evaluation error raised by Legato's own functions: its message is already for people."""
+    err = _celpy.CELEvalError(message, kind, None)
+    err.legato = True
+    return err
 
 
 def builtin_functions() -> dict[str, Callable[..., Any]]:
@@ -395,7 +704,7 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
             try:
                 return fn(*args)
             except (ValueError, TypeError, OverflowError) as exc:
-                return _celpy.CELEvalError(f"{name}: {exc}", type(exc), None)
+                return _own_error(f"{name}: {exc}", type(exc))
 
         call.__name__ = name
         return call
@@ -406,8 +715,8 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
         if isinstance(left, (str, bytes, list)) and isinstance(right, (str, bytes, list)):
             size = len(left) + len(right)
             if size > MAX_VALUE_BYTES:
-                return _celpy.CELEvalError(f"`+` would build a value of {size} characters or elements; "
-                                           f"the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)", ValueError, None)
+                return _own_error(f"`+` would build a value of {size} characters or elements; "
+                                  f"the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)", ValueError)
         return operator.add(left, right)
 
     return {

@@ -137,12 +137,12 @@ def _load_settings(path: str | None) -> dict | None:
         text = open(path, encoding="utf-8").read()
     except OSError as exc:
         _fail(f"cannot read settings {path}: {exc.strerror or exc}")
-    import yaml
+    from . import yaml12
 
     try:
-        settings = yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        _fail(f"settings {path} is not valid JSON or YAML: {exc}")
+        settings = yaml12.load(text)  # YAML 1.2 is a superset of JSON
+    except yaml12.YamlError as exc:
+        _fail(f"settings {path} is not valid JSON or YAML: {exc.located()}")
     if settings is None:
         return None  # an empty file: no settings
     from .steptype import SettingsError, validate_step_settings

@@ -30,7 +30,6 @@ from .limits import (
     MAX_RETRY_LIMIT,
     MAX_STRING_BYTES,
     MAX_TIMEOUT_SECONDS,
-    MAX_YAML_ALIAS_NODES,
 )
 from .params import (
     ParamError,
@@ -40,6 +39,7 @@ from .params import (
     interpolation_names,
     parse_param,
 )
+from . import yaml12
 from .steptype import StepType
 
 __all__ = [
@@ -258,7 +258,8 @@ def _param_path(params: Mapping[str, Any], path: str) -> Any:
 
 
 def parse_document(text: str, source: str = "") -> dict[str, Any]:
-    """Parse JSON or YAML text; a syntax error becomes a DefinitionError with line:col.
+    """Parse JSON or YAML (1.2, :mod:`legato.yaml12`) text; a syntax error becomes a
+    DefinitionError with line:col.
 
     The document is bounded (:mod:`legato.limits`): its size, its nesting, the size of its strings
     and numbers, and what YAML aliases may expand to; each excess is a located problem."""
@@ -278,15 +279,11 @@ def parse_document(text: str, source: str = "") -> dict[str, Any]:
             raise DefinitionError([Problem("", f"{_long_number_at(text)}: invalid JSON: a number has more than "
                                                f"{MAX_NUMBER_DIGITS} digits (MAX_NUMBER_DIGITS)")], source) from None
     else:
-        import yaml
-
         try:
-            document = yaml.load(text, Loader=_yaml_loader())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{mark.line + 1}:{mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise DefinitionError([Problem("", f"{where}invalid YAML: {problem}")], source) from None
+            document = yaml12.load(text, object_hook=_object)
+        except yaml12.YamlError as exc:
+            where = f"{exc.line}:{exc.column}: " if exc.line is not None else ""
+            raise DefinitionError([Problem("", f"{where}invalid YAML: {exc.problem}")], source) from None
     if not isinstance(document, dict):
         raise DefinitionError([Problem("", "a definition is an object with `workflow` (and optional `properties`)")], source)
     problems = _inspect(document)
@@ -405,85 +402,6 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-_LOADER = None
-
-
-def _yaml_loader():
-    """A safe loader that keeps dates as strings (a param `2025-01-01` is text, as in JSON), records
-    duplicate keys, and bounds what a document can demand before it is built: nesting, what
-    aliases expand to (a "billion laughs" is refused at the alias that crosses the bound, a
-    recursive alias at once), the digits of an integer; keys must be scalars."""
-    global _LOADER
-    if _LOADER is None:
-        import yaml
-        from yaml.composer import ComposerError
-        from yaml.constructor import ConstructorError
-
-        class Loader(yaml.SafeLoader):
-            def __init__(self, stream):
-                super().__init__(stream)
-                self._depth = 0
-                self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, once composed
-                self._aliased = 0
-
-            def compose_node(self, parent, index):
-                if self.check_event(yaml.AliasEvent):
-                    event = self.peek_event()
-                    node = self.anchors.get(event.anchor)
-                    if node is not None:
-                        size = self._sizes.get(id(node))
-                        if size is None:
-                            raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains "
-                                                "it (a recursive alias)", event.start_mark)
-                        self._aliased += size
-                        if self._aliased > MAX_YAML_ALIAS_NODES:
-                            raise ComposerError(None, None, f"aliases expand to more than {MAX_YAML_ALIAS_NODES} "
-                                                "nodes (MAX_YAML_ALIAS_NODES)", event.start_mark)
-                    return super().compose_node(parent, index)
-                self._depth += 1
-                if self._depth > MAX_NESTING:
-                    raise ComposerError(None, None, f"sequences and mappings nest deeper than {MAX_NESTING} "
-                                        "levels (MAX_NESTING)", self.peek_event().start_mark)
-                try:
-                    node = super().compose_node(parent, index)
-                finally:
-                    self._depth -= 1
-                value, sizes = node.value, self._sizes
-                if isinstance(node, yaml.SequenceNode):
-                    sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in value)
-                elif isinstance(node, yaml.MappingNode):
-                    sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in value)
-                else:
-                    sizes[id(node)] = 1
-                return node
-
-            def construct_mapping(self, node, deep=False):
-                self.flatten_mapping(node)
-                for key, _ in node.value:
-                    if not isinstance(key, yaml.ScalarNode):
-                        kind = "sequence" if isinstance(key, yaml.SequenceNode) else "mapping"
-                        raise ConstructorError(None, None, f"a key must be a plain value, not a {kind}",
-                                               key.start_mark)
-                return _object((self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
-                               for k, v in node.value)
-
-            def construct_yaml_int(self, node):
-                digits = sum(ch.isdigit() for ch in node.value)
-                if digits > MAX_NUMBER_DIGITS:
-                    raise ConstructorError(None, None, f"a number has more than {MAX_NUMBER_DIGITS} digits "
-                                           "(MAX_NUMBER_DIGITS)", node.start_mark)
-                return super().construct_yaml_int(node)
-
-        Loader.yaml_implicit_resolvers = {
-            ch: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-            for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-        }
-        Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
-        Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
-        _LOADER = Loader
-    return _LOADER
 
 
 # Maestro's DurationParser units (d, day(s), h, hour(s), min, minute(s), s, sec, second(s), ms,
@@ -1205,6 +1123,190 @@ def _pydantic_message(err: dict) -> str:
     return msg
 
 
+# -- references to steps that are not upstream --------------------------------------------------
+
+# `steps.x` or `steps["x"]` (not `a.steps.x`): a step an expression or `${}` reads.
+_UPSTREAM_REF = re.compile(r"(?<![.\w])steps\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*[\"']([^\"']+)[\"']\s*\])")
+#: How many upstream steps an error's hint names (the nearest first).
+_HINT_STEPS = 8
+
+
+def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dict[str, ParamSpec]) -> list[Problem]:
+    """References to steps that have not finished when the expression is evaluated, each at its
+    pointer: a step's params (expressions, validators, ``${steps.x…}``) read only steps upstream of
+    it; an edge condition of step ``s`` reads ``s`` and the steps upstream of it; workflow params
+    read none (they are evaluated at start). The engine's ``steps`` holds every step finished so
+    far, so such a reference would work or fail depending on timing.
+
+    One pass over the steps; a reference to a predecessor (or a predecessor's predecessor) costs
+    nothing more. The others are grouped by the step they name: one forward walk from it, over the
+    steps no later than its last reader in topological order, answers them all."""
+    problems: list[Problem] = []
+    for name, spec in wparams.items():
+        for ref, field in _param_step_refs(spec):
+            if ref in by_id:
+                problems.append(Problem(f"/workflow/params/{_esc(name)}{field}", f"`steps.{ref}`: workflow params are evaluated when the instance "
+                                               "starts, before any step has run; read it in the params of a step "
+                                               f"downstream of {ref}"))
+    # (reader step, referenced step, pointer, whether a condition reads it), for references that
+    # are neither to a predecessor nor to a predecessor's predecessor (the cheap, common cases)
+    queries: list[tuple[StepDef, str, str, bool]] = []
+    for step in steps:
+        for name, spec in step.params.items():
+            if spec.expression is None and spec.validator is None and not spec.interpolated:
+                continue
+            for ref, field in _param_step_refs(spec):
+                if ref == step.id or not _near_upstream(step, ref, by_id):
+                    queries.append((step, ref, f"{step.pointer}/params/{_esc(name)}{field}", False))
+        for target, cond in step.successors:
+            if cond.program is None:
+                continue
+            for ref in _cel_step_refs(cond.source):
+                if ref != step.id and not _near_upstream(step, ref, by_id):
+                    queries.append((step, ref, f"{step.pointer}/transition/successors/{_esc(target)}", True))
+    if not queries:
+        return problems
+    order = _topological_index(steps)
+    if order is None:
+        return problems  # a cycle, reported by the validator
+    last_reader: dict[str, int] = {}
+    for step, ref, _, _ in queries:
+        if step.id != ref and order[ref] < order[step.id] and order[step.id] > last_reader.get(ref, -1):
+            last_reader[ref] = order[step.id]
+    downstream = {ref: _descendants(ref, by_id, order, last) for ref, last in last_reader.items()}
+    for step, ref, where, condition in queries:
+        if step.id in downstream.get(ref, ()):
+            continue
+        problems.append(Problem(where, _not_upstream_message(step, ref, condition, by_id, order)))
+    return problems
+
+
+def _near_upstream(step: StepDef, ref: str, by_id: dict[str, StepDef]) -> bool:
+    """Whether ``ref`` is a predecessor of ``step`` or of one of its predecessors; True also for a
+    step that does not exist (the validator says it names no step)."""
+    preds = step.predecessors
+    if ref in preds or ref not in by_id:
+        return True
+    return len(preds) <= 8 and any(ref in by_id[p].predecessors for p in preds)
+
+
+def _param_step_refs(spec: ParamSpec):
+    """(step id, "/expression" | "/validator" | "") for each step a param's expression, validator
+    or ``${}`` reads."""
+    if spec.expression is not None:
+        for ref in _cel_step_refs(spec.expression):
+            yield ref, "/expression"
+    if spec.validator is not None:
+        for ref in _cel_step_refs(spec.validator):
+            yield ref, "/validator"
+    if spec.interpolated and (not isinstance(spec.value, str) or "steps" in spec.value):
+        try:
+            names = interpolation_names(spec.value)
+        except ParamError:
+            return  # reported by the validator
+        for name in names:
+            if name.startswith("steps."):
+                yield name.split(".")[1], ""
+
+
+_NO_REFS: list[str] = []
+_REFS_SEEN: dict[str, list[str]] = {}
+
+
+def _cel_step_refs(source: Any) -> list[str]:
+    """The steps a CEL source reads (remembered: generated definitions repeat their expressions)."""
+    if not isinstance(source, str) or "steps" not in source:
+        return _NO_REFS
+    refs = _REFS_SEEN.get(source)
+    if refs is not None:
+        return refs
+    if len(_REFS_SEEN) > 10_000:
+        _REFS_SEEN.clear()
+    refs = [m.group(1) or m.group(2) for m in _UPSTREAM_REF.finditer(source)
+            if not (m.group(1) and _in_string(source, m.start()))]  # not "see steps.x" inside a string
+    _REFS_SEEN[source] = refs
+    return refs
+
+
+def _in_string(source: str, index: int) -> bool:
+    quote, escaped = None, False
+    for ch in source[:index]:
+        if escaped:
+            escaped = False
+        elif quote and ch == "\\":
+            escaped = True
+        elif quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+    return quote is not None
+
+
+def _topological_index(steps: list[StepDef]) -> dict[str, int] | None:
+    """Each step's position in one topological order (Kahn), or None when the graph has a cycle."""
+    remaining = {s.id: len(s.predecessors) for s in steps}
+    by_id = {s.id: s for s in steps}
+    ready = [s.id for s in steps if not s.predecessors]
+    order: dict[str, int] = {}
+    while ready:
+        sid = ready.pop()
+        order[sid] = len(order)
+        for target, _ in by_id[sid].successors:
+            remaining[target] -= 1
+            if remaining[target] == 0:
+                ready.append(target)
+    return order if len(order) == len(steps) else None
+
+
+def _descendants(start: str, by_id: dict[str, StepDef], order: dict[str, int], last: int) -> set[str]:
+    """The steps downstream of ``start`` whose topological position is at most ``last``."""
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for target, _ in by_id[stack.pop()].successors:
+            if target not in seen and order[target] <= last:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def _nearest_upstream(step: StepDef, by_id: dict[str, StepDef]) -> list[str]:
+    """Up to _HINT_STEPS + 1 steps upstream of ``step``, nearest first."""
+    found: list[str] = []
+    seen = {step.id}
+    frontier = [step.id]
+    while frontier and len(found) <= _HINT_STEPS:
+        nxt = []
+        for sid in frontier:
+            for pred in by_id[sid].predecessors:
+                if pred not in seen:
+                    seen.add(pred)
+                    found.append(pred)
+                    nxt.append(pred)
+        frontier = nxt
+    return found
+
+
+def _not_upstream_message(step: StepDef, ref: str, condition: bool, by_id: dict[str, StepDef],
+                          order: dict[str, int]) -> str:
+    sid = step.id
+    upstream = ([sid] if condition else []) + _nearest_upstream(step, by_id)
+    names = ", ".join(f"`{n}`" for n in upstream[:_HINT_STEPS]) + (", …" if len(upstream) > _HINT_STEPS else "")
+    if condition:
+        readable = f"a condition of `{sid}` can read {names}"
+    else:
+        readable = f"`{sid}` can read {names}" if names else f"nothing is upstream of `{sid}`"
+    if ref == sid:
+        return (f"`steps.{sid}` is this step itself: its params are evaluated before it runs; read its outputs "
+                "in its transition's conditions or in the params of a step downstream of it")
+    when = f"`{sid}`'s conditions are evaluated (as it ends)" if condition else f"`{sid}`'s params are evaluated"
+    if order[ref] > order[sid] and ref in _descendants(sid, by_id, order, order[ref]):
+        return f"`steps.{ref}` runs after `{sid}`, so it has not run yet when {when}; {readable}"
+    return (f"`steps.{ref}` is not upstream of `{sid}`, so it may or may not have run when {when}; "
+            f"{readable} (or add `{sid}` to the successors of `{ref}`)")
+
+
 def load_definition(
     source: str | Path | Mapping[str, Any],
     step_types: Mapping[str, type[StepType]],
@@ -1377,6 +1479,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)
         if step.params:
             v.cross_step_refs(step, by_id, scope | set(step.params))
+    v.problems.extend(check_upstream(steps, by_id, wparams))
 
     if v.problems:
         raise DefinitionError(v.problems, name)

@@ -25,11 +25,18 @@ path separator, as DuckDB reads it when it opens the file. ``${}`` in them (and 
 param but ``query``) is text interpolation; ``query`` is code and never interpolated: bind
 values with ``$name``.
 
+Relative paths inside the query (``read_csv('sales.csv')``, ``FROM 'orders.parquet'``) are looked up
+in the instance's working directory, where bash steps write their files, like every other path:
+the step sets DuckDB's ``file_search_path`` to it for the session (the query may set it again).
+DuckDB looks in its process's own directory first, so a file of the same name there wins, and it
+writes relative ``COPY … TO`` targets there: write those with ``result_path``, or an absolute path.
+
 Outputs: ``row_count`` (rows in the last statement's result; for INSERT/UPDATE/DELETE the count
-of rows they changed), ``columns`` (names), ``rows`` (the first ``max_rows`` rows, lists of
-JSON values: dates and times as ISO strings, decimals as floats, blobs as escaped strings),
-``truncated`` (whether ``rows`` is not the whole result) and ``result_path`` (absolute) when
-written.
+of rows they changed), ``columns`` (names), ``rows`` (the first ``max_rows`` rows, each a list of
+JSON values in column order: dates and times as ISO strings, decimals as floats, blobs as escaped
+strings; read one as ``rows[0][1]``), ``records`` (the same rows as maps from column name to
+value: ``records[0].total``; a repeated column name gets ``_1``, ``_2``… appended), ``truncated``
+(whether ``rows`` is not the whole result) and ``result_path`` (absolute) when written.
 
 Errors: SQL errors (syntax, catalog, constraint, read-only) and a missing ``query_file`` are user
 errors carrying DuckDB's message (and which statement failed); a database file locked by another
@@ -236,7 +243,7 @@ class Sql(StepType):
                 pass
 
         shared = _Shared()
-        work = _Work(cfg, database, query_file, result_path, spill, bindings, shared, log)
+        work = _Work(cfg, database, query_file, result_path, spill, bindings, shared, log, Path(ctx.workdir))
         # The global thread bound trio.to_thread uses, so DuckDB steps share it with other
         # blocking work.
         async with trio.to_thread.current_default_thread_limiter():
@@ -297,8 +304,9 @@ class _Work:
     """The blocking part, run in a worker thread: connect, run the statements, build outputs."""
 
     def __init__(self, cfg: SqlParams, database: str, query_file: Path | None, result_path: Path | None,
-                 spill: Path | None, bindings: dict[str, Any], shared: _Shared, log) -> None:
+                 spill: Path | None, bindings: dict[str, Any], shared: _Shared, log, workdir: Path) -> None:
         self.cfg = cfg
+        self.workdir = workdir
         self.database = database
         self.query_file = query_file
         self.result_path = result_path
@@ -335,6 +343,14 @@ class _Work:
         con = self._connect(duckdb)
         try:
             self.shared.attach(con)
+            # Per session, not in connect()'s config: two connections to one database file with
+            # different configs refuse each other. The value is bound, never pasted; DuckDB splits
+            # the setting at commas, so a directory whose path has one cannot be named in it.
+            if "," in str(self.workdir):
+                self.log("[legato] the instance's working directory has a comma in its path: relative paths "
+                         "in the query resolve in the worker's own directory\n")
+            else:
+                con.execute("SET SESSION file_search_path = $dir", {"dir": str(self.workdir)})
             try:
                 statements = con.extract_statements(text)
             except duckdb.Error as exc:
@@ -452,12 +468,29 @@ class _Work:
 
 
 def _outputs(row_count: int, columns: list[str], rows: list, result_rows: int) -> dict[str, Any]:
+    values = [[to_json_value(v) for v in row] for row in rows]
+    keys = _record_keys(columns)
     return {
         "row_count": row_count,
         "columns": columns,
-        "rows": [[to_json_value(v) for v in row] for row in rows],
+        "rows": values,
+        "records": [dict(zip(keys, row)) for row in values],
         "truncated": result_rows > len(rows),
     }
+
+
+def _record_keys(columns: list[str]) -> list[str]:
+    """Column names as map keys: a repeated name (``SELECT 1 AS a, 2 AS a``) gets ``_1``, ``_2``…"""
+    keys: list[str] = []
+    taken: set[str] = set()
+    for name in columns:
+        key, n = name, 0
+        while key in taken:
+            n += 1
+            key = f"{name}_{n}"
+        taken.add(key)
+        keys.append(key)
+    return keys
 
 
 def _bindings(ctx, cfg: SqlParams) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from .conftest import ROOT
+from .conftest import ROOT, legato_cli
 
 
 def _readme() -> str:
@@ -22,6 +22,25 @@ def test_readme_definition_validates(engine):
     doc = json.loads(re.search(r"```json\n(.*?)```", _readme(), re.S).group(1))
     definition = engine.load(doc)
     assert [s.id for s in definition.steps] == ["extract", "load", "alert"]
+
+
+def test_readme_definition_runs_as_printed(tmp_path):
+    """The README's definition, byte for byte, saved as daily.json and run as the README says:
+    ``legato run daily.json`` succeeds, ``load`` runs on the three rows ``extract`` wrote and
+    ``alert`` is UNSATISFIED."""
+    text = re.search(r"```json\n(.*?)```", _readme(), re.S).group(1)
+    assert "Saved as `daily.json`, this runs as printed (`.venv/bin/legato run daily.json`)" in _readme()
+    (tmp_path / "daily.json").write_text(text)
+    store = f"sqlite:///{tmp_path / 'legato.db'}"
+    proc = legato_cli("run", "daily.json", "--json", "--store", store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert {sid: step["status"] for sid, step in report["steps"].items()} == {
+        "extract": "SUCCEEDED", "load": "SUCCEEDED", "alert": "UNSATISFIED"}
+    assert report["steps"]["extract"]["outputs"]["rows"] == "3"
+    logs = legato_cli("logs", report["instance_id"], "load", "--store", store, cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    assert re.search(r"loading 4 lines into sales_\d{8}\b", logs.stdout), logs.stdout
 
 
 def test_readme_lists_every_hook():

@@ -139,6 +139,37 @@ async def test_a_later_step_reads_the_same_database_and_conditions_see_row_count
     assert "few" not in done.by_step or done.status("few") != "SUCCEEDED"
 
 
+async def test_rows_are_also_records_keyed_by_column(tmp_path):
+    """``rows[0][1]`` and ``records[0].total`` are the same value; a repeated column name is kept apart."""
+    doc = workflow({"step": {**step(query="SELECT 'north' AS region, 150 AS total, 1 AS n, 2 AS n "
+                                          "UNION ALL SELECT 'south', 80, 3, 4 ORDER BY total DESC")["step"],
+                             "transition": {"successors": {"big": "steps.q.outputs.records[0].total == "
+                                                                  "steps.q.outputs.rows[0][1]"}}}},
+                   step("big", query="SELECT 1"))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["records"] == [{"region": "north", "total": 150, "n": 1, "n_1": 2},
+                                         {"region": "south", "total": 80, "n": 3, "n_1": 4}]
+    assert done.status("big") == "SUCCEEDED", done.message("big")
+
+
+async def test_relative_paths_in_the_query_resolve_in_the_instance_working_directory(tmp_path, monkeypatch):
+    """A bash step writes ``sales.csv`` into the instance's working directory; the query's
+    ``read_csv('sales.csv')`` finds it there, whatever directory the worker runs in."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    doc = workflow({"step": {"id": "extract", "type": "bash",
+                             "params": {"script": "printf 'region,total\\nnorth,150\\nsouth,80\\n' > sales.csv"},
+                             "transition": {"successors": ["q"]}}},
+                   step(query="SELECT sum(total) AS total FROM read_csv('sales.csv'); "
+                              "SELECT count(*) AS n FROM 'sales.csv'"))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["records"] == [{"n": 2}]
+    assert not (elsewhere / "sales.csv").exists()
+
+
 async def test_dml_reports_the_rows_it_changed(tmp_path):
     doc = workflow(step(query="CREATE TABLE t AS SELECT range AS i FROM range(10); "
                               "UPDATE t SET i = i + 1 WHERE i < 4"))
@@ -156,7 +187,7 @@ async def test_max_rows_truncates_the_rows_not_the_count(tmp_path):
     default = await run(tmp_path, workflow(step(query="SELECT range AS i FROM range(50)")))
     assert len(default.outputs()["rows"]) == 20
     none = await run(tmp_path, workflow(step(query="SELECT 1 AS one", max_rows=0)))
-    assert none.outputs() == {"row_count": 1, "columns": ["one"], "rows": [], "truncated": True}
+    assert none.outputs() == {"row_count": 1, "columns": ["one"], "rows": [], "records": [], "truncated": True}
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv"])
