@@ -205,18 +205,6 @@ async def test_failed_edge_condition_is_located_on_the_source(run_doc):
     assert result.instance.message == "step(s) failed: a"
 
 
-async def test_later_expressions_see_the_source_as_internally_failed(run_doc):
-    """The CEL context follows the step's final status: a branch that reads it after the edge failed
-    sees INTERNALLY_FAILED, not the SUCCEEDED its conditions were evaluated with."""
-    doc = wf(step("root", to=["a", "wait"]),
-             out("a", {"n": 1}, to={"b": "steps.a.outputs.missing > 1"}), step("b"),
-             scripted_step("wait", [{"sleep": 0.2}], to=["reader"]),
-             step("reader", params={"seen": {"type": "STRING", "expression": "steps.a.status"}}))
-    result = await run_doc(doc)
-    assert result.last["a"].status.value == "INTERNALLY_FAILED"
-    assert result.last["reader"].params == {"seen": "INTERNALLY_FAILED"}
-
-
 def test_json_lists_every_step_of_the_definition(tmp_path):
     """Maestro's WorkflowRuntimeOverview lists every step, NOT_CREATED ones included: so do
     `legato run --json` and `legato status --json`, in definition order."""

@@ -185,7 +185,8 @@ SEMANTIC = {
     "54-bash-both-script-and-argv.json", "55-sleep-negative-seconds.json", "67-cron-invalid-hour.json",
     "69-timezone-unknown.json", "80-timezone-is-a-region-directory.json", "81-yaml-non-string-param-name.yaml",
     "82-yaml-non-string-successor.yaml", "90-interpolation-undeclared-via-params.json", "92-cron-never-fires.json",
-    "97-double-not-finite.json",
+    "97-double-not-finite.json", "110-maestro-map-nested-params.json", "112-maestro-cross-step-reference.json",
+    "113-maestro-param-timeouts.json",
 }
 INVALID = sorted((ROOT / "tests" / "definitions" / "invalid").iterdir())
 

@@ -11,7 +11,7 @@ import json
 import re
 
 from .. import definition as d
-from ..limits import MAX_BACKOFF_EXPONENT, MAX_CONCURRENCY, MAX_DURATION_SECONDS, MAX_RETRY_LIMIT
+from ..limits import MAX_BACKOFF_EXPONENT, MAX_CONCURRENCY, MAX_DURATION_SECONDS, MAX_RETRY_LIMIT, MAX_TIMEOUT_SECONDS
 from ..params import _FULL_FORM_KEYS, NAME_RE, RESERVED_NAMES, ParamMode, ParamType
 from . import SCHEMA_PATH
 
@@ -36,6 +36,18 @@ def whole(lo: int, hi: int, what: str) -> dict:
                       {"type": "string", "pattern": "^\\s*[0-9]{1,100}\\s*$"}]}
 
 
+#: A ``${param}`` reference to a workflow param, which timeouts and retry fields may hold (read at start).
+TEMPLATE = {"type": "string", "pattern": "\\$\\{", "description": "A string with ${param} references to workflow "
+            "params, read when the instance starts (Maestro's parameterised timeouts and retries)."}
+
+
+def templated(schema: dict) -> dict:
+    """``schema``, or a ``${param}`` template in its place."""
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [*schema["anyOf"], TEMPLATE]}
+    return {"anyOf": [schema, TEMPLATE], **({"description": schema["description"]} if "description" in schema else {})}
+
+
 def build() -> dict:
     """The schema, as a dict."""
     # The loader's own unit alternation (milliseconds?|ms|…), each letter in either case.
@@ -44,11 +56,11 @@ def build() -> dict:
     duration_string = ("^(?:\\s*[+-]?[0-9]+(?:\\.[0-9]+)?\\s*|(?:\\s*[0-9]+(?:\\.[0-9]+)?\\s*" + unit_re + "(?![A-Za-z])\\s*,?)+)$")
 
     def duration(desc, zero=False):
-        num = {"type": "number", "maximum": MAX_DURATION_SECONDS}
+        num = {"type": "number", "maximum": MAX_TIMEOUT_SECONDS}
         num["minimum" if zero else "exclusiveMinimum"] = 0
         return {"description": desc + " Seconds as a number or a numeric string, or a string of number-and-unit pairs: "
                                       "\"300 seconds\", \"2 min\", \"1h30m\", \"500ms\", \"1 day, 2 hours\".",
-                "anyOf": [num, {"type": "string", "pattern": duration_string}],
+                "anyOf": [num, {"type": "string", "pattern": duration_string}, TEMPLATE],
                 "examples": [300, "90s", "5m", "1h30m", "2 min", "1 hour"]}
 
     RETRY = d.RETRY_CLASSES
@@ -58,7 +70,7 @@ def build() -> dict:
         maestro_keys_exp[f"{c}_retry_exponent"] = {
             "description": f"The exponent of the {c} class's backoff (default 2).",
             "anyOf": [{"type": "number", "minimum": 1, "maximum": MAX_BACKOFF_EXPONENT},
-                      {"type": "string", "pattern": "^\\s*[+-]?[0-9]+(?:\\.[0-9]+)?\\s*$"}]}
+                      {"type": "string", "pattern": "^\\s*[+-]?[0-9]+(?:\\.[0-9]+)?\\s*$"}, TEMPLATE]}
         maestro_keys_exp[f"{c}_retry_limit_in_secs"] = {"$ref": "#/$defs/backoff_seconds"}
 
     any_value = {}
@@ -130,17 +142,17 @@ def build() -> dict:
       "backoff_seconds": {
         "description": "Seconds (0 allowed) as a number, a numeric string or a duration string.",
         "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS},
-                  {"type": "string", "pattern": duration_string}]},
+                  {"type": "string", "pattern": duration_string}, TEMPLATE]},
       "backoff": {
         "description": "Legato's backoff for every failure class, or Maestro's per-class FIXED_BACKOFF / "
                        "EXPONENTIAL_BACKOFF.",
         "anyOf": [
           {"type": "object", "additionalProperties": False, "properties": {
             "type": ci_enum(["fixed", "exponential"], "Legato's backoff type (default exponential)"),
-            "base": {"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS, "description": "Seconds before the first retry (default 1)."},
-            "exponent": {"type": "number", "minimum": 1, "maximum": MAX_BACKOFF_EXPONENT, "description": "Growth per retry (default 2)."},
-            "cap": {"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS, "description": "The longest delay (default 600)."},
-            "jitter": {"type": "number", "minimum": 0, "maximum": 1, "description": "Up to this fraction of the delay added at random."}}},
+            "base": templated({"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS, "description": "Seconds before the first retry (default 1)."}),
+            "exponent": templated({"type": "number", "minimum": 1, "maximum": MAX_BACKOFF_EXPONENT, "description": "Growth per retry (default 2)."}),
+            "cap": templated({"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS, "description": "The longest delay (default 600)."}),
+            "jitter": templated({"type": "number", "minimum": 0, "maximum": 1, "description": "Up to this fraction of the delay added at random."})}},
           {"type": "object", "required": ["type"], "additionalProperties": False,
            "properties": {"type": ci_enum(["FIXED_BACKOFF"], "Maestro's fixed backoff"), **maestro_keys_fixed}},
           {"type": "object", "additionalProperties": False,
@@ -149,9 +161,9 @@ def build() -> dict:
         "description": "Retry limits per failure class (user errors, platform errors, timeouts) and the backoff.",
         "type": ["object", "null"], "additionalProperties": False,
         "properties": {
-          "error_retry_limit": whole(0, MAX_RETRY_LIMIT, "Retries of user errors (default 2)"),
-          "platform_retry_limit": whole(0, MAX_RETRY_LIMIT, "Retries of platform errors (default 10)"),
-          "timeout_retry_limit": whole(0, MAX_RETRY_LIMIT, "Retries of timeouts (default 0)"),
+          "error_retry_limit": templated(whole(0, MAX_RETRY_LIMIT, "Retries of user errors (default 2)")),
+          "platform_retry_limit": templated(whole(0, MAX_RETRY_LIMIT, "Retries of platform errors (default 10)")),
+          "timeout_retry_limit": templated(whole(0, MAX_RETRY_LIMIT, "Retries of timeouts (default 0)")),
           "backoff": {"$ref": "#/$defs/backoff"}}},
       "transition": {
         "type": ["object", "null"], "additionalProperties": False,
