@@ -152,6 +152,7 @@ class Engine:
         self._step_types: dict[str, StepType] = {}
         self.releasing: set[str] = set()  # step types that override StepType.release
         self.runs: dict[str, InstanceRun] = {}
+        self._fresh_leases: dict[str, float] = {}  # instance id -> trio time start created it leased to us
 
     def step_type(self, name: str) -> StepType:
         """The (one, shared) instance of step type ``name``, built with its operator settings."""
@@ -182,8 +183,6 @@ class Engine:
         line, parsed by each param's type. Returns (instance, created): with a known
         ``request_id`` the existing instance comes back and nothing new is created.
         """
-        version = await self.storage.push_definition(definition.workflow_id, definition.document)
-        definition.version = version.version
         overrides = dict(params or {})
         for name, text in (raw_params or {}).items():
             spec = definition.params.get(name)
@@ -202,23 +201,35 @@ class Engine:
                                  f"/workflow/params/{name}/mode")
         now = time.time()
         instance_id = uuid.uuid4().hex[:16]
-        workflow = {
-            "id": definition.workflow_id, "version": version.version, "instance_id": instance_id,
-            "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
-        }
+        # Literal params need no CEL (a workflow without expressions never imports cel-python),
+        # nor the version: then the definition is pushed and the instance created in one call.
+        needs_cel = _needs_cel(definition.params)
+        version = context = None
+        if needs_cel:
+            version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
+            context = {"workflow": to_cel({
+                "id": definition.workflow_id, "version": version, "instance_id": instance_id,
+                "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
+            })}
         try:
-            values = evaluate_params(
-                definition.params, self.compiler, context={"workflow": to_cel(workflow)}, overrides=overrides
-            )
+            values = evaluate_params(definition.params, self.compiler, context=context, overrides=overrides)
         except ParamError as exc:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         if definition.has_secrets:  # refuse now what the instance could not run with
             _resolve_workflow_secrets(definition, values, self.compiler)
         record = InstanceRecord(
-            instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
+            instance_id=instance_id, workflow_id=definition.workflow_id, version=version or 0,
             params=values, request_id=request_id, initiator=initiator, created_at=now,
         )
-        return await self.storage.create_instance(record, self.owner, self.lease_ttl)
+        if needs_cel:
+            instance, created = await self.storage.create_instance(record, self.owner, self.lease_ttl)
+        else:
+            instance, created = await self.storage.start_instance(definition.document, record, self.owner,
+                                                                  self.lease_ttl)
+        definition.version = record.version
+        if created:  # leased to us at generation 1: InstanceRun need not take it again right away
+            self._fresh_leases[instance_id] = trio.current_time()
+        return instance, created
 
     @staticmethod
     def _unknown_param(definition: Definition, name: str) -> str:
@@ -276,6 +287,14 @@ def _resolve_workflow_secrets(definition: Definition, values: dict[str, Any], co
         return resolve_secrets(definition.params, values, compiler, secrets if secrets is not None else Secrets())
     except ParamError as exc:
         raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
+
+
+def _needs_cel(specs) -> bool:
+    """Whether evaluating these params reads CEL names (an expression, a validator, a ``${}``)."""
+    for spec in specs.values():
+        if spec.expression is not None or spec.validator is not None or spec.interpolated:
+            return True
+    return False
 
 
 def _utc(ts: float):
@@ -465,7 +484,11 @@ class InstanceRun:
         if self._secrets is not None:  # before the lease: an unresolvable secret changes nothing
             self._workflow_params = _resolve_workflow_secrets(self.definition, self.instance.params,
                                                               engine.compiler, self._secrets)
-        generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
+        created_at = engine._fresh_leases.pop(self.iid, None)
+        if created_at is not None and trio.current_time() - created_at < engine.lease_ttl / 3:
+            generation = 1  # start created it leased to us moments ago; the heartbeat renews it in time
+        else:
+            generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
         if generation is None:
             lease = await storage.get_lease(self.iid)
             who, left = (lease.describe(), f" (for {lease.expires_in:.1f}s more)") if lease else ("another worker", "")
@@ -822,8 +845,8 @@ class InstanceRun:
         step_type = self.engine.plugins.step_types.types[sdef.type]
         try:
             return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                                   context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params,
-                                   budget=self._budget)
+                                   context=self._context() if _needs_cel(sdef.params) else None,
+                                   raw=step_type.raw_params, argv=step_type.argv_params, budget=self._budget)
         except ParamError:
             raise
         except _UNCONVERTIBLE as exc:  # a value stored before values were checked on the way in
