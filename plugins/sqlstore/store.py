@@ -103,6 +103,8 @@ class _SaSql:
 
 
 def _dumps(value: Any) -> str:
+    if not value and type(value) is dict:
+        return "{}"  # most params and outputs: no encoder call
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
