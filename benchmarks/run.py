@@ -669,7 +669,7 @@ def legato_run_ms(b: Bench, doc_path: Path, store: str) -> float:
 
 
 def bench_cold_start(b: Bench) -> dict:
-    reps = 3 if b.quick else 7
+    reps = 2 if b.quick else 7
     doc_path = write_doc(b, {"workflow": {"id": "one", "steps": [{"step": {"id": "only", "type": "noop"}}]}}, "one")
     store = b.sqlite_url()
     new_store = legato_run_ms(b, doc_path, store)  # the first run ever: the store is created
@@ -792,7 +792,7 @@ def bench_peer(b: Bench) -> dict:
     if importlib.util.find_spec("luigi") is None:
         return {"skipped": "luigi is not installed (pip install -e '.[bench]')", "meets_target": True,
                 "value": None, "unit": "", "baseline": {"value": None, "unit": "", "what": ""}}
-    reps = 2 if b.quick else 5
+    reps = 1 if b.quick else 5
     out: dict[str, Any] = {}
     meets = True
     for kind, n in (("chain", 100), ("fan", 500)):
