@@ -62,13 +62,45 @@ def _cel():
         limit = sys.getrecursionlimit()
         try:
             import celpy
+            import celpy.celparser
             import celpy.evaluation
 
-            _environment = celpy.Environment()
+            # cel-python builds its Lark LALR tables from the grammar in every process (0.3-0.9 s,
+            # the bulk of a small `legato run`). Lark can keep them in a file: built once per user
+            # and installation, loaded in ~10 ms after that. The file's first line is a digest of
+            # the grammar, the options and the Lark and Python versions; Lark rebuilds (and
+            # rewrites) a file that does not match or does not load, so a stale or corrupt cache
+            # costs one rebuild, never an error.
+            lark_class = celpy.celparser.Lark
+            cache = _parser_cache_file()
+            if cache is not None:
+                celpy.celparser.Lark = lambda *args, **options: lark_class(*args, cache=cache, **options)
+            try:
+                _environment = celpy.Environment()
+            finally:
+                celpy.celparser.Lark = lark_class
         finally:
             sys.setrecursionlimit(limit)  # cel-python raises it process-wide; put it back
         _celpy = celpy
     return _celpy
+
+
+def _parser_cache_file() -> str | None:
+    """Where the CEL parser's tables are kept: the per-user cache directory (``$XDG_CACHE_HOME``,
+    else ``~/.cache``), ``legato/``; None (build them in memory) when it cannot be made."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "legato")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK):
+        return None
+    import lark
+
+    return os.path.join(folder, f"cel-parser-lark{lark.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.cache")
 
 
 class _Timeout(Exception):
@@ -282,7 +314,9 @@ _OPERATORS = {
     "relation_ge": ">=", "relation_eq": "==", "relation_ne": "!=", "relation_in": "in",
     "unary_neg": "-", "unary_not": "!",
 }
-_OVERLOAD = re.compile(r"found no matching overload for Token\('RULE', '(\w+)'\) applied to '\((.*)\)'")
+# The rule is a Token('RULE', …) in a parser built from the grammar, a plain string in one loaded
+# from the cache.
+_OVERLOAD = re.compile(r"found no matching overload for (?:Token\('RULE', )?'(\w+)'\)? applied to '\((.*)\)'")
 _CEL_TYPE = re.compile(r"celtypes\.(\w+?)Type")
 
 

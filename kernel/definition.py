@@ -148,6 +148,10 @@ class Condition:
     program: CelProgram | None = None
 
 
+_ALWAYS = Condition("true", True)  # the unconditional edge, shared (conditions are never changed)
+_DEFAULT_RETRY = RetryPolicy()  # frozen: shared by every step that sets none
+
+
 @dataclass(slots=True)
 class StepDef:
     """One leaf step of a definition."""
@@ -334,16 +338,19 @@ class _Obj(dict):
 
 
 def _object(pairs) -> dict:
+    if type(pairs) is not list:  # the YAML loader hands over a generator
+        pairs = list(pairs)
+    obj = dict(pairs)  # the common case, without a loop in Python
+    if len(obj) == len(pairs):
+        return obj
     obj = _Obj()
     seen = []
     for key, value in pairs:
         if key in obj:
             seen.append(key)
         obj[key] = value
-    if seen:
-        obj.duplicates = tuple(seen)
-        return obj
-    return dict(obj)
+    obj.duplicates = tuple(seen)
+    return obj
 
 
 _BIG = 10 ** MAX_NUMBER_DIGITS
@@ -364,34 +371,44 @@ def _inspect(document: dict) -> list[Problem]:
             parts.append(_esc(key))
         return "".join("/" + part for part in reversed(parts))
 
-    while stack:
-        node, link, depth = pop()
-        kind = type(node)
-        if kind is str:
-            if len(node) > MAX_STRING_BYTES:
-                problems.append(Problem(pointer(link), f"a string of {len(node)} characters; the limit is "
+    def leaf_problem(value, link) -> None:
+        if type(value) is str:
+            if len(value) > MAX_STRING_BYTES:
+                problems.append(Problem(pointer(link), f"a string of {len(value)} characters; the limit is "
                                                        f"{MAX_STRING_BYTES} (MAX_STRING_BYTES)"))
-            elif not node.isascii() and not _is_unicode(node):
+            elif not value.isascii() and not _is_unicode(value):
                 problems.append(Problem(pointer(link), "the string holds a lone surrogate (JSON's \\ud800 to "
                                                        "\\udfff without its pair): it is not text any process can take"))
-        elif kind is dict or kind is _Obj or kind is list:
-            if depth >= MAX_NESTING:
-                problems.append(Problem(pointer(link), f"arrays and objects nest deeper than {MAX_NESTING} "
-                                                       "levels (MAX_NESTING)"))
-                continue
-            depth += 1
-            if kind is list:
-                for i, value in enumerate(node):
-                    push((value, (i, link), depth))
-            else:
-                for key in getattr(node, "duplicates", ()):
-                    problems.append(Problem(pointer((key, link)), f"duplicate key {key!r}: a later value would "
-                                                                  "silently replace an earlier one"))
-                for key, value in node.items():
-                    push((value, (key, link), depth))
-        elif kind is int and not -_BIG < node < _BIG:
+        else:
             problems.append(Problem(pointer(link), f"a number of more than {MAX_NUMBER_DIGITS} digits "
                                                    "(MAX_NUMBER_DIGITS)"))
+
+    # Only containers are pushed; the leaves (most nodes) are checked as their container is
+    # walked, by a test that fails fast for the usual short ASCII string or small number.
+    limit = MAX_STRING_BYTES
+    while stack:
+        node, link, depth = pop()
+        if depth >= MAX_NESTING:
+            problems.append(Problem(pointer(link), f"arrays and objects nest deeper than {MAX_NESTING} "
+                                                   "levels (MAX_NESTING)"))
+            continue
+        depth += 1
+        if type(node) is list:
+            pairs = enumerate(node)
+        else:
+            for key in getattr(node, "duplicates", ()):
+                problems.append(Problem(pointer((key, link)), f"duplicate key {key!r}: a later value would "
+                                                              "silently replace an earlier one"))
+            pairs = node.items()
+        for key, value in pairs:
+            kind = type(value)
+            if kind is str:
+                if len(value) > limit or (not value.isascii() and not _is_unicode(value)):
+                    leaf_problem(value, (key, link))
+            elif kind is dict or kind is _Obj or kind is list:
+                push((value, (key, link), depth))
+            elif kind is int and not -_BIG < value < _BIG:
+                leaf_problem(value, (key, link))
     problems.sort(key=lambda p: p.pointer)  # stable, whatever the walk's order
     return problems
 
@@ -549,6 +566,7 @@ class _Validator:
         self.unavailable: dict[str, str | None] = {}  # asked once per step type
         self._folded: dict[str, str] | None = None
         self.workflow_params: dict[str, ParamSpec] = {}  # what `${}` in a timeout or retry policy may name
+        self._empty_params_valid: set[type] = set()  # step types whose Params accept {}
 
     def add(self, pointer: str, message: str) -> None:
         self.problems.append(Problem(pointer, message))
@@ -900,10 +918,18 @@ class _Validator:
 
     def step_config(self, cls: type[StepType], params: dict[str, ParamSpec], pointer: str) -> None:
         """Validate literal params against the step type's schema; expressions are checked when evaluated."""
-        if cls.Params is None:
-            return
+        if cls.Params is None or (not params and cls in self._empty_params_valid):
+            return  # the same (empty) params of the same step type were valid a step ago
         import pydantic
 
+        if not params:
+            try:
+                cls.Params.model_validate({})
+            except pydantic.ValidationError:
+                pass  # said below, at this step's pointer
+            else:
+                self._empty_params_valid.add(cls)
+                return
         literal = {name: spec.value for name, spec in params.items() if spec.is_literal}
         pending = {name for name, spec in params.items() if not spec.is_literal}
         try:
@@ -963,7 +989,7 @@ class _Validator:
                              cls.argv_params if cls else frozenset())
         if cls is not None:
             self.step_config(cls, params, f"{pointer}/params")
-            fields = cls.Params.model_fields if cls.Params is not None else {}
+            fields = cls.Params.model_fields if cls.Params is not None and params else {}
             for pname, spec in params.items():
                 if spec.secret and pname in fields:
                     self.add(f"{pointer}/params/{_esc(pname)}/secret",
@@ -976,17 +1002,22 @@ class _Validator:
             except ValueError:
                 self.add(f"{pointer}/failure_mode",
                          f"unknown failure_mode {raw['failure_mode']!r}; use one of {', '.join(m.value for m in FailureMode)}")
-        tags = self.tags(raw.get("tags"), f"{pointer}/tags")
+        # Absent fields cost no pointer (a 100,000-step definition has mostly absent ones).
+        tags = self.tags(raw["tags"], f"{pointer}/tags") if raw.get("tags") is not None else []
         for key in ("name", "description"):
             if key in raw and not isinstance(raw[key], str):
                 self.add(f"{pointer}/{key}", f"{key} must be a string")
         templates: dict[str, Any] = {}
         retry_raw, timeout_raw = raw.get("retry_policy"), raw.get("timeout")
-        if isinstance(retry_raw, dict) and self.template(retry_raw, f"{pointer}/retry_policy"):
-            templates["retry_policy"], retry = retry_raw, RetryPolicy()
+        if retry_raw is None:
+            retry = _DEFAULT_RETRY
+        elif isinstance(retry_raw, dict) and self.template(retry_raw, f"{pointer}/retry_policy"):
+            templates["retry_policy"], retry = retry_raw, _DEFAULT_RETRY
         else:
             retry = self.retry_policy(retry_raw, f"{pointer}/retry_policy")
-        if isinstance(timeout_raw, str) and self.template(timeout_raw, f"{pointer}/timeout"):
+        if timeout_raw is None:
+            timeout = DEFAULT_TIMEOUT_SECONDS
+        elif isinstance(timeout_raw, str) and self.template(timeout_raw, f"{pointer}/timeout"):
             templates["timeout"], timeout = timeout_raw, DEFAULT_TIMEOUT_SECONDS
         else:
             timeout = self.duration(timeout_raw, f"{pointer}/timeout")
@@ -1012,9 +1043,9 @@ class _Validator:
         for step in steps:
             raw = raw_steps[step.index]["step"]
             transition = raw.get("transition")
-            where = f"{step.pointer}/transition"
             if transition is None:
                 continue
+            where = f"{step.pointer}/transition"
             if not isinstance(transition, dict):
                 self.add(where, "transition must be an object with `successors`")
                 continue
@@ -1028,22 +1059,27 @@ class _Validator:
             if not isinstance(successors, dict):
                 self.add(f"{where}/successors", "successors must map step id -> CEL condition")
                 continue
+            successors_at = f"{where}/successors/"
             for target, condition in successors.items():
-                at = f"{where}/successors/{_esc(target)}"
+                # The pointer is spelt out only where it is used (a 100,000-step fan-out has as
+                # many successors, nearly all fine).
                 target = str(target)
                 if target not in by_id:
                     close = [s for s in by_id if s[:2] == target[:2]]
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    self.add(at, f"no such step{hint}")
+                    self.add(successors_at + _esc(target), f"no such step{hint}")
                     continue
                 if target == step.id:
-                    self.add(at, "a step cannot be its own successor")
+                    self.add(successors_at + _esc(target), "a step cannot be its own successor")
                     continue
-                if isinstance(condition, bool):
+                if condition is True or condition == "true":
+                    cond = _ALWAYS
+                elif isinstance(condition, bool):
                     cond = Condition(str(condition).lower(), condition)
                 elif isinstance(condition, str) and condition.strip() in ("true", "false"):
                     cond = Condition(condition.strip(), condition.strip() == "true")
                 else:
+                    at = successors_at + _esc(target)
                     program = self.cel(condition, at)
                     if program is None:
                         continue
@@ -1053,6 +1089,19 @@ class _Validator:
                 by_id[target].predecessors.append(step.id)
 
     def cycles(self, steps: list[StepDef], by_id: dict[str, StepDef]) -> None:
+        # Kahn's algorithm on the successor lists settles the common case in one linear pass;
+        # graphlib only names a cycle when there is one.
+        waiting = {s.id: len(s.predecessors) for s in steps}
+        ready = [s for s in steps if not s.predecessors]
+        settled = 0
+        while ready:
+            settled += 1
+            for target, _ in ready.pop().successors:
+                waiting[target] -= 1
+                if not waiting[target]:
+                    ready.append(by_id[target])
+        if settled == len(steps):
+            return
         graph = {s.id: set(s.predecessors) for s in steps}
         try:
             graphlib.TopologicalSorter(graph).prepare()
@@ -1474,6 +1523,8 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
     has_secrets = bool(secret)
     v.check_refs(wparams, known, scope, "/workflow/params", secret)
     for step in steps:
+        if not step.params:
+            continue  # nothing to check (most steps of a large definition)
         step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
         has_secrets = has_secrets or len(step_secret) > len(secret)
         v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)

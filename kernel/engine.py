@@ -12,6 +12,7 @@ outputs (one commit per tick, whatever the number of steps it moved).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -163,6 +164,7 @@ class Engine:
         self._step_types: dict[str, StepType] = {}
         self.releasing: set[str] = set()  # step types that override StepType.release
         self.runs: dict[str, InstanceRun] = {}
+        self._fresh_leases: dict[str, float] = {}  # instance id -> trio time start created it leased to us
 
     def step_type(self, name: str) -> StepType:
         """The (one, shared) instance of step type ``name``, built with its operator settings."""
@@ -194,8 +196,6 @@ class Engine:
         :func:`legato.params.merge_start_params` (modes, deep-merged maps, added params). Returns (instance, created): with a known
         ``request_id`` the existing instance comes back and nothing new is created.
         """
-        version = await self.storage.push_definition(definition.workflow_id, definition.document)
-        definition.version = version.version
         budget = ValueBudget()
         try:  # Maestro's ParamsMergeHelper: modes, deep-merged maps, params the request adds
             specs = merge_start_params(definition.params, params, raw_params, budget=budget)
@@ -203,12 +203,18 @@ class Engine:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         now = time.time()
         instance_id = uuid.uuid4().hex[:16]
-        workflow = {
-            "id": definition.workflow_id, "version": version.version, "instance_id": instance_id,
-            "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
-        }
+        # Literal params need no CEL (a workflow without expressions never imports cel-python),
+        # nor the version: then the definition is pushed and the instance created in one call.
+        needs_cel = _needs_cel(specs)
+        version = context = None
+        if needs_cel:
+            version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
+            context = {"workflow": to_cel({
+                "id": definition.workflow_id, "version": version, "instance_id": instance_id,
+                "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
+            })}
         try:
-            values = evaluate_params(specs, self.compiler, context={"workflow": to_cel(workflow)}, budget=budget)
+            values = evaluate_params(specs, self.compiler, context=context, budget=budget)
         except ParamError as exc:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         if definition.has_secrets:  # refuse now what the instance could not run with
@@ -218,10 +224,18 @@ class Engine:
         except ParamError as exc:
             raise StartError(exc.message, exc.pointer) from None
         record = InstanceRecord(
-            instance_id=instance_id, workflow_id=definition.workflow_id, version=version.version,
+            instance_id=instance_id, workflow_id=definition.workflow_id, version=version or 0,
             params=values, request_id=request_id, initiator=initiator, created_at=now,
         )
-        return await self.storage.create_instance(record, self.owner, self.lease_ttl)
+        if needs_cel:
+            instance, created = await self.storage.create_instance(record, self.owner, self.lease_ttl)
+        else:
+            instance, created = await self.storage.start_instance(definition.document, record, self.owner,
+                                                                  self.lease_ttl)
+        definition.version = record.version
+        if created:  # leased to us at generation 1: InstanceRun need not take it again right away
+            self._fresh_leases[instance_id] = trio.current_time()
+        return instance, created
 
     async def run(
         self,
@@ -238,9 +252,11 @@ class Engine:
         an instance that already has attempts in storage is resumed where it was."""
         run = InstanceRun(self, definition, instance, observer)
         self.runs[instance.instance_id] = run
+        _gc_hold()
         try:
             return await run.run(task_status)
         finally:
+            _gc_release()
             del self.runs[instance.instance_id]
 
     async def resume(self, instance_id: str, *, observer: Callable[[Event], None] | None = None,
@@ -274,6 +290,45 @@ def _resolve_workflow_secrets(definition: Definition, values: dict[str, Any], co
         return resolve_secrets(definition.params, values, compiler, secrets if secrets is not None else Secrets())
     except ParamError as exc:
         raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
+
+
+# While instances run, the cyclic GC's youngest generation is collected every GC_YOUNG
+# allocations instead of every 700: a run allocates many short-lived objects that plain reference
+# counting frees (events, records, trio tasks) beside long-lived ones that each collection would
+# walk again (the definition, the steps' state). Process-wide, so set by the first run and put
+# back by the last.
+GC_YOUNG = 50_000
+_gc_runs = 0
+_gc_saved: tuple[int, ...] | None = None
+
+
+def _gc_hold() -> None:
+    global _gc_runs, _gc_saved
+    if _gc_runs == 0:
+        _gc_saved = gc.get_threshold()
+        if _gc_saved[0] and _gc_saved[0] < GC_YOUNG:  # 0: the GC is off; leave it so
+            gc.set_threshold(GC_YOUNG, *_gc_saved[1:])
+    _gc_runs += 1
+
+
+def _gc_release() -> None:
+    global _gc_runs
+    _gc_runs -= 1
+    if _gc_runs == 0 and _gc_saved is not None and gc.get_threshold()[0] == GC_YOUNG:
+        gc.set_threshold(*_gc_saved)
+
+
+def _needs_cel(specs) -> bool:
+    """Whether evaluating these params reads CEL names (an expression, a validator, a ``${}``),
+    in a MAP's nested entries too."""
+    for spec in specs.values() if isinstance(specs, dict) else specs:
+        if spec is None:
+            continue
+        if spec.expression is not None or spec.validator is not None or spec.interpolated:
+            return True
+        if spec.entries and _needs_cel([sub for _, sub in spec.entries]):
+            return True
+    return False
 
 
 def _utc(ts: float):
@@ -468,7 +523,11 @@ class InstanceRun:
         if self._secrets is not None:  # before the lease: an unresolvable secret changes nothing
             self._workflow_params = _resolve_workflow_secrets(self.definition, self.instance.params,
                                                               engine.compiler, self._secrets)
-        generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
+        created_at = engine._fresh_leases.pop(self.iid, None)
+        if created_at is not None and trio.current_time() - created_at < engine.lease_ttl / 3:
+            generation = 1  # start created it leased to us moments ago; the heartbeat renews it in time
+        else:
+            generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
         if generation is None:
             lease = await storage.get_lease(self.iid)
             who, left = (lease.describe(), f" (for {lease.expires_in:.1f}s more)") if lease else ("another worker", "")
@@ -825,8 +884,8 @@ class InstanceRun:
         step_type = self.engine.plugins.step_types.types[sdef.type]
         try:
             return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                                   context=self._context(), raw=step_type.raw_params, argv=step_type.argv_params,
-                                   budget=self._budget)
+                                   context=self._context() if _needs_cel(sdef.params) else None,
+                                   raw=step_type.raw_params, argv=step_type.argv_params, budget=self._budget)
         except ParamError:
             raise
         except _UNCONVERTIBLE as exc:  # a value stored before values were checked on the way in

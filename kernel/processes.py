@@ -151,6 +151,7 @@ BASE_ENV = frozenset({
     "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME",
 })
 _BASE_PREFIXES = (b"LC_",)
+_BASE_ENV_BYTES = {name: name.encode() for name in BASE_ENV}
 
 
 #: Environment variables that change what a process runs rather than what it reads: a shell's
@@ -239,11 +240,17 @@ def process_environment(ours: dict[str, str], inherit: Any = (), *, base: frozen
     worker's whole environment. Raises ValueError for a value with a NUL byte."""
     env: dict[bytes, bytes] = {}
     # Bytes all the way: decoding every variable of os.environ, every step, costs for nothing.
-    environ = os.environb
+    # On POSIX os.environb keeps its variables in a plain dict of bytes (``_data``, the one
+    # os.environ and putenv keep current): read at C speed, not through the mapping's per-item
+    # encode and check.
+    environ = getattr(os.environb, "_data", None)
+    if not isinstance(environ, dict):
+        environ = os.environb
     for name in base:
-        value = environ.get(name.encode())
+        key = _BASE_ENV_BYTES.get(name) or name.encode()
+        value = environ.get(key)
         if value is not None:
-            env[name.encode()] = value
+            env[key] = value
     for name, value in environ.items():
         if name.startswith(_BASE_PREFIXES):
             env[name] = value

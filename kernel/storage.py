@@ -68,6 +68,15 @@ class Storage(abc.ABC):
         is created already leased to it for ``ttl`` seconds (generation 1), so no other worker
         sees it as abandoned before its owner starts running it."""
 
+    async def start_instance(self, document: dict[str, Any], record: InstanceRecord, owner: str,
+                             ttl: float) -> tuple[InstanceRecord, bool]:
+        """:meth:`push_definition` of ``document`` for ``record.workflow_id``, then
+        :meth:`create_instance` of ``record`` leased to ``owner``; ``record.version`` is set to the
+        version pushed. A backend may do both in one transaction (what a start costs)."""
+        version = await self.push_definition(record.workflow_id, document)
+        record.version = version.version
+        return await self.create_instance(record, owner, ttl)
+
     @abc.abstractmethod
     async def commit(self, batch: Batch) -> None:
         """Apply one tick's changes atomically. Raise :class:`StaleWrite` if ``batch.generation``

@@ -17,7 +17,7 @@ def test_quick_benchmark_prints_every_figure_with_a_baseline():
     report = json.loads(proc.stdout)  # exactly one JSON object on stdout
     figures = report["figures"]
     expected = {"step_overhead", "throughput", "start_overhead", "bash_steps", "import", "memory",
-                "validate_100k", "docker_step", "notebook_step",
+                "validate_100k", "docker_step", "notebook_step", "cold_start", "scaling", "peer",
                 "step_overhead@memory", "throughput@memory", "start_overhead@memory", "bash_steps@memory"}
     assert expected <= set(figures), sorted(expected - set(figures))
     for name, figure in figures.items():
@@ -26,4 +26,13 @@ def test_quick_benchmark_prints_every_figure_with_a_baseline():
         assert figure["value"] > 0, name
         assert figure["baseline"]["value"] > 0 and figure["baseline"]["what"], name
     assert figures["step_overhead"]["store"].startswith("sqlite:///")
+    for name in ("step_overhead", "throughput"):  # a durable figure carries its bare-sqlite3 floor
+        floor = figures[name]["durable_floor"]
+        assert floor["value"] > 0 and floor["commits"] > 0 and floor["rows"] > 0, name
+    assert "durable_floor" not in figures["step_overhead@memory"]
+    cold = figures["cold_start"]
+    assert cold["legato_run"]["value"] > 0 and cold["first_step_running_ms"] > 0
+    for kind in ("chain", "fan"):
+        assert [row["steps"] for row in figures["scaling"][kind]] == figures["scaling"]["sizes"]
+        assert all(row["peak_rss_mb"] > 0 and row["per_step_ms"] > 0 for row in figures["scaling"][kind])
     assert figures["step_overhead@memory"]["store"] == "memory://"

@@ -379,3 +379,67 @@ class TestSqliteConformance(StorageSuite):
     """The storage contract under plain pytest too (``legato conformance`` runs it as well)."""
 
     profile = "sqlite"  # as published in plugins/profiles.py
+
+
+def test_the_store_knows_the_tables_and_columns_schema_py_declares():
+    from legato.plugins.sqlstore.schema import metadata
+    from legato.plugins.sqlstore.store import ATTEMPT_COLUMNS, TABLES
+
+    assert TABLES == set(metadata.tables)
+    assert set(ATTEMPT_COLUMNS) == {c.name for c in metadata.tables["legato_attempts"].columns}
+
+
+_IMPORTS_OF_A_RUN = """
+import sys
+from legato.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+heavy = sorted(m for m in ("sqlalchemy", "sqlmodel", "alembic", "celpy", "lark") if m in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+def test_a_run_on_an_up_to_date_store_imports_no_sqlalchemy_and_no_cel_without_expressions(tmp_path):
+    """The fixed cost of a small `legato run`: on a SQLite store already at the newest revision
+    (one query tells), SQLAlchemy and Alembic are not imported; a workflow without expressions
+    never imports cel-python. A new store is migrated (Alembic) the first time."""
+    import json
+    import sys
+
+    doc = tmp_path / "one.json"
+    doc.write_text(json.dumps({"workflow": {"id": "one", "steps": [{"step": {"id": "a", "type": "noop"}}]}}))
+    args = ["run", str(doc), "--store", sqlite_url(tmp_path), "--workspace", str(tmp_path / "ws")]
+
+    def imported() -> str:
+        proc = subprocess.run([sys.executable, "-c", _IMPORTS_OF_A_RUN, *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert "alembic" in imported()  # the new store is created by the migrations
+    assert imported() == "none"
+
+
+async def test_a_start_is_one_transaction(plugins, tmp_path):
+    """push_definition + create_instance (+ the lease) of a start commit together, and the run
+    that follows does not take the lease again."""
+    from legato.engine import Engine
+
+    async with open_storage(sqlite_url(tmp_path)) as store:
+        engine = Engine(store, plugins=plugins, workspace=tmp_path / "runs")
+        definition = engine.load(CHAIN)
+        statements: list[str] = []
+        store._writer.set_trace_callback(statements.append)
+        instance, created = await engine.start(definition)
+        assert created and definition.version == 1
+        assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"]
+        assert (await store.get_definition("chain")).version == 1
+        lease = await store.get_lease(instance.instance_id)
+        assert lease.owner == engine.owner and lease.generation == 1
+        statements.clear()
+        final = await engine.run(definition, instance)
+        store._writer.set_trace_callback(None)
+        assert final.status.value == "SUCCEEDED"
+        assert not [s for s in statements if "SET owner" in s]  # the lease was not taken again

@@ -7,24 +7,29 @@
   IMMEDIATE``) so two writers never deadlock upgrading a read lock. ``synchronous=NORMAL``: a
   commit survives a crash of the process (what the crash tests check); add
   ``?synchronous=FULL`` to the URL to survive power loss too, at a cost per commit.
-- The schema is created and upgraded by Alembic migrations when the store is opened.
+- The schema is created and upgraded by Alembic migrations when the store is opened; a store at
+  the newest revision costs one query to open.
+- On SQLite every call is plain SQL on one ``sqlite3`` connection: SQLAlchemy (and Alembic) are
+  imported only to migrate, or when something asks for :attr:`SqlStorage._engine`. PostgreSQL
+  runs the same SQL through SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
-import sqlalchemy as sa
 import trio
 
 from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
@@ -32,18 +37,74 @@ from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
 from legato.storage import StaleWrite, Storage, StorageError
 
-from .schema import AttemptRow, DefinitionVersionRow, EventRow, InstanceRow, LogRow, metadata
-
 HEAD = "0002"  # the newest migration: opening a store at another revision runs Alembic
 
-_definitions = DefinitionVersionRow.__table__
-_instances = InstanceRow.__table__
-_attempts = AttemptRow.__table__
-_events = EventRow.__table__
-_logs = LogRow.__table__
+# The tables of schema.py (tests/test_sqlstore.py checks the two agree).
+TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
+                    "legato_logs"})
+# The columns of legato_attempts, in the order of the tuples _write builds.
+ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
+                   "created_at", "started_at", "ended_at", "handle")
+
+
+def _row_class(cursor) -> type:
+    names = tuple(d[0] for d in cursor.description)
+    cls = _ROW_CLASSES.get(names)
+    if cls is None:
+        cls = _ROW_CLASSES[names] = collections.namedtuple("Row", names, rename=True)
+    return cls
+
+
+_ROW_CLASSES: dict[tuple[str, ...], type] = {}
+
+
+def _named_row(cursor, values):
+    """sqlite3 rows with attribute access by column name, like SQLAlchemy's."""
+    return _row_class(cursor)._make(values)
+
+
+class _RawSql:
+    """Runs SQL with ``:name`` parameters on a sqlite3 connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def all(self, sql: str, params: Any = ()) -> list:
+        return self.conn.execute(sql, params).fetchall()
+
+    def first(self, sql: str, params: Any = ()):
+        return self.conn.execute(sql, params).fetchone()
+
+    def run(self, sql: str, params: Any = ()) -> None:
+        self.conn.execute(sql, params)
+
+
+class _SaSql:
+    """The same on a SQLAlchemy connection (PostgreSQL)."""
+
+    __slots__ = ("conn", "text")
+
+    def __init__(self, conn) -> None:
+        import sqlalchemy as sa
+
+        self.conn = conn
+        self.text = sa.text
+
+    def all(self, sql: str, params: Any = None) -> list:
+        return self.conn.execute(self.text(sql), params or {}).all()
+
+    def first(self, sql: str, params: Any = None):
+        return self.conn.execute(self.text(sql), params or {}).first()
+
+    def run(self, sql: str, params: Any = None) -> None:
+        self.conn.execute(self.text(sql), params or {})
 
 
 def _dumps(value: Any) -> str:
+    if not value and type(value) is dict:
+        return "{}"  # most params and outputs: no encoder call
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
@@ -55,7 +116,8 @@ class SqlStorage(Storage):
         parts = urlsplit(url)
         self.dialect = parts.scheme.split("+")[0]
         self._query = dict(parse_qsl(parts.query))
-        self._engine: sa.Engine | None = None
+        self._sa_engine = None  # SQLAlchemy's Engine: PostgreSQL's, or SQLite's once something asks for it
+        self._opened = False
         self._writer: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
         self._log_cursors: dict[tuple, tuple[int, int]] = {}  # get_logs_since: (offset, id) read up to
@@ -94,21 +156,37 @@ class SqlStorage(Storage):
     def _open(self) -> None:
         try:
             if self.dialect == "sqlite":
-                self._engine = self._sqlite_engine()
+                self._prepare_sqlite_file()
+                with self._init_lock():
+                    writer = self._new_writer()
+                    try:
+                        self._migrate_sqlite(writer)
+                    except BaseException:
+                        writer.close()
+                        raise
+                    self._writer = writer
+                    self._identity = self._file_identity()
             elif self.dialect == "postgresql":
+                import sqlalchemy as sa
+
                 url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
-                self._engine = sa.create_engine(url, pool_pre_ping=True)
+                self._sa_engine = sa.create_engine(url, pool_pre_ping=True)
+                self._migrate()
             else:
                 raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
-            with self._init_lock():
-                self._migrate()
-                if self.dialect == "sqlite":
-                    self._writer = self._new_writer()
-                    self._identity = self._file_identity()
+            self._opened = True
         except StorageError:
             raise
         except Exception as exc:
             raise self._explain(exc, "open") from None
+
+    @property
+    def _engine(self):
+        """SQLAlchemy's Engine for this store (on SQLite built on first use: only migrations and
+        tools need it)."""
+        if self._sa_engine is None and self.dialect == "sqlite":
+            self._sa_engine = self._sqlite_engine()
+        return self._sa_engine
 
     @contextlib.contextmanager
     def _init_lock(self):
@@ -155,7 +233,7 @@ class SqlStorage(Storage):
                                f"{self.MAX_BUSY_TIMEOUT:g}, got {text!r:.40}")
         return synchronous, int(seconds * 1000)
 
-    def _sqlite_engine(self) -> sa.Engine:
+    def _prepare_sqlite_file(self) -> None:
         path = self.path
         parent = path.parent if str(path.parent) else Path(".")
         try:
@@ -164,7 +242,36 @@ class SqlStorage(Storage):
             raise StorageError(f"cannot create the directory {parent} for {self.url}: {exc.strerror}") from None
         if path.exists() and not os.access(path, os.R_OK):
             raise StorageError(f"cannot read {path}: permission denied")
-        synchronous, busy_ms = self._synchronous, self._busy_ms
+
+    def _configure(self, dbapi_conn) -> None:
+        """Every SQLite connection: the busy timeout, WAL, the durability asked for."""
+        path = self.path
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal" and os.access(path.parent, os.W_OK):
+            raise StorageError(f"{path}: could not switch to WAL mode (journal_mode is {mode})")
+        cur.execute(f"PRAGMA synchronous = {self._synchronous}")
+        cur.close()
+
+    def _new_writer(self) -> sqlite3.Connection:
+        """The connection every call on SQLite uses (one at a time, under ``_lock``): outside
+        SQLAlchemy, in autocommit mode, so a read sees the last commit and takes no lock, and a
+        write takes the lock at its BEGIN IMMEDIATE."""
+        conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        conn.row_factory = _named_row
+        return conn
+
+    def _sqlite_engine(self):
+        import sqlalchemy as sa
+
+        path, busy_ms = self.path, self._busy_ms
         engine = sa.create_engine(
             f"sqlite:///{path}",
             connect_args={"check_same_thread": False, "timeout": busy_ms / 1000, "isolation_level": None},
@@ -172,13 +279,7 @@ class SqlStorage(Storage):
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record=None):
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal" and os.access(path.parent, os.W_OK):
-                raise StorageError(f"{path}: could not switch to WAL mode (journal_mode is {mode})")
-            cur.execute(f"PRAGMA synchronous = {synchronous}")
-            cur.close()
+            self._configure(dbapi_conn)
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn):
@@ -188,33 +289,73 @@ class SqlStorage(Storage):
             # whoever is writing.
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("legato_read") else "BEGIN IMMEDIATE")
 
-        def writer() -> sqlite3.Connection:
-            # The group-commit connection: outside SQLAlchemy's pool, configured like the others.
-            conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
-            _on_connect(conn)
-            return conn
-
-        self._new_writer = writer
         return engine
 
-    def _reading(self) -> sa.Connection:
+    def _reading(self):
         """A connection for reads only: a plain (deferred) transaction that never waits for writers."""
         return self._engine.connect().execution_options(legato_read=True)
 
+    @contextlib.contextmanager
+    def _sql_tx(self, write: bool):
+        """Plain SQL (``:name`` parameters) in one transaction: on SQLite on the one connection
+        (a write takes the lock at BEGIN IMMEDIATE; a read runs outside any transaction, so it
+        never waits), on PostgreSQL through SQLAlchemy."""
+        raw = self._writer
+        if raw is None:
+            with (self._engine.begin() if write else self._reading()) as conn:
+                yield _SaSql(conn)
+            return
+        if not write:
+            yield _RawSql(raw)
+            return
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            yield _RawSql(raw)
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+
+    def _migrate_sqlite(self, conn: sqlite3.Connection) -> None:
+        """One query when the store is up to date; Alembic (and SQLAlchemy) only when it is not."""
+        try:
+            row = conn.execute("SELECT version_num FROM legato_alembic_version").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not tables & TABLES:
+                raise StorageError(
+                    f"{self._where()} holds tables that are not Legato's ({', '.join(sorted(tables)[:5])}); "
+                    "point --store at another database"
+                ) from None
+            row = None
+        if row is not None and row[0] == HEAD:
+            return
+        self._upgrade()
+        engine, self._sa_engine = self._sa_engine, None
+        engine.dispose()  # SQLAlchemy's connections are for migrating only; the calls use ``conn``
+
     def _migrate(self) -> None:
+        import sqlalchemy as sa
+
         with self._reading() as conn:
             inspector = sa.inspect(conn)
             tables = set(inspector.get_table_names())
             current = None
             if "legato_alembic_version" in tables:
                 current = conn.exec_driver_sql("SELECT version_num FROM legato_alembic_version").scalar()
-            elif tables and not tables & set(metadata.tables):
+            elif tables and not tables & TABLES:
                 raise StorageError(
                     f"{self._where()} holds tables that are not Legato's ({', '.join(sorted(tables)[:5])}); "
                     "point --store at another database"
                 )
             if current == HEAD:
                 return
+        self._upgrade()
+
+    def _upgrade(self) -> None:
         from alembic import command
         from alembic.config import Config
 
@@ -267,14 +408,16 @@ class SqlStorage(Storage):
         return StorageError(f"{where}: could not {doing}: {text}")
 
     async def aclose(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
+        if self._opened:
+            self._opened = False
+            engine, self._sa_engine = self._sa_engine, None
             writer, self._writer = self._writer, None
 
             def close() -> None:
                 if writer is not None:
                     writer.close()
-                engine.dispose()
+                if engine is not None:
+                    engine.dispose()
                 if self._written:
                     self._check_file()  # deleted after the last commit: the run's record is gone all the same
 
@@ -283,7 +426,7 @@ class SqlStorage(Storage):
     # -- running in threads -------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., Any], *args: Any, doing: str) -> Any:
-        if self._engine is None:
+        if not self._opened:
             raise StorageError("the store is not open")
 
         def call():
@@ -292,7 +435,11 @@ class SqlStorage(Storage):
                     return fn(*args)
             except (StorageError, StaleWrite):
                 raise
-            except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError) as exc:
+                raise self._explain(exc, doing) from None
+            except Exception as exc:
+                if not _is_sqlalchemy_error(exc):
+                    raise
                 raise self._explain(exc, doing) from None
 
         return await trio.to_thread.run_sync(call)
@@ -308,31 +455,35 @@ class SqlStorage(Storage):
         return await self._run(self._push_definition, workflow_id, document, doing="store the definition")
 
     def _push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
-        text = _dumps(document)
-        with self._engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(_definitions).where(_definitions.c.workflow_id == workflow_id)
-                .order_by(_definitions.c.version)
-            ).all()
-            for row in rows:
-                if row.active and row.document == text:
-                    return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at, True)
-            version = (rows[-1].version + 1) if rows else 1
-            now = time.time()
-            conn.execute(sa.update(_definitions).where(_definitions.c.workflow_id == workflow_id).values(active=False))
-            conn.execute(sa.insert(_definitions).values(
-                workflow_id=workflow_id, version=version, document=text, created_at=now, active=True))
+        with self._sql_tx(write=True) as sql:
+            return self._push_in(sql, workflow_id, _dumps(document))
+
+    def _push_in(self, sql, workflow_id: str, text: str) -> DefinitionVersion:
+        active = sql.first("SELECT version, document, created_at FROM legato_definition_versions "
+                           "WHERE workflow_id = :wid AND active", {"wid": workflow_id})
+        if active is not None and active.document == text:
+            return DefinitionVersion(workflow_id, active.version, json.loads(text), active.created_at, True)
+        last = sql.first("SELECT max(version) AS v FROM legato_definition_versions WHERE workflow_id = :wid",
+                         {"wid": workflow_id})
+        version = (last.v or 0) + 1
+        now = time.time()
+        sql.run("UPDATE legato_definition_versions SET active = :no WHERE workflow_id = :wid AND active",
+                {"no": False, "wid": workflow_id})
+        sql.run("INSERT INTO legato_definition_versions (workflow_id, version, document, created_at, active) "
+                "VALUES (:wid, :version, :document, :now, :yes)",
+                {"wid": workflow_id, "version": version, "document": text, "now": now, "yes": True})
         return DefinitionVersion(workflow_id, version, json.loads(text), now, True)
 
     async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
         def read():
-            with self._reading() as conn:
-                query = sa.select(_definitions).where(_definitions.c.workflow_id == workflow_id)
-                query = query.where(_definitions.c.version == version) if version else query.where(_definitions.c.active)
-                row = conn.execute(query).first()
+            query = "SELECT * FROM legato_definition_versions WHERE workflow_id = :wid AND "
+            query += "version = :version" if version else "active"
+            with self._sql_tx(write=False) as sql:
+                row = sql.first(query, {"wid": workflow_id, "version": version})
             if row is None:
                 return None
-            return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at, row.active)
+            return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at,
+                                     bool(row.active))
 
         return await self._run(read, doing="read the definition")
 
@@ -343,19 +494,36 @@ class SqlStorage(Storage):
         return await self._run(self._create_instance, record, owner, ttl, doing="create the instance")
 
     def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
-        with self._engine.begin() as conn:
-            if record.request_id is not None:
-                row = conn.execute(sa.select(_instances).where(
-                    _instances.c.workflow_id == record.workflow_id, _instances.c.request_id == record.request_id)).first()
-                if row is not None:
-                    return _instance(row), False
-            conn.execute(sa.insert(_instances).values(**_instance_values(record), generation=0))
-            if owner is not None:
-                conn.execute(sa.text(
-                    f"UPDATE legato_instances SET owner = :owner, lease_expires = {self._now_sql()} + :ttl, "
-                    f"generation = 1, {_HOLDER} WHERE instance_id = :iid"),
-                    {"owner": owner, "ttl": ttl, "iid": record.instance_id, **_holder()})
+        with self._sql_tx(write=True) as sql:
+            return self._create_in(sql, record, owner, ttl)
+
+    def _create_in(self, sql, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
+        if record.request_id is not None:
+            row = sql.first("SELECT * FROM legato_instances WHERE workflow_id = :wid AND request_id = :rid",
+                            {"wid": record.workflow_id, "rid": record.request_id})
+            if row is not None:
+                return _instance(row), False
+        values = _instance_values(record)
+        if owner is None:
+            sql.run(f"INSERT INTO legato_instances ({', '.join(values)}, generation) "
+                    f"VALUES ({', '.join(':' + k for k in values)}, 0)", values)
+        else:  # taken by its creator, so that nobody sees it as abandoned before it runs
+            sql.run(f"INSERT INTO legato_instances ({', '.join(values)}, generation, owner, lease_expires, "
+                    f"owner_host, owner_pid, owner_started, owner_namespace) "
+                    f"VALUES ({', '.join(':' + k for k in values)}, 1, :owner, {self._now_sql()} + :ttl, "
+                    ":host, :pid, :started, :namespace)", {**values, "owner": owner, "ttl": ttl, **_holder()})
         return record, True
+
+    async def start_instance(self, document: dict[str, Any], record: InstanceRecord, owner: str,
+                             ttl: float) -> tuple[InstanceRecord, bool]:
+        """push_definition + create_instance in one transaction (``record.version`` is set to
+        the version the document gets)."""
+        def start():
+            with self._sql_tx(write=True) as sql:
+                record.version = self._push_in(sql, record.workflow_id, _dumps(document)).version
+                return self._create_in(sql, record, owner, ttl)
+
+        return await self._run(start, doing="start the instance")
 
     async def commit(self, batch: Batch) -> None:
         await self._run(self._commit, batch, doing="commit")
@@ -415,10 +583,7 @@ class SqlStorage(Storage):
             def marks(n: int) -> str:
                 return ", ".join([p] * n)
 
-            # the order of the tuples _commit builds
-            columns = ["instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
-                       "created_at", "started_at", "ended_at", "handle"]
-            assert set(columns) == {c.name for c in _attempts.columns}
+            columns = ATTEMPT_COLUMNS
             keys = ("instance_id", "step_id", "attempt")
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
             statements = self.__dict__["_statements"] = {
@@ -435,46 +600,50 @@ class SqlStorage(Storage):
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         def read():
-            with self._reading() as conn:
-                row = conn.execute(sa.select(_instances).where(_instances.c.instance_id == instance_id)).first()
+            with self._sql_tx(write=False) as sql:
+                row = sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid", {"iid": instance_id})
                 if row is None:
-                    self._confirm_missing(conn, "legato_instances", instance_id)
+                    self._confirm_missing(sql, "legato_instances", instance_id)
             return _instance(row) if row is not None else None
 
         return await self._run(read, doing="read the instance")
 
-    def _confirm_missing(self, conn, table: str, instance_id: str) -> None:
+    def _confirm_missing(self, sql, table: str, instance_id: str) -> None:
         """A lookup by key found nothing: make sure the table agrees without its index (a full
         scan, on this rare path only). A corrupt index hides rows that `list` still shows; say the
         database is corrupt rather than answer "no such instance"."""
         if self.dialect != "sqlite":
             return
-        found = conn.exec_driver_sql(f"SELECT count(*) FROM {table} NOT INDEXED WHERE instance_id = ?",
-                                     (instance_id,)).scalar()
+        found = sql.first(f"SELECT count(*) FROM {table} NOT INDEXED WHERE instance_id = :iid",
+                          {"iid": instance_id})[0]
         if found:
             raise _corrupt(self._where(), f"an index of {table} has lost rows that the table holds")
 
     async def list_instances(self, workflow_id: str | None = None, limit: int = 50,
                              status: InstanceStatus | None = None) -> list[InstanceRecord]:
         def read():
-            query = sa.select(_instances).order_by(_instances.c.created_at.desc()).limit(limit)
+            where = []
             if workflow_id is not None:
-                query = query.where(_instances.c.workflow_id == workflow_id)
+                where.append("workflow_id = :wid")
             if status is not None:
-                query = query.where(_instances.c.status == status.value)
-            with self._reading() as conn:
-                return [_instance(row) for row in conn.execute(query)]
+                where.append("status = :status")
+            query = "SELECT * FROM legato_instances"
+            if where:
+                query += " WHERE " + " AND ".join(where)
+            query += " ORDER BY created_at DESC LIMIT :limit"
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all(query, {"wid": workflow_id, "status": status and status.value, "limit": limit})
+            return [_instance(row) for row in rows]
 
         return await self._run(read, doing="list instances")
 
     async def find_instances(self, prefix: str, limit: int = 10) -> list[InstanceRecord]:
         def read():
             # substr, not LIKE: SQLite's LIKE ignores case and reads _ and % as wildcards
-            query = (sa.select(_instances)
-                     .where(sa.func.substr(_instances.c.instance_id, 1, len(prefix)) == prefix)
-                     .order_by(_instances.c.instance_id).limit(limit))
-            with self._reading() as conn:
-                return [_instance(row) for row in conn.execute(query)]
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT * FROM legato_instances WHERE substr(instance_id, 1, :n) = :prefix "
+                               "ORDER BY instance_id LIMIT :limit", {"n": len(prefix), "prefix": prefix, "limit": limit})
+            return [_instance(row) for row in rows]
 
         return await self._run(read, doing="find instances")
 
@@ -483,20 +652,19 @@ class SqlStorage(Storage):
 
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
         def read():
-            with self._reading() as conn:
-                rows = conn.execute(sa.select(_attempts).where(_attempts.c.instance_id == instance_id)
-                                    .order_by(_attempts.c.created_at, _attempts.c.step_id, _attempts.c.attempt)).all()
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT * FROM legato_attempts WHERE instance_id = :iid "
+                               "ORDER BY created_at, step_id, attempt", {"iid": instance_id})
                 if not rows:
-                    self._confirm_missing(conn, "legato_attempts", instance_id)
+                    self._confirm_missing(sql, "legato_attempts", instance_id)
             return [_attempt(row) for row in rows]
 
         return await self._run(read, doing="read attempts")
 
     async def get_timeline(self, instance_id: str) -> list[Event]:
         def read():
-            with self._reading() as conn:
-                rows = conn.execute(sa.select(_events).where(_events.c.instance_id == instance_id)
-                                    .order_by(_events.c.id)).all()
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT * FROM legato_events WHERE instance_id = :iid ORDER BY id", {"iid": instance_id})
             return [Event(r.ts, r.instance_id, r.step_id, r.attempt, r.status, r.message) for r in rows]
 
         return await self._run(read, doing="read the timeline")
@@ -511,23 +679,22 @@ class SqlStorage(Storage):
         def read():
             done, last_id = self._log_cursors.get(key, (0, 0))
             follow = bool(offset) and offset == done  # a follower's next poll: only rows after the last it read
-            instance = _logs.c.instance_id
-            if follow and self.dialect == "sqlite":
-                # `+column` keeps SQLite on the rowid range (the rows after the cursor) rather than
-                # the instance's index, which would scan all of the instance's rows on each poll.
-                instance = sa.literal_column("+legato_logs.instance_id")
-            query = sa.select(_logs).where(instance == instance_id)
+            # `+instance_id` keeps SQLite on the rowid range (the rows after the cursor) rather than
+            # the instance's index, which would scan all of the instance's rows on each poll.
+            column = "+instance_id" if follow and self.dialect == "sqlite" else "instance_id"
+            query = f"SELECT * FROM legato_logs WHERE {column} = :iid"
             if step_id is not None:
-                query = query.where(_logs.c.step_id == step_id)
+                query += " AND step_id = :sid"
             if attempt is not None:
-                query = query.where(_logs.c.attempt == attempt)
-            query = query.order_by(_logs.c.id)
+                query += " AND attempt = :attempt"
             if follow:
-                query = query.where(_logs.c.id > last_id)
-            elif offset:
-                query = query.offset(offset)
-            with self._reading() as conn:
-                rows = conn.execute(query).all()
+                query += " AND id > :last"
+            query += " ORDER BY id"
+            if offset and not follow:
+                query += " LIMIT -1 OFFSET :off" if self.dialect == "sqlite" else " OFFSET :off"
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all(query, {"iid": instance_id, "sid": step_id, "attempt": attempt, "last": last_id,
+                                       "off": offset})
             if rows:  # ids of one instance grow: its single writer commits one batch after another
                 if len(self._log_cursors) > 64:
                     self._log_cursors.clear()
@@ -544,11 +711,10 @@ class SqlStorage(Storage):
 
     def _acquire_lease(self, instance_id: str, owner: str, ttl: float, renew: int | None) -> int | None:
         now_sql = self._now_sql()
-        with self._engine.begin() as conn:
+        with self._sql_tx(write=True) as sql:
             lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
-            row = conn.execute(sa.text(
-                f"SELECT {_LEASE_COLUMNS}, {now_sql} AS now FROM legato_instances "
-                f"WHERE instance_id = :iid{lock}"), {"iid": instance_id}).first()
+            row = sql.first(f"SELECT {_LEASE_COLUMNS}, {now_sql} AS now FROM legato_instances "
+                            f"WHERE instance_id = :iid{lock}", {"iid": instance_id})
             if row is None:
                 raise StorageError(f"no instance {instance_id} in {self._where()}")
             if renew is not None and (row.owner != owner or row.generation != renew):
@@ -559,27 +725,25 @@ class SqlStorage(Storage):
                 generation = row.generation + 1  # free, expired or its holder dead: take it, fencing the old owner
             else:
                 return None
-            conn.execute(sa.text(
-                f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen, "
-                f"{_HOLDER} WHERE instance_id = :iid"),
-                {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
+            sql.run(f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen, "
+                    f"{_HOLDER} WHERE instance_id = :iid",
+                    {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
         return generation
 
     async def get_lease(self, instance_id: str) -> Lease | None:
         def read():
-            with self._reading() as conn:
-                row = conn.execute(sa.text(
-                    f"SELECT {_LEASE_COLUMNS}, {self._now_sql()} AS now FROM legato_instances "
-                    "WHERE instance_id = :iid"), {"iid": instance_id}).first()
+            with self._sql_tx(write=False) as sql:
+                row = sql.first(f"SELECT {_LEASE_COLUMNS}, {self._now_sql()} AS now FROM legato_instances "
+                                "WHERE instance_id = :iid", {"iid": instance_id})
             return None if row is None or row.owner is None else _lease(row)
 
         return await self._run(read, doing="read the lease")
 
     async def release_lease(self, instance_id: str, owner: str) -> None:
         def release():
-            with self._engine.begin() as conn:
-                conn.execute(sa.update(_instances).where(
-                    _instances.c.instance_id == instance_id, _instances.c.owner == owner).values(lease_expires=None))
+            with self._sql_tx(write=True) as sql:
+                sql.run("UPDATE legato_instances SET lease_expires = NULL WHERE instance_id = :iid AND owner = :owner",
+                        {"iid": instance_id, "owner": owner})
 
         await self._run(release, doing="release the lease")
 
@@ -589,18 +753,18 @@ class SqlStorage(Storage):
         now_sql = self._now_sql()
         unexpired = f"owner IS NOT NULL AND lease_expires IS NOT NULL AND lease_expires > {now_sql}"
         out: list[tuple[InstanceRecord, Lease | None]] = []
-        with self._reading() as conn:
-            rows = conn.execute(sa.text(
+        with self._sql_tx(write=False) as sql:
+            rows = sql.all(
                 f"SELECT *, {now_sql} AS now FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', "
-                f"'PAUSED') AND {'' if live else 'NOT '}({unexpired}) ORDER BY created_at LIMIT :limit"),
-                {"limit": limit}).all()
+                f"'PAUSED') AND {'' if live else 'NOT '}({unexpired}) ORDER BY created_at LIMIT :limit",
+                {"limit": limit})
             if live:
                 return [(_instance(r), _lease(r)) for r in rows if _lease(r).live]
             out = [(_instance(r), None) for r in rows]
             if len(out) < limit:  # unexpired leases whose holder died on this machine are free too
-                rows = conn.execute(sa.text(
+                rows = sql.all(
                     f"SELECT *, {now_sql} AS now FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', "
-                    f"'PAUSED') AND {unexpired} ORDER BY created_at"), {}).all()
+                    f"'PAUSED') AND {unexpired} ORDER BY created_at", {})
                 out += [(_instance(r), None) for r in rows if not _lease(r).live]
                 out.sort(key=lambda pair: pair[0].created_at)
         return out[:limit]
@@ -614,6 +778,12 @@ class SqlStorage(Storage):
 
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return await self._run(self._unfinished, True, limit, doing="list leased instances")
+
+
+def _is_sqlalchemy_error(exc: Exception) -> bool:
+    """Whether ``exc`` is SQLAlchemy's (checked without importing it: on SQLite it may never be)."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
 
 
 _LEASE_COLUMNS = "owner, lease_expires, generation, owner_host, owner_pid, owner_started, owner_namespace"
