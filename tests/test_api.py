@@ -123,7 +123,7 @@ def test_a_refused_param_raises_start_error_with_the_cli_message(tmp_path):
     cli = _cli("run", str(ETL), "-p", "treshold=5", "--store", "memory://", "--workspace", str(tmp_path), cwd=tmp_path)
     assert cli.returncode == 2
     assert cli.stderr.strip() == f"legato: {caught.value}"
-    assert "unknown param 'treshold'" in str(caught.value)
+    assert "treshold: not declared by the workflow (did you mean 'threshold'?)" in str(caught.value)
 
 
 def test_a_store_that_cannot_be_opened_raises_storage_error_naming_it(tmp_path):
