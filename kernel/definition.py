@@ -482,6 +482,14 @@ def _nested(spec: ParamSpec, pointer: str):
             yield from _nested(sub, at)
 
 
+def _units(spec: ParamSpec, pointer: str):
+    """``(pointer, spec)`` of the param itself, then of each param definition nested in it (a
+    MAP's entries): each is evaluated on its own, so each is checked on its own, at its pointer."""
+    yield pointer, spec
+    if spec.entries is not None:
+        yield from _nested(spec, pointer)
+
+
 def _strings(raw: Any) -> list[str]:
     """The strings of a timeout or a retry policy (its limits and its backoff's fields)."""
     if isinstance(raw, str):
@@ -552,6 +560,18 @@ def _split_step_ref(token: str, by_id: Mapping[str, Any]) -> tuple[str, str] | N
             return token[:i], token[i + 2:]
         i = token.find("__", i + 1)
     return None
+
+
+def _cross_step_tokens(spec: ParamSpec) -> list[str]:
+    """The ``<step id>__<param>``-shaped tokens of one param's expression, validator and ``${}``
+    names (not of the definitions nested in it)."""
+    sources = [src for src in (spec.expression, spec.validator) if src and "__" in src]
+    if spec.interpolated and "__" in json.dumps(spec.value):
+        try:
+            sources += interpolation_names(spec.value)
+        except ParamError:
+            pass  # reported by the validator
+    return [token for src in sources for token in _CROSS_STEP.findall(src)]
 
 
 _STEPS_REF = re.compile(r"\bsteps\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\bsteps\s*\[\s*[\"']([^\"']+)[\"']\s*\]")
@@ -668,6 +688,11 @@ class _Validator:
                     self.cel(sub.expression, at + "/expression")
                 if sub.validator is not None:
                     self.cel(sub.validator, at + "/validator")
+                if sub.interpolated:
+                    try:
+                        interpolation_names(sub.value)
+                    except ParamError as exc:
+                        self.add(at, exc.message)
             if spec.interpolated:
                 try:
                     interpolation_names(spec.value)
@@ -686,26 +711,30 @@ class _Validator:
         """``${name}`` and ``steps.<id>`` references must name something that exists; a secret
         (a name in ``secret``) is never pasted into another param."""
         for name, spec in params.items():
-            where = f"{pointer}/{_esc(name)}"
-            sources = [spec.expression, spec.validator]
-            if spec.interpolated:
-                try:
-                    for ref in interpolation_names(spec.value):
-                        parts = ref.split(".")
-                        head = parts[1] if parts[0] == "params" and len(parts) > 1 else parts[0]
-                        if head not in scope and head not in ("params", "steps", "workflow") and (
-                                "__" not in head or _split_step_ref(head, known) is None):
-                            self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
-                        elif head in secret:
-                            self.add(where, f"${{{ref}}} names the secret param `{head}`: a secret is never pasted "
-                                            "into another param (the result would be stored); use it where it "
-                                            f"arrives in the step (bash: \"${head}\")")
-                        sources.append(ref)
-                except ParamError:
-                    pass
-            for src in sources:
-                if src:
-                    self.check_step_refs(src, known, where)
+            for where, unit in _units(spec, f"{pointer}/{_esc(name)}"):
+                self.unit_refs(unit, known, scope, where, secret)
+
+    def unit_refs(self, spec: ParamSpec, known: set[str], scope: set[str], where: str, secret: frozenset[str]) -> None:
+        """check_refs for one param, or one param definition nested in a MAP (at ``where``)."""
+        sources = [spec.expression, spec.validator]
+        if spec.interpolated:
+            try:
+                for ref in interpolation_names(spec.value):
+                    parts = ref.split(".")
+                    head = parts[1] if parts[0] == "params" and len(parts) > 1 else parts[0]
+                    if head not in scope and head not in ("params", "steps", "workflow") and (
+                            "__" not in head or _split_step_ref(head, known) is None):
+                        self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
+                    elif head in secret:
+                        self.add(where, f"${{{ref}}} names the secret param `{head}`: a secret is never pasted "
+                                        "into another param (the result would be stored); use it where it "
+                                        f"arrives in the step (bash: \"${head}\")")
+                    sources.append(ref)
+            except ParamError:
+                pass
+        for src in sources:
+            if src:
+                self.check_step_refs(src, known, where)
 
     def check_step_refs(self, source: str, known: set[str], pointer: str) -> None:
         for m in _STEPS_REF.finditer(source):
@@ -888,24 +917,16 @@ class _Validator:
         """Maestro's cross-step references, ``<step id>__<param>`` (ParamEvaluator, the
         ``__`` of Constants.DEFAULT_STEP_PARAM_SEPARATOR), in a step param's ``${}``, expression
         or validator: each must name a param the other step declares; the spec records them so
-        that evaluating it can read them from the steps that finished."""
+        that evaluating it can read them from the steps that finished. A MAP's nested param
+        definitions are checked each at its own pointer; the MAP's spec records their references."""
         for name, spec in step.params.items():
-            sources = [src for src in (spec.expression, spec.validator) if src and "__" in src]
-            if spec.interpolated and "__" in json.dumps(spec.value):
-                try:
-                    sources += interpolation_names(spec.value)
-                except ParamError:
-                    pass
-            for _, sub in _nested(spec, ""):
-                sources += [src for src in (sub.expression, sub.validator) if src and "__" in src]
             refs: dict[str, tuple[str, str, str]] = {}
-            for src in sources:
-                for token in _CROSS_STEP.findall(src):
+            for where, unit in _units(spec, f"{step.pointer}/params/{_esc(name)}"):
+                for token in _cross_step_tokens(unit):
                     split = _split_step_ref(token, by_id)
                     if split is None or token in scope:
                         continue
                     sid, param = split
-                    where = f"{step.pointer}/params/{_esc(name)}"
                     if sid == step.id:
                         self.add(where, f"`{token}` is this step's own param: write `{param}`")
                     elif param not in by_id[sid].params:
@@ -1185,48 +1206,57 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
     pointer: a step's params (expressions, validators, ``${steps.x…}``) read only steps upstream of
     it; an edge condition of step ``s`` reads ``s`` and the steps upstream of it; workflow params
     read none (they are evaluated at start). The engine's ``steps`` holds every step finished so
-    far, so such a reference would work or fail depending on timing.
+    far, so such a reference would work or fail depending on timing. The same holds for Maestro's
+    cross-step references (``job1__sleep_seconds``) and for the definitions nested in a MAP.
 
     One pass over the steps; a reference to a predecessor (or a predecessor's predecessor) costs
     nothing more. The others are grouped by the step they name: one forward walk from it, over the
     steps no later than its last reader in topological order, answers them all."""
     problems: list[Problem] = []
     for name, spec in wparams.items():
-        for ref, field in _param_step_refs(spec):
+        cross = {}
+        for _, unit in _units(spec, ""):
+            for token in _cross_step_tokens(unit):
+                split = _split_step_ref(token, by_id)
+                if split is not None and token not in wparams:
+                    cross[token] = split[0]
+        for ref, field, written in _param_step_refs(spec, cross):
             if ref in by_id:
-                problems.append(Problem(f"/workflow/params/{_esc(name)}{field}", f"`steps.{ref}`: workflow params are evaluated when the instance "
+                problems.append(Problem(f"/workflow/params/{_esc(name)}{field}", f"`{written}`: workflow params are evaluated when the instance "
                                                "starts, before any step has run; read it in the params of a step "
                                                f"downstream of {ref}"))
-    # (reader step, referenced step, pointer, whether a condition reads it), for references that
-    # are neither to a predecessor nor to a predecessor's predecessor (the cheap, common cases)
-    queries: list[tuple[StepDef, str, str, bool]] = []
+    # (reader step, referenced step, pointer, whether a condition reads it, how the reference is
+    # written), for references that are neither to a predecessor nor to a predecessor's
+    # predecessor (the cheap, common cases)
+    queries: list[tuple[StepDef, str, str, bool, str]] = []
     for step in steps:
         for name, spec in step.params.items():
-            if spec.expression is None and spec.validator is None and not spec.interpolated:
+            if spec.expression is None and spec.validator is None and not spec.interpolated and spec.entries is None:
                 continue
-            for ref, field in _param_step_refs(spec):
+            cross = {token: sid for token, sid, _ in spec.step_refs}  # checked by cross_step_refs
+            for ref, field, written in _param_step_refs(spec, cross):
                 if ref == step.id or not _near_upstream(step, ref, by_id):
-                    queries.append((step, ref, f"{step.pointer}/params/{_esc(name)}{field}", False))
+                    queries.append((step, ref, f"{step.pointer}/params/{_esc(name)}{field}", False, written))
         for target, cond in step.successors:
             if cond.program is None:
                 continue
             for ref in _cel_step_refs(cond.source):
                 if ref != step.id and not _near_upstream(step, ref, by_id):
-                    queries.append((step, ref, f"{step.pointer}/transition/successors/{_esc(target)}", True))
+                    queries.append((step, ref, f"{step.pointer}/transition/successors/{_esc(target)}", True, f"steps.{ref}"))
     if not queries:
         return problems
     order = _topological_index(steps)
     if order is None:
         return problems  # a cycle, reported by the validator
     last_reader: dict[str, int] = {}
-    for step, ref, _, _ in queries:
+    for step, ref, _, _, _ in queries:
         if step.id != ref and order[ref] < order[step.id] and order[step.id] > last_reader.get(ref, -1):
             last_reader[ref] = order[step.id]
     downstream = {ref: _descendants(ref, by_id, order, last) for ref, last in last_reader.items()}
-    for step, ref, where, condition in queries:
+    for step, ref, where, condition, written in queries:
         if step.id in downstream.get(ref, ()):
             continue
-        problems.append(Problem(where, _not_upstream_message(step, ref, condition, by_id, order)))
+        problems.append(Problem(where, _not_upstream_message(step, ref, condition, by_id, order, written)))
     return problems
 
 
@@ -1239,23 +1269,32 @@ def _near_upstream(step: StepDef, ref: str, by_id: dict[str, StepDef]) -> bool:
     return len(preds) <= 8 and any(ref in by_id[p].predecessors for p in preds)
 
 
-def _param_step_refs(spec: ParamSpec):
-    """(step id, "/expression" | "/validator" | "") for each step a param's expression, validator
-    or ``${}`` reads."""
-    if spec.expression is not None:
-        for ref in _cel_step_refs(spec.expression):
-            yield ref, "/expression"
-    if spec.validator is not None:
-        for ref in _cel_step_refs(spec.validator):
-            yield ref, "/validator"
-    if spec.interpolated and (not isinstance(spec.value, str) or "steps" in spec.value):
-        try:
-            names = interpolation_names(spec.value)
-        except ParamError:
-            return  # reported by the validator
-        for name in names:
-            if name.startswith("steps."):
-                yield name.split(".")[1], ""
+def _param_step_refs(spec: ParamSpec, cross: dict[str, str]):
+    """(step id, field, the reference as written) for each step a param's expressions, validators
+    or ``${}`` read, its own and those of the definitions nested in it; the field is relative to
+    the param ("/expression", "/value/k/validator", "" for its ``${}``…). ``cross`` maps the
+    Maestro cross-step references to check (``job1__sleep_seconds``) to their step."""
+    for field, unit in _units(spec, ""):
+        for source, at in ((unit.expression, "/expression"), (unit.validator, "/validator")):
+            if source is not None:
+                for ref in _cel_step_refs(source):
+                    yield ref, field + at, f"steps.{ref}"
+                if cross and "__" in source:
+                    for token in _CROSS_STEP.findall(source):
+                        if token in cross:
+                            yield cross[token], field + at, token
+        if unit.interpolated and (cross or not isinstance(unit.value, str) or "steps" in unit.value):
+            try:
+                names = interpolation_names(unit.value)
+            except ParamError:
+                continue  # reported by the validator
+            for name in names:
+                head = name.split(".")[0]
+                if name.startswith("steps."):
+                    ref = name.split(".")[1]
+                    yield ref, field, f"steps.{ref}"
+                elif head in cross:
+                    yield cross[head], field, head
 
 
 _NO_REFS: list[str] = []
@@ -1338,7 +1377,8 @@ def _nearest_upstream(step: StepDef, by_id: dict[str, StepDef]) -> list[str]:
 
 
 def _not_upstream_message(step: StepDef, ref: str, condition: bool, by_id: dict[str, StepDef],
-                          order: dict[str, int]) -> str:
+                          order: dict[str, int], written: str) -> str:
+    """Why step ``ref`` (written ``written``: ``steps.x…`` or ``x__param``) cannot be read there."""
     sid = step.id
     upstream = ([sid] if condition else []) + _nearest_upstream(step, by_id)
     names = ", ".join(f"`{n}`" for n in upstream[:_HINT_STEPS]) + (", …" if len(upstream) > _HINT_STEPS else "")
@@ -1350,9 +1390,10 @@ def _not_upstream_message(step: StepDef, ref: str, condition: bool, by_id: dict[
         return (f"`steps.{sid}` is this step itself: its params are evaluated before it runs; read its outputs "
                 "in its transition's conditions or in the params of a step downstream of it")
     when = f"`{sid}`'s conditions are evaluated (as it ends)" if condition else f"`{sid}`'s params are evaluated"
+    subject = f"`steps.{ref}`" if written.startswith("steps") else f"`{written}` reads step `{ref}`, which"
     if order[ref] > order[sid] and ref in _descendants(sid, by_id, order, order[ref]):
-        return f"`steps.{ref}` runs after `{sid}`, so it has not run yet when {when}; {readable}"
-    return (f"`steps.{ref}` is not upstream of `{sid}`, so it may or may not have run when {when}; "
+        return f"{subject} runs after `{sid}`, so it has not run yet when {when}; {readable}"
+    return (f"{subject} is not upstream of `{sid}`, so it may or may not have run when {when}; "
             f"{readable} (or add `{sid}` to the successors of `{ref}`)")
 
 

@@ -283,14 +283,82 @@ def test_a_cross_step_reference_must_name_a_declared_param(engine):
     assert "is this step's own param: write `s2`" in found["/workflow/steps/1/step/params/t"]
 
 
-async def test_a_reference_to_a_step_that_has_not_run_is_located(run_doc):
-    """ParamEvaluator.getReferenceParam: "a step can only reference its upstream step's param"."""
-    doc = wf({}, step("job1", params={"x": 1}), step("job2", params={"y": p("LONG", expression="job1__x")}))
+def test_a_reference_to_a_step_that_is_not_upstream_is_refused_at_load(engine):
+    """ParamEvaluator.getReferenceParam: "a step can only reference its upstream step's param"; a
+    step that is not upstream may or may not have finished, so the reference is refused at load,
+    at its pointer, in `${}` and in expressions alike, naming the steps it can read."""
+    doc = wf({}, step("job1", params={"x": 1}, to=["job3"]), step("job2", params={"y": p("LONG", expression="job1__x"),
+                                                                   "s": "${job3__z}"}),
+             step("job3", params={"z": 2}, to=["job2b"]), step("job2b", params={"w": "${job1__x}"}))
+    assert problems(engine, doc) == [
+        ("/workflow/steps/1/step/params/y/expression",
+         "`job1__x` reads step `job1`, which is not upstream of `job2`, so it may or may not have run when `job2`'s "
+         "params are evaluated; nothing is upstream of `job2` (or add `job2` to the successors of `job1`)"),
+        ("/workflow/steps/1/step/params/s",
+         "`job3__z` reads step `job3`, which is not upstream of `job2`, so it may or may not have run when `job2`'s "
+         "params are evaluated; nothing is upstream of `job2` (or add `job2` to the successors of `job3`)")]
+    doc = wf({}, step("job1", params={"x": 1, "y": "${job2__z}"}, to=["job2"]), step("job2", params={"z": 2}))
+    assert problems(engine, doc) == [
+        ("/workflow/steps/0/step/params/y",
+         "`job2__z` reads step `job2`, which runs after `job1`, so it has not run yet when `job1`'s params are "
+         "evaluated; nothing is upstream of `job1`")]
+
+
+def test_workflow_params_cannot_reference_a_step_param(engine):
+    """Workflow params are evaluated when the instance starts (ParamEvaluator.evaluateWorkflowParameters),
+    before any step: `job1__x` there is refused at load like `steps.job1`."""
+    doc = wf({"a": p("LONG", expression="job1__x + 1"), "b": "${job1__x}", "c": "${job1__x}!"},
+             step("job1", params={"x": 1}))
+    assert problems(engine, doc) == [
+        ("/workflow/params/a/expression", "`job1__x`: workflow params are evaluated when the instance starts, "
+                                          "before any step has run; read it in the params of a step downstream of job1"),
+        ("/workflow/params/b", "`job1__x`: workflow params are evaluated when the instance starts, "
+                               "before any step has run; read it in the params of a step downstream of job1"),
+        ("/workflow/params/c", "`job1__x`: workflow params are evaluated when the instance starts, "
+                               "before any step has run; read it in the params of a step downstream of job1")]
+    # a workflow param whose name merely has the shape is its own param, not a reference
+    d = engine.load(wf({"job1__x": 3, "b": "${job1__x}"}, step("job1", params={"x": 1})))
+    assert d.params["b"].value == "${job1__x}"
+
+
+def test_references_in_nested_map_definitions_are_checked_at_load(engine):
+    """MapParamDefinition: each entry is a param definition, evaluated like a top-level one
+    (ParamEvaluator.parseStepParameter recurses into it); its `${}` names, `steps.x` and
+    `job__param` references are checked at load like a top-level param's, each at the entry."""
+    doc = wf({"s": p("STRING", "env:HOME", secret=True)},
+             step("job1", params={"x": 1}, to=["job2"]), step("other", params={"o": 1}),
+             step("job2", params={"m": p("MAP", {
+                 "k": p("STRING", "${nope}"),
+                 "e": p("LONG", expression="steps.ghost.x"),
+                 "d": p("MAP", {"deep": p("STRING", "${job1__y}")}),
+                 "sec": p("STRING", "x${s}"),
+                 "own": p("LONG", expression="job2__n"),
+                 "far": p("LONG", expression="other__o", validator="value > 0"),
+                 "up": p("LONG", expression="job1__x + 1"),
+                 "st": p("STRING", "${steps.other.status}")}), "n": 1}))
+    at = "/workflow/steps/2/step/params/m/value"
+    assert problems(engine, doc) == [
+        (f"{at}/k", "${nope} names no param; declare `nope` or write $${…} for a literal"),
+        (f"{at}/e", "`steps.ghost` names no step"),
+        (f"{at}/sec", "${s} names the secret param `s`: a secret is never pasted into another param (the result "
+                      "would be stored); use it where it arrives in the step (bash: \"$s\")"),
+        (f"{at}/d/value/deep", "`job1__y`: step 'job1' declares no param 'y' (it declares x)"),
+        (f"{at}/own", "`job2__n` is this step's own param: write `n`"),
+        (f"{at}/far/expression", "`other__o` reads step `other`, which is not upstream of `job2`, so it may or may "
+                                 "not have run when `job2`'s params are evaluated; `job2` can read `job1` (or add "
+                                 "`job2` to the successors of `other`)"),
+        (f"{at}/st", "`steps.other` is not upstream of `job2`, so it may or may not have run when `job2`'s params "
+                     "are evaluated; `job2` can read `job1` (or add `job2` to the successors of `other`)")]
+
+
+async def test_a_nested_map_entry_reads_an_upstream_step_param_in_interpolation(run_doc):
+    """MapParamDefinition entries evaluated with LiteralEvaluator: `${job1__sleep_seconds}` inside
+    an entry reads the upstream step's param, as at the top level."""
+    doc = wf({}, step("job1", "sleep", to=["job3"], params={"sleep_seconds": 0}),
+             step("job3", params={"m": p("MAP", {"d": p("MAP", {"s": p("STRING", "slept ${job1__sleep_seconds}s")})})}))
     result = await run_doc(doc)
-    assert result.status == "FAILED"
-    failed = result.last["job2"]
-    assert failed.message.startswith("/workflow/steps/1/step/params/y/expression: `job1__x` is param `x` of step "
-                                     "'job1', which has not finished before this one")
+    assert result.status == "SUCCEEDED"
+    assert result.last["job3"].params == {"m": {"d": {"s": "slept 0s"}}}
 
 
 def test_a_param_named_with_a_double_underscore_is_still_a_param(engine):
