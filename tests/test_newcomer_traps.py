@@ -202,6 +202,106 @@ def test_validate_names_references_to_steps_that_are_not_upstream(tmp_path):
     ]
 
 
+def test_validate_names_maestro_step_param_references_to_steps_that_are_not_upstream(tmp_path):
+    """
+    $ legato validate sleepy.yaml
+    sleepy.yaml: 3 problem(s) found
+      /workflow/params/total: `job1__sleep_seconds`: workflow params are evaluated when ...
+      /workflow/steps/2/step/params/said: `job1__sleep_seconds` reads step `job1`, which is not upstream of ...
+      /workflow/steps/2/step/params/next/expression: `job1__sleep_seconds` reads step `job1`, which is not ...
+    $ echo $?
+    2
+
+    Maestro's ParamEvaluator.getReferenceParam: "a step can only reference its upstream step's
+    param". ``job1`` and ``job2`` both follow ``start``; whether ``job1`` has finished when
+    ``job2`` starts depends on timing, so the reference is refused at load, not at run time.
+    """
+    definition = write(tmp_path, "sleepy.yaml", """
+        workflow:
+          id: sleepy
+          params:
+            total: "${job1__sleep_seconds}"
+          steps:
+            - step:
+                id: start
+                type: noop
+                transition: {successors: [job1, job2]}
+            - step:
+                id: job1
+                type: sleep
+                params: {sleep_seconds: {type: LONG, value: 0}}
+            - step:
+                id: job2
+                type: noop
+                params:
+                  said: "slept ${job1__sleep_seconds}s"
+                  next: {type: LONG, expression: "job1__sleep_seconds + 1"}
+        """)
+    proc = legato_cli("validate", str(definition), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"{definition}: 3 problem(s) found",
+        "  /workflow/params/total: `job1__sleep_seconds`: workflow params are evaluated when the instance starts, "
+        "before any step has run; read it in the params of a step downstream of job1",
+        "  /workflow/steps/2/step/params/said: `job1__sleep_seconds` reads step `job1`, which is not upstream of "
+        "`job2`, so it may or may not have run when `job2`'s params are evaluated; `job2` can read `start` (or add "
+        "`job2` to the successors of `job1`)",
+        "  /workflow/steps/2/step/params/next/expression: `job1__sleep_seconds` reads step `job1`, which is not "
+        "upstream of `job2`, so it may or may not have run when `job2`'s params are evaluated; `job2` can read "
+        "`start` (or add `job2` to the successors of `job1`)",
+    ]
+
+
+def test_validate_checks_the_entries_of_a_maestro_map_param(tmp_path):
+    """
+    $ legato validate conf.yaml
+    conf.yaml: 3 problem(s) found
+      /workflow/steps/1/step/params/conf/value/image: ${imgae} names no param; ...
+      /workflow/steps/1/step/params/conf/value/limits/value/cpu/expression: `steps.sizer` names no step
+      /workflow/steps/1/step/params/conf/value/wait/expression: `job1__sleep_second`: step 'job1' declares ...
+    $ echo $?
+    2
+
+    Each entry of a MAP written Maestro's way (MapParamDefinition) is a param definition of its
+    own: a mistyped name in it is found at load, at the entry, not when the step runs.
+    """
+    definition = write(tmp_path, "conf.yaml", """
+        workflow:
+          id: conf
+          params:
+            image_name: busybox
+          steps:
+            - step:
+                id: job1
+                type: sleep
+                params: {sleep_seconds: {type: LONG, value: 0}}
+                transition: {successors: [job2]}
+            - step:
+                id: job2
+                type: noop
+                params:
+                  conf:
+                    type: MAP
+                    value:
+                      image: {type: STRING, value: "${imgae}"}
+                      limits:
+                        type: MAP
+                        value:
+                          cpu: {type: LONG, expression: "steps.sizer.outputs.cpu"}
+                      wait: {type: LONG, expression: "job1__sleep_second * 2"}
+                      tag: {type: STRING, value: "${image_name}:${job1__sleep_seconds}"}
+        """)
+    proc = legato_cli("validate", str(definition), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    at = "/workflow/steps/1/step/params/conf/value"
+    assert proc.stderr.splitlines() == [
+        f"{definition}: 3 problem(s) found",
+        f"  {at}/image: ${{imgae}} names no param; declare `imgae` or write $${{…}} for a literal",
+        f"  {at}/limits/value/cpu: `steps.sizer` names no step",
+        f"  {at}/wait: `job1__sleep_second`: step 'job1' declares no param 'sleep_second' (it declares sleep_seconds)",
+    ]
+
+
 def test_a_reference_to_a_step_downstream_says_it_has_not_run_yet(tmp_path):
     """
     $ legato validate early.json
@@ -405,3 +505,29 @@ def test_the_upstream_check_walks_once_per_step_referenced_from_afar(monkeypatch
                                                plugins.step_types.types, CelCompiler())
     assert len(loaded.steps) == n
     assert walks == ["s0"]
+
+
+def test_the_upstream_check_of_step_param_references_walks_once_too(monkeypatch):
+    """Maestro's `s0__x` references cost what `steps.s0` ones do: one forward walk from `s0` for
+    all 5,000 readers, and one more for the step read from afar by the last one only."""
+    from legato import definition as definition_module
+    from legato.cel import CelCompiler
+    from legato.plugin_manager import get_plugins
+
+    walks = []
+    walk = definition_module._descendants
+    monkeypatch.setattr(definition_module, "_descendants", lambda *a: walks.append(a[0]) or walk(*a))
+    n = 5_000
+    steps = [{"step": {"id": f"s{i}", "type": "noop",
+                       "params": {"x": i, **({"first": {"type": "LONG", "expression": "s0__x + 1"},
+                                             "m": {"type": "MAP", "value": {"back": {
+                                                 "type": "STRING", "value": f"${{s{max(i - 2, 0)}__x}}"}}}}
+                                            if i >= 2 else {}),
+                                  **({"mid": "${s2500__x}"} if i == n - 1 else {})},
+                       "transition": {"successors": [f"s{i + 1}"] if i + 1 < n else []}}} for i in range(n)]
+    plugins = get_plugins()
+    loaded = definition_module.load_definition({"workflow": {"id": "long", "steps": steps}},
+                                               plugins.step_types.types, CelCompiler())
+    assert len(loaded.steps) == n
+    assert sorted(walks) == ["s0", "s2500"]
+    assert ("s0__x", "s0", "x") in loaded.by_id["s9"].params["first"].step_refs

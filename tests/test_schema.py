@@ -186,7 +186,8 @@ SEMANTIC = {
     "69-timezone-unknown.json", "80-timezone-is-a-region-directory.json", "81-yaml-non-string-param-name.yaml",
     "82-yaml-non-string-successor.yaml", "90-interpolation-undeclared-via-params.json", "92-cron-never-fires.json",
     "97-double-not-finite.json", "110-maestro-map-nested-params.json", "112-maestro-cross-step-reference.json",
-    "113-maestro-param-timeouts.json",
+    "113-maestro-param-timeouts.json", "120-maestro-cross-step-not-upstream.json",
+    "121-maestro-map-entry-references.json",
 }
 INVALID = sorted((ROOT / "tests" / "definitions" / "invalid").iterdir())
 
