@@ -1390,7 +1390,7 @@ def _not_upstream_message(step: StepDef, ref: str, condition: bool, by_id: dict[
         return (f"`steps.{sid}` is this step itself: its params are evaluated before it runs; read its outputs "
                 "in its transition's conditions or in the params of a step downstream of it")
     when = f"`{sid}`'s conditions are evaluated (as it ends)" if condition else f"`{sid}`'s params are evaluated"
-    subject = f"`steps.{ref}`" if written.startswith("steps") else f"`{written}` reads step `{ref}`, which"
+    subject = f"`steps.{ref}`" if written.startswith("steps.") else f"`{written}` reads step `{ref}`, which"
     if order[ref] > order[sid] and ref in _descendants(sid, by_id, order, order[ref]):
         return f"{subject} runs after `{sid}`, so it has not run yet when {when}; {readable}"
     return (f"{subject} is not upstream of `{sid}`, so it may or may not have run when {when}; "
