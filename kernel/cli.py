@@ -82,6 +82,11 @@ class _Commands(click.Group):
             return super().main(*args, **kwargs)
         finally:
             _resume_gc()
+            if not args and kwargs.get("args") is None:
+                # The `legato` program itself (its arguments from sys.argv): the interpreter exits
+                # next, and its collections over every object at exit cost ~50 ms of a short run.
+                # Frozen objects are skipped; their memory goes back with the process.
+                gc.freeze()
 
 
 _gc_paused = False
