@@ -646,7 +646,7 @@ class CelCompiler:
     """Compiles and caches CEL programs with Legato's functions and any registered by plugins."""
 
     def __init__(self, functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
-        self._extra = dict(functions or {})
+        self._extra = functions if functions is not None else {}  # read at the first compile: plugins load then
         self._functions: dict[str, Callable[..., Any]] | None = None
         self._cache: dict[str, CelProgram] = {}
         self._runner = None

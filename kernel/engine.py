@@ -159,6 +159,8 @@ class Engine:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.workspace = Path(workspace or ".legato/runs").resolve()
         self.compiler = CelCompiler(self.plugins.cel_functions.functions)
+        # The plugins that may observe events load now (third-party entry points), not in the first run.
+        self.observed = self.plugins.has_event_observers
         # Checked now, so wrong settings fail here (SettingsError), not when a step first runs.
         self._step_settings = validate_step_settings(self.plugins.step_types.types, step_settings)
         self._step_types: dict[str, StepType] = {}
@@ -376,7 +378,7 @@ class InstanceRun:
         self._generation = 0
         self._lost: BaseException | None = None
         self._flush_at: float | None = None  # trio time by which pending changes are committed
-        self._emit = engine.plugins.emit if engine.plugins.has_event_observers else None
+        self._emit = engine.plugins.emit if engine.observed else None
         # Secrets: None (no masking pass anywhere) unless the definition declares a secret param.
         self._secrets = None
         self._streams: dict[tuple[str, int, str], Any] = {}

@@ -1,7 +1,7 @@
 """Legato's hook specifications, in the order of a process's life (DESIGN §6).
 
-Hooks are synchronous: the ``register`` hooks are called once, when the plugin manager is built,
-and receive a registry to add things to; what they add has async methods where it does I/O.
+Hooks are synchronous: the ``register`` hooks are called once, when the plugin loads (entry points
+load on demand: see :mod:`legato.plugin_manager`), and receive a registry to add things to; what they add has async methods where it does I/O.
 Every hook is named ``legato_<verb>_<noun>``.  Evolve a hook by adding arguments, never by
 renaming: an implementation may accept any subset of a hook's arguments.
 """

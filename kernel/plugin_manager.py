@@ -3,6 +3,13 @@
 The rest of Legato talks to plugins only through :class:`Plugins`; nothing else touches pluggy.
 First-party plugins load through the ``legato`` entry-point group exactly like third-party ones.
 
+Entry points load on demand, so a run pays only for the plugins it uses: looking up a step type
+or storage scheme loads the entry point of that name (a plugin that provides several names lists
+one entry point per name, all naming the same module), and a name no entry point has loads them
+all, as does listing a registry (``legato plugins``, an unknown-type error), the first CEL
+expression compiled (plugins may add functions) and building an engine's event observers (every
+entry point outside the ``legato`` package loads then; first-party plugins observe nothing).
+
 Environment switches:
 
 - ``LEGATO_PLUGINS=bash,noop``: load only these entry points (by entry-point name);
@@ -16,7 +23,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import pluggy
 
@@ -44,6 +51,38 @@ class PluginInfo:
     unavailable: str | None = None
 
 
+class _OnDemand(Mapping):
+    """A registry's table that loads entry points as it is read: a missing name loads the entry
+    point of that name, then all of them; iterating or sizing it loads all of them."""
+
+    __slots__ = ("_plugins", "_table")
+
+    def __init__(self, plugins: "Plugins", table: dict) -> None:
+        self._plugins, self._table = plugins, table
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._table[name]
+        except KeyError:
+            if not self._plugins._load_for(name):
+                raise
+        return self._table[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table or (isinstance(name, str) and self._plugins._load_for(name) and name in self._table)
+
+    def __iter__(self) -> Iterator[str]:
+        self._plugins._load_all()
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        self._plugins._load_all()
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f"<{len(self._table)} loaded of {type(self._plugins).__name__}>"
+
+
 class _Registry:
     kind = ""
 
@@ -68,7 +107,8 @@ class StepTypeRegistry(_Registry):
 
     def __init__(self, plugins: "Plugins") -> None:
         super().__init__(plugins)
-        self.types: dict[str, type[StepType]] = {}
+        self._types: dict[str, type[StepType]] = {}
+        self.types: Mapping[str, type[StepType]] = _OnDemand(plugins, self._types)
 
     def add(self, cls: type[StepType]) -> None:
         if not (isinstance(cls, type) and issubclass(cls, StepType)):
@@ -76,7 +116,7 @@ class StepTypeRegistry(_Registry):
         if not cls.name or not cls.name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(f"{self._plugins._current} registered {cls.__name__} without a valid `name`")
         self._claim(cls.name)
-        self.types[cls.name] = cls
+        self._types[cls.name] = cls
 
 
 class StorageRegistry(_Registry):
@@ -86,7 +126,8 @@ class StorageRegistry(_Registry):
 
     def __init__(self, plugins: "Plugins") -> None:
         super().__init__(plugins)
-        self.factories: dict[str, Callable[..., Any]] = {}
+        self._factories: dict[str, Callable[..., Any]] = {}
+        self.factories: Mapping[str, Callable[..., Any]] = _OnDemand(plugins, self._factories)
         self.unavailable: dict[str, Callable[[], str | None]] = {}
 
     def add(self, scheme: str, factory: Callable[..., Any],
@@ -96,7 +137,7 @@ class StorageRegistry(_Registry):
         if not callable(factory) or (unavailable is not None and not callable(unavailable)):
             raise PluginError(f"{self._plugins._current} registered storage {scheme!r} with a non-callable factory")
         self._claim(scheme)
-        self.factories[scheme] = factory
+        self._factories[scheme] = factory
         if unavailable is not None:
             self.unavailable[scheme] = unavailable
 
@@ -108,14 +149,15 @@ class TriggerRegistry(_Registry):
 
     def __init__(self, plugins: "Plugins") -> None:
         super().__init__(plugins)
-        self.types: dict[str, type] = {}
+        self._types: dict[str, type] = {}
+        self.types: Mapping[str, type] = _OnDemand(plugins, self._types)
 
     def add(self, cls: type) -> None:
         name = getattr(cls, "name", "")
         if not name:
             raise PluginError(f"{self._plugins._current} registered trigger {cls!r} without a `name`")
         self._claim(name)
-        self.types[name] = cls
+        self._types[name] = cls
 
 
 class CelFunctionRegistry(_Registry):
@@ -125,13 +167,14 @@ class CelFunctionRegistry(_Registry):
 
     def __init__(self, plugins: "Plugins") -> None:
         super().__init__(plugins)
-        self.functions: dict[str, Callable[..., Any]] = {}
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self.functions: Mapping[str, Callable[..., Any]] = _OnDemand(plugins, self._functions)
 
     def add(self, name: str, function: Callable[..., Any]) -> None:
         if not name.isidentifier() or not callable(function):
             raise PluginError(f"{self._plugins._current} registered an invalid CEL function {name!r}")
         self._claim(name)
-        self.functions[name] = function
+        self._functions[name] = function
 
 
 class Plugins:
@@ -143,62 +186,123 @@ class Plugins:
         if os.environ.get("LEGATO_TRACE_HOOKS"):
             self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
             self.pm.enable_tracing()
-        self.sources: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+        #: Where each registered plugin came from: entry-point plugins hold their entry point
+        #: (distribution and version are read only for ``legato plugins``).
+        self._origin: dict[str, Any] = {}
         #: Entry points that could not be imported for want of a library (listed as unavailable).
         self.missing: list[PluginInfo] = []
         self._current = "?"
-        if entry_points:
-            self._load_entry_points(only)
-        for plugin in extra:
-            name = self.pm.register(plugin, name=getattr(plugin, "__name__", None))
-            self.sources[name] = ("(in process)", "")
-        self.pm.check_pending()
         self.step_types = StepTypeRegistry(self)
         self.storage = StorageRegistry(self)
         self.triggers = TriggerRegistry(self)
         self.cel_functions = CelFunctionRegistry(self)
-        for hook, registry in (
+        self._registries = (
             ("legato_register_step_types", self.step_types),
             ("legato_register_storage", self.storage),
             ("legato_register_triggers", self.triggers),
             ("legato_register_cel_functions", self.cel_functions),
-        ):
-            self._call_register(hook, registry)
-        # Observers are called per event: skip the hook call entirely when nobody listens.
-        self.has_event_observers = bool(self.pm.hook.legato_on_event.get_hookimpls())
+        )
+        self._pending: dict[str, importlib.metadata.EntryPoint] = {}  # not loaded yet, by name
+        self._loaded_values: dict[str, str] = {}  # entry-point value -> the plugin name it loaded as
+        if entry_points:
+            self._pending = self._entry_points(only)
+        # A plugin listed under several names is named for its module (`sqlstore`), else its first name.
+        self._names: dict[str, str] = {}  # entry-point value -> the plugin's name
+        for name, ep in self._pending.items():
+            if name == ep.value.split(":")[0].rsplit(".", 1)[-1] or ep.value not in self._names:
+                self._names[ep.value] = name
+        if extra:  # in-process plugins register after every entry point, as they always have
+            self._load_all()
+        for plugin in extra:
+            name = self.pm.register(plugin, name=getattr(plugin, "__name__", None))
+            self._origin[name] = None
+            self.pm.check_pending()
+            self._register(name)
+        self._observers: bool | None = None
 
-    def _load_entry_points(self, only: set[str] | None) -> None:
+    @staticmethod
+    def _entry_points(only: set[str] | None) -> dict[str, importlib.metadata.EntryPoint]:
         env_only = os.environ.get("LEGATO_PLUGINS")
         if only is None and env_only:
             only = {name.strip() for name in env_only.split(",") if name.strip()}
+        found: dict[str, importlib.metadata.EntryPoint] = {}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if only is not None and ep.name not in only:
-                continue
-            if self.pm.get_plugin(ep.name) is not None:
-                continue
-            dist = ep.dist
-            source = (dist.name if dist else "?", dist.version if dist else "?")
-            try:
-                module = ep.load()
-            except ModuleNotFoundError as exc:
-                if not exc.name or exc.name.split(".")[0] == ep.module.split(".")[0]:  # its own package
-                    raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-                # A library the plugin needs is missing: the plugin is listed as unavailable,
-                # with the install command, and the rest of Legato carries on.
-                self.missing.append(PluginInfo(ep.name, "plugin", ep.name, *source,
-                                               unavailable=_missing_library(exc.name or "?", dist)))
-                continue
-            except Exception as exc:  # a broken plugin must not take Legato down
-                raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-            self.pm.register(module, name=ep.name)
-            self.sources[ep.name] = source
+            if (only is None or ep.name in only) and ep.name not in found:
+                found[ep.name] = ep
+        return found
 
-    def _call_register(self, hook: str, registry: _Registry) -> None:
-        caller = getattr(self.pm.hook, hook)
-        for impl in caller.get_hookimpls():  # registration order: entry points first
-            self._current = impl.plugin_name
-            impl.function(registry)
-        self._current = "?"
+    def _load_for(self, name: str) -> bool:
+        """Load what may provide ``name``: its entry point, else every entry point left. False
+        when nothing was left to load."""
+        ep = self._pending.pop(name, None)
+        if ep is not None:
+            self._load(ep)
+            return True
+        if not self._pending:
+            return False
+        self._load_all()
+        return True
+
+    def _load_all(self) -> None:
+        while self._pending:
+            self._load(self._pending.pop(next(iter(self._pending))))
+
+    def _load(self, ep: importlib.metadata.EntryPoint) -> None:
+        if ep.value in self._loaded_values or self.pm.get_plugin(ep.name) is not None:
+            return  # another name of a plugin already loaded
+        try:
+            module = ep.load()
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] == ep.module.split(".")[0]:  # its own package
+                raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            # A library the plugin needs is missing: the plugin is listed as unavailable,
+            # with the install command, and the rest of Legato carries on.
+            dist = ep.dist
+            self.missing.append(PluginInfo(ep.name, "plugin", ep.name, *_source(ep),
+                                           unavailable=_missing_library(exc.name or "?", dist)))
+            self._loaded_values[ep.value] = ep.name
+            return
+        except Exception as exc:  # a broken plugin must not take Legato down
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        # Its other names (entry points with the same value) are this plugin: register it under the
+        # first name the group lists, whichever name asked for it.
+        name = self._names.get(ep.value, ep.name)
+        for other in [n for n, e in self._pending.items() if e.value == ep.value]:
+            del self._pending[other]
+        self._loaded_values[ep.value] = name
+        self.pm.register(module, name=name)
+        self._origin[name] = ep
+        self.pm.check_pending()
+        self._register(name)
+
+    def _register(self, plugin_name: str) -> None:
+        """Call ``plugin_name``'s ``register`` hooks with the registries."""
+        for hook, registry in self._registries:
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                if impl.plugin_name == plugin_name:
+                    self._current = plugin_name
+                    try:
+                        impl.function(registry)
+                    finally:
+                        self._current = "?"
+
+    @property
+    def has_event_observers(self) -> bool:
+        """Whether any plugin implements ``legato_on_event`` (observers are called per event, so
+        the engine skips the hook entirely when nobody listens). Loads every entry point outside
+        the ``legato`` package: only a first-party plugin is known not to observe."""
+        if self._observers is None:
+            for name, ep in list(self._pending.items()):
+                if ep.module.split(".")[0] != "legato" and name in self._pending:
+                    del self._pending[name]
+                    self._load(ep)
+            self._observers = bool(self.pm.hook.legato_on_event.get_hookimpls())
+        return self._observers
+
+    @property
+    def sources(self) -> dict[str, tuple[str, str]]:
+        """Plugin name -> (distribution, version) of every plugin loaded so far."""
+        return {name: _source(ep) if ep is not None else ("(in process)", "") for name, ep in self._origin.items()}
 
     def emit(self, event: Any) -> None:
         """Hand a durable timeline event to the ``legato_on_event`` observers."""
@@ -206,10 +310,12 @@ class Plugins:
 
     def infos(self) -> list[PluginInfo]:
         """What ``legato plugins`` lists: every registered thing, where it came from, if it can run."""
+        self._load_all()
+        sources = self.sources
         rows = []
 
         def add(kind: str, name: str, owner: str, unavailable: str | None = None) -> None:
-            dist, version = self.sources.get(owner, ("?", "?"))
+            dist, version = sources.get(owner, ("?", "?"))
             rows.append(PluginInfo(name, kind, owner, dist, version, unavailable))
 
         for name, cls in sorted(self.step_types.types.items()):
@@ -226,6 +332,11 @@ class Plugins:
 
 _REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+
+
+def _source(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    return (dist.name, dist.version) if dist else ("?", "?")
 
 
 def _canonical(name: str) -> str:

@@ -120,3 +120,89 @@ async def test_hook_legato_on_event(tmp_path):
     engine = Engine(MemoryStorage(), plugins=plugins, workspace=tmp_path)
     await engine.execute(engine.load({"workflow": {"id": "e", "steps": [{"step": {"id": "a", "type": "noop"}}]}}))
     assert seen[0] == "IN_PROGRESS" and seen[-1] == "SUCCEEDED" and "RUNNING" in seen
+
+
+# -- entry points load on demand (issue 16: a run pays only for the plugins it uses) -------------
+
+_ON_DEMAND_CHILD = r"""
+import json, sys, trio
+from legato.engine import Engine
+from legato.storage import open_storage
+
+async def main():
+    async with open_storage(sys.argv[1]) as storage:
+        engine = Engine(storage, workspace=sys.argv[2])
+        inst = await engine.execute(engine.load(json.loads(sys.argv[3])))
+    loaded = sorted(m for m in sys.modules if m.startswith(("legato.plugins.", "legato_")))
+    print(json.dumps({"status": inst.status.value, "loaded": loaded, "seen": getattr(sys, "seen", [])}))
+
+trio.run(main)
+"""
+
+
+def _on_demand(tmp_path, store: str, steps: list[dict], env=None) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    doc = {"workflow": {"id": "od", "steps": [{"step": s} for s in steps]}}
+    proc = subprocess.run([sys.executable, "-c", _ON_DEMAND_CHILD, store, str(tmp_path / "ws"), json.dumps(doc)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _first_party(out: dict) -> list[str]:
+    return sorted({m.split(".")[2] for m in out["loaded"] if m.startswith("legato.plugins.")})
+
+
+def test_a_run_imports_only_the_entry_points_its_step_types_and_store_name(tmp_path):
+    """A noop workflow on SQLite loads the `noop` entry point and the store's (`sqlite`, one of the
+    names of `sqlstore`), not bash, sleep, docker, notebook or sql."""
+    out = _on_demand(tmp_path, f"sqlite:///{tmp_path}/s.db", [{"id": "a", "type": "noop"}])
+    assert out["status"] == "SUCCEEDED"
+    assert _first_party(out) == ["noop", "sqlstore"], out
+    out = _on_demand(tmp_path, "memory://", [{"id": "a", "type": "noop"}, {"id": "b", "type": "sleep",
+                                                                          "params": {"seconds": 0}}])
+    assert out["status"] == "SUCCEEDED"
+    assert _first_party(out) == ["memory", "noop", "sleep"], out
+
+
+def test_a_step_type_named_unlike_its_entry_point_and_a_third_party_observer_still_work(tmp_path):
+    """A third-party entry point `fancy` whose module registers the step type `shiny` and observes
+    events: a definition naming `shiny` finds it (an unknown name loads every entry point), and its
+    observer sees the run's events although no definition names it."""
+    import os
+    import textwrap
+
+    site = tmp_path / "site"
+    (site / "legato_fancy").mkdir(parents=True)
+    (site / "legato_fancy" / "__init__.py").write_text(textwrap.dedent("""\
+        import sys
+        from legato import StepResult, StepType
+        from legato.hookspecs import hookimpl
+
+        class Shiny(StepType):
+            name = "shiny"
+
+            async def run(self, ctx):
+                return StepResult.done({"shone": True})
+
+        @hookimpl
+        def legato_register_step_types(registry):
+            registry.add(Shiny)
+
+        @hookimpl
+        def legato_on_event(event):
+            sys.seen = getattr(sys, "seen", []) + [event.status]
+        """))
+    info = site / "legato_fancy-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: legato-fancy\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[legato]\nfancy = legato_fancy\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = _on_demand(tmp_path, "memory://", [{"id": "a", "type": "shiny"}], env=env)
+    assert out["status"] == "SUCCEEDED" and "legato_fancy" in out["loaded"]
+    assert out["seen"][-1] == "SUCCEEDED" and "RUNNING" in out["seen"]
+    out = _on_demand(tmp_path, "memory://", [{"id": "a", "type": "noop"}], env=env)
+    assert out["status"] == "SUCCEEDED" and out["seen"][-1] == "SUCCEEDED"

@@ -39,6 +39,22 @@ from legato.storage import StaleWrite, Storage, StorageError
 
 HEAD = "0002"  # the newest migration: opening a store at another revision runs Alembic
 
+# A new SQLite store is created at HEAD with these statements, what Alembic's migrations build
+# (tests/test_sqlstore.py checks the two agree), so that the first run in a directory does not
+# import SQLAlchemy and Alembic (~0.4 s). Update it with every new migration.
+SQLITE_SCHEMA = (
+    'CREATE TABLE legato_alembic_version (\n    version_num VARCHAR(32) NOT NULL,\n    CONSTRAINT legato_alembic_version_pkc PRIMARY KEY (version_num)\n)',
+    'CREATE TABLE legato_definition_versions (\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    document TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    active BOOLEAN NOT NULL,\n    PRIMARY KEY (workflow_id, version)\n)',
+    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
+    'CREATE INDEX ix_legato_instances_workflow_created ON legato_instances (workflow_id, created_at)',
+    'CREATE INDEX ix_legato_instances_status ON legato_instances (status)',
+    'CREATE TABLE legato_attempts (\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT,\n    outputs TEXT NOT NULL,\n    message TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    handle TEXT,\n    PRIMARY KEY (instance_id, step_id, attempt)\n)',
+    'CREATE TABLE legato_events (\n    id INTEGER NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR,\n    attempt INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    message TEXT NOT NULL,\n    ts FLOAT NOT NULL,\n    PRIMARY KEY (id)\n)',
+    'CREATE INDEX ix_legato_events_instance ON legato_events (instance_id, id)',
+    'CREATE TABLE legato_logs (\n    id INTEGER NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    stream VARCHAR NOT NULL,\n    text TEXT NOT NULL,\n    ts FLOAT NOT NULL,\n    PRIMARY KEY (id)\n)',
+    'CREATE INDEX ix_legato_logs_instance ON legato_logs (instance_id, step_id, attempt, id)',
+)
+
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
                     "legato_logs"})
@@ -330,12 +346,28 @@ class SqlStorage(Storage):
                     f"{self._where()} holds tables that are not Legato's ({', '.join(sorted(tables)[:5])}); "
                     "point --store at another database"
                 ) from None
+            if not tables:
+                self._create_sqlite(conn)
+                return
             row = None
         if row is not None and row[0] == HEAD:
             return
         self._upgrade()
         engine, self._sa_engine = self._sa_engine, None
         engine.dispose()  # SQLAlchemy's connections are for migrating only; the calls use ``conn``
+
+    @staticmethod
+    def _create_sqlite(conn: sqlite3.Connection) -> None:
+        """An empty SQLite file becomes a store at HEAD in one transaction (under ``_init_lock``)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in SQLITE_SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO legato_alembic_version (version_num) VALUES (?)", (HEAD,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         import sqlalchemy as sa
