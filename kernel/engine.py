@@ -207,7 +207,7 @@ class Engine:
         instance_id = uuid.uuid4().hex[:16]
         # Literal params need no CEL (a workflow without expressions never imports cel-python),
         # nor the version: then the definition is pushed and the instance created in one call.
-        needs_cel = _needs_cel(specs)
+        needs_cel = _needs_cel(specs.values())
         version = context = None
         if needs_cel:
             version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
@@ -321,14 +321,14 @@ def _gc_release() -> None:
 
 
 def _needs_cel(specs) -> bool:
-    """Whether evaluating these params reads CEL names (an expression, a validator, a ``${}``),
-    in a MAP's nested entries too."""
-    for spec in specs.values() if isinstance(specs, dict) else specs:
+    """Whether evaluating these param specs reads CEL names (an expression, a validator, a
+    ``${}``), in a MAP's nested entries too (an entry given as a plain value has no spec)."""
+    for spec in specs:
         if spec is None:
             continue
         if spec.expression is not None or spec.validator is not None or spec.interpolated:
             return True
-        if spec.entries and _needs_cel([sub for _, sub in spec.entries]):
+        if spec.entries and _needs_cel(sub for _, sub in spec.entries):
             return True
     return False
 
@@ -886,7 +886,7 @@ class InstanceRun:
         step_type = self.engine.plugins.step_types.types[sdef.type]
         try:
             return evaluate_params(sdef.params, self.engine.compiler, scope=self.instance.params,
-                                   context=self._context() if _needs_cel(sdef.params) else None,
+                                   context=self._context() if _needs_cel(sdef.params.values()) else None,
                                    raw=step_type.raw_params, argv=step_type.argv_params, budget=self._budget)
         except ParamError:
             raise

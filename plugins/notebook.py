@@ -273,8 +273,8 @@ import trio  # noqa: E402
 
 from legato import Outcome, StepResult, StepType  # noqa: E402
 from legato.hookspecs import hookimpl  # noqa: E402
-from legato.paths import PathRefused, absolute_paths, confine  # noqa: E402
-from legato.process_settings import ProcessSettings  # noqa: E402
+from legato.paths import PathRefused, confine  # noqa: E402
+from legato.process_settings import PathSettings, ProcessSettings  # noqa: E402
 from legato.processes import (  # noqa: E402
     BASE_ENV,
     inherit_allowed,
@@ -299,19 +299,9 @@ def _is_name(name: Any) -> bool:
     return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
 
 
-class NotebookSettings(ProcessSettings):
+class NotebookSettings(ProcessSettings, PathSettings):
     """The operator's settings of the ``notebook`` step type (``--settings``: ``notebook: {…}``):
-    ``inherit_env`` and ``allowed_paths``."""
-
-    allowed_paths: list[str] = pydantic.Field(
-        default_factory=list,
-        description="a list of absolute paths (directories `output_path` may point into, besides the "
-                    "instance's working directory)")
-
-    @pydantic.field_validator("allowed_paths")
-    @classmethod
-    def _absolute(cls, value: list[str]) -> list[str]:
-        return absolute_paths(value)
+    ``inherit_env``, and ``allowed_paths`` where `output_path` may point besides the working directory."""
 
 
 class NotebookParams(pydantic.BaseModel):

@@ -68,7 +68,8 @@ import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
-from legato.paths import PathRefused, absolute_paths, confine
+from legato.paths import PathRefused, confine
+from legato.process_settings import PathSettings
 
 __all__ = ["SqlParams", "SqlSettings", "Sql", "to_json_value"]
 
@@ -134,20 +135,9 @@ class SqlParams(pydantic.BaseModel):
         return self
 
 
-class SqlSettings(pydantic.BaseModel):
-    """The operator's settings of the ``sql`` step type (``--settings``: ``sql: {…}``)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    allowed_paths: list[str] = pydantic.Field(
-        default_factory=list,
-        description="a list of absolute paths (directories `database` and `result_path` may point into, "
-                    "besides the instance's working directory)")
-
-    @pydantic.field_validator("allowed_paths")
-    @classmethod
-    def _absolute(cls, value: list[str]) -> list[str]:
-        return absolute_paths(value)
+class SqlSettings(PathSettings):
+    """The operator's settings of the ``sql`` step type (``--settings``: ``sql: {…}``):
+    ``allowed_paths``, where `database` and `result_path` may point besides the working directory."""
 
 
 class _Stop(Exception):

@@ -300,23 +300,18 @@ async def test_labels_logs_while_running_and_cancellation(tmp_path):
             # the log reaches storage while the container runs
             while "started" not in "".join(c.text for c in await engine.storage.get_logs(iid)):
                 await trio.sleep(0.02)
-        facts["stop"] = time.monotonic()
         run.stop("stopped by the test")
-    took = time.monotonic() - facts["stop"]
     assert facts["labels"] == {"legato": "1", "legato.instance": iid, "legato.step": "s", "legato.attempt": "1",
                                "legato.key": f"{iid}:s:1"}
     (attempt,) = await engine.storage.get_attempts(iid)
+    # the container would run 60 s and succeed if the stop were ignored
     assert attempt.status.value == "STOPPED"
-    # a hang guard, not a speed limit: the container would run 60 s if the stop were ignored
-    assert took < 20, f"the cancelled step took {took:.2f}s to end"
     assert ours(legato_instance=iid) == [], "the cancelled container is still there"
 
 
 async def test_timeout_kills_the_container(tmp_path):
-    t = time.monotonic()
     ran = await execute(tmp_path, workflow({"command": ["sleep", "60"]}, timeout="1s"))
-    assert ran.last.status.value == "TIMED_OUT"
-    assert time.monotonic() - t < 30, "the 1 s timeout did not end the 60 s container"  # a hang guard
+    assert ran.last.status.value == "TIMED_OUT"  # the 60 s container would have succeeded
 
 
 # -- reattaching, driven directly ------------------------------------------------------------

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -170,7 +169,6 @@ async def test_output_streams_while_running_and_cancellation_kills_papermill_and
     definition = engine.load(workflow(notebook_step("nb", "slow.ipynb")))
     before = _descendants()
     instance, _ = await engine.start(definition)
-    facts = {}
     async with trio.open_nursery() as nursery:
         run = await nursery.start(lambda task_status: engine.run(definition, instance, task_status=task_status))
         with trio.fail_after(20):  # the cell prints, then sleeps 30 s: the print is in the log before it ends
@@ -181,12 +179,11 @@ async def test_output_streams_while_running_and_cancellation_kills_papermill_and
         handle = (await engine.storage.get_attempts(instance.instance_id))[0].handle
         assert alive(handle["pid"]) and alive(handle["kernel_pid"])
         assert handle["kernel_pid"] in _descendants()
-        facts["stop"] = time.monotonic()
         run.stop("stopped by the test")
-    took = time.monotonic() - facts["stop"]
-    assert took <= 20, f"the notebook step took {took:.1f}s to stop"  # a hang guard: the cell sleeps 30 s
     attempt = (await engine.storage.get_attempts(instance.instance_id))[0]
     assert attempt.status.value == "STOPPED"
+    # the cell sleeps 30 s and the next one prints: the stop cut the notebook short
+    assert "never printed" not in log_of(await engine.storage.get_logs(instance.instance_id), "nb", "stdout")
     with trio.move_on_after(15):  # a hang guard
         while alive(handle["pid"]) or alive(handle["kernel_pid"]) or _descendants() - before:
             await trio.sleep(0.02)

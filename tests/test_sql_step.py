@@ -430,9 +430,7 @@ async def _start_long(tmp_path: Path, check, **params) -> dict:
         with trio.fail_after(10):
             await running.wait()
         await check(facts)
-        facts["stop"] = time.monotonic()
         handle.stop("enough")
-    facts["ended"] = time.monotonic()
     facts["attempts"] = await engine.storage.get_attempts(instance.instance_id)
     facts["logs"] = "".join(c.text for c in await engine.storage.get_logs(instance.instance_id))
     return facts
@@ -452,8 +450,7 @@ async def test_cancelling_a_long_query_interrupts_it(tmp_path, what):
         await trio.sleep(0.6)
 
     facts = await _start_long(tmp_path, wait, **LONG[what])
-    took = facts["ended"] - facts["stop"]
-    assert took < 20, f"the query took {took:.2f}s to stop"  # a hang guard: the queries run for hours
+    # the queries run for hours: STOPPED, with no DuckDB thread left working, means they were interrupted
     assert [a.status.value for a in facts["attempts"]] == ["STOPPED"]
     assert "sql> SELECT " in facts["logs"]
     busy = _busy_threads() - facts["before"]
