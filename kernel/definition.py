@@ -173,6 +173,8 @@ class StepDef:
     #: ParsableLong with a param): :func:`resolve_attributes` reads them with each instance's
     #: workflow params; ``timeout`` and ``retry`` above hold the defaults until then.
     templates: dict[str, Any] | None = None
+    #: A foreach/while step's loop (its body, loop params, concurrency or condition); None for a leaf.
+    loop: Any = None
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ __all__ = [
     "check_secret_override",
     "resolve_secrets",
     "ValueBudget",
+    "needs_cel",
     "RESERVED_NAMES",
     "NAME_RE",
 ]
@@ -1011,3 +1012,16 @@ def resolve_secrets(specs: dict[str, ParamSpec], values: dict[str, Any], compile
                 raise ParamError(f"the secret value of {name} (from {values[name]}) fails its validator "
                                  f"`{spec.validator}`", f"/{name}/validator")
     return resolved
+
+
+def needs_cel(specs) -> bool:
+    """Whether evaluating these param specs reads CEL names (an expression, a validator, a
+    ``${}``), in a MAP's nested entries too (an entry given as a plain value has no spec)."""
+    for spec in specs:
+        if spec is None:
+            continue
+        if spec.expression is not None or spec.validator is not None or spec.interpolated:
+            return True
+        if spec.entries and needs_cel(sub for _, sub in spec.entries):
+            return True
+    return False

@@ -147,13 +147,13 @@ class StepContext:
     def outputs_path(self) -> Path:
         """A file path private to this attempt where its process may write ``key=value`` or JSON
         lines of outputs (what step types export as ``$LEGATO_OUTPUT``). Not created."""
-        return _ensure_dir(self._workspace / self.instance_id / ".legato") / f"{self.step_id}.{self.attempt}.outputs"
+        return _ensure_dir(self._workspace / self.instance_id / ".legato") / f"{_file_name(self.step_id)}.{self.attempt}.outputs"
 
     @property
     def attempt_dir(self) -> Path:
         """A directory private to this attempt, for outputs files and artifacts."""
         if self._attempt_dir is None:
-            path = self._workspace / self.instance_id / ".legato" / f"{self.step_id}.{self.attempt}"
+            path = self._workspace / self.instance_id / ".legato" / f"{_file_name(self.step_id)}.{self.attempt}"
             try:
                 os.mkdir(path)  # one system call once the instance's .legato exists
             except FileExistsError:
@@ -173,6 +173,11 @@ class StepContext:
         it is durable when this returns; for others it is written with the next commit and
         serves to reap what a crashed kernel left running."""
         await self._record_handle(handle)
+
+
+def _file_name(step_id: str) -> str:
+    """A step's path (``loop/3/job`` inside a loop's body) as one file name: ``loop~3~job``."""
+    return step_id.replace("/", "~") if "/" in step_id else step_id
 
 
 _made: set[Path] = set()

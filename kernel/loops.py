@@ -1,0 +1,275 @@
+"""Loops: the iterations of a foreach or while step, each an inline run of the loop's body (DESIGN §3).
+
+A loop step takes no permit itself; once it is RUNNING its :class:`Loop` creates iterations as
+its concurrency allows, each a :class:`~legato.scope.Scope` over the body's steps with the loop
+variables and ``loop.index`` in scope. Every iteration runs to its end; then the next starts. When
+the last one ends the step's status aggregates them: any failed iteration fails the step (then
+its failure mode applies), else any timed out, else any stopped, else it succeeded.
+
+- **foreach** iterates over the cartesian product of its loop arrays, in order (the last array
+  varies fastest), at most ``concurrency`` at once. Iteration *n*'s values are computed from *n*,
+  so nothing in memory grows with the number of iterations beyond the running ones.
+- **while** checks its condition before every iteration, the first included, and runs one at a
+  time; a body step's param or output named like a loop variable becomes that variable's value
+  for the next iteration. Past ``max_iterations`` the step ends FATALLY_FAILED, saying so.
+
+Each iteration is a row in storage (``loop/3``: iteration 3, counting from 1 as Maestro does; its
+params are the iteration's loop variables, its status how it ended), written in the same commit as
+its first steps and its end. A resumed loop counts the ended iterations, rebuilds the running
+ones from their rows, and never runs a finished iteration again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from .cel import CelError, to_cel
+from .model import AttemptRecord
+from .scope import UNCONVERTIBLE, Scope
+from .states import StepStatus, next_status
+from .writer import crashpoint
+
+__all__ = ["Loop", "Loops"]
+
+S = StepStatus
+# How an iteration's ending weighs in its loop step's status: the first present wins.
+_AGGREGATE = (S.FATALLY_FAILED, S.TIMED_OUT, S.STOPPED)
+_NAMED = 5  # how many failed iterations the loop step's message names
+
+
+class Loop:
+    """The iterations of one running foreach or while step."""
+
+    __slots__ = ("run", "st", "ldef", "names", "arrays", "total", "created", "active", "rows", "counts",
+                 "values", "concurrency", "failure", "failed", "exhausted")
+
+    def __init__(self, run, st) -> None:
+        self.run = run
+        self.st = st
+        self.ldef = ldef = st.sdef.loop
+        values = dict((st.params or {}).get("loop_params") or {})
+        self.names = list(values)
+        self.created = 0  # iterations created so far (the next one's index)
+        self.active: dict[int, Scope] = {}
+        self.rows: dict[int, AttemptRecord] = {}
+        self.counts: dict[StepStatus, int] = {}
+        self.failure: tuple[StepStatus, str] | None = None  # the loop itself could not go on
+        self.failed: list[int] = []  # the first failed iterations' numbers, for the message
+        self.exhausted = False
+        if ldef.kind == "foreach":
+            self.arrays = [list(values[name]) for name in self.names]
+            self.total = math.prod(len(a) for a in self.arrays) if self.arrays else 0
+            self.concurrency = max(1, ldef.concurrency or 1)
+            self.values = None
+        else:
+            self.arrays = []
+            self.total = None
+            self.concurrency = 1
+            self.values = values  # the next iteration's loop variables
+
+    # -- iterations ------------------------------------------------------------------------
+
+    def iteration_values(self, index: int) -> dict[str, Any]:
+        """Iteration ``index``'s loop variables (foreach: decoded from the index, last array fastest)."""
+        if self.values is not None:
+            return dict(self.values)
+        out: dict[str, Any] = {}
+        for name, array in zip(reversed(self.names), reversed(self.arrays)):
+            index, i = divmod(index, len(array))
+            out[name] = array[i]
+        return dict(reversed(list(out.items())))
+
+    def _stopping(self) -> bool:
+        if self.run.ending is not None:
+            return True
+        scope = self.st.scope
+        while scope is not None:
+            if scope.ending is not None:
+                return True
+            scope = scope.parent
+        return False
+
+    def fill(self) -> None:
+        """Start iterations while the concurrency allows; end the step once none is left."""
+        while len(self.active) < self.concurrency and not self.exhausted:
+            if self._stopping() or self.failure is not None:
+                self.exhausted = True
+                break
+            if self.total is not None:
+                if self.created >= self.total:
+                    self.exhausted = True
+                    break
+            elif not self._while_condition():
+                self.exhausted = True
+                break
+            self._create(self.created)
+            self.created += 1
+        if not self.active and self.exhausted:
+            self._finish()
+
+    def _while_condition(self) -> bool:
+        cond = self.ldef.condition
+        index = self.created
+        if cond is None:
+            return False
+        if cond.constant is not None:
+            value = cond.constant
+        else:
+            values = self.values
+            outer = self.st.scope
+            context = {**outer.context(), **{name: to_cel(v) for name, v in values.items()}}
+            context["params"] = to_cel({**outer.params, **values})
+            context["loop"] = to_cel({"index": index, **values})
+            where = f"{self.st.sdef.pointer}/condition"
+            try:
+                value = cond.program.evaluate(context)
+            except (CelError, *UNCONVERTIBLE) as exc:
+                why = exc.located() if isinstance(exc, CelError) else f"a value cannot be converted ({exc})"
+                self.failure = (S.INTERNALLY_FAILED, f"{where}: condition failed before iteration {index + 1}: {why}")
+                return False
+            if not isinstance(value, bool):
+                self.failure = (S.INTERNALLY_FAILED, f"{where}: condition gave {value!r}, not a boolean")
+                return False
+        if value and index >= self.ldef.max_iterations:
+            self.failure = (S.FATALLY_FAILED, f"the while loop reached its limit of {self.ldef.max_iterations} "
+                                              "iterations with its condition still true")
+            return False
+        return value
+
+    def scope_for(self, index: int, values: dict[str, Any]) -> Scope:
+        st, run = self.st, self.run
+        outer = st.scope
+        return Scope(run, self.ldef.steps, prefix=f"{st.key}/{index + 1}", params={**outer.params, **values},
+                     resolved=run.resolved, parent=outer, owner=st, loop_values=values, index=index)
+
+    def _create(self, index: int) -> None:
+        run = self.run
+        values = self.iteration_values(index)
+        scope = self.scope_for(index, values)
+        now = time.time()
+        row = AttemptRecord(run.iid, scope.prefix, 1, S.RUNNING, run.instance.run_id, params=values,
+                            created_at=now, started_at=now)
+        run.batch.attempts[(scope.prefix, 1)] = row
+        run.event(scope.prefix, 1, S.RUNNING.value)
+        self.active[index] = scope
+        self.rows[index] = row
+        for st in scope.roots():
+            st.satisfied = True
+            run.materialize(st)
+        if scope.live == 0:  # every root ended at once (params that fail to evaluate)
+            run.dirty.append(scope)
+
+    def iteration_done(self, scope: Scope) -> None:
+        run = self.run
+        index = scope.index
+        if self.active.pop(index, None) is None:
+            return
+        row = self.rows.pop(index)
+        status, message = scope.outcome()
+        if self.values is not None:  # while: what the body fed back becomes the next values
+            self.values = _fed_back(scope, self.values)
+            row.outputs = {"loop_params": self.values}
+        row.status = status
+        row.ended_at = time.time()
+        row.message = message
+        run.batch.attempts[(row.step_id, 1)] = row
+        run.event(row.step_id, 1, status.value, message)
+        self._count(index, status)
+        crashpoint("iteration_done")
+        self.fill()
+
+    def _count(self, index: int, status: StepStatus) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if status is S.FATALLY_FAILED and len(self.failed) < _NAMED:
+            self.failed.append(index + 1)
+
+    def _finish(self) -> None:
+        run, st = self.run, self.st
+        done = sum(self.counts.values())
+        outputs: dict[str, Any] = {"iterations": done, "counts": {s.value: n for s, n in self.counts.items()}}
+        if self.values is not None:
+            outputs["loop_params"] = self.values
+        st.record.outputs = outputs
+        st.loop = None
+        if self.failure is not None:
+            status, message = self.failure
+        else:
+            status = next((s for s in _AGGREGATE if self.counts.get(s)), S.SUCCEEDED)
+            message = ""
+            if status is S.FATALLY_FAILED:
+                n = self.counts[status]
+                named = ", ".join(map(str, self.failed)) + (", …" if n > len(self.failed) else "")
+                message = f"{n} of {done} iterations failed ({named})"
+            elif status is not S.SUCCEEDED:
+                message = f"{self.counts[status]} of {done} iterations {status.value}"
+        if status is S.SUCCEEDED:
+            run.set(st, S.FINISHING)
+        elif status is S.FATALLY_FAILED:
+            ended = next_status(S.FATALLY_FAILED, 0, 0, st.sdef.failure_mode, False)
+            if ended is not status:
+                message = f"{message} (IGNORE_FAILURE: COMPLETED_WITH_ERROR)"
+            status = ended
+        run.end_step(st, status, message)
+
+
+class Loops:
+    """Starting and resuming loop steps (a mixin of :class:`legato.instance.InstanceRun`)."""
+
+    def start_loop(self, st) -> None:
+        """``st`` (a foreach/while step) is STARTING: run it, starting its first iterations."""
+        self.set(st, S.RUNNING)
+        st.loop = Loop(self, st)
+        st.loop.fill()
+
+    def restore_loop(self, st, groups) -> None:
+        """``st`` was STARTING or RUNNING when the previous owner stopped: count its ended
+        iterations, rebuild the running ones, go on with the rest."""
+        if not self.ready(st):
+            return
+        if st.record.status is S.STARTING:
+            self.start_loop(st)
+            return
+        loop = st.loop = Loop(self, st)
+        rows = groups.get(st.key, {})
+        numbers = sorted(int(n) for n in rows if n.isdigit())
+        for number in numbers:
+            row = max(rows[str(number)], key=lambda r: r.attempt)
+            index = number - 1
+            if row.status.terminal:
+                if loop.values is not None and isinstance(row.outputs.get("loop_params"), dict):
+                    loop.values = row.outputs["loop_params"]
+                loop._count(index, row.status)
+                continue
+            values = dict(row.params or {})
+            if loop.values is not None:
+                loop.values = values
+            scope = loop.scope_for(index, values)
+            loop.active[index] = scope
+            loop.rows[index] = row
+            self.restore(scope, groups)
+            if scope.live == 0:
+                self.dirty.append(scope)
+        loop.created = numbers[-1] if numbers else 0
+        if self.dirty:
+            self.settle()
+        elif st.loop is loop:
+            loop.fill()
+
+
+def _fed_back(scope: Scope, values: dict[str, Any]) -> dict[str, Any]:
+    """The loop variables after an iteration of a while: a body step's param or output named like
+    one replaces it (outputs over params; later steps of the body over earlier ones)."""
+    out = dict(values)
+    for sdef in scope.order:
+        st = scope.steps[sdef.id]
+        record = st.record
+        if record is None or not st.finished:
+            continue
+        for name in values:
+            if record.params and name in record.params:
+                out[name] = record.params[name]
+            if record.outputs and name in record.outputs:
+                out[name] = record.outputs[name]
+    return out

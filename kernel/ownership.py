@@ -1,0 +1,69 @@
+"""Ownership of an instance: its lease, taken before the run and renewed by a heartbeat (DESIGN §5).
+
+The lease's generation fences every write (:mod:`legato.writer`): once another worker takes the
+lease, this one's commits are refused. Losing the lease ends the run at once, losing nothing
+committed; whoever holds it carries the instance on.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from .storage import StaleWrite, StorageError
+
+__all__ = ["Ownership", "LeaseHeld"]
+
+
+class LeaseHeld(StorageError):
+    """Another live worker owns the instance."""
+
+
+class Ownership:
+    """The lease of an instance run (a mixin of :class:`legato.instance.InstanceRun`)."""
+
+    async def acquire(self) -> int:
+        """Take the instance's lease and return the generation to write with; raise
+        :class:`LeaseHeld` naming the holder while another live worker has it."""
+        storage, engine = self.engine.storage, self.engine
+        created_at = engine.fresh_leases.pop(self.iid, None)
+        if created_at is not None and trio.current_time() - created_at < engine.lease_ttl / 3:
+            return 1  # start created it leased to us moments ago; the heartbeat renews it in time
+        generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
+        if generation is None:
+            lease = await storage.get_lease(self.iid)
+            who, left = (lease.describe(), f" (for {lease.expires_in:.1f}s more)") if lease else ("another worker", "")
+            raise LeaseHeld(f"instance {self.iid} is owned by another live worker, {who}; it is resumed once "
+                            f"that worker ends or its lease expires{left}")
+        return generation
+
+    async def heartbeat(self) -> None:
+        """Renew the lease well before it expires. Late renewals (the worker was paused, the
+        database locked) keep it as long as no other worker took it; storage errors are retried
+        until one succeeds or says the lease is gone. Losing it to another worker ends the run."""
+        storage, owner, ttl = self.engine.storage, self.engine.owner, self.engine.lease_ttl
+        delay = ttl / 3
+        while True:
+            await trio.sleep(delay)
+            try:
+                generation = await storage.acquire_lease(self.iid, owner, ttl, generation=self.generation)
+            except StorageError:
+                delay = min(ttl / 3, 1.0)  # try again soon: the lease is only lost if someone took it
+                continue
+            delay = ttl / 3
+            if generation == self.generation:
+                continue
+            try:
+                lease = await storage.get_lease(self.iid)
+            except StorageError:
+                lease = None
+            who = lease.describe() if lease is not None else "another worker"
+            self.lost = StaleWrite(f"lost the lease of instance {self.iid} to {who} while this worker "
+                                   f"({owner}) was not renewing it; that worker carries the instance on")
+            self.nursery.cancel_scope.cancel()
+            return
+
+    async def release_lease(self) -> None:
+        try:
+            await self.engine.storage.release_lease(self.iid, self.engine.owner)
+        except StorageError:
+            pass  # the instance is over; an unreleased lease just expires
