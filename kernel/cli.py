@@ -516,13 +516,22 @@ def _unloadable(record, exc: Exception) -> str:
 
 @main.command()
 @click.argument("instance", required=False)
+@click.argument("step", required=False)
+@click.option("--iteration", type=click.IntRange(min=1), metavar="N",
+              help="With STEP (a foreach or while): show iteration N's steps (iterations count from 1).")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(instance: str | None, store: str, as_json: bool) -> None:
+def status(instance: str | None, step: str | None, iteration: int | None, store: str, as_json: bool) -> None:
     """Show an instance (default: the newest) and the latest attempt of each of its steps.
 
-    INSTANCE is an instance id or a unique prefix of one.
+    INSTANCE is an instance id or a unique prefix of one. A foreach or while step shows as one
+    row with its iterations counted by state; STEP --iteration N shows one iteration's steps
+    (STEP is a path for a loop inside a loop: `outer/2/inner`).
     """
+    from . import overview
+
+    if iteration is not None and step is None:
+        _fail("--iteration needs a STEP: legato status INSTANCE STEP --iteration N", EXIT_INVALID)
     engine = _read_engine(store)
     found: dict[str, Any] = {}
 
@@ -542,19 +551,39 @@ def status(instance: str | None, store: str, as_json: bool) -> None:
     if "instance" not in found:
         _fail(f"no instances in {store} yet", EXIT_FAILED)
     record, attempts = found["instance"], found["attempts"]
+    top = overview.tree(attempts)
+    nodes = top
+    if step is not None:
+        path = f"{step.strip('/')}/{iteration}" if iteration is not None else step.strip("/")
+        node = overview.find(top, path)
+        if node is None:
+            what = f"iteration {iteration} of step {step!r}" if iteration is not None else f"step {step!r}"
+            known = ", ".join(sorted(top)[:20]) or "none yet"
+            _fail(f"instance {record.instance_id} has no {what} (its steps: {known})", EXIT_INVALID)
+        nodes = {step: node} if iteration is None else node.children
     if as_json:
-        click.echo(json.dumps(_instance_json(record, attempts, found["steps"]), indent=2, default=str))
+        out = _instance_json(record, [], found["steps"] if step is None else ())
+        out["steps"].update({name: overview.to_json(n, _iso) for name, n in nodes.items()})
+        if iteration is not None:
+            out["iteration"] = {"step": step, "number": iteration}
+        click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
                + (f": {record.message}" if record.message else ""))
-    last: dict[str, Any] = {}
-    for a in attempts:
-        last[a.step_id] = a
-    for a in last.values():
+    if iteration is not None:
+        click.echo(f"  iteration {iteration} of {step}: " + (node.record.status.value if node.record else "?")
+                   + (f" {json.dumps(node.record.params)[:100]}" if node.record and node.record.params else ""))
+    for name, n in nodes.items():
+        a = n.record
+        if a is None:
+            continue
         took = f"{a.ended_at - a.started_at:.2f}s" if a.ended_at and a.started_at else ""
         first = a.message.strip().splitlines()[0] if a.message.strip() else ""
         state = found["retries"].get(a.step_id) or a.status.value
-        click.echo(f"  {a.step_id:<24} {state:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+        if n.children and not n.is_iteration:
+            kind = "foreach" if overview.loop_total(a) is not None else "while"
+            first = overview.loop_summary(kind, n) + (f"  {first}" if first else "")
+        click.echo(f"  {name:<24} {state:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
 
 
 async def _pending_retries(engine, record, attempts) -> dict[str, str]:

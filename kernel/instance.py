@@ -247,7 +247,7 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
         """End the iterations whose last live step ended (which may start or end others)."""
         dirty = self.dirty
         while dirty:
-            scope = dirty.pop()
+            scope = dirty.pop(0) if len(dirty) > 1 else dirty.pop()  # in the order they ended
             if scope.live == 0 and scope.owner is not None and scope.owner.loop is not None:
                 scope.owner.loop.iteration_done(scope)
 

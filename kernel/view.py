@@ -37,7 +37,7 @@ STOPPING = "interrupted: stopping… (Ctrl-C again to kill)"
 
 
 class _Row:
-    __slots__ = ("status", "attempt", "started", "ended", "message", "retry")
+    __slots__ = ("status", "attempt", "started", "ended", "message", "retry", "iterations")
 
     def __init__(self) -> None:
         self.status = "NOT_CREATED"
@@ -46,6 +46,19 @@ class _Row:
         self.ended: float | None = None
         self.message = ""
         self.retry: tuple[float, int] | None = None  # (when the next attempt starts, the last one allowed)
+        self.iterations: dict[str, str] | None = None  # a loop's iterations: number -> latest state
+
+    def loop_line(self) -> str:
+        """``12 iterations ended · 1 failed · 4 running`` for a loop step's row."""
+        states = collections.Counter(self.iterations.values())
+        running = states.pop("RUNNING", 0)
+        parts = [f"{sum(states.values()):,} iterations ended"]
+        failed = states.get("FATALLY_FAILED", 0) + states.get("INTERNALLY_FAILED", 0)
+        if failed:
+            parts.append(f"{failed:,} failed")
+        if running:
+            parts.append(f"{running:,} running")
+        return " · ".join(parts)
 
 
 def _duration(row: _Row) -> str:
@@ -89,6 +102,12 @@ class View:
             return
         row = self.rows.get(event.step_id)
         if row is None:
+            loop, _, number = event.step_id.rpartition("/")
+            row = self.rows.get(loop)
+            if row is not None and number.isdigit():  # an iteration of a loop step
+                if row.iterations is None:
+                    row.iterations = {}
+                row.iterations[number] = event.status
             return
         row.status, row.attempt = event.status, event.attempt
         if event.status == "RUNNING":
@@ -308,8 +327,9 @@ class LiveView(View):
         output = []
         for sdef in self.definition.steps:
             row = self.rows[sdef.id]
+            message = row.message if row.iterations is None or row.message else row.loop_line()
             table.add_row(Text(sdef.id), Text(sdef.type), self._state(row, now), str(row.attempt or ""),
-                          _duration(row), Text(_first_line(row.message, 60)))
+                          _duration(row), Text(_first_line(message, 60)))
             if row.status == "RUNNING":
                 for line in self._tail(sdef.id, row.attempt):
                     text = Text(f"{sdef.id} | ", style="dim")

@@ -210,3 +210,94 @@ def test_crash_battery_kill_9_storm(tmp_path):
           f"{len(lines)} bash and {sum(boxes.values())} container runs, {reattached} reattaches to a container, "
           f"{statuses['PLATFORM_FAILED']} attempts ended PLATFORM_FAILED by a crash, {elapsed:.0f}s")
     assert kills >= target
+
+
+LOOP_KILLS = 60
+#: The bash steps inside the loops' bodies: each appends its key to the ledger.
+LOOP_LEDGERED = {"b", "w", "end"}
+
+
+def loops_storm(ledger: Path) -> dict:
+    """A 3×2 foreach (concurrency 2) whose body is a bash step then a noop, a nested foreach, then
+    a while that counts to 3 through its body's outputs, then a bash step."""
+    def arr(kind, values):
+        return {"type": kind, "value": values}
+
+    feed = WORK + '; echo "{\\"n\\": $((n + 1))}" >> "$LEGATO_OUTPUT"'
+    return {"properties": {"step_concurrency": 3}, "workflow": {"id": "loops", "params": {"ledger": str(ledger)},
+        "steps": [
+            {"foreach": {"id": "fe", "concurrency": 2, "transition": {"successors": ["outer"]},
+                         "params": {"loop_params": {"type": "MAP", "value": {
+                             "i": arr("LONG_ARRAY", [1, 2, 3]), "j": arr("STRING_ARRAY", ["x", "y"])}}},
+                         "steps": [bash("b", ["c"]), {"step": {"id": "c", "type": "noop"}}]}},
+            {"foreach": {"id": "outer", "concurrency": 2, "transition": {"successors": ["wh"]},
+                         "params": {"loop_params": {"type": "MAP", "value": {"k": arr("LONG_ARRAY", [1, 2])}}},
+                         "steps": [{"foreach": {"id": "inner", "concurrency": 2, "params": {"loop_params": {
+                             "type": "MAP", "value": {"m": arr("LONG_ARRAY", [1, 2])}}},
+                             "steps": [{"step": {"id": "leaf", "type": "sleep", "params": {"seconds": 0.05}}}]}}]}},
+            {"while": {"id": "wh", "condition": "n < 3", "transition": {"successors": ["end"]},
+                       "params": {"loop_params": {"type": "MAP", "value": {"n": {"type": "LONG", "value": 0}}}},
+                       "steps": [bash("w", script=feed)]}},
+            bash("end"),
+        ]}}
+
+
+def test_crash_battery_loops(tmp_path):
+    """SIGKILLs at random moments across foreach, nested foreach and while steps: every instance
+    ends SUCCEEDED with every iteration SUCCEEDED once; no attempt in a loop's body ran twice; a
+    resumed loop never ran a finished iteration again (each iteration's bash step has exactly one
+    succeeded attempt, and the ledger one run per attempt recorded)."""
+    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1"))
+    rng = random.Random(int(os.environ.get("LEGATO_CRASH_SEED", "20261202")))
+    target = max(1, round(LOOP_KILLS * scale))
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    definition = tmp_path / "loops.json"
+    definition.write_text(json.dumps(loops_storm(ledger)))
+    db = tmp_path / "legato.db"
+    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{db}"}
+    env.pop("LEGATO_LEASE_TTL", None)
+    env.pop("LEGATO_CRASH_AT", None)
+    server = ForkServer(tmp_path, env)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    kills = 0
+    request_ids: list[str] = []
+    try:
+        while kills < target:
+            request_id = f"loops-{len(request_ids)}"
+            request_ids.append(request_id)
+            quota = rng.randint(*KILLS_PER_INSTANCE)
+            argv = ["run", str(definition), "--request-id", request_id, "--workspace", str(tmp_path / "runs")]
+            for n in range(100):
+                log = logs / f"{request_id}.{n}.log"
+                code = server.run(argv, log, rng.uniform(0.02, 1.0) if quota > 0 else None)
+                if code == -9:
+                    kills += 1
+                    quota -= 1
+                    continue
+                assert code == 0, f"{request_id}: legato exited {code}:\n{log.read_text()}"
+                break
+            else:
+                raise AssertionError(f"{request_id} never ended")
+    finally:
+        server.close()
+    lines = ledger.read_text().split()
+    conn = sqlite3.connect(db)
+    for request_id in request_ids:
+        (iid,), = conn.execute("SELECT instance_id FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall()
+        steps = [sid for (sid,) in conn.execute("SELECT DISTINCT step_id FROM legato_attempts WHERE instance_id = ?",
+                                                (iid,))]
+        iterations = sorted(s for s in steps if s.rpartition("/")[2].isdigit())
+        assert iterations == sorted(["fe/1", "fe/2", "fe/3", "fe/4", "fe/5", "fe/6", "outer/1", "outer/2",
+                                     "outer/1/inner/1", "outer/1/inner/2", "outer/2/inner/1", "outer/2/inner/2",
+                                     "wh/1", "wh/2", "wh/3"]), f"{request_id}: iterations {iterations}"
+        ledgered = {s for s in steps if s.rpartition("/")[2] in LOOP_LEDGERED}
+        check_instance(db, request_id, lines, ledgered=ledgered)
+        (outputs,), = conn.execute("SELECT outputs FROM legato_attempts WHERE instance_id = ? AND step_id = 'wh'",
+                                   (iid,)).fetchall()
+        assert json.loads(outputs)["loop_params"] == {"n": 3}, f"{request_id}: {outputs}"
+    conn.close()
+    print(f"\ncrash battery, loops (scale {scale:g}): {kills} kills, {len(request_ids)} instances, "
+          f"{len(lines)} bash runs in loop bodies and after them")
+    assert kills >= target
