@@ -312,15 +312,18 @@ def _trio_run(fn) -> None:
         _internal_error(exc)
 
 
-async def _follow(engine, definition, instance, view, outcome, *, resume: bool = False) -> None:
+async def _follow(engine, definition, instance, view, outcome, *, resume: bool = False,
+                  restart: bool = False) -> None:
     """Run (or resume) one instance in the foreground with Ctrl-C handling; fill ``outcome``."""
     import trio
 
     storage = engine.storage
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_interrupt, engine, instance.instance_id, outcome, view)
-        async with view.open(nursery, storage, instance.instance_id, resume=resume):
-            if resume:
+        async with view.open(nursery, storage, instance.instance_id, resume=resume or restart):
+            if restart:
+                final = await engine.restart(instance.instance_id, observer=view.on_event)
+            elif resume:
                 final = await engine.resume(instance.instance_id, observer=view.on_event)
             else:
                 final = await engine.run(definition, instance, observer=view.on_event)
@@ -492,14 +495,55 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
     sys.exit(max(codes + [EXIT_INVALID] * bool(unloadable), default=EXIT_OK))
 
 
+@main.command()
+@click.argument("instance")
+@_store_option
+@click.option("--workspace", type=click.Path(file_okay=False), default=None,
+              help="Where instances get their working directories [default: .legato/runs].")
+@_settings_option
+@click.option("--json", "as_json", is_flag=True, help="Print the final instance as JSON.")
+def restart(instance: str, store: str, workspace: str | None, settings: str | None, as_json: bool) -> None:
+    """Run an ended INSTANCE again, in the foreground, from its incomplete steps.
+
+    A new run of the same instance: steps that completed are carried over and never run again;
+    those that failed, were stopped or timed out run again (as new attempts, with the params they
+    were evaluated with), then what follows them. In a foreach, only the iterations that did not
+    succeed run again. INSTANCE is an instance id or a unique prefix of one.
+    """
+    from .definition import DefinitionError
+    from .engine import RestartRefused
+    from .storage import StorageError
+    from .view import PlainView
+
+    engine = _engine(store, workspace, settings)
+    _require_store(engine, store)
+    outcome: dict[str, Any] = {}
+
+    async def main_task() -> None:
+        async with _opened(engine.storage, store):
+            found = await _resolve_instance(engine.storage, instance, store)
+            try:
+                definition = await engine._pinned(found)
+            except (DefinitionError, StorageError) as exc:
+                raise _Refused(f"instance {found.instance_id} not restarted: {_unloadable(found, exc)}") from None
+            view = PlainView(definition, quiet=as_json)
+            outcome["view"] = view
+            try:
+                await _follow(engine, definition, found, view, outcome, restart=True)
+            except* RestartRefused as group:
+                raise _Refused(str(group.exceptions[0])) from None
+
+    _trio_run(main_task)
+    sys.exit(_report(outcome["view"], outcome, as_json))
+
+
 def _ended(record) -> str:
     """Why ``legato resume`` refuses an instance that has ended, and what to do instead."""
     head = f"instance {record.instance_id} ({record.workflow_id}) already ended {record.status.value}"
     if record.status.value == "SUCCEEDED":
         return f"{head}: nothing to resume"
-    # No restart command exists yet (DESIGN §3 plans one): say so rather than point at nothing.
-    return (f"{head}; resume continues only unfinished instances. `legato restart` is planned but not "
-            f"there yet: to run {record.workflow_id} again, start a new instance with `legato run FILE`")
+    return (f"{head}; resume continues only unfinished instances: `legato restart {record.instance_id}` runs it "
+            "again from its incomplete steps")
 
 
 def _unloadable(record, exc: Exception) -> str:

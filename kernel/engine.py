@@ -26,10 +26,15 @@ from .model import Event, InstanceRecord
 from .ownership import LeaseHeld
 from .params import ParamError, ValueBudget, evaluate_params, merge_start_params, needs_cel, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
+from .states import InstanceStatus
 from .steptype import StepType, validate_step_settings
 from .storage import Storage, StorageError
 
-__all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld"]
+__all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld", "RestartRefused"]
+
+
+class RestartRefused(StorageError):
+    """The instance cannot be restarted (it has not ended, or it succeeded); the message says why."""
 
 class Engine:
     """Loads definitions and runs instances against one storage backend.
@@ -149,14 +154,17 @@ class Engine:
 
         Takes the instance's lease first (raises :class:`LeaseHeld` if a live worker has it);
         an instance that already has attempts in storage is resumed where it was."""
-        run = InstanceRun(self, definition, instance, observer)
-        self.runs[instance.instance_id] = run
+        return await self._drive(InstanceRun(self, definition, instance, observer), task_status)
+
+    async def _drive(self, run: InstanceRun, task_status) -> InstanceRecord:
+        iid = run.iid
+        self.runs[iid] = run
         _gc_hold()
         try:
             return await run.run(task_status)
         finally:
             _gc_release()
-            del self.runs[instance.instance_id]
+            del self.runs[iid]
 
     async def resume(self, instance_id: str, *, observer: Callable[[Event], None] | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> InstanceRecord:
@@ -167,12 +175,39 @@ class Engine:
         instance = await self.storage.get_instance(instance_id)
         if instance is None:
             raise StorageError(f"no instance {instance_id!r} in {self.storage.url}")
+        definition = await self._pinned(instance)
+        return await self.run(definition, instance, observer=observer, task_status=task_status)
+
+    async def _pinned(self, instance: InstanceRecord) -> Definition:
+        """The definition version ``instance`` runs (it pinned it when it started)."""
         version = await self.storage.get_definition(instance.workflow_id, instance.version)
         if version is None:
-            raise StorageError(f"definition {instance.workflow_id} v{instance.version} of {instance_id} is missing")
+            raise StorageError(f"definition {instance.workflow_id} v{instance.version} of {instance.instance_id} "
+                               "is missing")
         definition = self.load(version.document)
         definition.version = version.version
-        return await self.run(definition, instance, observer=observer, task_status=task_status)
+        return definition
+
+    async def restart(self, instance_id: str, *, observer: Callable[[Event], None] | None = None,
+                      task_status=trio.TASK_STATUS_IGNORED) -> InstanceRecord:
+        """Run an ended instance again, as its next run, from its incomplete steps (Maestro's
+        restart from incomplete): steps that completed in an earlier run are carried over and never
+        run again; the ones that failed, were stopped or timed out run again as new attempts (with
+        their evaluated params and fresh retry budgets), and what they lead to after them. In a
+        foreach, only the iterations that did not succeed run again. Raises :class:`RestartRefused`
+        for an instance that has not ended, or ended SUCCEEDED."""
+        instance = await self.storage.get_instance(instance_id)
+        if instance is None:
+            raise StorageError(f"no instance {instance_id!r} in {self.storage.url}")
+        if not instance.status.terminal:
+            raise RestartRefused(f"instance {instance_id} has not ended ({instance.status.value}): a restart runs an "
+                                 "ended instance again; `legato resume` continues an unfinished one")
+        if instance.status is InstanceStatus.SUCCEEDED:
+            raise RestartRefused(f"instance {instance_id} ended SUCCEEDED: it has no incomplete step to run again; "
+                                 "start a new instance to run the workflow again")
+        definition = await self._pinned(instance)
+        run = InstanceRun(self, definition, instance, observer, restart=True)
+        return await self._drive(run, task_status)
 
     async def execute(self, definition: Definition, params: dict[str, Any] | None = None, **kwargs) -> InstanceRecord:
         """Start and run to the end: the one-call way used by tests and examples."""

@@ -50,7 +50,7 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
     """The task that drives one instance: the scheduling loop, the step tasks, the writes."""
 
     def __init__(self, engine, definition: Definition, instance: InstanceRecord,
-                 observer: Callable[[Event], None] | None) -> None:
+                 observer: Callable[[Event], None] | None, *, restart: bool = False) -> None:
         self.engine = engine
         self.definition = definition
         self.instance = instance
@@ -87,6 +87,8 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
         self.released = trio.Event()  # set when the last of them returns
         self.budget = ValueBudget()  # what this run's step params may compute, together
         self.nursery: trio.Nursery | None = None
+        self.history = None  # while a scope is rebuilt from storage: its attempts by scope path
+        self.restarting = restart
         self._init_writer()
 
     @property
@@ -120,7 +122,7 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
             raise _first_leaf(group) from None
 
     async def _run(self, task_status) -> InstanceRecord:
-        if self.instance.status.terminal:
+        if self.instance.status.terminal and not self.restarting:
             task_status.started(self)
             return self.instance
         storage, engine = self.engine.storage, self.engine
@@ -132,12 +134,21 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
         self.generation = await self.acquire()
         self.batch.generation = self.generation
         attempts = await storage.get_attempts(self.iid) if self.instance.status is not I.CREATED else []
+        if self.restarting:
+            self._new_run()
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self.heartbeat)
                 timeout = self.timeout
-                if self.instance.status is I.CREATED:
+                if self.restarting:
+                    self.set_instance(I.IN_PROGRESS)
+                    self.batch.events[-1].message = (f"run {self.instance.run_id}: restarted from its incomplete "
+                                                     f"steps by {engine.owner}")
+                    if timeout:
+                        nursery.start_soon(self._workflow_deadline, timeout)
+                    self.restore(self.root, group_history(attempts))
+                elif self.instance.status is I.CREATED:
                     self.set_instance(I.IN_PROGRESS)
                     if timeout:
                         nursery.start_soon(self._workflow_deadline, timeout)
@@ -162,6 +173,15 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
             raise self.lost
         await self.release_lease()
         return self.instance
+
+    def _new_run(self) -> None:
+        """A restart: the instance's next run, from CREATED again (a run is a lifecycle of its own)."""
+        inst = self.instance
+        inst.run_id += 1
+        inst.status = I.CREATED
+        inst.started_at = inst.ended_at = None
+        inst.message = ""
+        self.workflow_plain["run_id"] = inst.run_id
 
     async def _loop(self, nursery) -> None:
         urgent = True  # the roots (or a resumed run's steps) are waiting for their first commit

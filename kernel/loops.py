@@ -16,13 +16,16 @@ its failure mode applies), else any timed out, else any stopped, else it succeed
 Each iteration is a row in storage (``loop/3``: iteration 3, counting from 1 as Maestro does; its
 params are the iteration's loop variables, its status how it ended), written in the same commit as
 its first steps and its end. A resumed loop counts the ended iterations, rebuilds the running
-ones from their rows, and never runs a finished iteration again.
+ones from their rows, and never runs a finished iteration again. A restarted one (a new run of
+its instance) carries its succeeded iterations over and runs only the others again, each as a
+new attempt of its row, inside which only the steps that did not complete run again.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Any
 
 from .cel import CelError, to_cel
@@ -43,7 +46,7 @@ class Loop:
     """The iterations of one running foreach or while step."""
 
     __slots__ = ("run", "st", "ldef", "names", "arrays", "total", "created", "active", "rows", "counts",
-                 "values", "concurrency", "failure", "failed", "exhausted")
+                 "values", "concurrency", "failure", "failed", "exhausted", "redo", "history")
 
     def __init__(self, run, st) -> None:
         self.run = run
@@ -58,6 +61,8 @@ class Loop:
         self.failure: tuple[StepStatus, str] | None = None  # the loop itself could not go on
         self.failed: list[int] = []  # the first failed iterations' numbers, for the message
         self.exhausted = False
+        self.redo: deque[tuple[int, AttemptRecord]] = deque()  # iterations of an earlier run to run again
+        self.history = None  # the attempts by scope path those are rebuilt from
         if ldef.kind == "foreach":
             self.arrays = [list(values[name]) for name in self.names]
             self.total = math.prod(len(a) for a in self.arrays) if self.arrays else 0
@@ -96,6 +101,12 @@ class Loop:
         while len(self.active) < self.concurrency and not self.exhausted:
             if self._stopping() or self.failure is not None:
                 self.exhausted = True
+                break
+            if self.redo:
+                self._again(*self.redo.popleft())
+                continue
+            if self.values is not None and self.counts.get(S.SUCCEEDED, 0) < sum(self.counts.values()):
+                self.exhausted = True  # a while goes on only from a succeeded iteration
                 break
             if self.total is not None:
                 if self.created >= self.total:
@@ -161,6 +172,54 @@ class Loop:
         if scope.live == 0:  # every root ended at once (params that fail to evaluate)
             run.dirty.append(scope)
 
+    def _again(self, index: int, old: AttemptRecord) -> None:
+        """Run iteration ``index`` of an earlier run again: a new attempt of its row, its scope
+        rebuilt from its steps' attempts (the complete ones are carried over)."""
+        run = self.run
+        values = dict(old.params or {})
+        scope = self.scope_for(index, values)
+        now = time.time()
+        row = AttemptRecord(run.iid, scope.prefix, old.attempt + 1, S.RUNNING, run.instance.run_id, params=values,
+                            created_at=now, started_at=now)
+        run.batch.attempts[(scope.prefix, row.attempt)] = row
+        run.event(scope.prefix, row.attempt, S.RUNNING.value)
+        self.active[index] = scope
+        self.rows[index] = row
+        run.restore(scope, self.history)
+        if scope.live == 0:
+            run.dirty.append(scope)
+
+    def recall(self, history) -> None:
+        """Take the iterations storage holds for this step: succeeded ones (and, within the
+        current run, ended ones) are counted; running ones are rebuilt; the ones an earlier run
+        ended without success run again, before any new one."""
+        run, st = self.run, self.st
+        rows = history.get(st.key, {})
+        numbers = sorted(int(n) for n in rows if n.isdigit())
+        current = run.instance.run_id
+        for number in numbers:
+            row = max(rows[str(number)], key=lambda r: r.attempt)
+            index = number - 1
+            if row.status.terminal and (row.status is S.SUCCEEDED or row.run_id >= current):
+                if self.values is not None and isinstance(row.outputs.get("loop_params"), dict):
+                    self.values = row.outputs["loop_params"]
+                self._count(index, row.status)
+            elif row.status.terminal:
+                self.redo.append((index, row))
+            else:
+                values = dict(row.params or {})
+                if self.values is not None:
+                    self.values = values
+                scope = self.scope_for(index, values)
+                self.active[index] = scope
+                self.rows[index] = row
+                run.restore(scope, history)
+                if scope.live == 0:
+                    run.dirty.append(scope)
+        self.created = numbers[-1] if numbers else 0
+        if self.redo:
+            self.history = history  # kept until they have run again
+
     def iteration_done(self, scope: Scope) -> None:
         run = self.run
         index = scope.index
@@ -218,12 +277,15 @@ class Loops:
     """Starting and resuming loop steps (a mixin of :class:`legato.instance.InstanceRun`)."""
 
     def start_loop(self, st) -> None:
-        """``st`` (a foreach/while step) is STARTING: run it, starting its first iterations."""
+        """``st`` (a foreach/while step) is STARTING: run it, starting its first iterations (in a
+        new run of its instance, after carrying over the iterations an earlier run finished)."""
         self.set(st, S.RUNNING)
-        st.loop = Loop(self, st)
-        st.loop.fill()
+        loop = st.loop = Loop(self, st)
+        if self.history is not None and st.key in self.history:
+            loop.recall(self.history)
+        loop.fill()
 
-    def restore_loop(self, st, groups) -> None:
+    def restore_loop(self, st, history) -> None:
         """``st`` was STARTING or RUNNING when the previous owner stopped: count its ended
         iterations, rebuild the running ones, go on with the rest."""
         if not self.ready(st):
@@ -232,29 +294,9 @@ class Loops:
             self.start_loop(st)
             return
         loop = st.loop = Loop(self, st)
-        rows = groups.get(st.key, {})
-        numbers = sorted(int(n) for n in rows if n.isdigit())
-        for number in numbers:
-            row = max(rows[str(number)], key=lambda r: r.attempt)
-            index = number - 1
-            if row.status.terminal:
-                if loop.values is not None and isinstance(row.outputs.get("loop_params"), dict):
-                    loop.values = row.outputs["loop_params"]
-                loop._count(index, row.status)
-                continue
-            values = dict(row.params or {})
-            if loop.values is not None:
-                loop.values = values
-            scope = loop.scope_for(index, values)
-            loop.active[index] = scope
-            loop.rows[index] = row
-            self.restore(scope, groups)
-            if scope.live == 0:
-                self.dirty.append(scope)
-        loop.created = numbers[-1] if numbers else 0
-        if self.dirty:
-            self.settle()
-        elif st.loop is loop:
+        loop.recall(history)
+        self.settle()
+        if st.loop is loop:
             loop.fill()
 
 

@@ -1,4 +1,5 @@
-"""Recovery: rebuild a run from what storage holds, after the previous owner stopped (DESIGN §10).
+"""Recovery: rebuild a run from what storage holds, after the previous owner stopped (DESIGN §10),
+or for a restart (a new run of an ended instance, from its incomplete steps; DESIGN §3 actions).
 
 Scopes are rebuilt in topological order, so each step's predecessors are settled before it:
 finished steps release their successors again (conditions are pure functions of durable outputs),
@@ -6,6 +7,11 @@ live attempts continue, retries that were waiting are scheduled for what is left
 backoff, and interrupted attempts are reattached or failed as platform errors. A loop step that
 was running gets its iterations back: finished ones are counted, never run again; running ones
 are rebuilt the same way, one scope each.
+
+A step whose latest attempt ended without completing in an earlier run than the instance's
+current one runs again, as a new attempt with fresh retry budgets: that is what a restart does,
+and what a resumed restart still has to do. Complete steps (and succeeded iterations) of earlier
+runs are carried over, never run again.
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ class Recovery:
     """Resuming an instance run (a mixin of :class:`legato.instance.InstanceRun`)."""
 
     def restore(self, scope, groups: dict[str, dict[str, list[AttemptRecord]]]) -> None:
+        saved, self.history = self.history, groups  # what a loop step started meanwhile recalls
+        try:
+            self._restore(scope, groups)
+        finally:
+            self.history = saved
+
+    def _restore(self, scope, groups: dict[str, dict[str, list[AttemptRecord]]]) -> None:
         history = groups.get(scope.prefix, {})
         engine = self.engine
         for sdef in scope.order:
@@ -79,6 +92,8 @@ class Recovery:
                 if status is not S.UNSATISFIED:
                     st.satisfied = True
                 scope.release(st)
+            elif status.terminal and st.record.run_id < self.instance.run_id:
+                self._rerun(st)
             elif status.terminal:
                 self._restore_ended(st, status)
             elif st.sdef.loop is not None and status in (S.STARTING, S.RUNNING):
@@ -90,6 +105,14 @@ class Recovery:
             else:
                 self.enter(st)
                 self._continue(st)
+
+    def _rerun(self, st) -> None:
+        """A new run of an instance runs this step again (it ended incomplete in an earlier run):
+        a new attempt, with its evaluated params kept and fresh retry budgets; a loop step
+        carries its succeeded iterations over and runs the others again."""
+        st.errors = st.platform = st.timeouts = 0
+        st.params = st.record.params
+        self.materialize(st)
 
     def _restore_ended(self, st, status: StepStatus) -> None:
         if status.retryable:
