@@ -157,6 +157,7 @@ class StepTypeSuite(_Suite):
         engine = self._engine(tmp)
 
         async def main():
+            await self._push_workflows(engine)
             instance = await engine.execute(engine.load(doc))
             storage = engine.storage
             attempts = await storage.get_attempts(instance.instance_id)
@@ -168,6 +169,11 @@ class StepTypeSuite(_Suite):
             }
 
         return trio.run(main)
+
+    async def _push_workflows(self, engine) -> None:
+        """Store the profile's ``workflows`` (what the step under test may start)."""
+        for document in self.p.workflows:
+            await engine.storage.push_definition(document["workflow"]["id"], document)
 
     def _ended(self, result: dict, expected: str, attempt=None) -> None:
         attempt = attempt or result["attempts"]["s"]
@@ -253,6 +259,7 @@ class StepTypeSuite(_Suite):
         facts: dict[str, Any] = {}
 
         async def main():
+            await self._push_workflows(engine)
             definition = engine.load(self._doc(self.p.long_running))
             instance, _ = await engine.start(definition)
             running = trio.Event()
