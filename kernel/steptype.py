@@ -185,8 +185,8 @@ class StepContext:
     def workflows(self):
         """A :class:`legato.children.ChildWorkflows` for this attempt: start a stored workflow as
         a child of this step (pinned version, linked to its parent, idempotent per attempt),
-        follow it to its end (running it here when no live worker does), stop it. Only inside a
-        step run by an engine (a RuntimeError otherwise)."""
+        follow it to its end (running it here when no live worker does; cancelled, it stops the
+        child). Only inside a step run by an engine (a RuntimeError otherwise)."""
         engine = RUNNING_ENGINE.get()
         if engine is None:
             raise RuntimeError("ctx.workflows is only there while an engine runs the step")
