@@ -254,3 +254,19 @@ def test_a_parent_killed_while_its_child_runs_resumes_the_same_child(tmp_path):
     assert [line.rsplit(":", 2)[1:] for line in ledger.read_text().split()] == [["c", "1"], ["c", "2"]]
     outputs = json.loads(_read(driver.db, "SELECT outputs FROM legato_attempts WHERE instance_id = ?", parent_id)[0][0])
     assert outputs["subworkflow_instance_id"] == kids[0][0]
+
+
+def test_a_bad_version_or_missing_id_is_refused_when_the_definition_loads(engine):
+    """`subworkflow_version` is read by the one version-spec reader (legato.storage.parse_version)
+    when the definition loads, as `legato start --version` is: located, before anything runs."""
+    import pytest
+
+    from legato.definition import DefinitionError
+
+    with pytest.raises(DefinitionError) as info:
+        engine.load(wf("parent", sub("s", "child", subworkflow_version="newest"), {"step": {
+            "id": "t", "type": "subworkflow", "params": {"sync": False}}}))
+    problems = {p.pointer: p.message for p in info.value.problems}
+    assert "a version must be active, latest or a number" in problems[
+        "/workflow/steps/0/step/params/subworkflow_version"], problems
+    assert "/workflow/steps/1/step/params/subworkflow_id" in problems, problems
