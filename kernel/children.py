@@ -191,5 +191,14 @@ class ChildWorkflows:
                     run.stop(f"stopped with its parent step {parent.step_id} of instance {parent.instance_id}")
                 raise
         if "error" in outcome:
-            raise outcome["error"]
+            from .definition import DefinitionError
+            from .engine import StartError
+
+            error = outcome["error"]
+            if isinstance(error, DefinitionError):  # its stored version no longer loads here
+                problems = "; ".join(str(p) for p in error.problems[:3])
+                raise ChildRefused(f"the child instance {iid} cannot be resumed here: {problems}") from None
+            if isinstance(error, StartError):
+                raise ChildRefused(f"the child instance {iid} cannot be resumed: {error}") from None
+            raise error
         return outcome["final"]

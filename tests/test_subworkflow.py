@@ -88,7 +88,9 @@ async def test_the_version_is_resolved_when_the_step_runs(engine, run_doc):
 async def test_a_failed_child_fails_the_parent_step_naming_the_child_and_is_not_retried(engine, run_doc):
     """trackSubworkflowInstance: a FAILED child is the step's FATAL_ERROR ("no retry for
     subworkflow"), whatever the step's retry policy says."""
-    await push(engine, wf("child", leaf("c", "sleep", seconds=0, outcome="USER_ERROR")))
+    failing = leaf("c", "sleep", seconds=0, outcome="USER_ERROR")
+    failing["step"]["retry_policy"] = {"error_retry_limit": 0}
+    await push(engine, wf("child", failing))
     doc = wf("parent", sub("s", "child"))
     doc["workflow"]["steps"][0]["step"]["retry_policy"] = {"error_retry_limit": 3}
     done = await run_doc(doc)
@@ -270,3 +272,16 @@ def test_a_bad_version_or_missing_id_is_refused_when_the_definition_loads(engine
     assert "a version must be active, latest or a number" in problems[
         "/workflow/steps/0/step/params/subworkflow_version"], problems
     assert "/workflow/steps/1/step/params/subworkflow_id" in problems, problems
+
+
+async def test_a_timed_out_child_fails_the_parent_step_naming_it(engine, run_doc):
+    """trackSubworkflowInstance: a child that ends TIMED_OUT (its workflow timeout) ends the sync
+    step too; the step fails, not retried, saying how the child ended."""
+    child = wf("child", leaf("c", "sleep", seconds=60))
+    child["workflow"]["timeout"] = 0.2
+    await push(engine, child)
+    done = await run_doc(wf("parent", sub("s", "child")))
+    (kid,) = await children_of(engine, done.instance.instance_id)
+    assert kid.status.value == "TIMED_OUT"
+    assert done.tries("s") == ["FATALLY_FAILED"]
+    assert f"subworkflow instance {kid.instance_id} (child v1) ended TIMED_OUT" in done.last["s"].message
