@@ -66,7 +66,9 @@ class StepTypeProfile:
     - ``settings``: the step type's per-worker settings;
     - sample params: ``success`` (required), ``expected_outputs``, ``user_failure``,
       ``fatal_failure``, ``long_running``, ``invalid`` with ``invalid_pointer`` (a JSON pointer
-      under the step's params, e.g. ``/url``).
+      under the step's params, e.g. ``/url``);
+    - ``workflows``: definitions stored (``push_definition``) before each run, for a step type
+      that starts other workflows (``subworkflow``).
     """
 
     step_type: str
@@ -82,6 +84,7 @@ class StepTypeProfile:
     long_running: dict[str, Any] | None = None
     invalid: dict[str, Any] | None = None
     invalid_pointer: str = ""
+    workflows: tuple[dict[str, Any], ...] = ()
     name: str = ""
 
     kind = "step"

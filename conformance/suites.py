@@ -157,6 +157,7 @@ class StepTypeSuite(_Suite):
         engine = self._engine(tmp)
 
         async def main():
+            await self._push_workflows(engine)
             instance = await engine.execute(engine.load(doc))
             storage = engine.storage
             attempts = await storage.get_attempts(instance.instance_id)
@@ -168,6 +169,11 @@ class StepTypeSuite(_Suite):
             }
 
         return trio.run(main)
+
+    async def _push_workflows(self, engine) -> None:
+        """Store the profile's ``workflows`` (what the step under test may start)."""
+        for document in self.p.workflows:
+            await engine.storage.push_definition(document["workflow"]["id"], document)
 
     def _ended(self, result: dict, expected: str, attempt=None) -> None:
         attempt = attempt or result["attempts"]["s"]
@@ -253,6 +259,7 @@ class StepTypeSuite(_Suite):
         facts: dict[str, Any] = {}
 
         async def main():
+            await self._push_workflows(engine)
             definition = engine.load(self._doc(self.p.long_running))
             instance, _ = await engine.start(definition)
             running = trio.Event()
@@ -397,6 +404,83 @@ class StorageSuite(_Suite):
                 again, created = await store.create_instance(self._records("i-other")[0].__class__(
                     "i-other", "wf", v1.version, request_id="req-i-rt"))
                 assert not created and again.instance_id == "i-rt", "a known request id started a second instance"
+
+        self._run(main)
+
+    def test_versions_are_immutable_numbered_and_one_is_active(self, tmp_path):
+        """``push_definition`` numbers versions from 1; an identical document stores nothing (its
+        version comes back, ``new`` False, made active); ``activate=False`` stores without
+        activating; ``get_definition`` reads None/"active", "latest" and a number; ``activate``
+        switches; ``list_versions`` lists oldest first; all of it survives reopening."""
+        from legato.storage import VersionNotFound
+
+        doc1, doc2, doc3 = ({"workflow": {"id": "wf", "n": n}} for n in (1, 2, 3))
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                assert await store.list_versions("wf") == []
+                assert await store.get_definition("wf") is None
+                assert await store.get_definition("wf", "latest") is None
+                v1 = await store.push_definition("wf", doc1)
+                assert (v1.version, v1.active, v1.new) == (1, True, True)
+                same = await store.push_definition("wf", doc1)
+                assert (same.version, same.new) == (1, False), "an identical push stored a new version"
+                v2 = await store.push_definition("wf", doc2, activate=False)
+                assert (v2.version, v2.active, v2.new) == (2, False, True)
+                assert (await store.get_definition("wf")).version == 1
+                assert (await store.get_definition("wf", "active")).version == 1
+                assert (await store.get_definition("wf", "latest")).document == doc2
+                assert (await store.get_definition("wf", 2)).document == doc2
+                assert await store.get_definition("wf", 3) is None
+                v3 = await store.push_definition("wf", doc3)
+                assert (v3.version, v3.active) == (3, True)
+                back = await store.push_definition("wf", doc1)  # a rollback: the old version, active again
+                assert (back.version, back.new, back.active) == (1, False, True)
+                assert (await store.activate("wf", 2)).version == 2
+                try:
+                    await store.activate("wf", 7)
+                except VersionNotFound as exc:
+                    assert "versions 1–3" in str(exc) and "7" in str(exc), str(exc)
+                else:
+                    raise AssertionError("activating a version that does not exist did not raise")
+                await check(store)
+            if "persistent" in self.p.capabilities:
+                async with self._open(tmp_path) as store:
+                    await check(store)
+
+        async def check(store):
+            listed = await store.list_versions("wf")
+            assert [(v.version, v.active, v.document) for v in listed] == [
+                (1, False, doc1), (2, True, doc2), (3, False, doc3)]
+            assert (await store.get_definition("wf")).version == 2
+            assert await store.list_versions("other") == []
+
+        self._run(main)
+
+    def test_an_instance_keeps_its_ancestors(self, tmp_path):
+        """A subworkflow's instance record keeps its chain of parents (root first), across
+        reopening for a persistent store."""
+        from legato.model import InstanceRecord
+
+        chain = [{"workflow_id": "root", "instance_id": "i-root", "run_id": 1, "step_id": "s", "attempt": 1},
+                 {"workflow_id": "mid", "instance_id": "i-mid", "run_id": 2, "step_id": "t", "attempt": 3}]
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                await store.create_instance(InstanceRecord("i-child", "wf", 1, initiator="subworkflow",
+                                                           ancestors=chain, created_at=1.0))
+                await store.create_instance(InstanceRecord("i-plain", "wf", 1, created_at=2.0))
+                await check(store)
+            if "persistent" in self.p.capabilities:
+                async with self._open(tmp_path) as store:
+                    await check(store)
+
+        async def check(store):
+            child = await store.get_instance("i-child")
+            assert child.ancestors == chain and child.parent == chain[-1]
+            assert child.initiator == "subworkflow"
+            assert (await store.get_instance("i-plain")).ancestors == []
+            assert [r.ancestors for r in await store.list_instances("wf")] == [[], chain]
 
         self._run(main)
 

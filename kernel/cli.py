@@ -408,6 +408,199 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     sys.exit(code)
 
 
+def _load_or_exit(engine, source):
+    """The definition ``source`` (a file or a stored document) loaded and validated, or its
+    problems printed and exit 2."""
+    from .definition import DefinitionError
+
+    try:
+        definition = engine.load(source)
+    except DefinitionError as exc:
+        _print_problems(exc)
+        sys.exit(EXIT_INVALID)
+    _print_warnings(definition)
+    return definition
+
+
+def _when(ts: float) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--no-activate", is_flag=True,
+              help="Store the version without making it the active one (what `start` runs by default).")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the stored version as JSON.")
+def push(file: str, no_activate: bool, store: str, as_json: bool) -> None:
+    """Validate FILE and store it as a new immutable version of its workflow, made active.
+
+    Pushing a document identical to a stored version stores nothing new and says which version
+    it is (made active again, unless --no-activate). `legato start WORKFLOW` runs a stored version.
+    """
+    engine = _engine(store)
+    definition = _load_or_exit(engine, file)
+    found: dict[str, Any] = {}
+
+    async def main_task() -> None:
+        async with _opened(engine.storage, store):
+            found["version"] = await engine.storage.push_definition(
+                definition.workflow_id, definition.document, activate=not no_activate)
+
+    _trio_run(main_task)
+    v = found["version"]
+    if as_json:
+        click.echo(json.dumps({"workflow_id": v.workflow_id, "version": v.version, "active": v.active,
+                               "new": v.new, "created_at": _iso(v.created_at)}))
+        return
+    state = "active" if v.active else "not active: `legato activate " + f"{v.workflow_id} {v.version}` makes it so"
+    if v.new:
+        click.echo(f"{v.workflow_id} v{v.version} stored ({state})")
+    else:
+        click.echo(f"{v.workflow_id}: {file} is identical to v{v.version} (stored {_when(v.created_at)}); "
+                   f"nothing new stored ({state})")
+
+
+@main.command()
+@click.argument("workflow")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def versions(workflow: str, store: str, as_json: bool) -> None:
+    """List the stored versions of WORKFLOW, oldest first; the active one is marked."""
+    engine = _read_engine(store)
+    rows: list[Any] = []
+
+    async def main_task() -> None:
+        async with _opened(engine.storage, store):
+            rows.extend(await engine.storage.list_versions(workflow))
+            if not rows:
+                raise _Refused(await engine.storage._no_version(workflow, "active"))
+
+    _trio_run(main_task)
+    if as_json:
+        click.echo(json.dumps([{"workflow_id": v.workflow_id, "version": v.version, "active": v.active,
+                                "created_at": _iso(v.created_at),
+                                "steps": len(v.document.get("workflow", {}).get("steps", []))
+                                if isinstance(v.document.get("workflow"), dict) else None}
+                               for v in rows], indent=2))
+        return
+    for v in rows:
+        click.echo(f"{'*' if v.active else ' '} v{v.version:<4} {_when(v.created_at)}"
+                   + ("  active" if v.active else ""))
+
+
+@main.command()
+@click.argument("workflow")
+@click.argument("version", type=click.IntRange(1, 2**62))
+@_store_option
+def activate(workflow: str, version: int, store: str) -> None:
+    """Make VERSION of WORKFLOW the active one: what `legato start WORKFLOW` runs by default.
+    Running instances keep the version they started with."""
+    from .storage import VersionNotFound
+
+    engine = _read_engine(store)
+
+    async def main_task() -> None:
+        async with _opened(engine.storage, store):
+            try:
+                await engine.storage.activate(workflow, version)
+            except VersionNotFound as exc:
+                raise _Refused(str(exc)) from None
+
+    _trio_run(main_task)
+    click.echo(f"{workflow} v{version} is active")
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--version", "version_spec", default="active", show_default=True, metavar="active|latest|N",
+              help="Which stored version to run: the active one, the newest, or a number.")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Set a workflow param (repeatable), as with `legato run`.")
+@_store_option
+@click.option("--workspace", type=click.Path(file_okay=False), default=None,
+              help="Where instances get their working directories [default: .legato/runs].")
+@click.option("--request-id", default=None,
+              help="Idempotency key: the same id answers with the instance it started, never a second one.")
+@click.option("--no-wait", is_flag=True,
+              help="Only create the instance (queued, no worker) and print its id; `legato resume ID` runs it.")
+@_settings_option
+@click.option("--json", "as_json", is_flag=True, help="Print the final instance and steps as JSON.")
+def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str, workspace: str | None,
+          request_id: str | None, no_wait: bool, settings: str | None, as_json: bool) -> None:
+    """Start an instance of a stored version of WORKFLOW (`legato push` stores them), pinned to it.
+
+    Runs it in the foreground exactly like `legato run` (live view, exit codes, --json) unless
+    --no-wait. A later push or activation never changes what the instance runs.
+    """
+    from .engine import StartError
+    from .storage import VersionNotFound, parse_version
+    from .view import make_view
+
+    try:
+        spec = parse_version(version_spec)
+    except ValueError as exc:
+        _fail(f"--version: {exc}")
+    overrides = _parse_params(params)
+    engine = _engine(store, workspace, settings)
+    _require_store(engine, store)
+    found: dict[str, Any] = {}
+
+    async def read_version() -> None:
+        async with _opened(engine.storage, store):
+            try:
+                found["version"] = await engine.storage.require_definition(workflow, spec)
+            except VersionNotFound as exc:
+                raise _Refused(str(exc)) from None
+
+    _trio_run(read_version)
+    stored = found["version"]
+    definition = _load_or_exit(engine, stored.document)
+    definition.version = stored.version  # pinned: started without pushing anything
+    view = make_view(definition, plain=as_json or not sys.stdout.isatty(), quiet=as_json)
+    outcome: dict[str, Any] = {}
+
+    async def main_task() -> None:
+        async with _opened(engine.storage, store):
+            try:
+                instance, created = await engine.start(definition, raw_params=overrides, request_id=request_id,
+                                                       queued=no_wait)
+            except StartError as exc:
+                outcome["invalid"] = str(exc)
+                return
+            if no_wait or (not created and instance.status.terminal):
+                outcome["existing" if not created else "queued"] = instance
+                return
+            await _follow(engine, definition, instance, view, outcome, resume=not created)
+            outcome["orphans"] = len(await engine.storage.list_resumable())
+
+    _trio_run(main_task)
+    if "invalid" in outcome:
+        _fail(outcome["invalid"])
+    for key in ("queued", "existing"):
+        inst = outcome.get(key)
+        if inst is None:
+            continue
+        if as_json:
+            click.echo(json.dumps(_instance_json(inst, []), indent=2, default=str))
+        elif key == "queued":
+            click.echo(f"{inst.instance_id}\n{inst.workflow_id} v{inst.version}: instance {inst.instance_id} created "
+                       f"(queued, no worker runs it yet): `legato resume {inst.instance_id}` runs it")
+        else:
+            click.echo(f"request id {request_id!r} already started instance {inst.instance_id} "
+                       f"({inst.workflow_id} v{inst.version}): {inst.status.value}")
+        if key == "queued" or not inst.status.terminal:
+            sys.exit(EXIT_OK)
+        sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
+    code = _report(view, outcome, as_json)
+    if outcome.get("orphans"):
+        click.echo(f"note: {outcome['orphans']} unfinished instance(s) in the store have no live worker; "
+                   "`legato resume` picks them up", err=True)
+    sys.exit(code)
+
+
 @main.command()
 @click.argument("instance", required=False)
 @_store_option
@@ -614,6 +807,10 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
         return
     click.echo(f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
                + (f": {record.message}" if record.message else ""))
+    if record.parent:
+        p = record.parent
+        click.echo(f"  subworkflow of instance {p['instance_id']} ({p['workflow_id']}), step {p['step_id']} "
+                   f"attempt {p['attempt']}")
     if iteration is not None:
         click.echo(f"  iteration {iteration} of {step}: " + (node.record.status.value if node.record else "?")
                    + (f" {json.dumps(node.record.params)[:100]}" if node.record and node.record.params else ""))
@@ -886,7 +1083,7 @@ def _instance_json(instance, attempts, step_ids=()) -> dict[str, Any]:
         "instance_id": instance.instance_id, "workflow_id": instance.workflow_id, "version": instance.version,
         "status": instance.status.value, "message": instance.message, "params": instance.params,
         "created_at": _iso(instance.created_at), "started_at": _iso(instance.started_at),
-        "ended_at": _iso(instance.ended_at), "steps": steps,
+        "ended_at": _iso(instance.ended_at), "parent": instance.parent, "steps": steps,
     }
 
 

@@ -27,7 +27,7 @@ from .ownership import LeaseHeld
 from .params import ParamError, ValueBudget, evaluate_params, merge_start_params, needs_cel, resolve_secrets
 from .plugin_manager import Plugins, get_plugins
 from .states import InstanceStatus
-from .steptype import StepType, validate_step_settings
+from .steptype import RUNNING_ENGINE, StepType, validate_step_settings
 from .storage import Storage, StorageError
 
 __all__ = ["Engine", "InstanceRun", "StartError", "LeaseHeld", "RestartRefused"]
@@ -92,8 +92,17 @@ class Engine:
         raw_params: dict[str, str] | None = None,
         request_id: str | None = None,
         initiator: str = "manual",
+        instance_id: str | None = None,
+        ancestors: list[dict[str, Any]] | None = None,
+        queued: bool = False,
     ) -> tuple[InstanceRecord, bool]:
         """Push the definition's version, evaluate the workflow params and create the instance.
+
+        A definition read from the store (``definition.version`` set) is not pushed again: the
+        instance is pinned to that version. ``instance_id`` (default: a random one) and
+        ``ancestors`` serve a subworkflow step (:class:`legato.children.ChildWorkflows`).
+        ``queued``: created without a lease (CREATED, no owner), for ``legato resume`` or a
+        worker to run; otherwise it is leased to this engine, which is to run it next.
 
         ``params`` are values (or full-form definitions, as Maestro's run params) and ``raw_params``
         ``name=value`` strings from a command line, merged into the definition's params by
@@ -106,13 +115,14 @@ class Engine:
         except ParamError as exc:
             raise StartError(exc.message, f"/workflow/params{exc.pointer}") from None
         now = time.time()
-        instance_id = uuid.uuid4().hex[:16]
+        instance_id = instance_id or uuid.uuid4().hex[:16]
         # Literal params need no CEL (a workflow without expressions never imports cel-python),
         # nor the version: then the definition is pushed and the instance created in one call.
         cel_needed = needs_cel(specs.values())
-        version = context = None
+        version, context = definition.version, None
         if cel_needed:
-            version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
+            if version is None:
+                version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
             context = {"workflow": to_cel({
                 "id": definition.workflow_id, "version": version, "instance_id": instance_id,
                 "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
@@ -129,15 +139,19 @@ class Engine:
             raise StartError(exc.message, exc.pointer) from None
         record = InstanceRecord(
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version or 0,
-            params=values, request_id=request_id, initiator=initiator, created_at=now,
+            params=values, request_id=request_id, initiator=initiator, created_at=now, ancestors=ancestors or [],
         )
-        if cel_needed:
-            instance, created = await self.storage.create_instance(record, self.owner, self.lease_ttl)
+        owner = None if queued else self.owner
+        if version is not None or queued:
+            if version is None:
+                version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
+            record.version = version
+            instance, created = await self.storage.create_instance(record, owner, self.lease_ttl)
         else:
             instance, created = await self.storage.start_instance(definition.document, record, self.owner,
                                                                   self.lease_ttl)
         definition.version = record.version
-        if created:  # leased to us at generation 1: InstanceRun need not take it again right away
+        if created and not queued:  # leased to us at generation 1: InstanceRun need not take it again right away
             self.fresh_leases[instance_id] = trio.current_time()
         return instance, created
 
@@ -160,9 +174,12 @@ class Engine:
         iid = run.iid
         self.runs[iid] = run
         _gc_hold()
+        # What StepContext.workflows answers in this instance's step tasks (they inherit it).
+        token = RUNNING_ENGINE.set(self)
         try:
             return await run.run(task_status)
         finally:
+            RUNNING_ENGINE.reset(token)
             _gc_release()
             del self.runs[iid]
 

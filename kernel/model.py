@@ -23,6 +23,7 @@ class DefinitionVersion:
     document: dict[str, Any]
     created_at: float
     active: bool = True
+    new: bool = False  # push_definition stored it just now (False: an identical version existed)
 
 
 @dataclass(slots=True)
@@ -41,6 +42,15 @@ class InstanceRecord:
     started_at: float | None = None
     ended_at: float | None = None
     message: str = ""
+    #: A subworkflow's chain of parents, root first, the direct parent last (Maestro's
+    #: UpstreamInitiator.ancestors): each ``{"workflow_id", "instance_id", "run_id", "step_id",
+    #: "attempt"}``. Empty for an instance nothing started from a step.
+    ancestors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def parent(self) -> dict[str, Any] | None:
+        """The instance and step that started this one as a subworkflow, or None."""
+        return self.ancestors[-1] if self.ancestors else None
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ field, defaults included). A step type without a ``Settings`` model takes no set
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import pydantic
 
 __all__ = ["Outcome", "StepResult", "StepContext", "StepType", "SettingsError", "validate_settings",
-           "validate_step_settings"]
+           "validate_step_settings", "RUNNING_ENGINE"]
+
+#: The :class:`legato.engine.Engine` running the current instance, set by ``Engine.run`` for the
+#: instance's tasks (a step's task inherits it); what :attr:`StepContext.workflows` builds on.
+RUNNING_ENGINE: contextvars.ContextVar[Any] = contextvars.ContextVar("legato_running_engine", default=None)
 
 
 class Outcome(str, enum.Enum):
@@ -83,7 +88,9 @@ class StepContext:
       params (``None`` otherwise). ``params`` and ``workflow_params`` hold the resolved values;
       the kernel masks them in logs, messages and outputs, and a step type masks with
       ``secrets.mask(text)`` whatever it writes elsewhere itself (a notebook's output copy);
-    - ``await record_handle(handle)``: durably record what a restarted kernel needs to reattach.
+    - ``await record_handle(handle)``: durably record what a restarted kernel needs to reattach;
+    - ``workflows``: start other stored workflows as this step's children and follow them to
+      their end (:class:`legato.children.ChildWorkflows`; what the ``subworkflow`` step uses).
     """
 
     __slots__ = (
@@ -173,6 +180,19 @@ class StepContext:
         it is durable when this returns; for others it is written with the next commit and
         serves to reap what a crashed kernel left running."""
         await self._record_handle(handle)
+
+    @property
+    def workflows(self):
+        """A :class:`legato.children.ChildWorkflows` for this attempt: start a stored workflow as
+        a child of this step (pinned version, linked to its parent, idempotent per attempt),
+        follow it to its end (running it here when no live worker does; cancelled, it stops the
+        child). Only inside a step run by an engine (a RuntimeError otherwise)."""
+        engine = RUNNING_ENGINE.get()
+        if engine is None:
+            raise RuntimeError("ctx.workflows is only there while an engine runs the step")
+        from .children import ChildWorkflows
+
+        return ChildWorkflows(engine, self)
 
 
 def _file_name(step_id: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from .model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from .states import InstanceStatus
 
-__all__ = ["Storage", "StorageError", "StaleWrite", "open_storage"]
+__all__ = ["Storage", "StorageError", "StaleWrite", "VersionNotFound", "open_storage", "parse_version"]
 
 
 class StorageError(Exception):
@@ -23,6 +23,39 @@ class StorageError(Exception):
 
 class StaleWrite(StorageError):
     """A write carried a lease generation that is no longer current: another worker owns the instance."""
+
+
+class VersionNotFound(StorageError):
+    """A workflow, or a version of it, that the store does not hold; the message says what it holds."""
+
+
+def parse_version(spec: Any) -> str | int:
+    """``spec`` as :meth:`Storage.get_definition` reads it: ``"active"`` (also None), ``"latest"``
+    or a version number (an int, or a string of digits as a command line or a step's params give
+    it). The one place that reads a version spec (``legato start --version``, the subworkflow
+    step's ``subworkflow_version``). Raises ValueError saying what is accepted."""
+    if spec is None:
+        return "active"
+    if isinstance(spec, bool):
+        raise ValueError(f"a version must be active, latest or a number from 1, got {spec!r}")
+    if isinstance(spec, int):
+        if spec >= 1:
+            return spec
+    elif isinstance(spec, str):
+        text = spec.strip().lower()
+        if text in ("active", "latest"):
+            return text
+        if text.isdigit() and text.isascii() and int(text) >= 1 and len(text) < 19:
+            return int(text)
+    raise ValueError(f"a version must be active, latest or a number from 1, got {spec!r:.40}")
+
+
+def _span(versions: list[int]) -> str:
+    if not versions:
+        return "no versions"
+    if versions == list(range(versions[0], versions[-1] + 1)) and len(versions) > 1:
+        return f"versions {versions[0]}–{versions[-1]}"
+    return f"version{'s' if len(versions) > 1 else ''} {', '.join(map(str, versions))}"
 
 
 class Storage(abc.ABC):
@@ -52,12 +85,47 @@ class Storage(abc.ABC):
 
     # -- definitions ----------------------------------------------------------------------
     @abc.abstractmethod
-    async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
-        """Store a new immutable version (or return the active one if ``document`` is identical) and make it active."""
+    async def push_definition(self, workflow_id: str, document: dict[str, Any],
+                              activate: bool = True) -> DefinitionVersion:
+        """Store ``document`` as a new immutable version (numbered from 1) and, with ``activate``,
+        make it the active one. A document identical to a version already stored stores nothing:
+        that version comes back (made active with ``activate``) with ``new`` False."""
 
     @abc.abstractmethod
-    async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
-        """A given version, or the active one."""
+    async def get_definition(self, workflow_id: str, version: str | int | None = None) -> DefinitionVersion | None:
+        """The version ``version`` names (see :func:`parse_version`: None or ``"active"``,
+        ``"latest"``, a number), or None when there is no such version."""
+
+    @abc.abstractmethod
+    async def list_versions(self, workflow_id: str) -> list[DefinitionVersion]:
+        """Every stored version of ``workflow_id``, oldest first (none: an empty list)."""
+
+    @abc.abstractmethod
+    async def activate(self, workflow_id: str, version: int) -> DefinitionVersion:
+        """Make ``version`` the active one (an instance started without a version runs it).
+        Raises :class:`VersionNotFound` when there is no such version."""
+
+    async def require_definition(self, workflow_id: str, version: str | int | None = None) -> DefinitionVersion:
+        """:meth:`get_definition`, raising :class:`VersionNotFound` that says which versions
+        exist when there is none (``workflow 'x' has versions 1–3; version 7 does not exist``).
+        A malformed ``version`` raises VersionNotFound too, saying what is accepted."""
+        try:
+            spec = parse_version(version)
+        except ValueError as exc:
+            raise VersionNotFound(f"workflow {workflow_id!r}: {exc}") from None
+        found = await self.get_definition(workflow_id, spec)
+        if found is not None:
+            return found
+        raise VersionNotFound(await self._no_version(workflow_id, spec))
+
+    async def _no_version(self, workflow_id: str, spec: str | int) -> str:
+        versions = [v.version for v in await self.list_versions(workflow_id)]
+        if not versions:
+            return (f"no workflow {workflow_id!r} in {self.url or 'the store'}: push its definition first "
+                    "(`legato push FILE`)")
+        if spec == "active":
+            return f"workflow {workflow_id!r} has {_span(versions)} and none is active: `legato activate` one"
+        return f"workflow {workflow_id!r} has {_span(versions)}; version {spec} does not exist"
 
     # -- instances ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -14,7 +14,13 @@ from legato.hookspecs import hookimpl
 from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
 from legato.states import InstanceStatus
-from legato.storage import StaleWrite, Storage
+from legato.storage import StaleWrite, Storage, VersionNotFound, parse_version
+
+
+def _with(version: DefinitionVersion, new: bool) -> DefinitionVersion:
+    """A copy the caller may keep (the stored one changes when another version is activated)."""
+    return DefinitionVersion(version.workflow_id, version.version, version.document, version.created_at,
+                             version.active, new)
 
 
 class MemoryStorage(Storage):
@@ -31,23 +37,42 @@ class MemoryStorage(Storage):
         # instance -> (owner, expiry (monotonic; None: released), generation, holder's ProcessIdentity)
         self._leases: dict[str, tuple[str, float | None, int, Any]] = {}
 
-    async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
+    async def push_definition(self, workflow_id: str, document: dict[str, Any],
+                              activate: bool = True) -> DefinitionVersion:
         versions = self._definitions.setdefault(workflow_id, [])
-        for v in versions:
-            if v.active and v.document == document:
-                return v
-        for v in versions:
-            v.active = False
-        version = DefinitionVersion(workflow_id, len(versions) + 1, copy.deepcopy(document), time.time(), True)
-        versions.append(version)
-        return version
+        found = next((v for v in versions if v.active and v.document == document), None) or \
+            next((v for v in versions if v.document == document), None)
+        if found is None:
+            found = DefinitionVersion(workflow_id, len(versions) + 1, copy.deepcopy(document), time.time(), False)
+            versions.append(found)
+            new = True
+        else:
+            new = False
+        if activate:
+            for v in versions:
+                v.active = v is found
+        return _with(found, new)
 
-    async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
+    async def get_definition(self, workflow_id: str, version: str | int | None = None) -> DefinitionVersion | None:
         versions = self._definitions.get(workflow_id, [])
+        spec = parse_version(version)
+        if spec == "latest":
+            return _with(versions[-1], False) if versions else None
         for v in versions:
-            if (version is None and v.active) or v.version == version:
-                return v
+            if (spec == "active" and v.active) or v.version == spec:
+                return _with(v, False)
         return None
+
+    async def list_versions(self, workflow_id: str) -> list[DefinitionVersion]:
+        return [_with(v, False) for v in self._definitions.get(workflow_id, [])]
+
+    async def activate(self, workflow_id: str, version: int) -> DefinitionVersion:
+        versions = self._definitions.get(workflow_id, [])
+        if not any(v.version == version for v in versions):
+            raise VersionNotFound(await self._no_version(workflow_id, version))
+        for v in versions:
+            v.active = v.version == version
+        return _with(versions[version - 1], False)
 
     async def create_instance(self, record: InstanceRecord, owner: str | None = None,
                               ttl: float = 0.0) -> tuple[InstanceRecord, bool]:

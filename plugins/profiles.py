@@ -135,3 +135,26 @@ docker = StepTypeProfile(
     invalid={"image": "legato-test/busybox:1", "command": ["true"], "privileged": True},
     invalid_pointer="/privileged",
 )
+
+
+def _child(workflow_id: str, step: dict) -> dict:
+    return {"workflow": {"id": workflow_id, "steps": [{"step": {"id": "work", **step}}]}}
+
+
+subworkflow = StepTypeProfile(
+    step_type="subworkflow",
+    entry_point="subworkflow",
+    capabilities={"outputs", "fatal_failure", "long_running", "logs", "cancellation", "invalid_params"},
+    workflows=(
+        _child("conformance-child", {"type": "noop"}),
+        _child("conformance-child-fails", {"type": "sleep", "params": {"seconds": 0, "outcome": "FATAL_ERROR"}}),
+        _child("conformance-child-long", {"type": "sleep", "params": {"seconds": 60}}),
+    ),
+    success={"subworkflow_id": "conformance-child"},
+    expected_outputs={"subworkflow_id": "conformance-child", "subworkflow_version": 1,
+                      "subworkflow_status": "SUCCEEDED"},
+    fatal_failure={"subworkflow_id": "conformance-child-fails"},
+    long_running={"subworkflow_id": "conformance-child-long"},
+    invalid={"subworkflow_id": ""},
+    invalid_pointer="/subworkflow_id",
+)

@@ -51,6 +51,8 @@ class InstanceRow(SQLModel, table=True):
     owner_pid: Optional[int] = None
     owner_started: Optional[int] = Field(default=None, sa_type=BigInteger)
     owner_namespace: Optional[str] = None
+    # A subworkflow's parents (legato.model.InstanceRecord.ancestors) as JSON; NULL: none.
+    ancestors: Optional[str] = Field(default=None, sa_type=Text)
 
 
 class AttemptRow(SQLModel, table=True):

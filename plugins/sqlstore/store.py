@@ -35,9 +35,9 @@ import trio
 from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
-from legato.storage import StaleWrite, Storage, StorageError
+from legato.storage import StaleWrite, Storage, StorageError, VersionNotFound, parse_version
 
-HEAD = "0002"  # the newest migration: opening a store at another revision runs Alembic
+HEAD = "0003"  # the newest migration: opening a store at another revision runs Alembic
 
 # A new SQLite store is created at HEAD with these statements, what Alembic's migrations build
 # (tests/test_sqlstore.py checks the two agree), so that the first run in a directory does not
@@ -45,7 +45,7 @@ HEAD = "0002"  # the newest migration: opening a store at another revision runs 
 SQLITE_SCHEMA = (
     'CREATE TABLE legato_alembic_version (\n    version_num VARCHAR(32) NOT NULL,\n    CONSTRAINT legato_alembic_version_pkc PRIMARY KEY (version_num)\n)',
     'CREATE TABLE legato_definition_versions (\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    document TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    active BOOLEAN NOT NULL,\n    PRIMARY KEY (workflow_id, version)\n)',
-    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
+    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR, ancestors TEXT,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
     'CREATE INDEX ix_legato_instances_workflow_created ON legato_instances (workflow_id, created_at)',
     'CREATE INDEX ix_legato_instances_status ON legato_instances (status)',
     'CREATE TABLE legato_attempts (\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT,\n    outputs TEXT NOT NULL,\n    message TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    handle TEXT,\n    PRIMARY KEY (instance_id, step_id, attempt)\n)',
@@ -483,41 +483,86 @@ class SqlStorage(Storage):
 
     # -- definitions ---------------------------------------------------------------------------
 
-    async def push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
-        return await self._run(self._push_definition, workflow_id, document, doing="store the definition")
+    async def push_definition(self, workflow_id: str, document: dict[str, Any],
+                              activate: bool = True) -> DefinitionVersion:
+        return await self._run(self._push_definition, workflow_id, document, activate,
+                               doing="store the definition")
 
-    def _push_definition(self, workflow_id: str, document: dict[str, Any]) -> DefinitionVersion:
+    def _push_definition(self, workflow_id: str, document: dict[str, Any], activate: bool) -> DefinitionVersion:
         with self._sql_tx(write=True) as sql:
-            return self._push_in(sql, workflow_id, _dumps(document))
+            return self._push_in(sql, workflow_id, _dumps(document), activate)
 
-    def _push_in(self, sql, workflow_id: str, text: str) -> DefinitionVersion:
+    def _push_in(self, sql, workflow_id: str, text: str, activate: bool = True) -> DefinitionVersion:
+        # The active version first: what a run of an unchanged file finds, in one indexed read.
         active = sql.first("SELECT version, document, created_at FROM legato_definition_versions "
                            "WHERE workflow_id = :wid AND active", {"wid": workflow_id})
         if active is not None and active.document == text:
             return DefinitionVersion(workflow_id, active.version, json.loads(text), active.created_at, True)
+        same = sql.first("SELECT version, created_at FROM legato_definition_versions "
+                         "WHERE workflow_id = :wid AND document = :document ORDER BY version LIMIT 1",
+                         {"wid": workflow_id, "document": text})
+        if same is not None:
+            if activate:
+                self._activate_in(sql, workflow_id, same.version)
+            return DefinitionVersion(workflow_id, same.version, json.loads(text), same.created_at, activate)
         last = sql.first("SELECT max(version) AS v FROM legato_definition_versions WHERE workflow_id = :wid",
                          {"wid": workflow_id})
         version = (last.v or 0) + 1
         now = time.time()
-        sql.run("UPDATE legato_definition_versions SET active = :no WHERE workflow_id = :wid AND active",
-                {"no": False, "wid": workflow_id})
+        if activate:
+            sql.run("UPDATE legato_definition_versions SET active = :no WHERE workflow_id = :wid AND active",
+                    {"no": False, "wid": workflow_id})
         sql.run("INSERT INTO legato_definition_versions (workflow_id, version, document, created_at, active) "
-                "VALUES (:wid, :version, :document, :now, :yes)",
-                {"wid": workflow_id, "version": version, "document": text, "now": now, "yes": True})
-        return DefinitionVersion(workflow_id, version, json.loads(text), now, True)
+                "VALUES (:wid, :version, :document, :now, :active)",
+                {"wid": workflow_id, "version": version, "document": text, "now": now, "active": activate})
+        return DefinitionVersion(workflow_id, version, json.loads(text), now, activate, True)
 
-    async def get_definition(self, workflow_id: str, version: int | None = None) -> DefinitionVersion | None:
+    @staticmethod
+    def _activate_in(sql, workflow_id: str, version: int) -> None:
+        sql.run("UPDATE legato_definition_versions SET active = (version = :version) WHERE workflow_id = :wid",
+                {"version": version, "wid": workflow_id})
+
+    async def get_definition(self, workflow_id: str, version: str | int | None = None) -> DefinitionVersion | None:
+        spec = parse_version(version)
+
         def read():
-            query = "SELECT * FROM legato_definition_versions WHERE workflow_id = :wid AND "
-            query += "version = :version" if version else "active"
+            query = "SELECT * FROM legato_definition_versions WHERE workflow_id = :wid"
+            if spec == "active":
+                query += " AND active"
+            elif spec == "latest":
+                query += " ORDER BY version DESC LIMIT 1"
+            else:
+                query += " AND version = :version"
             with self._sql_tx(write=False) as sql:
-                row = sql.first(query, {"wid": workflow_id, "version": version})
-            if row is None:
-                return None
-            return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at,
-                                     bool(row.active))
+                row = sql.first(query, {"wid": workflow_id, "version": spec})
+            return None if row is None else _version(workflow_id, row)
 
         return await self._run(read, doing="read the definition")
+
+    async def list_versions(self, workflow_id: str) -> list[DefinitionVersion]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT * FROM legato_definition_versions WHERE workflow_id = :wid ORDER BY version",
+                               {"wid": workflow_id})
+            return [_version(workflow_id, row) for row in rows]
+
+        return await self._run(read, doing="list the versions")
+
+    async def activate(self, workflow_id: str, version: int) -> DefinitionVersion:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                row = sql.first("SELECT * FROM legato_definition_versions WHERE workflow_id = :wid "
+                                "AND version = :version", {"wid": workflow_id, "version": version})
+                if row is not None:
+                    self._activate_in(sql, workflow_id, version)
+            return row
+
+        row = await self._run(write, doing="activate the version")
+        if row is None:
+            raise VersionNotFound(await self._no_version(workflow_id, version))
+        found = _version(workflow_id, row)
+        found.active = True
+        return found
 
     # -- instances ------------------------------------------------------------------------------
 
@@ -844,7 +889,12 @@ def _instance_values(r: InstanceRecord) -> dict[str, Any]:
         "instance_id": r.instance_id, "workflow_id": r.workflow_id, "version": r.version, "status": r.status.value,
         "run_id": r.run_id, "params": _dumps(r.params), "request_id": r.request_id, "initiator": r.initiator,
         "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at, "message": r.message,
+        "ancestors": _dumps(r.ancestors) if r.ancestors else None,
     }
+
+
+def _version(workflow_id: str, row) -> DefinitionVersion:
+    return DefinitionVersion(workflow_id, row.version, json.loads(row.document), row.created_at, bool(row.active))
 
 
 def _instance(row) -> InstanceRecord:
@@ -853,6 +903,7 @@ def _instance(row) -> InstanceRecord:
         status=InstanceStatus(row.status), run_id=row.run_id, params=json.loads(row.params),
         request_id=row.request_id, initiator=row.initiator, created_at=row.created_at,
         started_at=row.started_at, ended_at=row.ended_at, message=row.message,
+        ancestors=json.loads(row.ancestors) if row.ancestors else [],
     )
 
 

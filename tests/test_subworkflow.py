@@ -1,0 +1,287 @@
+"""The ``subworkflow`` step type (issue 11): a stored workflow started as a real child instance,
+linked to its parent, idempotent per attempt, stopped with its parent step (Maestro's
+SubworkflowStepRuntime, SubworkflowStep, SubworkflowInitiator and StepHelper's depth limit)."""
+
+from __future__ import annotations
+
+from legato.conformance import StepTypeSuite
+
+
+class TestSubworkflowConformance(StepTypeSuite):
+    """The step-type contract, with the child workflows the profile stores first."""
+
+    profile = "subworkflow"
+
+
+# -- in process, on the memory store ------------------------------------------------------------
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+
+import trio  # noqa: E402
+
+from legato.children import DEPTH_LIMIT  # noqa: E402
+
+from .test_recovery import LEGATO, Driver, _read, _wait_for  # noqa: E402
+
+
+def wf(workflow_id: str, *steps: dict, params: dict | None = None) -> dict:
+    body: dict = {"id": workflow_id, "steps": list(steps)}
+    if params is not None:
+        body["params"] = params
+    return {"workflow": body}
+
+
+def sub(sid: str, child: str, **params) -> dict:
+    return {"step": {"id": sid, "type": "subworkflow", "params": {"subworkflow_id": child, **params}}}
+
+
+def leaf(sid: str, kind: str = "noop", **params) -> dict:
+    return {"step": {"id": sid, "type": kind, "params": params}}
+
+
+async def push(engine, *docs: dict) -> None:
+    for doc in docs:
+        await engine.storage.push_definition(doc["workflow"]["id"], doc)
+
+
+async def children_of(engine, instance_id: str) -> list:
+    return [r for r in await engine.storage.list_instances(limit=1000)
+            if r.parent is not None and r.parent["instance_id"] == instance_id]
+
+
+async def test_a_sync_subworkflow_runs_the_child_to_its_end_and_links_both_ways(engine, run_doc):
+    """SubworkflowStepRuntime (sync): the child is a real instance of the stored workflow, pinned
+    to the active version; the parent step's outputs name it, the child's ancestors name the
+    parent (SubworkflowInitiator), and the step succeeds when the child does."""
+    await push(engine, wf("child", leaf("c", outputs={"made": 1})))
+    done = await run_doc(wf("parent", sub("s", "child")))
+    assert done.status == "SUCCEEDED"
+    step = done.last["s"]
+    kids = await children_of(engine, done.instance.instance_id)
+    assert len(kids) == 1
+    child = kids[0]
+    assert step.outputs == {"subworkflow_id": "child", "subworkflow_version": 1,
+                            "subworkflow_instance_id": child.instance_id, "subworkflow_status": "SUCCEEDED"}
+    assert child.status.value == "SUCCEEDED" and child.version == 1 and child.initiator == "subworkflow"
+    assert child.parent == {"workflow_id": "parent", "instance_id": done.instance.instance_id, "run_id": 1,
+                            "step_id": "s", "attempt": 1}
+    assert [a.outputs for a in await engine.storage.get_attempts(child.instance_id)] == [{"made": 1}]
+
+
+async def test_the_version_is_resolved_when_the_step_runs(engine, run_doc):
+    """subworkflow_version: active (the default), latest, or a number (default-subworkflow-step-params)."""
+    await push(engine, wf("child", leaf("c", outputs={"v": 1})))
+    await engine.storage.push_definition("child", wf("child", leaf("c", outputs={"v": 2})), activate=False)
+    for version, expected in (("active", 1), ("latest", 2), (1, 1), ("2", 2)):
+        done = await run_doc(wf("parent", sub("s", "child", subworkflow_version=version)))
+        assert done.status == "SUCCEEDED", done.last["s"].message
+        assert done.last["s"].outputs["subworkflow_version"] == expected, version
+    done = await run_doc(wf("parent", sub("s", "child", subworkflow_version=7)))
+    assert done.last["s"].status.value == "FATALLY_FAILED"
+    assert "workflow 'child' has versions 1–2; version 7 does not exist" in done.last["s"].message
+    done = await run_doc(wf("parent", sub("s", "nosuch")))
+    assert done.last["s"].status.value == "FATALLY_FAILED" and "no workflow 'nosuch'" in done.last["s"].message
+
+
+async def test_a_failed_child_fails_the_parent_step_naming_the_child_and_is_not_retried(engine, run_doc):
+    """trackSubworkflowInstance: a FAILED child is the step's FATAL_ERROR ("no retry for
+    subworkflow"), whatever the step's retry policy says."""
+    failing = leaf("c", "sleep", seconds=0, outcome="USER_ERROR")
+    failing["step"]["retry_policy"] = {"error_retry_limit": 0}
+    await push(engine, wf("child", failing))
+    doc = wf("parent", sub("s", "child"))
+    doc["workflow"]["steps"][0]["step"]["retry_policy"] = {"error_retry_limit": 3}
+    done = await run_doc(doc)
+    assert done.status == "FAILED"
+    assert done.tries("s") == ["FATALLY_FAILED"]
+    (child,) = await children_of(engine, done.instance.instance_id)
+    assert child.status.value == "FAILED"
+    message = done.last["s"].message
+    assert f"subworkflow instance {child.instance_id} (child v1) ended FAILED" in message, message
+    assert done.last["s"].outputs["subworkflow_instance_id"] == child.instance_id
+    assert done.last["s"].outputs["subworkflow_status"] == "FAILED"
+
+
+async def test_an_async_subworkflow_succeeds_once_the_child_is_created(engine, run_doc):
+    """sync false: the step completes at launch; the child waits, queued with no lease, for
+    `legato resume` (or a worker) and runs its pinned version then."""
+    await push(engine, wf("child", leaf("c", outputs={"ran": True})))
+    done = await run_doc(wf("parent", sub("s", "child", sync=False)))
+    assert done.status == "SUCCEEDED"
+    (child,) = await children_of(engine, done.instance.instance_id)
+    assert child.status.value == "CREATED"
+    assert done.last["s"].outputs == {"subworkflow_id": "child", "subworkflow_version": 1,
+                                      "subworkflow_instance_id": child.instance_id}
+    assert [r.instance_id for r in await engine.storage.list_resumable()] == [child.instance_id]
+    await push(engine, wf("child", leaf("c", outputs={"ran": "a newer version"})))
+    final = await engine.resume(child.instance_id)
+    assert final.status.value == "SUCCEEDED" and final.version == 1
+    assert [a.outputs for a in await engine.storage.get_attempts(child.instance_id)] == [{"ran": True}]
+
+
+async def test_params_pass_down_as_maestro_passes_them(engine, run_doc):
+    """SubworkflowStepRuntime.createSubworkflowRunParam: explicit_params false passes every
+    workflow param of the parent, then the step's own params over them; true passes only the
+    step's own params. subworkflow_id / subworkflow_version (and sync, explicit_params) stay."""
+    await push(engine, wf("child", leaf("c"), params={"x": 0, "who": "nobody", "keep": "child's"}))
+    parent_params = {"who": "parent", "only_parent": 7}
+    done = await run_doc(wf("parent", sub("s", "child", x=5), params=parent_params))
+    (child,) = await children_of(engine, done.instance.instance_id)
+    assert child.params == {"x": 5, "who": "parent", "keep": "child's", "only_parent": 7}
+    done = await run_doc(wf("parent", sub("s", "child", x=6, explicit_params=True), params=parent_params))
+    (child,) = await children_of(engine, done.instance.instance_id)
+    assert child.params == {"x": 6, "who": "nobody", "keep": "child's"}
+
+
+async def test_a_param_the_child_refuses_fails_the_step_at_start(engine, run_doc):
+    """A start the child refuses (a CONSTANT param overridden: ParamsMergeHelper) is the step's
+    fatal error, naming the child's param; no child instance is created."""
+    await push(engine, wf("child", leaf("c"), params={"x": {"type": "LONG", "value": 1, "mode": "CONSTANT"}}))
+    done = await run_doc(wf("parent", sub("s", "child", x=2)))
+    assert done.last["s"].status.value == "FATALLY_FAILED"
+    assert "/workflow/params/x" in done.last["s"].message, done.last["s"].message
+    assert await children_of(engine, done.instance.instance_id) == []
+
+
+async def test_nesting_deeper_than_the_depth_limit_is_refused(engine, run_doc):
+    """StepHelper.createInternalWorkflowRunRequest: an initiator's depth (its ancestors) must stay
+    below Constants.WORKFLOW_DEPTH_LIMIT (10); the step that would go deeper fails FATALLY at start."""
+    assert DEPTH_LIMIT == 10
+    await push(engine, *(wf(f"w{i}", sub("s", f"w{i + 1}")) for i in range(1, 10)), wf("w10", leaf("c")))
+    done = await run_doc(wf("w0", sub("s", "w1")))
+    assert done.status == "FAILED"
+    chain = [done.instance]
+    while kids := await children_of(engine, chain[-1].instance_id):
+        chain.extend(kids)
+    assert [r.workflow_id for r in chain] == [f"w{i}" for i in range(10)]  # w10 is never created
+    assert [len(r.ancestors) for r in chain] == list(range(10))
+    deepest = {a.step_id: a for a in await engine.storage.get_attempts(chain[-1].instance_id)}["s"]
+    assert deepest.status.value == "FATALLY_FAILED"
+    assert "10 levels deep" in deepest.message and "depth limit" in deepest.message, deepest.message
+    assert all(r.status.value == "FAILED" for r in chain)
+
+
+async def test_a_workflow_already_among_the_ancestors_is_refused(engine, run_doc):
+    """A workflow may not start itself, directly or through others: refused when the step runs
+    (FATALLY_FAILED, naming the chain), before any instance is created."""
+    await push(engine, wf("a", sub("s", "a")))
+    done = await run_doc(wf("a", sub("s", "a")))
+    assert done.last["s"].status.value == "FATALLY_FAILED"
+    assert "'a' is already among this instance's ancestors (a -> a)" in done.last["s"].message
+    assert await children_of(engine, done.instance.instance_id) == []
+    await push(engine, wf("b", sub("t", "a")))
+    done = await run_doc(wf("a", sub("s", "b")))
+    assert done.status == "FAILED"
+    (b,) = await children_of(engine, done.instance.instance_id)
+    t = (await engine.storage.get_attempts(b.instance_id))[0]
+    assert t.status.value == "FATALLY_FAILED" and "(a -> b -> a)" in t.message, t.message
+    assert await children_of(engine, b.instance_id) == []
+
+
+async def _wait_child_running(engine, parent_id: str):
+    while True:
+        kids = await children_of(engine, parent_id)
+        if kids and any(a.status.value == "RUNNING" for a in await engine.storage.get_attempts(kids[0].instance_id)):
+            return kids[0]
+        await trio.sleep(0.01)
+
+
+async def test_stopping_the_parent_stops_the_child(engine):
+    """SubworkflowStepRuntime.terminate: stopping the parent while its sync subworkflow step runs
+    stops the child too; the step ends STOPPED and the child STOPPED, saying why."""
+    await push(engine, wf("child", leaf("c", "sleep", seconds=60)))
+    definition = engine.load(wf("parent", sub("s", "child")))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        run = await nursery.start(lambda task_status: engine.run(definition, instance, task_status=task_status))
+        child = await _wait_child_running(engine, instance.instance_id)
+        run.stop("stopped by the test")
+    parent = await engine.storage.get_instance(instance.instance_id)
+    child = await engine.storage.get_instance(child.instance_id)
+    assert parent.status.value == "STOPPED" and child.status.value == "STOPPED"
+    assert f"stopped with its parent step s of instance {instance.instance_id}" in child.message
+    assert [a.status.value for a in await engine.storage.get_attempts(child.instance_id)] == ["STOPPED"]
+
+
+async def test_a_timed_out_parent_step_stops_the_child(engine, run_doc):
+    """The parent step's timeout cancels it: the child is stopped before the step ends TIMED_OUT."""
+    await push(engine, wf("child", leaf("c", "sleep", seconds=60)))
+    doc = wf("parent", sub("s", "child"))
+    doc["workflow"]["steps"][0]["step"]["timeout"] = 0.3
+    done = await run_doc(doc)
+    assert done.last["s"].status.value == "TIMED_OUT"
+    (child,) = await children_of(engine, done.instance.instance_id)
+    assert child.status.value == "STOPPED"
+
+
+# -- a crash of the parent process ----------------------------------------------------------------
+
+def test_a_parent_killed_while_its_child_runs_resumes_the_same_child(tmp_path):
+    """The parent's process is SIGKILLed while the child's step runs (as tests/test_recovery.py
+    kills kernels). `legato resume PARENT` reattaches the RUNNING subworkflow step (its handle is
+    the child's id) and resumes that child, whose worker died with it: one child, one parent
+    attempt, and the child's interrupted step retried as a platform error."""
+    ledger, gate = tmp_path / "ledger", tmp_path / "go"
+    ledger.touch()
+    child = wf("child", {"step": {
+        "id": "c", "type": "bash", "retry_policy": {"platform_retry_limit": 3},
+        "params": {"script": 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; while [ ! -e "$gate" ]; do sleep 0.02; done'}}},
+        params={"ledger": str(ledger), "gate": str(gate)})
+    (tmp_path / "child.json").write_text(json.dumps(child))
+    (tmp_path / "parent.json").write_text(json.dumps(wf("parent", sub("s", "child"))))
+    driver = Driver(tmp_path, None)
+    driver.env["LEGATO_LEASE_TTL"] = "30"  # a dead owner on this machine frees its lease at once anyway
+    proc = subprocess.run([LEGATO, "push", "child.json"], env=driver.env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    owner = driver.launch(tmp_path / "parent.json", "req")
+    _wait_for(lambda: ":c:1" in ledger.read_text(), what="the child's step to start")
+    owner.kill()
+    owner.wait()
+    assert owner.returncode == -signal.SIGKILL
+    (parent_id,), = _read(driver.db, "SELECT instance_id FROM legato_instances WHERE workflow_id = 'parent'")
+    assert _read(driver.db, "SELECT status FROM legato_attempts WHERE instance_id = ?", parent_id) == [("RUNNING",)]
+    gate.touch()
+    proc = subprocess.run([LEGATO, "resume", parent_id, "--workspace", str(tmp_path / "runs")], env=driver.env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kids = _read(driver.db, "SELECT instance_id, status FROM legato_instances WHERE workflow_id = 'child'")
+    assert len(kids) == 1 and kids[0][1] == "SUCCEEDED", kids
+    assert _read(driver.db, "SELECT attempt, status FROM legato_attempts WHERE instance_id = ?", parent_id) == [
+        (1, "SUCCEEDED")]
+    assert _read(driver.db, "SELECT attempt, status FROM legato_attempts WHERE instance_id = ? ORDER BY attempt",
+                 kids[0][0]) == [(1, "PLATFORM_FAILED"), (2, "SUCCEEDED")]
+    assert [line.rsplit(":", 2)[1:] for line in ledger.read_text().split()] == [["c", "1"], ["c", "2"]]
+    outputs = json.loads(_read(driver.db, "SELECT outputs FROM legato_attempts WHERE instance_id = ?", parent_id)[0][0])
+    assert outputs["subworkflow_instance_id"] == kids[0][0]
+
+
+def test_a_bad_version_or_missing_id_is_refused_when_the_definition_loads(engine):
+    """`subworkflow_version` is read by the one version-spec reader (legato.storage.parse_version)
+    when the definition loads, as `legato start --version` is: located, before anything runs."""
+    import pytest
+
+    from legato.definition import DefinitionError
+
+    with pytest.raises(DefinitionError) as info:
+        engine.load(wf("parent", sub("s", "child", subworkflow_version="newest"), {"step": {
+            "id": "t", "type": "subworkflow", "params": {"sync": False}}}))
+    problems = {p.pointer: p.message for p in info.value.problems}
+    assert "a version must be active, latest or a number" in problems[
+        "/workflow/steps/0/step/params/subworkflow_version"], problems
+    assert "/workflow/steps/1/step/params/subworkflow_id" in problems, problems
+
+
+async def test_a_timed_out_child_fails_the_parent_step_naming_it(engine, run_doc):
+    """trackSubworkflowInstance: a child that ends TIMED_OUT (its workflow timeout) ends the sync
+    step too; the step fails, not retried, saying how the child ended."""
+    child = wf("child", leaf("c", "sleep", seconds=60))
+    child["workflow"]["timeout"] = 0.2
+    await push(engine, child)
+    done = await run_doc(wf("parent", sub("s", "child")))
+    (kid,) = await children_of(engine, done.instance.instance_id)
+    assert kid.status.value == "TIMED_OUT"
+    assert done.tries("s") == ["FATALLY_FAILED"]
+    assert f"subworkflow instance {kid.instance_id} (child v1) ended TIMED_OUT" in done.last["s"].message
