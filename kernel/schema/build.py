@@ -133,7 +133,7 @@ def build() -> dict:
           "value": {"description": "The value (a reference such as \"env:NAME\" or \"file:/path\" for a secret)."},
           "expression": {"type": "string", "description": "A CEL expression computing the value."},
           "mode": ci_enum([m.value for m in ParamMode], "Who may override the value"),
-          "validator": {"type": "string", "description": "A CEL expression over `value` that must be true."},
+          "validator": {"type": ["string", "null"], "description": "A CEL expression over `value` that must be true."},
           "description": {"description": "Free text."},
           "secret": {"type": "boolean", "description": "The value is a reference resolved by the worker, never stored."}}},
       "literal_param": {
@@ -282,6 +282,7 @@ def build() -> dict:
             "max_iterations": whole(1, MAX_LOOP_ITERATIONS, "The most iterations (default 25,000)")})}
     version = {"description": "\"active\" (default), \"latest\" or a version number.",
                "anyOf": [ci_enum(["active", "latest"], "A version"), {"type": "integer", "minimum": 1},
+                         {"type": "string", "pattern": "\\$", "description": "A ${param} template, read when the step runs."},
                          {"type": "string", "pattern": "^\\s*[0-9]{1,19}\\s*$"},
                          {"allOf": [{"$ref": "#/$defs/full_param"}], "properties": {"type": ci_enum(["STRING", "LONG"], "The param's type")}}]}
     defs["subworkflow"] = {
@@ -294,6 +295,7 @@ def build() -> dict:
                        "properties": {
                          "subworkflow_id": {"description": "The id of the workflow to start.", "anyOf": [
                            {"type": "string", "pattern": d._WORKFLOW_ID_RE.pattern},
+                           {"type": "string", "pattern": "\\$", "description": "A ${param} template, read when the step runs."},
                            {"allOf": [{"$ref": "#/$defs/full_param"}], "properties": {"type": ci_enum(["STRING"], "The param's type")}}]},
                          "subworkflow_version": version}},
             "sync": {"type": ["boolean", "null"], "description": "Wait for the child and take its status (default true)."},
