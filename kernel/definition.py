@@ -1362,7 +1362,7 @@ _HINT_STEPS = 8
 
 def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dict[str, ParamSpec],
                    all_by_id: dict[str, StepDef] | None = None, parent_of: dict[str, str] | None = None, *,
-                   loop: StepDef | None = None, readable: frozenset[str] = frozenset()) -> list[Problem]:
+                   loop: StepDef | None = None, readable: Any = frozenset()) -> list[Problem]:
     """References to steps that have not finished when the expression is evaluated, each at its
     pointer: a step's params (expressions, validators, ``${steps.x…}``) read only steps upstream of
     it; an edge condition of step ``s`` reads ``s`` and the steps upstream of it; workflow params
@@ -1460,28 +1460,38 @@ def _every_step(steps: list[StepDef], into: dict[str, StepDef]) -> dict[str, Ste
 
 
 def _loop_upstream(steps: list[StepDef], by_id: dict[str, StepDef], all_by_id: dict[str, StepDef],
-                   parent_of: dict[str, str], readable: frozenset[str], problems: list[Problem]) -> None:
+                   parent_of: dict[str, str], readable: Any, problems: list[Problem]) -> None:
     """check_upstream for the body of each loop of one DAG, and of the loops in those bodies: a
     body reads its own steps upstream, and those upstream of its loop (or of the loops around)."""
     for step in steps:
         loop = step.loop
         if loop is None or not loop.steps:
             continue
-        inner = readable | _ancestors(step, by_id)
+        inner = _Upstream(step, by_id, readable)
         problems.extend(check_upstream(loop.steps, loop.by_id, {}, all_by_id, parent_of, loop=step, readable=inner))
         _loop_upstream(loop.steps, loop.by_id, all_by_id, parent_of, inner, problems)
 
 
-def _ancestors(step: StepDef, by_id: dict[str, StepDef]) -> frozenset[str]:
-    """Every step upstream of ``step`` in its DAG."""
-    seen: set[str] = set()
-    stack = list(step.predecessors)
-    while stack:
-        sid = stack.pop()
-        if sid not in seen:
-            seen.add(sid)
-            stack.extend(by_id[sid].predecessors)
-    return frozenset(seen)
+class _Upstream:
+    """The steps a loop's body may read outside it: those upstream of the loop in its DAG, and
+    those its DAG may read (``outer``). Walked only when a body reads a step outside it."""
+
+    __slots__ = ("step", "by_id", "outer", "ids")
+
+    def __init__(self, step: StepDef, by_id: dict[str, StepDef], outer: Any) -> None:
+        self.step, self.by_id, self.outer, self.ids = step, by_id, outer, None
+
+    def __contains__(self, sid: str) -> bool:
+        if self.ids is None:
+            seen: set[str] = set()
+            stack = list(self.step.predecessors)
+            while stack:
+                pred = stack.pop()
+                if pred not in seen:
+                    seen.add(pred)
+                    stack.extend(self.by_id[pred].predecessors)
+            self.ids = seen
+        return sid in self.ids or sid in self.outer
 
 
 def _encloses(loop_id: str, sid: str, parent_of: dict[str, str]) -> bool:
