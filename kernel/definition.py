@@ -742,6 +742,10 @@ class _Validator:
                     if head not in scope and head not in ("params", "steps", "workflow") and (
                             "__" not in head or _split_step_ref(head, known) is None):
                         self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
+                    elif head == "loop" and parts[0] == "loop" and (len(parts) < 2 or (
+                            parts[1] != "index" and parts[1] not in scope)):
+                        self.add(where, f"${{{ref}}}: `loop` holds `index` (the iteration's number, from 0) and "
+                                        "the loop variables; write ${loop.index} or ${<variable>}")
                     elif head in secret:
                         self.add(where, f"${{{ref}}} names the secret param `{head}`: a secret is never pasted "
                                         "into another param (the result would be stored); use it where it "

@@ -187,7 +187,7 @@ def test_subworkflow_inside_a_foreach_reads_the_loop_variables(engine):
 def test_body_params_read_loop_variables_loop_index_and_the_loop_steps_params(engine):
     """Inside a body: the workflow's params, the loop step's params, the loop variables (bare,
     `params.x` and `${x}`), `loop.index`, and the steps upstream in the body or of the loop."""
-    body = [leaf("first", params={"label": "${day}-${params.day}-${loop.index}-${base}-${region}"},
+    body = [leaf("first", params={"label": "${day}-${params.day}-${loop.index}-${loop.day}-${base}-${region}"},
                  transition={"successors": ["second"]}),
             leaf("second", params={"up": "${steps.first.outputs.x}", "before": "${steps.pre.outputs.y}",
                                    "n": {"type": "LONG", "expression": "steps.pre.outputs.n + day + first__label.size()"},
@@ -295,6 +295,8 @@ REFUSED = {
     "a body id equal to its loop's": (wf(foreach("e", [leaf("e")])), F + "/steps/0/step/id", "duplicate step id 'e'"),
     "loop.index outside a body": (wf(leaf("a", params={"i": "${loop.index}"})), "/workflow/steps/0/step/params/i",
                                   "${loop.index} names no param"),
+    "loop.<name> that is neither index nor a variable": (wf(foreach("e", [leaf("a", params={"i": "${loop.idx}"})])),
+                                                        F + "/steps/0/step/params/i", "`loop` holds `index`"),
     "a loop variable outside its body": (wf(foreach("e", [leaf("a")], transition={"successors": ["b"]}),
                                             leaf("b", params={"d": "${day}"})),
                                          "/workflow/steps/1/step/params/d", "${day} names no param"),
