@@ -12,6 +12,7 @@ import difflib
 import enum
 import gc
 import graphlib
+import heapq
 import json
 import re
 from dataclasses import dataclass, field
@@ -1467,35 +1468,51 @@ def _loop_upstream(steps: list[StepDef], by_id: dict[str, StepDef], all_by_id: d
                    parent_of: dict[str, str], readable: Any, problems: list[Problem]) -> None:
     """check_upstream for the body of each loop of one DAG, and of the loops in those bodies: a
     body reads its own steps upstream, and those upstream of its loop (or of the loops around)."""
+    walks: dict[str, Any] = {}  # shared by the loops of this DAG: see _Upstream
     for step in steps:
         loop = step.loop
         if loop is None or not loop.steps:
             continue
-        inner = _Upstream(step, by_id, readable)
+        inner = _Upstream(step, by_id, readable, walks)
         problems.extend(check_upstream(loop.steps, loop.by_id, {}, all_by_id, parent_of, loop=step, readable=inner))
         _loop_upstream(loop.steps, loop.by_id, all_by_id, parent_of, inner, problems)
 
 
 class _Upstream:
-    """The steps a loop's body may read outside it: those upstream of the loop in its DAG, and
-    those its DAG may read (``outer``). Walked only when a body reads a step outside it."""
+    """Whether a step outside a loop's body may be read in it: a step upstream of the loop in its
+    DAG, or one that DAG may read (``outer``).
 
-    __slots__ = ("step", "by_id", "outer", "ids")
+    Answered as check_upstream answers its queries: a walk downstream from the step read, over the
+    steps no later than the loop in a topological order; the walk is kept (in ``walks``, shared
+    by the loops of the DAG) and carried further when a later loop reads the same step, so each
+    step read costs one walk however many loops read it."""
 
-    def __init__(self, step: StepDef, by_id: dict[str, StepDef], outer: Any) -> None:
-        self.step, self.by_id, self.outer, self.ids = step, by_id, outer, None
+    __slots__ = ("step", "by_id", "outer", "walks")
+
+    def __init__(self, step: StepDef, by_id: dict[str, StepDef], outer: Any, walks: dict[str, Any]) -> None:
+        self.step, self.by_id, self.outer, self.walks = step, by_id, outer, walks
 
     def __contains__(self, sid: str) -> bool:
-        if self.ids is None:
-            seen: set[str] = set()
-            stack = list(self.step.predecessors)
-            while stack:
-                pred = stack.pop()
-                if pred not in seen:
-                    seen.add(pred)
-                    stack.extend(self.by_id[pred].predecessors)
-            self.ids = seen
-        return sid in self.ids or sid in self.outer
+        by_id = self.by_id
+        if sid not in by_id:
+            return sid in self.outer
+        order = self.walks.get("")
+        if order is None:
+            order = self.walks[""] = _topological_index(list(by_id.values())) or {}
+        if sid not in order or self.step.id not in order:
+            return False  # a cycle, reported by the validator
+        walk = self.walks.get(sid)
+        if walk is None:  # (steps reached, the steps found but later than every reader so far)
+            walk = self.walks[sid] = (set(), [(order[sid], sid)])
+        reached, pending = walk
+        bound = order[self.step.id]
+        while pending and pending[0][0] <= bound:
+            _, node = heapq.heappop(pending)
+            for target, _ in by_id[node].successors:
+                if target not in reached:
+                    reached.add(target)
+                    heapq.heappush(pending, (order[target], target))
+        return self.step.id in reached
 
 
 def _encloses(loop_id: str, sid: str, parent_of: dict[str, str]) -> bool:
