@@ -202,6 +202,18 @@ def test_body_params_read_loop_variables_loop_index_and_the_loop_steps_params(en
     assert {ref[0] for spec in second.params.values() for ref in spec.step_refs} == {"first__label", "pre__seed"}
 
 
+def test_bodies_read_steps_far_upstream_of_their_loops_at_any_depth(engine):
+    """A nested body reads a step upstream of the outer loop, two edges away; its own loop's
+    upstream body step; and the outer body's step upstream of its loop."""
+    inner = foreach("inner", [leaf("deep", params={"a": "${steps.root.status}", "b": "${steps.mid.status}",
+                                                   "c": "${steps.sib.status}"})], {"k": [1]})
+    outer = foreach("outer", [leaf("sib", transition={"successors": ["inner"]}), inner])
+    doc = wf(leaf("root", transition={"successors": ["mid"]}), leaf("mid", transition={"successors": ["outer"]}),
+             outer)
+    d = engine.load(doc)
+    assert d.parent_of["deep"] == "inner" and d.parent_of["inner"] == "outer"
+
+
 def test_loop_variables_may_read_steps_upstream_of_the_loop(engine):
     doc = wf(leaf("pre", transition={"successors": ["each"]}),
              foreach("each", [leaf("a")], {"xs": {"type": "LONG_ARRAY", "expression": "steps.pre.outputs.days"}}))
@@ -309,6 +321,14 @@ REFUSED = {
         wf(foreach("e", [leaf("a", transition={"successors": {"b": "steps.after.status == 'SUCCEEDED'"}}), leaf("b")],
                    transition={"successors": ["after"]}), leaf("after")),
         F + "/steps/0/step/transition/successors/b", "`steps.after` is outside the body of `e`"),
+    "a body reading a parallel branch": (
+        wf(leaf("root", transition={"successors": ["side", "e"]}), leaf("side"),
+           foreach("e", [leaf("a", params={"s": "${steps.side.status}"})])),
+        F.replace("/0/", "/2/") + "/steps/0/step/params/s", "`steps.side` is outside the body of `e` and not upstream"),
+    "a nested body reading a step downstream of the outer loop": (
+        wf(foreach("o", [foreach("i", [leaf("a", params={"s": "${steps.after.status}"})], {"k": [1]})],
+                   transition={"successors": ["after"]}), leaf("after")),
+        F + "/steps/0/foreach/steps/0/step/params/s", "`steps.after` is outside the body of `i`"),
     "a body reading a step of a sibling loop": (
         wf(foreach("e", [leaf("a")], transition={"successors": ["f"]}),
            foreach("f", [leaf("b", params={"n": {"type": "LONG", "expression": "steps.a.outputs.n"}})], {"x": [1]})),
