@@ -12,6 +12,7 @@ import difflib
 import enum
 import gc
 import graphlib
+import heapq
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .cel import CelCompiler, CelError, CelProgram
+from . import loopdef
+from .loopdef import KIND_KEYS, LoopDef
 from .limits import (
     DEFAULT_TIMEOUT_SECONDS,
     MAX_BACKOFF_EXPONENT,
@@ -30,6 +33,7 @@ from .limits import (
     MAX_RETRY_LIMIT,
     MAX_STRING_BYTES,
     MAX_TIMEOUT_SECONDS,
+    MAX_WORKFLOW_DEPTH,
 )
 from .params import (
     ParamError,
@@ -51,6 +55,7 @@ __all__ = [
     "RETRY_CLASSES",
     "Condition",
     "StepDef",
+    "LoopDef",
     "Definition",
     "load_definition",
     "parse_document",
@@ -154,7 +159,8 @@ _DEFAULT_RETRY = RetryPolicy()  # frozen: shared by every step that sets none
 
 @dataclass(slots=True)
 class StepDef:
-    """One leaf step of a definition."""
+    """One step of a definition: a leaf of some ``type``, a subworkflow (a leaf of type
+    ``subworkflow``), or a foreach / while (``type`` "foreach" / "while", with its :attr:`loop`)."""
 
     id: str
     type: str
@@ -173,8 +179,8 @@ class StepDef:
     #: ParsableLong with a param): :func:`resolve_attributes` reads them with each instance's
     #: workflow params; ``timeout`` and ``retry`` above hold the defaults until then.
     templates: dict[str, Any] | None = None
-    #: A foreach/while step's loop (its body, loop params, concurrency or condition); None for a leaf.
-    loop: Any = None
+    #: The loop of a foreach or while step (its variables, body DAG and settings); None otherwise.
+    loop: LoopDef | None = None
 
 
 @dataclass(slots=True)
@@ -200,8 +206,13 @@ class Definition:
     warnings: list[Problem] = field(default_factory=list)
     #: The workflow's ``timeout`` as written when it holds ``${param}``.
     timeout_template: str | None = None
-    #: Ids of the steps with :attr:`StepDef.templates`.
+    #: Ids of the steps with :attr:`StepDef.templates`, at every depth.
     templated: list[str] = field(default_factory=list)
+    #: Every step at every depth (loop bodies included) by id; ``steps`` / ``by_id`` are the
+    #: top-level DAG only.
+    all_by_id: dict[str, StepDef] = field(default_factory=dict)
+    #: A loop body's step id -> the id of the loop step whose body holds it (top-level steps absent).
+    parent_of: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_attributes(definition: Definition, params: Mapping[str, Any]) -> tuple[float, dict[str, StepDef]]:
@@ -236,7 +247,7 @@ def resolve_attributes(definition: Definition, params: Mapping[str, Any]) -> tup
         first_problem(definition.timeout_template, filled)
     steps: dict[str, StepDef] = {}
     for sid in definition.templated:
-        sdef = definition.by_id[sid]
+        sdef = definition.all_by_id[sid]
         changes: dict[str, Any] = {}
         for key, raw in (sdef.templates or {}).items():
             at = f"{sdef.pointer}/{key}"
@@ -588,6 +599,11 @@ class _Validator:
         self.unavailable: dict[str, str | None] = {}  # asked once per step type
         self._folded: dict[str, str] | None = None
         self.workflow_params: dict[str, ParamSpec] = {}  # what `${}` in a timeout or retry policy may name
+        self.workflow_id: str | None = None  # what a subworkflow step must not start
+        self.step_concurrency: int | None = None  # the workflow's cap, which caps each foreach
+        self.dags: list[tuple[list[dict], list[StepDef], dict[str, StepDef]]] = []  # each DAG, as read
+        self.parent_of: dict[str, str] = {}  # a body step's id -> its loop's id
+        self.known: set[str] | dict[str, StepDef] = set()  # every step id, once all are read
         self._empty_params_valid: set[type] = set()  # step types whose Params accept {}
 
     def add(self, pointer: str, message: str) -> None:
@@ -727,6 +743,10 @@ class _Validator:
                     if head not in scope and head not in ("params", "steps", "workflow") and (
                             "__" not in head or _split_step_ref(head, known) is None):
                         self.add(where, f"${{{ref}}} names no param; declare `{head}` or write $${{…}} for a literal")
+                    elif head == "loop" and parts[0] == "loop" and (len(parts) < 2 or (
+                            parts[1] != "index" and parts[1] not in scope)):
+                        self.add(where, f"${{{ref}}}: `loop` holds `index` (the iteration's number, from 0) and "
+                                        "the loop variables; write ${loop.index} or ${<variable>}")
                     elif head in secret:
                         self.add(where, f"${{{ref}}} names the secret param `{head}`: a secret is never pasted "
                                         "into another param (the result would be stored); use it where it "
@@ -915,15 +935,47 @@ class _Validator:
                 self.problems[i] = Problem(p.pointer, f"{p.message} (read with 1 in place of each ${{…}})")
         return True
 
-    def cross_step_refs(self, step: StepDef, by_id: dict[str, StepDef], scope: set[str]) -> None:
+    def dag_refs(self, steps: list[StepDef], scope: set[str], secret: frozenset[str],
+                 all_by_id: dict[str, StepDef]) -> bool:
+        """check_refs and cross_step_refs for the params of one DAG's steps, with ``scope`` the
+        names their ``${}`` may use besides their own params, then for each loop's variables and
+        body (which see the loop step's params, its variables and ``loop``). Returns whether
+        any of these params is secret."""
+        has_secrets = False
+        known = self.known
+        for step in steps:
+            loop = step.loop
+            if not step.params and loop is None:
+                continue  # nothing to check (most steps of a large definition)
+            step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
+            has_secrets = has_secrets or len(step_secret) > len(secret)
+            own = scope | set(step.params)
+            if step.params:
+                self.check_refs(step.params, known, own, f"{step.pointer}/params", step_secret)
+                self.cross_step_refs(step, all_by_id, own)
+            if loop is not None:
+                inner = own | set(loop.loop_params)
+                self.check_refs(loop.loop_params, known, inner, loop.params_pointer, step_secret)
+                self.cross_step_refs(step, all_by_id, inner, loop.loop_params, loop.params_pointer)
+                if loop.condition is not None and loop.condition.program is not None:
+                    self.check_step_refs(loop.condition.source, known, f"{step.pointer}/condition")
+                if self.dag_refs(loop.steps, inner | {"loop"}, step_secret, all_by_id):
+                    has_secrets = True
+        return has_secrets
+
+    def cross_step_refs(self, step: StepDef, by_id: dict[str, StepDef], scope: set[str],
+                        params: dict[str, ParamSpec] | None = None, pointer: str | None = None) -> None:
         """Maestro's cross-step references, ``<step id>__<param>`` (ParamEvaluator, the
         ``__`` of Constants.DEFAULT_STEP_PARAM_SEPARATOR), in a step param's ``${}``, expression
         or validator: each must name a param the other step declares; the spec records them so
         that evaluating it can read them from the steps that finished. A MAP's nested param
-        definitions are checked each at its own pointer; the MAP's spec records their references."""
-        for name, spec in step.params.items():
+        definitions are checked each at its own pointer; the MAP's spec records their references.
+        ``params`` at ``pointer``: another dict of the step's than its params (a loop's variables)."""
+        if params is None:
+            params, pointer = step.params, f"{step.pointer}/params"
+        for name, spec in params.items():
             refs: dict[str, tuple[str, str, str]] = {}
-            for where, unit in _units(spec, f"{step.pointer}/params/{_esc(name)}"):
+            for where, unit in _units(spec, f"{pointer}/{_esc(name)}"):
                 for token in _cross_step_tokens(unit):
                     split = _split_step_ref(token, by_id)
                     if split is None or token in scope:
@@ -937,7 +989,7 @@ class _Validator:
                     else:
                         refs[token] = (token, sid, param)
             if refs:
-                step.params[name] = dataclasses.replace(spec, step_refs=tuple(refs.values()))
+                params[name] = dataclasses.replace(spec, step_refs=tuple(refs.values()))
 
     def step_config(self, cls: type[StepType], params: dict[str, ParamSpec], pointer: str) -> None:
         """Validate literal params against the step type's schema; expressions are checked when evaluated."""
@@ -967,25 +1019,30 @@ class _Validator:
                 where = pointer + "".join(f"/{_esc(p)}" for p in loc)
                 self.add(where, f"{cls.name}: {_pydantic_message(err)}")
 
+    def ident(self, raw: dict, pointer: str, seen: dict[str, str]) -> bool:
+        """Check a step's ``id`` (valid, and unique across the whole definition: ``seen`` maps
+        every id so far to its pointer) and its fields not supported yet."""
+        for key, why in _NOT_YET.items():
+            if key in raw:
+                self.add(f"{pointer}/{key}", f"not supported yet: {why}")
+        sid = raw.get("id")
+        if not isinstance(sid, str) or not _ID_RE.match(sid):
+            self.add(f"{pointer}/id", "a step needs an `id`: letters, digits, `_`, `.` and `-`, starting with a letter or `_`"
+                     if sid is None else f"step id {sid!r} is not valid: use letters, digits, `_`, `.` and `-`, starting with a letter or `_`")
+            return False
+        if sid in seen:
+            self.add(f"{pointer}/id", f"duplicate step id {sid!r} (first defined at {seen[sid]})")
+            return False
+        seen[sid] = pointer
+        return True
+
     def step(self, raw: Any, pointer: str, index: int, seen: dict[str, str]) -> StepDef | None:
         if not isinstance(raw, dict):
             self.add(pointer, "a step is an object with an `id` and a `type`")
             return None
         self.unknown_keys(raw, _STEP_KEYS, pointer, "step")
-        for key, why in _NOT_YET.items():
-            if key in raw:
-                self.add(f"{pointer}/{key}", f"not supported yet: {why}")
+        ok = self.ident(raw, pointer, seen)
         sid = raw.get("id")
-        ok = True
-        if not isinstance(sid, str) or not _ID_RE.match(sid):
-            self.add(f"{pointer}/id", "a step needs an `id`: letters, digits, `_`, `.` and `-`, starting with a letter or `_`"
-                     if sid is None else f"step id {sid!r} is not valid: use letters, digits, `_`, `.` and `-`, starting with a letter or `_`")
-            ok = False
-        elif sid in seen:
-            self.add(f"{pointer}/id", f"duplicate step id {sid!r} (first defined at {seen[sid]})")
-            ok = False
-        else:
-            seen[sid] = pointer
         stype = raw.get("type")
         cls = None
         if not isinstance(stype, str):
@@ -1018,6 +1075,16 @@ class _Validator:
                     self.add(f"{pointer}/params/{_esc(pname)}/secret",
                              f"`{pname}` configures the {cls.name} step type and cannot be secret; pass the "
                              "secret as a param of its own")
+        if not ok:
+            self.attributes(raw, pointer, True)  # still checked, and reported with the rest
+            return None
+        return StepDef(sid, stype if isinstance(stype, str) else "", index, pointer, params, [],
+                       *self.attributes(raw, pointer, True))
+
+    def attributes(self, raw: dict, pointer: str, retries: bool) -> tuple:
+        """StepDef's ``retry, timeout, failure_mode, name, description, tags, predecessors,
+        templates`` (in that order) from a step's fields; ``retries``: whether it may have a
+        ``retry_policy``."""
         failure_mode = FailureMode.FAIL_AFTER_RUNNING
         if "failure_mode" in raw:
             try:
@@ -1031,7 +1098,7 @@ class _Validator:
             if key in raw and not isinstance(raw[key], str):
                 self.add(f"{pointer}/{key}", f"{key} must be a string")
         templates: dict[str, Any] = {}
-        retry_raw, timeout_raw = raw.get("retry_policy"), raw.get("timeout")
+        retry_raw, timeout_raw = raw.get("retry_policy") if retries else None, raw.get("timeout")
         if retry_raw is None:
             retry = _DEFAULT_RETRY
         elif isinstance(retry_raw, dict) and self.template(retry_raw, f"{pointer}/retry_policy"):
@@ -1044,27 +1111,116 @@ class _Validator:
             templates["timeout"], timeout = timeout_raw, DEFAULT_TIMEOUT_SECONDS
         else:
             timeout = self.duration(timeout_raw, f"{pointer}/timeout")
-        if not ok:
-            return None
-        return StepDef(
-            id=sid,
-            type=stype if isinstance(stype, str) else "",
-            index=index,
-            pointer=pointer,
-            params=params,
-            successors=[],
-            retry=retry,
-            timeout=timeout,
-            failure_mode=failure_mode,
-            name=raw.get("name") if isinstance(raw.get("name"), str) else "",
-            description=raw.get("description") if isinstance(raw.get("description"), str) else "",
-            tags=tags,
-            templates=templates or None,
-        )
+        name, description = raw.get("name"), raw.get("description")
+        return (retry, timeout, failure_mode, name if isinstance(name, str) else "",
+                description if isinstance(description, str) else "", tags, [], templates or None)
 
-    def transitions(self, raw_steps: list, steps: list[StepDef], by_id: dict[str, StepDef]) -> None:
-        for step in steps:
-            raw = raw_steps[step.index]["step"]
+    def nested(self, kind: str, raw: Any, pointer: str, index: int, seen: dict[str, str], depth: int,
+               outer: dict[str, str]) -> StepDef | None:
+        """A foreach, while or subworkflow step (:mod:`legato.loopdef`) at ``pointer``, in a DAG at
+        ``depth`` (1: the workflow's own steps) inside loops whose variables ``outer`` maps to their
+        loop's id. A loop's body is read here too, its steps registered as the workflow's are."""
+        if not isinstance(raw, dict):
+            self.add(pointer, f"a {kind} step is an object with an `id`" + ("" if kind == "subworkflow" else " and `steps`"))
+            return None
+        for key in ("type", "retry_policy"):
+            if key in raw:
+                self.add(f"{pointer}/{key}", f"a {kind} step has no `{key}`" + (
+                    ": its kind is its wrapper's key" if key == "type" else
+                    " (Maestro does not retry foreach, while and subworkflow steps): set retry policies on the steps "
+                    "it runs" + (" in its body" if kind != "subworkflow" else " in the child workflow")))
+        if "loop_params" in raw and kind != "subworkflow":
+            self.add(f"{pointer}/loop_params", "`loop_params` goes inside `params`, as Maestro writes it: "
+                                               "\"params\": {\"loop_params\": {\"type\": \"MAP\", \"value\": {…}}}")
+        self.unknown_keys({k: None for k in raw if k not in ("type", "retry_policy", "loop_params")}, KIND_KEYS[kind],
+                          pointer, f"{kind} step")
+        ok = self.ident(raw, pointer, seen)
+        sid = raw.get("id")
+        loop = None
+        if kind == "subworkflow":
+            params = self.params(raw.get("params"), f"{pointer}/params")
+            params = loopdef.subworkflow_params(self, raw, pointer, params, self.workflow_id, _WORKFLOW_ID_RE)
+            cls = self.step_types.get("subworkflow")  # the step type that runs it, when installed
+            if cls is not None:
+                why = cls.unavailable()
+                if why:
+                    self.add(pointer, f"subworkflow steps cannot run here: {why}")
+                self.step_config(cls, params, f"{pointer}/params")
+        else:
+            others, loop_params, at = loopdef.split_loop_params(self, raw.get("params"), pointer)
+            params = self.params(others, f"{pointer}/params")
+            loopdef.check_loop_params(self, kind, sid if isinstance(sid, str) else kind, loop_params, at, outer, params)
+            loop = LoopDef(kind, loop_params, [], {}, params_pointer=at)
+            if kind == "foreach":
+                loop.concurrency, loop.strict_ordering = loopdef.foreach_settings(self, raw, pointer,
+                                                                                self.step_concurrency)
+            else:
+                loop.max_iterations = loopdef.while_iterations(self, raw, pointer)
+                loop.condition = self.loop_condition(raw, pointer)
+            body, at = raw.get("steps"), f"{pointer}/steps"
+            if not isinstance(body, list) or not body:
+                self.add(at, f"a {kind} step needs a non-empty array of `steps`: its body, run once per iteration")
+            elif depth + 1 > MAX_WORKFLOW_DEPTH:
+                self.add(at, f"this body would be level {depth + 1} of workflows nested in one another (the "
+                             f"workflow, each loop's body); the limit is {MAX_WORKFLOW_DEPTH} (MAX_WORKFLOW_DEPTH, "
+                             "Maestro's WORKFLOW_DEPTH_LIMIT)")
+            else:
+                inner = dict(outer)
+                inner.update((name, sid) for name in loop_params)
+                loop.steps, loop.by_id = self.dag(body, at, seen, depth + 1, inner)
+                loopdef.check_feeds(self, loop)
+                if ok:
+                    for body_id in loop.by_id:
+                        self.parent_of[body_id] = sid
+        if not ok:
+            self.attributes(raw, pointer, False)
+            return None
+        return StepDef(sid, kind if loop is not None else "subworkflow", index, pointer, params, [],
+                       *self.attributes(raw, pointer, False), loop=loop)
+
+    def loop_condition(self, raw: dict, pointer: str) -> Condition | None:
+        """A while's ``condition``: CEL over the loop variables, the params and ``loop.index``."""
+        at = f"{pointer}/condition"
+        source = raw.get("condition")
+        if source is None:
+            self.add(at, "a while step needs a `condition`: CEL checked before every iteration (the first too), "
+                         "e.g. \"i <= 20200105\"; the loop ends when it is false")
+            return None
+        if isinstance(source, str) and source.strip() in ("true", "false"):
+            return Condition(source.strip(), source.strip() == "true")
+        program = self.cel(source, at)
+        return None if program is None else Condition(source, None, program)
+
+    def dag(self, raw_steps: list, pointer: str, seen: dict[str, str], depth: int = 1,
+            outer: dict[str, str] | None = None) -> tuple[list[StepDef], dict[str, StepDef]]:
+        """The steps of one DAG (the workflow's, or a loop's body) at ``pointer``, and by id; the
+        DAG is kept for :meth:`transitions` (which needs every id of the definition first)."""
+        steps: list[StepDef] = []
+        by_id: dict[str, StepDef] = {}
+        raws: list[dict] = []
+        for i, wrapper in enumerate(raw_steps):
+            at = f"{pointer}/{i}"
+            if not isinstance(wrapper, dict) or len(wrapper) != 1:
+                self.add(at, "each entry is a one-key object: {\"step\": {…}} (or foreach, while, subworkflow)")
+                continue
+            (kind, body), = wrapper.items()
+            if kind == "step":
+                step = self.step(body, f"{at}/step", i, seen)
+            elif kind in _WRAPPERS:
+                step = self.nested(kind, body, f"{at}/{kind}", i, seen, depth, outer or {})
+            else:
+                self.add(f"{at}/{_esc(kind)}", f"unknown step kind {kind!r}; use step, foreach, while or subworkflow")
+                continue
+            if step is not None:
+                steps.append(step)
+                by_id[step.id] = step
+                raws.append(body)
+        self.dags.append((raws, steps, by_id))
+        return steps, by_id
+
+    def transitions(self, raws: list[dict], steps: list[StepDef], by_id: dict[str, StepDef]) -> None:
+        """Each step's successors (``raws``: the steps as written, aligned with ``steps``), within its DAG."""
+        for step, raw in zip(steps, raws):
             transition = raw.get("transition")
             if transition is None:
                 continue
@@ -1088,6 +1244,12 @@ class _Validator:
                 # many successors, nearly all fine).
                 target = str(target)
                 if target not in by_id:
+                    if target in self.known:
+                        where = self.parent_of.get(target)
+                        self.add(successors_at + _esc(target), f"`{target}` is not in the same list of steps: "
+                                 + (f"it is in the body of `{where}`" if where else "it is one of the workflow's own steps")
+                                 + "; a transition names steps of its own DAG (a loop's body is a DAG of its own)")
+                        continue
                     close = [s for s in by_id if s[:2] == target[:2]]
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     self.add(successors_at + _esc(target), f"no such step{hint}")
@@ -1106,7 +1268,7 @@ class _Validator:
                     program = self.cel(condition, at)
                     if program is None:
                         continue
-                    self.check_step_refs(condition, set(by_id), at)
+                    self.check_step_refs(condition, self.known, at)
                     cond = Condition(condition, None, program)
                 step.successors.append((target, cond))
                 by_id[target].predecessors.append(step.id)
@@ -1203,7 +1365,9 @@ _UPSTREAM_REF = re.compile(r"(?<![.\w])steps\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*[\"']
 _HINT_STEPS = 8
 
 
-def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dict[str, ParamSpec]) -> list[Problem]:
+def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dict[str, ParamSpec],
+                   all_by_id: dict[str, StepDef] | None = None, parent_of: dict[str, str] | None = None, *,
+                   loop: StepDef | None = None, readable: Any = frozenset()) -> list[Problem]:
     """References to steps that have not finished when the expression is evaluated, each at its
     pointer: a step's params (expressions, validators, ``${steps.x…}``) read only steps upstream of
     it; an edge condition of step ``s`` reads ``s`` and the steps upstream of it; workflow params
@@ -1211,10 +1375,23 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
     far, so such a reference would work or fail depending on timing. The same holds for Maestro's
     cross-step references (``job1__sleep_seconds``) and for the definitions nested in a MAP.
 
+    ``steps`` is one DAG: the workflow's, or the body of ``loop``. ``all_by_id`` holds every step
+    of the definition and ``parent_of`` each body step's loop: a reference to a step of another DAG
+    is right only when that step is in ``readable`` (for a body: upstream of its loop, or of the
+    loops around that); a loop's variables and a while's condition are checked as its params.
+
     One pass over the steps; a reference to a predecessor (or a predecessor's predecessor) costs
     nothing more. The others are grouped by the step they name: one forward walk from it, over the
     steps no later than its last reader in topological order, answers them all."""
     problems: list[Problem] = []
+    if all_by_id is None:
+        all_by_id = by_id
+    parent_of = parent_of or {}
+
+    def outside(step: StepDef, ref: str, where: str, written: str) -> None:
+        if ref in all_by_id and ref not in readable:
+            problems.append(Problem(where, _outside_message(step, ref, loop, parent_of, written)))
+
     for name, spec in wparams.items():
         cross = {}
         for _, unit in _units(spec, ""):
@@ -1223,7 +1400,7 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
                 if split is not None and token not in wparams:
                     cross[token] = split[0]
         for ref, field, written in _param_step_refs(spec, cross):
-            if ref in by_id:
+            if ref in all_by_id:
                 problems.append(Problem(f"/workflow/params/{_esc(name)}{field}", f"`{written}`: workflow params are evaluated when the instance "
                                                "starts, before any step has run; read it in the params of a step "
                                                f"downstream of {ref}"))
@@ -1232,18 +1409,34 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
     # predecessor (the cheap, common cases)
     queries: list[tuple[StepDef, str, str, bool, str]] = []
     for step in steps:
-        for name, spec in step.params.items():
-            if spec.expression is None and spec.validator is None and not spec.interpolated and spec.entries is None:
-                continue
-            cross = {token: sid for token, sid, _ in spec.step_refs}  # checked by cross_step_refs
-            for ref, field, written in _param_step_refs(spec, cross):
-                if ref == step.id or not _near_upstream(step, ref, by_id):
-                    queries.append((step, ref, f"{step.pointer}/params/{_esc(name)}{field}", False, written))
+        groups = ((step.params, f"{step.pointer}/params"),)
+        if step.loop is not None:
+            groups += ((step.loop.loop_params, step.loop.params_pointer),)
+            cond = step.loop.condition
+            if cond is not None and cond.program is not None:
+                for ref in _cel_step_refs(cond.source):
+                    where = f"{step.pointer}/condition"
+                    if ref not in by_id:
+                        outside(step, ref, where, f"steps.{ref}")
+                    elif ref == step.id or not _near_upstream(step, ref, by_id):
+                        queries.append((step, ref, where, False, f"steps.{ref}"))
+        for params, at in groups:
+            for name, spec in params.items():
+                if spec.expression is None and spec.validator is None and not spec.interpolated and spec.entries is None:
+                    continue
+                cross = {token: sid for token, sid, _ in spec.step_refs}  # checked by cross_step_refs
+                for ref, field, written in _param_step_refs(spec, cross):
+                    if ref not in by_id:
+                        outside(step, ref, f"{at}/{_esc(name)}{field}", written)
+                    elif ref == step.id or not _near_upstream(step, ref, by_id):
+                        queries.append((step, ref, f"{at}/{_esc(name)}{field}", False, written))
         for target, cond in step.successors:
             if cond.program is None:
                 continue
             for ref in _cel_step_refs(cond.source):
-                if ref != step.id and not _near_upstream(step, ref, by_id):
+                if ref not in by_id:
+                    outside(step, ref, f"{step.pointer}/transition/successors/{_esc(target)}", f"steps.{ref}")
+                elif ref != step.id and not _near_upstream(step, ref, by_id):
                     queries.append((step, ref, f"{step.pointer}/transition/successors/{_esc(target)}", True, f"steps.{ref}"))
     if not queries:
         return problems
@@ -1260,6 +1453,98 @@ def check_upstream(steps: list[StepDef], by_id: dict[str, StepDef], wparams: dic
             continue
         problems.append(Problem(where, _not_upstream_message(step, ref, condition, by_id, order, written)))
     return problems
+
+
+def _every_step(steps: list[StepDef], into: dict[str, StepDef]) -> dict[str, StepDef]:
+    """The steps of a DAG and of the loop bodies in it, at every depth, in document order."""
+    for step in steps:
+        into[step.id] = step
+        if step.loop is not None:
+            _every_step(step.loop.steps, into)
+    return into
+
+
+def _loop_upstream(steps: list[StepDef], by_id: dict[str, StepDef], all_by_id: dict[str, StepDef],
+                   parent_of: dict[str, str], readable: Any, problems: list[Problem]) -> None:
+    """check_upstream for the body of each loop of one DAG, and of the loops in those bodies: a
+    body reads its own steps upstream, and those upstream of its loop (or of the loops around)."""
+    walks: dict[str, Any] = {}  # shared by the loops of this DAG: see _Upstream
+    for step in steps:
+        loop = step.loop
+        if loop is None or not loop.steps:
+            continue
+        inner = _Upstream(step, by_id, readable, walks)
+        problems.extend(check_upstream(loop.steps, loop.by_id, {}, all_by_id, parent_of, loop=step, readable=inner))
+        _loop_upstream(loop.steps, loop.by_id, all_by_id, parent_of, inner, problems)
+
+
+class _Upstream:
+    """Whether a step outside a loop's body may be read in it: a step upstream of the loop in its
+    DAG, or one that DAG may read (``outer``).
+
+    Answered as check_upstream answers its queries: a walk downstream from the step read, over the
+    steps no later than the loop in a topological order; the walk is kept (in ``walks``, shared
+    by the loops of the DAG) and carried further when a later loop reads the same step, so each
+    step read costs one walk however many loops read it."""
+
+    __slots__ = ("step", "by_id", "outer", "walks")
+
+    def __init__(self, step: StepDef, by_id: dict[str, StepDef], outer: Any, walks: dict[str, Any]) -> None:
+        self.step, self.by_id, self.outer, self.walks = step, by_id, outer, walks
+
+    def __contains__(self, sid: str) -> bool:
+        by_id = self.by_id
+        if sid not in by_id:
+            return sid in self.outer
+        order = self.walks.get("")
+        if order is None:
+            order = self.walks[""] = _topological_index(list(by_id.values())) or {}
+        if sid not in order or self.step.id not in order:
+            return False  # a cycle, reported by the validator
+        walk = self.walks.get(sid)
+        if walk is None:  # (steps reached, the steps found but later than every reader so far)
+            walk = self.walks[sid] = (set(), [(order[sid], sid)])
+        reached, pending = walk
+        bound = order[self.step.id]
+        while pending and pending[0][0] <= bound:
+            _, node = heapq.heappop(pending)
+            for target, _ in by_id[node].successors:
+                if target not in reached:
+                    reached.add(target)
+                    heapq.heappush(pending, (order[target], target))
+        return self.step.id in reached
+
+
+def _encloses(loop_id: str, sid: str, parent_of: dict[str, str]) -> bool:
+    """Whether step ``sid`` is in the body of ``loop_id``, at any depth."""
+    owner = parent_of.get(sid)
+    while owner is not None:
+        if owner == loop_id:
+            return True
+        owner = parent_of.get(owner)
+    return False
+
+
+def _outside_message(step: StepDef, ref: str, loop: StepDef | None, parent_of: dict[str, str], written: str) -> str:
+    """Why ``step`` (in the body of ``loop``, or at the top when None) cannot read step ``ref`` of
+    another DAG (written ``written``)."""
+    subject = f"`steps.{ref}`" if written.startswith("steps.") else f"`{written}` reads step `{ref}`, which"
+    owner = parent_of.get(ref)
+    if loop is not None and ref == loop.id:
+        return (f"{subject} is the loop whose body holds `{step.id}`: it has not finished while its body runs; read "
+                f"its loop variables and `loop.index` instead")
+    if owner == step.id:
+        return (f"{subject} is a step of `{owner}`'s own body, which runs once per iteration: `{owner}`'s params, "
+                "loop variables and condition cannot read it (a while's body feeds the next iteration through params "
+                "named like its loop variables)")
+    if owner is not None and not _encloses(owner, step.id, parent_of):
+        return (f"{subject} is a step of the body of `{owner}` and runs once per iteration of it: steps outside that "
+                "body cannot read it")
+    if loop is None:
+        return f"{subject} is a step of a loop's body: steps outside that body cannot read it"
+    return (f"{subject} is outside the body of `{loop.id}` and not upstream of it (nor of a loop around it), so it may "
+            f"or may not have run when `{step.id}` is evaluated; a body's step reads the steps upstream of it in the "
+            f"body and those upstream of `{loop.id}`")
 
 
 def _near_upstream(step: StepDef, ref: str, by_id: dict[str, StepDef]) -> bool:
@@ -1533,47 +1818,26 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
                                           "workflow on a schedule")
 
     raw_steps = wf.get("steps")
-    steps: list[StepDef] = []
-    by_id: dict[str, StepDef] = {}
     if not isinstance(raw_steps, list) or not raw_steps:
         v.add("/workflow/steps", "a workflow needs a non-empty array of `steps`")
         raw_steps = []
+    if isinstance(wid, str) and _WORKFLOW_ID_RE.match(wid):
+        v.workflow_id = wid
+    v.step_concurrency = step_concurrency
     seen: dict[str, str] = {}
-    valid_wrappers: list[int] = []
-    for i, wrapper in enumerate(raw_steps):
-        pointer = f"/workflow/steps/{i}"
-        if not isinstance(wrapper, dict) or len(wrapper) != 1:
-            v.add(pointer, "each entry is a one-key object: {\"step\": {…}} (or foreach, while, subworkflow)")
-            continue
-        (kind, body), = wrapper.items()
-        if kind not in _WRAPPERS:
-            v.add(f"{pointer}/{_esc(kind)}", f"unknown step kind {kind!r}; use step, foreach, while or subworkflow")
-            continue
-        if kind != "step":
-            v.add(f"{pointer}/{kind}", f"`{kind}` steps are not supported yet by this version of Legato")
-            continue
-        step = v.step(body, f"{pointer}/step", i, seen)
-        if step is not None:
-            steps.append(step)
-            by_id[step.id] = step
-            valid_wrappers.append(i)
-
-    v.transitions(raw_steps, steps, by_id)
-    v.cycles(steps, by_id)
-    known = set(by_id)
+    steps, by_id = v.dag(raw_steps, "/workflow/steps", seen)
+    all_by_id = by_id if len(v.dags) == 1 else _every_step(steps, {})  # one DAG: the common case
+    v.known = known = all_by_id
+    for raws, dag_steps, dag_by_id in v.dags:
+        v.transitions(raws, dag_steps, dag_by_id)
+        v.cycles(dag_steps, dag_by_id)
     scope = set(wparams)
     secret = frozenset(n for n, spec in wparams.items() if spec.secret)
-    has_secrets = bool(secret)
     v.check_refs(wparams, known, scope, "/workflow/params", secret)
-    for step in steps:
-        if not step.params:
-            continue  # nothing to check (most steps of a large definition)
-        step_secret = secret | {n for n, spec in step.params.items() if spec.secret}
-        has_secrets = has_secrets or len(step_secret) > len(secret)
-        v.check_refs(step.params, known, scope | set(step.params), f"{step.pointer}/params", step_secret)
-        if step.params:
-            v.cross_step_refs(step, by_id, scope | set(step.params))
-    v.problems.extend(check_upstream(steps, by_id, wparams))
+    has_secrets = v.dag_refs(steps, scope, secret, all_by_id) or bool(secret)
+    v.problems.extend(check_upstream(steps, by_id, wparams, all_by_id, v.parent_of))
+    if v.parent_of:
+        _loop_upstream(steps, by_id, all_by_id, v.parent_of, frozenset(), v.problems)
 
     if v.problems:
         raise DefinitionError(v.problems, name)
@@ -1592,5 +1856,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         has_secrets=has_secrets,
         warnings=v.warnings,
         timeout_template=timeout_template,
-        templated=[s.id for s in steps if s.templates],
+        templated=[s.id for s in all_by_id.values() if s.templates],
+        all_by_id=all_by_id,
+        parent_of=v.parent_of,
     )

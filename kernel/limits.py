@@ -24,6 +24,11 @@ __all__ = [
     "MAX_BACKOFF_EXPONENT",
     "MAX_RETRY_LIMIT",
     "MAX_CONCURRENCY",
+    "DEFAULT_FOREACH_CONCURRENCY",
+    "MAX_FOREACH_CONCURRENCY",
+    "MAX_LOOP_ITERATIONS",
+    "DEFAULT_WHILE_ITERATIONS",
+    "MAX_WORKFLOW_DEPTH",
     "MAX_CEL_SOURCE",
     "MAX_CEL_DEPTH",
     "MAX_CEL_TREE_DEPTH",
@@ -56,6 +61,22 @@ MAX_RETRY_LIMIT = 99  # retries of one class for one step (Maestro's Constants.M
 
 # -- concurrency (legato.definition) ----------------------------------------------------------------
 MAX_CONCURRENCY = 1000  # step_concurrency, workflow_concurrency (Maestro's *_CONCURRENCY_MAX_LIMIT)
+
+# -- foreach, while, subworkflow (legato.loopdef) ---------------------------------------------------
+# A foreach without `concurrency` runs this many iterations at once: Maestro's
+# Defaults.DEFAULT_STEP_CONCURRENCY, what ForeachStepRuntime.getConcurrency comes to when the
+# workflow sets no step concurrency (when it sets one, that caps every foreach, as in Maestro).
+DEFAULT_FOREACH_CONCURRENCY = 20
+MAX_FOREACH_CONCURRENCY = 500  # a foreach's `concurrency` (Maestro's Constants.FOREACH_CONCURRENCY_MAX_LIMIT)
+# Iterations of one foreach (the product of its loop arrays' lengths) or one while. Maestro's
+# Constants.ITERATION_LIMIT is 25,000; Legato stores iterations as rows created as concurrency
+# allows, and runs 100,000-iteration loops (benchmarks/), so the bound is Maestro's
+# TOTAL_LEAF_STEP_COUNT_LIMIT instead.
+MAX_LOOP_ITERATIONS = 1_000_000
+DEFAULT_WHILE_ITERATIONS = 25_000  # a while without `max_iterations` (Maestro's Constants.ITERATION_LIMIT)
+# Levels of workflows: the top one, each loop's body and each subworkflow below it, at most this
+# many in all (Maestro's Constants.WORKFLOW_DEPTH_LIMIT): inline loops nest at most 9 deep.
+MAX_WORKFLOW_DEPTH = 10
 
 # -- CEL expressions (legato.cel) ------------------------------------------------------------------
 MAX_CEL_SOURCE = 8192  # characters

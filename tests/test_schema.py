@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from legato import definition as loader
+from legato import loopdef
 from legato.definition import DefinitionError, parse_document
 from legato.params import _FULL_FORM_KEYS, ParamMode, ParamType
 from legato.schema import SCHEMA_PATH, definition_schema
@@ -24,6 +25,7 @@ from .conftest import LEGATO, ROOT
 SCHEMA = definition_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 DOCUMENTS = sorted([*(ROOT / "examples").glob("*.json"), *(ROOT / "examples").glob("*.yaml"),
+                    *(ROOT / "examples" / "loops").glob("*.json"),
                     *(ROOT / "tests" / "maestro").glob("*.json"), *(ROOT / "tests" / "definitions").glob("valid/*")])
 
 
@@ -187,7 +189,12 @@ SEMANTIC = {
     "82-yaml-non-string-successor.yaml", "90-interpolation-undeclared-via-params.json", "92-cron-never-fires.json",
     "97-double-not-finite.json", "110-maestro-map-nested-params.json", "112-maestro-cross-step-reference.json",
     "113-maestro-param-timeouts.json", "120-maestro-cross-step-not-upstream.json",
-    "121-maestro-map-entry-references.json",
+    "121-maestro-map-entry-references.json", "131-foreach-body-successor-outside.json",
+    "132-foreach-duplicate-id-in-body.json", "133-foreach-body-cycle.json", "135-loops-nested-too-deep.json",
+    "136-foreach-product-too-large.json", "138-nested-loop-duplicate-variable.json",
+    "139-body-reads-step-not-upstream.json", "140-outside-reads-body-step.json",
+    "141-loop-interpolation-undeclared.json", "142-while-feed-wrong-type.json", "143-subworkflow-recursion.json",
+    "148-while-condition-reads-body.json",
 }
 INVALID = sorted((ROOT / "tests" / "definitions" / "invalid").iterdir())
 
@@ -243,6 +250,9 @@ def test_the_schemas_fields_are_the_loaders():
     assert set(defs["properties_snapshot"]["properties"]) == loader._PROPERTY_KEYS | loader._SNAPSHOT_KEYS
     assert set(defs["workflow"]["properties"]) == loader._WORKFLOW_KEYS
     assert set(defs["step"]["properties"]) == loader._STEP_KEYS - set(loader._NOT_YET)
+    for kind in ("foreach", "while", "subworkflow"):
+        assert set(defs[kind]["properties"]) == loopdef.KIND_KEYS[kind] - set(loader._NOT_YET)
+    assert set(defs["steps"]["items"]["properties"]) == loader._WRAPPERS
     assert set(defs["retry_policy"]["properties"]) == loader._RETRY_KEYS
     assert set(defs["backoff"]["anyOf"][0]["properties"]) == loader._BACKOFF_KEYS
     assert set(defs["full_param"]["propertyNames"]["enum"]) == _FULL_FORM_KEYS

@@ -11,7 +11,16 @@ import json
 import re
 
 from .. import definition as d
-from ..limits import MAX_BACKOFF_EXPONENT, MAX_CONCURRENCY, MAX_DURATION_SECONDS, MAX_RETRY_LIMIT, MAX_TIMEOUT_SECONDS
+from .. import loopdef
+from ..limits import (
+    MAX_BACKOFF_EXPONENT,
+    MAX_CONCURRENCY,
+    MAX_DURATION_SECONDS,
+    MAX_FOREACH_CONCURRENCY,
+    MAX_LOOP_ITERATIONS,
+    MAX_RETRY_LIMIT,
+    MAX_TIMEOUT_SECONDS,
+)
 from ..params import _FULL_FORM_KEYS, NAME_RE, RESERVED_NAMES, ParamMode, ParamType
 from . import SCHEMA_PATH
 
@@ -124,7 +133,7 @@ def build() -> dict:
           "value": {"description": "The value (a reference such as \"env:NAME\" or \"file:/path\" for a secret)."},
           "expression": {"type": "string", "description": "A CEL expression computing the value."},
           "mode": ci_enum([m.value for m in ParamMode], "Who may override the value"),
-          "validator": {"type": "string", "description": "A CEL expression over `value` that must be true."},
+          "validator": {"type": ["string", "null"], "description": "A CEL expression over `value` that must be true."},
           "description": {"description": "Free text."},
           "secret": {"type": "boolean", "description": "The value is a reference resolved by the worker, never stored."}}},
       "literal_param": {
@@ -200,10 +209,7 @@ def build() -> dict:
           "name": {"type": "string"},
           "description": {"type": "string"},
           "params": {"$ref": "#/$defs/params"},
-          "steps": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["step"], "additionalProperties": False,
-            "description": "A one-key wrapper; `foreach`, `while` and `subworkflow` are not supported yet.",
-            "properties": {"step": {"$ref": "#/$defs/step"}}}},
+          "steps": {"$ref": "#/$defs/steps"},
           "timeout": {"anyOf": [{"type": "null"}, duration("The workflow's timeout, from the instance's start.")]},
           "time_triggers": {"type": ["array", "null"], "items": {"$ref": "#/$defs/time_trigger"},
                             "description": "Accepted, warned: not enforced yet."},
@@ -213,6 +219,88 @@ def build() -> dict:
           "criticality": ci_enum(sorted(c.lower() for c in d._CRITICALITIES), "Maestro's criticality"),
           "instance_step_concurrency": whole(1, MAX_CONCURRENCY, "Leaf steps running at once in one instance")}},
     }
+
+    def kind_fields(kind: str, extra: dict) -> dict:
+        """The fields every kind of step shares (Maestro's AbstractStep), and ``extra``."""
+        shared = {k: defs["step"]["properties"][k] for k in ("id", "name", "description", "transition", "timeout",
+                                                              "failure_mode", "tags")}
+        fields = {**shared, **extra}
+        assert set(fields) == loopdef.KIND_KEYS[kind] - set(d._NOT_YET), kind
+        return fields
+
+    def typed_param(types, literal: dict, what: str) -> dict:
+        """A param of one of ``types``: the full form, or a bare ``literal``."""
+        return {"description": what, "anyOf": [
+            {"allOf": [{"$ref": "#/$defs/full_param"}],
+             "properties": {"type": ci_enum(sorted(t.value for t in types), "The variable's type")}},
+            literal]}
+
+    def loop_params(variable: dict, minimum: int) -> dict:
+        variables = {"type": "object", "minProperties": minimum, "additionalProperties": variable,
+                     "propertyNames": {"pattern": NAME_RE.pattern, "not": {"enum": sorted(RESERVED_NAMES)}}}
+        return {"description": "The loop variables (Maestro's loop_params): a MAP whose value holds one param "
+                               "definition per variable, or that map itself.",
+                "anyOf": [{"type": "object", "required": ["type", "value"], "additionalProperties": False,
+                           "properties": {"type": ci_enum(["MAP"], "loop_params is a MAP"), "value": variables,
+                                          "mode": defs["full_param"]["properties"]["mode"],
+                                          "description": {"description": "Free text."}, "tags": {}}},
+                          {**variables, "not": {"required": ["type", "value"]}}]}
+
+    def loop_step_params(variable: dict, minimum: int, required: bool) -> dict:
+        return {"allOf": [{"$ref": "#/$defs/params"}], "type": "object", **({"required": ["loop_params"]} if required else {}),
+                "properties": {"loop_params": loop_params(variable, minimum)},
+                "description": "The loop step's params: `loop_params` (the loop variables) and others, which the "
+                               "body sees as params."}
+
+    body = {"$ref": "#/$defs/steps", "description": "The body: a DAG of its own, run once per iteration; its "
+                                                      "successors name steps of the body only."}
+    defs["steps"] = {
+        "type": "array", "minItems": 1, "description": "One-key wrappers: step, foreach, while or subworkflow.",
+        "items": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                  "properties": {"step": {"$ref": "#/$defs/step"}, "foreach": {"$ref": "#/$defs/foreach"},
+                                 "while": {"$ref": "#/$defs/while"}, "subworkflow": {"$ref": "#/$defs/subworkflow"}}}}
+    defs["foreach"] = {
+        "description": "Runs its body once per element of the cartesian product of its loop arrays (Maestro's ForeachStep).",
+        "type": "object", "required": ["id", "params", "steps"], "additionalProperties": False,
+        "properties": kind_fields("foreach", {
+            "params": loop_step_params(typed_param(loopdef.FOREACH_TYPES, {"type": "array"},
+                                                   "An array to iterate over: literal, or an expression such as "
+                                                   "dateIntsBetween(20200101, 20200110, 1)."), 1, True),
+            "steps": body,
+            "concurrency": whole(1, MAX_FOREACH_CONCURRENCY, "Iterations at once (default 20, or the workflow's "
+                                                             "step concurrency, which also caps it)"),
+            "strict_ordering": {"type": ["boolean", "null"], "description": "Accepted, warned: not enforced yet."}})}
+    defs["while"] = {
+        "description": "Runs its body while its condition holds, checked before every iteration (Maestro's WhileStep).",
+        "type": "object", "required": ["id", "condition", "steps"], "additionalProperties": False,
+        "properties": kind_fields("while", {
+            "params": loop_step_params(typed_param(loopdef.WHILE_TYPES, {"type": ["string", "number", "boolean"]},
+                                                   "A loop variable's initial value; a body step's param of the "
+                                                   "same name gives the next iteration's."), 0, False),
+            "steps": body,
+            "condition": {"type": "string", "description": "CEL over the loop variables, the params and loop.index."},
+            "max_iterations": whole(1, MAX_LOOP_ITERATIONS, "The most iterations (default 25,000)")})}
+    version = {"description": "\"active\" (default), \"latest\" or a version number.",
+               "anyOf": [ci_enum(["active", "latest"], "A version"), {"type": "integer", "minimum": 1},
+                         {"type": "string", "pattern": "\\$", "description": "A ${param} template, read when the step runs."},
+                         {"type": "string", "pattern": "^\\s*[0-9]{1,19}\\s*$"},
+                         {"allOf": [{"$ref": "#/$defs/full_param"}], "properties": {"type": ci_enum(["STRING", "LONG"], "The param's type")}}]}
+    defs["subworkflow"] = {
+        "description": "Starts another stored workflow (Maestro's SubworkflowStep).",
+        "type": "object", "required": ["id", "params"], "additionalProperties": False,
+        "properties": kind_fields("subworkflow", {
+            "params": {"allOf": [{"$ref": "#/$defs/params"}], "type": "object", "required": ["subworkflow_id"],
+                       "propertyNames": {"not": {"enum": ["sync", "explicit_params"]}},
+                       "description": "subworkflow_id, subworkflow_version, and the params passed to the child.",
+                       "properties": {
+                         "subworkflow_id": {"description": "The id of the workflow to start.", "anyOf": [
+                           {"type": "string", "pattern": d._WORKFLOW_ID_RE.pattern},
+                           {"type": "string", "pattern": "\\$", "description": "A ${param} template, read when the step runs."},
+                           {"allOf": [{"$ref": "#/$defs/full_param"}], "properties": {"type": ci_enum(["STRING"], "The param's type")}}]},
+                         "subworkflow_version": version}},
+            "sync": {"type": ["boolean", "null"], "description": "Wait for the child and take its status (default true)."},
+            "explicit_params": {"type": ["boolean", "null"],
+                                "description": "Pass only the params given here, not the workflow's (default false)."}})}
 
     value_schemas = {
         "STRING": {"type": "string"}, "LONG": {"type": "integer"}, "DOUBLE": {"type": "number"},
