@@ -1068,17 +1068,16 @@ def _iso(ts: float | None) -> str | None:
 
 def _instance_json(instance, attempts, step_ids=()) -> dict[str, Any]:
     """The instance and every step of its definition (``step_ids``): a step never created is
-    NOT_CREATED, attempt 0, as in Maestro's step overview."""
+    NOT_CREATED, attempt 0, as in Maestro's step overview. A foreach or while step holds its
+    ``iterations`` (by number, from 1), each with its loop variables and its own ``steps``."""
+    from . import overview
+
     steps: dict[str, Any] = {
         sid: {"status": "NOT_CREATED", "attempt": 0, "outputs": {}, "message": "", "started_at": None,
               "ended_at": None}
         for sid in step_ids
     }
-    for a in attempts:
-        steps[a.step_id] = {
-            "status": a.status.value, "attempt": a.attempt, "outputs": a.outputs, "message": a.message,
-            "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
-        }
+    steps.update({name: overview.to_json(node, _iso) for name, node in overview.tree(attempts).items()})
     return {
         "instance_id": instance.instance_id, "workflow_id": instance.workflow_id, "version": instance.version,
         "status": instance.status.value, "message": instance.message, "params": instance.params,

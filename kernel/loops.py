@@ -6,8 +6,8 @@ variables and ``loop.index`` in scope. Every iteration runs to its end; then the
 the last one ends the step's status aggregates them: any failed iteration fails the step (then
 its failure mode applies), else any timed out, else any stopped, else it succeeded.
 
-- **foreach** iterates over the cartesian product of its loop arrays, in order (the last array
-  varies fastest), at most ``concurrency`` at once. Iteration *n*'s values are computed from *n*,
+- **foreach** iterates over the cartesian product of its loop arrays, in Maestro's order (the
+  first array varies fastest, as in ``ForeachStepRuntime``), at most ``concurrency`` at once. Iteration *n*'s values are computed from *n*,
   so nothing in memory grows with the number of iterations beyond the running ones.
 - **while** checks its condition before every iteration, the first included, and runs one at a
   time; a body step's param or output named like a loop variable becomes that variable's value
@@ -46,7 +46,7 @@ class Loop:
     """The iterations of one running foreach or while step."""
 
     __slots__ = ("run", "st", "ldef", "names", "arrays", "total", "created", "active", "rows", "counts",
-                 "values", "concurrency", "failure", "failed", "exhausted", "redo", "history")
+                 "values", "concurrency", "failure", "failed", "exhausted", "redo", "history", "inherited")
 
     def __init__(self, run, st) -> None:
         self.run = run
@@ -54,6 +54,10 @@ class Loop:
         self.ldef = ldef = st.sdef.loop
         values = dict((st.params or {}).get("loop_params") or {})
         self.names = list(values)
+        # What every iteration's body sees besides its loop variables: the params around the loop
+        # step and its own other params (ForeachStepRuntime.createForeachRunParams).
+        own = {k: v for k, v in (st.params or {}).items() if k != "loop_params"}
+        self.inherited = {**st.scope.params, **own} if own else st.scope.params
         self.created = 0  # iterations created so far (the next one's index)
         self.active: dict[int, Scope] = {}
         self.rows: dict[int, AttemptRecord] = {}
@@ -77,14 +81,14 @@ class Loop:
     # -- iterations ------------------------------------------------------------------------
 
     def iteration_values(self, index: int) -> dict[str, Any]:
-        """Iteration ``index``'s loop variables (foreach: decoded from the index, last array fastest)."""
+        """Iteration ``index``'s loop variables (foreach: decoded from the index, first array fastest)."""
         if self.values is not None:
             return dict(self.values)
         out: dict[str, Any] = {}
-        for name, array in zip(reversed(self.names), reversed(self.arrays)):
+        for name, array in zip(self.names, self.arrays):
             index, i = divmod(index, len(array))
             out[name] = array[i]
-        return dict(reversed(list(out.items())))
+        return out
 
     def _stopping(self) -> bool:
         if self.run.ending is not None:
@@ -131,7 +135,7 @@ class Loop:
             values = self.values
             outer = self.st.scope
             context = {**outer.context(), **{name: to_cel(v) for name, v in values.items()}}
-            context["params"] = to_cel({**outer.params, **values})
+            context["params"] = to_cel({**self.inherited, **values})
             context["loop"] = to_cel({"index": index, **values})
             where = f"{self.st.sdef.pointer}/condition"
             try:
@@ -152,7 +156,7 @@ class Loop:
     def scope_for(self, index: int, values: dict[str, Any]) -> Scope:
         st, run = self.st, self.run
         outer = st.scope
-        return Scope(run, self.ldef.steps, prefix=f"{st.key}/{index + 1}", params={**outer.params, **values},
+        return Scope(run, self.ldef.steps, prefix=f"{st.key}/{index + 1}", params={**self.inherited, **values},
                      resolved=run.resolved, parent=outer, owner=st, loop_values=values, index=index)
 
     def _create(self, index: int) -> None:

@@ -129,7 +129,11 @@ class Scope:
             else:
                 outer = self.parent.context()
                 values = self.loop_values or {}
-                self._cel = {**outer, **{name: to_cel(value) for name, value in values.items()}}
+                around = self.parent.params
+                # bare names: what this scope adds to the params around it (loop variables, the
+                # loop step's own params)
+                added = {k: v for k, v in self.params.items() if k not in around or around[k] is not v}
+                self._cel = {**outer, **{name: to_cel(value) for name, value in added.items()}}
                 steps = to_cel({})
                 steps.update(outer["steps"])
                 self._cel.update(params=to_cel(self.params), steps=steps,
