@@ -127,13 +127,16 @@ def validate(file: str, as_json: bool) -> None:
         else:
             _print_problems(exc)
         sys.exit(EXIT_INVALID)
+    nested = len(definition.all_by_id) - len(definition.steps)
     if as_json:
         click.echo(json.dumps({"valid": True, "workflow": definition.workflow_id, "steps": len(definition.steps),
+                               "steps_in_loops": nested,
                                "warnings": [{"pointer": w.pointer, "message": w.message}
                                             for w in definition.warnings]}))
     else:
         _print_warnings(definition)
-        click.echo(f"{file}: valid ({definition.workflow_id}, {len(definition.steps)} steps)")
+        inside = f", {nested} more in loop bodies" if nested else ""
+        click.echo(f"{file}: valid ({definition.workflow_id}, {len(definition.steps)} steps{inside})")
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -1140,12 +1140,17 @@ class _Validator:
         if kind == "subworkflow":
             params = self.params(raw.get("params"), f"{pointer}/params")
             params = loopdef.subworkflow_params(self, raw, pointer, params, self.workflow_id, _WORKFLOW_ID_RE)
-            cls = self.step_types.get("subworkflow")  # the step type that runs it, when installed
-            if cls is not None:
+            cls = self.step_types.get("subworkflow")  # the step type that runs it
+            if cls is None:
+                self.add(pointer, "subworkflow steps cannot run here: no `subworkflow` step type is installed "
+                                  "(it ships with Legato: reinstall it, `pip install legato`; `legato plugins` "
+                                  "lists what is installed)")
+            else:
                 why = cls.unavailable()
                 if why:
                     self.add(pointer, f"subworkflow steps cannot run here: {why}")
-                self.step_config(cls, params, f"{pointer}/params")
+                if "subworkflow_id" in params:  # (its absence is reported above, at the params)
+                    self.step_config(cls, params, f"{pointer}/params")
         else:
             others, loop_params, at = loopdef.split_loop_params(self, raw.get("params"), pointer)
             params = self.params(others, f"{pointer}/params")

@@ -31,6 +31,7 @@ _SHOWN = {"RUNNING", *_TERMINAL_STYLE}
 _INSTANCE_ENDED = {"SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT"}
 
 TAIL_LINES = 3  # lines of each running step's output under the live table
+SUMMARY_FAILURES = 10  # failed steps the final report details
 REDRAW_EVERY = 0.25  # seconds between live redraws, each with one read of new output
 PLAIN_EVERY = 0.2  # seconds between plain mode's reads of new output
 STOPPING = "interrupted: stopping… (Ctrl-C again to kill)"
@@ -162,20 +163,26 @@ class View:
         last = {}
         for a in attempts:
             last[a.step_id] = a
-        for a in last.values():
-            counts[a.status.value] = counts.get(a.status.value, 0) + 1
+        for sid, a in last.items():
+            if "/" not in sid:  # the workflow's own steps (a loop's iterations are counted in it)
+                counts[a.status.value] = counts.get(a.status.value, 0) + 1
         tally = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         out.write(f"{instance.workflow_id} [{instance.instance_id}] {instance.status.value} "
                   f"in {elapsed:.2f}s ({tally})\n")
         if instance.message:
             out.write(f"  {instance.message}\n")
-        for a in last.values():
-            if a.status.failed and a.status.value != "STOPPED":
-                out.write(f"  {a.step_id} (attempt {a.attempt}) {a.status.value}: {_first_line(a.message, 200)}\n")
-                tail = [c.text for c in logs if c.step_id == a.step_id and c.attempt == a.attempt]
-                text = "".join(tail).rstrip().splitlines()[-5:]
-                for line in text:
-                    out.write(f"    | {line}\n")
+        # The steps that failed (inside loops too: ``loop/3/load``), not the iterations they failed.
+        failed = [a for sid, a in last.items() if a.status.failed and a.status.value != "STOPPED"
+                  and not sid.rpartition("/")[2].isdigit()]
+        for a in failed[:SUMMARY_FAILURES]:
+            out.write(f"  {a.step_id} (attempt {a.attempt}) {a.status.value}: {_first_line(a.message, 200)}\n")
+            tail = [c.text for c in logs if c.step_id == a.step_id and c.attempt == a.attempt]
+            text = "".join(tail).rstrip().splitlines()[-5:]
+            for line in text:
+                out.write(f"    | {line}\n")
+        if len(failed) > SUMMARY_FAILURES:
+            out.write(f"  … and {len(failed) - SUMMARY_FAILURES} more failed steps (legato status "
+                      f"{instance.instance_id} shows them)\n")
         out.flush()
 
 
