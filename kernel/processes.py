@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +37,8 @@ __all__ = [
     "kill_if_attempts",
     "signal_name",
     "last_line",
+    "start_process",
+    "StartedProcess",
     "supervise",
     "HandleNotRecorded",
     "ProcessIdentity",
@@ -372,6 +375,194 @@ async def supervise(ctx, proc, *, term_grace: float = 1.0, drain_timeout: float 
         ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process group "
                           "still holds stdout/stderr open\n")
     return proc.returncode, tail[0]
+
+
+async def start_process(command: list[str], *, cwd: str, env: dict[bytes, bytes]) -> "StartedProcess":
+    """Start ``command`` in its own session and process group, stdin ``/dev/null``, stdout and
+    stderr piped; follow it with :meth:`StartedProcess.supervise`, at once. Raises OSError or
+    ValueError when it cannot start (nothing is left behind then)."""
+    import trio
+
+    if not _fast_watch():
+        proc = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env=env, start_new_session=True)
+        return _TrioProcess(proc)
+    # In a worker thread, as trio does it: the spawn returns only once the child has exec'd.
+    return _Watch(*await trio.to_thread.run_sync(_spawn, command, cwd, env))
+
+
+class StartedProcess:
+    """A process :func:`start_process` started, to be followed to its end."""
+
+    pid: int
+
+    async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+        """What :func:`supervise` does: the handle recorded, both streams live in the step's log,
+        the group killed once the process exits, on cancellation SIGTERM then SIGKILL after
+        ``term_grace``. Returns (exit code, the last few KB of stderr). Raises
+        :class:`HandleNotRecorded` (the process was stopped)."""
+        raise NotImplementedError
+
+
+class _TrioProcess(StartedProcess):
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+        return await supervise(ctx, self.proc, term_grace=term_grace, drain_timeout=drain_timeout)
+
+
+_fast: list[bool] = []
+
+
+def _fast_watch() -> bool:
+    """Whether this system has epoll and pidfds (Linux 5.3+, and no sandbox refusing them)."""
+    if not _fast:
+        import select
+
+        ok = hasattr(select, "epoll") and hasattr(os, "pidfd_open") and hasattr(os, "pipe2")
+        if ok:
+            try:
+                os.close(os.pidfd_open(os.getpid()))
+            except OSError:
+                ok = False
+        _fast.append(ok)
+    return _fast[0]
+
+
+def _spawn(command: list[str], cwd: str, env: dict[bytes, bytes]) -> tuple[subprocess.Popen, int, int, int]:
+    """Popen ``command`` with both outputs into new pipes: (popen, its pidfd, stdout and stderr's
+    read ends, non-blocking). No descriptor outlives a failure."""
+    fds: list[int] = []
+    try:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        fds += (out_r, out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds += (err_r, err_w)
+        # close_fds (the default) keeps subprocess on its vfork fast path; so does a new session.
+        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                                 cwd=cwd, env=env, start_new_session=True)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    os.close(out_w)
+    os.close(err_w)
+    os.set_blocking(out_r, False)
+    os.set_blocking(err_r, False)
+    try:
+        # Nobody else reaps our child (it stays a zombie until we do): its pid cannot be reused.
+        pidfd = os.pidfd_open(popen.pid)
+    except BaseException:
+        killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    return popen, pidfd, out_r, err_r
+
+
+class _Stream:
+    __slots__ = ("name", "fd", "decoder", "tail")
+
+    def __init__(self, name: str, fd: int, tail: str | None) -> None:
+        self.name = name
+        self.fd = fd
+        # Incremental, so a multi-byte character split across two reads still decodes.
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.tail = tail  # None: not kept
+
+
+class _Watch(StartedProcess):
+    """A started process that one task follows where Linux gives process file descriptors: an
+    epoll set of both pipes and the pidfd, itself waited on by trio. Beside the spawn a step
+    is then a few system calls and a wake-up or two, not a nursery with a task per pipe."""
+
+    def __init__(self, popen: subprocess.Popen, pidfd: int, out_fd: int, err_fd: int) -> None:
+        self.pid = popen.pid
+        self.popen = popen
+        self.pidfd = pidfd
+        self.streams = {out_fd: _Stream("stdout", out_fd, None), err_fd: _Stream("stderr", err_fd, "")}
+        self.stderr = self.streams[err_fd]
+        self.epoll: Any = None
+
+    async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+        import select
+
+        import trio
+
+        popen, pgid = self.popen, self.popen.pid  # a session leader leads its own process group
+        drain_abandoned = killed = False
+        try:
+            self.epoll = select.epoll(3)
+            for fd in (self.pidfd, *self.streams):
+                self.epoll.register(fd, select.EPOLLIN)
+            try:
+                await ctx.record_handle({"pid": popen.pid, "pgid": pgid})
+            except Exception as exc:  # storage trouble: the finally below stops the process
+                raise HandleNotRecorded(f"could not record the process handle: {exc}") from None
+            epoll, wait_readable = self.epoll, trio.lowlevel.wait_readable
+            with trio.CancelScope() as drain:
+                while self.streams or popen.returncode is None:
+                    await wait_readable(epoll.fileno())
+                    for fd, _ in epoll.poll(0, 3):
+                        if fd == self.pidfd:
+                            epoll.unregister(fd)
+                            # Before reaping: while the leader is a zombie its pid is no one else's.
+                            killpg(pgid, signal.SIGKILL)
+                            killed = True
+                            popen.wait()  # exited: reaps at once
+                            # Only a process that left the group (setsid) can still hold the pipes open.
+                            drain.deadline = trio.current_time() + drain_timeout
+                        else:
+                            self._read(ctx, self.streams[fd])
+            drain_abandoned = drain.cancelled_caught
+        finally:
+            with trio.CancelScope(shield=True):
+                if popen.returncode is None:
+                    killpg(pgid, signal.SIGTERM)
+                    with trio.move_on_after(term_grace):
+                        await trio.lowlevel.wait_readable(self.pidfd)
+                if not killed:
+                    # Even when the leader is gone: members that ignored SIGTERM may remain.
+                    killpg(pgid, signal.SIGKILL)
+                if popen.returncode is None:
+                    await trio.lowlevel.wait_readable(self.pidfd)
+                    popen.wait()
+                self._close()
+        if drain_abandoned:
+            ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process "
+                                   "group still holds stdout/stderr open\n")
+        return popen.returncode, self.stderr.tail
+
+    def _read(self, ctx, stream: _Stream) -> None:
+        try:
+            chunk = os.read(stream.fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        text = stream.decoder.decode(chunk, final=not chunk)
+        if text:
+            ctx.log(stream.name, text)
+            if stream.tail is not None:
+                stream.tail = (stream.tail + text)[-_TAIL:]
+        if not chunk:  # EOF
+            self.epoll.unregister(stream.fd)
+            os.close(stream.fd)
+            del self.streams[stream.fd]
+
+    def _close(self) -> None:
+        import trio
+
+        if self.epoll is not None:
+            trio.lowlevel.notify_closing(self.epoll.fileno())
+            self.epoll.close()
+        trio.lowlevel.notify_closing(self.pidfd)
+        os.close(self.pidfd)
+        for fd in self.streams:
+            os.close(fd)
+        self.streams.clear()
 
 
 class ProcessIdentity(NamedTuple):

@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pydantic
-import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
@@ -61,7 +59,7 @@ from legato.processes import (
     process_environment,
     read_outputs,
     signal_name,
-    supervise,
+    start_process,
 )
 
 __all__ = ["BashParams", "BashSettings", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
@@ -168,21 +166,11 @@ class Bash(StepType):
             return StepResult.fatal_error(str(exc))
         try:
             env = self._environment(ctx, cfg, output_file, inherit)
-            proc = await trio.lowlevel.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=str(cwd),
-                env=env,
-                # Its own process group, so one killpg reaches everything it starts.
-                start_new_session=True,
-            )
+            proc = await start_process(command, cwd=str(cwd), env=env)
         except (OSError, ValueError) as exc:
             return self._spawn_failure(exc, command, cwd, cfg)
         try:
-            rc, stderr_tail = await supervise(ctx, proc, term_grace=self.term_grace,
-                                              drain_timeout=self.drain_timeout)
+            rc, stderr_tail = await proc.supervise(ctx, term_grace=self.term_grace, drain_timeout=self.drain_timeout)
         except HandleNotRecorded as exc:
             return StepResult.platform_error(str(exc))
 

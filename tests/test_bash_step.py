@@ -24,6 +24,17 @@ parse_outputs = bash_plugin.parse_outputs
 # -- harness ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, params=["pidfd", "trio"])
+def watcher(request, monkeypatch):
+    """Every test runs with both ways a process is followed: one task over an epoll set of the
+    pipes and the pidfd (Linux), and the portable one over trio's process streams."""
+    if request.param == "trio":
+        monkeypatch.setattr(legato.processes, "_fast", [False])
+    elif not legato.processes._fast_watch():
+        pytest.skip("no epoll and pidfd here: only the portable watcher runs")
+    return request.param
+
+
 class Harness:
     """A StepContext whose log and handles land in lists the test can inspect."""
 
@@ -389,6 +400,43 @@ async def test_escaped_process_holding_pipes_does_not_hang(tmp_path, monkeypatch
     finally:
         if pid:
             kill_quietly([pid])
+
+
+async def test_large_output_on_both_streams_arrives_whole(tmp_path):
+    # Several reads per stream, both at once, and a two-byte character split across reads (the
+    # odd prefix puts every read boundary inside one): the log holds exactly what was written.
+    script = ("python3 -c 'import sys\n"
+              "sys.stdout.write(\"x\" + \"\u00e9\" * 150000)\n"
+              "sys.stderr.write(\"y\" + \"\u00fc\" * 150000)'")
+    h = Harness(tmp_path, {"script": script})
+    result = await h.run()
+    assert result.outcome is Outcome.DONE, result.message
+    assert h.text("stdout") == "x" + "\u00e9" * 150000
+    assert h.text("stderr") == "y" + "\u00fc" * 150000
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+async def test_no_descriptor_outlives_a_step(tmp_path):
+    async def cancelled():
+        h = Harness(tmp_path, {"script": "echo ready > ready; exec sleep 300"})
+        with trio.fail_after(60):  # a hang guard
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.run)
+                await wait_for_file(h.ctx.workdir / "ready")
+                nursery.cancel_scope.cancel()
+        assert await all_gone([h.handles[0]["pid"]])
+
+    await Harness(tmp_path, {"script": "true"}).run()  # one-off descriptors (the workspace, trio's)
+    before = open_descriptors()
+    assert (await Harness(tmp_path, {"script": "echo out; echo err >&2"}).run()).outcome is Outcome.DONE
+    assert (await Harness(tmp_path, {"script": "exit 4"}).run()).outcome is Outcome.USER_ERROR
+    assert (await Harness(tmp_path, {"argv": ["legato-no-such-command-xyz"]}).run()).outcome is Outcome.USER_ERROR
+    await cancelled()
+    assert open_descriptors() == before
 
 
 # -- pure pieces ------------------------------------------------------------------------------
