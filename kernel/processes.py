@@ -434,7 +434,7 @@ def _fast_watch() -> bool:
 
 def _spawn(command: list[str], cwd: str, env: dict[bytes, bytes]) -> tuple[subprocess.Popen, int, int, int]:
     """Popen ``command`` with both outputs into new pipes: (popen, its pidfd, stdout and stderr's
-    read ends, non-blocking). No descriptor outlives a failure."""
+    read ends). No descriptor outlives a failure."""
     fds: list[int] = []
     try:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -450,8 +450,6 @@ def _spawn(command: list[str], cwd: str, env: dict[bytes, bytes]) -> tuple[subpr
         raise
     os.close(out_w)
     os.close(err_w)
-    os.set_blocking(out_r, False)
-    os.set_blocking(err_r, False)
     try:
         # Nobody else reaps our child (it stays a zombie until we do): its pid cannot be reused.
         pidfd = os.pidfd_open(popen.pid)
@@ -464,29 +462,33 @@ def _spawn(command: list[str], cwd: str, env: dict[bytes, bytes]) -> tuple[subpr
     return popen, pidfd, out_r, err_r
 
 
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
 class _Stream:
     __slots__ = ("name", "fd", "decoder", "tail")
 
     def __init__(self, name: str, fd: int, tail: str | None) -> None:
         self.name = name
         self.fd = fd
-        # Incremental, so a multi-byte character split across two reads still decodes.
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.decoder: Any = None  # made at the first byte: most steps' stderr stays empty
         self.tail = tail  # None: not kept
 
 
 class _Watch(StartedProcess):
     """A started process that one task follows where Linux gives process file descriptors: an
-    epoll set of both pipes and the pidfd, itself waited on by trio. Beside the spawn a step
-    is then a few system calls and a wake-up or two, not a nursery with a task per pipe."""
+    epoll set of both pipes and the pidfd, itself waited on by trio. Beside the spawn a step is
+    then a few system calls and a wake-up or two, not a nursery with a task per pipe. The pipes
+    stay blocking: a pipe is read only when the set reports it readable, so a read never waits."""
 
     def __init__(self, popen: subprocess.Popen, pidfd: int, out_fd: int, err_fd: int) -> None:
         self.pid = popen.pid
         self.popen = popen
-        self.pidfd = pidfd
+        self.pidfd = pidfd  # -1 once closed
         self.streams = {out_fd: _Stream("stdout", out_fd, None), err_fd: _Stream("stderr", err_fd, "")}
         self.stderr = self.streams[err_fd]
         self.epoll: Any = None
+        self.trio_saw_pidfd = False
 
     async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
         import select
@@ -494,63 +496,73 @@ class _Watch(StartedProcess):
         import trio
 
         popen, pgid = self.popen, self.popen.pid  # a session leader leads its own process group
-        drain_abandoned = killed = False
+        wait_readable = trio.lowlevel.wait_readable
+        drain_abandoned = False
         try:
-            self.epoll = select.epoll(3)
-            for fd in (self.pidfd, *self.streams):
-                self.epoll.register(fd, select.EPOLLIN)
+            self.epoll = epoll = select.epoll(3)
+            epoll.register(self.pidfd, select.EPOLLIN)
+            for fd in self.streams:
+                epoll.register(fd, select.EPOLLIN)
             try:
                 await ctx.record_handle({"pid": popen.pid, "pgid": pgid})
             except Exception as exc:  # storage trouble: the finally below stops the process
                 raise HandleNotRecorded(f"could not record the process handle: {exc}") from None
-            epoll, wait_readable = self.epoll, trio.lowlevel.wait_readable
-            with trio.CancelScope() as drain:
-                while self.streams or popen.returncode is None:
-                    await wait_readable(epoll.fileno())
-                    for fd, _ in epoll.poll(0, 3):
-                        if fd == self.pidfd:
-                            epoll.unregister(fd)
-                            # Before reaping: while the leader is a zombie its pid is no one else's.
-                            killpg(pgid, signal.SIGKILL)
-                            killed = True
-                            popen.wait()  # exited: reaps at once
-                            # Only a process that left the group (setsid) can still hold the pipes open.
-                            drain.deadline = trio.current_time() + drain_timeout
-                        else:
+            while popen.returncode is None:
+                await wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0, 3):
+                    if fd == self.pidfd:
+                        # Before reaping: while the leader is a zombie its pid is no one else's.
+                        killpg(pgid, signal.SIGKILL)
+                        popen.wait()  # exited: reaps at once
+                        epoll.unregister(fd)
+                        os.close(fd)
+                        self.pidfd = -1
+                    else:
+                        self._read(ctx, self.streams[fd])
+            if self.streams:
+                # Only a process that left the group (setsid) can hold the pipes open this long.
+                with trio.move_on_after(drain_timeout) as drain:
+                    while self.streams:
+                        await wait_readable(epoll.fileno())
+                        for fd, _ in epoll.poll(0, 3):
                             self._read(ctx, self.streams[fd])
-            drain_abandoned = drain.cancelled_caught
+                drain_abandoned = drain.cancelled_caught
         finally:
-            with trio.CancelScope(shield=True):
-                if popen.returncode is None:
+            if popen.returncode is None:
+                self.trio_saw_pidfd = True
+                with trio.CancelScope(shield=True):
                     killpg(pgid, signal.SIGTERM)
                     with trio.move_on_after(term_grace):
-                        await trio.lowlevel.wait_readable(self.pidfd)
-                if not killed:
+                        await wait_readable(self.pidfd)
                     # Even when the leader is gone: members that ignored SIGTERM may remain.
                     killpg(pgid, signal.SIGKILL)
-                if popen.returncode is None:
-                    await trio.lowlevel.wait_readable(self.pidfd)
+                    await wait_readable(self.pidfd)
                     popen.wait()
-                self._close()
+            self._close()
         if drain_abandoned:
             ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process "
-                                   "group still holds stdout/stderr open\n")
+                              "group still holds stdout/stderr open\n")
         return popen.returncode, self.stderr.tail
 
     def _read(self, ctx, stream: _Stream) -> None:
-        try:
-            chunk = os.read(stream.fd, _READ_CHUNK)
-        except BlockingIOError:
-            return
-        text = stream.decoder.decode(chunk, final=not chunk)
+        chunk = os.read(stream.fd, _READ_CHUNK)
+        decoder = stream.decoder
+        if chunk:
+            if decoder is None:
+                # Incremental, so a multi-byte character split across two reads still decodes.
+                decoder = stream.decoder = _Utf8Decoder(errors="replace")
+            text = decoder.decode(chunk)
+        else:  # EOF
+            text = "" if decoder is None else decoder.decode(b"", final=True)
+            # Out of the set before closing: a child another thread is spawning may hold a copy
+            # of the descriptor for a moment, and the set follows the file, not the number.
+            self.epoll.unregister(stream.fd)
+            os.close(stream.fd)
+            del self.streams[stream.fd]
         if text:
             ctx.log(stream.name, text)
             if stream.tail is not None:
                 stream.tail = (stream.tail + text)[-_TAIL:]
-        if not chunk:  # EOF
-            self.epoll.unregister(stream.fd)
-            os.close(stream.fd)
-            del self.streams[stream.fd]
 
     def _close(self) -> None:
         import trio
@@ -558,8 +570,11 @@ class _Watch(StartedProcess):
         if self.epoll is not None:
             trio.lowlevel.notify_closing(self.epoll.fileno())
             self.epoll.close()
-        trio.lowlevel.notify_closing(self.pidfd)
-        os.close(self.pidfd)
+        if self.pidfd >= 0:
+            if self.trio_saw_pidfd:
+                trio.lowlevel.notify_closing(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
         for fd in self.streams:
             os.close(fd)
         self.streams.clear()

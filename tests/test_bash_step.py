@@ -270,7 +270,15 @@ async def test_missing_working_dir_is_user_error(tmp_path):
     h = Harness(tmp_path, {"script": "true", "working_dir": str(missing)})
     result = await h.run()
     assert result.outcome is Outcome.USER_ERROR
-    assert str(missing) in result.message
+    assert result.message == f"working_dir {str(missing)!r} does not exist"
+
+
+async def test_working_dir_that_is_a_file_is_user_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    h = Harness(tmp_path, {"argv": ["true"], "working_dir": str(tmp_path / "afile")})
+    result = await h.run()
+    assert result.outcome is Outcome.USER_ERROR
+    assert result.message == f"working_dir {str(tmp_path / 'afile')!r} is not a directory"
 
 
 async def test_relative_working_dir_resolves_against_definition_dir(tmp_path):
@@ -413,6 +421,27 @@ async def test_large_output_on_both_streams_arrives_whole(tmp_path):
     assert result.outcome is Outcome.DONE, result.message
     assert h.text("stdout") == "x" + "\u00e9" * 150000
     assert h.text("stderr") == "y" + "\u00fc" * 150000
+
+
+async def test_concurrent_steps_each_get_their_own_output(tmp_path):
+    # Spawns overlap in worker threads (a child briefly holds copies of the others' pipes):
+    # each step still sees exactly its own lines and its own end.
+    harnesses = [Harness(tmp_path, {"script": 'echo "out $n"; echo "err $n" >&2; exit $((n % 3))', "n": n})
+                 for n in range(150)]
+    results: dict[int, object] = {}
+    limiter = trio.CapacityLimiter(8)  # so steps end while others are being spawned
+
+    async def one(n: int) -> None:
+        async with limiter:
+            results[n] = await harnesses[n].run()
+
+    with trio.fail_after(120):  # a hang guard
+        async with trio.open_nursery() as nursery:
+            for n in range(len(harnesses)):
+                nursery.start_soon(one, n)
+    for n, h in enumerate(harnesses):
+        assert h.text("stdout") == f"out {n}\n" and h.text("stderr") == f"err {n}\n"
+        assert results[n].outcome is (Outcome.DONE if n % 3 == 0 else Outcome.USER_ERROR)
 
 
 def open_descriptors() -> set[str]:
