@@ -15,9 +15,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = [
     "MAX_OUTPUTS_BYTES",
@@ -381,6 +383,8 @@ async def start_process(command: list[str], *, cwd: str, env: dict[bytes, bytes]
     """Start ``command`` in its own session and process group, stdin ``/dev/null``, stdout and
     stderr piped; follow it with :meth:`StartedProcess.supervise`, at once. Raises OSError or
     ValueError when it cannot start (nothing is left behind then)."""
+    import subprocess
+
     import trio
 
     if not _fast_watch():
@@ -435,6 +439,8 @@ def _fast_watch() -> bool:
 def _spawn(command: list[str], cwd: str, env: dict[bytes, bytes]) -> tuple[subprocess.Popen, int, int, int]:
     """Popen ``command`` with both outputs into new pipes: (popen, its pidfd, stdout and stderr's
     read ends). No descriptor outlives a failure."""
+    import subprocess
+
     fds: list[int] = []
     try:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
