@@ -372,8 +372,8 @@ def bench_bash_steps(b: Bench) -> dict:
     entry["ratio"] = rnd(p50(pairs))
     entry["ratio_is"] = "p50 of the per-run ratios (each legato run paired with the bare run just before it)"
     entry["ratio_samples"] = [rnd(r) for r in pairs]
-    # CPU time is what a loaded machine disturbs least: this process's (engine, store, plugin,
-    # spawning threads) and the bash processes' own, per step.
+    # Where the time goes: this process's CPU (engine, store, plugin, the threads that spawn) and
+    # the bash processes' own, per step.
     entry["cpu_ms_per_step"] = {
         side: {"process": rnd(p50([c[0] for c in runs])), "children": rnd(p50([c[1] for c in runs]))}
         for side, runs in cpu.items()}
