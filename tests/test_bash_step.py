@@ -444,6 +444,19 @@ async def test_concurrent_steps_each_get_their_own_output(tmp_path):
         assert results[n].outcome is (Outcome.DONE if n % 3 == 0 else Outcome.USER_ERROR)
 
 
+async def test_a_sandbox_refusing_pidfds_gets_the_portable_watcher(tmp_path, monkeypatch):
+    def refused(pid, flags=0):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
+    monkeypatch.setattr(legato.processes, "_fast", [])
+    assert legato.processes._fast_watch() is False
+    h = Harness(tmp_path, {"script": "echo fine"})
+    result = await h.run()
+    assert result.outcome is Outcome.DONE, result.message
+    assert h.text("stdout") == "fine\n"
+
+
 def open_descriptors() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
