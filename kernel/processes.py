@@ -16,7 +16,10 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = [
     "MAX_OUTPUTS_BYTES",
@@ -36,6 +39,8 @@ __all__ = [
     "kill_if_attempts",
     "signal_name",
     "last_line",
+    "start_process",
+    "StartedProcess",
     "supervise",
     "HandleNotRecorded",
     "ProcessIdentity",
@@ -372,6 +377,213 @@ async def supervise(ctx, proc, *, term_grace: float = 1.0, drain_timeout: float 
         ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process group "
                           "still holds stdout/stderr open\n")
     return proc.returncode, tail[0]
+
+
+async def start_process(command: list[str], *, cwd: str, env: dict[bytes, bytes]) -> "StartedProcess":
+    """Start ``command`` in its own session and process group, stdin ``/dev/null``, stdout and
+    stderr piped; follow it with :meth:`StartedProcess.supervise`, at once. Raises OSError or
+    ValueError when it cannot start (nothing is left behind then)."""
+    import subprocess
+
+    import trio
+
+    if not _fast_watch():
+        proc = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env=env, start_new_session=True)
+        return _TrioProcess(proc)
+    # In a worker thread, as trio does it: the spawn returns only once the child has exec'd.
+    return _Watch(*await trio.to_thread.run_sync(_spawn, command, cwd, env))
+
+
+class StartedProcess:
+    """A process :func:`start_process` started, to be followed to its end."""
+
+    pid: int
+
+    async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+        """What :func:`supervise` does: the handle recorded, both streams live in the step's log,
+        the group killed once the process exits, on cancellation SIGTERM then SIGKILL after
+        ``term_grace``. Returns (exit code, the last few KB of stderr). Raises
+        :class:`HandleNotRecorded` (the process was stopped)."""
+        raise NotImplementedError
+
+
+class _TrioProcess(StartedProcess):
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+        return await supervise(ctx, self.proc, term_grace=term_grace, drain_timeout=drain_timeout)
+
+
+_fast: list[bool] = []
+
+
+def _fast_watch() -> bool:
+    """Whether this system has epoll and pidfds (Linux 5.3+, and no sandbox refusing them)."""
+    if not _fast:
+        import select
+
+        ok = hasattr(select, "epoll") and hasattr(os, "pidfd_open") and hasattr(os, "pipe2")
+        if ok:
+            try:
+                os.close(os.pidfd_open(os.getpid()))
+            except OSError:
+                ok = False
+        _fast.append(ok)
+    return _fast[0]
+
+
+def _spawn(command: list[str], cwd: str, env: dict[bytes, bytes]) -> tuple[subprocess.Popen, int, int, int]:
+    """Popen ``command`` with both outputs into new pipes: (popen, its pidfd, stdout and stderr's
+    read ends). No descriptor outlives a failure."""
+    import subprocess
+
+    fds: list[int] = []
+    try:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        fds += (out_r, out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds += (err_r, err_w)
+        # close_fds (the default) keeps subprocess on its vfork fast path; so does a new session.
+        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                                 cwd=cwd, env=env, start_new_session=True)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    os.close(out_w)
+    os.close(err_w)
+    try:
+        # Nobody else reaps our child (it stays a zombie until we do): its pid cannot be reused.
+        pidfd = os.pidfd_open(popen.pid)
+    except BaseException:
+        killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    return popen, pidfd, out_r, err_r
+
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class _Stream:
+    __slots__ = ("name", "fd", "decoder", "tail")
+
+    def __init__(self, name: str, fd: int, tail: str | None) -> None:
+        self.name = name
+        self.fd = fd
+        self.decoder: Any = None  # made at the first byte: most steps' stderr stays empty
+        self.tail = tail  # None: not kept
+
+
+class _Watch(StartedProcess):
+    """A started process that one task follows where Linux gives process file descriptors: an
+    epoll set of both pipes and the pidfd, itself waited on by trio. Beside the spawn a step is
+    then a few system calls and a wake-up or two, not a nursery with a task per pipe. The pipes
+    stay blocking: a pipe is read only when the set reports it readable, so a read never waits."""
+
+    def __init__(self, popen: subprocess.Popen, pidfd: int, out_fd: int, err_fd: int) -> None:
+        self.pid = popen.pid
+        self.popen = popen
+        self.pidfd = pidfd  # -1 once closed
+        self.streams = {out_fd: _Stream("stdout", out_fd, None), err_fd: _Stream("stderr", err_fd, "")}
+        self.stderr = self.streams[err_fd]
+        self.epoll: Any = None
+        self.trio_saw_pidfd = False
+
+    async def supervise(self, ctx, *, term_grace: float = 1.0, drain_timeout: float = 2.0) -> tuple[int, str]:
+        import select
+
+        import trio
+
+        popen, pgid = self.popen, self.popen.pid  # a session leader leads its own process group
+        wait_readable = trio.lowlevel.wait_readable
+        drain_abandoned = False
+        try:
+            self.epoll = epoll = select.epoll(3)
+            epoll.register(self.pidfd, select.EPOLLIN)
+            for fd in self.streams:
+                epoll.register(fd, select.EPOLLIN)
+            try:
+                await ctx.record_handle({"pid": popen.pid, "pgid": pgid})
+            except Exception as exc:  # storage trouble: the finally below stops the process
+                raise HandleNotRecorded(f"could not record the process handle: {exc}") from None
+            while popen.returncode is None:
+                await wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0, 3):
+                    if fd == self.pidfd:
+                        # Before reaping: while the leader is a zombie its pid is no one else's.
+                        killpg(pgid, signal.SIGKILL)
+                        popen.wait()  # exited: reaps at once
+                        epoll.unregister(fd)
+                        os.close(fd)
+                        self.pidfd = -1
+                    else:
+                        self._read(ctx, self.streams[fd])
+            if self.streams:
+                # Only a process that left the group (setsid) can hold the pipes open this long.
+                with trio.move_on_after(drain_timeout) as drain:
+                    while self.streams:
+                        await wait_readable(epoll.fileno())
+                        for fd, _ in epoll.poll(0, 3):
+                            self._read(ctx, self.streams[fd])
+                drain_abandoned = drain.cancelled_caught
+        finally:
+            if popen.returncode is None:
+                self.trio_saw_pidfd = True
+                with trio.CancelScope(shield=True):
+                    killpg(pgid, signal.SIGTERM)
+                    with trio.move_on_after(term_grace):
+                        await wait_readable(self.pidfd)
+                    # Even when the leader is gone: members that ignored SIGTERM may remain.
+                    killpg(pgid, signal.SIGKILL)
+                    await wait_readable(self.pidfd)
+                    popen.wait()
+            self._close()
+        if drain_abandoned:
+            ctx.log("stderr", "\n[legato] stopped reading output: a process outside the step's process "
+                              "group still holds stdout/stderr open\n")
+        return popen.returncode, self.stderr.tail
+
+    def _read(self, ctx, stream: _Stream) -> None:
+        chunk = os.read(stream.fd, _READ_CHUNK)
+        decoder = stream.decoder
+        if chunk:
+            if decoder is None:
+                # Incremental, so a multi-byte character split across two reads still decodes.
+                decoder = stream.decoder = _Utf8Decoder(errors="replace")
+            text = decoder.decode(chunk)
+        else:  # EOF
+            text = "" if decoder is None else decoder.decode(b"", final=True)
+            # Out of the set before closing: a child another thread is spawning may hold a copy
+            # of the descriptor for a moment, and the set follows the file, not the number.
+            self.epoll.unregister(stream.fd)
+            os.close(stream.fd)
+            del self.streams[stream.fd]
+        if text:
+            ctx.log(stream.name, text)
+            if stream.tail is not None:
+                stream.tail = (stream.tail + text)[-_TAIL:]
+
+    def _close(self) -> None:
+        import trio
+
+        if self.epoll is not None:
+            trio.lowlevel.notify_closing(self.epoll.fileno())
+            self.epoll.close()
+        if self.pidfd >= 0:
+            if self.trio_saw_pidfd:
+                trio.lowlevel.notify_closing(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        for fd in self.streams:
+            os.close(fd)
+        self.streams.clear()
 
 
 class ProcessIdentity(NamedTuple):

@@ -37,14 +37,13 @@ when the step is cancelled and after it exits, so nothing it started outlives th
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pydantic
-import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
@@ -61,7 +60,7 @@ from legato.processes import (
     process_environment,
     read_outputs,
     signal_name,
-    supervise,
+    start_process,
 )
 
 __all__ = ["BashParams", "BashSettings", "Bash", "parse_outputs", "MAX_OUTPUTS_BYTES"]
@@ -154,35 +153,23 @@ class Bash(StepType):
         else:
             command = list(cfg.argv)
 
-        cwd = self._working_dir(ctx, cfg)
-        if not cwd.is_dir():
-            what = "does not exist" if not cwd.exists() else "is not a directory"
-            return StepResult.user_error(f"working_dir {str(cwd)!r} {what}")
-
+        cwd = self._working_dir(ctx, cfg)  # a missing one is the spawn's error (_spawn_failure)
         output_file = ctx.outputs_path
-        # A stale file (an earlier run of this same attempt) must not count as this run's outputs.
-        output_file.unlink(missing_ok=True)
+        try:  # a stale file (an earlier run of this same attempt) must not count as this run's outputs
+            os.unlink(output_file)
+        except FileNotFoundError:
+            pass
         try:
             inherit = inherit_names(self.settings, cfg.inherit_env, self.name)
         except ValueError as exc:
             return StepResult.fatal_error(str(exc))
         try:
             env = self._environment(ctx, cfg, output_file, inherit)
-            proc = await trio.lowlevel.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=str(cwd),
-                env=env,
-                # Its own process group, so one killpg reaches everything it starts.
-                start_new_session=True,
-            )
+            proc = await start_process(command, cwd=str(cwd), env=env)
         except (OSError, ValueError) as exc:
             return self._spawn_failure(exc, command, cwd, cfg)
         try:
-            rc, stderr_tail = await supervise(ctx, proc, term_grace=self.term_grace,
-                                              drain_timeout=self.drain_timeout)
+            rc, stderr_tail = await proc.supervise(ctx, term_grace=self.term_grace, drain_timeout=self.drain_timeout)
         except HandleNotRecorded as exc:
             return StepResult.platform_error(str(exc))
 
@@ -242,8 +229,10 @@ class Bash(StepType):
     def _spawn_failure(exc: Exception, command: list[str], cwd: Path, cfg: BashParams) -> StepResult:
         if isinstance(exc, ValueError):  # e.g. a NUL byte in an argument or a param value
             return StepResult.user_error(f"cannot start the process: {exc}")
-        if getattr(exc, "filename", None) == str(cwd):  # the directory vanished since the check
-            return StepResult.user_error(f"working_dir {str(cwd)!r}: {exc.strerror or exc}")
+        if getattr(exc, "filename", None) == str(cwd):
+            what = {FileNotFoundError: "does not exist", NotADirectoryError: "is not a directory"}.get(
+                type(exc), f"cannot be entered: {exc.strerror or exc}")
+            return StepResult.user_error(f"working_dir {str(cwd)!r} {what}")
         if cfg.script is not None:
             # Failing to exec bash itself is the host's problem, not the script's.
             return StepResult.platform_error(f"cannot start bash ({command[0]}): {exc}")

@@ -24,6 +24,17 @@ parse_outputs = bash_plugin.parse_outputs
 # -- harness ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, params=["pidfd", "trio"])
+def watcher(request, monkeypatch):
+    """Every test runs with both ways a process is followed: one task over an epoll set of the
+    pipes and the pidfd (Linux), and the portable one over trio's process streams."""
+    if request.param == "trio":
+        monkeypatch.setattr(legato.processes, "_fast", [False])
+    elif not legato.processes._fast_watch():
+        pytest.skip("no epoll and pidfd here: only the portable watcher runs")
+    return request.param
+
+
 class Harness:
     """A StepContext whose log and handles land in lists the test can inspect."""
 
@@ -259,7 +270,15 @@ async def test_missing_working_dir_is_user_error(tmp_path):
     h = Harness(tmp_path, {"script": "true", "working_dir": str(missing)})
     result = await h.run()
     assert result.outcome is Outcome.USER_ERROR
-    assert str(missing) in result.message
+    assert result.message == f"working_dir {str(missing)!r} does not exist"
+
+
+async def test_working_dir_that_is_a_file_is_user_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    h = Harness(tmp_path, {"argv": ["true"], "working_dir": str(tmp_path / "afile")})
+    result = await h.run()
+    assert result.outcome is Outcome.USER_ERROR
+    assert result.message == f"working_dir {str(tmp_path / 'afile')!r} is not a directory"
 
 
 async def test_relative_working_dir_resolves_against_definition_dir(tmp_path):
@@ -389,6 +408,77 @@ async def test_escaped_process_holding_pipes_does_not_hang(tmp_path, monkeypatch
     finally:
         if pid:
             kill_quietly([pid])
+
+
+async def test_large_output_on_both_streams_arrives_whole(tmp_path):
+    # Several reads per stream, both at once, and a two-byte character split across reads (the
+    # odd prefix puts every read boundary inside one): the log holds exactly what was written.
+    script = ("python3 -c 'import sys\n"
+              "sys.stdout.write(\"x\" + \"\u00e9\" * 150000)\n"
+              "sys.stderr.write(\"y\" + \"\u00fc\" * 150000)'")
+    h = Harness(tmp_path, {"script": script})
+    result = await h.run()
+    assert result.outcome is Outcome.DONE, result.message
+    assert h.text("stdout") == "x" + "\u00e9" * 150000
+    assert h.text("stderr") == "y" + "\u00fc" * 150000
+
+
+async def test_concurrent_steps_each_get_their_own_output(tmp_path):
+    # Spawns overlap in worker threads (a child briefly holds copies of the others' pipes):
+    # each step still sees exactly its own lines and its own end.
+    harnesses = [Harness(tmp_path, {"script": 'echo "out $n"; echo "err $n" >&2; exit $((n % 3))', "n": n})
+                 for n in range(150)]
+    results: dict[int, object] = {}
+    limiter = trio.CapacityLimiter(8)  # so steps end while others are being spawned
+
+    async def one(n: int) -> None:
+        async with limiter:
+            results[n] = await harnesses[n].run()
+
+    with trio.fail_after(120):  # a hang guard
+        async with trio.open_nursery() as nursery:
+            for n in range(len(harnesses)):
+                nursery.start_soon(one, n)
+    for n, h in enumerate(harnesses):
+        assert h.text("stdout") == f"out {n}\n" and h.text("stderr") == f"err {n}\n"
+        assert results[n].outcome is (Outcome.DONE if n % 3 == 0 else Outcome.USER_ERROR)
+
+
+async def test_a_sandbox_refusing_pidfds_gets_the_portable_watcher(tmp_path, monkeypatch):
+    def refused(pid, flags=0):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
+    monkeypatch.setattr(legato.processes, "_fast", [])
+    assert legato.processes._fast_watch() is False
+    h = Harness(tmp_path, {"script": "echo fine"})
+    result = await h.run()
+    assert result.outcome is Outcome.DONE, result.message
+    assert h.text("stdout") == "fine\n"
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+async def test_no_descriptor_outlives_a_step(tmp_path):
+    async def cancelled():
+        h = Harness(tmp_path, {"script": "echo ready > ready; exec sleep 300"})
+        with trio.fail_after(60):  # a hang guard
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.run)
+                await wait_for_file(h.ctx.workdir / "ready")
+                nursery.cancel_scope.cancel()
+        assert await all_gone([h.handles[0]["pid"]])
+
+    await Harness(tmp_path, {"script": "true"}).run()  # one-off descriptors (the workspace, trio's)
+    before = open_descriptors()
+    assert (await Harness(tmp_path, {"script": "echo out; echo err >&2"}).run()).outcome is Outcome.DONE
+    assert (await Harness(tmp_path, {"script": "exit 4"}).run()).outcome is Outcome.USER_ERROR
+    assert (await Harness(tmp_path, {"argv": ["legato-no-such-command-xyz"]}).run()).outcome is Outcome.USER_ERROR
+    await cancelled()
+    assert open_descriptors() == before
 
 
 # -- pure pieces ------------------------------------------------------------------------------
