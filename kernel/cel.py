@@ -18,6 +18,7 @@ Literal ``true`` / ``false`` conditions never reach cel-python (they dominate re
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import operator
 import re
@@ -686,8 +687,15 @@ def _own_error(message: str, kind: type) -> Any:
     return err
 
 
+#: What ``getFromForeach`` reads while the engine evaluates a step's params: (foreach step id, body
+#: step id, name) -> one value per iteration. The engine loads it from storage before the
+#: evaluation of a step whose params call the function (legato.loops), and sets it around it.
+FOREACH_VALUES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("legato_foreach_values", default=None)
+
+
 def builtin_functions() -> dict[str, Callable[..., Any]]:
-    """``intsBetween``, ``dateIntsBetween``, ``dateIntToTs``, ``tsToDateInt``, and a bounded ``+``."""
+    """``intsBetween``, ``dateIntsBetween``, ``dateIntToTs``, ``tsToDateInt``,
+    ``getFromForeach``, and a bounded ``+``."""
     celtypes = _cel().celtypes
 
     def _bounded(n: int) -> None:
@@ -733,6 +741,15 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
             moment = ts.astimezone(zoneinfo.ZoneInfo(str(tz)))
         return celtypes.IntType(moment.year * 10000 + moment.month * 100 + moment.day)
 
+    def get_from_foreach(foreach, step, name):
+        """Maestro's getFromForeach: the value of the body step's output (or else param) ``name``
+        in each iteration of the foreach step, in iteration order (null where it has none)."""
+        values = (FOREACH_VALUES.get() or {}).get((str(foreach), str(step), str(name)))
+        if values is None:
+            raise ValueError(f"{str(foreach)!r} is not a foreach step that ended upstream of this step "
+                             f"(or {str(step)!r} is not a step of its body)")
+        return to_cel(values)
+
     def wrap(name, fn):
         def call(*args):
             try:
@@ -759,4 +776,5 @@ def builtin_functions() -> dict[str, Callable[..., Any]]:
         "dateIntsBetween": wrap("dateIntsBetween", date_ints_between),
         "dateIntToTs": wrap("dateIntToTs", date_int_to_ts),
         "tsToDateInt": wrap("tsToDateInt", ts_to_date_int),
+        "getFromForeach": wrap("getFromForeach", get_from_foreach),
     }

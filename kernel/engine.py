@@ -68,6 +68,7 @@ class Engine:
         self._step_types: dict[str, StepType] = {}
         self.releasing: set[str] = set()  # step types that override StepType.release
         self.runs: dict[str, InstanceRun] = {}
+        self.empty_configs: dict[str, Any] = {}  # step type -> its Params validated from {} (read-only, shared)
         self.fresh_leases: dict[str, float] = {}  # instance id -> trio time start created it leased to us
 
     def step_type(self, name: str) -> StepType:

@@ -88,6 +88,9 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
         self.budget = ValueBudget()  # what this run's step params may compute, together
         self.nursery: trio.Nursery | None = None
         self.history = None  # while a scope is rebuilt from storage: its attempts by scope path
+        self.foreach_values: dict[tuple[str, str, str], list] = {}  # what getFromForeach reads (legato.loops)
+        self.foreach_refs: dict[int, tuple] = {}  # step definition -> the getFromForeach calls of its params
+        self.foreach_loaded: set[tuple[str, int]] = set()  # attempts whose getFromForeach reads were loaded
         self.restarting = restart
         self._init_writer()
 
@@ -228,6 +231,14 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
                 self.leave(st)
         elif kind == "end":
             self.end(message[1], message[2])
+        elif kind == "loaded":  # what a step's getFromForeach reads is there: evaluate its params
+            st = message[1]
+            if self.ending is None and st.scope.ending is None:
+                self.prepare(st)
+            else:
+                self.set(st, S.STOPPED, self.end_message or st.scope.message or "stopped")
+                st.finished = True
+                self.leave(st)
         # "flush" needs nothing: waking the loop commits the pending batch
 
     def _finish(self) -> None:
@@ -345,6 +356,9 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
     def prepare(self, st) -> None:
         """EVALUATING_PARAMS (or a restored WAITING_FOR_PERMITS): make the attempt ready, then
         queue it for a permit (a loop step takes none: its body's steps do)."""
+        if st.params is None and st.sdef.params and self.needs_iterations(st):
+            self.nursery.start_soon(self.load_iterations, st)  # then ("loaded", st) comes back here
+            return
         if not self.ready(st):
             return
         if st.record.status is not S.WAITING_FOR_PERMITS:
@@ -405,9 +419,10 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
                     raw, argv = step_type.raw_params, step_type.argv_params
                 else:
                     raw = argv = frozenset()
-                values = evaluate_params(sdef.params, self.engine.compiler, scope=scope.params,
-                                         context=scope.context() if needs_cel(sdef.params.values()) else None,
-                                         raw=raw, argv=argv, budget=self.budget)
+                with self.evaluating_with_iterations(st):
+                    values = evaluate_params(sdef.params, self.engine.compiler, scope=scope.params,
+                                             context=scope.context() if needs_cel(sdef.params.values()) else None,
+                                             raw=raw, argv=argv, budget=self.budget)
             if loop is not None and loop.loop_params:
                 try:
                     values["loop_params"] = evaluate_params(
@@ -427,10 +442,17 @@ class InstanceRun(Writer, Ownership, StepTasks, OutcomePolicy, Recovery, Loops):
         step_type = self.engine.plugins.step_types.types[st.sdef.type]
         if step_type.Params is None:
             return None
+        if not st.params:  # most steps of a large run: one validated config per step type, shared
+            shared = self.engine.empty_configs.get(st.sdef.type)
+            if shared is not None:
+                return shared
         import pydantic
 
         try:
-            return step_type.Params.model_validate(st.params)
+            config = step_type.Params.model_validate(st.params)
+            if not st.params:
+                self.engine.empty_configs[st.sdef.type] = config
+            return config
         except pydantic.ValidationError as exc:
             err = exc.errors()[0]
             loc = "".join(f"/{p}" for p in err["loc"])

@@ -127,6 +127,8 @@ class OutcomePolicy:
         markInternalError), and nothing downstream is created."""
         st.record.ended_at = time.time()
         st.finished = True
+        if st.sdef.type not in self.engine.releasing:
+            st.config = None  # validated again if the step ever runs again (a restart)
         scope = st.scope
         scope.finished.append(st)
         self.leave(st)

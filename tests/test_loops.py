@@ -286,3 +286,24 @@ def test_maestros_loop_samples_run_as_written_in_cel(tmp_path):
         loops = [s for s in report["steps"].values() if "iterations" in s]
         subs = [s for s in report["steps"].values() if "subworkflow_instance_id" in (s.get("outputs") or {})]
         assert loops or subs or path.name == "child.json", f"{path.name} ran no loop and no subworkflow"
+
+
+async def test_body_outputs_are_read_downstream_per_iteration(run_doc):
+    """Maestro's getFromForeach (MaestroParamExtension): a body step's output (or else param) of
+    each iteration, in iteration order, null where an iteration has none."""
+    outputs = {"type": "MAP", "value": {"square": {"type": "LONG", "expression": "i * i"}}}
+    done = await run_doc(wf(
+        foreach("fe", {"i": arr("LONG_ARRAY", [1, 2, 3, 4])}, [step("work", outputs=outputs, tag="t")], concurrency=2,
+                transition={"successors": ["sum"]}),
+        step("sum", outputs={"type": "MAP", "value": {
+            "squares": {"type": "LONG_ARRAY", "expression": "getFromForeach('fe', 'work', 'square')"},
+            "tags": {"type": "STRING_ARRAY", "expression": "getFromForeach('fe', 'work', 'tag')"}}})))
+    assert done.status == "SUCCEEDED", done.last
+    assert done.last["sum"].outputs["squares"] == [1, 4, 9, 16]
+    assert done.last["sum"].outputs["tags"] == ["t", "t", "t", "t"]
+
+    wrong = await run_doc(wf(step("sum", outputs={"type": "MAP", "value": {
+        "x": {"type": "LONG_ARRAY", "expression": "getFromForeach('nope', 'work', 'square')"}}})))
+    assert wrong.status == "FAILED"
+    assert wrong.last["sum"].status.value == "INTERNALLY_FAILED"
+    assert "'nope' is not a foreach step that ended upstream of this step" in wrong.last["sum"].message
