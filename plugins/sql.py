@@ -1,4 +1,4 @@
-"""``sql``: runs SQL with DuckDB, in a worker thread, interrupted for real when cancelled.
+"""``sql``: runs SQL with DuckDB, in a process of its own started in the instance's working directory.
 
 Params (the sql configuration):
 
@@ -25,11 +25,11 @@ path separator, as DuckDB reads it when it opens the file. ``${}`` in them (and 
 param but ``query``) is text interpolation; ``query`` is code and never interpolated: bind
 values with ``$name``.
 
-Relative paths inside the query (``read_csv('sales.csv')``, ``FROM 'orders.parquet'``) are looked up
-in the instance's working directory, where bash steps write their files, like every other path:
-the step sets DuckDB's ``file_search_path`` to it for the session (the query may set it again).
-DuckDB looks in its process's own directory first, so a file of the same name there wins, and it
-writes relative ``COPY … TO`` targets there: write those with ``result_path``, or an absolute path.
+Relative paths inside the query resolve in the instance's working directory, where bash steps
+write their files, like every other path: reads (``read_csv('sales.csv')``, ``FROM
+'orders.parquet'``, globs), writes (``COPY … TO 'out.csv'``, ``EXPORT DATABASE 'dump'``) and
+``ATTACH 'other.db'``. DuckDB runs in a child process (``python -m legato.plugins.sql_child``)
+whose current directory is that directory, so nothing lands in, or is read from, the worker's.
 
 Outputs: ``row_count`` (rows in the last statement's result; for INSERT/UPDATE/DELETE the count
 of rows they changed), ``columns`` (names), ``rows`` (the first ``max_rows`` rows, each a list of
@@ -39,26 +39,31 @@ value: ``records[0].total``; a repeated column name gets ``_1``, ``_2``… appen
 (whether ``rows`` is not the whole result) and ``result_path`` (absolute) when written.
 
 Errors: SQL errors (syntax, catalog, constraint, read-only) and a missing ``query_file`` are user
-errors carrying DuckDB's message (and which statement failed); a database file locked by another
-process, or open in this worker with the other ``read_only`` setting, is a platform error
-(retried under ``platform_retry_limit``). Each statement's first line is logged before it runs,
-its row count after.
+errors carrying DuckDB's message (and which statement failed). A database file locked by another
+process is a platform error (retried under ``platform_retry_limit``); DuckDB lets one process at a
+time open a file read-write, and each step is a process, so two steps running at once on one
+database file conflict unless both are ``read_only``. A DuckDB process that dies without a result
+(killed, out of memory) is a platform error. Each statement's first line is logged before it runs,
+its row count after, as they happen.
 
-The work runs in a thread of its own (counted against trio's default thread limiter); duckdb is
-imported there, never at module import. On cancellation the running query is interrupted
-(``con.interrupt()``, repeated until the thread ends) and the step returns only once its thread
-has exited, so no thread is left working. Statements already run stay committed (autocommit).
+The process: its own process group, recorded as the step's handle and reaped after a crash
+(like bash steps: its environment carries ``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``,
+``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``); from the worker's environment only the
+minimal base (:data:`legato.processes.BASE_ENV`) and what the operator lists in the
+``inherit_env`` setting (``sql: {inherit_env: [AWS_*]}`` for S3 credentials). The spec, with the
+bound values, travels on its stdin, never in a file or its arguments. On cancellation (stop,
+timeout) the group gets SIGTERM, which interrupts the running query (statements already run stay
+committed: autocommit), then SIGKILL after ``term_grace``; the step ends once the process is gone.
 """
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import importlib.util
-import math
+import json
+import os
 import re
-import threading
-import uuid
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +74,18 @@ import trio
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
 from legato.paths import PathRefused, confine
-from legato.process_settings import PathSettings
+from legato.plugins.sql_child import to_json_value
+from legato.process_settings import PathSettings, ProcessSettings
+from legato.processes import (
+    HandleNotRecorded,
+    inherit_allowed,
+    kill_if_attempts,
+    last_line,
+    legato_variables,
+    process_environment,
+    signal_name,
+    supervise,
+)
 
 __all__ = ["SqlParams", "SqlSettings", "Sql", "to_json_value"]
 
@@ -77,15 +93,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONFIG_KEYS = frozenset({"database", "query", "query_file", "query_params", "read_only", "max_rows",
                           "result_path"})
 _RESULT_SUFFIXES = (".parquet", ".csv")
-#: Statements whose result is the count of rows they changed (unless they have RETURNING); CREATE
-#: TABLE … AS answers the rows it wrote.
-_DML = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE_INTO", "COPY", "CREATE"})
-_FETCH_CHUNK = 8192
-#: Seconds between two interrupts of a cancelled query (an interrupt that lands between two
-#: statements is forgotten by DuckDB, so the watcher repeats it until the thread has ended).
-_INTERRUPT_EVERY = 0.05
-#: Seconds after which a cancelled query that has not stopped is reported in the step's log.
-_STOP_BOUND = 1.0
+_READ_CHUNK = 65536
 
 
 class SqlParams(pydantic.BaseModel):
@@ -135,51 +143,10 @@ class SqlParams(pydantic.BaseModel):
         return self
 
 
-class SqlSettings(PathSettings):
+class SqlSettings(ProcessSettings, PathSettings):
     """The operator's settings of the ``sql`` step type (``--settings``: ``sql: {…}``):
-    ``allowed_paths``, where `database` and `result_path` may point besides the working directory."""
-
-
-class _Stop(Exception):
-    """Raised in the worker thread when the step was cancelled before a statement started."""
-
-
-class _Failure(Exception):
-    """A failure the worker thread reports as a StepResult."""
-
-    def __init__(self, result: StepResult) -> None:
-        super().__init__(result.message)
-        self.result = result
-
-
-class _Shared:
-    """What the event loop and the worker thread share: the connection, to interrupt it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.con: Any = None
-        self.cancelled = False
-
-    def attach(self, con: Any) -> None:
-        with self.lock:
-            if self.cancelled:
-                raise _Stop
-            self.con = con
-
-    def detach(self) -> Any:
-        with self.lock:
-            con, self.con = self.con, None
-            return con
-
-    def interrupt(self) -> None:
-        with self.lock:
-            self.cancelled = True
-            if self.con is not None:
-                self.con.interrupt()
-
-    def check(self) -> None:
-        if self.cancelled:
-            raise _Stop
+    ``allowed_paths``, where `database` and `result_path` may point besides the working directory,
+    and ``inherit_env``, what DuckDB's process inherits from the worker's environment."""
 
 
 class Sql(StepType):
@@ -191,6 +158,11 @@ class Sql(StepType):
     Settings = SqlSettings
     # The query is code: `${x}` in it is never Legato's paste (bind `$x` through query_params).
     raw_params = frozenset({"query"})
+
+    #: Seconds between SIGTERM (which interrupts the query) and SIGKILL when the step is cancelled.
+    term_grace: float = 1.0
+    #: Seconds to keep reading output once the process group is gone (see the bash step type).
+    drain_timeout: float = 2.0
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -214,273 +186,108 @@ class Sql(StepType):
                 cfg.database.replace("\\", "/"), ctx.workdir, allowed, what="database", setting="sql.allowed_paths"))
             result_path = None if cfg.result_path is None else confine(
                 cfg.result_path, ctx.workdir, allowed, what="result_path", setting="sql.allowed_paths")
-        except PathRefused as exc:
+            inherit = inherit_allowed(self.settings)
+        except (PathRefused, ValueError) as exc:
             return StepResult.fatal_error(str(exc))
+        query_file = None
         if cfg.query_file is not None:
             base = Path(ctx.definition_dir) if ctx.definition_dir is not None else Path.cwd()
-            query_file: Path | None = base / cfg.query_file
-        else:
-            query_file = None
-        bindings = _bindings(ctx, cfg)
-        spill = ctx.attempt_dir / "result.parquet" if result_path is not None else None
-
-        token = trio.lowlevel.current_trio_token()
-
-        def log(text: str) -> None:  # called in the worker thread; ctx.log belongs to the loop
-            try:
-                trio.from_thread.run_sync(ctx.log, "stdout", text, trio_token=token)
-            except trio.RunFinishedError:  # pragma: no cover - the loop is gone
-                pass
-
-        shared = _Shared()
-        work = _Work(cfg, database, query_file, result_path, spill, bindings, shared, log, Path(ctx.workdir))
-        # The global thread bound trio.to_thread uses, so DuckDB steps share it with other
-        # blocking work.
-        async with trio.to_thread.current_default_thread_limiter():
-            return await _in_thread(work, shared, token, f"legato-sql {ctx.idempotency_key}", ctx)
-
-
-async def _in_thread(work: "_Work", shared: "_Shared", token, name: str, ctx) -> StepResult:
-    """Run ``work`` in a thread of its own and return its result once the thread is gone.
-
-    Not ``trio.to_thread.run_sync``: its worker thread still runs for a moment after handing back
-    the result (until it gets the GIL back), so a step would end with a thread still busy. Here
-    the step ends only once its thread has exited. On cancellation the query is interrupted
-    (again and again until the thread is done: an interrupt that lands between two statements is
-    forgotten by DuckDB) and the step waits for the thread, so nothing is left working.
-    """
-    finished = trio.Event()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
+            query_file = str((base / cfg.query_file).absolute())
+        spec = {
+            "database": database,
+            "read_only": cfg.read_only,
+            "query": cfg.query,
+            "query_file": query_file,
+            "bindings": _bindings(ctx, cfg),
+            "max_rows": cfg.max_rows,
+            "result_path": None if result_path is None else str(result_path),
+            "spill": None if result_path is None else str(ctx.attempt_dir / "result.parquet"),
+        }
         try:
-            box["result"] = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop, re-raised there
-            box["error"] = exc
-        finally:
-            try:
-                token.run_sync_soon(finished.set)
-            except trio.RunFinishedError:  # pragma: no cover - the loop is gone
-                pass
+            # Through a pipe, not a file or the arguments: the bound values may hold secrets.
+            data = json.dumps(spec, default=str).encode()
+            env = process_environment(legato_variables(ctx), inherit)
+        except (TypeError, ValueError) as exc:
+            return StepResult.user_error(f"cannot start the query: {exc}")
+        return await self._in_child(ctx, data, env)
 
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    try:
-        await finished.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            if not finished.is_set():  # cancelled while the query runs
-                await _interrupt_until_done(shared, finished, ctx)
-            while thread.is_alive():  # it is past its last line: let it exit
-                await trio.sleep(0.001)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
-async def _interrupt_until_done(shared: _Shared, finished: trio.Event, ctx) -> None:
-    started = trio.current_time()
-    warned = False
-    while not finished.is_set():
-        shared.interrupt()
-        with trio.move_on_after(_INTERRUPT_EVERY):
-            await finished.wait()
-        if not warned and trio.current_time() - started > _STOP_BOUND:
-            warned = True
-            ctx.log("stderr", "[legato] the interrupted query has not stopped yet; still waiting for it\n")
-
-
-class _Work:
-    """The blocking part, run in a worker thread: connect, run the statements, build outputs."""
-
-    def __init__(self, cfg: SqlParams, database: str, query_file: Path | None, result_path: Path | None,
-                 spill: Path | None, bindings: dict[str, Any], shared: _Shared, log, workdir: Path) -> None:
-        self.cfg = cfg
-        self.workdir = workdir
-        self.database = database
-        self.query_file = query_file
-        self.result_path = result_path
-        self.spill = spill
-        self.bindings = bindings
-        self.shared = shared
-        self.log = log
-
-    def __call__(self) -> StepResult:
+    async def _in_child(self, ctx, spec: bytes, env: dict[bytes, bytes]) -> StepResult:
+        """Run DuckDB in a child process in the instance's working directory; see the module docstring."""
+        read_fd, write_fd = os.pipe()
         try:
-            return self._run()
-        except _Failure as failure:
-            return failure.result
-        except _Stop:
-            return StepResult.user_error("cancelled")
-
-    def _run(self) -> StepResult:
-        cfg = self.cfg
-        if self.query_file is not None:
-            try:
-                text = self.query_file.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                return StepResult.user_error(f"query_file {str(self.query_file)!r} does not exist")
-            except (OSError, UnicodeDecodeError) as exc:
-                return StepResult.user_error(f"cannot read query_file {str(self.query_file)!r}: {exc}")
-        else:
-            text = cfg.query or ""
-
-        try:
-            import duckdb  # here, in the worker thread: importing it takes a while
-        except ImportError as exc:
-            return StepResult.platform_error(f"cannot import duckdb ({exc}): pip install 'legato[sql]'")
-
-        con = self._connect(duckdb)
-        try:
-            self.shared.attach(con)
-            # Per session, not in connect()'s config: two connections to one database file with
-            # different configs refuse each other. The value is bound, never pasted; DuckDB splits
-            # the setting at commas, so a directory whose path has one cannot be named in it.
-            if "," in str(self.workdir):
-                self.log("[legato] the instance's working directory has a comma in its path: relative paths "
-                         "in the query resolve in the worker's own directory\n")
-            else:
-                con.execute("SET SESSION file_search_path = $dir", {"dir": str(self.workdir)})
-            try:
-                statements = con.extract_statements(text)
-            except duckdb.Error as exc:
-                return StepResult.user_error(_message(exc))
-            if not statements:
-                return StepResult.user_error("the query holds no SQL statement")
-            count = len(statements)
-            for number, statement in enumerate(statements, start=1):
-                self.shared.check()
-                last = number == count
-                self.log(f"sql> {_first_line(statement.query)}\n")
-                try:
-                    if last:
-                        outputs = self._last(con, statement)
-                    else:
-                        cursor = con.execute(statement, self._params_for(statement))
-                        outputs = self._summarise(cursor, statement, 0)
-                except duckdb.InterruptException:
-                    raise _Stop from None
-                except (duckdb.Error, OSError) as exc:
-                    self.shared.check()
-                    where = f"statement {number} of {count}: " if count > 1 else ""
-                    return StepResult.user_error(f"{where}{_message(exc)}")
-                self.log(f"({outputs['row_count']} {'row' if outputs['row_count'] == 1 else 'rows'})\n")
-            return StepResult.done(outputs)
-        finally:
-            self.shared.detach()
-            try:
-                con.close()
-            except Exception:  # noqa: BLE001 - closing is best effort once the work is over
-                pass
-
-    def _connect(self, duckdb):
-        cfg = self.cfg
-        try:
-            if self.database != ":memory:" and not cfg.read_only:
-                Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-u", "-m", "legato.plugins.sql_child", str(write_fd)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(ctx.workdir),
+                env=env,
+                pass_fds=(write_fd,),
+                # Its own process group, so one killpg reaches it whatever happens.
+                start_new_session=True,
+            )
         except OSError as exc:
-            raise _Failure(StepResult.user_error(f"cannot create the directory of database {self.database!r}: {exc}"))
-        try:
-            return duckdb.connect(self.database, read_only=cfg.read_only)
-        except duckdb.Error as exc:
-            text = str(exc)
-            if "Could not set lock on file" in text:
-                holder = re.search(r"Conflicting lock is held in (.*?)(?:\. See also|$)", text)
-                who = f" ({holder.group(1)})" if holder else ""
-                raise _Failure(StepResult.platform_error(
-                    f"database file {self.database!r} is locked: another process holds it{who}")) from None
-            if isinstance(exc, duckdb.ConnectionException) and "different configuration" in text:
-                raise _Failure(StepResult.platform_error(
-                    f"database file {self.database!r} is open in this worker with a different configuration "
-                    f"(read_only={not cfg.read_only}) by another step: {text}")) from None
-            raise _Failure(StepResult.user_error(f"cannot open database {self.database!r}: {_message(exc)}")) from None
-
-    def _params_for(self, statement) -> dict[str, Any] | None:
-        names = statement.named_parameters
-        if not names:
-            return None
-        # Only the names the statement uses: DuckDB refuses values it has no parameter for. A name
-        # nobody provides is left out, so DuckDB's own error names it.
-        return {name: self.bindings[name] for name in names if name in self.bindings}
-
-    def _last(self, con, statement) -> dict[str, Any]:
-        if self.result_path is None:
-            cursor = con.execute(statement, self._params_for(statement))
-            return self._summarise(cursor, statement, self.cfg.max_rows)
-        # One execution: spill the whole result to Parquet (exact types) with the relation API,
-        # count and preview from it, then move it (or convert it to CSV) to result_path. Paths
-        # are arguments or bound values, never pasted into SQL text by this step.
-        relation = con.sql(statement, params=self._params_for(statement))
-        spill, target = self.spill, self.result_path
-        spill.unlink(missing_ok=True)
-        try:
-            if relation is None:  # a statement without a result (older DuckDB)
-                raise _Failure(StepResult.user_error(
-                    "result_path needs the last statement to return rows; it returned none"))
-            relation.write_parquet(str(spill))
-            self.shared.check()
-            where = {"spill": str(spill)}
-            total = con.execute("SELECT count(*) FROM read_parquet($spill)", where).fetchall()[0][0]
-            preview = {**where, "n": max(self.cfg.max_rows, 1)}
-            cursor = con.execute("SELECT * FROM read_parquet($spill) LIMIT $n", preview)
-            outputs = self._summarise(cursor, statement, self.cfg.max_rows, total=total)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.suffix.lower() == ".csv":
-                con.read_parquet(str(spill)).write_csv(str(target), header=True)
-            else:
-                spill.replace(target)
+            os.close(read_fd)
+            return StepResult.platform_error(f"cannot start DuckDB's process ({sys.executable}): {exc}")
         finally:
-            spill.unlink(missing_ok=True)
-        outputs["result_path"] = str(target)
-        return outputs
+            os.close(write_fd)
+        control = trio.lowlevel.FdStream(read_fd)
+        answer: list[bytes] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_send_spec, proc.stdin, spec)
+                nursery.start_soon(_read_all, control, answer)
+                try:
+                    rc, stderr_tail = await supervise(ctx, proc, term_grace=self.term_grace,
+                                                      drain_timeout=self.drain_timeout)
+                except HandleNotRecorded as exc:
+                    nursery.cancel_scope.cancel()
+                    return StepResult.platform_error(str(exc))
+                # The group is gone, so the control pipe is at EOF (or about to be).
+                nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
+        finally:
+            with trio.CancelScope(shield=True):
+                await control.aclose()
+        return _result(b"".join(answer), rc, stderr_tail)
 
-    def _summarise(self, cursor, statement, max_rows: int, total: int | None = None) -> dict[str, Any]:
-        """Outputs from a cursor, fetching the preview and counting (not keeping) the rest."""
-        columns = [d[0] for d in (cursor.description or [])]
-        if columns == ["Count"] and statement.type.name in _DML:
-            # DuckDB's answer to INSERT/UPDATE/DELETE/COPY: one row, the number of rows changed.
-            every = cursor.fetchall()
-            if len(every) == 1 and isinstance(every[0][0], int):
-                return _outputs(every[0][0], columns, every[:max_rows], len(every))
-            return _outputs(len(every), columns, every[:max_rows], len(every))
-        rows = cursor.fetchmany(max_rows) if max_rows else []
-        if total is not None:  # the caller counted: finish the (limited) result unread
-            cursor.fetchall()
-        else:
-            total = len(rows)
-            while True:
-                self.shared.check()
-                chunk = cursor.fetchmany(_FETCH_CHUNK)
-                if not chunk:
-                    break
-                total += len(chunk)
-        return _outputs(total, columns, rows, total)
-
-
-def _outputs(row_count: int, columns: list[str], rows: list, result_rows: int) -> dict[str, Any]:
-    values = [[to_json_value(v) for v in row] for row in rows]
-    keys = _record_keys(columns)
-    return {
-        "row_count": row_count,
-        "columns": columns,
-        "rows": values,
-        "records": [dict(zip(keys, row)) for row in values],
-        "truncated": result_rows > len(rows),
-    }
+    def reap(self, ctx, handle) -> None:
+        """Kill the process group a dead kernel left behind, if it is still this attempt's (its
+        environment carries this attempt's idempotency key, so a reused pid is left alone)."""
+        if isinstance(handle, dict):
+            kill_if_attempts(handle.get("pgid"), ctx.idempotency_key)
 
 
-def _record_keys(columns: list[str]) -> list[str]:
-    """Column names as map keys: a repeated name (``SELECT 1 AS a, 2 AS a``) gets ``_1``, ``_2``…"""
-    keys: list[str] = []
-    taken: set[str] = set()
-    for name in columns:
-        key, n = name, 0
-        while key in taken:
-            n += 1
-            key = f"{name}_{n}"
-        taken.add(key)
-        keys.append(key)
-    return keys
+async def _send_spec(stream, data: bytes) -> None:
+    """Hand the child its spec on stdin, then close it (a child that died first never reads it)."""
+    try:
+        await stream.send_all(data)
+        await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _read_all(stream, into: list[bytes]) -> None:
+    while chunk := await stream.receive_some(_READ_CHUNK):
+        into.append(chunk)
+
+
+_OUTCOMES = {"DONE": StepResult.done, "USER_ERROR": StepResult.user_error,
+             "PLATFORM_ERROR": StepResult.platform_error}
+
+
+def _result(answer: bytes, rc: int, stderr_tail: str) -> StepResult:
+    """The step's result from the child's control line, else from how the child ended."""
+    try:
+        message = json.loads(answer)
+        outcome = message["outcome"]
+        make = _OUTCOMES[outcome]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    if message is not None:
+        return make(message["outputs"]) if outcome == "DONE" else make(message["message"])
+    how = f"was killed by signal {signal_name(-rc)}" if rc < 0 else f"exited with code {rc} without a result"
+    last = last_line(stderr_tail)
+    return StepResult.platform_error(f"DuckDB's process {how}" + (f": {last}" if last else ""))
 
 
 def _bindings(ctx, cfg: SqlParams) -> dict[str, Any]:
@@ -495,49 +302,6 @@ def _bindings(ctx, cfg: SqlParams) -> dict[str, Any]:
             values[name] = value
     values.update(cfg.query_params)
     return values
-
-
-def _first_line(query: str) -> str:
-    """The statement's first line of code (comment lines skipped), shortened for the log."""
-    lines = [line.strip() for line in query.strip().splitlines() if line.strip()]
-    code = [line for line in lines if not line.startswith("--")]
-    line = (code or lines or [""])[0]
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _message(exc: Exception) -> str:
-    return str(exc).strip() or type(exc).__name__
-
-
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def to_json_value(value: Any) -> Any:
-    """A DuckDB value as JSON: numbers and strings as they are, temporal values as ISO strings,
-    decimals as floats, non-finite floats and huge integers as strings, blobs escaped like DuckDB
-    prints them, lists and structs recursively."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value if _INT64[0] <= value <= _INT64[1] else str(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        number = float(value)
-        return number if math.isfinite(number) else str(value)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return str(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in bytes(value))
-    if isinstance(value, dict):
-        return {str(k): to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_value(v) for v in value]
-    return str(value)
 
 
 @hookimpl

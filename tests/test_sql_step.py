@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import os
 import subprocess
 import sys
 import time
@@ -168,6 +169,47 @@ async def test_relative_paths_in_the_query_resolve_in_the_instance_working_direc
     assert done.status() == "SUCCEEDED", done.message()
     assert done.outputs()["records"] == [{"n": 2}]
     assert not (elsewhere / "sales.csv").exists()
+
+
+async def test_the_instance_directorys_file_wins_over_the_workers(tmp_path, monkeypatch):
+    """A file of the same name in the worker's own directory and in the instance's working
+    directory: every read (a path, ``read_csv``, a glob) gets the instance's."""
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "data.csv").write_text("origin\nworker\n")
+    (worker / "data2.csv").write_text("origin\nworker\n")
+    monkeypatch.chdir(worker)
+    doc = workflow({"step": {"id": "extract", "type": "bash",
+                             "params": {"script": "printf 'origin\\ninstance\\n' > data.csv"},
+                             "transition": {"successors": ["q"]}}},
+                   step(query="SELECT origin FROM 'data.csv' UNION ALL SELECT origin FROM read_csv('data.csv') "
+                              "UNION ALL SELECT origin FROM read_csv('data*.csv')"))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["rows"] == [["instance"]] * 3
+
+
+async def test_relative_writes_and_attach_land_in_the_instance_working_directory(tmp_path, monkeypatch):
+    """``COPY … TO``, ``EXPORT DATABASE`` and ``ATTACH`` with relative paths write into the
+    instance's working directory; nothing appears in the worker's own directory."""
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    monkeypatch.chdir(worker)
+    done = await run(tmp_path, workflow(step(query=(
+        "COPY (SELECT 1 AS one) TO 'out.csv' (HEADER);\n"
+        "ATTACH 'side.db' AS side; CREATE TABLE side.t AS SELECT 42 AS answer; DETACH side;\n"
+        "CREATE TABLE kept AS SELECT 7 AS seven; EXPORT DATABASE 'dump';\n"
+        "SELECT * FROM read_csv('out.csv')"))))
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["records"] == [{"one": 1}]
+    assert (done.workdir / "out.csv").read_text().splitlines() == ["one", "1"]
+    assert (done.workdir / "dump" / "schema.sql").is_file()
+    con = duckdb.connect(str(done.workdir / "side.db"), read_only=True)
+    try:
+        assert con.execute("SELECT answer FROM t").fetchall() == [(42,)]
+    finally:
+        con.close()
+    assert list(worker.iterdir()) == [], "the query wrote into the worker's directory"
 
 
 async def test_dml_reports_the_rows_it_changed(tmp_path):
@@ -381,18 +423,24 @@ async def test_a_database_locked_by_another_process_is_a_platform_failure(tmp_pa
     assert after.status() == "SUCCEEDED", after.message()
 
 
-async def test_a_database_open_here_with_the_other_read_only_setting_is_a_platform_failure(tmp_path):
+async def test_a_database_the_worker_holds_open_is_locked_for_the_step(tmp_path):
+    """Each step opens the database in a process of its own: one the worker itself holds open
+    read-write (as a library user's connection would) is another process's lock, whatever the
+    step's ``read_only``: a platform failure naming the holder."""
     db = tmp_path / "shared.db"
-    con = duckdb.connect(str(db))  # read-write, in this process (as another running step would)
+    con = duckdb.connect(str(db))  # read-write, in this process
     try:
         con.execute("CREATE TABLE t AS SELECT 1 AS a")
-        shared = await run(tmp_path, workflow(step(database=str(db), query="SELECT a FROM t")))
-        conflict = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
+        writer = await run(tmp_path, workflow(step(database=str(db), query="SELECT a FROM t")))
+        reader = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
     finally:
         con.close()
-    assert shared.status() == "SUCCEEDED" and shared.outputs()["rows"] == [[1]]
-    assert conflict.fatal("PLATFORM_FAILED")
-    assert str(db) in conflict.message() and "different configuration" in conflict.message()
+    for done in (writer, reader):
+        assert done.fatal("PLATFORM_FAILED"), done.message()
+        assert str(db) in done.message() and "another process holds it" in done.message()
+        assert f"PID {os.getpid()}" in done.message()
+    after = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
+    assert after.outputs()["rows"] == [[1]]
 
 
 def test_unavailable_without_duckdb(monkeypatch):
@@ -413,6 +461,39 @@ def test_loading_the_plugin_does_not_import_duckdb():
 # -- long queries: the loop stays live, cancellation interrupts ---------------------------------
 
 
+async def _child(engine: Engine, instance_id: str, logged: str | None = None) -> tuple[int, int | None]:
+    """The pid of the step's DuckDB process (from the handle it records) and its start time, once
+    the handle is recorded (and, with ``logged``, once the step's log holds that text)."""
+    with trio.fail_after(60):  # a hang guard
+        while True:
+            attempts = await engine.storage.get_attempts(instance_id)
+            handle = attempts[0].handle if attempts else None
+            if handle and (logged is None or logged in "".join(
+                    c.text for c in await engine.storage.get_logs(instance_id))):
+                break
+            await trio.sleep(0.02)
+    assert handle["pid"] == handle["pgid"] != os.getpid()
+    return handle["pid"], _start_time(handle["pid"])
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _gone(pid: int, started: int | None) -> bool:
+    """The process so identified no longer runs and its process group is empty."""
+    try:
+        os.killpg(pid, 0)
+        return False
+    except ProcessLookupError:
+        pass
+    return started is None or _start_time(pid) != started
+
+
 async def _start_long(tmp_path: Path, check, **params) -> dict:
     engine = make_engine(tmp_path)
     facts: dict = {"before": _busy_threads()}
@@ -429,6 +510,8 @@ async def _start_long(tmp_path: Path, check, **params) -> dict:
             definition, instance, observer=observer, task_status=task_status))
         with trio.fail_after(10):
             await running.wait()
+        # the last statement has started: the query runs
+        facts["child"] = await _child(engine, instance.instance_id, logged="sql> SELECT ")
         await check(facts)
         handle.stop("enough")
     facts["attempts"] = await engine.storage.get_attempts(instance.instance_id)
@@ -447,12 +530,13 @@ LONG = {
 @pytest.mark.parametrize("what", list(LONG))
 async def test_cancelling_a_long_query_interrupts_it(tmp_path, what):
     async def wait(facts):
-        await trio.sleep(0.6)
+        await trio.lowlevel.checkpoint()
 
     facts = await _start_long(tmp_path, wait, **LONG[what])
-    # the queries run for hours: STOPPED, with no DuckDB thread left working, means they were interrupted
+    # the queries run for hours: STOPPED, with DuckDB's process gone, means they were stopped
     assert [a.status.value for a in facts["attempts"]] == ["STOPPED"]
     assert "sql> SELECT " in facts["logs"]
+    assert _gone(*facts["child"]), f"DuckDB's process {facts['child'][0]} is still running"
     busy = _busy_threads() - facts["before"]
     assert not busy, f"threads still working after cancellation: {busy}"
 
@@ -474,11 +558,17 @@ async def test_the_event_loop_stays_live_during_a_long_query(tmp_path):
 
 
 async def test_a_timeout_interrupts_the_query(tmp_path):
-    doc = workflow({"step": {**step(query=LONG_QUERY)["step"], "timeout": "1s"}})
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow({"step": {**step(query=LONG_QUERY)["step"], "timeout": "2s"}}))
+    instance, _ = await engine.start(definition)
     started = time.monotonic()
-    done = await run(tmp_path, doc)
-    assert time.monotonic() - started < 30, "the 1 s timeout did not interrupt the query"  # a hang guard
-    assert done.status() == "TIMED_OUT"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, definition, instance)
+        child = await _child(engine, instance.instance_id)
+    assert time.monotonic() - started < 30, "the 2 s timeout did not interrupt the query"  # a hang guard
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert [a.status.value for a in attempts] == ["TIMED_OUT"]
+    assert _gone(*child), f"DuckDB's process {child[0]} is still running"
 
 
 # -- conformance -----------------------------------------------------------------------------------
