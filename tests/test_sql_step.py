@@ -512,6 +512,10 @@ async def _start_long(tmp_path: Path, check, **params) -> dict:
             await running.wait()
         # the last statement has started: the query runs
         facts["child"] = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        pid = facts["child"][0]
+        facts["cwd"] = Path(os.readlink(f"/proc/{pid}/cwd"))
+        facts["environ"] = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        facts["workdir"] = (engine.workspace / instance.instance_id).resolve()
         await check(facts)
         handle.stop("enough")
     facts["attempts"] = await engine.storage.get_attempts(instance.instance_id)
@@ -533,6 +537,10 @@ async def test_cancelling_a_long_query_interrupts_it(tmp_path, what):
         await trio.lowlevel.checkpoint()
 
     facts = await _start_long(tmp_path, wait, **LONG[what])
+    # DuckDB ran in a process of its own, in the instance's working directory, carrying the attempt's ids
+    assert facts["cwd"] == facts["workdir"]
+    assert b"LEGATO_STEP_ID=q" in facts["environ"]
+    assert any(e.startswith(b"LEGATO_IDEMPOTENCY_KEY=") and len(e) > 23 for e in facts["environ"])
     # the queries run for hours: STOPPED, with DuckDB's process gone, means they were stopped
     assert [a.status.value for a in facts["attempts"]] == ["STOPPED"]
     assert "sql> SELECT " in facts["logs"]
@@ -569,6 +577,28 @@ async def test_a_timeout_interrupts_the_query(tmp_path):
     attempts = await engine.storage.get_attempts(instance.instance_id)
     assert [a.status.value for a in attempts] == ["TIMED_OUT"]
     assert _gone(*child), f"DuckDB's process {child[0]} is still running"
+
+
+async def test_a_killed_duckdb_process_is_a_platform_failure(tmp_path, monkeypatch):
+    """DuckDB's process dying without a result (the OOM killer, say) is the platform's failure;
+    it inherits from the worker's environment only what the operator's ``inherit_env`` allows."""
+    monkeypatch.setenv("SQLTEST_ALLOWED", "yes")
+    monkeypatch.setenv("SQLTEST_WORKER_SECRET", "no")
+    engine = Engine(open_storage("memory://"), workspace=tmp_path / "runs",
+                    step_settings={"sql": {"inherit_env": ["SQLTEST_ALLOWED"]}})
+    definition = engine.load(workflow(step(query=LONG_QUERY)))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, definition, instance)
+        pid, started = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        os.kill(pid, 9)
+    assert b"SQLTEST_ALLOWED=yes" in environ
+    assert not [e for e in environ if e.startswith(b"SQLTEST_WORKER_SECRET")]
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert attempts[0].status.value == "FATALLY_FAILED" and "(PLATFORM_FAILED, no " in attempts[0].message
+    assert "DuckDB's process was killed by signal SIGKILL" in attempts[0].message
+    assert _gone(pid, started)
 
 
 # -- conformance -----------------------------------------------------------------------------------
