@@ -58,10 +58,13 @@ committed: autocommit), then SIGKILL after ``term_grace``; the step ends once th
 
 from __future__ import annotations
 
+import array
 import importlib.util
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,11 +83,14 @@ from legato.processes import (
     HandleNotRecorded,
     inherit_allowed,
     kill_if_attempts,
+    killpg,
     last_line,
     legato_variables,
     process_environment,
+    pump,
     signal_name,
     supervise,
+    this_process,
 )
 
 __all__ = ["SqlParams", "SqlSettings", "Sql", "to_json_value"]
@@ -163,6 +169,8 @@ class Sql(StepType):
     term_grace: float = 1.0
     #: Seconds to keep reading output once the process group is gone (see the bash step type).
     drain_timeout: float = 2.0
+    #: Fork each step's process from this run's fork server (Linux), not start a Python of its own.
+    fork_server: bool = True
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -206,10 +214,74 @@ class Sql(StepType):
         try:
             # Through a pipe, not a file or the arguments: the bound values may hold secrets.
             data = json.dumps(spec, default=str).encode()
+            server = _fork_server(process_environment({}, inherit)) if self.fork_server else None
+            if server is not None:
+                result = await self._forked(ctx, server, data)
+                if result is not None:
+                    return result
             env = process_environment(legato_variables(ctx), inherit)
         except (TypeError, ValueError) as exc:
             return StepResult.user_error(f"cannot start the query: {exc}")
         return await self._in_child(ctx, data, env)
+
+    async def _forked(self, ctx, server: "_ForkServer", spec: bytes) -> StepResult | None:
+        """Run the query in a process the fork server forks in the instance's working directory;
+        None when the server cannot fork (the caller starts a process of its own)."""
+        pipes = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, control
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+        ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
+        pid = None
+        try:
+            pid = await server.fork(str(ctx.workdir), theirs)
+        except OSError:
+            pass
+        finally:
+            for fd in theirs:
+                os.close(fd)
+            if pid is None:  # it did not fork (or the step was cancelled before it did)
+                for fd in ours:
+                    os.close(fd)
+        if pid is None:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # it is gone already (it could not even start): what it said is in its stderr
+            pidfd = None
+        streams = [trio.lowlevel.FdStream(fd) for fd in ours]
+        stdin, stdout, stderr, control = streams
+        tail, answer = [""], []
+        exited = pidfd is None
+        try:
+            # No LEGATO_* ids in a forked process's environment (it is the server's): the handle
+            # names it by its start time instead, which a reused pid does not share.
+            handle = {"pid": pid, "pgid": pid, "started": _start_time(pid), "namespace": this_process().namespace}
+            try:
+                await ctx.record_handle(handle)
+            except Exception as exc:  # storage trouble: the finally below stops the process
+                return StepResult.platform_error(f"could not record the process handle: {exc}")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_send_spec, stdin, spec)
+                nursery.start_soon(pump, ctx, stdout, "stdout", None)
+                nursery.start_soon(pump, ctx, stderr, "stderr", tail)
+                nursery.start_soon(_read_all, control, answer)
+                if pidfd is not None:
+                    await trio.lowlevel.wait_readable(pidfd)
+                exited = True
+                killpg(pid, signal.SIGKILL)  # anything it left in its group
+                nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
+        finally:
+            with trio.CancelScope(shield=True):
+                if not exited:  # cancelled: SIGTERM interrupts the query, SIGKILL if it lingers
+                    killpg(pid, signal.SIGTERM)
+                    with trio.move_on_after(self.term_grace):
+                        await trio.lowlevel.wait_readable(pidfd)
+                    killpg(pid, signal.SIGKILL)
+                    await trio.lowlevel.wait_readable(pidfd)
+                if pidfd is not None:
+                    os.close(pidfd)
+                for stream in streams:
+                    await stream.aclose()
+        return _result(b"".join(answer), None, tail[0])
 
     async def _in_child(self, ctx, spec: bytes, env: dict[bytes, bytes]) -> StepResult:
         """Run DuckDB in a child process in the instance's working directory; see the module docstring."""
@@ -251,10 +323,17 @@ class Sql(StepType):
         return _result(b"".join(answer), rc, stderr_tail)
 
     def reap(self, ctx, handle) -> None:
-        """Kill the process group a dead kernel left behind, if it is still this attempt's (its
-        environment carries this attempt's idempotency key, so a reused pid is left alone)."""
-        if isinstance(handle, dict):
-            kill_if_attempts(handle.get("pgid"), ctx.idempotency_key)
+        """Kill the process group a dead kernel left behind, if it is still this attempt's: a
+        forked one has the start time its handle records, one started on its own carries this
+        attempt's idempotency key in its environment; a reused pid is left alone."""
+        if not isinstance(handle, dict):
+            return
+        pgid = handle.get("pgid")
+        if "started" not in handle:
+            kill_if_attempts(pgid, ctx.idempotency_key)
+        elif (isinstance(pgid, int) and not isinstance(pgid, bool) and pgid > 1 and handle["started"] is not None
+              and handle.get("namespace") == this_process().namespace and _start_time(pgid) == handle["started"]):
+            killpg(pgid, signal.SIGKILL)
 
 
 async def _send_spec(stream, data: bytes) -> None:
@@ -271,11 +350,109 @@ async def _read_all(stream, into: list[bytes]) -> None:
         into.append(chunk)
 
 
+class _ForkServer:
+    """A process that imported duckdb once and forks each step's process (sql_child.serve), one
+    per trio run and environment, owned by a system task: it ends with the run."""
+
+    def __init__(self, env: dict[bytes, bytes]) -> None:
+        self.env = env
+        self.lock = trio.Lock()
+        self.started = trio.Event()
+        self.sock = None
+        self.proc = None
+        self.dead = False
+
+    async def serve(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            try:
+                self.proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "legato.plugins.sql_child", "--serve", str(theirs.fileno())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    cwd="/", env=self.env, pass_fds=(theirs.fileno(),), start_new_session=True)
+            finally:
+                theirs.close()
+            self.sock = trio.socket.from_stdlib_socket(ours)
+            self.started.set()
+            await self.proc.wait()
+        except Exception:  # noqa: BLE001 - a system task must not raise: steps start their own process
+            pass
+        finally:
+            self.dead = True
+            self.started.set()
+            with trio.CancelScope(shield=True):
+                if self.proc is not None:
+                    killpg(self.proc.pid, signal.SIGKILL)  # its own group only: forked steps have theirs
+                    await self.proc.wait()
+                (self.sock or ours).close()
+
+    async def fork(self, cwd: str, fds: list[int]) -> int:
+        """Fork a step's process in ``cwd`` with ``fds`` as its stdin, stdout, stderr and control
+        pipe; its pid. OSError when the server cannot."""
+        await self.started.wait()
+        if self.dead:
+            raise OSError("the fork server is gone")
+        # Shielded: an answer left unread would be the next request's. Bounded: a server that does
+        # not answer (still importing duckdb at first) is abandoned.
+        with trio.CancelScope(shield=True), trio.move_on_after(_FORK_TIMEOUT):
+            async with self.lock:
+                if self.dead:
+                    raise OSError("the fork server is gone")
+                try:
+                    await self.sock.sendmsg([json.dumps({"cwd": cwd}).encode()],
+                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                    answer = await self.sock.recv(64)
+                except OSError:
+                    answer = b""
+                pid = int(answer) if answer.isdigit() else 0
+                if pid > 0:
+                    return pid
+        self.dead = True  # it failed or did not answer: its answers can no longer be matched
+        if self.proc is not None:
+            killpg(self.proc.pid, signal.SIGKILL)
+        raise OSError("the fork server did not fork")
+
+
+_FORK_TIMEOUT = 30.0
+_SERVERS: trio.lowlevel.RunVar = trio.lowlevel.RunVar("legato_sql_fork_servers")
+
+
+def _fork_server(env: dict[bytes, bytes]) -> _ForkServer | None:
+    """This run's fork server for processes with environment ``env``, started on first use;
+    None where a process cannot be followed by a pidfd (not Linux)."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        servers = _SERVERS.get()
+    except LookupError:
+        servers = {}
+        _SERVERS.set(servers)
+    key = tuple(sorted(env.items()))
+    server = servers.get(key)
+    if server is None or server.dead:
+        server = servers[key] = _ForkServer(env)
+        trio.lowlevel.spawn_system_task(server.serve, name="legato-sql-fork-server")
+    return server
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (clock ticks after boot): with the pid, who a process is."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rfind(b")") + 2:].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
 _OUTCOMES = {"DONE": StepResult.done, "USER_ERROR": StepResult.user_error,
              "PLATFORM_ERROR": StepResult.platform_error}
 
 
-def _result(answer: bytes, rc: int, stderr_tail: str) -> StepResult:
+def _result(answer: bytes, rc: int | None, stderr_tail: str) -> StepResult:
     """The step's result from the child's control line, else from how the child ended."""
     try:
         message = json.loads(answer)
@@ -285,7 +462,12 @@ def _result(answer: bytes, rc: int, stderr_tail: str) -> StepResult:
         message = None
     if message is not None:
         return make(message["outputs"]) if outcome == "DONE" else make(message["message"])
-    how = f"was killed by signal {signal_name(-rc)}" if rc < 0 else f"exited with code {rc} without a result"
+    if rc is None:  # a forked process: its exit status went to the fork server
+        how = "ended without a result (killed, or out of memory?)"
+    elif rc < 0:
+        how = f"was killed by signal {signal_name(-rc)}"
+    else:
+        how = f"exited with code {rc} without a result"
     last = last_line(stderr_tail)
     return StepResult.platform_error(f"DuckDB's process {how}" + (f": {last}" if last else ""))
 

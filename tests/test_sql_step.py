@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -473,7 +474,10 @@ async def _child(engine: Engine, instance_id: str, logged: str | None = None) ->
                 break
             await trio.sleep(0.02)
     assert handle["pid"] == handle["pgid"] != os.getpid()
-    return handle["pid"], _start_time(handle["pid"])
+    started = _start_time(handle["pid"])
+    if "started" in handle:  # forked by the fork server: known by its start time
+        assert handle["started"] == started
+    return handle["pid"], started
 
 
 def _start_time(pid: int) -> int | None:
@@ -531,16 +535,26 @@ LONG = {
 }
 
 
+@pytest.fixture(params=["forked", "own process"])
+def start(request, monkeypatch):
+    """How the step's DuckDB process starts: forked by the run's fork server, or (where there is
+    none) as a Python of its own."""
+    if request.param == "own process":
+        monkeypatch.setattr(sql_plugin.Sql, "fork_server", False)
+    return request.param
+
+
 @pytest.mark.parametrize("what", list(LONG))
-async def test_cancelling_a_long_query_interrupts_it(tmp_path, what):
+async def test_cancelling_a_long_query_interrupts_it(tmp_path, what, start):
     async def wait(facts):
         await trio.lowlevel.checkpoint()
 
     facts = await _start_long(tmp_path, wait, **LONG[what])
-    # DuckDB ran in a process of its own, in the instance's working directory, carrying the attempt's ids
+    # DuckDB ran in a process of its own, in the instance's working directory
     assert facts["cwd"] == facts["workdir"]
-    assert b"LEGATO_STEP_ID=q" in facts["environ"]
-    assert any(e.startswith(b"LEGATO_IDEMPOTENCY_KEY=") and len(e) > 23 for e in facts["environ"])
+    if start == "own process":  # carrying the attempt's ids, like a bash step's
+        assert b"LEGATO_STEP_ID=q" in facts["environ"]
+        assert any(e.startswith(b"LEGATO_IDEMPOTENCY_KEY=") and len(e) > 23 for e in facts["environ"])
     # the queries run for hours: STOPPED, with DuckDB's process gone, means they were stopped
     assert [a.status.value for a in facts["attempts"]] == ["STOPPED"]
     assert "sql> SELECT " in facts["logs"]
@@ -565,7 +579,7 @@ async def test_the_event_loop_stays_live_during_a_long_query(tmp_path):
     assert facts["worst"] < 0.25, f"the loop was blocked for {facts['worst']:.2f}s"
 
 
-async def test_a_timeout_interrupts_the_query(tmp_path):
+async def test_a_timeout_interrupts_the_query(tmp_path, start):
     engine = make_engine(tmp_path)
     definition = engine.load(workflow({"step": {**step(query=LONG_QUERY)["step"], "timeout": "2s"}}))
     instance, _ = await engine.start(definition)
@@ -579,7 +593,7 @@ async def test_a_timeout_interrupts_the_query(tmp_path):
     assert _gone(*child), f"DuckDB's process {child[0]} is still running"
 
 
-async def test_a_killed_duckdb_process_is_a_platform_failure(tmp_path, monkeypatch):
+async def test_a_killed_duckdb_process_is_a_platform_failure(tmp_path, monkeypatch, start):
     """DuckDB's process dying without a result (the OOM killer, say) is the platform's failure;
     it inherits from the worker's environment only what the operator's ``inherit_env`` allows."""
     monkeypatch.setenv("SQLTEST_ALLOWED", "yes")
@@ -597,8 +611,55 @@ async def test_a_killed_duckdb_process_is_a_platform_failure(tmp_path, monkeypat
     assert not [e for e in environ if e.startswith(b"SQLTEST_WORKER_SECRET")]
     attempts = await engine.storage.get_attempts(instance.instance_id)
     assert attempts[0].status.value == "FATALLY_FAILED" and "(PLATFORM_FAILED, no " in attempts[0].message
-    assert "DuckDB's process was killed by signal SIGKILL" in attempts[0].message
+    # a forked process's exit status goes to the fork server, its parent
+    assert ("DuckDB's process ended without a result" if start == "forked"
+            else "DuckDB's process was killed by signal SIGKILL") in attempts[0].message
     assert _gone(pid, started)
+
+
+async def test_reap_kills_only_the_process_its_handle_names(tmp_path, start):
+    """After a crash the resumed kernel reaps what the attempt left running: the process its
+    handle names, known by its start time (forked) or by the attempt's idempotency key in its
+    environment (its own process); a handle that names another process (a reused pid) kills nothing."""
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow(step(query=LONG_QUERY)))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, definition, instance)
+        pid, started = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        attempt = (await engine.storage.get_attempts(instance.instance_id))[0]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        keys = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LEGATO_IDEMPOTENCY_KEY=")]
+        ctx = types.SimpleNamespace(idempotency_key=keys[0] if keys else "unused: forked")
+        other = {**attempt.handle, "started": (started or 0) + 1} if start == "forked" else attempt.handle
+        other_ctx = ctx if start == "forked" else types.SimpleNamespace(idempotency_key="someone-else")
+        sql_plugin.Sql().reap(other_ctx, other)
+        assert not _gone(pid, started), "reap killed a process its handle does not name"
+        sql_plugin.Sql().reap(ctx, attempt.handle)
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert "(PLATFORM_FAILED, no " in attempts[0].message, attempts[0].message
+    assert _gone(pid, started)
+
+
+async def test_concurrent_steps_of_different_instances_each_write_in_their_own_directory(tmp_path, monkeypatch):
+    """Steps of several instances running at once, all forked by one server, each in its own
+    instance's working directory."""
+    monkeypatch.chdir(tmp_path)
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow(step(query="COPY (SELECT $n AS n) TO 'n.csv' (HEADER); SELECT * FROM 'n.csv'")))
+    done: dict[int, object] = {}
+
+    async def one(n: int) -> None:
+        done[n] = await engine.execute(definition, {"n": n})
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(one, n)
+    for n, instance in done.items():
+        assert instance.status.value == "SUCCEEDED", instance
+        workdir = engine.workspace / instance.instance_id
+        assert (workdir / "n.csv").read_text().splitlines() == ["n", str(n)]
+    assert not (tmp_path / "n.csv").exists()
 
 
 # -- conformance -----------------------------------------------------------------------------------
