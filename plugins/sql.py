@@ -28,8 +28,9 @@ values with ``$name``.
 Relative paths inside the query resolve in the instance's working directory, where bash steps
 write their files, like every other path: reads (``read_csv('sales.csv')``, ``FROM
 'orders.parquet'``, globs), writes (``COPY … TO 'out.csv'``, ``EXPORT DATABASE 'dump'``) and
-``ATTACH 'other.db'``. DuckDB runs in a child process (``python -m legato.plugins.sql_child``)
-whose current directory is that directory, so nothing lands in, or is read from, the worker's.
+``ATTACH 'other.db'``. DuckDB runs in a process of its own whose current directory is that
+directory (a process's directory is the whole process's, so not a thread of the worker), and
+nothing lands in, or is read from, the worker's directory.
 
 Outputs: ``row_count`` (rows in the last statement's result; for INSERT/UPDATE/DELETE the count
 of rows they changed), ``columns`` (names), ``rows`` (the first ``max_rows`` rows, each a list of
@@ -46,14 +47,24 @@ database file conflict unless both are ``read_only``. A DuckDB process that dies
 (killed, out of memory) is a platform error. Each statement's first line is logged before it runs,
 its row count after, as they happen.
 
-The process: its own process group, recorded as the step's handle and reaped after a crash
-(like bash steps: its environment carries ``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``,
-``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``); from the worker's environment only the
-minimal base (:data:`legato.processes.BASE_ENV`) and what the operator lists in the
-``inherit_env`` setting (``sql: {inherit_env: [AWS_*]}`` for S3 credentials). The spec, with the
-bound values, travels on its stdin, never in a file or its arguments. On cancellation (stop,
-timeout) the group gets SIGTERM, which interrupts the running query (statements already run stay
-committed: autocommit), then SIGKILL after ``term_grace``; the step ends once the process is gone.
+The process: its own session and process group, recorded as the step's handle, killed as a group
+and reaped after a crash. On Linux it is forked from a fork server (``python -m
+legato.plugins.sql_child --serve``, one per trio run and environment, started by the first sql
+step as a system task's child and killed when the run ends), which imported duckdb once: a step
+pays a fork and DuckDB's connect (~50–100 ms) instead of an interpreter's start and duckdb's
+import (~150–200 ms of CPU). A forked process's environment is the server's, so its handle names
+it by its start time (``started``), which a reused pid does not share. Where there is no
+``os.pidfd_open`` to follow a process that is not the worker's child, or the server fails, the
+step starts ``python -m legato.plugins.sql_child`` itself, in the working directory, carrying
+``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT`` and ``LEGATO_IDEMPOTENCY_KEY``
+like a bash step's (``Sql.fork_server = False`` forces that). Either way the process gets from
+the worker's environment only the minimal base (:data:`legato.processes.BASE_ENV`) and what the
+operator lists in the ``inherit_env`` setting (``sql: {inherit_env: [AWS_*]}`` for S3
+credentials). The spec, with the bound values, travels on its stdin, never in a file or its
+arguments; statement lines and row counts come back on its stdout, the result on a pipe of its
+own. On cancellation (stop, timeout) the group gets SIGTERM, which interrupts the running query
+(statements already run stay committed: autocommit), then SIGKILL after ``term_grace``; the
+step ends once the process is gone.
 """
 
 from __future__ import annotations

@@ -1,18 +1,21 @@
-"""The child side of the ``sql`` step type: ``python -m legato.plugins.sql_child CONTROL_FD``.
+"""The child side of the ``sql`` step type: the process that runs one step's query with DuckDB.
 
-The step (:mod:`legato.plugins.sql`) starts this module in a process of its own whose current
-directory is the instance's working directory, so every relative path DuckDB meets (``read_csv``,
-``FROM 'x.parquet'``, globs, ``COPY … TO``, ``EXPORT DATABASE``, ``ATTACH``) resolves there. It
-reads its spec (a JSON object) on stdin, writes each statement's first line and row count to
-stdout (the step's log, streamed), and writes one JSON line to ``CONTROL_FD`` before it exits:
+``python -m legato.plugins.sql_child CONTROL_FD`` runs one step (started by the step in the
+instance's working directory); ``python -m legato.plugins.sql_child --serve SOCKET_FD`` is the
+fork server, which imports duckdb once and forks each step's process into the working directory
+the request names (:func:`serve`). Either way the step's process sits in the instance's working
+directory, so every relative path DuckDB meets (``read_csv``, ``FROM 'x.parquet'``, globs,
+``COPY … TO``, ``EXPORT DATABASE``, ``ATTACH``) resolves there. It reads its spec (a JSON
+object) on stdin, writes each statement's first line and row count to stdout (the step's log,
+streamed), and writes one JSON line to ``CONTROL_FD`` before it exits:
 ``{"outcome": "DONE" | "USER_ERROR" | "PLATFORM_ERROR", "message": …, "outputs": …}``.
 
 SIGTERM interrupts the running query (``con.interrupt()``, repeated until the work is over: an
 interrupt that lands between two statements is forgotten) and the process exits with 128+15;
 statements already run stay committed (autocommit). The step sends SIGKILL if that takes too long.
 
-Standard library and duckdb only (imported once the spec is read): this module is also imported
-by the worker, for :func:`to_json_value`, and must stay cheap there.
+Standard library and duckdb only (imported by :func:`serve`, or once the spec is read): this
+module is also imported by the worker, for :func:`to_json_value`, and must stay cheap there.
 """
 
 from __future__ import annotations
