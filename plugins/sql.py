@@ -51,8 +51,9 @@ The process: its own session and process group, recorded as the step's handle, k
 and reaped after a crash. On Linux it is forked from a fork server (``python -m
 legato.plugins.sql --serve``, one per trio run and environment, started by the first sql
 step as a system task's child and killed when the run ends), which imported duckdb once: a step
-pays a fork and DuckDB's connect (~50–100 ms) instead of an interpreter's start and duckdb's
-import (~150–200 ms of CPU). A forked process's environment is the server's, so its handle names
+pays a fork and DuckDB's connect (tens of ms) instead of an interpreter's start and duckdb's
+import (~0.2 s of CPU). At most ``MAX_PROCESSES`` (40) DuckDB processes run at once per run, the
+bound trio's thread limiter set when DuckDB ran in threads of the worker; later steps wait. A forked process's environment is the server's, so its handle names
 it by its start time (``started``), which a reused pid does not share. Where there is no
 ``os.pidfd_open`` to follow a process that is not the worker's child, or the server fails, the
 step starts ``python -m legato.plugins.sql`` itself, in the working directory, carrying
@@ -615,15 +616,18 @@ class Sql(StepType):
         try:
             # Through a pipe, not a file or the arguments: the bound values may hold secrets.
             data = json.dumps(spec, default=str).encode()
-            server = _fork_server(process_environment({}, inherit)) if self.fork_server else None
+            server_env = process_environment({}, inherit)
+            env = process_environment(legato_variables(ctx), inherit)
+        except (TypeError, ValueError) as exc:
+            return StepResult.user_error(f"cannot start the query: {exc}")
+        # As many at once as trio's default thread limit let run when DuckDB ran in threads.
+        async with _limiter():
+            server = _fork_server(server_env) if self.fork_server else None
             if server is not None:
                 result = await self._forked(ctx, server, data)
                 if result is not None:
                     return result
-            env = process_environment(legato_variables(ctx), inherit)
-        except (TypeError, ValueError) as exc:
-            return StepResult.user_error(f"cannot start the query: {exc}")
-        return await self._in_child(ctx, data, env)
+            return await self._in_child(ctx, data, env)
 
     async def _forked(self, ctx, server: "_ForkServer", spec: bytes) -> StepResult | None:
         """Run the query in a process the fork server forks in the instance's working directory;
@@ -826,6 +830,19 @@ class _ForkServer:
 
 _FORK_TIMEOUT = 30.0
 _SERVERS: trio.lowlevel.RunVar = trio.lowlevel.RunVar("legato_sql_fork_servers")
+_LIMITER: trio.lowlevel.RunVar = trio.lowlevel.RunVar("legato_sql_limiter")
+#: DuckDB processes one run keeps at once (each uses every core): what trio's default thread
+#: limiter allowed when the queries ran in threads of the worker.
+MAX_PROCESSES = 40
+
+
+def _limiter() -> trio.CapacityLimiter:
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(MAX_PROCESSES)
+        _LIMITER.set(limiter)
+        return limiter
 
 
 def _fork_server(env: dict[bytes, bytes]) -> _ForkServer | None:

@@ -662,6 +662,26 @@ async def test_concurrent_steps_of_different_instances_each_write_in_their_own_d
     assert not (tmp_path / "n.csv").exists()
 
 
+async def test_at_most_max_processes_run_at_once(tmp_path, monkeypatch):
+    """A step beyond ``MAX_PROCESSES`` waits for a DuckDB process to end before it starts one."""
+    monkeypatch.setattr(sql_plugin, "MAX_PROCESSES", 1)
+    engine = make_engine(tmp_path)
+    long, short = engine.load(workflow(step(query=LONG_QUERY))), engine.load(workflow(step(query="SELECT 1 AS one")))
+    first, _ = await engine.start(long)
+    second, _ = await engine.start(short)
+    async with trio.open_nursery() as nursery:
+        run = await nursery.start(lambda task_status: engine.run(long, first, task_status=task_status))
+        await _child(engine, first.instance_id)
+        nursery.start_soon(engine.run, short, second)
+        with trio.fail_after(60):  # a hang guard
+            while sql_plugin._limiter().statistics().tasks_waiting < 1:
+                await trio.sleep(0.01)
+        assert not (await engine.storage.get_attempts(second.instance_id))[0].handle, "it started a process"
+        run.stop("enough")
+    attempts = await engine.storage.get_attempts(second.instance_id)
+    assert attempts[0].status.value == "SUCCEEDED" and attempts[0].outputs["rows"] == [[1]]
+
+
 # -- conformance -----------------------------------------------------------------------------------
 
 class TestSqlConformance(StepTypeSuite):
