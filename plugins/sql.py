@@ -817,7 +817,7 @@ class _ForkServer:
                     await self.sock.sendmsg([json.dumps({"cwd": cwd}).encode()],
                                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
                     answer = await self.sock.recv(64)
-                except OSError:
+                except (OSError, trio.ClosedResourceError):  # the server is gone (or going)
                     answer = b""
                 pid = int(answer) if answer.isdigit() else 0
                 if pid > 0:

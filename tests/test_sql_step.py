@@ -489,13 +489,22 @@ def _start_time(pid: int) -> int | None:
 
 
 def _gone(pid: int, started: int | None) -> bool:
-    """The process so identified no longer runs and its process group is empty."""
+    """The process so identified no longer runs (a zombie nobody has reaped yet has ended) and
+    its process group is empty."""
+    if started is not None and _start_time(pid) == started and _state(pid) != "Z":
+        return False
     try:
         os.killpg(pid, 0)
-        return False
     except ProcessLookupError:
-        pass
-    return started is None or _start_time(pid) != started
+        return True
+    return _state(pid) == "Z"  # the group's only member is its leader's zombie
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
 
 
 async def _start_long(tmp_path: Path, check, **params) -> dict:
@@ -680,6 +689,30 @@ async def test_at_most_max_processes_run_at_once(tmp_path, monkeypatch):
         run.stop("enough")
     attempts = await engine.storage.get_attempts(second.instance_id)
     assert attempts[0].status.value == "SUCCEEDED" and attempts[0].outputs["rows"] == [[1]]
+
+
+async def test_a_dead_fork_server_is_replaced_and_its_steps_live_on(tmp_path):
+    """The fork server killed while a step it forked runs: that step's process is its own (it
+    runs on and is stopped as usual); the next step gets a new server."""
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow(step(query=LONG_QUERY)))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(lambda task_status: engine.run(definition, instance, task_status=task_status))
+        pid, started = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        [server] = sql_plugin._SERVERS.get().values()
+        os.kill(server.proc.pid, 9)
+        with trio.fail_after(60):  # a hang guard
+            while not server.dead:
+                await trio.sleep(0.01)
+        assert not _gone(pid, started), "the step's process died with the server"
+        handle.stop("enough")
+    assert [a.status.value for a in await engine.storage.get_attempts(instance.instance_id)] == ["STOPPED"]
+    assert _gone(pid, started)
+    after = await run(tmp_path, workflow(step(query="SELECT 1 AS one")), engine=engine)
+    assert after.outputs()["rows"] == [[1]]
+    [replacement] = [s for s in sql_plugin._SERVERS.get().values() if not s.dead]
+    assert replacement is not server and "started" in after.by_step["q"].handle
 
 
 # -- conformance -----------------------------------------------------------------------------------
