@@ -447,7 +447,7 @@ def _serve(sock_fd: int) -> int:
 
 
 def _forked(request: dict[str, Any], fds: list[int]) -> int:
-    """In a process just forked by :func:`serve`: become the step's process, then run it."""
+    """In a process just forked by :func:`_serve`: become the step's process, then run it."""
     os.setsid()  # its own session and process group, killed as a group
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     stdin, stdout, stderr, control = fds
