@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import os
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -168,6 +170,47 @@ async def test_relative_paths_in_the_query_resolve_in_the_instance_working_direc
     assert done.status() == "SUCCEEDED", done.message()
     assert done.outputs()["records"] == [{"n": 2}]
     assert not (elsewhere / "sales.csv").exists()
+
+
+async def test_the_instance_directorys_file_wins_over_the_workers(tmp_path, monkeypatch):
+    """A file of the same name in the worker's own directory and in the instance's working
+    directory: every read (a path, ``read_csv``, a glob) gets the instance's."""
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    (worker / "data.csv").write_text("origin\nworker\n")
+    (worker / "data2.csv").write_text("origin\nworker\n")
+    monkeypatch.chdir(worker)
+    doc = workflow({"step": {"id": "extract", "type": "bash",
+                             "params": {"script": "printf 'origin\\ninstance\\n' > data.csv"},
+                             "transition": {"successors": ["q"]}}},
+                   step(query="SELECT origin FROM 'data.csv' UNION ALL SELECT origin FROM read_csv('data.csv') "
+                              "UNION ALL SELECT origin FROM read_csv('data*.csv')"))
+    done = await run(tmp_path, doc)
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["rows"] == [["instance"]] * 3
+
+
+async def test_relative_writes_and_attach_land_in_the_instance_working_directory(tmp_path, monkeypatch):
+    """``COPY … TO``, ``EXPORT DATABASE`` and ``ATTACH`` with relative paths write into the
+    instance's working directory; nothing appears in the worker's own directory."""
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    monkeypatch.chdir(worker)
+    done = await run(tmp_path, workflow(step(query=(
+        "COPY (SELECT 1 AS one) TO 'out.csv' (HEADER);\n"
+        "ATTACH 'side.db' AS side; CREATE TABLE side.t AS SELECT 42 AS answer; DETACH side;\n"
+        "CREATE TABLE kept AS SELECT 7 AS seven; EXPORT DATABASE 'dump';\n"
+        "SELECT * FROM read_csv('out.csv')"))))
+    assert done.status() == "SUCCEEDED", done.message()
+    assert done.outputs()["records"] == [{"one": 1}]
+    assert (done.workdir / "out.csv").read_text().splitlines() == ["one", "1"]
+    assert (done.workdir / "dump" / "schema.sql").is_file()
+    con = duckdb.connect(str(done.workdir / "side.db"), read_only=True)
+    try:
+        assert con.execute("SELECT answer FROM t").fetchall() == [(42,)]
+    finally:
+        con.close()
+    assert list(worker.iterdir()) == [], "the query wrote into the worker's directory"
 
 
 async def test_dml_reports_the_rows_it_changed(tmp_path):
@@ -381,18 +424,24 @@ async def test_a_database_locked_by_another_process_is_a_platform_failure(tmp_pa
     assert after.status() == "SUCCEEDED", after.message()
 
 
-async def test_a_database_open_here_with_the_other_read_only_setting_is_a_platform_failure(tmp_path):
+async def test_a_database_the_worker_holds_open_is_locked_for_the_step(tmp_path):
+    """Each step opens the database in a process of its own: one the worker itself holds open
+    read-write (as a library user's connection would) is another process's lock, whatever the
+    step's ``read_only``: a platform failure naming the holder."""
     db = tmp_path / "shared.db"
-    con = duckdb.connect(str(db))  # read-write, in this process (as another running step would)
+    con = duckdb.connect(str(db))  # read-write, in this process
     try:
         con.execute("CREATE TABLE t AS SELECT 1 AS a")
-        shared = await run(tmp_path, workflow(step(database=str(db), query="SELECT a FROM t")))
-        conflict = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
+        writer = await run(tmp_path, workflow(step(database=str(db), query="SELECT a FROM t")))
+        reader = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
     finally:
         con.close()
-    assert shared.status() == "SUCCEEDED" and shared.outputs()["rows"] == [[1]]
-    assert conflict.fatal("PLATFORM_FAILED")
-    assert str(db) in conflict.message() and "different configuration" in conflict.message()
+    for done in (writer, reader):
+        assert done.fatal("PLATFORM_FAILED"), done.message()
+        assert str(db) in done.message() and "another process holds it" in done.message()
+        assert f"PID {os.getpid()}" in done.message()
+    after = await run(tmp_path, workflow(step(database=str(db), read_only=True, query="SELECT a FROM t")))
+    assert after.outputs()["rows"] == [[1]]
 
 
 def test_unavailable_without_duckdb(monkeypatch):
@@ -413,6 +462,51 @@ def test_loading_the_plugin_does_not_import_duckdb():
 # -- long queries: the loop stays live, cancellation interrupts ---------------------------------
 
 
+async def _child(engine: Engine, instance_id: str, logged: str | None = None) -> tuple[int, int | None]:
+    """The pid of the step's DuckDB process (from the handle it records) and its start time, once
+    the handle is recorded (and, with ``logged``, once the step's log holds that text)."""
+    with trio.fail_after(60):  # a hang guard
+        while True:
+            attempts = await engine.storage.get_attempts(instance_id)
+            handle = attempts[0].handle if attempts else None
+            if handle and (logged is None or logged in "".join(
+                    c.text for c in await engine.storage.get_logs(instance_id))):
+                break
+            await trio.sleep(0.02)
+    assert handle["pid"] == handle["pgid"] != os.getpid()
+    started = _start_time(handle["pid"])
+    if "started" in handle:  # forked by the fork server: known by its start time
+        assert handle["started"] == started
+    return handle["pid"], started
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _gone(pid: int, started: int | None) -> bool:
+    """The process so identified no longer runs (a zombie nobody has reaped yet has ended) and
+    its process group is empty."""
+    if started is not None and _start_time(pid) == started and _state(pid) != "Z":
+        return False
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return _state(pid) == "Z"  # the group's only member is its leader's zombie
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 async def _start_long(tmp_path: Path, check, **params) -> dict:
     engine = make_engine(tmp_path)
     facts: dict = {"before": _busy_threads()}
@@ -429,6 +523,12 @@ async def _start_long(tmp_path: Path, check, **params) -> dict:
             definition, instance, observer=observer, task_status=task_status))
         with trio.fail_after(10):
             await running.wait()
+        # the last statement has started: the query runs
+        facts["child"] = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        pid = facts["child"][0]
+        facts["cwd"] = Path(os.readlink(f"/proc/{pid}/cwd"))
+        facts["environ"] = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        facts["workdir"] = (engine.workspace / instance.instance_id).resolve()
         await check(facts)
         handle.stop("enough")
     facts["attempts"] = await engine.storage.get_attempts(instance.instance_id)
@@ -444,15 +544,30 @@ LONG = {
 }
 
 
+@pytest.fixture(params=["forked", "own process"])
+def start(request, monkeypatch):
+    """How the step's DuckDB process starts: forked by the run's fork server, or (where there is
+    none) as a Python of its own."""
+    if request.param == "own process":
+        monkeypatch.setattr(sql_plugin.Sql, "fork_server", False)
+    return request.param
+
+
 @pytest.mark.parametrize("what", list(LONG))
-async def test_cancelling_a_long_query_interrupts_it(tmp_path, what):
+async def test_cancelling_a_long_query_interrupts_it(tmp_path, what, start):
     async def wait(facts):
-        await trio.sleep(0.6)
+        await trio.lowlevel.checkpoint()
 
     facts = await _start_long(tmp_path, wait, **LONG[what])
-    # the queries run for hours: STOPPED, with no DuckDB thread left working, means they were interrupted
+    # DuckDB ran in a process of its own, in the instance's working directory
+    assert facts["cwd"] == facts["workdir"]
+    if start == "own process":  # carrying the attempt's ids, like a bash step's
+        assert b"LEGATO_STEP_ID=q" in facts["environ"]
+        assert any(e.startswith(b"LEGATO_IDEMPOTENCY_KEY=") and len(e) > 23 for e in facts["environ"])
+    # the queries run for hours: STOPPED, with DuckDB's process gone, means they were stopped
     assert [a.status.value for a in facts["attempts"]] == ["STOPPED"]
     assert "sql> SELECT " in facts["logs"]
+    assert _gone(*facts["child"]), f"DuckDB's process {facts['child'][0]} is still running"
     busy = _busy_threads() - facts["before"]
     assert not busy, f"threads still working after cancellation: {busy}"
 
@@ -473,12 +588,131 @@ async def test_the_event_loop_stays_live_during_a_long_query(tmp_path):
     assert facts["worst"] < 0.25, f"the loop was blocked for {facts['worst']:.2f}s"
 
 
-async def test_a_timeout_interrupts_the_query(tmp_path):
-    doc = workflow({"step": {**step(query=LONG_QUERY)["step"], "timeout": "1s"}})
+async def test_a_timeout_interrupts_the_query(tmp_path, start):
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow({"step": {**step(query=LONG_QUERY)["step"], "timeout": "2s"}}))
+    instance, _ = await engine.start(definition)
     started = time.monotonic()
-    done = await run(tmp_path, doc)
-    assert time.monotonic() - started < 30, "the 1 s timeout did not interrupt the query"  # a hang guard
-    assert done.status() == "TIMED_OUT"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, definition, instance)
+        child = await _child(engine, instance.instance_id)
+    assert time.monotonic() - started < 30, "the 2 s timeout did not interrupt the query"  # a hang guard
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert [a.status.value for a in attempts] == ["TIMED_OUT"]
+    assert _gone(*child), f"DuckDB's process {child[0]} is still running"
+
+
+async def test_a_killed_duckdb_process_is_a_platform_failure(tmp_path, monkeypatch, start):
+    """DuckDB's process dying without a result (the OOM killer, say) is the platform's failure;
+    it inherits from the worker's environment only what the operator's ``inherit_env`` allows."""
+    monkeypatch.setenv("SQLTEST_ALLOWED", "yes")
+    monkeypatch.setenv("SQLTEST_WORKER_SECRET", "no")
+    engine = Engine(open_storage("memory://"), workspace=tmp_path / "runs",
+                    step_settings={"sql": {"inherit_env": ["SQLTEST_ALLOWED"]}})
+    definition = engine.load(workflow(step(query=LONG_QUERY)))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, definition, instance)
+        pid, started = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        os.kill(pid, 9)
+    assert b"SQLTEST_ALLOWED=yes" in environ
+    assert not [e for e in environ if e.startswith(b"SQLTEST_WORKER_SECRET")]
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert attempts[0].status.value == "FATALLY_FAILED" and "(PLATFORM_FAILED, no " in attempts[0].message
+    # a forked process's exit status goes to the fork server, its parent
+    assert ("DuckDB's process ended without a result" if start == "forked"
+            else "DuckDB's process was killed by signal SIGKILL") in attempts[0].message
+    assert _gone(pid, started)
+
+
+async def test_reap_kills_only_the_process_its_handle_names(tmp_path, start):
+    """After a crash the resumed kernel reaps what the attempt left running: the process its
+    handle names, known by its start time (forked) or by the attempt's idempotency key in its
+    environment (its own process); a handle that names another process (a reused pid) kills nothing."""
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow(step(query=LONG_QUERY)))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, definition, instance)
+        pid, started = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        attempt = (await engine.storage.get_attempts(instance.instance_id))[0]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        keys = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LEGATO_IDEMPOTENCY_KEY=")]
+        ctx = types.SimpleNamespace(idempotency_key=keys[0] if keys else "unused: forked")
+        other = {**attempt.handle, "started": (started or 0) + 1} if start == "forked" else attempt.handle
+        other_ctx = ctx if start == "forked" else types.SimpleNamespace(idempotency_key="someone-else")
+        sql_plugin.Sql().reap(other_ctx, other)
+        assert not _gone(pid, started), "reap killed a process its handle does not name"
+        sql_plugin.Sql().reap(ctx, attempt.handle)
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert "(PLATFORM_FAILED, no " in attempts[0].message, attempts[0].message
+    assert _gone(pid, started)
+
+
+async def test_concurrent_steps_of_different_instances_each_write_in_their_own_directory(tmp_path, monkeypatch):
+    """Steps of several instances running at once, all forked by one server, each in its own
+    instance's working directory."""
+    monkeypatch.chdir(tmp_path)
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow(step(query="COPY (SELECT $n AS n) TO 'n.csv' (HEADER); SELECT * FROM 'n.csv'")))
+    done: dict[int, object] = {}
+
+    async def one(n: int) -> None:
+        done[n] = await engine.execute(definition, {"n": n})
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(one, n)
+    for n, instance in done.items():
+        assert instance.status.value == "SUCCEEDED", instance
+        workdir = engine.workspace / instance.instance_id
+        assert (workdir / "n.csv").read_text().splitlines() == ["n", str(n)]
+    assert not (tmp_path / "n.csv").exists()
+
+
+async def test_at_most_max_processes_run_at_once(tmp_path, monkeypatch):
+    """A step beyond ``MAX_PROCESSES`` waits for a DuckDB process to end before it starts one."""
+    monkeypatch.setattr(sql_plugin, "MAX_PROCESSES", 1)
+    engine = make_engine(tmp_path)
+    long, short = engine.load(workflow(step(query=LONG_QUERY))), engine.load(workflow(step(query="SELECT 1 AS one")))
+    first, _ = await engine.start(long)
+    second, _ = await engine.start(short)
+    async with trio.open_nursery() as nursery:
+        run = await nursery.start(lambda task_status: engine.run(long, first, task_status=task_status))
+        await _child(engine, first.instance_id)
+        nursery.start_soon(engine.run, short, second)
+        with trio.fail_after(60):  # a hang guard
+            while sql_plugin._limiter().statistics().tasks_waiting < 1:
+                await trio.sleep(0.01)
+        assert not (await engine.storage.get_attempts(second.instance_id))[0].handle, "it started a process"
+        run.stop("enough")
+    attempts = await engine.storage.get_attempts(second.instance_id)
+    assert attempts[0].status.value == "SUCCEEDED" and attempts[0].outputs["rows"] == [[1]]
+
+
+async def test_a_dead_fork_server_is_replaced_and_its_steps_live_on(tmp_path):
+    """The fork server killed while a step it forked runs: that step's process is its own (it
+    runs on and is stopped as usual); the next step gets a new server."""
+    engine = make_engine(tmp_path)
+    definition = engine.load(workflow(step(query=LONG_QUERY)))
+    instance, _ = await engine.start(definition)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(lambda task_status: engine.run(definition, instance, task_status=task_status))
+        pid, started = await _child(engine, instance.instance_id, logged="sql> SELECT ")
+        [server] = sql_plugin._SERVERS.get().values()
+        os.kill(server.proc.pid, 9)
+        with trio.fail_after(60):  # a hang guard
+            while not server.dead:
+                await trio.sleep(0.01)
+        assert not _gone(pid, started), "the step's process died with the server"
+        handle.stop("enough")
+    assert [a.status.value for a in await engine.storage.get_attempts(instance.instance_id)] == ["STOPPED"]
+    assert _gone(pid, started)
+    after = await run(tmp_path, workflow(step(query="SELECT 1 AS one")), engine=engine)
+    assert after.outputs()["rows"] == [[1]]
+    [replacement] = [s for s in sql_plugin._SERVERS.get().values() if not s.dead]
+    assert replacement is not server and "started" in after.by_step["q"].handle
 
 
 # -- conformance -----------------------------------------------------------------------------------
