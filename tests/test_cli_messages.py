@@ -93,13 +93,13 @@ def test_logs_of_a_step_that_logged_nothing_say_so(store):
     assert proc.stderr == "legato: instance 3fa2c1aa00000000: its steps logged nothing\n"
 
 
-def test_resume_of_an_ended_instance_points_at_a_new_run(store):
+def test_resume_of_an_ended_instance_points_at_restart(store):
     iid = store["failed"]
     proc = run_in(store, "resume", iid)
     assert proc.returncode == 2
     assert proc.stderr == (f"legato: instance {iid} (flaky) already ended FAILED; resume continues only "
-                           "unfinished instances. `legato restart` is planned but not there yet: to run flaky "
-                           "again, start a new instance with `legato run FILE`\n")
+                           f"unfinished instances: `legato restart {iid}` runs it again from its incomplete "
+                           "steps\n")
     proc = run_in(store, "resume", "3fa2d7")
     assert proc.returncode == 2
     assert proc.stderr == "legato: instance 3fa2d7bb00000000 (daily) already ended SUCCEEDED: nothing to resume\n"

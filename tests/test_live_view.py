@@ -197,3 +197,20 @@ def test_what_steps_print_is_shown_as_written_not_as_markup(run_live, tmp_path):
                      screen, re.MULTILINE), screen
     assert "    | [/red] disk [bold]full" in screen.splitlines(), screen
     assert re.search(r"^marks: FAILED · 1/1 done · ", screen, re.MULTILINE), screen
+
+
+def test_a_loop_is_one_row_counting_its_iterations(run_live, tmp_path):
+    """A foreach shows as one row whose message counts its iterations: ended, failed, running."""
+    doc = {"workflow": {"id": "looping", "steps": [{"foreach": {
+        "id": "days", "concurrency": 2,
+        "params": {"loop_params": {"type": "MAP", "value": {"d": {"type": "LONG_ARRAY", "value": [1, 2, 3, 4]}}}},
+        "steps": [{"step": {"id": "load", "type": "bash", "params": {"script": _gated(tmp_path, "gate", "echo $d")}}}],
+    }}]}}
+    term = run_live(doc)
+    screen = term.wait_for(lambda s: re.search(r"^days\s+foreach\s+RUNNING\s+1\b.*0 iterations ended · 2 running",
+                                               s, re.MULTILINE), "the loop's row with 2 iterations running")
+    (tmp_path / "gate").touch()
+    code, screen = term.finish()
+    assert code == 0, screen
+    assert re.search(r"^days\s+foreach\s+SUCCEEDED\s+1\b.*4 iterations ended$", screen, re.MULTILINE), screen
+    assert re.search(r"^looping \[[0-9a-f]+\] SUCCEEDED in \d+\.\d\ds \(1 succeeded\)$", screen, re.MULTILINE), screen
