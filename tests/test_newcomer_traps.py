@@ -490,11 +490,12 @@ def test_the_upstream_check_walks_once_per_step_referenced_from_afar(monkeypatch
     away are answered by one forward walk each, whatever the number of readers."""
     from legato import definition as definition_module
     from legato.cel import CelCompiler
+    from legato.definition import upstream
     from legato.plugin_manager import get_plugins
 
     walks = []
-    walk = definition_module._descendants
-    monkeypatch.setattr(definition_module, "_descendants", lambda *a: walks.append(a[0]) or walk(*a))
+    walk = upstream._descendants
+    monkeypatch.setattr(upstream, "_descendants", lambda *a: walks.append(a[0]) or walk(*a))
     n = 5_000
     steps = [{"step": {"id": f"s{i}", "type": "noop",
                        "params": {"first": {"type": "STRING", "expression": "steps.s0.status"},
@@ -512,11 +513,12 @@ def test_the_upstream_check_of_step_param_references_walks_once_too(monkeypatch)
     all 5,000 readers, and one more for the step read from afar by the last one only."""
     from legato import definition as definition_module
     from legato.cel import CelCompiler
+    from legato.definition import upstream
     from legato.plugin_manager import get_plugins
 
     walks = []
-    walk = definition_module._descendants
-    monkeypatch.setattr(definition_module, "_descendants", lambda *a: walks.append(a[0]) or walk(*a))
+    walk = upstream._descendants
+    monkeypatch.setattr(upstream, "_descendants", lambda *a: walks.append(a[0]) or walk(*a))
     n = 5_000
     steps = [{"step": {"id": f"s{i}", "type": "noop",
                        "params": {"x": i, **({"first": {"type": "LONG", "expression": "s0__x + 1"},

@@ -1,0 +1,5 @@
+"""``python -m legato.cli``: the ``legato`` program."""
+
+from . import main
+
+main()  # pragma: no cover
