@@ -1,0 +1,143 @@
+"""Creating and starting steps: a new attempt walks CREATED → … → EVALUATING_PARAMS (its params
+evaluated once, checked by its step type's schema), then waits for a permit (``step_concurrency``
+caps the leaf steps running in an instance) and becomes STARTING; its step task is launched once
+that is durable (:mod:`legato.instance`). A loop step takes no permit: its body's steps do.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .model import AttemptRecord
+from .params import ParamError, evaluate_params, needs_cel
+from .recovery import MATERIALIZE
+from .scope import UNCONVERTIBLE
+from .states import StepStatus
+
+__all__ = ["StepStart"]
+
+S = StepStatus
+
+
+class StepStart:
+    """Attempts and permits (a mixin of :class:`legato.instance.InstanceRun`)."""
+
+    def materialize(self, st) -> None:
+        """Create a new attempt and walk it to STARTING (or WAITING_FOR_PERMITS)."""
+        if self.ending is not None or st.scope.ending is not None:
+            return
+        st.attempt += 1
+        now = time.time()
+        st.record = AttemptRecord(self.iid, st.key, st.attempt, S.CREATED, self.instance.run_id, created_at=now)
+        self.batch.attempts[(st.key, st.attempt)] = st.record
+        self.event(st.key, st.attempt, "CREATED")
+        for status in MATERIALIZE:
+            self.set(st, status)
+        self.enter(st)
+        self.prepare(st)
+
+    def prepare(self, st) -> None:
+        """EVALUATING_PARAMS (or a restored WAITING_FOR_PERMITS): make the attempt ready, then
+        queue it for a permit (a loop step takes none: its body's steps do)."""
+        if st.params is None and st.sdef.params and self.needs_iterations(st):
+            self.nursery.start_soon(self.load_iterations, st)  # then ("loaded", st) comes back here
+            return
+        if not self.ready(st):
+            return
+        if st.record.status is not S.WAITING_FOR_PERMITS:
+            self.set(st, S.WAITING_FOR_PERMITS)
+        if st.sdef.loop is not None:
+            st.record.started_at = time.time()
+            self.set(st, S.STARTING)
+            self.start_loop(st)
+        elif self.running < self.limit:
+            self._starting(st)
+        else:
+            self.permit_queue.append(st)
+
+    def ready(self, st) -> bool:
+        """Evaluate the step's params once (later attempts and resumes reuse the values) and
+        check them against the step type's schema (``st.config``). Every attempt that is to run
+        or be followed passes here, fresh or restored after a crash. False when the attempt ended
+        INTERNALLY_FAILED instead: params that fail to evaluate are Maestro's internal error
+        (MaestroTask.doExecute's catch, StepRuntimeSummary.markInternalError), never retried nor
+        ignored."""
+        try:
+            if st.params is None:
+                st.params = self._evaluate_step_params(st)
+            if st.config is None and st.sdef.loop is None:
+                st.config = self._validate_config(st)
+        except ParamError as exc:
+            message = f"{st.sdef.pointer}/params{exc.pointer}: {exc.message}"
+            if st.record.status is not S.EVALUATING_PARAMS:
+                # valid when this attempt was prepared, refused now: the step type changed under it
+                message += " (the params were accepted before a restart)"
+            self.end_step(st, S.INTERNALLY_FAILED, message)
+            return False
+        st.record.params = st.params
+        return True
+
+    def _starting(self, st) -> None:
+        """Take a permit: ``running`` counts steps launched or about to be."""
+        st.record.started_at = time.time()
+        self.set(st, S.STARTING)
+        self.to_launch.append(st)
+        self.running += 1
+
+    def grant_permits(self) -> None:
+        while self.permit_queue and self.running < self.limit and self.ending is None:
+            self._starting(self.permit_queue.popleft())
+
+    def _evaluate_step_params(self, st) -> dict[str, Any]:
+        sdef = st.sdef
+        loop = sdef.loop
+        if not sdef.params and loop is None:
+            return {}
+        scope = st.scope
+        try:
+            values: dict[str, Any] = {}
+            if sdef.params:
+                if loop is None:
+                    step_type = self.engine.plugins.step_types.types[sdef.type]
+                    raw, argv = step_type.raw_params, step_type.argv_params
+                else:
+                    raw = argv = frozenset()
+                with self.evaluating_with_iterations(st):
+                    values = evaluate_params(sdef.params, self.engine.compiler, scope=scope.params,
+                                             context=scope.context() if needs_cel(sdef.params.values()) else None,
+                                             raw=raw, argv=argv, budget=self.budget)
+            if loop is not None and loop.loop_params:
+                try:
+                    values["loop_params"] = evaluate_params(
+                        loop.loop_params, self.engine.compiler, scope={**scope.params, **values},
+                        context=scope.context() if needs_cel(loop.loop_params.values()) else None,
+                        budget=self.budget)
+                except ParamError as exc:
+                    raise ParamError(exc.message, f"/loop_params/value{exc.pointer}") from None
+            return values
+        except ParamError:
+            raise
+        except UNCONVERTIBLE as exc:  # a value stored before values were checked on the way in
+            raise ParamError(f"a value this step's params see cannot be converted for CEL ({exc})") from None
+
+    def _validate_config(self, st) -> Any:
+        """The step's params as the step type's ``Params`` model (None when it declares none)."""
+        step_type = self.engine.plugins.step_types.types[st.sdef.type]
+        if step_type.Params is None:
+            return None
+        if not st.params:  # most steps of a large run: one validated config per step type, shared
+            shared = self.engine.empty_configs.get(st.sdef.type)
+            if shared is not None:
+                return shared
+        import pydantic
+
+        try:
+            config = step_type.Params.model_validate(st.params)
+            if not st.params:
+                self.engine.empty_configs[st.sdef.type] = config
+            return config
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            loc = "".join(f"/{p}" for p in err["loc"])
+            raise ParamError(f"{st.sdef.type}: {err['msg']}", loc) from None
