@@ -303,56 +303,38 @@ def test_crash_battery_loops(tmp_path):
     assert kills >= target
 
 
+
 SUB_KILLS = 40
-#: The parent's subworkflow steps (a foreach's iterations each have their own) and whether each is sync.
+#: The parent's subworkflow steps (each foreach iteration's its own) -> whether each is sync.
 SUBWORKFLOW_STEPS = {"s": True, "fe/1/fs": True, "fe/2/fs": True, "fe/3/fs": True, "as": False}
 
 
-def subworkflow_storm(ledger: Path) -> tuple[dict, dict]:
-    """The child (two bash steps) and the parent: a sync subworkflow step, a foreach of three
-    iterations (concurrency 2) whose body is a sync subworkflow step, an async subworkflow step,
-    then a bash step. The parent's params (the ledger) pass down to each child."""
-    def sub(sid: str, sync: bool, to=()) -> dict:
-        body = {"id": sid, "type": "subworkflow", "params": {"subworkflow_id": "kid", "sync": sync},
-                "retry_policy": RETRIES}
-        if to:
-            body["transition"] = {"successors": list(to)}
-        return {"step": body}
-
-    child = {"workflow": {"id": "kid", "params": {"ledger": "unset"}, "steps": [bash("k1", ["k2"]), bash("k2")]}}
-    parent = {"workflow": {"id": "subs", "params": {"ledger": str(ledger)}, "steps": [
-        sub("s", True, ["fe"]),
-        {"foreach": {"id": "fe", "concurrency": 2, "transition": {"successors": ["as"]},
-                     "params": {"loop_params": {"type": "MAP", "value": {"i": {"type": "LONG_ARRAY", "value": [1, 2, 3]}}}},
-                     "steps": [sub("fs", True)]}},
-        sub("as", False, ["end"]),
-        bash("end"),
-    ]}}
-    return child, parent
-
-
 def test_crash_battery_subworkflows(tmp_path):
-    """SIGKILLs at random moments while a parent runs sync subworkflows (one alone, one per
-    foreach iteration) and starts an async one; the sync children run inside the parent's process
-    and die with it. Each parent is re-run with ``legato run --request-id`` until it ends, then
-    ``legato resume`` (killed at random too) runs the queued async children.
+    """SIGKILLs at random moments while a parent runs sync subworkflows (one alone, one in each
+    of a foreach's three iterations, two at once) and starts an async one
+    (tests/test_subworkflow.crash_workflows); the sync children run inside the parent's process
+    and die with it. Each parent is run again with ``legato run --request-id`` until it ends,
+    then ``legato resume`` (killed at random too) runs the queued async children.
 
-    What must hold (Maestro's SubworkflowStepRuntime: a child is started once per step, its
-    request id deduplicating the start): every parent ends SUCCEEDED; each of its subworkflow
-    steps (each iteration's) has exactly one child, started by the step's succeeded attempt and
-    named by its outputs; every child ends SUCCEEDED, and in no child did an attempt run twice."""
+    What must hold (Maestro's SubworkflowStepRuntime: one child per step, its request id
+    deduplicating the start): every parent ends SUCCEEDED; each of its subworkflow steps (each
+    iteration's) has exactly one child, started by the step's succeeded attempt and named by its
+    outputs; every child ends SUCCEEDED; no attempt in a parent or a child ran twice; no process
+    of theirs was left running (tests/test_subworkflow.check_parent)."""
+    from .test_subworkflow import check_parent, crash_workflows
+
     scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1"))
     rng = random.Random(int(os.environ.get("LEGATO_CRASH_SEED", "20261203")))
     target = max(1, round(SUB_KILLS * scale))
     ledger = tmp_path / "ledger"
     ledger.touch()
-    child, parent = subworkflow_storm(ledger)
+    child, parent = crash_workflows(ledger)
     (tmp_path / "kid.json").write_text(json.dumps(child))
     definition = tmp_path / "subs.json"
     definition.write_text(json.dumps(parent))
     db = tmp_path / "legato.db"
     env = {**os.environ, "LEGATO_STORE": f"sqlite:///{db}"}
-    env.pop("LEGATO_LEASE_TTL", None)
+    env.pop("LEGATO_LEASE_TTL", None)  # the default 30 s: a dead kernel's lease (and its children's) is free at once
     env.pop("LEGATO_CRASH_AT", None)
     server = ForkServer(tmp_path, env)
     logs = tmp_path / "logs"
@@ -363,6 +345,7 @@ def test_crash_battery_subworkflows(tmp_path):
     started = time.monotonic()
 
     def drive(name: str, argv: list[str], quota: int) -> None:
+        """``legato argv`` killed ``quota`` times (an undisturbed parent takes about 0.7 s), then to its end."""
         nonlocal kills
         for n in range(100):
             log = logs / f"{name}.{n}.log"
@@ -389,34 +372,15 @@ def test_crash_battery_subworkflows(tmp_path):
     elapsed = time.monotonic() - started
 
     lines = ledger.read_text().split()
-    conn = sqlite3.connect(db)
-    children = collections.defaultdict(list)  # parent instance id -> its children
-    for iid, request_id, status, ancestors in conn.execute(
-            "SELECT instance_id, request_id, status, ancestors FROM legato_instances WHERE workflow_id = 'kid'"):
-        children[json.loads(ancestors)[-1]["instance_id"]].append((iid, request_id, status, json.loads(ancestors)[-1]))
-    child_attempts = 0
+    totals: collections.Counter = collections.Counter()
     for request_id in request_ids:
-        figures = check_instance(db, request_id, lines, ledgered={"end"})
-        iid = figures["instance_id"]
-        mine = {parent["step_id"]: [] for *_, parent in children[iid]}
-        for kid in children[iid]:
-            mine[kid[3]["step_id"]].append(kid)
-        assert sorted(mine) == sorted(SUBWORKFLOW_STEPS), f"{request_id}: children of {sorted(mine)}"
-        for step_id, sync in SUBWORKFLOW_STEPS.items():
-            assert len(mine[step_id]) == 1, f"{request_id}: step {step_id} started {len(mine[step_id])} children"
-            ((kid_id, kid_request, status, parent),) = mine[step_id]
-            (attempt, outputs), = conn.execute(
-                "SELECT attempt, outputs FROM legato_attempts WHERE instance_id = ? AND step_id = ? "
-                "AND status = 'SUCCEEDED'", (iid, step_id)).fetchall()
-            assert parent["attempt"] == attempt and parent["run_id"] == 1, f"{request_id}: {step_id}: {parent}"
-            outputs = json.loads(outputs)
-            assert outputs["subworkflow_instance_id"] == kid_id, f"{request_id}: {step_id}: {outputs}"
-            assert outputs.get("subworkflow_status") == ("SUCCEEDED" if sync else None), outputs
-            assert status == "SUCCEEDED", f"{request_id}: {step_id}'s child {kid_id} ended {status}"
-            child_attempts += check_instance(db, kid_request, lines)["attempts"]
-    assert sum(map(len, children.values())) == len(SUBWORKFLOW_STEPS) * len(request_ids), "children of no parent"
+        totals.update(check_parent(db, request_id, lines, SUBWORKFLOW_STEPS))
+    conn = sqlite3.connect(db)
+    (instances,), = conn.execute("SELECT count(*) FROM legato_instances").fetchall()
     conn.close()
+    assert instances == len(request_ids) * (1 + len(SUBWORKFLOW_STEPS)), f"{instances} instances in the store"
+    assert not (left := _processes_left(db)), f"processes were left behind: {left}"
     print(f"\ncrash battery, subworkflows (scale {scale:g}): {kills} kills, {len(request_ids)} parents, "
-          f"{len(SUBWORKFLOW_STEPS) * len(request_ids)} children, {child_attempts} attempts in children, "
+          f"{totals['children']} children, {totals['child_attempts']} attempts in children, "
           f"{len(lines)} bash runs, {elapsed:.0f}s")
     assert kills >= target

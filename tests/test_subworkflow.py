@@ -19,6 +19,7 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 
+import pytest  # noqa: E402
 import trio  # noqa: E402
 
 from legato.children import DEPTH_LIMIT  # noqa: E402
@@ -285,3 +286,99 @@ async def test_a_timed_out_child_fails_the_parent_step_naming_it(engine, run_doc
     assert kid.status.value == "TIMED_OUT"
     assert done.tries("s") == ["FATALLY_FAILED"]
     assert f"subworkflow instance {kid.instance_id} (child v1) ended TIMED_OUT" in done.last["s"].message
+
+
+# -- named crash points (as tests/test_recovery.py kills plain workflows) ---------------------------
+
+def check_parent(db, request_id: str, lines: list[str], steps: dict[str, bool], *, ledgered=("end",)) -> dict:
+    """The invariants of a parent instance after crashes, on the SQLite store: it ended
+    SUCCEEDED (tests/test_recovery.check_instance, with the bash steps in ``ledgered``); each of
+    its subworkflow ``steps`` (step key -> sync) has exactly one child, started by the step's
+    succeeded attempt and named by its outputs; every child ended SUCCEEDED, and no attempt in
+    it ran twice (its bash steps all keep the ledger). Figures: children, their attempts."""
+    import sqlite3
+
+    from .test_recovery import check_instance
+
+    iid = check_instance(db, request_id, lines, ledgered=set(ledgered))["instance_id"]
+    conn = sqlite3.connect(db)
+    try:
+        found: dict[str, list] = {}
+        for kid_id, kid_request, status, ancestors in conn.execute(
+                "SELECT instance_id, request_id, status, ancestors FROM legato_instances WHERE ancestors IS NOT NULL"):
+            parent = json.loads(ancestors)[-1]
+            if parent["instance_id"] == iid:
+                found.setdefault(parent["step_id"], []).append((kid_id, kid_request, status, parent))
+        assert sorted(found) == sorted(steps), f"{request_id}: children of {sorted(found)}, not {sorted(steps)}"
+        attempts = 0
+        for step_id, sync in steps.items():
+            assert len(found[step_id]) == 1, f"{request_id}: step {step_id} started children {found[step_id]}"
+            ((kid_id, kid_request, status, parent),) = found[step_id]
+            (attempt, outputs), = conn.execute(
+                "SELECT attempt, outputs FROM legato_attempts WHERE instance_id = ? AND step_id = ? "
+                "AND status = 'SUCCEEDED'", (iid, step_id)).fetchall()
+            assert (parent["attempt"], parent["run_id"]) == (attempt, 1), f"{request_id}: {step_id}: {parent}"
+            outputs = json.loads(outputs)
+            assert outputs["subworkflow_instance_id"] == kid_id, f"{request_id}: {step_id}: {outputs}"
+            assert outputs.get("subworkflow_status") == ("SUCCEEDED" if sync else None), f"{step_id}: {outputs}"
+            assert status == "SUCCEEDED", f"{request_id}: {step_id}'s child {kid_id} ended {status}"
+            attempts += check_instance(db, kid_request, lines)["attempts"]
+    finally:
+        conn.close()
+    return {"children": len(steps), "child_attempts": attempts}
+
+
+def crash_workflows(ledger, iterations: int = 3, concurrency: int = 2, async_step: bool = True) -> tuple[dict, dict]:
+    """A child of two bash steps, and its parent: a sync subworkflow step, a foreach whose body
+    is a sync subworkflow step, (an async subworkflow step,) then a bash step. The parent's params
+    (the ledger) pass down to each child. Every step retries platform errors (a crash's)."""
+    from .test_recovery import RETRIES, bash
+
+    def subworkflow(sid: str, sync: bool, to=()) -> dict:
+        step = sub(sid, "kid", sync=sync)
+        step["step"]["retry_policy"] = RETRIES
+        if to:
+            step["step"]["transition"] = {"successors": list(to)}
+        return step
+
+    child = wf("kid", bash("k1", ["k2"]), bash("k2"), params={"ledger": "unset"})
+    tail = [subworkflow("as", False, ["end"])] if async_step else []
+    loop = {"foreach": {"id": "fe", "concurrency": concurrency, "transition": {"successors": [
+        "as" if async_step else "end"]}, "params": {"loop_params": {"type": "MAP", "value": {
+            "i": {"type": "LONG_ARRAY", "value": list(range(1, iterations + 1))}}}},
+        "steps": [subworkflow("fs", True)]}}
+    parent = wf("subs", subworkflow("s", True, ["fe"]), loop, *tail, bash("end"), params={"ledger": str(ledger)})
+    return child, parent
+
+
+#: Counted across the process: the children run in the parent's, so their commits, launches and
+#: step ends count too. committed:1 and before_launch:1 come as the sync step's attempt is STARTING
+#: (on resume a platform error, retried: the child belongs to the retry); committed:2 when it is
+#: RUNNING with its handle, before the child exists; before_launch:2 and :5 launch a child's first
+#: step; step_done:1 ends a child's step, :3 the sync step (its child has ended, its end not yet
+#: the step's), :6 the first iteration's subworkflow step; iteration_done:1 ends that iteration.
+SUB_CRASH_POINTS = ["committed:1", "committed:2", "committed:4", "committed:7", "committed:12", "before_launch:1",
+                    "before_launch:2", "before_launch:5", "step_done:1", "step_done:3", "step_done:6",
+                    "iteration_done:1", "iteration_done:2"]
+
+
+@pytest.mark.parametrize("point", SUB_CRASH_POINTS)
+def test_a_parent_killed_at_a_named_crash_point_never_starts_a_second_child(tmp_path, point):
+    """The parent's kernel is SIGKILLed at a named crash point (LEGATO_CRASH_AT) while a sync
+    subworkflow runs in its process (alone, and in a foreach's iterations), then `legato run
+    --request-id` again to the end: one child per step, started once (its request id derives
+    from the parent's attempt: Maestro's StepHelper.createInternalWorkflowRunRequest), every
+    child SUCCEEDED, no attempt run twice."""
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    child, parent = crash_workflows(ledger, iterations=2, concurrency=1, async_step=False)
+    (tmp_path / "kid.json").write_text(json.dumps(child))
+    path = tmp_path / "subs.json"
+    path.write_text(json.dumps(parent))
+    driver = Driver(tmp_path, None)
+    proc = subprocess.run([LEGATO, "push", "kid.json"], env=driver.env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    driver.drive(path, "req", crash_at=point, kills=0)
+    assert driver.cycles == 1, f"the kernel never reached {point}"
+    check_parent(driver.db, "req", ledger.read_text().split(), {"s": True, "fe/1/fs": True, "fe/2/fs": True})
