@@ -11,7 +11,8 @@ ancestors chain, the depth limit, a deduplicating request id from the parent's i
   attempt starts at most one child whatever crashes and resumes come between;
 - following it runs it in this process when no live worker does (a fresh child, or one whose
   worker died with the parent's), else waits for its end in the store; cancelling the follower
-  (the parent step stopped or timed out) stops the child first.
+  (the parent step stopped or timed out) stops the child first, but a parent run that lost its
+  lease leaves the child to run on (whoever resumes the parent follows that child).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class ChildWorkflows:
         """The child's final record, once it has ended: run here when no live worker runs it
         (this engine started it, or its worker died), else read from the store as it ends.
         Cancelled (the parent step stopped or timed out), it stops a child running here and
-        waits for it to end STOPPED before the cancellation goes on."""
+        waits for it to end STOPPED before the cancellation goes on; cancelled because the
+        parent's run lost its lease or its store, it leaves the child running to its end."""
         from .engine import LeaseHeld
 
         storage = self.engine.storage
@@ -186,7 +188,10 @@ class ChildWorkflows:
                 await ended.wait()
             except trio.Cancelled:
                 run = engine.runs.get(iid)
-                if run is not None:
+                # The parent step stopped or timed out: stop the child. The parent's run lost its
+                # lease or its store instead: the child is not its to end (it holds its own lease);
+                # it runs on to its end here, and whoever resumes the parent follows it.
+                if run is not None and self._parent_run().lost is None:
                     parent = self.ctx
                     run.stop(f"stopped with its parent step {parent.step_id} of instance {parent.instance_id}")
                 raise

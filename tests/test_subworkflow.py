@@ -382,3 +382,60 @@ def test_a_parent_killed_at_a_named_crash_point_never_starts_a_second_child(tmp_
     driver.drive(path, "req", crash_at=point, kills=0)
     assert driver.cycles == 1, f"the kernel never reached {point}"
     check_parent(driver.db, "req", ledger.read_text().split(), {"s": True, "fe/1/fs": True, "fe/2/fs": True})
+
+
+
+async def test_a_parent_that_loses_its_lease_leaves_its_child_running(tmp_path, plugins):
+    """A parent run that loses its lease (another worker took it, or the store refused it)
+    drops everything for whoever resumes it; its child is not its to stop (only a stop or a
+    timeout of the parent step stops the child, as SubworkflowStepRuntime.terminate). The child
+    runs on to its end, and the resumed parent follows that child to SUCCEEDED: one child, not a
+    STOPPED one that fails the parent."""
+    import pytest
+    import trio.testing
+
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StaleWrite
+
+    class Losing(MemoryStorage):
+        refuse: str | None = None  # the instance whose lease renewals are refused
+
+        async def acquire_lease(self, instance_id, owner, ttl, generation=None):
+            if generation is not None and instance_id == self.refuse:
+                return None  # as if another worker had taken it
+            return await super().acquire_lease(instance_id, owner, ttl, generation)
+
+    gate = tmp_path / "gate"
+    storage = Losing()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs", lease_ttl=0.3)
+    await push(engine, wf("child", leaf("c", "bash", script='while [ ! -e "$gate" ]; do sleep 0.02; done'),
+                          params={"gate": str(gate)}))
+    definition = engine.load(wf("parent", sub("s", "child")))
+    instance, _ = await engine.start(definition)
+    ended = []
+
+    async def parent() -> None:
+        with pytest.raises(StaleWrite, match="lost the lease"):
+            await engine.run(definition, instance)
+        ended.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(parent)
+        child = await _wait_child_running(engine, instance.instance_id)
+        storage.refuse = instance.instance_id
+        while getattr(engine.runs.get(instance.instance_id), "lost", True) is None:  # till a heartbeat finds it gone
+            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the parent's step task has taken its cancellation
+        kid, run = await storage.get_instance(child.instance_id), engine.runs.get(child.instance_id)
+        assert run is not None and run.ending is None, f"the child was stopped: {kid.status.value} {kid.message}"
+        gate.touch()
+    assert ended
+    kid = await storage.get_instance(child.instance_id)
+    assert kid.status.value == "SUCCEEDED", f"{kid.status.value}: {kid.message}"
+    storage.refuse = None
+    final = await engine.resume(instance.instance_id)
+    assert final.status.value == "SUCCEEDED"
+    assert [k.instance_id for k in await children_of(engine, instance.instance_id)] == [child.instance_id]
+    (step,) = await storage.get_attempts(instance.instance_id)
+    assert (step.attempt, step.outputs["subworkflow_instance_id"]) == (1, child.instance_id)
