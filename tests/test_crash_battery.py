@@ -15,6 +15,10 @@ Kernels are forked from a server that imported Legato once (tests/forkserver.py)
 battery's time goes to crashing and resuming, not to imports. ``LEGATO_BATTERY_SCALE`` (default
 1: 200 kills, about 2-3 minutes here) multiplies the number of kills; ``LEGATO_CRASH_SEED`` picks
 the random moments. Run with ``-s`` to see the figures.
+
+Two smaller batteries (no Docker) kill kernels the same way across loops (foreach, nested
+foreach, while) and subworkflows (sync children running inside the parent's process, one per
+foreach iteration, and an async one), each about half a minute at scale 1.
 """
 
 from __future__ import annotations
@@ -309,6 +313,14 @@ SUB_KILLS = 40
 SUBWORKFLOW_STEPS = {"s": True, "fe/1/fs": True, "fe/2/fs": True, "fe/3/fs": True, "as": False}
 
 
+def _instance_of(db: Path, request_id: str) -> bool:
+    conn = sqlite3.connect(db)
+    try:
+        return bool(conn.execute("SELECT 1 FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall())
+    finally:
+        conn.close()
+
+
 def test_crash_battery_subworkflows(tmp_path):
     """SIGKILLs at random moments while a parent runs sync subworkflows (one alone, one in each
     of a foreach's three iterations, two at once) and starts an async one
@@ -342,10 +354,12 @@ def test_crash_battery_subworkflows(tmp_path):
     workspace = ["--workspace", str(tmp_path / "runs")]
     kills = 0
     request_ids: list[str] = []
+    by_resume: list[str] = []  # parents `legato resume` took on
     started = time.monotonic()
 
-    def drive(name: str, argv: list[str], quota: int) -> None:
-        """``legato argv`` killed ``quota`` times (an undisturbed parent takes about 0.7 s), then to its end."""
+    def drive(name: str, argv: list[str], quota: int, then: list[str] | None = None) -> None:
+        """``legato argv`` killed ``quota`` times (an undisturbed parent takes about 0.7 s), then
+        run to its end; once the instance ``name`` exists, ``legato then`` instead, if given."""
         nonlocal kills
         for n in range(100):
             log = logs / f"{name}.{n}.log"
@@ -353,6 +367,9 @@ def test_crash_battery_subworkflows(tmp_path):
             if code == -9:
                 kills += 1
                 quota -= 1
+                if then and argv is not then and _instance_of(db, name):
+                    argv = then
+                    by_resume.append(name)
                 continue
             assert code == 0, f"{name}: legato exited {code}:\n{log.read_text()}"
             return
@@ -364,8 +381,10 @@ def test_crash_battery_subworkflows(tmp_path):
         while kills < target:
             request_id = f"subs-{len(request_ids)}"
             request_ids.append(request_id)
+            # A third of the parents are taken on by `legato resume` (every unfinished instance,
+            # the parent's children listed beside it) once a kill has left them in the store.
             drive(request_id, ["run", str(definition), "--request-id", request_id, *workspace],
-                  rng.randint(*KILLS_PER_INSTANCE))
+                  rng.randint(*KILLS_PER_INSTANCE), ["resume", *workspace] if rng.random() < 1 / 3 else None)
         drive("resume", ["resume", *workspace], rng.randint(*KILLS_PER_INSTANCE))
     finally:
         server.close()
@@ -380,7 +399,8 @@ def test_crash_battery_subworkflows(tmp_path):
     conn.close()
     assert instances == len(request_ids) * (1 + len(SUBWORKFLOW_STEPS)), f"{instances} instances in the store"
     assert not (left := _processes_left(db)), f"processes were left behind: {left}"
-    print(f"\ncrash battery, subworkflows (scale {scale:g}): {kills} kills, {len(request_ids)} parents, "
+    print(f"\ncrash battery, subworkflows (scale {scale:g}): {kills} kills, {len(request_ids)} parents "
+          f"({len(by_resume)} taken on by legato resume), "
           f"{totals['children']} children, {totals['child_attempts']} attempts in children, "
           f"{len(lines)} bash runs, {elapsed:.0f}s")
     assert kills >= target
