@@ -33,6 +33,10 @@ DEPTH_LIMIT = 10
 #: Seconds between reads of the store while another worker runs the child.
 POLL_EVERY = 0.2
 
+#: Store errors in a row that following a child retries in place (backing off up to 5 s, about
+#: a minute in all) before the step fails as a platform error.
+STORE_RETRIES = 15
+
 
 class ChildRefused(Exception):
     """The child cannot be started (unknown workflow or version, depth limit, recursion, a
@@ -134,24 +138,39 @@ class ChildWorkflows:
     async def follow(self, instance_id: str) -> InstanceRecord:
         """The child's final record, once it has ended: run here when no live worker runs it
         (this engine started it, or its worker died), else read from the store as it ends.
+        Store errors (reading the child, the child's own run losing its store) are retried in
+        place, STORE_RETRIES in a row at most, so that the step keeps its one child.
         Cancelled (the parent step stopped or timed out), it stops a child running here and
         waits for it to end STOPPED before the cancellation goes on; cancelled because the
         parent's run lost its lease or its store, it leaves the child running to its end."""
         from .engine import LeaseHeld
+        from .storage import StorageError
 
         storage = self.engine.storage
+        failures = 0
         while True:
-            record = await storage.get_instance(instance_id)
-            if record is None:
-                raise ChildRefused(f"the child instance {instance_id} is not in the store")
-            if record.status.terminal:
-                return record
-            if instance_id not in self.engine.runs:
-                try:
-                    return await self._run_here(record)
-                except LeaseHeld:
-                    pass  # another live worker runs it: its end shows in the store
-            await trio.sleep(POLL_EVERY)
+            try:
+                record = await storage.get_instance(instance_id)
+                if record is None:
+                    raise ChildRefused(f"the child instance {instance_id} is not in the store")
+                if record.status.terminal:
+                    return record
+                if instance_id not in self.engine.runs:
+                    try:
+                        return await self._run_here(record)
+                    except LeaseHeld:
+                        pass  # another live worker runs it: its end shows in the store
+                failures = 0
+            except LeaseHeld:
+                failures = 0
+            except StorageError as exc:
+                # Retried in place, with the same child (Maestro's MaestroRetryableError: CONTINUE):
+                # failing the attempt would have its retry start a second child beside this one.
+                failures += 1
+                if failures > STORE_RETRIES:
+                    raise
+                self.ctx.log("stderr", f"[legato] following the child instance {instance_id}: {exc}; retrying\n")
+            await trio.sleep(POLL_EVERY * min(2 ** failures, 25))
 
     async def _run_here(self, record: InstanceRecord) -> InstanceRecord:
         engine, iid = self.engine, record.instance_id

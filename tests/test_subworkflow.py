@@ -439,3 +439,53 @@ async def test_a_parent_that_loses_its_lease_leaves_its_child_running(tmp_path, 
     assert [k.instance_id for k in await children_of(engine, instance.instance_id)] == [child.instance_id]
     (step,) = await storage.get_attempts(instance.instance_id)
     assert (step.attempt, step.outputs["subworkflow_instance_id"]) == (1, child.instance_id)
+
+
+@pytest.mark.parametrize("where", ["reading the child", "the child's commit"])
+async def test_a_store_error_while_following_is_retried_with_the_same_child(tmp_path, plugins, where, monkeypatch):
+    """A store error while the sync step follows its child (reading the child's record; the
+    child's own commit, which drops the child's run) is retried in place with the same child, as
+    SubworkflowStepRuntime turns a MaestroRetryableError into CONTINUE: a new attempt would start
+    a second child beside the first, which `legato resume` would then run too."""
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StorageError
+
+    class Flaky(MemoryStorage):
+        parent: str | None = None
+        failures = 0
+
+        def _fail(self, instance_id: str) -> None:
+            if self.parent is not None and instance_id != self.parent and self.failures < 2:
+                self.failures += 1
+                raise StorageError("database is locked")
+
+        async def get_instance(self, instance_id):
+            record = await super().get_instance(instance_id)
+            if where == "reading the child" and record is not None:
+                self._fail(instance_id)
+            return record
+
+        async def commit(self, batch):
+            if where == "the child's commit" and batch.attempts:
+                self._fail(batch.instance_id)
+            return await super().commit(batch)
+
+    import legato.children
+
+    monkeypatch.setattr(legato.children, "POLL_EVERY", 0.01)
+    storage = Flaky()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs")
+    await push(engine, wf("child", leaf("c", "sleep", seconds=0.05, outputs={"made": 1})))
+    definition = engine.load(wf("parent", sub("s", "child")))
+    instance, _ = await engine.start(definition)
+    storage.parent = instance.instance_id
+    final = await engine.run(definition, instance)
+    assert storage.failures == 2
+    assert final.status.value == "SUCCEEDED", final.message
+    (step,) = await storage.get_attempts(instance.instance_id)
+    (kid,) = await children_of(engine, instance.instance_id)
+    assert (step.attempt, step.status.value, step.outputs["subworkflow_instance_id"]) == (1, "SUCCEEDED", kid.instance_id)
+    assert kid.status.value == "SUCCEEDED"
+    logs = "".join(c.text for c in await storage.get_logs(instance.instance_id))
+    assert "database is locked" in logs and "retrying" in logs, logs
