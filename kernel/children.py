@@ -90,7 +90,27 @@ class ChildWorkflows:
         child with ``params``; the child this attempt already started comes back instead.
         ``queued``: created without a lease, for ``legato resume`` or a worker to run (an async
         subworkflow); otherwise this engine runs it when :meth:`follow` is called.
-        Raises :class:`ChildRefused`."""
+        Raises :class:`ChildRefused`. Store errors are retried in place (STORE_RETRIES in a row
+        at most): the start may have been written before its answer was lost, and a new
+        attempt would start a second child."""
+        from .storage import StorageError
+
+        failures = 0
+        while True:
+            try:
+                return await self._start(workflow_id, version, params, queued)
+            except StorageError as exc:
+                failures += 1
+                if failures > STORE_RETRIES:
+                    raise
+                self._retrying(f"starting {workflow_id!r}", exc)
+            await trio.sleep(_backoff(failures))
+
+    def _retrying(self, what: str, exc: Exception) -> None:
+        self.ctx.log("stderr", f"[legato] {what}: {exc}; retrying\n")
+
+    async def _start(self, workflow_id: str, version: str | int | None, params: dict[str, Any] | None,
+                     queued: bool) -> InstanceRecord:
         from .definition import DefinitionError
         from .engine import StartError
         from .storage import VersionNotFound
@@ -169,8 +189,8 @@ class ChildWorkflows:
                 failures += 1
                 if failures > STORE_RETRIES:
                     raise
-                self.ctx.log("stderr", f"[legato] following the child instance {instance_id}: {exc}; retrying\n")
-            await trio.sleep(POLL_EVERY * min(2 ** failures, 25))
+                self._retrying(f"following the child instance {instance_id}", exc)
+            await trio.sleep(_backoff(failures))
 
     async def _run_here(self, record: InstanceRecord) -> InstanceRecord:
         engine, iid = self.engine, record.instance_id
@@ -226,3 +246,9 @@ class ChildWorkflows:
                 raise ChildRefused(f"the child instance {iid} cannot be resumed: {error}") from None
             raise error
         return outcome["final"]
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before the next read of the store: POLL_EVERY, doubled per store error in a row
+    up to 5 s."""
+    return POLL_EVERY * min(2 ** failures, 25)
