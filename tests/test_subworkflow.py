@@ -290,12 +290,14 @@ async def test_a_timed_out_child_fails_the_parent_step_naming_it(engine, run_doc
 
 # -- named crash points (as tests/test_recovery.py kills plain workflows) ---------------------------
 
-def check_parent(db, request_id: str, lines: list[str], steps: dict[str, bool], *, ledgered=("end",)) -> dict:
+def check_parent(db, request_id: str, lines: list[str], steps: dict[str, bool], *, ledgered=("end",),
+                 child_ledgered=None) -> dict:
     """The invariants of a parent instance after crashes, on the SQLite store: it ended
     SUCCEEDED (tests/test_recovery.check_instance, with the bash steps in ``ledgered``); each of
     its subworkflow ``steps`` (step key -> sync) has exactly one child, started by the step's
     succeeded attempt and named by its outputs; every child ended SUCCEEDED, and no attempt in
-    it ran twice (its bash steps all keep the ledger). Figures: children, their attempts."""
+    it ran twice (its steps keep the ledger, or those in ``child_ledgered``). Figures: children,
+    their attempts."""
     import sqlite3
 
     from .test_recovery import check_instance
@@ -322,7 +324,7 @@ def check_parent(db, request_id: str, lines: list[str], steps: dict[str, bool], 
             assert outputs["subworkflow_instance_id"] == kid_id, f"{request_id}: {step_id}: {outputs}"
             assert outputs.get("subworkflow_status") == ("SUCCEEDED" if sync else None), f"{step_id}: {outputs}"
             assert status == "SUCCEEDED", f"{request_id}: {step_id}'s child {kid_id} ended {status}"
-            attempts += check_instance(db, kid_request, lines)["attempts"]
+            attempts += check_instance(db, kid_request, lines, ledgered=child_ledgered)["attempts"]
     finally:
         conn.close()
     return {"children": len(steps), "child_attempts": attempts}
@@ -496,3 +498,36 @@ async def test_a_store_error_is_retried_in_place_with_the_same_child(tmp_path, p
     assert kid.status.value == "SUCCEEDED"
     logs = "".join(c.text for c in await storage.get_logs(instance.instance_id))
     assert "database is locked" in logs and "retrying" in logs, logs
+
+
+@pytest.mark.parametrize("point", ["committed:4", "before_launch:3", "step_done:1", "step_done:3", "step_done:4"])
+def test_a_parent_killed_with_a_grandchild_running_resumes_both_levels(tmp_path, point):
+    """Two levels of sync subworkflows run in the parent's process (parent -> mid -> kid); the
+    kernel is SIGKILLed at a named crash point inside them (step_done:1 ends the grandchild's
+    first step, :3 the middle workflow's subworkflow step, :4 the parent's) and run again: each
+    level follows the one child it started, which resumes its own; all SUCCEEDED, nothing twice."""
+    from .test_recovery import RETRIES
+
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    kid, _ = crash_workflows(ledger)
+    mid = wf("mid", sub("m", "kid"))
+    mid["workflow"]["steps"][0]["step"]["retry_policy"] = RETRIES
+    parent = wf("top", sub("t", "mid"), params={"ledger": str(ledger)})
+    parent["workflow"]["steps"][0]["step"]["retry_policy"] = RETRIES
+    driver = Driver(tmp_path, None)
+    for name, doc in (("kid", kid), ("mid", mid)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        proc = subprocess.run([LEGATO, "push", f"{name}.json"], env=driver.env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "top.json"
+    path.write_text(json.dumps(parent))
+    driver.drive(path, "req", crash_at=point, kills=0)
+    assert driver.cycles == 1, f"the kernel never reached {point}"
+    lines = ledger.read_text().split()
+    check_parent(driver.db, "req", lines, {"t": True}, ledgered=(), child_ledgered=set())
+    (mid_request,), = _read(driver.db, "SELECT request_id FROM legato_instances WHERE workflow_id = 'mid'")
+    check_parent(driver.db, mid_request, lines, {"m": True}, ledgered=())
+    assert _read(driver.db, "SELECT workflow_id, count(*) FROM legato_instances GROUP BY workflow_id ORDER BY 1") == [
+        ("kid", 1), ("mid", 1), ("top", 1)]
