@@ -332,8 +332,9 @@ def check_parent(db, request_id: str, lines: list[str], steps: dict[str, bool], 
 
 def crash_workflows(ledger, iterations: int = 3, concurrency: int = 2, async_step: bool = True) -> tuple[dict, dict]:
     """A child of two bash steps, and its parent: a sync subworkflow step, a foreach whose body
-    is a sync subworkflow step, (an async subworkflow step,) then a bash step. The parent's params
-    (the ledger) pass down to each child. Every step retries platform errors (a crash's)."""
+    is a sync subworkflow written as Maestro writes one (``{"subworkflow": …}``, its default retry
+    policy), (an async subworkflow step,) then a bash step. The parent's params (the ledger) pass
+    down to each child. The other steps retry platform errors (a crash's) at once."""
     from .test_recovery import RETRIES, bash
 
     def subworkflow(sid: str, sync: bool, to=()) -> dict:
@@ -348,7 +349,7 @@ def crash_workflows(ledger, iterations: int = 3, concurrency: int = 2, async_ste
     loop = {"foreach": {"id": "fe", "concurrency": concurrency, "transition": {"successors": [
         "as" if async_step else "end"]}, "params": {"loop_params": {"type": "MAP", "value": {
             "i": {"type": "LONG_ARRAY", "value": list(range(1, iterations + 1))}}}},
-        "steps": [subworkflow("fs", True)]}}
+        "steps": [{"subworkflow": {"id": "fs", "sync": True, "params": {"subworkflow_id": "kid"}}}]}}
     parent = wf("subs", subworkflow("s", True, ["fe"]), loop, *tail, bash("end"), params={"ledger": str(ledger)})
     return child, parent
 
