@@ -33,8 +33,8 @@ DEPTH_LIMIT = 10
 #: Seconds between reads of the store while another worker runs the child.
 POLL_EVERY = 0.2
 
-#: Store errors in a row that following a child retries in place (backing off up to 5 s, about
-#: a minute in all) before the step fails as a platform error.
+#: Store errors in a row that starting or following a child retries in place (backing off up to
+#: 5 s, about a minute in all) before the step fails as a platform error.
 STORE_RETRIES = 15
 
 
@@ -180,8 +180,6 @@ class ChildWorkflows:
                         return await self._run_here(record)
                     except LeaseHeld:
                         pass  # another live worker runs it: its end shows in the store
-                failures = 0
-            except LeaseHeld:
                 failures = 0
             except StorageError as exc:
                 # Retried in place, with the same child (Maestro's MaestroRetryableError: CONTINUE):
