@@ -262,8 +262,6 @@ def test_a_parent_killed_while_its_child_runs_resumes_the_same_child(tmp_path):
 def test_a_bad_version_or_missing_id_is_refused_when_the_definition_loads(engine):
     """`subworkflow_version` is read by the one version-spec reader (legato.storage.parse_version)
     when the definition loads, as `legato start --version` is: located, before anything runs."""
-    import pytest
-
     from legato.definition import DefinitionError
 
     with pytest.raises(DefinitionError) as info:
@@ -394,7 +392,6 @@ async def test_a_parent_that_loses_its_lease_leaves_its_child_running(tmp_path, 
     timeout of the parent step stops the child, as SubworkflowStepRuntime.terminate). The child
     runs on to its end, and the resumed parent follows that child to SUCCEEDED: one child, not a
     STOPPED one that fails the parent."""
-    import pytest
     import trio.testing
 
     from legato.engine import Engine
