@@ -11,7 +11,8 @@ ancestors chain, the depth limit, a deduplicating request id from the parent's i
   attempt starts at most one child whatever crashes and resumes come between;
 - following it runs it in this process when no live worker does (a fresh child, or one whose
   worker died with the parent's), else waits for its end in the store; cancelling the follower
-  (the parent step stopped or timed out) stops the child first.
+  (the parent step stopped or timed out) stops the child first, but a parent run that lost its
+  lease leaves the child to run on (whoever resumes the parent follows that child).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ DEPTH_LIMIT = 10
 
 #: Seconds between reads of the store while another worker runs the child.
 POLL_EVERY = 0.2
+
+#: Store errors in a row that starting or following a child retries in place (backing off up to
+#: 5 s, about a minute in all) before the step fails as a platform error.
+STORE_RETRIES = 15
 
 
 class ChildRefused(Exception):
@@ -85,7 +90,27 @@ class ChildWorkflows:
         child with ``params``; the child this attempt already started comes back instead.
         ``queued``: created without a lease, for ``legato resume`` or a worker to run (an async
         subworkflow); otherwise this engine runs it when :meth:`follow` is called.
-        Raises :class:`ChildRefused`."""
+        Raises :class:`ChildRefused`. Store errors are retried in place (STORE_RETRIES in a row
+        at most): the start may have been written before its answer was lost, and a new
+        attempt would start a second child."""
+        from .storage import StorageError
+
+        failures = 0
+        while True:
+            try:
+                return await self._start(workflow_id, version, params, queued)
+            except StorageError as exc:
+                failures += 1
+                if failures > STORE_RETRIES:
+                    raise
+                self._retrying(f"starting {workflow_id!r}", exc)
+            await trio.sleep(_backoff(failures))
+
+    def _retrying(self, what: str, exc: Exception) -> None:
+        self.ctx.log("stderr", f"[legato] {what}: {exc}; retrying\n")
+
+    async def _start(self, workflow_id: str, version: str | int | None, params: dict[str, Any] | None,
+                     queued: bool) -> InstanceRecord:
         from .definition import DefinitionError
         from .engine import StartError
         from .storage import VersionNotFound
@@ -133,23 +158,37 @@ class ChildWorkflows:
     async def follow(self, instance_id: str) -> InstanceRecord:
         """The child's final record, once it has ended: run here when no live worker runs it
         (this engine started it, or its worker died), else read from the store as it ends.
+        Store errors (reading the child, the child's own run losing its store) are retried in
+        place, STORE_RETRIES in a row at most, so that the step keeps its one child.
         Cancelled (the parent step stopped or timed out), it stops a child running here and
-        waits for it to end STOPPED before the cancellation goes on."""
+        waits for it to end STOPPED before the cancellation goes on; cancelled because the
+        parent's run lost its lease or its store, it leaves the child running to its end."""
         from .engine import LeaseHeld
+        from .storage import StorageError
 
         storage = self.engine.storage
+        failures = 0
         while True:
-            record = await storage.get_instance(instance_id)
-            if record is None:
-                raise ChildRefused(f"the child instance {instance_id} is not in the store")
-            if record.status.terminal:
-                return record
-            if instance_id not in self.engine.runs:
-                try:
-                    return await self._run_here(record)
-                except LeaseHeld:
-                    pass  # another live worker runs it: its end shows in the store
-            await trio.sleep(POLL_EVERY)
+            try:
+                record = await storage.get_instance(instance_id)
+                if record is None:
+                    raise ChildRefused(f"the child instance {instance_id} is not in the store")
+                if record.status.terminal:
+                    return record
+                if instance_id not in self.engine.runs:
+                    try:
+                        return await self._run_here(record)
+                    except LeaseHeld:
+                        pass  # another live worker runs it: its end shows in the store
+                failures = 0
+            except StorageError as exc:
+                # Retried in place, with the same child (Maestro's MaestroRetryableError: CONTINUE):
+                # failing the attempt would have its retry start a second child beside this one.
+                failures += 1
+                if failures > STORE_RETRIES:
+                    raise
+                self._retrying(f"following the child instance {instance_id}", exc)
+            await trio.sleep(_backoff(failures))
 
     async def _run_here(self, record: InstanceRecord) -> InstanceRecord:
         engine, iid = self.engine, record.instance_id
@@ -186,7 +225,10 @@ class ChildWorkflows:
                 await ended.wait()
             except trio.Cancelled:
                 run = engine.runs.get(iid)
-                if run is not None:
+                # The parent step stopped or timed out: stop the child. The parent's run lost its
+                # lease or its store instead: the child is not its to end (it holds its own lease);
+                # it runs on to its end here, and whoever resumes the parent follows it.
+                if run is not None and self._parent_run().lost is None:
                     parent = self.ctx
                     run.stop(f"stopped with its parent step {parent.step_id} of instance {parent.instance_id}")
                 raise
@@ -202,3 +244,9 @@ class ChildWorkflows:
                 raise ChildRefused(f"the child instance {iid} cannot be resumed: {error}") from None
             raise error
         return outcome["final"]
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before the next read of the store: POLL_EVERY, doubled per store error in a row
+    up to 5 s."""
+    return POLL_EVERY * min(2 ** failures, 25)

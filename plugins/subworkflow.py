@@ -20,7 +20,10 @@ as Maestro's runtime turns a failed start into FATAL_ERROR.
 
 A crash of the parent never starts a second child: the child's id derives from (parent instance,
 run, step, attempt) and is recorded as the step's handle before the child is created; a resumed
-parent reattaches and follows that child (resuming it when its worker died too).
+parent reattaches and follows that child (resuming it when its worker died too). Store errors
+while starting or following the child are retried in place, with the same child (Maestro's
+CONTINUE on a MaestroRetryableError); only when they persist (about a minute) does the attempt
+fail as a platform error. A parent worker that loses its lease leaves its child running.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ Kernels are forked from a server that imported Legato once (tests/forkserver.py)
 battery's time goes to crashing and resuming, not to imports. ``LEGATO_BATTERY_SCALE`` (default
 1: 200 kills, about 2-3 minutes here) multiplies the number of kills; ``LEGATO_CRASH_SEED`` picks
 the random moments. Run with ``-s`` to see the figures.
+
+Two smaller batteries (no Docker) kill kernels the same way across loops (foreach, nested
+foreach, while) and subworkflows (sync children running inside the parent's process, one per
+foreach iteration, and an async one), each about half a minute at scale 1.
 """
 
 from __future__ import annotations
@@ -300,4 +304,103 @@ def test_crash_battery_loops(tmp_path):
     conn.close()
     print(f"\ncrash battery, loops (scale {scale:g}): {kills} kills, {len(request_ids)} instances, "
           f"{len(lines)} bash runs in loop bodies and after them")
+    assert kills >= target
+
+
+
+SUB_KILLS = 40
+#: The parent's subworkflow steps (each foreach iteration's its own) -> whether each is sync.
+SUBWORKFLOW_STEPS = {"s": True, "fe/1/fs": True, "fe/2/fs": True, "fe/3/fs": True, "as": False}
+
+
+def _instance_of(db: Path, request_id: str) -> bool:
+    conn = sqlite3.connect(db)
+    try:
+        return bool(conn.execute("SELECT 1 FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall())
+    finally:
+        conn.close()
+
+
+def test_crash_battery_subworkflows(tmp_path):
+    """SIGKILLs at random moments while a parent runs sync subworkflows (one alone, one in each
+    of a foreach's three iterations, two at once) and starts an async one
+    (tests/test_subworkflow.crash_workflows); the sync children run inside the parent's process
+    and die with it. Each parent is run again with ``legato run --request-id`` until it ends,
+    then ``legato resume`` (killed at random too) runs the queued async children.
+
+    What must hold (Maestro's SubworkflowStepRuntime: one child per step, its request id
+    deduplicating the start): every parent ends SUCCEEDED; each of its subworkflow steps (each
+    iteration's) has exactly one child, started by the step's succeeded attempt and named by its
+    outputs; every child ends SUCCEEDED; no attempt in a parent or a child ran twice; no process
+    of theirs was left running (tests/test_subworkflow.check_parent)."""
+    from .test_subworkflow import check_parent, crash_workflows
+
+    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1"))
+    rng = random.Random(int(os.environ.get("LEGATO_CRASH_SEED", "20261203")))
+    target = max(1, round(SUB_KILLS * scale))
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    child, parent = crash_workflows(ledger)
+    (tmp_path / "kid.json").write_text(json.dumps(child))
+    definition = tmp_path / "subs.json"
+    definition.write_text(json.dumps(parent))
+    db = tmp_path / "legato.db"
+    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{db}"}
+    env.pop("LEGATO_LEASE_TTL", None)  # the default 30 s: a dead kernel's lease (and its children's) is free at once
+    env.pop("LEGATO_CRASH_AT", None)
+    server = ForkServer(tmp_path, env)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    workspace = ["--workspace", str(tmp_path / "runs")]
+    kills = 0
+    request_ids: list[str] = []
+    by_resume: list[str] = []  # parents `legato resume` took on
+    started = time.monotonic()
+
+    def drive(name: str, argv: list[str], quota: int, then: list[str] | None = None) -> None:
+        """``legato argv`` killed ``quota`` times (an undisturbed parent takes about 0.7 s), then
+        run to its end; once the instance ``name`` exists, ``legato then`` instead, if given."""
+        nonlocal kills
+        for n in range(100):
+            log = logs / f"{name}.{n}.log"
+            code = server.run(argv, log, rng.uniform(0.02, 0.9) if quota > 0 else None)
+            if code == -9:
+                kills += 1
+                quota -= 1
+                if then and argv is not then and _instance_of(db, name):
+                    argv = then
+                    by_resume.append(name)
+                continue
+            assert code == 0, f"{name}: legato exited {code}:\n{log.read_text()}"
+            return
+        raise AssertionError(f"{name} never ended")
+
+    try:
+        assert server.run(["push", str(tmp_path / "kid.json")], logs / "push.log", None) == 0, (
+            logs / "push.log").read_text()
+        while kills < target:
+            request_id = f"subs-{len(request_ids)}"
+            request_ids.append(request_id)
+            # A third of the parents are taken on by `legato resume` (every unfinished instance,
+            # the parent's children listed beside it) once a kill has left them in the store.
+            drive(request_id, ["run", str(definition), "--request-id", request_id, *workspace],
+                  rng.randint(*KILLS_PER_INSTANCE), ["resume", *workspace] if rng.random() < 1 / 3 else None)
+        drive("resume", ["resume", *workspace], rng.randint(*KILLS_PER_INSTANCE))
+    finally:
+        server.close()
+    elapsed = time.monotonic() - started
+
+    lines = ledger.read_text().split()
+    totals: collections.Counter = collections.Counter()
+    for request_id in request_ids:
+        totals.update(check_parent(db, request_id, lines, SUBWORKFLOW_STEPS))
+    conn = sqlite3.connect(db)
+    (instances,), = conn.execute("SELECT count(*) FROM legato_instances").fetchall()
+    conn.close()
+    assert instances == len(request_ids) * (1 + len(SUBWORKFLOW_STEPS)), f"{instances} instances in the store"
+    assert not (left := _processes_left(db)), f"processes were left behind: {left}"
+    print(f"\ncrash battery, subworkflows (scale {scale:g}): {kills} kills, {len(request_ids)} parents "
+          f"({len(by_resume)} taken on by legato resume), "
+          f"{totals['children']} children, {totals['child_attempts']} attempts in children, "
+          f"{len(lines)} bash runs, {elapsed:.0f}s")
     assert kills >= target

@@ -19,6 +19,7 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 
+import pytest  # noqa: E402
 import trio  # noqa: E402
 
 from legato.children import DEPTH_LIMIT  # noqa: E402
@@ -261,8 +262,6 @@ def test_a_parent_killed_while_its_child_runs_resumes_the_same_child(tmp_path):
 def test_a_bad_version_or_missing_id_is_refused_when_the_definition_loads(engine):
     """`subworkflow_version` is read by the one version-spec reader (legato.storage.parse_version)
     when the definition loads, as `legato start --version` is: located, before anything runs."""
-    import pytest
-
     from legato.definition import DefinitionError
 
     with pytest.raises(DefinitionError) as info:
@@ -285,3 +284,248 @@ async def test_a_timed_out_child_fails_the_parent_step_naming_it(engine, run_doc
     assert kid.status.value == "TIMED_OUT"
     assert done.tries("s") == ["FATALLY_FAILED"]
     assert f"subworkflow instance {kid.instance_id} (child v1) ended TIMED_OUT" in done.last["s"].message
+
+
+# -- named crash points (as tests/test_recovery.py kills plain workflows) ---------------------------
+
+def check_parent(db, request_id: str, lines: list[str], steps: dict[str, bool], *, ledgered=("end",),
+                 child_ledgered=None) -> dict:
+    """The invariants of a parent instance after crashes, on the SQLite store: it ended
+    SUCCEEDED (tests/test_recovery.check_instance, with the bash steps in ``ledgered``); each of
+    its subworkflow ``steps`` (step key -> sync) has exactly one child, started by the step's
+    succeeded attempt and named by its outputs; every child ended SUCCEEDED, and no attempt in
+    it ran twice (its steps keep the ledger, or those in ``child_ledgered``). Figures: children,
+    their attempts."""
+    import sqlite3
+
+    from .test_recovery import check_instance
+
+    iid = check_instance(db, request_id, lines, ledgered=set(ledgered))["instance_id"]
+    conn = sqlite3.connect(db)
+    try:
+        found: dict[str, list] = {}
+        for kid_id, kid_request, status, ancestors in conn.execute(
+                "SELECT instance_id, request_id, status, ancestors FROM legato_instances WHERE ancestors IS NOT NULL"):
+            parent = json.loads(ancestors)[-1]
+            if parent["instance_id"] == iid:
+                found.setdefault(parent["step_id"], []).append((kid_id, kid_request, status, parent))
+        assert sorted(found) == sorted(steps), f"{request_id}: children of {sorted(found)}, not {sorted(steps)}"
+        attempts = 0
+        for step_id, sync in steps.items():
+            assert len(found[step_id]) == 1, f"{request_id}: step {step_id} started children {found[step_id]}"
+            ((kid_id, kid_request, status, parent),) = found[step_id]
+            (attempt, outputs), = conn.execute(
+                "SELECT attempt, outputs FROM legato_attempts WHERE instance_id = ? AND step_id = ? "
+                "AND status = 'SUCCEEDED'", (iid, step_id)).fetchall()
+            assert (parent["attempt"], parent["run_id"]) == (attempt, 1), f"{request_id}: {step_id}: {parent}"
+            outputs = json.loads(outputs)
+            assert outputs["subworkflow_instance_id"] == kid_id, f"{request_id}: {step_id}: {outputs}"
+            assert outputs.get("subworkflow_status") == ("SUCCEEDED" if sync else None), f"{step_id}: {outputs}"
+            assert status == "SUCCEEDED", f"{request_id}: {step_id}'s child {kid_id} ended {status}"
+            attempts += check_instance(db, kid_request, lines, ledgered=child_ledgered)["attempts"]
+    finally:
+        conn.close()
+    return {"children": len(steps), "child_attempts": attempts}
+
+
+def crash_workflows(ledger, iterations: int = 3, concurrency: int = 2, async_step: bool = True) -> tuple[dict, dict]:
+    """A child of two bash steps, and its parent: a sync subworkflow step, a foreach whose body
+    is a sync subworkflow written as Maestro writes one (``{"subworkflow": …}``, its default retry
+    policy), (an async subworkflow step,) then a bash step. The parent's params (the ledger) pass
+    down to each child. The other steps retry platform errors (a crash's) at once."""
+    from .test_recovery import RETRIES, bash
+
+    def subworkflow(sid: str, sync: bool, to=()) -> dict:
+        step = sub(sid, "kid", sync=sync)
+        step["step"]["retry_policy"] = RETRIES
+        if to:
+            step["step"]["transition"] = {"successors": list(to)}
+        return step
+
+    child = wf("kid", bash("k1", ["k2"]), bash("k2"), params={"ledger": "unset"})
+    tail = [subworkflow("as", False, ["end"])] if async_step else []
+    loop = {"foreach": {"id": "fe", "concurrency": concurrency, "transition": {"successors": [
+        "as" if async_step else "end"]}, "params": {"loop_params": {"type": "MAP", "value": {
+            "i": {"type": "LONG_ARRAY", "value": list(range(1, iterations + 1))}}}},
+        "steps": [{"subworkflow": {"id": "fs", "sync": True, "params": {"subworkflow_id": "kid"}}}]}}
+    parent = wf("subs", subworkflow("s", True, ["fe"]), loop, *tail, bash("end"), params={"ledger": str(ledger)})
+    return child, parent
+
+
+#: Counted across the process: the children run in the parent's, so their commits, launches and
+#: step ends count too. committed:1 and before_launch:1 come as the sync step's attempt is STARTING
+#: (on resume a platform error, retried: the child belongs to the retry); committed:2 when it is
+#: RUNNING with its handle, before the child exists; before_launch:2 and :5 launch a child's first
+#: step; step_done:1 ends a child's step, :3 the sync step (its child has ended, its end not yet
+#: the step's), :6 the first iteration's subworkflow step; iteration_done:1 ends that iteration.
+SUB_CRASH_POINTS = ["committed:1", "committed:2", "committed:4", "committed:7", "committed:12", "before_launch:1",
+                    "before_launch:2", "before_launch:5", "step_done:1", "step_done:3", "step_done:6",
+                    "iteration_done:1", "iteration_done:2"]
+
+
+@pytest.mark.parametrize("point", SUB_CRASH_POINTS)
+def test_a_parent_killed_at_a_named_crash_point_never_starts_a_second_child(tmp_path, point):
+    """The parent's kernel is SIGKILLed at a named crash point (LEGATO_CRASH_AT) while a sync
+    subworkflow runs in its process (alone, and in a foreach's iterations), then `legato run
+    --request-id` again to the end: one child per step, started once (its request id derives
+    from the parent's attempt: Maestro's StepHelper.createInternalWorkflowRunRequest), every
+    child SUCCEEDED, no attempt run twice."""
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    child, parent = crash_workflows(ledger, iterations=2, concurrency=1, async_step=False)
+    (tmp_path / "kid.json").write_text(json.dumps(child))
+    path = tmp_path / "subs.json"
+    path.write_text(json.dumps(parent))
+    driver = Driver(tmp_path, None)
+    proc = subprocess.run([LEGATO, "push", "kid.json"], env=driver.env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    driver.drive(path, "req", crash_at=point, kills=0)
+    assert driver.cycles == 1, f"the kernel never reached {point}"
+    check_parent(driver.db, "req", ledger.read_text().split(), {"s": True, "fe/1/fs": True, "fe/2/fs": True})
+
+
+
+async def test_a_parent_that_loses_its_lease_leaves_its_child_running(tmp_path, plugins):
+    """A parent run that loses its lease (another worker took it, or the store refused it)
+    drops everything for whoever resumes it; its child is not its to stop (only a stop or a
+    timeout of the parent step stops the child, as SubworkflowStepRuntime.terminate). The child
+    runs on to its end, and the resumed parent follows that child to SUCCEEDED: one child, not a
+    STOPPED one that fails the parent."""
+    import trio.testing
+
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StaleWrite
+
+    class Losing(MemoryStorage):
+        refuse: str | None = None  # the instance whose lease renewals are refused
+
+        async def acquire_lease(self, instance_id, owner, ttl, generation=None):
+            if generation is not None and instance_id == self.refuse:
+                return None  # as if another worker had taken it
+            return await super().acquire_lease(instance_id, owner, ttl, generation)
+
+    gate = tmp_path / "gate"
+    storage = Losing()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs", lease_ttl=0.3)
+    await push(engine, wf("child", leaf("c", "bash", script='while [ ! -e "$gate" ]; do sleep 0.02; done'),
+                          params={"gate": str(gate)}))
+    definition = engine.load(wf("parent", sub("s", "child")))
+    instance, _ = await engine.start(definition)
+    ended = []
+
+    async def parent() -> None:
+        with pytest.raises(StaleWrite, match="lost the lease"):
+            await engine.run(definition, instance)
+        ended.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(parent)
+        child = await _wait_child_running(engine, instance.instance_id)
+        storage.refuse = instance.instance_id
+        while getattr(engine.runs.get(instance.instance_id), "lost", True) is None:  # till a heartbeat finds it gone
+            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the parent's step task has taken its cancellation
+        kid, run = await storage.get_instance(child.instance_id), engine.runs.get(child.instance_id)
+        assert run is not None and run.ending is None, f"the child was stopped: {kid.status.value} {kid.message}"
+        gate.touch()
+    assert ended
+    kid = await storage.get_instance(child.instance_id)
+    assert kid.status.value == "SUCCEEDED", f"{kid.status.value}: {kid.message}"
+    storage.refuse = None
+    final = await engine.resume(instance.instance_id)
+    assert final.status.value == "SUCCEEDED"
+    assert [k.instance_id for k in await children_of(engine, instance.instance_id)] == [child.instance_id]
+    (step,) = await storage.get_attempts(instance.instance_id)
+    assert (step.attempt, step.outputs["subworkflow_instance_id"]) == (1, child.instance_id)
+
+
+@pytest.mark.parametrize("where", ["creating the child", "reading the child", "the child's commit"])
+async def test_a_store_error_is_retried_in_place_with_the_same_child(tmp_path, plugins, where, monkeypatch):
+    """A store error while the sync step starts its child (the child written, the answer lost)
+    or follows it (reading the child's record; the child's own commit, which drops the child's
+    run) is retried in place with the same child, as SubworkflowStepRuntime turns a
+    MaestroRetryableError into CONTINUE: a new attempt would start a second child beside the
+    first, which `legato resume` would then run too."""
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StorageError
+
+    class Flaky(MemoryStorage):
+        parent: str | None = None
+        failures = 0
+
+        def _fail(self, instance_id: str) -> None:
+            if self.parent is not None and instance_id != self.parent and self.failures < 2:
+                self.failures += 1
+                raise StorageError("database is locked")
+
+        async def get_instance(self, instance_id):
+            record = await super().get_instance(instance_id)
+            if where == "reading the child" and record is not None:
+                self._fail(instance_id)
+            return record
+
+        async def create_instance(self, record, owner, ttl):
+            answer = await super().create_instance(record, owner, ttl)
+            if where == "creating the child":
+                self._fail(record.instance_id)
+            return answer
+
+        async def commit(self, batch):
+            if where == "the child's commit" and batch.attempts:
+                self._fail(batch.instance_id)
+            return await super().commit(batch)
+
+    import legato.children
+
+    monkeypatch.setattr(legato.children, "POLL_EVERY", 0.01)
+    storage = Flaky()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs")
+    await push(engine, wf("child", leaf("c", "sleep", seconds=0.05, outputs={"made": 1})))
+    definition = engine.load(wf("parent", sub("s", "child")))
+    instance, _ = await engine.start(definition)
+    storage.parent = instance.instance_id
+    final = await engine.run(definition, instance)
+    assert storage.failures == (1 if where == "creating the child" else 2)  # the retry finds the child created
+    assert final.status.value == "SUCCEEDED", final.message
+    (step,) = await storage.get_attempts(instance.instance_id)
+    (kid,) = await children_of(engine, instance.instance_id)
+    assert (step.attempt, step.status.value, step.outputs["subworkflow_instance_id"]) == (1, "SUCCEEDED", kid.instance_id)
+    assert kid.status.value == "SUCCEEDED"
+    logs = "".join(c.text for c in await storage.get_logs(instance.instance_id))
+    assert "database is locked" in logs and "retrying" in logs, logs
+
+
+@pytest.mark.parametrize("point", ["committed:4", "before_launch:3", "step_done:1", "step_done:3", "step_done:4"])
+def test_a_parent_killed_with_a_grandchild_running_resumes_both_levels(tmp_path, point):
+    """Two levels of sync subworkflows run in the parent's process (parent -> mid -> kid); the
+    kernel is SIGKILLed at a named crash point inside them (step_done:1 ends the grandchild's
+    first step, :3 the middle workflow's subworkflow step, :4 the parent's) and run again: each
+    level follows the one child it started, which resumes its own; all SUCCEEDED, nothing twice."""
+    from .test_recovery import RETRIES
+
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    kid, _ = crash_workflows(ledger)
+    mid = wf("mid", sub("m", "kid"))
+    mid["workflow"]["steps"][0]["step"]["retry_policy"] = RETRIES
+    parent = wf("top", sub("t", "mid"), params={"ledger": str(ledger)})
+    parent["workflow"]["steps"][0]["step"]["retry_policy"] = RETRIES
+    driver = Driver(tmp_path, None)
+    for name, doc in (("kid", kid), ("mid", mid)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        proc = subprocess.run([LEGATO, "push", f"{name}.json"], env=driver.env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "top.json"
+    path.write_text(json.dumps(parent))
+    driver.drive(path, "req", crash_at=point, kills=0)
+    assert driver.cycles == 1, f"the kernel never reached {point}"
+    lines = ledger.read_text().split()
+    check_parent(driver.db, "req", lines, {"t": True}, ledgered=(), child_ledgered=set())
+    (mid_request,), = _read(driver.db, "SELECT request_id FROM legato_instances WHERE workflow_id = 'mid'")
+    check_parent(driver.db, mid_request, lines, {"m": True}, ledgered=())
+    assert _read(driver.db, "SELECT workflow_id, count(*) FROM legato_instances GROUP BY workflow_id ORDER BY 1") == [
+        ("kid", 1), ("mid", 1), ("top", 1)]
