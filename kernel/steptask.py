@@ -9,6 +9,7 @@ durable.
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any
 
@@ -63,8 +64,12 @@ class StepTasks:
                     pass  # a secret could not be resolved: do not start the work
                 else:
                     work = step_type.run(ctx) if handle is None else step_type.reattach(ctx, handle)
-                    if sdef.timeout is not None:
-                        with trio.move_on_after(sdef.timeout) as deadline:
+                    timeout = sdef.timeout
+                    if handle is not None and timeout is not None and st.record.started_at:
+                        # reattached: the step's timeout counts from its STARTING, not from now
+                        timeout = max(0.0, timeout - (time.time() - st.record.started_at))
+                    if timeout is not None:
+                        with trio.move_on_after(timeout) as deadline:
                             result = await work
                         if deadline.cancelled_caught:
                             result = TIMEOUT
@@ -81,7 +86,6 @@ class StepTasks:
         self.post(("result", st, attempt, result))
 
     def step_context(self, st, attempt: int) -> StepContext:
-        sdef = st.sdef
         key = st.key
         scope = st.scope
         return StepContext(

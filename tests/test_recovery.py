@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 import pydantic
+import trio
 
 from legato import StepResult, StepType
 from legato.hookspecs import hookimpl
@@ -451,6 +452,53 @@ async def test_reattached_steps_resume_with_their_config(tmp_path):
     assert final.status.value == "SUCCEEDED"
     [(handle, config)] = Follow.seen
     assert handle == {"id": 7} and config is not None and config.seconds == 2.0
+
+
+class Hang(StepType):
+    """A step type that reattaches to work that never ends."""
+
+    name = "hang"
+    can_reattach = True
+
+    async def run(self, ctx):  # pragma: no cover - only reattached here
+        raise AssertionError("a reattachable attempt with a handle must not run again")
+
+    async def reattach(self, ctx, handle):
+        await trio.sleep_forever()
+
+
+class _HangPlugin:
+    @staticmethod
+    @hookimpl
+    def legato_register_step_types(registry):
+        registry.add(Hang)
+
+
+async def test_a_reattached_step_keeps_the_timeout_it_started_with(tmp_path):
+    """The step's timeout counts from its STARTING, in the process that started it: a resumed
+    attempt whose timeout has already passed times out at once, not a whole timeout later."""
+    import time
+
+    from legato.engine import Engine
+    from legato.model import AttemptRecord, Batch
+    from legato.plugin_manager import Plugins
+    from legato.plugins.memory import MemoryStorage
+    from legato.states import InstanceStatus, StepStatus
+
+    engine = Engine(MemoryStorage(), plugins=Plugins(extra=[_HangPlugin]), workspace=tmp_path / "runs")
+    definition = engine.load({"workflow": {"id": "hang", "steps": [
+        {"step": {"id": "a", "type": "hang", "timeout": "1h"}}]}})
+    instance, _ = await engine.start(definition)
+    instance.status = InstanceStatus.IN_PROGRESS
+    started = time.time() - 3601
+    await engine.storage.commit(Batch(instance.instance_id, 1, instance=instance, attempts={("a", 1): AttemptRecord(
+        instance.instance_id, "a", 1, StepStatus.RUNNING, params={}, created_at=started, started_at=started,
+        handle={"id": 1})}))
+    await engine.storage.release_lease(instance.instance_id, engine.owner)
+    final = await engine.resume(instance.instance_id)
+    attempts = await engine.storage.get_attempts(instance.instance_id)
+    assert final.status.value == "TIMED_OUT", [(a.status.value, a.message) for a in attempts]
+    assert attempts[-1].status.value == "TIMED_OUT" and "timed out after 3600s" in attempts[-1].message
 
 
 async def test_a_heartbeat_that_cannot_reach_the_store_keeps_the_lease_nobody_took(tmp_path, plugins):
