@@ -234,6 +234,8 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 self.leave(st)
         elif kind == "end":
             self.end(message[1], message[2])
+        elif kind == "loop_timeout":
+            self.loop_timed_out(message[1], message[2])
         elif kind == "loaded":  # what a step's getFromForeach reads is there: evaluate its params
             st = message[1]
             if self.ending is None and st.scope.ending is None:

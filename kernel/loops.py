@@ -28,15 +28,18 @@ import time
 from collections import deque
 from typing import Any
 
+import trio
+
 from .cel import CelError, to_cel
 from .model import AttemptRecord
 from .scope import UNCONVERTIBLE, Scope
-from .states import StepStatus, next_status
+from .states import InstanceStatus, StepStatus, next_status
 from .writer import crashpoint
 
 __all__ = ["Loop", "Loops"]
 
 S = StepStatus
+I = InstanceStatus  # noqa: E741
 # How an iteration's ending weighs in its loop step's status: the first present wins.
 _AGGREGATE = (S.FATALLY_FAILED, S.TIMED_OUT, S.STOPPED)
 _NAMED = 5  # how many failed iterations the loop step's message names
@@ -287,6 +290,31 @@ class Loops:
         loop = st.loop = Loop(self, st)
         if self.history is not None and st.key in self.history:
             loop.recall(self.history)
+        self._loop_deadline(st)
+        loop.fill()
+
+    def _loop_deadline(self, st) -> None:
+        """The loop step's own ``timeout``, from its STARTING (as a leaf step's)."""
+        timeout = st.sdef.timeout
+        if timeout is None or st.loop is None:
+            return
+        left = max(0.0, timeout - (time.time() - (st.record.started_at or time.time())))
+        self.nursery.start_soon(self._loop_timer, st, st.attempt, left)
+
+    async def _loop_timer(self, st, attempt: int, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.post(("loop_timeout", st, attempt))
+
+    def loop_timed_out(self, st, attempt: int) -> None:
+        """The loop step's timeout fired: its running iterations are stopped (TIMED_OUT), no new
+        one starts, and the step ends TIMED_OUT once they have."""
+        loop = st.loop
+        if loop is None or st.attempt != attempt or st.finished:
+            return
+        message = f"timed out after {st.sdef.timeout:g}s"
+        loop.failure = (S.TIMED_OUT, message)
+        for scope in list(loop.active.values()):
+            self.end_scope(scope, I.TIMED_OUT, message)
         loop.fill()
 
     def restore_loop(self, st, history) -> None:
@@ -299,6 +327,7 @@ class Loops:
             return
         loop = st.loop = Loop(self, st)
         loop.recall(history)
+        self._loop_deadline(st)
         self.settle()
         if st.loop is loop:
             loop.fill()

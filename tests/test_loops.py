@@ -307,3 +307,15 @@ async def test_body_outputs_are_read_downstream_per_iteration(run_doc):
     assert wrong.status == "FAILED"
     assert wrong.last["sum"].status.value == "INTERNALLY_FAILED"
     assert "'nope' is not a foreach step that ended upstream of this step" in wrong.last["sum"].message
+
+
+async def test_a_loop_steps_own_timeout_stops_its_iterations(run_doc):
+    """The foreach step's timeout counts from its STARTING: running iterations are stopped
+    TIMED_OUT, none starts after, and the step and the instance end TIMED_OUT."""
+    done = await run_doc(wf(foreach("fe", {"i": arr("LONG_ARRAY", [1, 2, 3, 4])},
+                                    [step("slow", results=[{"sleep": 60}])], concurrency=2, timeout="1s")))
+    assert done.status == "TIMED_OUT"
+    assert done.last["fe"].status.value == "TIMED_OUT" and done.last["fe"].message == "timed out after 1s"
+    got = iterations(done)
+    assert sorted(got) == [1, 2] and all(s == "TIMED_OUT" for s, _ in got.values())
+    assert done.last["fe/1/slow"].status.value == "TIMED_OUT"
