@@ -572,7 +572,22 @@ class SqlStorage(Storage):
 
     def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
         with self._sql_tx(write=True) as sql:
-            return self._create_in(sql, record, owner, ttl)
+            found = self._create_in(sql, record, owner, ttl)
+        if owner is None and found[1]:
+            self.wakeups().notify()  # queued and committed: an idle worker picks it up now
+        return found
+
+    def wakeups(self):
+        """On SQLite, the workers on this machine: each listens on a named pipe in
+        ``<database>.workers/`` (:class:`legato.wakeup.FifoWakeups`). On PostgreSQL none yet
+        (LISTEN/NOTIFY would serve): workers poll."""
+        found = self.__dict__.get("_wakeups")
+        if found is None:
+            from legato.wakeup import FifoWakeups, Wakeups
+
+            found = FifoWakeups(self.path.with_name(self.path.name + ".workers")) if self.path else Wakeups()
+            self.__dict__["_wakeups"] = found
+        return found
 
     def _create_in(self, sql, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
         if record.request_id is not None:
