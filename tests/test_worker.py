@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from .conftest import LEGATO, alive, legato_cli
 
@@ -295,3 +296,65 @@ def test_a_killed_workers_instances_are_resumed_by_another(site, workers):
         assert tries == [(1, "PLATFORM_FAILED"), (2, "SUCCEEDED")], tries
     keys = site.keys()
     assert set(keys.values()) == {1}, "an attempt ran twice"
+
+
+# -- in one process, on the memory store -----------------------------------------------------
+
+def _sleepy(steps: dict[str, tuple[float, str | None]]) -> dict:
+    """``scripted`` steps: id -> (seconds it sleeps, its successor)."""
+    return {"workflow": {"id": "sleepy", "steps": [
+        {"step": {"id": sid, "type": "scripted", "params": {"results": [{"sleep": secs}]},
+                  **({"transition": {"successors": {nxt: "true"}}} if nxt else {})}}
+        for sid, (secs, nxt) in steps.items()]}}
+
+
+def test_hand_back_lets_running_steps_finish_and_starts_nothing(engine):
+    """InstanceRun.hand_back (the kernel's hook for a worker shutting down): both running steps
+    finish, their successors wait for a permit, the run returns unfinished with its lease
+    released, and another engine resumes it: every step ran exactly once."""
+    from legato.engine import Engine
+
+    from . import scripted
+
+    definition = engine.load(_sleepy({"a": (10, "b"), "x": (1, "y"), "b": (0, None), "y": (0, None)}))
+
+    async def main():
+        instance, _ = await engine.start(definition)
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(engine.run, definition, instance)
+            run.hand_back()
+        assert run.instance.status.value == "IN_PROGRESS"
+        steps = {a.step_id: a.status.value for a in await engine.storage.get_attempts(instance.instance_id)}
+        assert steps == {"a": "SUCCEEDED", "x": "SUCCEEDED", "b": "WAITING_FOR_PERMITS", "y": "WAITING_FOR_PERMITS"}
+        assert (await engine.storage.get_lease(instance.instance_id)).expires_in is None
+        assert "STOPPED" not in [e.status for e in await engine.storage.get_timeline(instance.instance_id)]
+        other = Engine(engine.storage, plugins=engine.plugins, workspace=engine.workspace, owner="next")
+        final = await other.resume(instance.instance_id)
+        assert final.status.value == "SUCCEEDED"
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted((step, attempt) for step, attempt, _ in scripted.calls) == [
+        ("a", 1), ("b", 1), ("x", 1), ("y", 1)]
+
+
+def test_a_worker_in_this_process_is_woken_by_the_memory_store(engine):
+    """The memory store wakes a worker of the same process when an instance is queued (it polls
+    hourly here), and stop() returns once the runs have ended or been handed back."""
+    from legato.worker import Worker
+
+    definition = engine.load(_sleepy({"a": (0, "b"), "b": (0, None)}))
+    lines: list[str] = []
+
+    async def main():
+        with trio.fail_after(HANG):
+            async with trio.open_nursery() as nursery:
+                w = await nursery.start(Worker(engine, poll=3600, log=lines.append).run)
+                queued = [(await engine.start(definition, queued=True))[0].instance_id for _ in range(3)]
+                while w.statistics()["ended"] < 3:
+                    await trio.sleep(0.01)
+                w.stop()
+        for iid in queued:
+            assert (await engine.storage.get_instance(iid)).status.value == "SUCCEEDED"
+        assert w.statistics() == {"claimed": 3, "ended": 3, "handed_back": 0, "failed": 0, "running": 0}
+
+    trio.run(main)
