@@ -184,26 +184,39 @@ class Worker:
         generation = await storage.acquire_lease(iid, engine.owner, engine.lease_ttl)
         if generation is None:
             return False  # another live worker has it
-        # Read after the lease is ours: whoever ran it before cannot change it any more.
-        record = await storage.get_instance(iid)
-        if record is None or record.status.terminal:
-            await storage.release_lease(iid, engine.owner)
-            return False
         try:
-            definition = await self._definition(record)
-        except (DefinitionError, StorageError) as exc:
-            self.skipped.add(iid)
-            await storage.release_lease(iid, engine.owner)
-            why = "; ".join(str(p) for p in exc.problems[:3]) if isinstance(exc, DefinitionError) else str(exc)
-            self.log(f"instance {iid} not run: its definition {record.workflow_id} v{record.version} does not "
-                     f"load here ({why})")
-            return False
+            # Read after the lease is ours: whoever ran it before cannot change it any more.
+            record = await storage.get_instance(iid)
+            if record is None or record.status.terminal:
+                await self._release(iid)
+                return False
+            try:
+                definition = await self._definition(record)
+            except (DefinitionError, StorageError) as exc:
+                self.skipped.add(iid)
+                await self._release(iid)
+                why = "; ".join(str(p) for p in exc.problems[:3]) if isinstance(exc, DefinitionError) else str(exc)
+                self.log(f"instance {iid} not run: its definition {record.workflow_id} v{record.version} does not "
+                         f"load here ({why})")
+                return False
+        except BaseException:  # cancelled (the worker stops) or the store failed: not ours to keep
+            await self._release(iid)
+            raise
         if generation == 1:
             engine.fresh_leases[iid] = trio.current_time()  # no need to take it again in the run
         self.active[iid] = None
         self.counts["claimed"] += 1
         self._instances.start_soon(self._drive, definition, record)
         return True
+
+    async def _release(self, iid: str) -> None:
+        """Give the lease of ``iid`` up, even while being cancelled (bounded; best effort: it expires)."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5.0):
+                try:
+                    await self.storage.release_lease(iid, self.engine.owner)
+                except StorageError:
+                    pass
 
     async def _definition(self, record: InstanceRecord):
         key = (record.workflow_id, record.version)
@@ -226,10 +239,15 @@ class Worker:
         try:
             final = await self.engine.run(definition, record, task_status=status)
             ended = True
-        except (StorageError, StartError) as exc:  # a lost lease, a failed store, a secret it cannot resolve
+        except StorageError as exc:  # a lost lease, a failed store
             failed = True
             self.counts["failed"] += 1
             self.log(f"instance {iid} left to the next worker: {exc}")
+        except StartError as exc:  # e.g. a secret this worker cannot resolve: another worker may
+            failed = True
+            self.counts["failed"] += 1
+            self.skipped.add(iid)
+            self.log(f"instance {iid} not run here: {exc}")
         except Exception as exc:  # a bug in Legato or a plugin: say so, keep running the others
             failed = True
             self.counts["failed"] += 1
@@ -252,12 +270,7 @@ class Worker:
                              "grace, handed back unfinished")
                 # Cancelled (the grace ran out) or failed: give the lease up so the next worker need
                 # not wait for it to expire. Its steps have stopped: their tasks ended with the run.
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(5.0):
-                        try:
-                            await self.storage.release_lease(iid, self.engine.owner)
-                        except StorageError:
-                            pass  # it expires
+                await self._release(iid)
             if self._full or (self.once and not self.active):
                 self._wake.set()  # a slot is free for what we left waiting, or the drain may be over
 
