@@ -371,3 +371,23 @@ def test_a_worker_in_this_process_is_woken_by_the_memory_store(engine):
         assert w.statistics() == {"claimed": 3, "ended": 3, "handed_back": 0, "failed": 0, "running": 0}
 
     trio.run(main)
+
+
+def test_a_worker_runs_the_children_an_async_subworkflow_step_queues(site):
+    """An async subworkflow step only queues its child; the worker that runs the parent (or any
+    other) runs the child too. A sync child runs inside its parent's worker."""
+    for doc in ({"workflow": {"id": "child", "steps": [{"step": {"id": "c", "type": "noop"}}]}},
+                {"workflow": {"id": "parent", "steps": [
+                    {"step": {"id": "sync", "type": "subworkflow", "params": {"subworkflow_id": "child"},
+                              "transition": {"successors": {"async": "true"}}}},
+                    {"step": {"id": "async", "type": "subworkflow",
+                              "params": {"subworkflow_id": "child", "sync": False}}}]}}):
+        site.push(doc)
+    [parent] = site.queue("parent", 1)
+    proc = site.cli("worker", "--once", "--workspace", str(site.dir / "runs"), timeout=HANG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    instances, _, _ = site.read()
+    assert sorted(r.workflow_id for r in instances.values()) == ["child", "child", "parent"]
+    assert {r.status.value for r in instances.values()} == {"SUCCEEDED"}, instances
+    children = [r for r in instances.values() if r.workflow_id == "child"]
+    assert all(r.ancestors[0]["instance_id"] == parent for r in children)
