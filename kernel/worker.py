@@ -172,21 +172,23 @@ class Worker:
             if iid in self.active or iid in self.skipped:
                 continue
             try:
-                if await self._claim_one(iid):
+                if await self._claim_one(iid, record):
                     claimed += 1
             except StorageError as exc:
                 self.log(f"cannot claim instance {iid}: {exc}")
         self._full = len(self.active) >= self.max_instances
         return claimed, len(records) >= want
 
-    async def _claim_one(self, iid: str) -> bool:
+    async def _claim_one(self, iid: str, listed: InstanceRecord) -> bool:
         storage, engine = self.storage, self.engine
         generation = await storage.acquire_lease(iid, engine.owner, engine.lease_ttl)
         if generation is None:
             return False  # another live worker has it
         try:
-            # Read after the lease is ours: whoever ran it before cannot change it any more.
-            record = await storage.get_instance(iid)
+            # Read after the lease is ours: whoever ran it before cannot change it any more. The
+            # first lease of a queued instance (generation 1) has no before: nobody ran it, so
+            # the record as listed is the record.
+            record = listed if generation == 1 else await storage.get_instance(iid)
             if record is None or record.status.terminal:
                 await self._release(iid)
                 return False
