@@ -173,4 +173,7 @@ class FifoWakeups(Wakeups):
                 os.close(fd)
 
     def listen(self) -> Listener:
-        return _FifoListener(self.directory)
+        try:
+            return _FifoListener(self.directory)
+        except OSError:  # no named pipes here (a file system without them): poll only
+            return Listener()
