@@ -4,9 +4,10 @@ Instances are queued from other processes (`legato start --no-wait`, or an engin
 process); the store is read back to see what happened. Bash steps append their attempt's
 idempotency key to a ledger file, so a step that ran twice shows. Deadlines only bound a hang.
 
-Maestro's counterpart: the flow engine's ``MaestroWorkflowExecutor`` / ``FlowExecutor`` taking
-groups of flows by lease and heartbeat (maestro-flow), whose ``shutdown`` hands the flows back
-for other nodes to claim.
+Maestro's counterpart: maestro-flow's ``FlowExecutor`` (a maintainer that periodically claims
+flow groups whose heartbeat expired) and ``ExecutionContext.heartbeatGroup`` / ``releaseGroup``.
+Legato claims per instance rather than per group of flows, by the instance's lease, and is woken
+when work is queued instead of only polling.
 """
 
 from __future__ import annotations
