@@ -392,3 +392,21 @@ def test_a_worker_runs_the_children_an_async_subworkflow_step_queues(site):
     assert {r.status.value for r in instances.values()} == {"SUCCEEDED"}, instances
     children = [r for r in instances.values() if r.workflow_id == "child"]
     assert all(r.ancestors[0]["instance_id"] == parent for r in children)
+
+
+def test_a_dead_workers_pipe_is_removed_by_the_next_notifier(tmp_path):
+    """A worker that died without closing its named pipe leaves it unread: the next notification
+    removes it (and still wakes the live worker) instead of writing into it forever."""
+    from legato.wakeup import FifoWakeups
+
+    wakeups = FifoWakeups(tmp_path / "legato.db.workers")
+    live, dead = wakeups.listen(), wakeups.listen()
+    os.close(dead.rfd)  # what the kernel does when the process dies: the pipe file stays
+    os.close(dead.wfd)
+    dead.rfd = dead.wfd = -1
+    assert dead.path.exists()
+    wakeups.notify()
+    assert not dead.path.exists()
+    assert trio.run(live.wait, 0), "the live worker was not woken"
+    live.close()
+    assert os.listdir(tmp_path / "legato.db.workers") == []
