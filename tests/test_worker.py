@@ -410,3 +410,32 @@ def test_a_dead_workers_pipe_is_removed_by_the_next_notifier(tmp_path):
     assert trio.run(live.wait, 0), "the live worker was not woken"
     live.close()
     assert os.listdir(tmp_path / "legato.db.workers") == []
+
+
+def test_hand_back_inside_a_foreach_runs_every_iteration_once(engine):
+    """Handed back while a foreach's iterations run (two at a time, of four): the running ones
+    finish, no other starts; the engine that resumes it runs the other two, each once."""
+    from legato.engine import Engine
+
+    from . import scripted
+
+    doc = {"workflow": {"id": "loop", "steps": [{"foreach": {
+        "id": "fe", "concurrency": 2,
+        "params": {"loop_params": {"type": "MAP", "value": {"d": {"type": "LONG_ARRAY", "value": [1, 2, 3, 4]}}}},
+        "steps": [{"step": {"id": "work", "type": "scripted", "params": {"results": [{"sleep": 5}]}}}]}}]}}
+    definition = engine.load(doc)
+
+    async def main():
+        instance, _ = await engine.start(definition)
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(engine.run, definition, instance)
+            while len(scripted.calls) < 2:  # both first iterations running
+                await trio.sleep(0.1)
+            run.hand_back()
+        assert run.instance.status.value == "IN_PROGRESS"
+        assert len(scripted.calls) == 2
+        other = Engine(engine.storage, plugins=engine.plugins, workspace=engine.workspace, owner="next")
+        assert (await other.resume(instance.instance_id)).status.value == "SUCCEEDED"
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted(step for step, _, _ in scripted.calls) == [f"fe/{i}/work" for i in range(1, 5)]
