@@ -664,6 +664,37 @@ class StorageSuite(_Suite):
 
         self._run(check)
 
+    def test_a_queued_instance_wakes_listening_workers(self, tmp_path):
+        """An instance created without an owner (queued) wakes what listens on ``wakeups()`` (a
+        worker waiting for work), also through a second opening of the store when several
+        processes may share it. A backend whose ``wakeups().notifies`` is False tells nobody
+        (its workers poll) and skips this."""
+        from legato.model import InstanceRecord
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                wakeups = store.wakeups()
+                if not wakeups.notifies:
+                    pytest.skip(f"{self.p.scheme}: wakeups() tells nobody; its workers poll")
+                assert store.wakeups() is wakeups, "wakeups() must return the same object every time"
+                version = await store.push_definition("wf", {"workflow": {"id": "wf"}})
+                with wakeups.listen() as listener:
+                    assert not await listener.wait(0), "a listener woke with nothing queued"
+                    await store.create_instance(InstanceRecord("i-wake", "wf", version.version, created_at=1.0))
+                    with trio.fail_after(60):  # bounds a hang only
+                        assert await listener.wait(60), "queuing an instance woke nobody"
+                    assert not await listener.wait(0), "one queued instance woke a listener twice"
+                if "multiprocess" in self.p.capabilities:
+                    async with self._open(tmp_path) as other:
+                        with wakeups.listen() as listener:
+                            await other.create_instance(InstanceRecord("i-wake2", "wf", version.version,
+                                                                       created_at=2.0))
+                            with trio.fail_after(60):
+                                assert await listener.wait(60), "an instance queued through another opening " \
+                                                                "of the store woke nobody"
+
+        self._run(main)
+
     def test_the_engine_runs_on_it(self, tmp_path):
         """A workflow runs to the end on this store and its whole timeline is kept."""
         from legato.engine import Engine

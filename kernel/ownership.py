@@ -62,6 +62,28 @@ class Ownership:
             self.nursery.cancel_scope.cancel()
             return
 
+    def hand_back(self) -> None:
+        """Give the instance back to the store unfinished, for the next worker to resume (a
+        worker shutting down): no step starts from now on (new attempts wait for a permit, durably
+        WAITING_FOR_PERMITS); once the running ones have ended and their ends are durable, the
+        run returns its record, not ended, with the lease released. Nothing is marked STOPPED
+        and no attempt is cut short: a worker that cannot wait that long cancels the run instead
+        (the interrupted attempts are then reattached or retried by whoever resumes it). Call it
+        on a running run (the one ``nursery.start(engine.run, …)`` hands back)."""
+        self.limit = 0
+        if self.nursery is not None and not getattr(self, "handing_back", False):
+            self.handing_back = True
+            self.nursery.start_soon(self._hand_back)
+
+    async def _hand_back(self) -> None:
+        while self.running or self.batch:  # a step runs, or an end is not durable yet
+            waiter = trio.Event()
+            self.durable_waiters.append(waiter)
+            self.post(("flush",))  # commit what is pending now rather than at its deadline
+            await waiter.wait()
+        # Ends the run as a lost lease does, minus the loss: _run releases the lease and returns.
+        self.nursery.cancel_scope.cancel()
+
     async def release_lease(self) -> None:
         try:
             await self.engine.storage.release_lease(self.iid, self.engine.owner)

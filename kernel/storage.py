@@ -214,6 +214,17 @@ class Storage(abc.ABC):
         """Instances not yet ended whose lease is not live (free, expired, or its holder is
         known to be dead), oldest first."""
 
+    # -- waking workers ---------------------------------------------------------------------
+    def wakeups(self):
+        """How this store tells its idle workers that work was queued: a
+        :class:`legato.wakeup.Wakeups` (a backend returns the same object on every call). A
+        backend notifies it after committing an instance created without an owner (queued); a
+        worker notifies it when it hands instances back. The default tells nobody: workers find
+        work by polling."""
+        from .wakeup import Wakeups
+
+        return Wakeups()
+
 
 def open_storage(url: str, plugins=None) -> Storage:
     """Build the backend registered for ``url``'s scheme (``memory://``, ``sqlite:///…``)."""

@@ -36,6 +36,7 @@ class MemoryStorage(Storage):
         self._logs: dict[str, list[LogChunk]] = {}
         # instance -> (owner, expiry (monotonic; None: released), generation, holder's ProcessIdentity)
         self._leases: dict[str, tuple[str, float | None, int, Any]] = {}
+        self._wakeups = None
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any],
                               activate: bool = True) -> DefinitionVersion:
@@ -88,7 +89,17 @@ class MemoryStorage(Storage):
         self._logs[record.instance_id] = []
         if owner is not None:
             self._leases[record.instance_id] = (owner, time.monotonic() + ttl, 1, this_process())
+        elif self._wakeups is not None:
+            self._wakeups.notify()  # queued: a worker of this process runs it
         return copy.copy(record), True
+
+    def wakeups(self):
+        """Workers in this process, woken when an instance is queued."""
+        if self._wakeups is None:
+            from legato.wakeup import LocalWakeups
+
+            self._wakeups = LocalWakeups()
+        return self._wakeups
 
     async def commit(self, batch: Batch) -> None:
         iid = batch.instance_id

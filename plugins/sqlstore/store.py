@@ -140,6 +140,7 @@ class SqlStorage(Storage):
         self.path: Path | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file we opened
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
+        self._wakeups = None  # legato.wakeup's channel to this store's workers, made when first asked for
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
@@ -572,7 +573,20 @@ class SqlStorage(Storage):
 
     def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
         with self._sql_tx(write=True) as sql:
-            return self._create_in(sql, record, owner, ttl)
+            found = self._create_in(sql, record, owner, ttl)
+        if owner is None and found[1]:
+            self.wakeups().notify()  # queued and committed: an idle worker picks it up now
+        return found
+
+    def wakeups(self):
+        """On SQLite, the workers on this machine: each listens on a named pipe in
+        ``<database>.workers/`` (:class:`legato.wakeup.FifoWakeups`). On PostgreSQL none yet
+        (LISTEN/NOTIFY would serve): workers poll."""
+        if self._wakeups is None:
+            from legato.wakeup import FifoWakeups, Wakeups
+
+            self._wakeups = FifoWakeups(self.path.with_name(self.path.name + ".workers")) if self.path else Wakeups()
+        return self._wakeups
 
     def _create_in(self, sql, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
         if record.request_id is not None:
