@@ -7,11 +7,8 @@ import sys
 
 import click
 
-try:  # the command line's shared options and helpers (a package since it was split)
-    from .cli.group import _trio_run
-    from .cli.store import _engine, _opened, _settings_option, _store_option
-except ImportError:  # pragma: no cover - before the split
-    from .cli import _engine, _opened, _settings_option, _store_option, _trio_run
+from .cli.group import _trio_run
+from .cli.store import _engine, _opened, _settings_option, _store_option
 
 
 def _say(line: str) -> None:

@@ -134,7 +134,7 @@ def test_no_wait_queues_the_instance_and_resume_runs_its_pinned_version(cli):
     proc = cli("start", "greet", "--no-wait")
     assert proc.returncode == 0, proc.stderr
     instance_id = proc.stdout.splitlines()[0]
-    assert f"`legato resume {instance_id}` runs it" in proc.stdout
+    assert f"a `legato worker` on this store runs it, or `legato resume {instance_id}`" in proc.stdout
     status = json.loads(cli("status", instance_id, "--json").stdout)
     assert (status["status"], status["version"]) == ("CREATED", 1)
     write(cli, "greet.json", doc("echo newer two"))

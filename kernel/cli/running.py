@@ -214,7 +214,7 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
             click.echo(json.dumps(_instance_json(inst, []), indent=2, default=str))
         elif key == "queued":
             click.echo(f"{inst.instance_id}\n{inst.workflow_id} v{inst.version}: instance {inst.instance_id} created "
-                       f"(queued, no worker runs it yet): `legato resume {inst.instance_id}` runs it")
+                       f"(queued): a `legato worker` on this store runs it, or `legato resume {inst.instance_id}`")
         else:
             click.echo(f"request id {request_id!r} already started instance {inst.instance_id} "
                        f"({inst.workflow_id} v{inst.version}): {inst.status.value}")
