@@ -65,6 +65,15 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
         nursery.cancel_scope.cancel()
 
 
+def _exit_with_report(view, outcome: dict, as_json: bool) -> None:
+    """The foreground run's report, a note on unfinished instances nobody runs, and its exit code."""
+    code = _report(view, outcome, as_json)
+    if outcome.get("orphans"):
+        click.echo(f"note: {outcome['orphans']} unfinished instance(s) in the store have no live worker; "
+                   "`legato resume` picks them up", err=True)
+    sys.exit(code)
+
+
 def _report(view, outcome: dict, as_json: bool) -> int:
     instance, attempts = outcome["instance"], outcome["attempts"]
     if as_json:
@@ -133,11 +142,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
         inst = outcome["existing"]
         click.echo(f"request id {request_id!r} already ran instance {inst.instance_id}: {inst.status.value}")
         sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
-    code = _report(view, outcome, as_json)
-    if outcome.get("orphans"):
-        click.echo(f"note: {outcome['orphans']} unfinished instance(s) in the store have no live worker; "
-                   "`legato resume` picks them up", err=True)
-    sys.exit(code)
+    _exit_with_report(view, outcome, as_json)
 
 
 @main.command()
@@ -221,11 +226,7 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
         if key == "queued" or not inst.status.terminal:
             sys.exit(EXIT_OK)
         sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
-    code = _report(view, outcome, as_json)
-    if outcome.get("orphans"):
-        click.echo(f"note: {outcome['orphans']} unfinished instance(s) in the store have no live worker; "
-                   "`legato resume` picks them up", err=True)
-    sys.exit(code)
+    _exit_with_report(view, outcome, as_json)
 
 
 @main.command()
