@@ -439,3 +439,24 @@ def test_hand_back_inside_a_foreach_runs_every_iteration_once(engine):
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert sorted(step for step, _, _ in scripted.calls) == [f"fe/{i}/work" for i in range(1, 5)]
+
+
+def test_run_file_no_wait_queues_and_a_repeated_request_id_reports_the_ended_instance(site):
+    """`legato run FILE --no-wait` queues (a worker runs it); the same --request-id again answers
+    with that instance, as JSON with its steps under --json, and runs nothing."""
+    path = site.dir / "queued.json"
+    path.write_text(json.dumps(_doc(site, "queued")))
+    proc = site.cli("run", str(path), "--no-wait", "--request-id", "nightly-1")
+    assert proc.returncode == 0, proc.stderr
+    iid = proc.stdout.splitlines()[0]
+    assert "(queued): a `legato worker` on this store runs it" in proc.stdout
+    instances, _, _ = site.read()
+    assert instances[iid].status.value == "CREATED"
+    proc = site.cli("worker", "--once", "--workspace", str(site.dir / "runs"), timeout=HANG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = site.cli("run", str(path), "--request-id", "nightly-1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["instance_id"] == iid and report["status"] == "SUCCEEDED"
+    assert {k: v["status"] for k, v in report["steps"].items()} == {"a": "SUCCEEDED", "b": "SUCCEEDED"}
+    assert sorted(site.keys()) == [f"{iid}:a:1", f"{iid}:b:1"]  # ran once, by the worker

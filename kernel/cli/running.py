@@ -96,10 +96,12 @@ def _report(view, outcome: dict, as_json: bool) -> int:
               help="Where instances get their working directories [default: .legato/runs].")
 @click.option("--request-id", default=None,
               help="Idempotency key: the same id starts at most one instance (an unfinished one is resumed).")
+@click.option("--no-wait", is_flag=True,
+              help="Only create the instance (queued) and print its id: a `legato worker` runs it, or `legato resume ID`.")
 @_settings_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final instance and steps as JSON.")
 def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, request_id: str | None,
-        settings: str | None, as_json: bool) -> None:
+        no_wait: bool, settings: str | None, as_json: bool) -> None:
     """Run a workflow in the foreground until it ends.
 
     Shows each step's state live on a terminal, plain lines otherwise. Ctrl-C stops the instance
@@ -125,12 +127,12 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     async def main_task() -> None:
         async with _opened(engine.storage, store):
             try:
-                instance, created = await engine.start(definition, raw_params=overrides, request_id=request_id)
+                instance, created = await engine.start(definition, raw_params=overrides, request_id=request_id,
+                                                       queued=no_wait)
             except StartError as exc:
                 outcome["invalid"] = str(exc)
                 return
-            if not created and instance.status.terminal:
-                outcome["existing"] = instance
+            if await _not_followed(engine, instance, created, no_wait, outcome):
                 return
             await _follow(engine, definition, instance, view, outcome, resume=not created)
             outcome["orphans"] = len(await engine.storage.list_resumable())
@@ -138,10 +140,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     _trio_run(main_task)
     if "invalid" in outcome:
         _fail(outcome["invalid"])
-    if "existing" in outcome:
-        inst = outcome["existing"]
-        click.echo(f"request id {request_id!r} already ran instance {inst.instance_id}: {inst.status.value}")
-        sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
+    _exit_if_not_followed(outcome, request_id, as_json)
     _exit_with_report(view, outcome, as_json)
 
 
@@ -202,8 +201,7 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
             except StartError as exc:
                 outcome["invalid"] = str(exc)
                 return
-            if no_wait or (not created and instance.status.terminal):
-                outcome["existing" if not created else "queued"] = instance
+            if await _not_followed(engine, instance, created, no_wait, outcome):
                 return
             await _follow(engine, definition, instance, view, outcome, resume=not created)
             outcome["orphans"] = len(await engine.storage.list_resumable())
@@ -211,12 +209,33 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
     _trio_run(main_task)
     if "invalid" in outcome:
         _fail(outcome["invalid"])
+    _exit_if_not_followed(outcome, request_id, as_json)
+    _exit_with_report(view, outcome, as_json)
+
+
+async def _not_followed(engine, instance, created: bool, no_wait: bool, outcome: dict) -> bool:
+    """Whether run/start ends without running the instance here: it was only queued
+    (``--no-wait``), or its request id names an instance already there (ended, or queued)."""
+    if created and not no_wait:
+        return False
+    if created or no_wait:
+        outcome["existing" if not created else "queued"] = instance
+    elif instance.status.terminal:
+        outcome["existing"] = instance
+    else:
+        return False  # an unfinished instance of that request id: resumed here
+    outcome["attempts"] = await engine.storage.get_attempts(instance.instance_id) if not created else []
+    return True
+
+
+def _exit_if_not_followed(outcome: dict, request_id: str | None, as_json: bool) -> None:
+    """What run/start say of an instance they did not run (see :func:`_not_followed`), and exit."""
     for key in ("queued", "existing"):
         inst = outcome.get(key)
         if inst is None:
             continue
         if as_json:
-            click.echo(json.dumps(_instance_json(inst, []), indent=2, default=str))
+            click.echo(json.dumps(_instance_json(inst, outcome.get("attempts", [])), indent=2, default=str))
         elif key == "queued":
             click.echo(f"{inst.instance_id}\n{inst.workflow_id} v{inst.version}: instance {inst.instance_id} created "
                        f"(queued): a `legato worker` on this store runs it, or `legato resume {inst.instance_id}`")
@@ -226,7 +245,6 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
         if key == "queued" or not inst.status.terminal:
             sys.exit(EXIT_OK)
         sys.exit(EXIT_OK if inst.status.value == "SUCCEEDED" else EXIT_FAILED)
-    _exit_with_report(view, outcome, as_json)
 
 
 @main.command()
