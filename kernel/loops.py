@@ -7,8 +7,9 @@ the last one ends the step's status aggregates them: any failed iteration fails 
 its failure mode applies), else any timed out, else any stopped, else it succeeded.
 
 - **foreach** iterates over the cartesian product of its loop arrays, in Maestro's order (the
-  first array varies fastest, as in ``ForeachStepRuntime``), at most ``concurrency`` at once. Iteration *n*'s values are computed from *n*,
-  so nothing in memory grows with the number of iterations beyond the running ones.
+  first array varies fastest, as in ``ForeachStepRuntime``), at most ``concurrency`` at once.
+  Iteration *n*'s values are computed from *n*, so nothing in memory grows with the number of
+  iterations beyond the running ones.
 - **while** checks its condition before every iteration, the first included, and runs one at a
   time; a body step's param or output named like a loop variable becomes that variable's value
   for the next iteration. Past ``max_iterations`` the step ends FATALLY_FAILED, saying so.
