@@ -153,6 +153,34 @@ class ChildWorkflows:
             self._fresh[child.instance_id] = definition
         return child
 
+    # -- a restarted parent: the child of its earlier run -------------------------------------
+
+    async def earlier_child(self) -> InstanceRecord | None:
+        """In a restarted parent (a later run), the child this step started in an earlier run
+        (the latest one), or None: Maestro restarts that child rather than start another
+        (SubworkflowStepRuntime.runSubworkflowInstance, restartDirectly)."""
+        parent = self._parent_run().instance
+        if parent.run_id <= 1:
+            return None
+        storage = self.engine.storage
+        found = None
+        for a in await storage.get_attempts(parent.instance_id):
+            if a.step_id == self.ctx.step_id and a.run_id < parent.run_id and a.attempt < self.ctx.attempt \
+                    and isinstance(a.outputs, dict) and a.outputs.get("subworkflow_instance_id"):
+                if found is None or a.attempt > found.attempt:
+                    found = a
+        if found is None:
+            return None
+        return await storage.get_instance(str(found.outputs["subworkflow_instance_id"]))
+
+    async def restart(self, instance_id: str) -> InstanceRecord:
+        """Restart the ended child ``instance_id`` from its incomplete steps, here, and return
+        its final record (as :meth:`follow` does; a stop of the parent step stops it)."""
+        record = await self.engine.storage.get_instance(instance_id)
+        if record is None:
+            raise ChildRefused(f"the child instance {instance_id} is not in the store")
+        return await self._run_here(record, restart=True)
+
     # -- following ------------------------------------------------------------------------------
 
     async def follow(self, instance_id: str) -> InstanceRecord:
@@ -190,7 +218,7 @@ class ChildWorkflows:
                 self._retrying(f"following the child instance {instance_id}", exc)
             await trio.sleep(_backoff(failures))
 
-    async def _run_here(self, record: InstanceRecord) -> InstanceRecord:
+    async def _run_here(self, record: InstanceRecord, restart: bool = False) -> InstanceRecord:
         engine, iid = self.engine, record.instance_id
         definition = self._fresh.pop(iid, None)
         outcome: dict[str, Any] = {}
@@ -208,7 +236,9 @@ class ChildWorkflows:
             # Shielded: the child ends by being stopped (below), not by being torn down.
             with trio.CancelScope(shield=True):
                 try:
-                    if definition is not None:
+                    if restart:
+                        outcome["final"] = await engine.restart(iid, task_status=Status())
+                    elif definition is not None:
                         outcome["final"] = await engine.run(definition, record, task_status=Status())
                     else:
                         outcome["final"] = await engine.resume(iid, task_status=Status())

@@ -64,11 +64,42 @@ class Subworkflow(StepType):
 
     async def run(self, ctx):
         children = ctx.workflows
+        if ctx.config.sync:
+            earlier = await children.earlier_child()
+            if earlier is not None:  # a restarted parent restarts the child of its earlier run
+                await ctx.record_handle(earlier.instance_id)
+                return await self._again(ctx, children, earlier.instance_id)
         await ctx.record_handle(children.child_id)  # durable before the child exists
         return await self._launch(ctx, children)
 
     async def reattach(self, ctx, handle):
-        return await self._launch(ctx, ctx.workflows)
+        children = ctx.workflows
+        if isinstance(handle, str) and handle != children.child_id:
+            return await self._again(ctx, children, handle)  # the earlier run's child, restarted
+        return await self._launch(ctx, children)
+
+    async def _again(self, ctx, children, instance_id: str) -> StepResult:
+        """Run the child of an earlier run of the parent again: restarted from its incomplete
+        steps when it ended without success, followed when it is still under way (a crash of the
+        restarted parent), taken as it is when it succeeded."""
+        from legato.children import ChildRefused
+        from legato.engine import RestartRefused
+        from legato.storage import StorageError
+
+        try:
+            child = await children.engine.storage.get_instance(instance_id)
+            if child is None:
+                raise ChildRefused(f"the child instance {instance_id} of an earlier run is not in the store")
+            ctx.log("stdout", f"restarting subworkflow instance {instance_id} ({child.workflow_id} v{child.version})\n")
+            if child.status.terminal and child.status.value != "SUCCEEDED":
+                final = await children.restart(instance_id)
+            else:
+                final = await children.follow(instance_id)
+        except (ChildRefused, RestartRefused) as exc:
+            return StepResult(Outcome.FATAL_ERROR, {}, f"cannot restart subworkflow: {exc}", retryable=False)
+        except StorageError as exc:
+            return StepResult.platform_error(f"lost track of subworkflow instance {instance_id}: {exc}")
+        return _mirror(final)
 
     async def _launch(self, ctx, children) -> StepResult:
         from legato.children import ChildRefused
@@ -96,12 +127,19 @@ class Subworkflow(StepType):
             return StepResult(Outcome.FATAL_ERROR, outputs, str(exc), retryable=False)
         except StorageError as exc:
             return StepResult.platform_error(f"lost track of {what}: {exc}")
-        outputs["subworkflow_status"] = final.status.value
-        if final.status.value == "SUCCEEDED":
-            return StepResult.done(outputs, f"{what} SUCCEEDED")
-        why = f": {final.message}" if final.message else ""
-        # Maestro's trackSubworkflowInstance: no retry for a subworkflow (a retry would start a new child).
-        return StepResult(Outcome.FATAL_ERROR, outputs, f"{what} ended {final.status.value}{why}", retryable=False)
+        return _mirror(final)
+
+
+def _mirror(final) -> StepResult:
+    """The step's result for its child's end: SUCCEEDED succeeds, anything else is a fatal error
+    naming the child (Maestro's trackSubworkflowInstance: no retry, which would start a new child)."""
+    what = f"subworkflow instance {final.instance_id} ({final.workflow_id} v{final.version})"
+    outputs: dict[str, Any] = {"subworkflow_id": final.workflow_id, "subworkflow_version": final.version,
+                               "subworkflow_instance_id": final.instance_id, "subworkflow_status": final.status.value}
+    if final.status.value == "SUCCEEDED":
+        return StepResult.done(outputs, f"{what} SUCCEEDED")
+    why = f": {final.message}" if final.message else ""
+    return StepResult(Outcome.FATAL_ERROR, outputs, f"{what} ended {final.status.value}{why}", retryable=False)
 
 
 @hookimpl

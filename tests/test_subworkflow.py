@@ -529,3 +529,31 @@ def test_a_parent_killed_with_a_grandchild_running_resumes_both_levels(tmp_path,
     check_parent(driver.db, mid_request, lines, {"m": True}, ledgered=())
     assert _read(driver.db, "SELECT workflow_id, count(*) FROM legato_instances GROUP BY workflow_id ORDER BY 1") == [
         ("kid", 1), ("mid", 1), ("top", 1)]
+
+
+async def test_restarting_a_parent_restarts_its_failed_child_not_a_new_one(engine, tmp_path):
+    """SubworkflowStepRuntime.runSubworkflowInstance (restartDirectly): a restart of the parent
+    restarts the child of its earlier run from the child's incomplete steps; no second child,
+    and the child's succeeded steps do not run again."""
+    flag, ledger = tmp_path / "flag", tmp_path / "ledger"
+    first = {"step": {"id": "ok", "type": "bash", "params": {"script": f'echo ok >> "{ledger}"'},
+                      "transition": {"successors": ["flaky"]}}}
+    flaky = {"step": {"id": "flaky", "type": "bash", "retry_policy": {"error_retry_limit": 0},
+                      "params": {"script": f'echo flaky >> "{ledger}"; test -f "{flag}"'}}}
+    await push(engine, wf("child", first, flaky))
+    definition = engine.load(wf("parent", sub("s", "child")))
+    done = await engine.execute(definition)
+    assert done.status.value == "FAILED"
+    (child,) = await children_of(engine, done.instance_id)
+    assert child.status.value == "FAILED"
+
+    flag.touch()
+    again = await engine.restart(done.instance_id)
+    assert again.status.value == "SUCCEEDED" and again.run_id == 2
+    kids = await children_of(engine, done.instance_id)
+    assert [k.instance_id for k in kids] == [child.instance_id], "a restart started another child"
+    restarted = await engine.storage.get_instance(child.instance_id)
+    assert restarted.status.value == "SUCCEEDED" and restarted.run_id == 2
+    steps = {a.step_id: a for a in await engine.storage.get_attempts(done.instance_id)}
+    assert steps["s"].attempt == 2 and steps["s"].outputs["subworkflow_instance_id"] == child.instance_id
+    assert ledger.read_text().split() == ["ok", "flaky", "flaky"]  # `ok` ran once, in the first run
