@@ -44,6 +44,7 @@ __all__ = [
     "supervise",
     "HandleNotRecorded",
     "ProcessIdentity",
+    "start_time",
     "this_process",
     "process_gone",
 ]
@@ -598,15 +599,17 @@ class ProcessIdentity(NamedTuple):
     namespace: str
 
 
-def _start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/<pid>/stat``, or None when the process is gone or a zombie."""
+def start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (clock ticks after boot; with the pid, who a process is),
+    or None when the process is gone, or a zombie (unless ``zombie``: a zombie leader's process
+    group may still have live members to kill)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     fields = stat[stat.rfind(b")") + 2:].split()  # the name, in parentheses, may hold spaces
-    if not fields or fields[0] == b"Z":
+    if not fields or (fields[0] == b"Z" and not zombie):
         return None
     try:
         return int(fields[19])
@@ -632,7 +635,7 @@ def this_process() -> ProcessIdentity:
     if not _identity or _identity[0].pid != pid:
         import socket
 
-        _identity[:] = [ProcessIdentity(socket.gethostname(), pid, _start_time(pid), _namespace())]
+        _identity[:] = [ProcessIdentity(socket.gethostname(), pid, start_time(pid), _namespace())]
     return _identity[0]
 
 
@@ -643,4 +646,4 @@ def process_gone(pid: int | None, started: int | None, namespace: str | None) ->
     here = this_process()
     if not namespace or namespace != here.namespace or not isinstance(pid, int) or started is None:
         return False
-    return _start_time(pid) != started
+    return start_time(pid) != started

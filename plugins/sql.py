@@ -491,6 +491,7 @@ from legato.processes import (  # noqa: E402
     process_environment,
     pump,
     signal_name,
+    start_time,
     supervise,
     this_process,
 )
@@ -668,7 +669,7 @@ class Sql(StepType):
         try:
             # No LEGATO_* ids in a forked process's environment (it is the server's): the handle
             # names it by its start time instead, which a reused pid does not share.
-            handle = {"pid": pid, "pgid": pid, "started": _start_time(pid), "namespace": this_process().namespace}
+            handle = {"pid": pid, "pgid": pid, "started": start_time(pid), "namespace": this_process().namespace}
             try:
                 await ctx.record_handle(handle)
             except Exception as exc:  # storage trouble: the finally below stops the process
@@ -747,7 +748,8 @@ class Sql(StepType):
         if "started" not in handle:
             kill_if_attempts(pgid, ctx.idempotency_key)
         elif (isinstance(pgid, int) and not isinstance(pgid, bool) and pgid > 1 and handle["started"] is not None
-              and handle.get("namespace") == this_process().namespace and _start_time(pgid) == handle["started"]):
+              and handle.get("namespace") == this_process().namespace
+              and start_time(pgid, zombie=True) == handle["started"]):
             killpg(pgid, signal.SIGKILL)
 
 
@@ -871,19 +873,6 @@ def _kill(pidfd: int, pid: int, sig: int) -> None:
     except OSError:  # it is gone
         pass
     killpg(pid, sig)
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/<pid>/stat`` (clock ticks after boot): with the pid, who a process is."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    try:
-        return int(stat[stat.rfind(b")") + 2:].split()[19])
-    except (IndexError, ValueError):
-        return None
 
 
 _OUTCOMES = {"DONE": StepResult.done, "USER_ERROR": StepResult.user_error,

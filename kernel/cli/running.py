@@ -17,8 +17,6 @@ from .group import (
     _Refused,
     _fail,
     main,
-    _print_problems,
-    _print_warnings,
     _trio_run,
 )
 from .store import (
@@ -108,40 +106,10 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
     (running steps are cancelled and their processes killed) and exits 130. Every transition is
     kept in the store: `legato status`, `legato logs` read it afterwards.
     """
-    from ..definition import DefinitionError
-    from ..engine import StartError
-    from ..view import make_view
-
     overrides = _parse_params(params)
     engine = _engine(store, workspace, settings)
-    try:
-        definition = engine.load(file)
-    except DefinitionError as exc:
-        _print_problems(exc)
-        sys.exit(EXIT_INVALID)
-    _print_warnings(definition)
-
-    view = make_view(definition, plain=as_json or not sys.stdout.isatty(), quiet=as_json)
-    outcome: dict[str, Any] = {}
-
-    async def main_task() -> None:
-        async with _opened(engine.storage, store):
-            try:
-                instance, created = await engine.start(definition, raw_params=overrides, request_id=request_id,
-                                                       queued=no_wait)
-            except StartError as exc:
-                outcome["invalid"] = str(exc)
-                return
-            if await _not_followed(engine, instance, created, no_wait, outcome):
-                return
-            await _follow(engine, definition, instance, view, outcome, resume=not created)
-            outcome["orphans"] = len(await engine.storage.list_resumable())
-
-    _trio_run(main_task)
-    if "invalid" in outcome:
-        _fail(outcome["invalid"])
-    _exit_if_not_followed(outcome, request_id, as_json)
-    _exit_with_report(view, outcome, as_json)
+    definition = _load_or_exit(engine, file)
+    _start_in_foreground(engine, store, definition, overrides, request_id, no_wait, as_json)
 
 
 @main.command()
@@ -156,7 +124,7 @@ def run(file: str, params: tuple[str, ...], store: str, workspace: str | None, r
 @click.option("--request-id", default=None,
               help="Idempotency key: the same id answers with the instance it started, never a second one.")
 @click.option("--no-wait", is_flag=True,
-              help="Only create the instance (queued, no worker) and print its id; `legato resume ID` runs it.")
+              help="Only create the instance (queued) and print its id: a `legato worker` runs it, or `legato resume ID`.")
 @_settings_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final instance and steps as JSON.")
 def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str, workspace: str | None,
@@ -166,9 +134,7 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
     Runs it in the foreground exactly like `legato run` (live view, exit codes, --json) unless
     --no-wait. A later push or activation never changes what the instance runs.
     """
-    from ..engine import StartError
     from ..storage import VersionNotFound, parse_version
-    from ..view import make_view
 
     try:
         spec = parse_version(version_spec)
@@ -190,6 +156,16 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
     stored = found["version"]
     definition = _load_or_exit(engine, stored.document)
     definition.version = stored.version  # pinned: started without pushing anything
+    _start_in_foreground(engine, store, definition, overrides, request_id, no_wait, as_json)
+
+
+def _start_in_foreground(engine, store: str, definition, overrides: dict[str, str], request_id: str | None,
+                         no_wait: bool, as_json: bool) -> None:
+    """What `run` and `start` do once they have the definition: start the instance, run it in the
+    foreground (or, with ``no_wait``, only queue it), report, exit."""
+    from ..engine import StartError
+    from ..view import make_view
+
     view = make_view(definition, plain=as_json or not sys.stdout.isatty(), quiet=as_json)
     outcome: dict[str, Any] = {}
 
@@ -215,16 +191,17 @@ def start(workflow: str, version_spec: str, params: tuple[str, ...], store: str,
 
 async def _not_followed(engine, instance, created: bool, no_wait: bool, outcome: dict) -> bool:
     """Whether run/start ends without running the instance here: it was only queued
-    (``--no-wait``), or its request id names an instance already there (ended, or queued)."""
-    if created and not no_wait:
+    (``--no-wait``), or its request id names an instance already there that ended (or that
+    ``--no-wait`` leaves queued). An unfinished one named by its request id is resumed here."""
+    if created:
+        if not no_wait:
+            return False
+        outcome["queued"] = instance
+        return True
+    if not (no_wait or instance.status.terminal):
         return False
-    if created or no_wait:
-        outcome["existing" if not created else "queued"] = instance
-    elif instance.status.terminal:
-        outcome["existing"] = instance
-    else:
-        return False  # an unfinished instance of that request id: resumed here
-    outcome["attempts"] = await engine.storage.get_attempts(instance.instance_id) if not created else []
+    outcome["existing"] = instance
+    outcome["attempts"] = await engine.storage.get_attempts(instance.instance_id)
     return True
 
 
