@@ -1,0 +1,123 @@
+"""``legato serve``: the command (registered through the ``legato.commands`` entry point group).
+The routes are :mod:`legato.server.app`; the worker is :class:`legato.worker.Worker`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli.group import _Refused, _trio_run
+from ..cli.store import _engine, _opened, _settings_option, _store_option
+
+
+def _say(line: str, err: bool = False) -> None:
+    # Line by line even into a pipe (a supervisor's log, a test reading it).
+    click.echo(f"legato serve: {line}", err=err)
+    (sys.stderr if err else sys.stdout).flush()
+
+
+@click.command()
+@_store_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="The port to listen on; 0 picks a free one (the URL is printed).")
+@click.option("--no-auth", is_flag=True,
+              help="Accept changes without a token: anyone who reaches the port may start, stop and push.")
+@click.option("--workspace", type=click.Path(file_okay=False), default=None,
+              help="Where instances get their working directories [default: .legato/runs].")
+@_settings_option
+@click.option("--max-instances", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="How many instances this server's worker runs at once.")
+@click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True, metavar="SECONDS",
+              help="On SIGTERM or Ctrl-C: how long running steps get to finish before they are cancelled.")
+@click.option("--poll", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True, metavar="SECONDS",
+              help="How often the worker looks at the store when nothing wakes it.")
+def serve(store: str, host: str, port: int, no_auth: bool, workspace: str | None, settings: str | None,
+          max_instances: int, grace: float, poll: float) -> None:
+    """Run a worker and the REST API (Maestro's paths under /api/v3) in one process, until stopped.
+
+    The API documents itself at /openapi.json and /docs. Calls that change anything need
+    `Authorization: Bearer <token>`: LEGATO_API_TOKEN, or a token generated at the first start,
+    stored beside the store (mode 0600) and printed once. --no-auth turns that off.
+
+    Instances started through the API are queued in the store and run by this server's worker
+    (or any `legato worker` on the same store). SIGTERM or Ctrl-C stops it gracefully, as
+    `legato worker`: no new request nor claim, running steps get --grace seconds, nothing is lost.
+    """
+    try:
+        import hypercorn  # noqa: F401
+        import starlette  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(f"legato serve needs the `serve` extra ({exc.name} is missing): "
+                                   "pip install 'legato[serve]'") from None
+    engine = _engine(store, workspace, settings)
+    _trio_run(lambda: _main(engine, store, host, port, no_auth, max_instances, grace, poll))
+
+
+async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_instances: int, grace: float,
+                poll: float) -> None:
+    import signal
+    from functools import partial
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from .. import __version__
+    from ..worker import Worker
+    from . import auth
+    from .app import Service, build_app
+
+    async with _opened(engine.storage, store):
+        if no_auth:
+            token = None
+            _say("WARNING: --no-auth: anyone who can reach this port can push, start, stop and kill "
+                 "without a token", err=True)
+        else:
+            token, where, generated = auth.load_or_create_token(engine.storage)
+            if generated:
+                _say(f"API token (generated now, stored in {where}, shown only this once): {token}")
+            else:
+                _say(f"API token: the one in {where}")
+        app = build_app(Service(engine, token=token, version=__version__))
+        config = Config()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.graceful_timeout = 5.0
+        config.accesslog = None
+        config.errorlog = None
+        worker = Worker(engine, max_instances=max_instances, grace=grace, poll=poll,
+                        log=lambda line: _say(f"worker: {line}"))
+        shutdown = trio.Event()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(_on_signals, worker, shutdown, signals, grace)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(worker.run)
+                    try:
+                        binds = await nursery.start(partial(hypercorn_serve, app, config,
+                                                            shutdown_trigger=shutdown.wait))
+                    except OSError as exc:
+                        worker.stop(0)
+                        raise _Refused(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+                    for url in binds:
+                        _say(f"listening on {url} (API docs: {url}/docs)")
+                outer.cancel_scope.cancel()
+        stats = worker.statistics()
+        _say(f"stopped: {stats['ended']} instance(s) run to their end, {stats['handed_back']} handed back "
+             f"unfinished, {stats['failed']} failed to run")
+
+
+async def _on_signals(worker, shutdown, signals, grace: float) -> None:
+    import signal
+
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if worker.stopping:
+            _say(f"{name} again: cancelling the running steps now")
+        else:
+            _say(f"{name}: stopping; no new requests nor claims, running steps get {grace:g}s to finish "
+                 f"({len(worker.active)} instance(s) running)")
+        shutdown.set()
+        worker.stop()

@@ -1,0 +1,360 @@
+"""`legato serve`: a real server process on a loopback port and a temporary SQLite store, driven
+with httpx as any client would (DESIGN §8).
+
+Paths and verbs follow Maestro's controllers (maestro-server's ``controllers/*.java``): each test
+names the one it follows. Waiting is on states the API answers (polled, bounded by HANG), never
+on a sleep that is assumed long enough.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import stat
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+from .conftest import LEGATO, legato_cli  # noqa: E402
+
+HANG = 120.0  # seconds: bounds a hang, never a speed
+W = "/api/v3/workflows"
+SECRET = f"s3cret-{uuid.uuid4().hex}"
+
+
+class Server:
+    """A `legato serve --port 0` subprocess; ``lines`` is what it printed."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None) -> None:
+        self.tmp = tmp
+        self.store = f"sqlite:///{tmp / 'legato.db'}"
+        environ = {k: v for k, v in os.environ.items() if k != "LEGATO_API_TOKEN"}
+        environ.update({"LEGATO_STORE": self.store, "LEGATO_TEST_SECRET": SECRET, **(env or {})})
+        self.proc = subprocess.Popen([LEGATO, "serve", "--port", "0", "--workspace", str(tmp / "runs"), *args],
+                                     cwd=tmp, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines: list[str] = []
+        line = self.expect("listening on ")
+        self.url = line.split("listening on ")[1].split()[0]
+        token_line = next((x for x in self.lines if "API token (generated" in x), None)
+        self.token = token_line.rsplit(": ", 1)[1].strip() if token_line else os.environ.get("LEGATO_API_TOKEN")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=HANG)
+
+    def expect(self, text: str) -> str:
+        deadline = time.monotonic() + HANG
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if text in line:
+                    return line
+            seen = len(self.lines)
+            left = deadline - time.monotonic()
+            assert left > 0, f"the server never said {text!r}:\n" + "".join(self.lines)
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                line = self.proc.stdout.readline()
+                assert line, f"the server exited ({self.proc.wait()}) without saying {text!r}:\n" + "".join(self.lines)
+                self.lines.append(line)
+
+    def push(self, doc: dict) -> dict:
+        r = self.http.post(W, json=doc)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def start(self, wid: str, version="active", **body) -> dict:
+        r = self.http.post(f"{W}/{wid}/versions/{version}/actions/start", json=body)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def wait_status(self, wid: str, iid: str, statuses: set[str]) -> dict:
+        deadline = time.monotonic() + HANG
+        while True:
+            got = self.http.get(f"{W}/{wid}/instances/{iid}").json()
+            if got["status"] in statuses:
+                return got
+            assert got["status"] not in ("FAILED", "STOPPED", "TIMED_OUT"), got
+            assert time.monotonic() < deadline, f"instance {iid} never reached {statuses}: {got}"
+            time.sleep(0.02)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.finish()
+
+    def finish(self) -> int:
+        out, _ = self.proc.communicate(timeout=HANG)
+        self.lines.extend(out.splitlines(keepends=True))
+        self.http.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.http.close()
+
+
+def bash(sid: str, script: str, then: str | None = None, **params) -> dict:
+    step = {"id": sid, "type": "bash", "params": {"script": script, **params}}
+    if then:
+        step["transition"] = {"successors": {then: "true"}}
+    return {"step": step}
+
+
+def hello(wid: str = "hello") -> dict:
+    return {"workflow": {"id": wid, "params": {"who": {"type": "STRING", "value": "world"}}, "steps": [
+        bash("greet", 'echo "hello $who"; echo "line 2"; echo "greeted=$who" >> "$LEGATO_OUTPUT"', then="done"),
+        bash("done", 'echo "done" >&2'),
+    ]}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("serve"))
+    yield s
+    s.kill()
+
+
+def test_the_token_is_generated_once_stored_0600_and_guards_every_change(server):
+    """Mutating calls without the token are 401, with a wrong one 403; reads need none."""
+    path = server.tmp / "api-token"
+    assert path.read_text().strip() == server.token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    anonymous = httpx.Client(base_url=server.url, timeout=HANG)
+    r = anonymous.post(W, json=hello())
+    assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
+    r = anonymous.post(W, json=hello(), headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 403 and r.json() == {"error": {"status": 403, "message": "wrong API token"}}
+    assert anonymous.get(f"{W}/nothing/versions").status_code == 404  # a read: no token asked
+    anonymous.close()
+
+
+def test_push_validates_as_the_cli_does_and_keeps_versions(server, tmp_path):
+    """WorkflowController (create, get versions) and WorkflowActionController (validate, activate):
+    an invalid definition answers 422 with the very pointers and messages `legato validate --json`
+    prints for the same document."""
+    bad = {"workflow": {"id": "bad", "steps": [{"step": {"id": "a", "type": "nope"}},
+                                               bash("b", "true", then="missing")]}}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    cli = json.loads(legato_cli("validate", "--json", str(tmp_path / "bad.json")).stdout)
+    for method, path in (("POST", W), ("PUT", W + "/actions/validate")):
+        r = server.http.request(method, path, json=bad)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["problems"] == cli["problems"] and len(cli["problems"]) >= 2
+        assert error["pointer"] == cli["problems"][0]["pointer"]
+    r = server.http.post(W, content=b'{"workflow": {"id": "x",', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "invalid JSON" in r.json()["error"]["problems"][0]["message"]
+
+    r = server.http.put(W + "/actions/validate", json=hello("versions"))
+    assert r.status_code == 200 and r.json()["valid"] and r.json()["steps"] == 2
+    r = server.http.post(W, json=hello("versions"))
+    assert r.status_code == 201 and r.json()["version"] == 1 and r.json()["new"]
+    r = server.http.post(W, json=hello("versions"))
+    assert r.status_code == 200 and r.json()["version"] == 1 and not r.json()["new"]
+    second = hello("versions")
+    second["workflow"]["steps"].append(bash("third", "true"))
+    yaml_text = json.dumps(second)  # JSON is YAML: sent as YAML it reads the same
+    r = server.http.post(W + "?activate=false", content=yaml_text, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201 and r.json()["version"] == 2 and not r.json()["active"]
+
+    versions = server.http.get(f"{W}/versions/versions").json()
+    assert [(v["version"], v["active"]) for v in versions] == [(1, True), (2, False)]
+    assert server.http.get(f"{W}/versions/versions/active").json()["version"] == 1
+    latest = server.http.get(f"{W}/versions/versions/latest").json()
+    assert latest["version"] == 2 and latest["definition"]["workflow"]["steps"][2]["step"]["id"] == "third"
+    r = server.http.put(f"{W}/versions/versions/2/actions/activate")
+    assert r.status_code == 200 and r.json()["active"]
+    assert server.http.get(f"{W}/versions/versions/active").json()["version"] == 2
+    r = server.http.get(f"{W}/versions/versions/7")
+    assert r.status_code == 404 and "version 7 does not exist" in r.json()["error"]["message"]
+
+
+def test_start_runs_to_succeeded_and_a_repeated_request_id_answers_with_it(server):
+    """WorkflowActionController.startWorkflowInstance with a request id, then
+    WorkflowInstanceController (instance, runs) and StepInstanceController (steps, attempts)."""
+    server.push(hello())
+    started = server.start("hello", params={"who": "api"}, request_id="req-1")
+    assert started["created"] and started["status"] == "CREATED"
+    iid = started["instance_id"]
+    final = server.wait_status("hello", iid, {"SUCCEEDED"})
+    assert final["steps"]["greet"]["outputs"] == {"greeted": "api"}
+    again = server.http.post(f"{W}/hello/versions/active/actions/start", json={"request_id": "req-1"})
+    assert again.status_code == 200 and again.json()["instance_id"] == iid and again.json()["created"] is False
+    assert again.json()["status"] == "SUCCEEDED"
+    page = server.http.get(f"{W}/hello/instances").json()
+    assert [i["instance_id"] for i in page["items"]].count(iid) == 1
+
+    steps = server.http.get(f"{W}/hello/instances/{iid}/steps").json()
+    assert {k: v["status"] for k, v in steps.items()} == {"greet": "SUCCEEDED", "done": "SUCCEEDED"}
+    step = server.http.get(f"{W}/hello/instances/{iid}/steps/greet").json()
+    assert step["status"] == "SUCCEEDED" and [a["attempt"] for a in step["attempts"]] == [1]
+    attempts = server.http.get(f"{W}/hello/instances/{iid}/steps/greet/attempts").json()
+    assert attempts[0]["params"]["script"].startswith("echo")
+    one = server.http.get(f"{W}/hello/instances/{iid}/runs/1/steps/greet/attempts/1").json()
+    assert one["status"] == "SUCCEEDED" and one["run_id"] == 1
+    runs = server.http.get(f"{W}/hello/instances/{iid}/runs").json()
+    assert [r["run_id"] for r in runs] == [1] and set(runs[0]["steps"]) == {"greet", "done"}
+    assert server.http.get(f"{W}/hello/instances/{iid}/runs/1").json()["steps"]["done"]["status"] == "SUCCEEDED"
+    assert server.http.get(f"{W}/hello/instances/{iid[:10]}").json()["instance_id"] == iid  # a unique prefix
+
+
+def test_bad_input_and_unknown_ids_answer_json_errors(server):
+    server.push(hello())
+    r = server.http.post(f"{W}/hello/versions/active/actions/start", json={"params": {"who": 3}, "oops": 1})
+    assert r.status_code == 422 and r.json()["error"]["pointer"] == "/oops"
+    r = server.http.post(f"{W}/hello/versions/active/actions/start", content=b"{nope")
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
+    r = server.http.post(f"{W}/hello/versions/active/actions/start", json={"params": {"nobody": {"x": 1}}})
+    assert r.status_code in (201, 422)  # an added param is Maestro's; what is refused is located
+    r = server.http.post(f"{W}/nope/versions/active/actions/start", json={})
+    assert r.status_code == 404 and "push its definition first" in r.json()["error"]["message"]
+    for path in (f"{W}/hello/instances/0000nothing", f"{W}/other/instances/0000nothing/steps",
+                 f"{W}/hello/versions/zero", "/api/v3/nothing"):
+        r = server.http.get(path)
+        assert r.status_code == 404, path
+        assert set(r.json()["error"]) >= {"status", "message"} and "Traceback" not in r.text
+    assert server.http.get(f"{W}/hello/instances?cursor=zz").status_code == 422
+    assert server.http.get(f"{W}/hello/instances?first=0").status_code == 422
+    assert server.http.delete(f"{W}/hello/versions").status_code == 405
+
+
+def test_instances_come_a_page_at_a_time_newest_first(server):
+    """WorkflowInstanceController.getWorkflowInstances: cursor pagination over every instance, once each."""
+    server.push(hello("paged"))
+    ids = [server.start("paged")["instance_id"] for _ in range(7)]
+    seen, cursor = [], None
+    while True:
+        r = server.http.get(f"{W}/paged/instances", params={"first": 3, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["items"]) <= 3
+        seen += [(i["created_at"], i["instance_id"]) for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(i for _, i in seen) == sorted(ids)
+    assert seen == sorted(seen, reverse=True)
+    for iid in ids:
+        server.wait_status("paged", iid, {"SUCCEEDED"})
+    done = server.http.get(f"{W}/paged/instances", params={"status": "SUCCEEDED", "first": 100}).json()
+    assert len(done["items"]) == 7
+
+
+def test_logs_are_read_from_an_offset_to_tail_them(server):
+    """The logs of an instance, of a step, from an offset (what a follower asks again with)."""
+    server.push(hello())
+    iid = server.start("hello")["instance_id"]
+    server.wait_status("hello", iid, {"SUCCEEDED"})
+    path = f"{W}/hello/instances/{iid}/logs"
+    everything = server.http.get(path).json()
+    text = "".join(c["text"] for c in everything["chunks"])
+    assert "hello world" in text and "line 2" in text and "done" in text
+    n = everything["next_offset"]
+    assert n == len(everything["chunks"]) >= 2
+    assert server.http.get(path, params={"offset": n}).json() == {"chunks": [], "next_offset": n}
+    tail = server.http.get(path, params={"offset": 1}).json()
+    assert tail["chunks"] == everything["chunks"][1:]
+    greet = server.http.get(path, params={"step_id": "greet", "attempt": 1}).json()["chunks"]
+    assert greet and {c["step_id"] for c in greet} == {"greet"}
+    assert server.http.get(path, params={"step_id": "nope"}).status_code == 404
+
+
+def test_no_answer_holds_a_secret_value(server):
+    """A secret param is stored as its reference; what the step prints or outputs is masked."""
+    doc = {"workflow": {"id": "secretive", "params": {
+        "token": {"type": "STRING", "secret": True, "value": "env:LEGATO_TEST_SECRET"}}, "steps": [
+        bash("use", 'echo "token is $token"; echo "seen=$token" >> "$LEGATO_OUTPUT"')]}}
+    server.push(doc)
+    iid = server.start("secretive")["instance_id"]
+    server.wait_status("secretive", iid, {"SUCCEEDED"})
+    base = f"{W}/secretive/instances/{iid}"
+    answers = [server.http.get(p).text for p in (
+        base, base + "/steps", base + "/steps/use", base + "/steps/use/attempts", base + "/runs", base + "/runs/1",
+        base + "/runs/1/steps/use/attempts/1", base + "/logs", f"{W}/secretive/instances",
+        f"{W}/secretive/versions/active", f"{W}/secretive/versions")]
+    assert "token is ***" in answers[7]
+    assert all(SECRET not in a for a in answers)
+    assert "env:LEGATO_TEST_SECRET" in answers[0]  # the reference, which is no secret
+
+
+def test_openapi_document_validates_and_every_path_answers(server):
+    """Every operation of /openapi.json is called here with real ids and answers (not 404 nor 500);
+    the document validates as OpenAPI 3.1; /docs is a page that reads it (no CDN)."""
+    from openapi_spec_validator import validate
+
+    spec = server.http.get("/openapi.json").json()
+    validate(spec)
+    server.push(hello("every"))
+    iid = server.start("every", request_id="every-1")["instance_id"]
+    server.wait_status("every", iid, {"SUCCEEDED"})
+    values = {"workflowId": "every", "version": "1", "instanceId": iid, "runId": "1", "stepId": "greet",
+              "attempt": "1"}
+    bodies = {("post", W): hello("every"), ("put", W + "/actions/validate"): hello("every"),
+              ("post", W + "/{workflowId}/versions/{version}/actions/start"): {"request_id": "every-1"}}
+    called = []
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            url = path.format(**{name: values[name] for name in values if "{" + name + "}" in path})
+            r = server.http.request(method, url, json=bodies.get((method, path)))
+            assert r.status_code < 400, f"{method.upper()} {url}: {r.status_code} {r.text}"
+            assert str(r.status_code) in op["responses"], (method, path, r.status_code)
+            called.append((method, path))
+    assert len(called) == sum(len(item) for item in spec["paths"].values()) >= 13
+    page = server.http.get("/docs")
+    assert page.status_code == 200 and 'fetch("/openapi.json")' in page.text and "http" not in page.text.split(
+        "<script>")[1].split("fetch(")[0]
+
+
+def test_docs_api_md_is_the_openapi_document(server):
+    """docs/api.md is generated from the document (`python -m legato.server.openapi`): kept in step."""
+    from legato.server.openapi import markdown
+
+    from .conftest import ROOT
+
+    spec = server.http.get("/openapi.json").json()
+    assert (ROOT / "docs" / "api.md").read_text(encoding="utf-8") == markdown(spec), \
+        "docs/api.md is stale: regenerate it with `python -m legato.server.openapi > docs/api.md`"
+
+
+def test_sigterm_during_a_running_step_loses_nothing(tmp_path):
+    """SIGTERM while a step runs: the step finishes within the grace, the server exits 0 handing
+    the instance back; the next server runs the rest, every step exactly once (the ledger).
+    Also: --no-auth says so loudly and takes changes without a token."""
+    ledger, release, started = tmp_path / "ledger", tmp_path / "release", tmp_path / "started"
+    doc = {"workflow": {"id": "slow", "steps": [
+        bash("a", f'echo "$LEGATO_IDEMPOTENCY_KEY" >> {ledger}; touch {started}; '
+                  f'while [ ! -e {release} ]; do sleep 0.02; done', then="b"),
+        bash("b", f'echo "$LEGATO_IDEMPOTENCY_KEY" >> {ledger}')]}}
+    s = Server(tmp_path, "--no-auth", "--grace", "60")
+    try:
+        assert any("WARNING: --no-auth" in line for line in s.lines)
+        s.push(doc)
+        iid = s.start("slow")["instance_id"]
+        deadline = time.monotonic() + HANG
+        while not started.exists():
+            assert time.monotonic() < deadline, "step a never started"
+            time.sleep(0.02)
+        s.proc.send_signal(signal.SIGTERM)
+        s.expect("SIGTERM: stopping")
+        release.touch()
+        assert s.finish() == 0, "".join(s.lines)
+        assert any("handed back unfinished" in line for line in s.lines), "".join(s.lines)
+    finally:
+        s.kill()
+    first = "".join(s.lines)
+    s = Server(tmp_path, "--no-auth")
+    try:
+        final = s.wait_status("slow", iid, {"SUCCEEDED"})
+        assert {k: v["status"] for k, v in final["steps"].items()} == {"a": "SUCCEEDED", "b": "SUCCEEDED"}
+        assert ledger.read_text().split() == [f"{iid}:a:1", f"{iid}:b:1"], first
+        assert s.terminate() == 0
+    finally:
+        s.kill()
