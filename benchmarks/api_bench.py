@@ -61,15 +61,17 @@ class Served:
     def __init__(self, work: Path, *args: str) -> None:
         self.db = work / "legato.db"
         env = {**os.environ, "LEGATO_STORE": f"sqlite:///{self.db}"}
-        self.proc = subprocess.Popen([LEGATO, "serve", "--port", "0", "--no-auth", "--workspace", str(work / "runs"),
-                                      *args], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
-        for line in self.proc.stdout:
-            if "listening on " in line:
-                self.url = line.split("listening on ")[1].split()[0]
-                break
-        else:
-            raise SystemExit(f"legato serve exited ({self.proc.wait()}) without listening")
+        out = work / "serve.out"  # a file, not a pipe: the server writes a line per instance ended
+        with open(out, "w") as sink:
+            self.proc = subprocess.Popen([LEGATO, "serve", "--port", "0", "--no-auth", "--workspace",
+                                          str(work / "runs"), *args], cwd=work, env=env, stdout=sink,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "listening on " not in out.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"legato serve did not start ({self.proc.poll()}):\n{out.read_text()}")
+            time.sleep(0.01)
+        self.url = out.read_text().split("listening on ")[1].split()[0]
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -73,7 +73,10 @@ class Ownership:
         self.limit = 0
         if self.nursery is not None and not getattr(self, "handing_back", False):
             self.handing_back = True
-            self.nursery.start_soon(self._hand_back)
+            try:
+                self.nursery.start_soon(self._hand_back)
+            except RuntimeError:  # its nursery has closed: the run is ending already, nothing to hand back
+                pass
 
     async def _hand_back(self) -> None:
         while self.running or self.batch:  # a step runs, or an end is not durable yet

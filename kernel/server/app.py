@@ -265,11 +265,13 @@ async def start_instance(svc: Service, request, workflowId: str, version: str) -
         raise ApiError(422, "params must be an object of param names to values", "/params")
     if request_id is not None and (not isinstance(request_id, str) or not request_id or len(request_id) > 256):
         raise ApiError(422, "request_id must be a non-empty string of at most 256 characters", "/request_id")
-    stored = await svc.storage.require_definition(workflowId, _version_spec(version))
+    spec = _version_spec(version)
+    if not isinstance(spec, int):  # active or latest: which number it is now
+        spec = (await svc.storage.require_definition(workflowId, spec)).version
     try:
-        definition = await svc.definition(workflowId, stored.version)
+        definition = await svc.definition(workflowId, spec)
     except DefinitionError as exc:
-        raise ApiError(409, f"{workflowId} v{stored.version} no longer loads here: "
+        raise ApiError(409, f"{workflowId} v{spec} no longer loads here: "
                             + "; ".join(str(p) for p in exc.problems[:5])) from None
     try:
         record, created = await svc.engine.start(definition, params=params, request_id=request_id,
