@@ -160,8 +160,8 @@ def _check_restart(head: str, instance: InstanceRecord, params: dict, document: 
                                 f"{', '.join(ids[:20]) or 'none'})")
     elif step is not None:
         raise ActionInvalid(f"a step to restart from goes with RESTART_FROM_SPECIFIC, not {mode}")
-    if mode == "RESTART_FROM_INCOMPLETE" and status is I.SUCCEEDED:
-        raise ActionRefused(f"{head} ended SUCCEEDED: it has no incomplete step to run again; restart it "
+    if mode == "RESTART_FROM_INCOMPLETE" and status is I.SUCCEEDED:  # the mode asked for names nothing
+        raise ActionInvalid(f"{head} ended SUCCEEDED: it has no incomplete step to run again; restart it "
                             f"--from-beginning, or --from-step STEP")
     if mode != "RESTART_FROM_INCOMPLETE":
         loops = [sid for sid, kind in _step_kinds(document).items() if kind != "step"
