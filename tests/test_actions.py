@@ -363,3 +363,52 @@ def test_a_store_from_before_actions_opens_and_keeps_its_history(site):
         assert conn.execute("SELECT version_num FROM legato_alembic_version").fetchall() == [(module.HEAD,)]
     finally:
         conn.close()
+
+
+def test_a_stopped_step_ends_the_instance_stopped_once_the_other_branches_finish(engine):
+    """Maestro's step STOP stops that step only: its successors are never created, the other
+    branches go on to their end, and the instance ends STOPPED. A step not started yet (waiting
+    for a permit) is skipped at once. In one process on the memory store, woken without polling."""
+    from legato.actions import ActionApplier, request_action, wait_applied
+
+    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "par", "steps": [
+        {"step": {"id": "a", "type": "sleep", "params": {"seconds": 3600}, "transition": {"successors": ["c"]}}},
+        {"step": {"id": "b", "type": "sleep", "params": {"seconds": 0}}},
+        {"step": {"id": "c", "type": "noop"}}]}}
+    definition = engine.load(doc)
+    storage = engine.storage
+
+    async def main():
+        running = trio.Event()
+
+        def observe(event):
+            if event.step_id == "a" and event.status == "RUNNING":
+                running.set()
+
+        instance, _ = await engine.start(definition)
+        iid = instance.instance_id
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActionApplier(engine).run)
+            finished = trio.Event()
+
+            async def drive():
+                await engine.run(definition, instance, observer=observe)
+                finished.set()
+
+            nursery.start_soon(drive)
+            with trio.fail_after(HANG):
+                await running.wait()
+                skip = await request_action(storage, iid, "skip", step_id="b", by="tester via test")
+                assert (await wait_applied(storage, skip.id, iid)).outcome == "applied: step b SKIPPED"
+                stop = await request_action(storage, iid, "stop", step_id="a", by="tester via test")
+                assert (await wait_applied(storage, stop.id, iid)).outcome == "applied: step a STOPPED"
+                await finished.wait()
+            nursery.cancel_scope.cancel()
+        final = await storage.get_instance(iid)
+        assert final.status.value == "STOPPED"
+        assert {a.step_id: a.status.value for a in await storage.get_attempts(iid)} == {"a": "STOPPED",
+                                                                                      "b": "SKIPPED"}
+        actions = [e for e in await storage.get_timeline(iid) if e.status == "ACTION"]
+        assert [(e.step_id, "tester via test" in e.message) for e in actions] == [("b", True), ("a", True)]
+
+    trio.run(main)
