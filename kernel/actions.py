@@ -55,8 +55,9 @@ STEP_VERBS = ("stop", "kill", "skip", "restart")
 RESTART_MODES = ("RESTART_FROM_INCOMPLETE", "RESTART_FROM_BEGINNING", "RESTART_FROM_SPECIFIC")
 #: Seconds between looks at the store while waiting for an action, when nothing wakes the waiter.
 WAIT_POLL = 0.5
-#: The least time between two reads of pending actions (a burst of wake-ups costs one read).
-COALESCE = 0.005
+#: The least time (seconds) between two reads of pending actions: a burst of wake-ups (every queued
+#: instance wakes the store's listeners too) costs one read.
+COALESCE = 0.02
 ACTION = "ACTION"  # the status of an action's event in the timeline
 
 
