@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from .model import ActionRecord, Batch, Event, InstanceRecord
+from .model import ActionRecord, AttemptRecord, Batch, Event, InstanceRecord
 from .states import InstanceStatus, StepStatus, next_status
 from .storage import StorageError
 
@@ -549,8 +549,6 @@ class InstanceActions:
         if waiting is not None:  # between attempts: the next one is created and ended at once
             waiting[0].cancel()
             st.attempt += 1
-            from .model import AttemptRecord
-
             now = time.time()
             st.record = AttemptRecord(self.iid, st.key, st.attempt, S.CREATED, self.instance.run_id,
                                       params=st.params, created_at=now)

@@ -412,3 +412,25 @@ def test_a_stopped_step_ends_the_instance_stopped_once_the_other_branches_finish
         assert [(e.step_id, "tester via test" in e.message) for e in actions] == [("b", True), ("a", True)]
 
     trio.run(main)
+
+
+def test_an_action_asked_while_nobody_runs_the_instance_waits_for_whoever_resumes_it(site, workers):
+    """The worker running an instance dies (SIGKILL); a stop asked meanwhile is kept, pending, and
+    the worker that resumes the instance applies it first thing: the instance ends STOPPED and
+    the step after the interrupted one never runs."""
+    site.push(_doc(site, "orphan", [_step("a", _blocking("a"), ["b"]), _step("b", _ledger("b"))]))
+    w = site.worker("--poll", "3600")
+    workers.append(w)
+    iid = _start(site, "orphan")
+    _wait_marker(site, iid, "a")
+    w.kill()
+    proc = site.cli("stop", iid, "--no-wait")
+    assert proc.returncode == 0 and "recorded" in proc.stdout, proc.stdout + proc.stderr
+    assert _status(site, iid)["actions"][0]["outcome"] == ""  # pending: nobody has applied it
+    again = site.worker("--poll", "0.05")
+    workers.append(again)
+    assert site.wait_statuses([iid], {"STOPPED"}) == {iid: "STOPPED"}
+    (action,) = _status(site, iid)["actions"]
+    assert action["outcome"] == "applied: instance STOPPED", action
+    assert _ledger_lines(site).count("b") == 0
+    assert again.terminate() == 0, "".join(again.lines)
