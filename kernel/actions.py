@@ -352,6 +352,9 @@ class ActionApplier:
         self.engine = engine
         self.wake = trio.Event()
         self.posted: set[int] = set()
+        #: Instances with actions pending whose run has not started here yet (claimed, starting):
+        #: the run pokes the applier when it starts (InstanceRun checks this set, nothing more).
+        self.waiting: set[str] = set()
 
     def poke(self) -> None:
         """Look at the store now (a run was resumed: actions may have waited for it)."""
@@ -394,18 +397,16 @@ class ActionApplier:
         except StorageError:
             return  # looked at again at the next wake-up or poll
         self.posted &= {a.id for a in pending}
-        later = False
+        self.waiting = set()
         for action in pending:
             if action.id in self.posted or (action.verb == "restart" and action.step_id is None):
                 continue  # posted already; a restart is the new run's to mark
             run = runs.get(action.instance_id)
             if run is None or run.nursery is None:
-                later = True  # claimed, not running yet
+                self.waiting.add(action.instance_id)  # claimed, not running yet: it pokes us when it is
                 continue
             self.posted.add(action.id)
             run.post(("action", action))
-        if later:
-            self.wake.set()
 
 
 @dataclass(slots=True)
@@ -421,8 +422,10 @@ class RestartPlan:
     async def of(cls, storage, instance: InstanceRecord) -> "RestartPlan":
         """The plan of the instance's current run (a later run): from its latest restart action."""
         latest = None
+        made = f"applied: run {instance.run_id} "  # what the run it made marked it with
         for action in await storage.list_actions(instance.instance_id):
-            if action.verb == "restart" and action.step_id is None and not action.outcome.startswith("refused"):
+            if action.verb == "restart" and action.step_id is None and (
+                    action.outcome.startswith(made) or (action.applied_at is None and instance.status is I.CREATED)):
                 latest = action
         if latest is None:
             return cls()
@@ -559,8 +562,7 @@ class InstanceActions:
         elif st in self.to_launch:
             self.to_launch.remove(st)
             self.running -= 1
-        elif record.status not in (S.CREATED, S.INITIALIZED, S.WAITING_FOR_SIGNALS, S.EVALUATING_PARAMS,
-                                   S.WAITING_FOR_PERMITS):
+        else:  # between two ticks of its own (e.g. loading what its params read): not now
             return refused(f"step {sid} is {record.status.value}: try again in a moment")
         self.end_step(st, target, message)
         return applied(f"step {sid} {st.record.status.value}")

@@ -182,10 +182,11 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                         nursery.start_soon(self._workflow_deadline, max(0.0, left))
                     self.restore(self.root, groups)
                     self._create_roots()
-                    if engine.applier is not None:
-                        engine.applier.poke()  # actions may have waited for someone to run it
                 self.settle()
                 task_status.started(self)
+                applier = engine.applier
+                if applier is not None and (self.iid in applier.waiting or self.instance.run_id > 1 or attempts):
+                    applier.poke()  # actions may have waited for someone to run it (resumed, restarted)
                 await self._loop(nursery)
                 nursery.cancel_scope.cancel()  # the heartbeat and the workflow deadline
         except BaseException:
