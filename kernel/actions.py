@@ -92,16 +92,18 @@ def requester(via: str = "cli") -> str:
 # -- requesting ------------------------------------------------------------------------------------
 
 async def request_action(storage, instance_id: str, verb: str, *, step_id: str | None = None, by: str,
-                         params: dict | None = None, engine=None) -> ActionRecord:
+                         params: dict | None = None, engine=None, queue: bool = False) -> ActionRecord:
     """Ask for ``verb`` on the instance (or its step ``step_id``) on behalf of ``by``; return the
     recorded action (already applied when nobody runs the instance and it could be applied here).
 
     Raises :class:`ActionInvalid` for an unknown instance, verb, step or restart mode, and
     :class:`ActionRefused` for an action that does not apply now (stop of an ended instance,
     restart of a running one…). A restart (``params``: ``mode``, ``step_id`` for
-    RESTART_FROM_SPECIFIC) makes the instance's next run at once: queued for a worker, or leased
-    to ``engine`` (a foreground ``legato restart`` that runs it itself with ``engine.resume``).
-    A step restart of an ended instance is a restart from that step (Maestro's)."""
+    RESTART_FROM_SPECIFIC, ``run_params`` / ``raw_params`` for new workflow param values, which
+    need the ``engine`` to check them) makes the instance's next run at once: leased to
+    ``engine`` (a foreground ``legato restart`` that runs it itself with ``engine.resume``), or,
+    without one or with ``queue``, queued for a worker. A step restart of an ended instance is a
+    restart from that step (Maestro's)."""
     params = dict(params or {})
     instance = await storage.get_instance(instance_id)
     if instance is None:
@@ -133,16 +135,49 @@ async def request_action(storage, instance_id: str, verb: str, *, step_id: str |
         raise ActionRefused(f"{head} already ended {status.value}: nothing to {verb}"
                             + ("" if status is I.SUCCEEDED else f"; `legato restart {iid}` runs it again"))
     if step_id is None and verb == "restart":
+        given = {k: params.pop(k) for k in ("run_params", "raw_params") if params.get(k)}
         params = _check_restart(head, instance, params, await _document(storage, instance))
+        if given:
+            params["workflow_params"] = await _restart_values(engine, instance, given)
     action = await storage.request_action(iid, verb, step_id=step_id, params=params, requested_by=by)
     if step_id is None and verb == "restart":
-        await _new_run(storage, instance, action, engine)
+        await _new_run(storage, instance, action, None if queue else engine)
     elif step_id is None and status is I.CREATED:
         await _stop_queued(storage, action, engine)
     storage.wakeups().notify()
     if action.applied_at is None:
         action = next((a for a in await storage.list_actions(iid) if a.id == action.id), action)
     return action
+
+
+async def _restart_values(engine, instance: InstanceRecord, given: dict) -> dict:
+    """The workflow params a restart changes (``run_params``: values or full forms;
+    ``raw_params``: ``name=text`` as ``-p`` gives them), evaluated and checked as Maestro's
+    ParamsMergeHelper checks a restart's: only MUTABLE and MUTABLE_ON_START_RESTART params may
+    change. Needs the ``engine`` (its CEL compiler, the pinned definition)."""
+    from .cel import to_cel
+    from .params import ParamError, ValueBudget, evaluate_params, merge_start_params, needs_cel
+
+    if engine is None:
+        raise ActionInvalid("new params on a restart are checked against the definition: pass the engine")
+    definition = await engine._pinned(instance)
+    budget = ValueBudget()
+    try:
+        specs = merge_start_params(definition.params, given.get("run_params"), given.get("raw_params"),
+                                   who="restart", budget=budget)
+        names = [*(given.get("run_params") or {}), *(given.get("raw_params") or {})]
+        changed = {name: specs[name] for name in names}
+        context = None
+        if needs_cel(changed.values()):
+            import datetime
+
+            context = {"workflow": to_cel({
+                "id": instance.workflow_id, "version": instance.version, "instance_id": instance.instance_id,
+                "run_id": instance.run_id + 1, "initiator": instance.initiator,
+                "run_ts": datetime.datetime.fromtimestamp(instance.created_at, datetime.timezone.utc)})}
+        return evaluate_params(changed, engine.compiler, scope=instance.params, context=context, budget=budget)
+    except ParamError as exc:
+        raise ActionInvalid(f"/workflow/params{exc.pointer}: {exc.message}") from None
 
 
 def _check_restart(head: str, instance: InstanceRecord, params: dict, document: dict) -> dict:
@@ -171,6 +206,9 @@ def _check_restart(head: str, instance: InstanceRecord, params: dict, document: 
             raise ActionRefused(f"{head}: running {', '.join(loops[:5])} (foreach/while/subworkflow) again from "
                                 f"their beginning is not supported yet; restart from the incomplete steps "
                                 f"(`legato restart {iid}`)")
+    unknown = sorted(set(params) - {"mode", "step_id"})
+    if unknown:
+        raise ActionInvalid(f"a restart takes mode, step_id, run_params and raw_params, not {', '.join(unknown)}")
     out = {"mode": mode}
     if step is not None:
         out["step_id"] = step
@@ -253,6 +291,7 @@ async def _new_run(storage, instance: InstanceRecord, action: ActionRecord, engi
             raise ActionRefused(why)
         mode = action.params.get("mode", "RESTART_FROM_INCOMPLETE")
         current.run_id += 1
+        current.params = {**current.params, **action.params.get("workflow_params", {})}
         current.status = I.CREATED
         current.started_at = current.ended_at = None
         current.message = ""

@@ -434,3 +434,27 @@ def test_an_action_asked_while_nobody_runs_the_instance_waits_for_whoever_resume
     assert action["outcome"] == "applied: instance STOPPED", action
     assert _ledger_lines(site).count("b") == 0
     assert again.terminate() == 0, "".join(again.lines)
+
+
+def test_a_restart_may_give_new_values_to_params_whose_mode_allows_it(site):
+    """`legato restart -p name=value`: the new run sees the new value (Maestro's restart run
+    params, merged as ParamsMergeHelper merges them: MUTABLE and MUTABLE_ON_START_RESTART params
+    only); an IMMUTABLE one is refused, exit 2, at its pointer, and nothing is restarted."""
+    doc = _doc(site, "greet", [_step("a", f'{_ledger("$who")}; test "$who" = alice',
+                                     retry_policy={"error_retry_limit": 0})])
+    doc["workflow"]["params"].update(who="world", fixed={"type": "STRING", "value": "x", "mode": "IMMUTABLE"})
+    path = site.dir / "greet.json"
+    path.write_text(json.dumps(doc))
+    proc = site.cli("run", str(path), "--workspace", str(site.dir / "runs"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    iid = site.read()[0].popitem()[0]
+    proc = site.cli("restart", iid, "-p", "fixed=y")
+    assert proc.returncode == 2 and "/workflow/params/fixed/mode" in proc.stderr and "IMMUTABLE" in proc.stderr
+    assert _status(site, iid)["status"] == "FAILED"
+    proc = site.cli("restart", iid, "-p", "who=alice", "--json", "--workspace", str(site.dir / "runs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = json.loads(proc.stdout)
+    assert (final["status"], final["params"]["who"]) == ("SUCCEEDED", "alice")
+    assert _ledger_lines(site) == ["world", "alice"]
+    assert _status(site, iid)["actions"][-1]["params"] == {"mode": "RESTART_FROM_INCOMPLETE",
+                                                           "workflow_params": {"who": "alice"}}

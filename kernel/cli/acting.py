@@ -155,14 +155,17 @@ def step_restart(instance: str, step_id: str, store: str, workspace: str | None,
 @click.option("--from-beginning", is_flag=True, help="Run every step again (Maestro's RESTART_FROM_BEGINNING).")
 @click.option("--from-step", metavar="STEP", default=None,
               help="Run STEP and what follows it again; what precedes it is carried over (RESTART_FROM_SPECIFIC).")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Give a workflow param a new value for the new run (repeatable; MUTABLE and "
+                   "MUTABLE_ON_START_RESTART params only), parsed by its type.")
 @_store_option
 @click.option("--workspace", type=click.Path(file_okay=False), default=None,
               help="Where instances get their working directories [default: .legato/runs].")
 @_settings_option
 @_no_wait
 @click.option("--json", "as_json", is_flag=True, help="Print the final instance (with --no-wait: the action) as JSON.")
-def restart(instance: str, from_beginning: bool, from_step: str | None, store: str, workspace: str | None,
-            settings: str | None, no_wait: bool, as_json: bool) -> None:
+def restart(instance: str, from_beginning: bool, from_step: str | None, params: tuple[str, ...], store: str,
+            workspace: str | None, settings: str | None, no_wait: bool, as_json: bool) -> None:
     """Run an ended INSTANCE again, as its next run, in the foreground (or, with --no-wait, queued
     for a `legato worker`).
 
@@ -177,13 +180,16 @@ def restart(instance: str, from_beginning: bool, from_step: str | None, store: s
         from .group import _fail
 
         _fail("--from-beginning and --from-step exclude each other: pick one")
+    from .running import _parse_params
+
+    raw = _parse_params(params)
     engine = _engine(store, workspace, settings)
     _require_store(engine, store)
-    _restart(engine, store, instance, from_step, from_beginning, no_wait, as_json)
+    _restart(engine, store, instance, from_step, from_beginning, no_wait, as_json, raw)
 
 
 def _restart(engine, store: str, instance: str, from_step: str | None, from_beginning: bool, no_wait: bool,
-             as_json: bool) -> None:
+             as_json: bool, raw: dict[str, str] | None = None) -> None:
     from ..actions import ActionInvalid, request_action, requester
     from ..definition import DefinitionError
     from ..storage import StorageError
@@ -193,7 +199,7 @@ def _restart(engine, store: str, instance: str, from_step: str | None, from_begi
 
     mode = ("RESTART_FROM_SPECIFIC" if from_step else "RESTART_FROM_BEGINNING" if from_beginning
             else "RESTART_FROM_INCOMPLETE")
-    params = {"mode": mode, **({"step_id": from_step} if from_step else {})}
+    params = {"mode": mode, **({"step_id": from_step} if from_step else {}), **({"raw_params": raw} if raw else {})}
     outcome: dict[str, Any] = {}
 
     async def main_task() -> None:
@@ -206,7 +212,7 @@ def _restart(engine, store: str, instance: str, from_step: str | None, from_begi
                 raise _Refused(f"instance {found.instance_id} not restarted: {_unloadable(found, exc)}") from None
             try:
                 action = await request_action(storage, found.instance_id, "restart", by=requester("cli"),
-                                              params=params, engine=None if no_wait else engine)
+                                              params=params, engine=engine, queue=no_wait)
             except ActionInvalid as exc:
                 raise _Refused(str(exc)) from None
             if no_wait:
