@@ -695,6 +695,63 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_request_action_records_a_pending_action(self, tmp_path):
+        """``request_action`` stores an action (instance or step, its params, who, when) with a
+        growing id; ``list_actions`` reads the instance's actions back, oldest first."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                first = await store.request_action("i-ac", "stop", requested_by="alice via cli")
+                second = await store.request_action("i-ac", "skip", step_id="b", params={"k": [1]},
+                                                    requested_by="bob via api")
+                await store.request_action("i-other", "kill", requested_by="carol via cli")
+                assert second.id > first.id, "action ids must grow"
+                got = await store.list_actions("i-ac")
+                assert [(a.id, a.verb, a.step_id, a.params, a.requested_by) for a in got] == [
+                    (first.id, "stop", None, {}, "alice via cli"), (second.id, "skip", "b", {"k": [1]}, "bob via api")]
+                assert all(a.applied_at is None and a.outcome == "" and a.requested_at > 0 for a in got)
+                assert await store.list_actions("i-none") == []
+
+        self._run(main)
+
+    def test_pending_actions_are_those_not_applied_of_the_instances_asked(self, tmp_path):
+        """``pending_actions(ids)``: the not-yet-applied actions of those instances only, oldest first."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                a = await store.request_action("i-p1", "stop", requested_by="x")
+                b = await store.request_action("i-p2", "kill", requested_by="x")
+                await store.request_action("i-p3", "kill", requested_by="x")
+                c = await store.request_action("i-p1", "skip", step_id="s", requested_by="x")
+                assert [x.id for x in await store.pending_actions(["i-p1", "i-p2"])] == [a.id, b.id, c.id]
+                assert await store.mark_action_applied(a.id, "applied: done")
+                assert [x.id for x in await store.pending_actions(["i-p1", "i-p2"])] == [b.id, c.id]
+                assert await store.pending_actions([]) == []
+                assert await store.pending_actions(["i-nothing"]) == []
+
+        self._run(main)
+
+    def test_an_action_is_marked_applied_once(self, tmp_path):
+        """``mark_action_applied`` sets when and the outcome, once: a second mark changes nothing
+        and says so (False). A batch's ``actions`` are marked in its commit, fenced like the rest."""
+        from legato.model import Batch
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                action = await store.request_action("i-m", "stop", requested_by="x")
+                assert await store.mark_action_applied(action.id, "applied: first")
+                assert not await store.mark_action_applied(action.id, "refused: second"), "marked twice"
+                (got,) = await store.list_actions("i-m")
+                assert got.outcome == "applied: first" and got.applied_at is not None
+                assert not await store.mark_action_applied(10_000_000, "x"), "marked an action that does not exist"
+                instance, batch = self._records("i-mb")
+                await store.create_instance(instance, "me", 30)
+                pending = await store.request_action("i-mb", "kill", requested_by="x")
+                batch.actions.append((pending.id, "applied: in the commit"))
+                await store.commit(batch)
+                (got,) = await store.list_actions("i-mb")
+                assert (got.outcome, got.applied_at is not None) == ("applied: in the commit", True)
+
+        self._run(main)
+
     def test_the_engine_runs_on_it(self, tmp_path):
         """A workflow runs to the end on this store and its whole timeline is kept."""
         from legato.engine import Engine

@@ -70,6 +70,7 @@ class Engine:
         self.runs: dict[str, InstanceRun] = {}
         self.empty_configs: dict[str, Any] = {}  # step type -> its Params validated from {} (read-only, shared)
         self.fresh_leases: dict[str, float] = {}  # instance id -> trio time start created it leased to us
+        self.applier = None  # the legato.actions.ActionApplier handing actions to these runs, while one runs
 
     def step_type(self, name: str) -> StepType:
         """The (one, shared) instance of step type ``name``, built with its operator settings."""

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import trio
 
+from .actions import InstanceActions, RestartPlan
 from .definition import Definition, resolve_attributes
 from .fromforeach import FromForeach
 from .loops import Loops
@@ -49,7 +50,8 @@ class StartError(Exception):
         self.pointer = pointer
 
 
-class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recovery, Loops, FromForeach):
+class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recovery, Loops, FromForeach,
+                  InstanceActions):
     """The task that drives one instance: the scheduling loop, the step tasks, the writes."""
 
     def __init__(self, engine, definition: Definition, instance: InstanceRecord,
@@ -96,6 +98,7 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
         self.foreach_loaded: set[tuple[str, int]] = set()  # attempts whose getFromForeach reads were loaded
         self.restarting = restart
         self._init_writer()
+        self._init_actions()
 
     @property
     def steps(self) -> dict:
@@ -137,11 +140,19 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
 
             self.workflow_params = resolve_workflow_secrets(self.definition, self.instance.params,
                                                             engine.compiler, self.secrets)
+        # A restart asked through an action made the next run already (CREATED, a later run_id):
+        # it runs as a restart, as its restart action asked (legato.actions).
+        queued_restart = self.instance.status is I.CREATED and self.instance.run_id > 1
+        self.restarting = self.restarting or queued_restart
         self.generation = await self.acquire()
         self.batch.generation = self.generation
-        attempts = await storage.get_attempts(self.iid) if self.instance.status is not I.CREATED else []
-        if self.restarting:
+        attempts = await storage.get_attempts(self.iid) if self.instance.status is not I.CREATED \
+            or self.restarting else []
+        plan = await RestartPlan.of(storage, self.instance) if queued_restart or (
+            self.instance.run_id > 1 and not self.restarting) else RestartPlan()
+        if self.restarting and not queued_restart:
             self._new_run()
+        groups = plan.filter(group_history(attempts), self.definition, self.instance.run_id, self.root.steps)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -149,11 +160,14 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 timeout = self.timeout
                 if self.restarting:
                     self.set_instance(I.IN_PROGRESS)
-                    self.batch.events[-1].message = (f"run {self.instance.run_id}: restarted from its incomplete "
-                                                     f"steps by {engine.owner}")
+                    self.batch.events[-1].message = f"run {self.instance.run_id}: {plan.words()} by {engine.owner}"
+                    if plan.action is not None:
+                        self.batch.actions.append((plan.action.id, f"applied: run {self.instance.run_id} started "
+                                                                   f"by {engine.owner}"))
                     if timeout:
                         nursery.start_soon(self._workflow_deadline, timeout)
-                    self.restore(self.root, group_history(attempts))
+                    self.restore(self.root, groups)
+                    self._create_roots()
                 elif self.instance.status is I.CREATED:
                     self.set_instance(I.IN_PROGRESS)
                     if timeout:
@@ -166,9 +180,13 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                     if timeout:
                         left = timeout - (time.time() - (self.instance.started_at or time.time()))
                         nursery.start_soon(self._workflow_deadline, max(0.0, left))
-                    self.restore(self.root, group_history(attempts))
+                    self.restore(self.root, groups)
+                    self._create_roots()
                 self.settle()
                 task_status.started(self)
+                applier = engine.applier
+                if applier is not None and (self.iid in applier.waiting or self.instance.run_id > 1 or attempts):
+                    applier.poke()  # actions may have waited for someone to run it (resumed, restarted)
                 await self._loop(nursery)
                 nursery.cancel_scope.cancel()  # the heartbeat and the workflow deadline
         except BaseException:
@@ -179,6 +197,13 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
             raise self.lost
         await self.release_lease()
         return self.instance
+
+    def _create_roots(self) -> None:
+        """Roots a restart runs again from the beginning have no attempt of this run yet: create them."""
+        for st in self.root.roots():
+            if st.record is None:
+                st.satisfied = True
+                self.materialize(st)
 
     def _new_run(self) -> None:
         """A restart: the instance's next run, from CREATED again (a run is a lifecycle of its own)."""
@@ -234,6 +259,8 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 self.leave(st)
         elif kind == "end":
             self.end(message[1], message[2])
+        elif kind == "action":
+            self.apply_action(message[1])
         elif kind == "loop_timeout":
             self.loop_timed_out(message[1], message[2])
         elif kind == "loaded":  # what a step's getFromForeach reads is there: evaluate its params
@@ -255,7 +282,10 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
             endings.append(I.TIMED_OUT)
         if self.ending is not None:
             endings.append(self.ending)
+        if any(st.finished and st.record is not None and st.record.status is S.STOPPED for st in root.steps.values()):
+            endings.append(I.STOPPED)  # a step an action stopped while the others went on
         final = instance_status_from(endings)
+        self.finish_actions(final)
         message = self.end_message or root.message
         if final is I.FAILED and not message:
             failed = [st.sdef.id for st in root.steps.values() if st.record and st.finished and st.record.status.failed]

@@ -11,7 +11,7 @@ from typing import Any
 
 from .states import InstanceStatus, StepStatus
 
-__all__ = ["InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion", "Lease"]
+__all__ = ["ActionRecord", "InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion", "Lease"]
 
 
 @dataclass(slots=True)
@@ -113,9 +113,12 @@ class Batch:
     attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     logs: list[LogChunk] = field(default_factory=list)
+    #: Actions (:class:`ActionRecord` ids) this tick applied, with their outcomes: marked applied
+    #: in the same transaction as the changes they made (a pending one only: the first mark wins).
+    actions: list[tuple[int, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.instance is not None or self.attempts or self.events or self.logs)
+        return bool(self.instance is not None or self.attempts or self.events or self.logs or self.actions)
 
 
 @dataclass(slots=True)
@@ -147,3 +150,22 @@ class Lease:
         """The holder for people: ``worker-id (pid 123 on host)``."""
         where = f"pid {self.pid} on {self.host}" if self.pid is not None else self.host
         return f"{self.owner} ({where})" if where else self.owner
+
+
+@dataclass(slots=True)
+class ActionRecord:
+    """An action asked of an instance (``step_id`` None) or of one of its steps, by someone, from any
+    process (:mod:`legato.actions`): ``verb`` (stop, kill, restart, skip), its ``params`` (a
+    restart's mode), who asked (``requested_by``: ``alice via cli``) and when. Pending until the
+    process that runs the instance applies it: then ``applied_at`` is set and ``outcome`` says
+    what came of it (``applied: …`` or ``refused: …``)."""
+
+    id: int
+    instance_id: str
+    verb: str
+    step_id: str | None
+    params: dict[str, Any]
+    requested_by: str
+    requested_at: float
+    applied_at: float | None = None
+    outcome: str = ""

@@ -41,10 +41,15 @@ class OutcomePolicy:
         sdef = st.sdef
         record = st.record  # this attempt's, even once a retry is scheduled
         if result is STOPPED:
-            # MaestroTask.cancel: a step the workflow's timeout ends is TIMED_OUT, else STOPPED.
+            # MaestroTask.cancel: a step the workflow's timeout ends is TIMED_OUT, else STOPPED;
+            # one an action stopped, killed or skipped ends as it asked (legato.actions).
             ending = self.ending or st.scope.ending
-            self.end_step(st, S.TIMED_OUT if ending is I.TIMED_OUT else S.STOPPED,
-                          self.end_message or st.scope.message or "stopped")
+            asked = self.stopped_step(st) if self.step_actions else None
+            if asked is not None:
+                self.end_step(st, *asked)
+            else:
+                self.end_step(st, S.TIMED_OUT if ending is I.TIMED_OUT else S.STOPPED,
+                              self.end_message or st.scope.message or "stopped")
         elif result is TIMEOUT:
             self._conclude(st, S.TIMEOUT_FAILED, f"timed out after {sdef.timeout:g}s", True)
         elif isinstance(result, Internal):

@@ -114,8 +114,9 @@ _STEP_TERMINAL = _STEP_COMPLETE | {
 }
 _INSTANCE_TERMINAL = frozenset({I.SUCCEEDED, I.FAILED, I.STOPPED, I.TIMED_OUT})
 
-# Every live state may be stopped, skipped, or blamed on Legato itself.
-_ANY_LIVE = (S.STOPPED, S.SKIPPED, S.INTERNALLY_FAILED)
+# Every live state may be stopped, skipped, killed (Maestro's StepInstanceAction.KILL: FATALLY_FAILED,
+# COMPLETED_WITH_ERROR under IGNORE_FAILURE), or blamed on Legato itself.
+_ANY_LIVE = (S.STOPPED, S.SKIPPED, S.FATALLY_FAILED, S.COMPLETED_WITH_ERROR, S.INTERNALLY_FAILED)
 # States in which a step's own work (or its parameter evaluation) can fail.
 _RUN_ENDINGS = (
     S.USER_FAILED,

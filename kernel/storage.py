@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from .model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from .model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from .states import InstanceStatus
 
 __all__ = ["Storage", "StorageError", "StaleWrite", "VersionNotFound", "open_storage", "parse_version"]
@@ -213,6 +213,28 @@ class Storage(abc.ABC):
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
         """Instances not yet ended whose lease is not live (free, expired, or its holder is
         known to be dead), oldest first."""
+
+    # -- actions ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def request_action(self, instance_id: str, verb: str, *, step_id: str | None = None,
+                             params: dict[str, Any] | None = None, requested_by: str) -> ActionRecord:
+        """Record an action asked of ``instance_id`` (or of its step ``step_id``), pending, and
+        return it with its id (growing: later requests get larger ids). Nothing is checked here:
+        :func:`legato.actions.request_action` validates first."""
+
+    @abc.abstractmethod
+    async def pending_actions(self, instance_ids) -> list[ActionRecord]:
+        """The actions of these instances not applied yet, oldest first (what the process that
+        runs them has to apply)."""
+
+    @abc.abstractmethod
+    async def mark_action_applied(self, action_id: int, outcome: str) -> bool:
+        """Mark a pending action applied now, with ``outcome``; False (changing nothing) when it
+        was applied already (or there is no such action): whoever marks it first decides."""
+
+    @abc.abstractmethod
+    async def list_actions(self, instance_id: str) -> list[ActionRecord]:
+        """Every action asked of the instance, applied or not, oldest first."""
 
     # -- waking workers ---------------------------------------------------------------------
     def wakeups(self):

@@ -92,6 +92,9 @@ class View:
         self._offset = 0  # log chunks of the instance read so far
 
     def on_event(self, event: Event) -> None:
+        if event.status == "ACTION":  # someone acted on the instance (legato.actions): say who
+            self.note(f"action: {event.step_id + ': ' if event.step_id else ''}{event.message}")
+            return
         if event.step_id is None:
             self.instance_status = event.status
             if event.status == "IN_PROGRESS":  # the summary's clock too

@@ -118,10 +118,13 @@ class Worker:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Claim and run instances until stopped (or drained, with ``once``); returns once every
         run has ended or been handed back."""
+        from .actions import ActionApplier
+
         wakeups = self.storage.wakeups()
         with wakeups.listen() as listener:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._forward, listener)
+                await outer.start(ActionApplier(self.engine).run)  # stop, kill, skip… asked of its runs
                 async with trio.open_nursery() as instances:
                     self._instances = instances
                     task_status.started(self)

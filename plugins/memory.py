@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from legato.hookspecs import hookimpl
-from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
 from legato.states import InstanceStatus
 from legato.storage import StaleWrite, Storage, VersionNotFound, parse_version
@@ -37,6 +37,7 @@ class MemoryStorage(Storage):
         # instance -> (owner, expiry (monotonic; None: released), generation, holder's ProcessIdentity)
         self._leases: dict[str, tuple[str, float | None, int, Any]] = {}
         self._wakeups = None
+        self._actions: list[ActionRecord] = []
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any],
                               activate: bool = True) -> DefinitionVersion:
@@ -113,6 +114,13 @@ class MemoryStorage(Storage):
             attempts[key] = copy.copy(record)
         self._events[iid].extend(batch.events)
         self._logs[iid].extend(batch.logs)
+        if batch.actions:
+            now = time.time()
+            for action_id, outcome in batch.actions:
+                record = self._actions[action_id - 1] if 1 <= action_id <= len(self._actions) else None
+                if record is not None and record.applied_at is None:
+                    record.applied_at, record.outcome = now, outcome
+            self.wakeups().notify()  # whoever waits for them (legato.actions.wait_applied)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         record = self._instances.get(instance_id)
@@ -192,6 +200,27 @@ class MemoryStorage(Storage):
 
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return [(r, lease) for r, lease in self._unfinished() if lease is not None and lease.live][:limit]
+
+    async def request_action(self, instance_id: str, verb: str, *, step_id: str | None = None,
+                             params: dict[str, Any] | None = None, requested_by: str) -> ActionRecord:
+        record = ActionRecord(len(self._actions) + 1, instance_id, verb, step_id, copy.deepcopy(dict(params or {})),
+                              requested_by, time.time())
+        self._actions.append(record)
+        return copy.copy(record)
+
+    async def pending_actions(self, instance_ids) -> list[ActionRecord]:
+        wanted = set(instance_ids)
+        return [copy.copy(a) for a in self._actions if a.applied_at is None and a.instance_id in wanted]
+
+    async def mark_action_applied(self, action_id: int, outcome: str) -> bool:
+        if not 1 <= action_id <= len(self._actions) or self._actions[action_id - 1].applied_at is not None:
+            return False
+        record = self._actions[action_id - 1]
+        record.applied_at, record.outcome = time.time(), outcome
+        return True
+
+    async def list_actions(self, instance_id: str) -> list[ActionRecord]:
+        return [copy.copy(a) for a in self._actions if a.instance_id == instance_id]
 
 
 @hookimpl

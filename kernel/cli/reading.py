@@ -46,6 +46,7 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
             if record is not None:
                 found["instance"] = record
                 found["attempts"] = await engine.storage.get_attempts(record.instance_id)
+                found["actions"] = await engine.storage.list_actions(record.instance_id)
                 if as_json:
                     found["steps"] = await _step_ids(engine, record)
                 else:
@@ -70,6 +71,9 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
         out["steps"].update({name: overview.to_json(n, _iso) for name, n in nodes.items()})
         if iteration is not None:
             out["iteration"] = {"step": step, "number": iteration}
+        from .acting import _action_json
+
+        out["actions"] = [_action_json(a) for a in found["actions"]]
         click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
@@ -92,6 +96,16 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
             kind = "foreach" if overview.loop_total(a) is not None else "while"
             first = overview.loop_summary(kind, n) + (f"  {first}" if first else "")
         click.echo(f"  {name:<24} {state:<22} attempt {a.attempt:<3} {took:>9}  {first[:100]}")
+    if found["actions"] and step is None:
+        from .output import _when
+
+        click.echo("actions:")
+        for act in found["actions"]:
+            what = f"{act.verb} {act.step_id}" if act.step_id else act.verb
+            if act.params.get("mode"):
+                what += f" ({act.params['mode']}{' ' + act.params['step_id'] if act.params.get('step_id') else ''})"
+            click.echo(f"  {_when(act.requested_at)}  {what:<24} by {act.requested_by:<20} "
+                       f"{act.outcome or 'pending'}")
 
 
 async def _pending_retries(engine, record, attempts) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""Running in the foreground: ``legato run``, ``start``, ``resume`` and ``restart``, with the live
-view, Ctrl-C handling and the final report."""
+"""Running in the foreground: ``legato run``, ``start`` and ``resume`` (and ``restart``, in
+:mod:`.acting`), with the live view, Ctrl-C handling, the actions other shells send, and the final
+report."""
 
 from __future__ import annotations
 
@@ -47,9 +48,12 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
     """Run (or resume) one instance in the foreground with Ctrl-C handling; fill ``outcome``."""
     import trio
 
+    from ..actions import ActionApplier
+
     storage = engine.storage
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_interrupt, engine, instance.instance_id, outcome, view)
+        await nursery.start(ActionApplier(engine).run)  # `legato stop` and the like from other shells
         async with view.open(nursery, storage, instance.instance_id, resume=resume or restart):
             if restart:
                 final = await engine.restart(instance.instance_id, observer=view.on_event)
@@ -309,48 +313,6 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
     for message in unloadable:
         click.echo(f"legato: {message}", err=True)
     sys.exit(max(codes + [EXIT_INVALID] * bool(unloadable), default=EXIT_OK))
-
-
-@main.command()
-@click.argument("instance")
-@_store_option
-@click.option("--workspace", type=click.Path(file_okay=False), default=None,
-              help="Where instances get their working directories [default: .legato/runs].")
-@_settings_option
-@click.option("--json", "as_json", is_flag=True, help="Print the final instance as JSON.")
-def restart(instance: str, store: str, workspace: str | None, settings: str | None, as_json: bool) -> None:
-    """Run an ended INSTANCE again, in the foreground, from its incomplete steps.
-
-    A new run of the same instance: steps that completed are carried over and never run again;
-    those that failed, were stopped or timed out run again (as new attempts, with the params they
-    were evaluated with), then what follows them. In a foreach, only the iterations that did not
-    succeed run again. INSTANCE is an instance id or a unique prefix of one.
-    """
-    from ..definition import DefinitionError
-    from ..engine import RestartRefused
-    from ..storage import StorageError
-    from ..view import PlainView
-
-    engine = _engine(store, workspace, settings)
-    _require_store(engine, store)
-    outcome: dict[str, Any] = {}
-
-    async def main_task() -> None:
-        async with _opened(engine.storage, store):
-            found = await _resolve_instance(engine.storage, instance, store)
-            try:
-                definition = await engine._pinned(found)
-            except (DefinitionError, StorageError) as exc:
-                raise _Refused(f"instance {found.instance_id} not restarted: {_unloadable(found, exc)}") from None
-            view = PlainView(definition, quiet=as_json)
-            outcome["view"] = view
-            try:
-                await _follow(engine, definition, found, view, outcome, restart=True)
-            except* RestartRefused as group:
-                raise _Refused(str(group.exceptions[0])) from None
-
-    _trio_run(main_task)
-    sys.exit(_report(outcome["view"], outcome, as_json))
 
 
 def _ended(record) -> str:

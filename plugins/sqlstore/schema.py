@@ -96,3 +96,20 @@ class LogRow(SQLModel, table=True):
     stream: str
     text: str = Field(sa_type=Text)
     ts: float
+
+
+class ActionRow(SQLModel, table=True):
+    """An action asked of an instance or a step (legato.actions): pending while ``applied_at`` is NULL."""
+
+    __tablename__ = "legato_actions"
+    __table_args__ = (Index("ix_legato_actions_instance", "instance_id", "id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    instance_id: str
+    step_id: Optional[str] = None
+    verb: str
+    params: str = Field(sa_type=Text)
+    requested_by: str
+    requested_at: float
+    applied_at: Optional[float] = None
+    outcome: str = Field(default="", sa_type=Text)

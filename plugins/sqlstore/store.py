@@ -32,12 +32,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
-from legato.model import AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
 from legato.storage import StaleWrite, Storage, StorageError, VersionNotFound, parse_version
 
-HEAD = "0003"  # the newest migration: opening a store at another revision runs Alembic
+HEAD = "0004"  # the newest migration: opening a store at another revision runs Alembic
 
 # A new SQLite store is created at HEAD with these statements, what Alembic's migrations build
 # (tests/test_sqlstore.py checks the two agree), so that the first run in a directory does not
@@ -53,11 +53,13 @@ SQLITE_SCHEMA = (
     'CREATE INDEX ix_legato_events_instance ON legato_events (instance_id, id)',
     'CREATE TABLE legato_logs (\n    id INTEGER NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    stream VARCHAR NOT NULL,\n    text TEXT NOT NULL,\n    ts FLOAT NOT NULL,\n    PRIMARY KEY (id)\n)',
     'CREATE INDEX ix_legato_logs_instance ON legato_logs (instance_id, step_id, attempt, id)',
+    'CREATE TABLE legato_actions (\n    id INTEGER NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR,\n    verb VARCHAR NOT NULL,\n    params TEXT NOT NULL,\n    requested_by VARCHAR NOT NULL,\n    requested_at FLOAT NOT NULL,\n    applied_at FLOAT,\n    outcome TEXT NOT NULL,\n    PRIMARY KEY (id)\n)',
+    'CREATE INDEX ix_legato_actions_instance ON legato_actions (instance_id, id)',
 )
 
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
-                    "legato_logs"})
+                    "legato_logs", "legato_actions"})
 # The columns of legato_attempts, in the order of the tuples _write builds.
 ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
                    "created_at", "started_at", "ended_at", "handle")
@@ -635,9 +637,11 @@ class SqlStorage(Storage):
             raw.execute("COMMIT")
             self._written.add(batch.instance_id)
             self._check_file()
-            return
-        with self._engine.begin() as conn:
-            self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
+        else:
+            with self._engine.begin() as conn:
+                self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
+        if batch.actions:
+            self.wakeups().notify()  # whoever waits for them (legato.actions.wait_applied)
 
     def _write(self, execute, executemany, batch: Batch) -> None:
         sql = self._sql
@@ -660,6 +664,9 @@ class SqlStorage(Storage):
         if batch.logs:
             executemany(sql["log"], [
                 (c.instance_id, c.step_id, c.attempt, c.stream, c.text, c.ts) for c in batch.logs])
+        if batch.actions:
+            now = time.time()
+            executemany(sql["action"], [(now, outcome, action_id) for action_id, outcome in batch.actions])
         if batch.instance is not None:
             r = batch.instance
             execute(sql["instance"], (
@@ -686,6 +693,8 @@ class SqlStorage(Storage):
                 "log": f"INSERT INTO legato_logs (instance_id, step_id, attempt, stream, text, ts) VALUES ({marks(6)})",
                 "instance": f"UPDATE legato_instances SET status = {p}, run_id = {p}, params = {p}, started_at = {p}, "
                             f"ended_at = {p}, message = {p} WHERE instance_id = {p}",
+                "action": f"UPDATE legato_actions SET applied_at = {p}, outcome = {p} WHERE id = {p} "
+                          "AND applied_at IS NULL",
             }
         return statements
 
@@ -870,6 +879,60 @@ class SqlStorage(Storage):
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return await self._run(self._unfinished, True, limit, doing="list leased instances")
 
+    # -- actions ----------------------------------------------------------------------------------
+
+    async def request_action(self, instance_id: str, verb: str, *, step_id: str | None = None,
+                             params: dict[str, Any] | None = None, requested_by: str) -> ActionRecord:
+        record = ActionRecord(0, instance_id, verb, step_id, dict(params or {}), requested_by, time.time())
+
+        def write():
+            with self._sql_tx(write=True) as sql:
+                row = sql.all("INSERT INTO legato_actions (instance_id, step_id, verb, params, requested_by, "
+                              "requested_at, outcome) VALUES (:iid, :sid, :verb, :params, :by, :at, '') RETURNING id",
+                              {"iid": instance_id, "sid": step_id, "verb": verb, "params": _dumps(record.params),
+                               "by": requested_by, "at": record.requested_at})
+            record.id = row[0][0]
+            return record
+
+        return await self._run(write, doing="record the action")
+
+    async def pending_actions(self, instance_ids) -> list[ActionRecord]:
+        ids = list(dict.fromkeys(instance_ids))
+
+        def read():
+            out = []
+            with self._sql_tx(write=False) as sql:
+                for start in range(0, len(ids), 500):  # bounded statements, whatever the number of runs
+                    chunk = ids[start:start + 500]
+                    names = {f"i{n}": iid for n, iid in enumerate(chunk)}
+                    out += sql.all("SELECT * FROM legato_actions WHERE applied_at IS NULL AND instance_id IN "
+                                   f"({', '.join(':' + k for k in names)}) ORDER BY id", names)
+            return sorted((_action(r) for r in out), key=lambda a: a.id)
+
+        if not ids:
+            return []
+        return await self._run(read, doing="read pending actions")
+
+    async def mark_action_applied(self, action_id: int, outcome: str) -> bool:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                row = sql.first("SELECT applied_at FROM legato_actions WHERE id = :id", {"id": action_id})
+                if row is None or row.applied_at is not None:
+                    return False
+                sql.run("UPDATE legato_actions SET applied_at = :now, outcome = :outcome WHERE id = :id",
+                        {"now": time.time(), "outcome": outcome, "id": action_id})
+            return True
+
+        return await self._run(write, doing="mark the action applied")
+
+    async def list_actions(self, instance_id: str) -> list[ActionRecord]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT * FROM legato_actions WHERE instance_id = :iid ORDER BY id", {"iid": instance_id})
+            return [_action(r) for r in rows]
+
+        return await self._run(read, doing="list the actions")
+
 
 def _is_sqlalchemy_error(exc: Exception) -> bool:
     """Whether ``exc`` is SQLAlchemy's (checked without importing it: on SQLite it may never be)."""
@@ -919,6 +982,11 @@ def _instance(row) -> InstanceRecord:
         started_at=row.started_at, ended_at=row.ended_at, message=row.message,
         ancestors=json.loads(row.ancestors) if row.ancestors else [],
     )
+
+
+def _action(row) -> ActionRecord:
+    return ActionRecord(row.id, row.instance_id, row.verb, row.step_id, json.loads(row.params), row.requested_by,
+                        row.requested_at, row.applied_at, row.outcome)
 
 
 def _attempt(row) -> AttemptRecord:
