@@ -113,9 +113,11 @@ class Batch:
     attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     logs: list[LogChunk] = field(default_factory=list)
+    #: (step_id, attempt) of attempts whose permits are given back in this commit (legato.permits).
+    permits_released: list[tuple[str, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.instance is not None or self.attempts or self.events or self.logs)
+        return bool(self.instance is not None or self.attempts or self.events or self.logs or self.permits_released)
 
 
 @dataclass(slots=True)

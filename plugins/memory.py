@@ -37,6 +37,8 @@ class MemoryStorage(Storage):
         # instance -> (owner, expiry (monotonic; None: released), generation, holder's ProcessIdentity)
         self._leases: dict[str, tuple[str, float | None, int, Any]] = {}
         self._wakeups = None
+        self._permits: dict[str, set[tuple[str, str, int]]] = {}  # key -> holders (instance, step, attempt)
+        self._tag_limits: dict[str, tuple[int, str, float]] = {}  # tag -> (limit, set by, set at)
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any],
                               activate: bool = True) -> DefinitionVersion:
@@ -113,6 +115,11 @@ class MemoryStorage(Storage):
             attempts[key] = copy.copy(record)
         self._events[iid].extend(batch.events)
         self._logs[iid].extend(batch.logs)
+        if batch.permits_released:
+            gone = {(iid, sid, attempt) for sid, attempt in batch.permits_released}
+            for holders in self._permits.values():
+                holders -= gone
+            self.wakeups().notify()
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         record = self._instances.get(instance_id)
@@ -192,6 +199,56 @@ class MemoryStorage(Storage):
 
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return [(r, lease) for r, lease in self._unfinished() if lease is not None and lease.live][:limit]
+
+
+    # -- permits --------------------------------------------------------------------------------
+
+    def _live_holders(self, key: str) -> set[tuple[str, str, int]]:
+        """The holders of ``key`` whose instance's lease is live (the others are dropped)."""
+        holders = self._permits.setdefault(key, set())
+        now = time.monotonic()
+        dead = {h for h in holders if (lease := self._leases.get(h[0])) is None or lease[1] is None or lease[1] <= now}
+        holders -= dead
+        return holders
+
+    async def acquire_permits(self, requests):
+        answers = []
+        for holder, wants in requests:
+            blocked = None
+            for key, limit in wants:
+                if key.startswith("tag:") and key[4:] in self._tag_limits:
+                    limit = self._tag_limits[key[4:]][0]
+                if limit is None:
+                    continue
+                held = len(self._live_holders(key) - {holder})
+                if held >= limit:
+                    blocked = (key, held, limit)
+                    break
+            if blocked is None:
+                for key, _ in wants:
+                    self._permits.setdefault(key, set()).add(holder)
+            answers.append(blocked)
+        return answers
+
+    async def release_permits(self, instance_id: str, keep=()) -> None:
+        kept = {(instance_id, sid, attempt) for sid, attempt in keep}
+        for holders in self._permits.values():
+            holders -= {h for h in holders if h[0] == instance_id and h not in kept}
+        self.wakeups().notify()
+
+    async def set_tag_permit(self, tag: str, limit: int, *, by: str) -> None:
+        self._tag_limits[tag] = (limit, by, time.time())
+        self.wakeups().notify()
+
+    async def get_tag_permits(self) -> list[dict[str, Any]]:
+        return [{"tag": tag, "limit": limit, "held": len(self._live_holders("tag:" + tag)), "set_by": by,
+                 "set_at": at} for tag, (limit, by, at) in sorted(self._tag_limits.items())]
+
+    async def delete_tag_permit(self, tag: str) -> bool:
+        found = self._tag_limits.pop(tag, None) is not None
+        if found:
+            self.wakeups().notify()
+        return found
 
 
 @hookimpl
