@@ -67,8 +67,7 @@ async def open_permits(run, attempts: list) -> "Permits | None":
     elif definition.instance_step_concurrency is not None and any(
             s.type == SUBWORKFLOW for s in definition.all_by_id.values()):
         tree = (f"tree:{run.iid}", definition.instance_step_concurrency)
-    tagged = any(s.tags for s in definition.all_by_id.values())
-    if shared is None and tree is None and not tagged:
+    if shared is None and tree is None and not definition.tagged:
         return None
     permits = Permits(run, None if shared is None else (f"workflow:{definition.workflow_id}", shared), tree)
     if attempts:
@@ -146,35 +145,23 @@ class Permits:
                     requests = [((run.iid, k[0], k[1]), self.wants(st.sdef)) for k, st in asking]
                     try:
                         answers = await storage.acquire_permits(requests)
-                    except StorageError:
-                        answers = []  # the store is busy: ask again after the poll
+                    except StorageError as exc:  # busy, or keeps no permits: say so, ask again later
+                        answers = [f"waiting for a permit: the store could not give one ({exc})"] * len(asking)
                     for (k, st), answer in zip(asking, answers):
                         if answer is None:
                             self.granted.add(k)
                             run.post(("permit", st, k[1]))
                         elif self.queue.get(k) is st:
-                            message = describe(*answer)
+                            message = answer if isinstance(answer, str) else describe(*answer)
                             if st.record.message != message:
                                 st.record.message = message
                                 run.batch.attempts[k] = st.record
                                 run.flush_soon()
-                    if len(answers) == len(asking) and all(a is None for a in answers):
+                    if all(a is None for a in answers):
                         continue  # all in: anything queued meanwhile asks at once
                     await listener.wait(POLL)
         finally:
             self.asking = False
-
-    def granted_to(self, st, attempt: int) -> bool:
-        """The store granted ``st``'s attempt its permits: True if the run is to start it now.
-        An attempt no longer waiting (stopped meanwhile), or a run handing its instance back,
-        gives them back at once."""
-        key = (st.key, attempt)
-        self.granted.discard(key)
-        self.held.add(key)
-        if self.queue.pop(key, None) is None or self.run.limit == 0:
-            self.release(key)
-            return False
-        return True
 
     def stop(self, inside) -> list:
         """Take the waiting attempts of the steps ``inside`` accepts out of the queue; return their steps."""

@@ -100,7 +100,7 @@ class StepStart:
     def _starting(self, st) -> None:
         """Take a permit: ``running`` counts steps launched or about to be."""
         st.record.started_at = time.time()
-        if st.record.message.startswith("waiting for a permit"):
+        if st.record.message and st.record.message.startswith("waiting for a permit"):
             st.record.message = ""
         self.set(st, S.STARTING)
         self.to_launch.append(st)
@@ -109,11 +109,18 @@ class StepStart:
     def permitted(self, st, attempt: int) -> None:
         """The store granted ``st``'s attempt its shared permits (a message from
         :class:`legato.permits.Permits`)."""
-        if self.permits.granted_to(st, attempt):
-            self.asking -= 1
-            self._starting(st)
-        elif self.limit == 0:  # handed back: the attempt stays WAITING_FOR_PERMITS, durably
-            self.asking -= 1
+        permits = self.permits
+        key = (st.key, attempt)
+        permits.granted.discard(key)
+        permits.held.add(key)
+        if permits.queue.pop(key, None) is None:  # stopped meanwhile
+            permits.release(key)
+            return
+        self.asking -= 1
+        if self.limit == 0:  # being handed back: the attempt stays WAITING_FOR_PERMITS, durably
+            permits.release(key)
+            return
+        self._starting(st)
 
     def grant_permits(self) -> None:
         while self.permit_queue and self.running + self.asking < self.limit and self.ending is None:

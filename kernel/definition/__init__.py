@@ -304,6 +304,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         warnings=v.warnings,
         timeout_template=timeout_template,
         templated=[s.id for s in all_by_id.values() if s.templates],
+        tagged=any(s.tags for s in all_by_id.values()),
         all_by_id=all_by_id,
         parent_of=v.parent_of,
     )

@@ -157,6 +157,8 @@ class Definition:
     #: counts for itself (:mod:`legato.permits`).
     shared_step_concurrency: int | None = None
     instance_step_concurrency: int | None = None
+    #: Whether any step (at any depth) carries a tag: only then may a step need a tag permit.
+    tagged: bool = False
     #: Whether any param (the workflow's or a step's) is secret: the engine masks only then.
     has_secrets: bool = False
     #: Fields accepted but not (yet) doing what they say, each at its pointer: `validate` and
