@@ -591,6 +591,50 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_permits_are_counted_taken_and_given_back(self, tmp_path):
+        """``acquire_permits`` answers each request in order: all its keys are taken while every
+        limited key has fewer live holders than its limit, else none, naming the full key with
+        its count; an attempt asking again is not counted against itself; a tag's limit set in
+        the store wins over the one given. A commit's ``permits_released`` and ``release_permits``
+        (but what it keeps) give them back; a holder whose lease was released holds nothing."""
+        from legato.model import Batch, InstanceRecord
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for iid in ("i-p1", "i-p2"):
+                    await store.create_instance(InstanceRecord(iid, "wf", 1, created_at=1.0), "me", 30)
+                two, tag = ("workflow:wf", 2), ("tag:gpu", None)
+                answers = await store.acquire_permits([
+                    (("i-p1", "a", 1), [two]), (("i-p1", "b", 1), [two, tag]), (("i-p2", "c", 1), [two, tag])])
+                assert answers == [None, None, ("workflow:wf", 2, 2)], answers
+                assert await store.acquire_permits([(("i-p1", "a", 1), [two])]) == [None], \
+                    "an attempt asking again for what it holds was counted against itself"
+                await store.set_tag_permit("gpu", 1, by="tester")
+                [row] = await store.get_tag_permits()
+                assert (row["tag"], row["limit"], row["held"], row["set_by"]) == ("gpu", 1, 1, "tester"), row
+                assert isinstance(row["set_at"], float)
+                await store.commit(Batch("i-p1", 1, permits_released=[("a", 1)]))
+                assert await store.acquire_permits([(("i-p2", "c", 1), [two, tag])]) == [("tag:gpu", 1, 1)], \
+                    "the tag's limit set in the store did not win over the step's"
+                await store.release_permits("i-p1", keep=[("b", 1)])
+                assert (await store.get_tag_permits())[0]["held"] == 1, "release_permits dropped what it keeps"
+                await store.release_permits("i-p1")
+                assert await store.acquire_permits([(("i-p2", "c", 1), [two, tag])]) == [None]
+                await store.release_lease("i-p2", "me")  # the instance ended: its holders hold nothing
+                assert await store.acquire_permits([(("i-p1", "d", 1), [("tag:gpu", 5)])]) == [None]
+                assert (await store.get_tag_permits())[0]["held"] == 1
+                assert await store.delete_tag_permit("gpu") is True
+                assert await store.delete_tag_permit("gpu") is False
+                assert await store.get_tag_permits() == []
+                await store.set_tag_permit("db", 3, by="a")
+                await store.set_tag_permit("db", 4, by="b")
+            if "persistent" in self.p.capabilities:
+                async with self._open(tmp_path) as store:
+                    assert [(r["tag"], r["limit"], r["set_by"]) for r in await store.get_tag_permits()] == [
+                        ("db", 4, "b")]
+
+        self._run(main)
+
     @requires("leases")
     def test_a_late_renewal_keeps_a_lease_nobody_took(self, tmp_path):
         """An owner that renews after its lease expired (it was paused) keeps its generation if no

@@ -27,6 +27,7 @@ from .model import Event, InstanceRecord
 from .outcome import OutcomePolicy
 from .ownership import Ownership
 from .params import ParamError, ValueBudget
+from .permits import open_permits
 from .recovery import Recovery, group_history
 from .scope import Scope
 from .states import InstanceStatus, StepStatus, instance_status_from
@@ -85,6 +86,11 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
         self.running = 0  # leaf steps launched or about to be: what step_concurrency caps
         self.retrying: dict[str, tuple[trio.CancelScope, Any]] = {}
         self.limit = definition.step_concurrency or 1_000_000
+        self.limit_name = ("instance_step_concurrency" if definition.step_concurrency is not None
+                           and definition.step_concurrency == definition.instance_step_concurrency
+                           else "step_concurrency")
+        self.permits = None  # legato.permits.Permits when steps share permits with other instances
+        self.asking = 0  # steps the instance let through that wait for those (permits.queue)
         self.ending: InstanceStatus | None = None  # STOPPED / FAILED (kill, fail-immediately) / TIMED_OUT
         self.end_message = ""
         self.dirty: list[Scope] = []  # iterations whose last live step just ended
@@ -150,6 +156,7 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
             or self.restarting else []
         plan = await RestartPlan.of(storage, self.instance) if queued_restart or (
             self.instance.run_id > 1 and not self.restarting) else RestartPlan()
+        self.permits = await open_permits(self, attempts)
         if self.restarting and not queued_restart:
             self._new_run()
         groups = plan.filter(group_history(attempts), self.definition, self.instance.run_id, self.root.steps)
@@ -257,6 +264,8 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 self.materialize(st)
             else:
                 self.leave(st)
+        elif kind == "permit":  # the store granted a step's shared permits (legato.permits)
+            self.permitted(message[1], message[2])
         elif kind == "end":
             self.end(message[1], message[2])
         elif kind == "action":
@@ -350,20 +359,14 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 if st.loop is not None:
                     scopes.extend(st.loop.active.values())
         inside = _inside(scope)
-        queue, self.permit_queue = self.permit_queue, deque()
-        for st in queue:
-            if inside(st):
-                self.set(st, stopped, reason)
-                st.finished = True
-                self.leave(st)
-            else:
-                self.permit_queue.append(st)
+        self.stop_waiting(inside, stopped, reason)
         launch, self.to_launch = self.to_launch, []
         for st in launch:  # STARTING but never launched
             if inside(st):
                 self.set(st, stopped, reason)
                 st.finished = True
                 self.running -= 1
+                self.release_permits(st, st.attempt)
                 self.leave(st)
             else:
                 self.to_launch.append(st)

@@ -116,9 +116,12 @@ class Batch:
     #: Actions (:class:`ActionRecord` ids) this tick applied, with their outcomes: marked applied
     #: in the same transaction as the changes they made (a pending one only: the first mark wins).
     actions: list[tuple[int, str]] = field(default_factory=list)
+    #: (step_id, attempt) of attempts whose permits are given back in this commit (legato.permits).
+    permits_released: list[tuple[str, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.instance is not None or self.attempts or self.events or self.logs or self.actions)
+        return bool(self.instance is not None or self.attempts or self.events or self.logs or self.actions
+                    or self.permits_released)
 
 
 @dataclass(slots=True)

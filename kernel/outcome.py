@@ -38,6 +38,8 @@ class OutcomePolicy:
 
     def on_result(self, st, attempt: int, result: Any) -> None:
         self.running -= 1
+        if self.permits is not None:
+            self.permits.release((st.key, attempt))
         sdef = st.sdef
         record = st.record  # this attempt's, even once a retry is scheduled
         if result is STOPPED:

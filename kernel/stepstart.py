@@ -1,12 +1,19 @@
 """Creating and starting steps: a new attempt walks CREATED → … → EVALUATING_PARAMS (its params
-evaluated once, checked by its step type's schema), then waits for a permit (``step_concurrency``
-caps the leaf steps running in an instance) and becomes STARTING; its step task is launched once
-that is durable (:mod:`legato.instance`). A loop step takes no permit: its body's steps do.
+evaluated once, checked by its step type's schema), then waits for a permit and becomes STARTING;
+its step task is launched once that is durable (:mod:`legato.instance`). A loop step takes no
+permit: its body's steps do.
+
+Permits come in two layers. The instance counts its own steps in memory (``limit``: the smaller
+of ``step_concurrency`` and ``instance_step_concurrency``, FIFO in ``permit_queue``); a step it
+lets through then takes what it shares with other instances from the store (:mod:`legato.permits`:
+the workflow's step_concurrency, its tree's instance_step_concurrency, its tags' permits), waiting
+in ``permits.queue`` meanwhile. Without shared permits that second layer costs nothing.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from .model import AttemptRecord
@@ -51,10 +58,14 @@ class StepStart:
             st.record.started_at = time.time()
             self.set(st, S.STARTING)
             self.start_loop(st)
-        elif self.running < self.limit:
-            self._starting(st)
+        elif self.running + self.asking < self.limit:
+            self._admit(st)
         else:
             self.permit_queue.append(st)
+            if self.limit:  # (0: the instance is being handed back, nothing to explain)
+                st.record.message = (f"waiting for a permit: {self.limit} of this instance's steps are running "
+                                     f"({self.limit_name})")
+                self.batch.attempts[(st.key, st.attempt)] = st.record
 
     def ready(self, st) -> bool:
         """Evaluate the step's params once (later attempts and resumes reuse the values) and
@@ -78,16 +89,62 @@ class StepStart:
         st.record.params = st.params
         return True
 
+    def _admit(self, st) -> None:
+        """The instance's own permit is ``st``'s: start it, or first take its shared permits."""
+        permits = self.permits
+        if permits is not None and permits.wait(st):
+            self.asking += 1
+            return
+        self._starting(st)
+
     def _starting(self, st) -> None:
         """Take a permit: ``running`` counts steps launched or about to be."""
         st.record.started_at = time.time()
+        if st.record.message and st.record.message.startswith("waiting for a permit"):
+            st.record.message = ""
         self.set(st, S.STARTING)
         self.to_launch.append(st)
         self.running += 1
 
+    def permitted(self, st, attempt: int) -> None:
+        """The store granted ``st``'s attempt its shared permits (a message from
+        :class:`legato.permits.Permits`)."""
+        permits = self.permits
+        key = (st.key, attempt)
+        permits.granted.discard(key)
+        permits.held.add(key)
+        if permits.queue.pop(key, None) is None:  # stopped meanwhile
+            permits.release(key)
+            return
+        self.asking -= 1
+        if self.limit == 0:  # being handed back: the attempt stays WAITING_FOR_PERMITS, durably
+            permits.release(key)
+            return
+        self._starting(st)
+
     def grant_permits(self) -> None:
-        while self.permit_queue and self.running < self.limit and self.ending is None:
-            self._starting(self.permit_queue.popleft())
+        while self.permit_queue and self.running + self.asking < self.limit and self.ending is None:
+            self._admit(self.permit_queue.popleft())
+
+    def release_permits(self, st, attempt: int) -> None:
+        """``st``'s attempt ended: what it shares goes back in the commit of its end."""
+        if self.permits is not None:
+            self.permits.release((st.key, attempt))
+
+    def stop_waiting(self, inside, stopped: StepStatus, reason: str) -> None:
+        """End ``stopped`` the attempts of the steps ``inside`` accepts that wait for a permit."""
+        queue, self.permit_queue = self.permit_queue, deque()
+        waiting = []
+        for st in queue:
+            (waiting if inside(st) else self.permit_queue).append(st)
+        if self.permits is not None:
+            asked = self.permits.stop(inside)
+            self.asking -= len(asked)
+            waiting += asked
+        for st in waiting:
+            self.set(st, stopped, reason)
+            st.finished = True
+            self.leave(st)
 
     def _evaluate_step_params(self, st) -> dict[str, Any]:
         sdef = st.sdef

@@ -148,7 +148,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def commit(self, batch: Batch) -> None:
         """Apply one tick's changes atomically. Raise :class:`StaleWrite` if ``batch.generation``
-        is older than the instance's current lease generation."""
+        is older than the instance's current lease generation. The permits of
+        ``batch.permits_released`` are dropped in the same transaction, then :meth:`wakeups`
+        notified (steps elsewhere may be waiting for them)."""
 
     @abc.abstractmethod
     async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
@@ -235,6 +237,41 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list_actions(self, instance_id: str) -> list[ActionRecord]:
         """Every action asked of the instance, applied or not, oldest first."""
+    # -- permits (legato.permits) ------------------------------------------------------------
+    # A held permit is a row (key, holder); a key is ``workflow:<id>`` (step_concurrency),
+    # ``tree:<root instance id>`` (instance_step_concurrency) or ``tag:<name>``. A holder whose
+    # instance's lease is not live (expired, released: the instance ended or was handed back)
+    # holds nothing: its rows are dropped the next time the key is counted.
+
+    async def acquire_permits(self, requests: list[tuple[tuple[str, str, int], list[tuple[str, int | None]]]]
+                              ) -> list[tuple[str, int, int] | None]:
+        """For each request ``((instance_id, step_id, attempt), [(key, limit), …])``, in order,
+        in one transaction: if every key with a limit has fewer live holders than its limit (a
+        ``tag:`` key's limit is the one :meth:`set_tag_permit` set, else the one given; None:
+        no limit), the attempt holds all its keys from now on (None in the answer); otherwise
+        it holds nothing and the answer is ``(key, held, limit)`` of the first full key. An
+        attempt asking again for a key it holds is not counted against itself."""
+        raise StorageError(f"{self.url or 'this store'} keeps no permits: use a store that does (sqlite:///…, memory://)")
+
+    async def release_permits(self, instance_id: str, keep: list[tuple[str, int]] = ()) -> None:
+        """Drop every permit the instance's attempts hold but those of ``keep`` ((step_id,
+        attempt) pairs): a resumed run frees what its crashed owner held."""
+        raise StorageError(f"{self.url or 'this store'} keeps no permits")
+
+    async def set_tag_permit(self, tag: str, limit: int, *, by: str) -> None:
+        """How many steps carrying ``tag`` may run at once (over a step's own tag permit), set by
+        ``by``; replaces an earlier limit."""
+        raise StorageError(f"{self.url or 'this store'} keeps no permits")
+
+    async def get_tag_permits(self) -> list[dict[str, Any]]:
+        """Every tag limit set, by tag: ``{"tag", "limit", "held", "set_by", "set_at"}`` (``held``:
+        live holders now; ``set_at``: epoch seconds)."""
+        raise StorageError(f"{self.url or 'this store'} keeps no permits")
+
+    async def delete_tag_permit(self, tag: str) -> bool:
+        """Remove ``tag``'s limit (steps fall back to their tag's own permit, if any); False when
+        none was set."""
+        raise StorageError(f"{self.url or 'this store'} keeps no permits")
 
     # -- waking workers ---------------------------------------------------------------------
     def wakeups(self):

@@ -38,6 +38,8 @@ class MemoryStorage(Storage):
         self._leases: dict[str, tuple[str, float | None, int, Any]] = {}
         self._wakeups = None
         self._actions: list[ActionRecord] = []
+        self._permits: dict[str, set[tuple[str, str, int]]] = {}  # key -> holders (instance, step, attempt)
+        self._tag_limits: dict[str, tuple[int, str, float]] = {}  # tag -> (limit, set by, set at)
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any],
                               activate: bool = True) -> DefinitionVersion:
@@ -121,6 +123,11 @@ class MemoryStorage(Storage):
                 if record is not None and record.applied_at is None:
                     record.applied_at, record.outcome = now, outcome
             self.wakeups().notify()  # whoever waits for them (legato.actions.wait_applied)
+        if batch.permits_released:
+            gone = {(iid, sid, attempt) for sid, attempt in batch.permits_released}
+            for holders in self._permits.values():
+                holders -= gone
+            self.wakeups().notify()
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         record = self._instances.get(instance_id)
@@ -221,6 +228,56 @@ class MemoryStorage(Storage):
 
     async def list_actions(self, instance_id: str) -> list[ActionRecord]:
         return [copy.copy(a) for a in self._actions if a.instance_id == instance_id]
+
+
+    # -- permits --------------------------------------------------------------------------------
+
+    def _live_holders(self, key: str) -> set[tuple[str, str, int]]:
+        """The holders of ``key`` whose instance's lease is live (the others are dropped)."""
+        holders = self._permits.setdefault(key, set())
+        now = time.monotonic()
+        dead = {h for h in holders if (lease := self._leases.get(h[0])) is None or lease[1] is None or lease[1] <= now}
+        holders -= dead
+        return holders
+
+    async def acquire_permits(self, requests):
+        answers = []
+        for holder, wants in requests:
+            blocked = None
+            for key, limit in wants:
+                if key.startswith("tag:") and key[4:] in self._tag_limits:
+                    limit = self._tag_limits[key[4:]][0]
+                if limit is None:
+                    continue
+                held = len(self._live_holders(key) - {holder})
+                if held >= limit:
+                    blocked = (key, held, limit)
+                    break
+            if blocked is None:
+                for key, _ in wants:
+                    self._permits.setdefault(key, set()).add(holder)
+            answers.append(blocked)
+        return answers
+
+    async def release_permits(self, instance_id: str, keep=()) -> None:
+        kept = {(instance_id, sid, attempt) for sid, attempt in keep}
+        for holders in self._permits.values():
+            holders -= {h for h in holders if h[0] == instance_id and h not in kept}
+        self.wakeups().notify()
+
+    async def set_tag_permit(self, tag: str, limit: int, *, by: str) -> None:
+        self._tag_limits[tag] = (limit, by, time.time())
+        self.wakeups().notify()
+
+    async def get_tag_permits(self) -> list[dict[str, Any]]:
+        return [{"tag": tag, "limit": limit, "held": len(self._live_holders("tag:" + tag)), "set_by": by,
+                 "set_at": at} for tag, (limit, by, at) in sorted(self._tag_limits.items())]
+
+    async def delete_tag_permit(self, tag: str) -> bool:
+        found = self._tag_limits.pop(tag, None) is not None
+        if found:
+            self.wakeups().notify()
+        return found
 
 
 @hookimpl

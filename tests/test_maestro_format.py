@@ -261,18 +261,20 @@ def test_instance_step_concurrency_is_the_per_instance_cap(engine):
 
 
 def test_fields_not_enforced_yet_are_warned_about(engine):
-    """run_strategy, workflow_concurrency, step_concurrency across instances, tag permits and
-    time_triggers load (so Maestro documents do) and each gets a warning at its pointer."""
-    d = engine.load(wf(step(tags=[{"name": "gpu", "permit": 2}]),
+    """run_strategy, workflow_concurrency and time_triggers load (so Maestro documents do) and
+    each gets a warning at its pointer; step_concurrency (across instances) and a step's tag
+    permits are enforced (tests/test_permits.py), so not warned about; a permit on a workflow's
+    tag limits nothing and says so."""
+    d = engine.load(wf(step(tags=[{"name": "gpu", "permit": 2}]), tags=[{"name": "team", "permit": 1}],
                        properties={"run_strategy": {"rule": "parallel", "workflow_concurrency": 3},
                                    "step_concurrency": 5},
                        time_triggers=[{"type": "cron", "cron": "0 6 * * *"}]))
     warned = {w.pointer: w.message for w in d.warnings}
     assert set(warned) == {"/properties/run_strategy", "/properties/run_strategy/workflow_concurrency",
-                           "/properties/step_concurrency", "/workflow/steps/0/step/tags/0/permit",
-                           "/workflow/time_triggers"}
-    assert all("not enforced yet" in m for m in warned.values())
-    assert "within each instance only" in warned["/properties/step_concurrency"]
+                           "/workflow/time_triggers", "/workflow/tags/0/permit"}
+    assert all("not enforced yet" in m for p, m in warned.items() if p != "/workflow/tags/0/permit")
+    assert "limits nothing" in warned["/workflow/tags/0/permit"]
+    assert d.steps[0].permits == {"gpu": 2} and d.shared_step_concurrency == 5
 
 
 def test_a_plain_definition_has_no_warnings(engine):

@@ -248,9 +248,10 @@ def _killed_after_the_first_commit(tmp_path: Path, doc: dict) -> tuple["Driver",
 
 
 def test_queued_steps_resume_with_their_config(tmp_path):
-    """Steps queued behind step_concurrency when the worker died (WAITING_FOR_PERMITS) are
-    prepared again on resume: their step type sees its validated config, as a fresh attempt does."""
-    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "queued", "steps": [
+    """Steps queued behind the instance's own cap (instance_step_concurrency, counted in memory:
+    no subworkflow shares it) when the worker died (WAITING_FOR_PERMITS) are prepared again on
+    resume: their step type sees its validated config, as a fresh attempt does."""
+    doc = {"workflow": {"id": "queued", "instance_step_concurrency": 1, "steps": [
         {"step": {"id": f"q{i}", "type": "sleep", "params": {"seconds": 0.05, "outputs": {"i": i}}}}
         for i in range(4)]}}
     # The first commit holds IN_PROGRESS, q0 STARTING and the other three WAITING_FOR_PERMITS.

@@ -223,9 +223,6 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         if concurrency is not None:
             v.warn(concurrency_at, "workflow_concurrency is accepted but not enforced yet: "
                                                     "instances are not limited")
-        if step_concurrency is not None:
-            v.warn(f"{where}/step_concurrency", "step_concurrency is enforced within each instance only; across "
-                                                "instances it is not enforced yet")
         v.tags(props.get("tags"), f"{where}/tags")
 
     wf = document.get("workflow")
@@ -245,7 +242,8 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
             v.add(f"/workflow/{key}", f"{key} must be a string")
     v.tags(wf.get("tags"), "/workflow/tags")
     instance_limit = v.whole(wf, "instance_step_concurrency", "/workflow", 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
-    if instance_limit is not None:  # Maestro's per-instance cap: what Legato enforces
+    shared_limit = step_concurrency
+    if instance_limit is not None:  # what one instance counts for itself: the smaller cap
         step_concurrency = instance_limit if step_concurrency is None else min(step_concurrency, instance_limit)
     if "criticality" in wf and (not isinstance(wf["criticality"], str)
                                 or wf["criticality"].upper() not in _CRITICALITIES):
@@ -298,12 +296,15 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         timeout=timeout,
         step_concurrency=step_concurrency,
         run_strategy=run_strategy,
+        shared_step_concurrency=shared_limit,
+        instance_step_concurrency=instance_limit,
         source=name,
         base_dir=base_dir,
         has_secrets=has_secrets,
         warnings=v.warnings,
         timeout_template=timeout_template,
         templated=[s.id for s in all_by_id.values() if s.templates],
+        tagged=any(s.tags for s in all_by_id.values()),
         all_by_id=all_by_id,
         parent_of=v.parent_of,
     )

@@ -40,9 +40,11 @@ class _Fields:
             self._folded = {name.lower(): name for name in self.step_types}
         return self._folded
 
-    def tags(self, raw: Any, pointer: str) -> list[str]:
+    def tags(self, raw: Any, pointer: str, permits: dict[str, int] | None = None) -> list[str]:
         """Tag names from Maestro's TagList: strings, or objects ``{name, namespace, permit,
-        attributes}`` (a tag permit is accepted and warned about: not enforced yet)."""
+        attributes}``. A step's tag permits go into ``permits`` (tag -> permit: how many steps
+        carrying the tag may run at once, :mod:`legato.permits`); elsewhere (``permits`` None) a
+        permit limits nothing and is warned about."""
         if raw is None:
             return []
         if not isinstance(raw, list):
@@ -67,9 +69,11 @@ class _Fields:
                     permit = tag["permit"]
                     if isinstance(permit, bool) or not isinstance(permit, int) or permit < 0:
                         self.add(f"{where}/permit", f"a tag permit is a whole number >= 0, got {permit!r:.40}")
+                    elif permits is not None:
+                        permits[name] = permit if name not in permits else min(permits[name], permit)
                     else:
-                        self.warn(f"{where}/permit", "tag permits are accepted but not enforced yet: steps with "
-                                                     "this tag are not limited")
+                        self.warn(f"{where}/permit", "a permit on a workflow's tag limits nothing: put the tag, "
+                                                     "with its permit, on the steps it should limit")
                 if "attributes" in tag and not isinstance(tag["attributes"], dict):
                     self.add(f"{where}/attributes", "tag attributes must be an object")
                 names.append(name)
@@ -236,7 +240,7 @@ class _Fields:
 
     def attributes(self, raw: dict, pointer: str, retries: bool) -> tuple:
         """StepDef's ``retry, timeout, failure_mode, name, description, tags, predecessors,
-        templates`` (in that order) from a step's fields; ``retries``: whether it may have a
+        templates, permits`` (in that order) from a step's fields; ``retries``: whether it may have a
         ``retry_policy``."""
         failure_mode = FailureMode.FAIL_AFTER_RUNNING
         if "failure_mode" in raw:
@@ -246,7 +250,8 @@ class _Fields:
                 self.add(f"{pointer}/failure_mode",
                          f"unknown failure_mode {raw['failure_mode']!r}; use one of {', '.join(m.value for m in FailureMode)}")
         # Absent fields cost no pointer (a 100,000-step definition has mostly absent ones).
-        tags = self.tags(raw["tags"], f"{pointer}/tags") if raw.get("tags") is not None else []
+        permits: dict[str, int] = {}
+        tags = self.tags(raw["tags"], f"{pointer}/tags", permits) if raw.get("tags") is not None else []
         for key in ("name", "description"):
             if key in raw and not isinstance(raw[key], str):
                 self.add(f"{pointer}/{key}", f"{key} must be a string")
@@ -266,4 +271,4 @@ class _Fields:
             timeout = self.duration(timeout_raw, f"{pointer}/timeout")
         name, description = raw.get("name"), raw.get("description")
         return (retry, timeout, failure_mode, name if isinstance(name, str) else "",
-                description if isinstance(description, str) else "", tags, [], templates or None)
+                description if isinstance(description, str) else "", tags, [], templates or None, permits or None)

@@ -128,6 +128,9 @@ class StepDef:
     #: ParsableLong with a param): :func:`resolve_attributes` reads them with each instance's
     #: workflow params; ``timeout`` and ``retry`` above hold the defaults until then.
     templates: dict[str, Any] | None = None
+    #: The permits of the step's tags (tag -> how many steps carrying it may run at once, across
+    #: every instance; :mod:`legato.permits`); None when no tag has one.
+    permits: dict[str, int] | None = None
     #: The loop of a foreach or while step (its variables, body DAG and settings); None otherwise.
     loop: LoopDef | None = None
 
@@ -148,6 +151,14 @@ class Definition:
     source: str = ""
     base_dir: Path | None = None
     version: int | None = None
+    #: ``properties.step_concurrency``: leaf steps running at once across every instance of the
+    #: workflow; ``workflow.instance_step_concurrency``: across one instance tree (a root and
+    #: the subworkflows below it). ``step_concurrency`` above is the smaller, what one instance
+    #: counts for itself (:mod:`legato.permits`).
+    shared_step_concurrency: int | None = None
+    instance_step_concurrency: int | None = None
+    #: Whether any step (at any depth) carries a tag: only then may a step need a tag permit.
+    tagged: bool = False
     #: Whether any param (the workflow's or a step's) is secret: the engine masks only then.
     has_secrets: bool = False
     #: Fields accepted but not (yet) doing what they say, each at its pointer: `validate` and

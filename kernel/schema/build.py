@@ -93,7 +93,7 @@ def build() -> dict:
            "properties": {
              "name": {"type": "string", "minLength": 1},
              "namespace": ci_enum(sorted(n.lower() for n in d._TAG_NAMESPACES), "Maestro's tag namespace"),
-             "permit": {"type": "integer", "minimum": 0, "description": "Accepted, warned: not enforced yet."},
+             "permit": {"type": "integer", "minimum": 0, "description": "Steps carrying this tag that may run at once, across every instance (`legato permits set` overrides it)."},
              "attributes": {"type": "object"}}}]}},
       "owner": {"description": "Who owns the workflow: a name, or Maestro's {\"name\": …} object.",
                 "type": ["string", "object"]},
@@ -112,7 +112,7 @@ def build() -> dict:
         "properties": {
           "owner": {"$ref": "#/$defs/owner"},
           "run_strategy": {"$ref": "#/$defs/run_strategy"},
-          "step_concurrency": whole(1, MAX_CONCURRENCY, "Leaf steps running at once within an instance"),
+          "step_concurrency": whole(1, MAX_CONCURRENCY, "Steps running at once across every instance of the workflow"),
           "workflow_concurrency": whole(1, MAX_CONCURRENCY, "Instances at once (parallel only); warned: not enforced yet"),
           "description": {"description": "Free text."},
           "alerting": {"description": "Maestro's alerting config: accepted, not acted on."},
@@ -217,7 +217,7 @@ def build() -> dict:
                               "anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
           "tags": {"$ref": "#/$defs/tags"},
           "criticality": ci_enum(sorted(c.lower() for c in d._CRITICALITIES), "Maestro's criticality"),
-          "instance_step_concurrency": whole(1, MAX_CONCURRENCY, "Leaf steps running at once in one instance")}},
+          "instance_step_concurrency": whole(1, MAX_CONCURRENCY, "Leaf steps running at once in one instance and the subworkflows below it")}},
     }
 
     def kind_fields(kind: str, extra: dict) -> dict:

@@ -113,3 +113,26 @@ class ActionRow(SQLModel, table=True):
     requested_at: float
     applied_at: Optional[float] = None
     outcome: str = Field(default="", sa_type=Text)
+class PermitRow(SQLModel, table=True):
+    """A permit one step attempt holds (legato.permits): ``workflow:<id>``, ``tree:<root
+    instance>`` or ``tag:<name>``."""
+
+    __tablename__ = "legato_permits"
+    __table_args__ = (Index("ix_legato_permits_holder", "instance_id", "step_id", "attempt"),)
+
+    permit_key: str = Field(primary_key=True)
+    instance_id: str = Field(primary_key=True)
+    step_id: str = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    acquired_at: float
+
+
+class TagPermitRow(SQLModel, table=True):
+    """A tag's limit, set with ``legato permits set`` (Maestro's maestro_tag_permit)."""
+
+    __tablename__ = "legato_tag_permits"
+
+    tag: str = Field(primary_key=True)
+    max_allowed: int
+    set_by: str
+    set_at: float

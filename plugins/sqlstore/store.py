@@ -37,7 +37,7 @@ from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
 from legato.storage import StaleWrite, Storage, StorageError, VersionNotFound, parse_version
 
-HEAD = "0004"  # the newest migration: opening a store at another revision runs Alembic
+HEAD = "0006"  # the newest migration: opening a store at another revision runs Alembic
 
 # A new SQLite store is created at HEAD with these statements, what Alembic's migrations build
 # (tests/test_sqlstore.py checks the two agree), so that the first run in a directory does not
@@ -55,11 +55,14 @@ SQLITE_SCHEMA = (
     'CREATE INDEX ix_legato_logs_instance ON legato_logs (instance_id, step_id, attempt, id)',
     'CREATE TABLE legato_actions (\n    id INTEGER NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR,\n    verb VARCHAR NOT NULL,\n    params TEXT NOT NULL,\n    requested_by VARCHAR NOT NULL,\n    requested_at FLOAT NOT NULL,\n    applied_at FLOAT,\n    outcome TEXT NOT NULL,\n    PRIMARY KEY (id)\n)',
     'CREATE INDEX ix_legato_actions_instance ON legato_actions (instance_id, id)',
+    'CREATE TABLE legato_permits (\n    permit_key VARCHAR NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    acquired_at FLOAT NOT NULL,\n    PRIMARY KEY (permit_key, instance_id, step_id, attempt)\n)',
+    'CREATE INDEX ix_legato_permits_holder ON legato_permits (instance_id, step_id, attempt)',
+    'CREATE TABLE legato_tag_permits (\n    tag VARCHAR NOT NULL,\n    max_allowed INTEGER NOT NULL,\n    set_by VARCHAR NOT NULL,\n    set_at FLOAT NOT NULL,\n    PRIMARY KEY (tag)\n)',
 )
 
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
-                    "legato_logs", "legato_actions"})
+                    "legato_logs", "legato_actions", "legato_permits", "legato_tag_permits"})
 # The columns of legato_attempts, in the order of the tuples _write builds.
 ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
                    "created_at", "started_at", "ended_at", "handle")
@@ -642,6 +645,8 @@ class SqlStorage(Storage):
                 self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
         if batch.actions:
             self.wakeups().notify()  # whoever waits for them (legato.actions.wait_applied)
+        if batch.permits_released:
+            self.wakeups().notify()  # steps here or in other workers may be waiting for them
 
     def _write(self, execute, executemany, batch: Batch) -> None:
         sql = self._sql
@@ -667,6 +672,9 @@ class SqlStorage(Storage):
         if batch.actions:
             now = time.time()
             executemany(sql["action"], [(now, outcome, action_id) for action_id, outcome in batch.actions])
+        if batch.permits_released:
+            iid = batch.instance_id
+            executemany(sql["release"], [(iid, sid, attempt) for sid, attempt in batch.permits_released])
         if batch.instance is not None:
             r = batch.instance
             execute(sql["instance"], (
@@ -691,6 +699,7 @@ class SqlStorage(Storage):
                 "event": "INSERT INTO legato_events (instance_id, step_id, attempt, status, message, ts) "
                          f"VALUES ({marks(6)})",
                 "log": f"INSERT INTO legato_logs (instance_id, step_id, attempt, stream, text, ts) VALUES ({marks(6)})",
+                "release": f"DELETE FROM legato_permits WHERE instance_id = {p} AND step_id = {p} AND attempt = {p}",
                 "instance": f"UPDATE legato_instances SET status = {p}, run_id = {p}, params = {p}, started_at = {p}, "
                             f"ended_at = {p}, message = {p} WHERE instance_id = {p}",
                 "action": f"UPDATE legato_actions SET applied_at = {p}, outcome = {p} WHERE id = {p} "
@@ -932,6 +941,106 @@ class SqlStorage(Storage):
             return [_action(r) for r in rows]
 
         return await self._run(read, doing="list the actions")
+    # -- permits ----------------------------------------------------------------------------------
+
+    async def acquire_permits(self, requests):
+        return await self._run(self._acquire_permits, requests, doing="take permits")
+
+    def _acquire_permits(self, requests) -> list:
+        now_sql = self._now_sql()
+        answers: list = []
+        with self._sql_tx(write=True) as sql:
+            if self.dialect == "postgresql":  # SQLite's BEGIN IMMEDIATE serialises writers already
+                for key in sorted({key for _, wants in requests for key, _ in wants}):
+                    sql.run("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key})
+            limits: dict[str, int | None] = {}
+            pruned: set[str] = set()
+            for (iid, sid, attempt), wants in requests:
+                holder = {"iid": iid, "sid": sid, "attempt": attempt}
+                blocked = None
+                for key, limit in wants:
+                    if key.startswith("tag:"):
+                        if key not in limits:
+                            row = sql.first("SELECT max_allowed FROM legato_tag_permits WHERE tag = :tag",
+                                            {"tag": key[4:]})
+                            limits[key] = None if row is None else row.max_allowed
+                        if limits[key] is not None:
+                            limit = limits[key]
+                    if limit is None:
+                        continue
+                    if key not in pruned:  # holders whose instance's lease is not live hold nothing
+                        pruned.add(key)
+                        sql.run("DELETE FROM legato_permits WHERE permit_key = :key AND NOT EXISTS (SELECT 1 FROM "
+                                "legato_instances i WHERE i.instance_id = legato_permits.instance_id AND "
+                                f"i.lease_expires IS NOT NULL AND i.lease_expires > {now_sql})", {"key": key})
+                    held = sql.first("SELECT count(*) AS n FROM legato_permits WHERE permit_key = :key AND NOT "
+                                     "(instance_id = :iid AND step_id = :sid AND attempt = :attempt)",
+                                     {"key": key, **holder}).n
+                    if held >= limit:
+                        blocked = (key, held, limit)
+                        break
+                if blocked is None:
+                    now = time.time()
+                    for key, _ in wants:
+                        sql.run("INSERT INTO legato_permits (permit_key, instance_id, step_id, attempt, acquired_at) "
+                                "VALUES (:key, :iid, :sid, :attempt, :now) ON CONFLICT DO NOTHING",
+                                {"key": key, "now": now, **holder})
+                answers.append(blocked)
+        return answers
+
+    async def release_permits(self, instance_id: str, keep=()) -> None:
+        def release():
+            with self._sql_tx(write=True) as sql:
+                kept = [(sid, attempt) for sid, attempt in keep]
+                if not kept:
+                    sql.run("DELETE FROM legato_permits WHERE instance_id = :iid", {"iid": instance_id})
+                else:
+                    rows = sql.all("SELECT DISTINCT step_id, attempt FROM legato_permits WHERE instance_id = :iid",
+                                   {"iid": instance_id})
+                    for row in rows:
+                        if (row.step_id, row.attempt) not in kept:
+                            sql.run("DELETE FROM legato_permits WHERE instance_id = :iid AND step_id = :sid "
+                                    "AND attempt = :attempt", {"iid": instance_id, "sid": row.step_id,
+                                                               "attempt": row.attempt})
+            self.wakeups().notify()
+
+        await self._run(release, doing="release permits")
+
+    async def set_tag_permit(self, tag: str, limit: int, *, by: str) -> None:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                sql.run("INSERT INTO legato_tag_permits (tag, max_allowed, set_by, set_at) VALUES (:tag, :limit, :by, "
+                        ":now) ON CONFLICT (tag) DO UPDATE SET max_allowed = excluded.max_allowed, "
+                        "set_by = excluded.set_by, set_at = excluded.set_at",
+                        {"tag": tag, "limit": limit, "by": by, "now": time.time()})
+            self.wakeups().notify()  # a raised limit lets waiting steps start
+
+        await self._run(write, doing="set the tag permit")
+
+    async def get_tag_permits(self) -> list[dict[str, Any]]:
+        def read():
+            now_sql = self._now_sql()
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all(
+                    "SELECT t.tag, t.max_allowed, t.set_by, t.set_at, (SELECT count(*) FROM legato_permits p JOIN "
+                    "legato_instances i ON i.instance_id = p.instance_id WHERE p.permit_key = 'tag:' || t.tag AND "
+                    f"i.lease_expires IS NOT NULL AND i.lease_expires > {now_sql}) AS held "
+                    "FROM legato_tag_permits t ORDER BY t.tag")
+            return [{"tag": r.tag, "limit": r.max_allowed, "held": r.held, "set_by": r.set_by, "set_at": r.set_at}
+                    for r in rows]
+
+        return await self._run(read, doing="read the tag permits")
+
+    async def delete_tag_permit(self, tag: str) -> bool:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                found = sql.first("SELECT tag FROM legato_tag_permits WHERE tag = :tag", {"tag": tag}) is not None
+                sql.run("DELETE FROM legato_tag_permits WHERE tag = :tag", {"tag": tag})
+            if found:
+                self.wakeups().notify()
+            return found
+
+        return await self._run(write, doing="remove the tag permit")
 
 
 def _is_sqlalchemy_error(exc: Exception) -> bool:
