@@ -153,12 +153,17 @@ class Waiting(LeaseHeld):
     """The instance is queued and its run strategy does not let it start now; the message says why."""
 
 
-async def why_waiting(storage, instance_id: str) -> str:
-    """Why a queued instance does not start now, read from the store ("" if it may, or is not queued)."""
-    record = await storage.get_instance(instance_id)
-    if record is None or not record.queued or not record.run_strategy:
+#: What a queued instance that its run strategy lets start waits for.
+FOR_A_WORKER = "waiting for a worker (`legato worker`, or `legato resume ID`)"
+
+
+async def why_waiting(storage, record: InstanceRecord) -> str:
+    """Why a queued instance does not start now under its run strategy, read from the store; ""
+    when it may (or is not queued)."""
+    if not record.queued or not record.run_strategy:
         return ""
-    return waits_because(record.run_strategy, record.workflow_concurrency, await storage.strategy_queue(instance_id))
+    return waits_because(record.run_strategy, record.workflow_concurrency,
+                         await storage.strategy_queue(record.instance_id))
 
 
 async def wait_turn(engine, instance: InstanceRecord, say=None) -> tuple[InstanceRecord, bool]:

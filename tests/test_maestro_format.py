@@ -261,15 +261,15 @@ def test_instance_step_concurrency_is_the_per_instance_cap(engine):
 
 
 def test_fields_not_enforced_yet_are_warned_about(engine):
-    """run_strategy, workflow_concurrency, step_concurrency across instances, tag permits and
-    time_triggers load (so Maestro documents do) and each gets a warning at its pointer."""
+    """step_concurrency across instances, tag permits and time_triggers load (so Maestro
+    documents do) and each gets a warning at its pointer; run_strategy and workflow_concurrency,
+    enforced (legato.strategy), get none."""
     d = engine.load(wf(step(tags=[{"name": "gpu", "permit": 2}]),
                        properties={"run_strategy": {"rule": "parallel", "workflow_concurrency": 3},
                                    "step_concurrency": 5},
                        time_triggers=[{"type": "cron", "cron": "0 6 * * *"}]))
     warned = {w.pointer: w.message for w in d.warnings}
-    assert set(warned) == {"/properties/run_strategy", "/properties/run_strategy/workflow_concurrency",
-                           "/properties/step_concurrency", "/workflow/steps/0/step/tags/0/permit",
+    assert set(warned) == {"/properties/step_concurrency", "/workflow/steps/0/step/tags/0/permit",
                            "/workflow/time_triggers"}
     assert all("not enforced yet" in m for m in warned.values())
     assert "within each instance only" in warned["/properties/step_concurrency"]
@@ -283,11 +283,11 @@ def test_a_plain_definition_has_no_warnings(engine):
 def test_validate_and_run_print_the_warnings(tmp_path):
     """`validate` prints warnings on stderr and in --json; `run` prints them on stderr."""
     path = tmp_path / "w.json"
-    path.write_text(json.dumps(wf(properties={"run_strategy": "last_only"})))
+    path.write_text(json.dumps(wf(time_triggers=[{"type": "cron", "cron": "0 6 * * *"}])))
     plain = legato_cli("validate", str(path))
-    assert plain.returncode == 0 and "warning: /properties/run_strategy: run_strategy 'last_only'" in plain.stderr
+    assert plain.returncode == 0 and "warning: /workflow/time_triggers: time_triggers are" in plain.stderr
     machine = legato_cli("validate", "--json", str(path))
-    assert json.loads(machine.stdout)["warnings"][0]["pointer"] == "/properties/run_strategy"
+    assert json.loads(machine.stdout)["warnings"][0]["pointer"] == "/workflow/time_triggers"
     ran = legato_cli("run", "--store", "memory://", str(path), cwd=tmp_path)
     assert ran.returncode == 0 and "not enforced yet" in ran.stderr
 

@@ -8,11 +8,11 @@ inside the commands so that ``legato --help`` stays fast.
 The parts, each importing only those above it: ``group`` (the ``legato`` group, exit codes, errors),
 ``store`` (what a command opens), ``output`` (what several commands print alike), then the commands:
 ``running`` (run, start, resume, restart), ``reading`` (status, list, logs, graph), ``versioning``
-(push, versions, activate) and ``authoring`` (validate, schema, plugins).
+(push, versions, activate), ``authoring`` (validate, schema, plugins) and ``strategy_cli`` (unblock).
 """
 
 from __future__ import annotations
 
-from . import authoring, reading, running, versioning  # noqa: F401 - each registers its commands on main
+from . import authoring, reading, running, strategy_cli, versioning  # noqa: F401 - each registers its commands on main
 from .group import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, _internal_error, main  # noqa: F401
 from .reading import INSTANCE_STATES  # noqa: F401

@@ -164,6 +164,7 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
     """What `run` and `start` do once they have the definition: start the instance, run it in the
     foreground (or, with ``no_wait``, only queue it), report, exit."""
     from ..engine import StartError
+    from ..strategy import wait_turn, why_waiting
     from ..view import make_view
 
     view = make_view(definition, plain=as_json or not sys.stdout.isatty(), quiet=as_json)
@@ -177,8 +178,21 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
             except StartError as exc:
                 outcome["invalid"] = str(exc)
                 return
+            if created and instance.status.terminal:  # its run strategy stopped it at once (FIRST_ONLY)
+                outcome["existing"], outcome["left"] = instance, True
+                return
+            if instance.queued and no_wait:
+                outcome["waiting"] = await why_waiting(engine.storage, instance)
             if await _not_followed(engine, instance, created, no_wait, outcome):
                 return
+            if instance.queued:  # its run strategy makes it wait: say why, run it when its turn comes
+                instance, mine = await wait_turn(engine, instance, say=lambda why: click.echo(
+                    f"legato: instance {instance.instance_id} waits: {why}", err=True))
+                if not mine:  # ended meanwhile (stopped by its run strategy), or taken by a worker
+                    outcome["existing"], outcome["left"] = instance, True
+                    outcome["attempts"] = await engine.storage.get_attempts(instance.instance_id)
+                    return
+                created = True
             await _follow(engine, definition, instance, view, outcome, resume=not created)
             outcome["orphans"] = len(await engine.storage.list_resumable())
 
@@ -216,6 +230,11 @@ def _exit_if_not_followed(outcome: dict, request_id: str | None, as_json: bool) 
         elif key == "queued":
             click.echo(f"{inst.instance_id}\n{inst.workflow_id} v{inst.version}: instance {inst.instance_id} created "
                        f"(queued): a `legato worker` on this store runs it, or `legato resume {inst.instance_id}`")
+            if outcome.get("waiting"):
+                click.echo(f"it waits: {outcome['waiting']}")
+        elif outcome.get("left"):  # its run strategy ended it before it ran here, or a worker runs it
+            click.echo(f"instance {inst.instance_id} ({inst.workflow_id} v{inst.version}): {inst.status.value}"
+                       + (f": {inst.message}" if inst.message else ""))
         else:
             click.echo(f"request id {request_id!r} already started instance {inst.instance_id} "
                        f"({inst.workflow_id} v{inst.version}): {inst.status.value}")
