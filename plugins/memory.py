@@ -107,6 +107,8 @@ class MemoryStorage(Storage):
         elif owner is not None and arrival.start:
             self._leases[iid] = (owner, time.monotonic() + ttl, 1, this_process())
             self._track(record)
+        elif record.status.terminal:  # recorded as it ended elsewhere (an import, a test)
+            self._track(record)
         else:
             self._waiting.setdefault(record.workflow_id, {})[iid] = None
             if self._wakeups is not None:
