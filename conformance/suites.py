@@ -643,6 +643,26 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_end_queued_ends_only_an_instance_nobody_took(self, tmp_path):
+        """``end_queued`` ends a queued instance at once (with a timeline event), and refuses one
+        anyone has taken (its owner ends it)."""
+        from legato.model import InstanceRecord
+        from legato.states import InstanceStatus
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                await store.create_instance(InstanceRecord("e1", "we", 1, created_at=1.0, run_strategy="sequential"),
+                                            "me", 30)
+                await store.create_instance(InstanceRecord("e2", "we", 1, created_at=2.0, run_strategy="sequential"))
+                assert await store.end_queued("e1", InstanceStatus.STOPPED, "stopped by ann") is None
+                ended = await store.end_queued("e2", InstanceStatus.STOPPED, "stopped by ann")
+                assert (ended.status, ended.queued, ended.message) == (InstanceStatus.STOPPED, False, "stopped by ann")
+                assert [(e.status, e.message) for e in await store.get_timeline("e2")] == [("STOPPED", "stopped by ann")]
+                assert await store.end_queued("e2", InstanceStatus.FAILED, "again") is None
+                assert (await store.strategy_queue("e1")).ahead == 0
+
+        self._run(main)
+
     def test_unblock_workflow_marks_failed_instances_once(self, tmp_path):
         """``unblock_workflow`` marks each FAILED instance once, with an UNBLOCKED event naming who."""
         from legato.model import InstanceRecord

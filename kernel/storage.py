@@ -232,6 +232,13 @@ class Storage(abc.ABC):
         a failed one that blocks the queue. An empty Queue for an unknown instance."""
 
     @abc.abstractmethod
+    async def end_queued(self, instance_id: str, status: InstanceStatus, message: str) -> InstanceRecord | None:
+        """End a queued instance (created, never taken by anyone) at once as ``status`` (STOPPED,
+        FAILED), with a timeline event carrying ``message``, in one transaction, and return it;
+        None, changing nothing, once anyone has taken it (its owner ends it instead). What a stop
+        or kill of a waiting instance does: its run strategy may refuse it a lease for long."""
+
+    @abc.abstractmethod
     async def unblock_workflow(self, workflow_id: str, by: str, ts: float) -> list[str]:
         """Mark every instance of ``workflow_id`` that ended FAILED and blocks its queue as
         unblocked at its current run, with an ``UNBLOCKED`` event naming ``by`` at ``ts``

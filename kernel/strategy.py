@@ -237,6 +237,7 @@ def unblocked_event(instance_id: str, workflow_id: str, by: str, ts: float) -> E
                  f"unblocked by {by}: the STRICT_SEQUENTIAL queue of {workflow_id} goes on past this failed run")
 
 
-def stopped_event(instance_id: str, message: str, ts: float) -> Event:
-    """The timeline event of an instance a run strategy stopped before it started."""
-    return Event(ts, instance_id, None, 0, "STOPPED", message)
+def stopped_event(instance_id: str, message: str, ts: float, status: str = "STOPPED") -> Event:
+    """The timeline event of an instance ended before it started (a run strategy stopped it, or
+    :meth:`legato.storage.Storage.end_queued`)."""
+    return Event(ts, instance_id, None, 0, status, message)

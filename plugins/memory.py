@@ -7,6 +7,7 @@ is what other backends are compared against and what benchmarks use as a baselin
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from typing import Any
 
@@ -125,10 +126,21 @@ class MemoryStorage(Storage):
         out.queued = self._is_queued(r)
         return out
 
-    def _end_queued(self, r: InstanceRecord, message: str, now: float) -> None:
+    def _end_queued(self, r: InstanceRecord, message: str, now: float,
+                    status: InstanceStatus = InstanceStatus.STOPPED) -> None:
         self._waiting.get(r.workflow_id, {}).pop(r.instance_id, None)
-        r.status, r.ended_at, r.message = InstanceStatus.STOPPED, now, message
-        self._events[r.instance_id].append(strategy.stopped_event(r.instance_id, message, now))
+        r.status, r.ended_at, r.message = status, now, message
+        self._events[r.instance_id].append(strategy.stopped_event(r.instance_id, message, now, status.value))
+        self._track(r)
+
+    async def end_queued(self, instance_id: str, status: InstanceStatus, message: str) -> InstanceRecord | None:
+        record = self._instances.get(instance_id)
+        if record is None or not self._is_queued(record):
+            return None
+        self._end_queued(record, message, time.time(), status)
+        if self._wakeups is not None:
+            self._wakeups.notify()  # the ones queued behind it may start now
+        return self._out(record)
 
     def _track(self, r: InstanceRecord) -> None:
         """Keep the workflow's started and failed instances up to date with ``r``'s status."""
@@ -146,19 +158,20 @@ class MemoryStorage(Storage):
 
     def _queue(self, record: InstanceRecord, arriving: bool = False) -> strategy.Queue:
         wid, iid = record.workflow_id, record.instance_id
-        running = [i for i in self._running.get(wid, ()) if i != iid]
+        started = self._running.get(wid, {})
+        running = len(started) - (iid in started)
+        running_id = next((i for i in started if i != iid), None)
         waiting = self._waiting.get(wid, {})
-        if arriving:
-            ahead = [i for i in waiting if i != iid]
+        if arriving:  # not among them yet: every queued one is before it
+            ahead, ahead_id = len(waiting), next(reversed(waiting), None) if waiting else None
         else:  # those before it, in creation order, counted up to what its strategy could start
-            ahead, cap = [], strategy.queue_limit(record)
+            ahead, ahead_id, cap = 0, None, strategy.queue_limit(record)
             for i in waiting:
-                if i == iid or len(ahead) >= cap:
+                if i == iid or ahead >= cap:
                     break
-                ahead.append(i)
+                ahead, ahead_id = ahead + 1, i
         failed = self._failed.get(wid) if record.run_strategy == strategy.STRICT else None
-        return strategy.Queue(len(running), running[0] if running else None, len(ahead),
-                              ahead[-1] if ahead else None, next(iter(failed)) if failed else None)
+        return strategy.Queue(running, running_id, ahead, ahead_id, next(iter(failed)) if failed else None)
 
     async def strategy_queue(self, instance_id: str) -> strategy.Queue:
         record = self._instances.get(instance_id)
@@ -282,8 +295,17 @@ class MemoryStorage(Storage):
         ]
 
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
-        return [r for r, lease in self._unfinished()
-                if (lease is None or not lease.live) and self._startable(r)][:limit]
+        out = [r for r, lease in self._unfinished()
+               if (lease is None or not lease.live) and not (r.queued and r.run_strategy)]
+        for waiting in self._waiting.values():  # those whose turn it is, first in first
+            if not waiting:
+                continue
+            first = self._instances[next(iter(waiting))]
+            n = strategy.slots(first.run_strategy, first.workflow_concurrency, self._queue(first))
+            out += [self._out(self._instances[i]) for i in itertools.islice(waiting, min(n, limit))
+                    if self._instances[i].run_strategy]
+        out.sort(key=lambda r: r.created_at)
+        return out[:limit]
 
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return [(r, lease) for r, lease in self._unfinished() if lease is not None and lease.live][:limit]

@@ -189,6 +189,7 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
                 instance, mine = await wait_turn(engine, instance, say=lambda why: click.echo(
                     f"legato: instance {instance.instance_id} waits: {why}", err=True))
                 if not mine:  # ended meanwhile (stopped by its run strategy), or taken by a worker
+                    instance = await _until_ended(engine, instance)
                     outcome["existing"], outcome["left"] = instance, True
                     outcome["attempts"] = await engine.storage.get_attempts(instance.instance_id)
                     return
@@ -201,6 +202,18 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
         _fail(outcome["invalid"])
     _exit_if_not_followed(outcome, request_id, as_json)
     _exit_with_report(view, outcome, as_json)
+
+
+async def _until_ended(engine, instance):
+    """The final record of an instance a worker took while this process waited for its turn."""
+    import trio
+
+    if not instance.status.terminal:
+        click.echo(f"legato: instance {instance.instance_id} is run by a worker; waiting here for its end", err=True)
+    while not instance.status.terminal:
+        await trio.sleep(0.2)
+        instance = await engine.storage.get_instance(instance.instance_id) or instance
+    return instance
 
 
 async def _not_followed(engine, instance, created: bool, no_wait: bool, outcome: dict) -> bool:
@@ -283,7 +296,14 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
                 todo = [found]
             else:
                 todo = await engine.storage.list_resumable()
-            for record in todo:
+            seen: set[str] = set()
+            while True:
+                if not todo and instance is None and seen:  # what ended may let queued ones start now
+                    todo = [r for r in await engine.storage.list_resumable() if r.instance_id not in seen]
+                if not todo:
+                    break
+                record = todo.pop(0)
+                seen.add(record.instance_id)
                 version = await engine.storage.get_definition(record.workflow_id, record.version)
                 try:
                     if version is None:

@@ -635,28 +635,50 @@ class SqlStorage(Storage):
             sql.first("SELECT pg_advisory_xact_lock(hashtext(:wid))", {"wid": workflow_id})
 
     def _queue_in(self, sql, record: InstanceRecord, arriving: bool = False) -> strategy.Queue:
+        """Counted in SQL, each up to what the decision needs (the strategy's limit), so that a
+        start costs the same with a long queue as with none."""
         n = strategy.queue_limit(record)
         args = {"wid": record.workflow_id, "iid": record.instance_id, "at": record.created_at, "n": n}
-        running = sql.all("SELECT instance_id FROM legato_instances WHERE workflow_id = :wid AND status IN "
-                          "('CREATED', 'IN_PROGRESS', 'PAUSED') AND generation > 0 AND instance_id <> :iid "
-                          "ORDER BY created_at, instance_id LIMIT :n", args)
+        started = ("FROM legato_instances WHERE workflow_id = :wid AND status IN ('CREATED', 'IN_PROGRESS', "
+                   "'PAUSED') AND generation > 0 AND instance_id <> :iid")
+        running = sql.first(f"SELECT count(*) AS n FROM (SELECT 1 {started} LIMIT :n) AS r", args).n
+        running_id = sql.first(f"SELECT instance_id {started} ORDER BY created_at, instance_id LIMIT 1", args) \
+            if running else None
         before = "" if arriving else " AND (created_at < :at OR (created_at = :at AND instance_id < :iid))"
-        ahead = sql.all("SELECT instance_id FROM legato_instances WHERE workflow_id = :wid AND status = 'CREATED' "
-                        f"AND generation = 0 AND instance_id <> :iid{before} "
-                        "ORDER BY created_at DESC, instance_id DESC LIMIT :n", args)
+        queued = ("FROM legato_instances WHERE workflow_id = :wid AND status = 'CREATED' AND generation = 0 "
+                  f"AND instance_id <> :iid{before}")
+        ahead = sql.first(f"SELECT count(*) AS n FROM (SELECT 1 {queued} LIMIT :n) AS q", args).n
+        ahead_id = sql.first(f"SELECT instance_id {queued} ORDER BY created_at DESC, instance_id DESC LIMIT 1",
+                             args) if ahead else None
         blocked = None
         if record.run_strategy == strategy.STRICT:
             blocked = sql.first("SELECT instance_id FROM legato_instances WHERE workflow_id = :wid AND status = "
                                 "'FAILED' AND (unblocked_run IS NULL OR unblocked_run < run_id) "
                                 "ORDER BY created_at LIMIT 1", args)
-        return strategy.Queue(len(running), running[0].instance_id if running else None, len(ahead),
-                              ahead[0].instance_id if ahead else None, blocked.instance_id if blocked else None)
+        return strategy.Queue(running, running_id.instance_id if running_id else None, ahead,
+                              ahead_id.instance_id if ahead_id else None, blocked.instance_id if blocked else None)
 
-    def _end_queued_in(self, sql, instance_id: str, message: str, now: float) -> None:
-        sql.run("UPDATE legato_instances SET status = 'STOPPED', ended_at = :now, message = :message "
+    def _end_queued_in(self, sql, instance_id: str, message: str, now: float, status: str = "STOPPED") -> None:
+        sql.run("UPDATE legato_instances SET status = :status, ended_at = :now, message = :message "
                 "WHERE instance_id = :iid AND status = 'CREATED' AND generation = 0",
-                {"now": now, "message": message, "iid": instance_id})
-        self._event_in(sql, strategy.stopped_event(instance_id, message, now))
+                {"status": status, "now": now, "message": message, "iid": instance_id})
+        self._event_in(sql, strategy.stopped_event(instance_id, message, now, status))
+
+    async def end_queued(self, instance_id: str, status: InstanceStatus, message: str) -> InstanceRecord | None:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                row = sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid AND status = 'CREATED' "
+                                "AND generation = 0", {"iid": instance_id})
+                if row is None:
+                    return None
+                self._end_queued_in(sql, instance_id, message, time.time(), status.value)
+                return _instance(sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid",
+                                           {"iid": instance_id}))
+
+        ended = await self._run(write, doing="end the queued instance")
+        if ended is not None:
+            self.wakeups().notify()  # the ones queued behind it may start now
+        return ended
 
     @staticmethod
     def _event_in(sql, e: Event) -> None:
