@@ -656,6 +656,79 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_run_strategy_queue_and_claims(self, tmp_path):
+        """Under a run strategy (legato.strategy) ``create_instance`` with an owner queues a start
+        that must wait, ``strategy_queue`` counts the workflow's started and queued instances,
+        ``acquire_lease`` refuses a queued one out of its turn and ``list_resumable`` lists only
+        those whose turn it is; FIRST_ONLY stops a start at once with a timeline event."""
+        from legato.model import InstanceRecord
+
+        def rec(iid, at, rule="sequential", wf="wq"):
+            return InstanceRecord(iid, wf, 1, created_at=at, run_strategy=rule, workflow_concurrency=1)
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                first, _ = await store.create_instance(rec("s1", 1.0), "me", 30)
+                second, _ = await store.create_instance(rec("s2", 2.0), "me", 30)
+                third, _ = await store.create_instance(rec("s3", 3.0))
+                assert (first.queued, second.queued, third.queued) == (False, True, True)
+                assert (await store.get_instance("s2")).queued
+                q = await store.strategy_queue("s3")
+                assert (q.running, q.running_id, q.ahead, q.ahead_id) == (1, "s1", 1, "s2"), q
+                assert await store.acquire_lease("s2", "w", 30) is None, "taken while s1 runs"
+                assert [r.instance_id for r in await store.list_resumable()] == []
+                await store.release_lease("s1", "me")
+                assert [r.instance_id for r in await store.list_resumable()] == ["s1"], "started: resumable"
+                dropped, created = await store.create_instance(rec("f2", 5.0, "first_only", "wf1"), "me", 30)
+                assert created and dropped.status.value == "CREATED" and not dropped.queued
+                dropped, created = await store.create_instance(rec("f3", 6.0, "first_only", "wf1"), "me", 30)
+                assert created and dropped.status.value == "STOPPED" and "[f2]" in dropped.message
+                assert [e.status for e in await store.get_timeline("f3")] == ["STOPPED"]
+
+        self._run(main)
+
+    def test_end_queued_ends_only_an_instance_nobody_took(self, tmp_path):
+        """``end_queued`` ends a queued instance at once (with a timeline event), and refuses one
+        anyone has taken (its owner ends it)."""
+        from legato.model import InstanceRecord
+        from legato.states import InstanceStatus
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                await store.create_instance(InstanceRecord("e1", "we", 1, created_at=1.0, run_strategy="sequential"),
+                                            "me", 30)
+                await store.create_instance(InstanceRecord("e2", "we", 1, created_at=2.0, run_strategy="sequential"))
+                assert await store.end_queued("e1", InstanceStatus.STOPPED, "stopped by ann") is None
+                ended = await store.end_queued("e2", InstanceStatus.STOPPED, "stopped by ann")
+                assert (ended.status, ended.queued, ended.message) == (InstanceStatus.STOPPED, False, "stopped by ann")
+                assert [(e.status, e.message) for e in await store.get_timeline("e2")] == [("STOPPED", "stopped by ann")]
+                assert await store.end_queued("e2", InstanceStatus.FAILED, "again") is None
+                assert (await store.strategy_queue("e1")).ahead == 0
+
+        self._run(main)
+
+    def test_unblock_workflow_marks_failed_instances_once(self, tmp_path):
+        """``unblock_workflow`` marks each FAILED instance once, with an UNBLOCKED event naming who."""
+        from legato.model import InstanceRecord
+        from legato.states import InstanceStatus
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for iid, status, at in (("u1", InstanceStatus.FAILED, 1.0), ("u2", InstanceStatus.SUCCEEDED, 2.0),
+                                        ("u3", InstanceStatus.FAILED, 3.0)):
+                    await store.create_instance(InstanceRecord(iid, "wu", 1, status, created_at=at))
+                waiting, _ = await store.create_instance(InstanceRecord(
+                    "u4", "wu", 1, created_at=4.0, run_strategy="strict_sequential"))
+                assert (await store.strategy_queue("u4")).blocked_by == "u1"
+                assert await store.unblock_workflow("wu", "ann", 10.0) == ["u1", "u3"]
+                assert (await store.strategy_queue("u4")).blocked_by is None
+                assert await store.unblock_workflow("wu", "ann", 11.0) == []
+                events = await store.get_timeline("u1")
+                assert [(e.status, e.ts) for e in events] == [("UNBLOCKED", 10.0)] and "ann" in events[0].message
+                assert [r.instance_id for r in await store.list_resumable()] == ["u4"]
+
+        self._run(main)
+
     @requires("concurrent_writers")
     def test_concurrent_writers_lose_nothing(self, tmp_path):
         """Twenty tasks commit fifty batches each at once: every event is there, in each writer's order."""

@@ -104,7 +104,10 @@ class Engine:
         instance is pinned to that version. ``instance_id`` (default: a random one) and
         ``ancestors`` serve a subworkflow step (:class:`legato.children.ChildWorkflows`).
         ``queued``: created without a lease (CREATED, no owner), for ``legato resume`` or a
-        worker to run; otherwise it is leased to this engine, which is to run it next.
+        worker to run; otherwise it is leased to this engine, which is to run it next, unless
+        the workflow's run strategy (:mod:`legato.strategy`) makes it wait: then it comes back
+        ``queued`` (:func:`legato.strategy.wait_turn` waits for its turn), or STOPPED at once
+        (FIRST_ONLY). A LAST_ONLY start asks the older running instances to stop.
 
         ``params`` are values (or full-form definitions, as Maestro's run params) and ``raw_params``
         ``name=value`` strings from a command line, merged into the definition's params by
@@ -142,6 +145,7 @@ class Engine:
         record = InstanceRecord(
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version or 0,
             params=values, request_id=request_id, initiator=initiator, created_at=now, ancestors=ancestors or [],
+            run_strategy=definition.run_strategy.value, workflow_concurrency=definition.workflow_concurrency,
         )
         owner = None if queued else self.owner
         if version is not None or queued:
@@ -153,8 +157,13 @@ class Engine:
             instance, created = await self.storage.start_instance(definition.document, record, self.owner,
                                                                   self.lease_ttl)
         definition.version = record.version
-        if created and not queued:  # leased to us at generation 1: InstanceRun need not take it again right away
+        if created and not queued and not instance.queued and not instance.status.terminal:
+            # leased to us at generation 1: InstanceRun need not take it again right away
             self.fresh_leases[instance_id] = trio.current_time()
+        if created and record.run_strategy == "last_only":
+            from .strategy import stop_running
+
+            await stop_running(self, definition.workflow_id, instance)
         return instance, created
 
     async def run(
@@ -169,7 +178,15 @@ class Engine:
         :class:`InstanceRun` is handed back as soon as it runs (to stop or kill it).
 
         Takes the instance's lease first (raises :class:`LeaseHeld` if a live worker has it);
-        an instance that already has attempts in storage is resumed where it was."""
+        an instance that already has attempts in storage is resumed where it was. A queued
+        instance first waits for its turn under its run strategy (:func:`legato.strategy.wait_turn`)."""
+        if instance.queued and instance.instance_id not in self.fresh_leases:
+            from .strategy import wait_turn
+
+            instance, mine = await wait_turn(self, instance)
+            if not mine and not instance.status.terminal:
+                raise LeaseHeld(f"instance {instance.instance_id} was taken by another worker while it waited "
+                                "for its turn; that worker runs it")
         return await self._drive(InstanceRun(self, definition, instance, observer), task_status)
 
     async def _drive(self, run: InstanceRun, task_status) -> InstanceRecord:

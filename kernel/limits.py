@@ -24,6 +24,7 @@ __all__ = [
     "MAX_BACKOFF_EXPONENT",
     "MAX_RETRY_LIMIT",
     "MAX_CONCURRENCY",
+    "DEFAULT_PARALLELISM",
     "DEFAULT_FOREACH_CONCURRENCY",
     "MAX_FOREACH_CONCURRENCY",
     "MAX_LOOP_ITERATIONS",
@@ -61,6 +62,9 @@ MAX_RETRY_LIMIT = 99  # retries of one class for one step (Maestro's Constants.M
 
 # -- concurrency (legato.definition) ----------------------------------------------------------------
 MAX_CONCURRENCY = 1000  # step_concurrency, workflow_concurrency (Maestro's *_CONCURRENCY_MAX_LIMIT)
+# A PARALLEL run strategy without workflow_concurrency runs this many instances at once
+# (Maestro's Defaults.DEFAULT_PARALLELISM); every other rule runs one.
+DEFAULT_PARALLELISM = 20
 
 # -- foreach, while, subworkflow (legato.loopdef) ---------------------------------------------------
 # A foreach without `concurrency` runs this many iterations at once: Maestro's

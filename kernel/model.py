@@ -46,6 +46,15 @@ class InstanceRecord:
     #: UpstreamInitiator.ancestors): each ``{"workflow_id", "instance_id", "run_id", "step_id",
     #: "attempt"}``. Empty for an instance nothing started from a step.
     ancestors: list[dict[str, Any]] = field(default_factory=list)
+    #: The run strategy the instance was started under (its pinned version's rule,
+    #: :class:`legato.definition.RunStrategy` value, and how many instances it lets run at once):
+    #: the store lets it start only when :mod:`legato.strategy` says so. Empty: no strategy (an
+    #: instance recorded before strategies were enforced, or a record built by hand).
+    run_strategy: str = ""
+    workflow_concurrency: int = 1
+    #: Set by the store on the records it returns: created and not yet taken by any process, so
+    #: waiting in its workflow's queue (its run strategy) or for a worker.
+    queued: bool = False
 
     @property
     def parent(self) -> dict[str, Any] | None:

@@ -134,7 +134,13 @@ class Storage(abc.ABC):
         """Insert ``record``; if its ``request_id`` is already known for that workflow, return the
         existing instance and False instead (idempotent start). With ``owner``, the new instance
         is created already leased to it for ``ttl`` seconds (generation 1), so no other worker
-        sees it as abandoned before its owner starts running it."""
+        sees it as abandoned before its owner starts running it.
+
+        Under a run strategy (``record.run_strategy``), in the same transaction, as
+        :func:`legato.strategy.on_arrival` decides from :meth:`strategy_queue`'s counts: the new
+        instance may come back queued (``queued`` True, no lease) although ``owner`` was given,
+        or STOPPED at once (FIRST_ONLY), and the queued ones of its workflow may end STOPPED
+        (LAST_ONLY, SERIAL_LATEST_ONLY), each with a timeline event saying why."""
 
     async def start_instance(self, document: dict[str, Any], record: InstanceRecord, owner: str,
                              ttl: float) -> tuple[InstanceRecord, bool]:
@@ -196,7 +202,9 @@ class Storage(abc.ABC):
         The owner that holds it renews it and keeps its generation, even past its expiry (a
         paused worker that nobody replaced carries on). With ``generation`` (a heartbeat), only
         renew: None, changing nothing, unless ``owner`` still holds it at that generation.
-        Record the calling process's :func:`legato.processes.this_process` with the lease."""
+        Record the calling process's :func:`legato.processes.this_process` with the lease.
+        A queued instance (never leased) is taken only when its run strategy lets it start
+        (:func:`legato.strategy.may_start`, decided in the same transaction): else None."""
 
     @abc.abstractmethod
     async def get_lease(self, instance_id: str) -> Lease | None:
@@ -214,7 +222,30 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
         """Instances not yet ended whose lease is not live (free, expired, or its holder is
-        known to be dead), oldest first."""
+        known to be dead), oldest first; of the queued ones only those their run strategy lets
+        start now (what :meth:`acquire_lease` would hand out). :meth:`release_lease` of an ended
+        instance with queued ones behind it notifies :meth:`wakeups`."""
+
+    # -- run strategies (legato.strategy) ----------------------------------------------------
+    @abc.abstractmethod
+    async def strategy_queue(self, instance_id: str):
+        """A :class:`legato.strategy.Queue` of the other instances of ``instance_id``'s workflow:
+        started and unfinished ones, the queued ones created before it, and (STRICT_SEQUENTIAL)
+        a failed one that blocks the queue. An empty Queue for an unknown instance."""
+
+    @abc.abstractmethod
+    async def end_queued(self, instance_id: str, status: InstanceStatus, message: str) -> InstanceRecord | None:
+        """End a queued instance (created, never taken by anyone) at once as ``status`` (STOPPED,
+        FAILED), with a timeline event carrying ``message``, in one transaction, and return it;
+        None, changing nothing, once anyone has taken it (its owner ends it instead). What a stop
+        or kill of a waiting instance does: its run strategy may refuse it a lease for long."""
+
+    @abc.abstractmethod
+    async def unblock_workflow(self, workflow_id: str, by: str, ts: float) -> list[str]:
+        """Mark every instance of ``workflow_id`` that ended FAILED and blocks its queue as
+        unblocked at its current run, with an ``UNBLOCKED`` event naming ``by`` at ``ts``
+        (:func:`legato.strategy.unblocked_event`), in one transaction; their ids, oldest first.
+        Callers use :func:`legato.strategy.unblock`."""
 
     # -- actions ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -2,8 +2,9 @@
 (DESIGN §5 ownership, §8 ``legato worker``).
 
 A :class:`Worker` claims startable instances (:meth:`Storage.list_resumable
-<legato.storage.Storage.list_resumable>`: queued ones, and those whose owner died or whose lease
-expired) and runs each in a task of its own, at most ``max_instances`` at once, through the
+<legato.storage.Storage.list_resumable>`: queued ones their run strategy lets start, in their
+order (:mod:`legato.strategy`; the store checks again as the lease is taken), and those whose
+owner died or whose lease expired) and runs each in a task of its own, at most ``max_instances`` at once, through the
 engine it is given (:meth:`Engine.run <legato.engine.Engine.run>`: the run renews its lease and
 resumes where the store says it was). Work is found when the store wakes the worker
 (:mod:`legato.wakeup`: ``legato start --no-wait`` commits, then pokes) or, as a fallback, every
@@ -39,6 +40,8 @@ __all__ = ["Worker", "POLL_EVERY", "GRACE"]
 POLL_EVERY = 1.0
 #: Seconds running steps get to finish after a shutdown is asked for.
 GRACE = 30.0
+#: Run strategies under which a newer start stops the queued instances (legato.strategy).
+STOPS_QUEUED = ("last_only", "serial_latest_only")
 #: Definitions kept loaded (by workflow and version: versions are immutable).
 DEFINITIONS_KEPT = 256
 
@@ -190,8 +193,10 @@ class Worker:
         try:
             # Read after the lease is ours: whoever ran it before cannot change it any more. The
             # first lease of a queued instance (generation 1) has no before: nobody ran it, so
-            # the record as listed is the record.
-            record = listed if generation == 1 else await storage.get_instance(iid)
+            # the record as listed is the record, unless its run strategy may have stopped it
+            # since (a newer start of a LAST_ONLY or SERIAL_LATEST_ONLY workflow).
+            fresh = generation == 1 and listed.run_strategy not in STOPS_QUEUED
+            record = listed if fresh else await storage.get_instance(iid)
             if record is None or record.status.terminal:
                 await self._release(iid)
                 return False

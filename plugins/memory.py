@@ -7,12 +7,14 @@ is what other backends are compared against and what benchmarks use as a baselin
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from typing import Any
 
 from legato.hookspecs import hookimpl
 from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
+from legato import strategy
 from legato.states import InstanceStatus
 from legato.storage import StaleWrite, Storage, VersionNotFound, parse_version
 
@@ -40,6 +42,11 @@ class MemoryStorage(Storage):
         self._actions: list[ActionRecord] = []
         self._permits: dict[str, set[tuple[str, str, int]]] = {}  # key -> holders (instance, step, attempt)
         self._tag_limits: dict[str, tuple[int, str, float]] = {}  # tag -> (limit, set by, set at)
+        # By workflow, in creation order: instances queued (created, never taken), started and not
+        # ended, and ended FAILED and not unblocked (what legato.strategy counts).
+        self._waiting: dict[str, dict[str, None]] = {}
+        self._running: dict[str, dict[str, None]] = {}
+        self._failed: dict[str, dict[str, None]] = {}
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any],
                               activate: bool = True) -> DefinitionVersion:
@@ -84,17 +91,106 @@ class MemoryStorage(Storage):
             key = (record.workflow_id, record.request_id)
             existing = self._requests.get(key)
             if existing is not None:
-                return copy.copy(self._instances[existing]), False
+                return self._out(self._instances[existing]), False
             self._requests[key] = record.instance_id
-        self._instances[record.instance_id] = copy.copy(record)
-        self._attempts[record.instance_id] = {}
-        self._events[record.instance_id] = []
-        self._logs[record.instance_id] = []
-        if owner is not None:
-            self._leases[record.instance_id] = (owner, time.monotonic() + ttl, 1, this_process())
-        elif self._wakeups is not None:
-            self._wakeups.notify()  # queued: a worker of this process runs it
-        return copy.copy(record), True
+        iid = record.instance_id
+        arrival = strategy.Arrival(True)
+        if record.run_strategy:
+            arrival = strategy.on_arrival(record.run_strategy, record.workflow_concurrency,
+                                          self._queue(record, arriving=True), iid)
+        self._instances[iid] = copy.copy(record)
+        self._attempts[iid] = {}
+        self._events[iid] = []
+        self._logs[iid] = []
+        now = time.time()
+        if arrival.stop_queued:
+            for other in list(self._waiting.get(record.workflow_id, ())):
+                self._end_queued(self._instances[other], arrival.stop_queued, now)
+        if arrival.stopped:
+            self._end_queued(self._instances[iid], arrival.stopped, now)
+        elif owner is not None and arrival.start:
+            self._leases[iid] = (owner, time.monotonic() + ttl, 1, this_process())
+            self._track(record)
+        elif record.status.terminal:  # recorded as it ended elsewhere (an import, a test)
+            self._track(record)
+        else:
+            self._waiting.setdefault(record.workflow_id, {})[iid] = None
+            if self._wakeups is not None:
+                self._wakeups.notify()  # queued: a worker of this process runs it
+        return self._out(self._instances[iid]), True
+
+    # -- run strategies (legato.strategy decides; this store counts) -------------------------------
+
+    def _is_queued(self, r: InstanceRecord) -> bool:
+        return r.instance_id in self._waiting.get(r.workflow_id, ())
+
+    def _out(self, r: InstanceRecord) -> InstanceRecord:
+        out = copy.copy(r)
+        out.queued = self._is_queued(r)
+        return out
+
+    def _end_queued(self, r: InstanceRecord, message: str, now: float,
+                    status: InstanceStatus = InstanceStatus.STOPPED) -> None:
+        self._waiting.get(r.workflow_id, {}).pop(r.instance_id, None)
+        r.status, r.ended_at, r.message = status, now, message
+        self._events[r.instance_id].append(strategy.stopped_event(r.instance_id, message, now, status.value))
+        self._track(r)
+
+    async def end_queued(self, instance_id: str, status: InstanceStatus, message: str) -> InstanceRecord | None:
+        record = self._instances.get(instance_id)
+        if record is None or not self._is_queued(record):
+            return None
+        self._end_queued(record, message, time.time(), status)
+        if self._wakeups is not None:
+            self._wakeups.notify()  # the ones queued behind it may start now
+        return self._out(record)
+
+    def _track(self, r: InstanceRecord) -> None:
+        """Keep the workflow's started and failed instances up to date with ``r``'s status."""
+        wid, iid = r.workflow_id, r.instance_id
+        if iid in self._waiting.get(wid, ()):
+            return
+        running, failed = self._running.setdefault(wid, {}), self._failed.setdefault(wid, {})
+        if not r.status.terminal:
+            running[iid] = None
+            failed.pop(iid, None)
+        else:
+            running.pop(iid, None)
+            if r.status is InstanceStatus.FAILED:
+                failed[iid] = None
+
+    def _queue(self, record: InstanceRecord, arriving: bool = False) -> strategy.Queue:
+        wid, iid = record.workflow_id, record.instance_id
+        started = self._running.get(wid, {})
+        running = len(started) - (iid in started)
+        running_id = next((i for i in started if i != iid), None)
+        waiting = self._waiting.get(wid, {})
+        if arriving:  # not among them yet: every queued one is before it
+            ahead, ahead_id = len(waiting), next(reversed(waiting), None) if waiting else None
+        else:  # those before it, in creation order, counted up to what its strategy could start
+            ahead, ahead_id, cap = 0, None, strategy.queue_limit(record)
+            for i in waiting:
+                if i == iid or ahead >= cap:
+                    break
+                ahead, ahead_id = ahead + 1, i
+        failed = self._failed.get(wid) if record.run_strategy == strategy.STRICT else None
+        return strategy.Queue(running, running_id, ahead, ahead_id, next(iter(failed)) if failed else None)
+
+    async def strategy_queue(self, instance_id: str) -> strategy.Queue:
+        record = self._instances.get(instance_id)
+        return strategy.Queue() if record is None else self._queue(record)
+
+    async def unblock_workflow(self, workflow_id: str, by: str, ts: float) -> list[str]:
+        failed = self._failed.pop(workflow_id, {})
+        for iid in failed:
+            self._events[iid].append(strategy.unblocked_event(iid, workflow_id, by, ts))
+        return list(failed)
+
+    def _startable(self, r: InstanceRecord) -> bool:
+        """Whether the queued ``r`` may start now (its run strategy); any other may be taken."""
+        if not r.run_strategy or not self._is_queued(r):
+            return True
+        return strategy.may_start(r.run_strategy, r.workflow_concurrency, self._queue(r))
 
     def wakeups(self):
         """Workers in this process, woken when an instance is queued."""
@@ -111,6 +207,7 @@ class MemoryStorage(Storage):
             raise StaleWrite(f"instance {iid} is owned by {lease[0]} (generation {lease[2]}); this write carried {batch.generation}")
         if batch.instance is not None:
             self._instances[iid] = copy.copy(batch.instance)
+            self._track(batch.instance)
         attempts = self._attempts[iid]
         for key, record in batch.attempts.items():
             attempts[key] = copy.copy(record)
@@ -131,17 +228,17 @@ class MemoryStorage(Storage):
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         record = self._instances.get(instance_id)
-        return copy.copy(record) if record else None
+        return self._out(record) if record else None
 
     async def list_instances(self, workflow_id: str | None = None, limit: int = 50,
                              status: InstanceStatus | None = None) -> list[InstanceRecord]:
         rows = [r for r in self._instances.values()
                 if (workflow_id is None or r.workflow_id == workflow_id) and (status is None or r.status == status)]
         rows.sort(key=lambda r: r.created_at, reverse=True)
-        return [copy.copy(r) for r in rows[:limit]]
+        return [self._out(r) for r in rows[:limit]]
 
     async def find_instances(self, prefix: str, limit: int = 10) -> list[InstanceRecord]:
-        return [copy.copy(self._instances[i]) for i in sorted(self._instances) if i.startswith(prefix)][:limit]
+        return [self._out(self._instances[i]) for i in sorted(self._instances) if i.startswith(prefix)][:limit]
 
     async def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
         return [copy.copy(r) for r in self._attempts.get(instance_id, {}).values()]
@@ -170,7 +267,13 @@ class MemoryStorage(Storage):
             if current is None or current[0] != owner or current[2] != generation:
                 return None
         if current is None:
+            record = self._instances.get(instance_id)
+            if record is not None and not self._startable(record):
+                return None  # queued, and its run strategy makes it wait
             new = 1
+            if record is not None:  # started from now on: it holds a slot of its workflow until it ends
+                self._waiting.get(record.workflow_id, {}).pop(instance_id, None)
+                self._track(record)
         elif current[0] == owner:
             new = current[2]
         elif not self._lease(current, now).live:
@@ -194,16 +297,30 @@ class MemoryStorage(Storage):
         current = self._leases.get(instance_id)
         if current is not None and current[0] == owner:
             self._leases[instance_id] = (owner, None, current[2], current[3])
+            record = self._instances.get(instance_id)
+            if record is not None and record.status.terminal and self._wakeups is not None \
+                    and self._waiting.get(record.workflow_id):
+                self._wakeups.notify()  # its slot is free: the queued ones of its workflow may start
 
     def _unfinished(self) -> list[tuple[InstanceRecord, Lease | None]]:
         now = time.monotonic()
         return [
-            (copy.copy(r), self._lease(self._leases[r.instance_id], now) if r.instance_id in self._leases else None)
+            (self._out(r), self._lease(self._leases[r.instance_id], now) if r.instance_id in self._leases else None)
             for r in sorted(self._instances.values(), key=lambda r: r.created_at) if not r.status.terminal
         ]
 
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
-        return [r for r, lease in self._unfinished() if lease is None or not lease.live][:limit]
+        out = [r for r, lease in self._unfinished()
+               if (lease is None or not lease.live) and not (r.queued and r.run_strategy)]
+        for waiting in self._waiting.values():  # those whose turn it is, first in first
+            if not waiting:
+                continue
+            first = self._instances[next(iter(waiting))]
+            n = strategy.slots(first.run_strategy, first.workflow_concurrency, self._queue(first))
+            out += [self._out(self._instances[i]) for i in itertools.islice(waiting, min(n, limit))
+                    if self._instances[i].run_strategy]
+        out.sort(key=lambda r: r.created_at)
+        return out[:limit]
 
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return [(r, lease) for r, lease in self._unfinished() if lease is not None and lease.live][:limit]

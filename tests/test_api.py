@@ -234,8 +234,8 @@ def test_the_legato_run_fixture(legato_run, tmp_path):
 
 def test_what_a_definition_says_but_legato_does_not_enforce_yet_is_a_warning(tmp_path):
     """The CLI's "warning:" lines are Python warnings here."""
-    document = {"properties": {"run_strategy": "parallel"}, **HELLO}
-    with pytest.warns(legato.DefinitionWarning, match="/properties/run_strategy: run_strategy 'parallel' is "
+    document = {**HELLO, "workflow": {**HELLO["workflow"], "time_triggers": [{"type": "cron", "cron": "0 6 * * *"}]}}
+    with pytest.warns(legato.DefinitionWarning, match="/workflow/time_triggers: time_triggers are "
                                                       "accepted but not enforced yet"):
         instance = legato.run(document, workspace=tmp_path)
     assert instance.succeeded

@@ -261,18 +261,17 @@ def test_instance_step_concurrency_is_the_per_instance_cap(engine):
 
 
 def test_fields_not_enforced_yet_are_warned_about(engine):
-    """run_strategy, workflow_concurrency and time_triggers load (so Maestro documents do) and
-    each gets a warning at its pointer; step_concurrency (across instances) and a step's tag
-    permits are enforced (tests/test_permits.py), so not warned about; a permit on a workflow's
-    tag limits nothing and says so."""
+    """time_triggers load (so Maestro documents do) and get a warning at their pointer; run_strategy
+    and workflow_concurrency (legato.strategy), step_concurrency across instances and a step's tag
+    permits (tests/test_permits.py) are enforced, so not warned about; a permit on a workflow's tag
+    limits nothing and says so."""
     d = engine.load(wf(step(tags=[{"name": "gpu", "permit": 2}]), tags=[{"name": "team", "permit": 1}],
                        properties={"run_strategy": {"rule": "parallel", "workflow_concurrency": 3},
                                    "step_concurrency": 5},
                        time_triggers=[{"type": "cron", "cron": "0 6 * * *"}]))
     warned = {w.pointer: w.message for w in d.warnings}
-    assert set(warned) == {"/properties/run_strategy", "/properties/run_strategy/workflow_concurrency",
-                           "/workflow/time_triggers", "/workflow/tags/0/permit"}
-    assert all("not enforced yet" in m for p, m in warned.items() if p != "/workflow/tags/0/permit")
+    assert set(warned) == {"/workflow/time_triggers", "/workflow/tags/0/permit"}
+    assert "not enforced yet" in warned["/workflow/time_triggers"]
     assert "limits nothing" in warned["/workflow/tags/0/permit"]
     assert d.steps[0].permits == {"gpu": 2} and d.shared_step_concurrency == 5
 
@@ -285,11 +284,11 @@ def test_a_plain_definition_has_no_warnings(engine):
 def test_validate_and_run_print_the_warnings(tmp_path):
     """`validate` prints warnings on stderr and in --json; `run` prints them on stderr."""
     path = tmp_path / "w.json"
-    path.write_text(json.dumps(wf(properties={"run_strategy": "last_only"})))
+    path.write_text(json.dumps(wf(time_triggers=[{"type": "cron", "cron": "0 6 * * *"}])))
     plain = legato_cli("validate", str(path))
-    assert plain.returncode == 0 and "warning: /properties/run_strategy: run_strategy 'last_only'" in plain.stderr
+    assert plain.returncode == 0 and "warning: /workflow/time_triggers: time_triggers are" in plain.stderr
     machine = legato_cli("validate", "--json", str(path))
-    assert json.loads(machine.stdout)["warnings"][0]["pointer"] == "/properties/run_strategy"
+    assert json.loads(machine.stdout)["warnings"][0]["pointer"] == "/workflow/time_triggers"
     ran = legato_cli("run", "--store", "memory://", str(path), cwd=tmp_path)
     assert ran.returncode == 0 and "not enforced yet" in ran.stderr
 

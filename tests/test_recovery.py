@@ -294,10 +294,11 @@ def test_a_paused_owner_that_nobody_replaced_renews_its_lease_and_carries_on(tmp
 
 
 def _held_by_a_killed_worker(tmp_path: Path):
-    """A worker with the default 30 s lease, SIGKILLed while its step runs."""
+    """A worker with the default 30 s lease, SIGKILLed while its step runs. PARALLEL: a second
+    instance runs beside the dead one's."""
     ledger = tmp_path / "ledger"
     ledger.touch()
-    doc = {"workflow": {"id": "dead", "params": {"ledger": str(ledger)}, "steps": [
+    doc = {"properties": {"run_strategy": "parallel"}, "workflow": {"id": "dead", "params": {"ledger": str(ledger)}, "steps": [
         bash("a", ["b"], script='echo "$LEGATO_IDEMPOTENCY_KEY" >> "$ledger"; [ "$LEGATO_ATTEMPT" -gt 1 ] || sleep 30'),
         bash("b")]}}
     path = tmp_path / "dead.json"

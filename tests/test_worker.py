@@ -32,12 +32,13 @@ HANG = 120.0  # seconds: bounds a hang, never a speed
 
 def _doc(site: "Site", wid: str, block: bool = False) -> dict:
     """Two bash steps a -> b, each writing its idempotency key to the ledger; with ``block``, a
-    signals it started (a file named after its instance and attempt) and waits for ``release``."""
+    signals it started (a file named after its instance and attempt) and waits for ``release``.
+    PARALLEL: these tests run several instances of one workflow at once."""
     first = 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$LEDGER"'
     if block:
         first += ('; touch "$STARTED/$LEGATO_INSTANCE_ID.$LEGATO_ATTEMPT"'
                   '; while [ ! -e "$RELEASE" ]; do sleep 0.02; done')
-    return {"workflow": {"id": wid, "params": site.params, "steps": [
+    return {"properties": {"run_strategy": "parallel"}, "workflow": {"id": wid, "params": site.params, "steps": [
         {"step": {"id": "a", "type": "bash", "params": {"script": first}, "transition": {"successors": {"b": "true"}}}},
         {"step": {"id": "b", "type": "bash", "params": {"script": 'echo "$LEGATO_IDEMPOTENCY_KEY" >> "$LEDGER"'}}},
     ]}}

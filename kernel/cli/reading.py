@@ -33,6 +33,7 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
     (STEP is a path for a loop inside a loop: `outer/2/inner`).
     """
     from .. import overview
+    from ..strategy import FOR_A_WORKER, why_waiting
 
     if iteration is not None and step is None:
         _fail("--iteration needs a STEP: legato status INSTANCE STEP --iteration N", EXIT_INVALID)
@@ -51,6 +52,8 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
                     found["steps"] = await _step_ids(engine, record)
                 else:
                     found["retries"] = await _pending_retries(engine, record, found["attempts"])
+                if record.queued:
+                    found["waiting"] = await why_waiting(engine.storage, record) or FOR_A_WORKER
 
     _trio_run(main_task)
     if "instance" not in found:
@@ -74,10 +77,14 @@ def status(instance: str | None, step: str | None, iteration: int | None, store:
         from .acting import _action_json
 
         out["actions"] = [_action_json(a) for a in found["actions"]]
+        if "waiting" in found:
+            out["waiting"] = found["waiting"]
         click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"{record.workflow_id} v{record.version} [{record.instance_id}] {record.status.value}"
                + (f": {record.message}" if record.message else ""))
+    if "waiting" in found:
+        click.echo(f"  queued: {found['waiting']}")
     if record.parent:
         p = record.parent
         click.echo(f"  subworkflow of instance {p['instance_id']} ({p['workflow_id']}), step {p['step_id']} "
@@ -154,24 +161,35 @@ async def _pending_retries(engine, record, attempts) -> dict[str, str]:
 def list_instances(store: str, workflow: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List instances, newest first (only those of --workflow and in --state when given)."""
     from ..states import InstanceStatus
+    from ..strategy import FOR_A_WORKER, why_waiting
 
     engine = _read_engine(store)
     rows: list[Any] = []
     status = InstanceStatus(state.upper()) if state else None
 
+    waiting: dict[str, str] = {}
+
     async def main_task() -> None:
         async with _opened(engine.storage, store):
             rows.extend(await engine.storage.list_instances(workflow, limit, status))
+            for r in rows:
+                if r.queued:
+                    waiting[r.instance_id] = await why_waiting(engine.storage, r) or FOR_A_WORKER
 
     _trio_run(main_task)
     if as_json:
-        click.echo(json.dumps([_instance_json(r, []) for r in rows], indent=2, default=str))
+        out = [_instance_json(r, []) for r in rows]
+        for item in out:
+            if item["instance_id"] in waiting:
+                item["waiting"] = waiting[item["instance_id"]]
+        click.echo(json.dumps(out, indent=2, default=str))
         return
     import time as _time
 
     for r in rows:
         when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.created_at))
-        click.echo(f"{r.instance_id}  {when}  {r.workflow_id:<24} v{r.version:<3} {r.status.value}")
+        why = f"  queued: {waiting[r.instance_id]}" if r.instance_id in waiting else ""
+        click.echo(f"{r.instance_id}  {when}  {r.workflow_id:<24} v{r.version:<3} {r.status.value}{why}")
 
 
 FOLLOW_EVERY = 0.2  # seconds between `legato logs -f` reads of the store

@@ -168,6 +168,7 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
     """What `run` and `start` do once they have the definition: start the instance, run it in the
     foreground (or, with ``no_wait``, only queue it), report, exit."""
     from ..engine import StartError
+    from ..strategy import wait_turn, why_waiting
     from ..view import make_view
 
     view = make_view(definition, plain=as_json or not sys.stdout.isatty(), quiet=as_json)
@@ -181,8 +182,22 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
             except StartError as exc:
                 outcome["invalid"] = str(exc)
                 return
+            if created and instance.status.terminal:  # its run strategy stopped it at once (FIRST_ONLY)
+                outcome["existing"], outcome["left"] = instance, True
+                return
+            if instance.queued and no_wait:
+                outcome["waiting"] = await why_waiting(engine.storage, instance)
             if await _not_followed(engine, instance, created, no_wait, outcome):
                 return
+            if instance.queued:  # its run strategy makes it wait: say why, run it when its turn comes
+                instance, mine = await wait_turn(engine, instance, say=lambda why: click.echo(
+                    f"legato: instance {instance.instance_id} waits: {why}", err=True))
+                if not mine:  # ended meanwhile (stopped by its run strategy), or taken by a worker
+                    instance = await _until_ended(engine, instance)
+                    outcome["existing"], outcome["left"] = instance, True
+                    outcome["attempts"] = await engine.storage.get_attempts(instance.instance_id)
+                    return
+                created = True
             await _follow(engine, definition, instance, view, outcome, resume=not created)
             outcome["orphans"] = len(await engine.storage.list_resumable())
 
@@ -191,6 +206,18 @@ def _start_in_foreground(engine, store: str, definition, overrides: dict[str, st
         _fail(outcome["invalid"])
     _exit_if_not_followed(outcome, request_id, as_json)
     _exit_with_report(view, outcome, as_json)
+
+
+async def _until_ended(engine, instance):
+    """The final record of an instance a worker took while this process waited for its turn."""
+    import trio
+
+    if not instance.status.terminal:
+        click.echo(f"legato: instance {instance.instance_id} is run by a worker; waiting here for its end", err=True)
+    while not instance.status.terminal:
+        await trio.sleep(0.2)
+        instance = await engine.storage.get_instance(instance.instance_id) or instance
+    return instance
 
 
 async def _not_followed(engine, instance, created: bool, no_wait: bool, outcome: dict) -> bool:
@@ -220,6 +247,11 @@ def _exit_if_not_followed(outcome: dict, request_id: str | None, as_json: bool) 
         elif key == "queued":
             click.echo(f"{inst.instance_id}\n{inst.workflow_id} v{inst.version}: instance {inst.instance_id} created "
                        f"(queued): a `legato worker` on this store runs it, or `legato resume {inst.instance_id}`")
+            if outcome.get("waiting"):
+                click.echo(f"it waits: {outcome['waiting']}")
+        elif outcome.get("left"):  # its run strategy ended it before it ran here, or a worker runs it
+            click.echo(f"instance {inst.instance_id} ({inst.workflow_id} v{inst.version}): {inst.status.value}"
+                       + (f": {inst.message}" if inst.message else ""))
         else:
             click.echo(f"request id {request_id!r} already started instance {inst.instance_id} "
                        f"({inst.workflow_id} v{inst.version}): {inst.status.value}")
@@ -268,7 +300,14 @@ def resume(instance: str | None, store: str, workspace: str | None, settings: st
                 todo = [found]
             else:
                 todo = await engine.storage.list_resumable()
-            for record in todo:
+            seen: set[str] = set()
+            while True:
+                if not todo and instance is None and seen:  # what ended may let queued ones start now
+                    todo = [r for r in await engine.storage.list_resumable() if r.instance_id not in seen]
+                if not todo:
+                    break
+                record = todo.pop(0)
+                seen.add(record.instance_id)
                 version = await engine.storage.get_definition(record.workflow_id, record.version)
                 try:
                     if version is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cel import CelCompiler
-from ..limits import DEFAULT_TIMEOUT_SECONDS, MAX_CONCURRENCY, MAX_DOCUMENT_BYTES
+from ..limits import DEFAULT_PARALLELISM, DEFAULT_TIMEOUT_SECONDS, MAX_CONCURRENCY, MAX_DOCUMENT_BYTES
 from ..loopdef import LoopDef
 from ..params import ParamError, interpolate
 from ..steptype import StepType
@@ -197,7 +197,8 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
     props = document.get(props_key, {})
     where = f"/{props_key}"
     step_concurrency = None
-    run_strategy = RunStrategy.SEQUENTIAL
+    run_strategy = RunStrategy.SEQUENTIAL  # Maestro's Defaults.DEFAULT_RUN_STRATEGY
+    concurrency = None
     if props is None:
         props = {}
     if not isinstance(props, dict):
@@ -210,19 +211,10 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
             v.add(f"{where}/owner", "owner is a name or Maestro's {\"name\": …} object")
         step_concurrency = v.whole(props, "step_concurrency", where, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
         concurrency = v.whole(props, "workflow_concurrency", where, 1, MAX_CONCURRENCY, "MAX_CONCURRENCY")
-        concurrency_at = f"{where}/workflow_concurrency"
-        rule = props.get("run_strategy")
-        if isinstance(rule, dict) and "workflow_concurrency" in rule and "workflow_concurrency" not in props:
-            concurrency_at = f"{where}/run_strategy/workflow_concurrency"
-        elif isinstance(rule, int) and not isinstance(rule, bool):
-            concurrency_at = f"{where}/run_strategy"
         if "run_strategy" in props:
             run_strategy, concurrency = v.run_strategy(props["run_strategy"], f"{where}/run_strategy", concurrency)
-            v.warn(f"{where}/run_strategy", f"run_strategy {run_strategy.value!r} is accepted but not enforced yet: "
-                                            "every start runs at once, whatever else runs")
-        if concurrency is not None:
-            v.warn(concurrency_at, "workflow_concurrency is accepted but not enforced yet: "
-                                                    "instances are not limited")
+        elif concurrency is not None:  # a concurrency alone: Maestro's RunStrategy.create(long), PARALLEL
+            run_strategy = RunStrategy.PARALLEL
         v.tags(props.get("tags"), f"{where}/tags")
 
     wf = document.get("workflow")
@@ -298,6 +290,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         run_strategy=run_strategy,
         shared_step_concurrency=shared_limit,
         instance_step_concurrency=instance_limit,
+        workflow_concurrency=concurrency or (DEFAULT_PARALLELISM if run_strategy is RunStrategy.PARALLEL else 1),
         source=name,
         base_dir=base_dir,
         has_secrets=has_secrets,

@@ -46,6 +46,7 @@ class RunStrategy(str, enum.Enum):
     PARALLEL = "parallel"
     FIRST_ONLY = "first_only"
     LAST_ONLY = "last_only"
+    SERIAL_LATEST_ONLY = "serial_latest_only"
 
 
 @dataclass(slots=True, frozen=True)
@@ -149,6 +150,9 @@ class Definition:
     step_concurrency: int | None
     run_strategy: RunStrategy
     source: str = ""
+    #: How many instances the run strategy lets run at once (Maestro's
+    #: RunStrategy.workflowConcurrency: PARALLEL's, default 20; 1 for every other rule).
+    workflow_concurrency: int = 1
     base_dir: Path | None = None
     version: int | None = None
     #: ``properties.step_concurrency``: leaf steps running at once across every instance of the

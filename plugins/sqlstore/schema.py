@@ -28,6 +28,7 @@ class InstanceRow(SQLModel, table=True):
         UniqueConstraint("workflow_id", "request_id", name="uq_legato_instances_request"),
         Index("ix_legato_instances_workflow_created", "workflow_id", "created_at"),
         Index("ix_legato_instances_status", "status"),
+        Index("ix_legato_instances_workflow_status", "workflow_id", "status"),
     )
 
     instance_id: str = Field(primary_key=True)
@@ -53,6 +54,11 @@ class InstanceRow(SQLModel, table=True):
     owner_namespace: Optional[str] = None
     # A subworkflow's parents (legato.model.InstanceRecord.ancestors) as JSON; NULL: none.
     ancestors: Optional[str] = Field(default=None, sa_type=Text)
+    # The run strategy it started under (legato.strategy; NULL: none) and, once a STRICT_SEQUENTIAL
+    # queue was unblocked past its failure, the run that failed (a later failed run blocks again).
+    run_strategy: Optional[str] = None
+    workflow_concurrency: Optional[int] = None
+    unblocked_run: Optional[int] = None
 
 
 class AttemptRow(SQLModel, table=True):

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
+from legato import strategy
 from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
 from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
@@ -45,7 +46,7 @@ HEAD = "0006"  # the newest migration: opening a store at another revision runs 
 SQLITE_SCHEMA = (
     'CREATE TABLE legato_alembic_version (\n    version_num VARCHAR(32) NOT NULL,\n    CONSTRAINT legato_alembic_version_pkc PRIMARY KEY (version_num)\n)',
     'CREATE TABLE legato_definition_versions (\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    document TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    active BOOLEAN NOT NULL,\n    PRIMARY KEY (workflow_id, version)\n)',
-    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR, ancestors TEXT,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
+    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR, ancestors TEXT, run_strategy VARCHAR, workflow_concurrency INTEGER, unblocked_run INTEGER,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
     'CREATE INDEX ix_legato_instances_workflow_created ON legato_instances (workflow_id, created_at)',
     'CREATE INDEX ix_legato_instances_status ON legato_instances (status)',
     'CREATE TABLE legato_attempts (\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT,\n    outputs TEXT NOT NULL,\n    message TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    handle TEXT,\n    PRIMARY KEY (instance_id, step_id, attempt)\n)',
@@ -58,6 +59,7 @@ SQLITE_SCHEMA = (
     'CREATE TABLE legato_permits (\n    permit_key VARCHAR NOT NULL,\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    acquired_at FLOAT NOT NULL,\n    PRIMARY KEY (permit_key, instance_id, step_id, attempt)\n)',
     'CREATE INDEX ix_legato_permits_holder ON legato_permits (instance_id, step_id, attempt)',
     'CREATE TABLE legato_tag_permits (\n    tag VARCHAR NOT NULL,\n    max_allowed INTEGER NOT NULL,\n    set_by VARCHAR NOT NULL,\n    set_at FLOAT NOT NULL,\n    PRIMARY KEY (tag)\n)',
+    'CREATE INDEX ix_legato_instances_workflow_status ON legato_instances (workflow_id, status)',
 )
 
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
@@ -579,7 +581,7 @@ class SqlStorage(Storage):
     def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
         with self._sql_tx(write=True) as sql:
             found = self._create_in(sql, record, owner, ttl)
-        if owner is None and found[1]:
+        if found[1] and found[0].queued:
             self.wakeups().notify()  # queued and committed: an idle worker picks it up now
         return found
 
@@ -599,16 +601,125 @@ class SqlStorage(Storage):
                             {"wid": record.workflow_id, "rid": record.request_id})
             if row is not None:
                 return _instance(row), False
+        arrival = strategy.Arrival(True)
+        if record.run_strategy:  # in this transaction: two starts at once see each other
+            self._lock_workflow(sql, record.workflow_id)
+            arrival = strategy.on_arrival(record.run_strategy, record.workflow_concurrency,
+                                          self._queue_in(sql, record, arriving=True), record.instance_id)
+        now = time.time()
+        if arrival.stop_queued:
+            rows = sql.all("SELECT instance_id FROM legato_instances WHERE workflow_id = :wid AND status = 'CREATED' "
+                           "AND generation = 0", {"wid": record.workflow_id})
+            for row in rows:
+                self._end_queued_in(sql, row.instance_id, arrival.stop_queued, now)
+        if arrival.stopped:
+            record.status, record.ended_at, record.message = InstanceStatus.STOPPED, now, arrival.stopped
+            owner = None
+        elif not arrival.start:
+            owner = None  # its run strategy makes it wait: queued, for whoever's turn it becomes
         values = _instance_values(record)
         if owner is None:
             sql.run(f"INSERT INTO legato_instances ({', '.join(values)}, generation) "
                     f"VALUES ({', '.join(':' + k for k in values)}, 0)", values)
+            if arrival.stopped:
+                self._event_in(sql, strategy.stopped_event(record.instance_id, arrival.stopped, now))
+            record.queued = not arrival.stopped
         else:  # taken by its creator, so that nobody sees it as abandoned before it runs
             sql.run(f"INSERT INTO legato_instances ({', '.join(values)}, generation, owner, lease_expires, "
                     f"owner_host, owner_pid, owner_started, owner_namespace) "
                     f"VALUES ({', '.join(':' + k for k in values)}, 1, :owner, {self._now_sql()} + :ttl, "
                     ":host, :pid, :started, :namespace)", {**values, "owner": owner, "ttl": ttl, **_holder()})
         return record, True
+
+    # -- run strategies (legato.strategy decides; this store counts, in the caller's transaction) --
+
+    def _lock_workflow(self, sql, workflow_id: str) -> None:
+        """Serialise the strategy decisions of one workflow: SQLite's BEGIN IMMEDIATE does already;
+        on PostgreSQL a transaction-scoped advisory lock on the workflow."""
+        if self.dialect == "postgresql":
+            sql.first("SELECT pg_advisory_xact_lock(hashtext(:wid))", {"wid": workflow_id})
+
+    def _queue_in(self, sql, record: InstanceRecord, arriving: bool = False) -> strategy.Queue:
+        """Counted in SQL, each up to what the decision needs (the strategy's limit), so that a
+        start costs the same with a long queue as with none."""
+        n = strategy.queue_limit(record)
+        args = {"wid": record.workflow_id, "iid": record.instance_id, "at": record.created_at, "n": n}
+        started = ("FROM legato_instances WHERE workflow_id = :wid AND status IN ('CREATED', 'IN_PROGRESS', "
+                   "'PAUSED') AND generation > 0 AND instance_id <> :iid")
+        running = sql.first(f"SELECT count(*) AS n FROM (SELECT 1 {started} LIMIT :n) AS r", args).n
+        running_id = sql.first(f"SELECT instance_id {started} ORDER BY created_at, instance_id LIMIT 1", args) \
+            if running else None
+        before = "" if arriving else " AND (created_at < :at OR (created_at = :at AND instance_id < :iid))"
+        queued = ("FROM legato_instances WHERE workflow_id = :wid AND status = 'CREATED' AND generation = 0 "
+                  f"AND instance_id <> :iid{before}")
+        ahead = sql.first(f"SELECT count(*) AS n FROM (SELECT 1 {queued} LIMIT :n) AS q", args).n
+        ahead_id = sql.first(f"SELECT instance_id {queued} ORDER BY created_at DESC, instance_id DESC LIMIT 1",
+                             args) if ahead else None
+        blocked = None
+        if record.run_strategy == strategy.STRICT:
+            blocked = sql.first("SELECT instance_id FROM legato_instances WHERE workflow_id = :wid AND status = "
+                                "'FAILED' AND (unblocked_run IS NULL OR unblocked_run < run_id) "
+                                "ORDER BY created_at LIMIT 1", args)
+        return strategy.Queue(running, running_id.instance_id if running_id else None, ahead,
+                              ahead_id.instance_id if ahead_id else None, blocked.instance_id if blocked else None)
+
+    def _end_queued_in(self, sql, instance_id: str, message: str, now: float, status: str = "STOPPED") -> None:
+        sql.run("UPDATE legato_instances SET status = :status, ended_at = :now, message = :message "
+                "WHERE instance_id = :iid AND status = 'CREATED' AND generation = 0",
+                {"status": status, "now": now, "message": message, "iid": instance_id})
+        self._event_in(sql, strategy.stopped_event(instance_id, message, now, status))
+
+    async def end_queued(self, instance_id: str, status: InstanceStatus, message: str) -> InstanceRecord | None:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                row = sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid AND status = 'CREATED' "
+                                "AND generation = 0", {"iid": instance_id})
+                if row is None:
+                    return None
+                self._end_queued_in(sql, instance_id, message, time.time(), status.value)
+                return _instance(sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid",
+                                           {"iid": instance_id}))
+
+        ended = await self._run(write, doing="end the queued instance")
+        if ended is not None:
+            self.wakeups().notify()  # the ones queued behind it may start now
+        return ended
+
+    @staticmethod
+    def _event_in(sql, e: Event) -> None:
+        sql.run("INSERT INTO legato_events (instance_id, step_id, attempt, status, message, ts) "
+                "VALUES (:iid, :sid, :attempt, :status, :message, :ts)",
+                {"iid": e.instance_id, "sid": e.step_id, "attempt": e.attempt, "status": e.status,
+                 "message": e.message, "ts": e.ts})
+
+    def _startable_in(self, sql, record: InstanceRecord) -> bool:
+        """Whether ``record`` may be taken now: any started one may; a queued one when its run
+        strategy lets it start."""
+        if not record.queued or not record.run_strategy:
+            return True
+        return strategy.may_start(record.run_strategy, record.workflow_concurrency, self._queue_in(sql, record))
+
+    async def strategy_queue(self, instance_id: str) -> strategy.Queue:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                row = sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid", {"iid": instance_id})
+                return strategy.Queue() if row is None else self._queue_in(sql, _instance(row))
+
+        return await self._run(read, doing="read the workflow's queue")
+
+    async def unblock_workflow(self, workflow_id: str, by: str, ts: float) -> list[str]:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                rows = sql.all("SELECT instance_id FROM legato_instances WHERE workflow_id = :wid AND status = "
+                               "'FAILED' AND (unblocked_run IS NULL OR unblocked_run < run_id) ORDER BY created_at",
+                               {"wid": workflow_id})
+                for row in rows:
+                    sql.run("UPDATE legato_instances SET unblocked_run = run_id WHERE instance_id = :iid",
+                            {"iid": row.instance_id})
+                    self._event_in(sql, strategy.unblocked_event(row.instance_id, workflow_id, by, ts))
+            return [row.instance_id for row in rows]
+
+        return await self._run(write, doing="unblock the workflow")
 
     async def start_instance(self, document: dict[str, Any], record: InstanceRecord, owner: str,
                              ttl: float) -> tuple[InstanceRecord, bool]:
@@ -822,12 +933,16 @@ class SqlStorage(Storage):
         now_sql = self._now_sql()
         with self._sql_tx(write=True) as sql:
             lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
-            row = sql.first(f"SELECT {_LEASE_COLUMNS}, {now_sql} AS now FROM legato_instances "
+            row = sql.first(f"SELECT *, {now_sql} AS now FROM legato_instances "
                             f"WHERE instance_id = :iid{lock}", {"iid": instance_id})
             if row is None:
                 raise StorageError(f"no instance {instance_id} in {self._where()}")
             if renew is not None and (row.owner != owner or row.generation != renew):
                 return None  # a heartbeat of an owner that was replaced: take nothing back
+            if row.generation == 0 and row.status == "CREATED" and row.run_strategy:  # queued: its turn yet?
+                self._lock_workflow(sql, row.workflow_id)
+                if not self._startable_in(sql, _instance(row)):
+                    return None
             if row.owner == owner:
                 generation = row.generation  # renewal, even past expiry: nobody took it meanwhile
             elif row.owner is None or not _lease(row).live:
@@ -853,8 +968,15 @@ class SqlStorage(Storage):
             with self._sql_tx(write=True) as sql:
                 sql.run("UPDATE legato_instances SET lease_expires = NULL WHERE instance_id = :iid AND owner = :owner",
                         {"iid": instance_id, "owner": owner})
+                # An ended instance frees its slot: are instances of its workflow queued behind it?
+                waiting = sql.first("SELECT 1 AS w FROM legato_instances AS q JOIN legato_instances AS e "
+                                    "ON q.workflow_id = e.workflow_id WHERE e.instance_id = :iid AND e.status NOT IN "
+                                    "('CREATED', 'IN_PROGRESS', 'PAUSED') AND q.status = 'CREATED' "
+                                    "AND q.generation = 0 LIMIT 1", {"iid": instance_id})
+            return waiting is not None
 
-        await self._run(release, doing="release the lease")
+        if await self._run(release, doing="release the lease"):
+            self.wakeups().notify()
 
     def _unfinished(self, live: bool, limit: int) -> list[tuple[InstanceRecord, Lease | None]]:
         """Unfinished instances whose lease is live (or not), oldest first. Expiry is decided in
@@ -862,10 +984,12 @@ class SqlStorage(Storage):
         now_sql = self._now_sql()
         unexpired = f"owner IS NOT NULL AND lease_expires IS NOT NULL AND lease_expires > {now_sql}"
         out: list[tuple[InstanceRecord, Lease | None]] = []
+        # list_resumable finds the queued instances of a run strategy on its own (those it lets start)
+        queued = "" if live else f" AND NOT ({_STRATEGY_QUEUED})"
         with self._sql_tx(write=False) as sql:
             rows = sql.all(
                 f"SELECT *, {now_sql} AS now FROM legato_instances WHERE status IN ('CREATED', 'IN_PROGRESS', "
-                f"'PAUSED') AND {'' if live else 'NOT '}({unexpired}) ORDER BY created_at LIMIT :limit",
+                f"'PAUSED') AND {'' if live else 'NOT '}({unexpired}){queued} ORDER BY created_at LIMIT :limit",
                 {"limit": limit})
             if live:
                 return [(_instance(r), _lease(r)) for r in rows if _lease(r).live]
@@ -879,11 +1003,31 @@ class SqlStorage(Storage):
         return out[:limit]
 
     async def list_resumable(self, limit: int = 100) -> list[InstanceRecord]:
-        """Instances not yet ended whose lease is not live."""
+        """Instances not yet ended whose lease is not live; a queued one only when its run
+        strategy lets it start now."""
         def read():
-            return [record for record, _ in self._unfinished(False, limit)]
+            out = [record for record, _ in self._unfinished(False, limit)]
+            with self._sql_tx(write=False) as sql:
+                for wid in sql.all(f"SELECT DISTINCT workflow_id FROM legato_instances WHERE {_STRATEGY_QUEUED}"):
+                    out += self._startable_queued(sql, wid.workflow_id, limit)
+            out.sort(key=lambda r: (r.created_at, r.instance_id))
+            return out[:limit]
 
         return await self._run(read, doing="list resumable instances")
+
+    def _startable_queued(self, sql, workflow_id: str, limit: int) -> list[InstanceRecord]:
+        """The queued instances of ``workflow_id`` its run strategy lets start now, first in first
+        (decided by the oldest one's strategy; the claim checks each)."""
+        query = (f"SELECT * FROM legato_instances WHERE workflow_id = :wid AND {_STRATEGY_QUEUED} "
+                 "ORDER BY created_at, instance_id LIMIT :n")
+        head = sql.first(query, {"wid": workflow_id, "n": 1})
+        if head is None:
+            return []
+        first = _instance(head)
+        n = min(limit, strategy.slots(first.run_strategy, first.workflow_concurrency, self._queue_in(sql, first)))
+        if n <= 0:
+            return []
+        return [first] if n == 1 else [_instance(r) for r in sql.all(query, {"wid": workflow_id, "n": n})]
 
     async def list_leased(self, limit: int = 100) -> list[tuple[InstanceRecord, Lease]]:
         return await self._run(self._unfinished, True, limit, doing="list leased instances")
@@ -1049,6 +1193,8 @@ def _is_sqlalchemy_error(exc: Exception) -> bool:
     return errors is not None and isinstance(exc, errors.SQLAlchemyError)
 
 
+# A queued instance under a run strategy: created, never taken by anyone.
+_STRATEGY_QUEUED = "status = 'CREATED' AND generation = 0 AND run_strategy IS NOT NULL"
 _LEASE_COLUMNS = "owner, lease_expires, generation, owner_host, owner_pid, owner_started, owner_namespace"
 _HOLDER = ("owner_host = :host, owner_pid = :pid, owner_started = :started, owner_namespace = :namespace")
 
@@ -1076,6 +1222,7 @@ def _instance_values(r: InstanceRecord) -> dict[str, Any]:
         "run_id": r.run_id, "params": _dumps(r.params), "request_id": r.request_id, "initiator": r.initiator,
         "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at, "message": r.message,
         "ancestors": _dumps(r.ancestors) if r.ancestors else None,
+        "run_strategy": r.run_strategy or None, "workflow_concurrency": r.workflow_concurrency,
     }
 
 
@@ -1090,6 +1237,8 @@ def _instance(row) -> InstanceRecord:
         request_id=row.request_id, initiator=row.initiator, created_at=row.created_at,
         started_at=row.started_at, ended_at=row.ended_at, message=row.message,
         ancestors=json.loads(row.ancestors) if row.ancestors else [],
+        run_strategy=row.run_strategy or "", workflow_concurrency=row.workflow_concurrency or 1,
+        queued=row.status == "CREATED" and row.generation == 0,
     )
 
 

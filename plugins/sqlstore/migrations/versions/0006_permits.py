@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"  # re-chained at the merge of permits into serve
+down_revision = "0005"  # re-chained at the merges into serve (actions 0004, strategies 0005)
 branch_labels = None
 depends_on = None
 
