@@ -296,18 +296,21 @@ def test_openapi_document_validates_and_every_path_answers(server):
     iid = server.start("every", request_id="every-1")["instance_id"]
     server.wait_status("every", iid, {"SUCCEEDED"})
     values = {"workflowId": "every", "version": "1", "instanceId": iid, "runId": "1", "stepId": "greet",
-              "attempt": "1"}
+              "attempt": "1", "tag": "every-tag"}
     bodies = {("post", W): hello("every"), ("put", W + "/actions/validate"): hello("every"),
-              ("post", W + "/{workflowId}/versions/{version}/actions/start"): {"request_id": "every-1"}}
+              ("post", W + "/{workflowId}/versions/{version}/actions/start"): {"request_id": "every-1"},
+              ("post", "/api/v3/tag-permits"): {"tag": "every-tag", "max_allowed": 3}}
     called = []
     for path, item in spec["paths"].items():
         for method, op in item.items():
             url = path.format(**{name: values[name] for name in values if "{" + name + "}" in path})
             r = server.http.request(method, url, json=bodies.get((method, path)))
-            assert r.status_code < 400, f"{method.upper()} {url}: {r.status_code} {r.text}"
-            assert str(r.status_code) in op["responses"], (method, path, r.status_code)
+            # Answered: stop or kill of the ended instance is a 409 that says so, never a 404 or a 500.
+            assert r.status_code not in (404, 405, 500), f"{method.upper()} {url}: {r.status_code} {r.text}"
+            assert str(r.status_code) in op["responses"], (method, path, r.status_code, r.text)
+            assert r.status_code < 400 or set(r.json()["error"]) >= {"status", "message"}
             called.append((method, path))
-    assert len(called) == sum(len(item) for item in spec["paths"].values()) >= 13
+    assert len(called) == sum(len(item) for item in spec["paths"].values()) >= 27
     page = server.http.get("/docs")
     assert page.status_code == 200 and 'fetch("/openapi.json")' in page.text and "http" not in page.text.split(
         "<script>")[1].split("fetch(")[0]
@@ -358,3 +361,67 @@ def test_sigterm_during_a_running_step_loses_nothing(tmp_path):
         assert s.terminate() == 0
     finally:
         s.kill()
+
+
+def blocking(wid: str, tmp: Path) -> dict:
+    """a waits (its process runs) until the file ``release`` exists, having touched ``started.<instance>``; then b."""
+    return {"properties": {"run_strategy": "parallel"}, "workflow": {"id": wid, "steps": [
+        bash("a", f'touch {tmp}/started.$LEGATO_INSTANCE_ID; while [ ! -e {tmp}/release ]; do sleep 0.02; done',
+             then="b"),
+        bash("b", "true")]}}
+
+
+def wait_file(path: Path) -> None:
+    deadline = time.monotonic() + HANG
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_stop_kill_skip_and_restart_from_the_api(server, tmp_path):
+    """WorkflowInstanceActionController (stop, kill, restart) and StepInstanceActionController
+    (skip): applied by the server's worker while the steps run; the call waits until applied."""
+    server.push(blocking("acted", tmp_path))
+    ids = [server.start("acted")["instance_id"] for _ in range(3)]
+    for iid in ids:
+        wait_file(tmp_path / f"started.{iid}")
+    base = f"{W}/acted/instances"
+    r = server.http.put(f"{base}/{ids[0]}/actions/stop")
+    assert r.status_code == 200 and r.json()["outcome"].startswith("applied"), r.text
+    assert r.json()["requested_by"].endswith("via api")
+    assert server.wait_status("acted", ids[0], {"STOPPED"})["steps"]["a"]["status"] == "STOPPED"
+    r = server.http.put(f"{base}/{ids[1]}/actions/kill")
+    assert r.status_code == 200, r.text
+    server.wait_status("acted", ids[1], {"FAILED"})
+    r = server.http.put(f"{base}/{ids[2]}/steps/a/actions/skip")
+    assert r.status_code == 200, r.text
+    final = server.wait_status("acted", ids[2], {"SUCCEEDED"})
+    assert (final["steps"]["a"]["status"], final["steps"]["b"]["status"]) == ("SKIPPED", "SUCCEEDED")
+
+    r = server.http.put(f"{base}/{ids[0]}/actions/stop")
+    assert r.status_code == 409 and "already ended STOPPED" in r.json()["error"]["message"]
+    r = server.http.put(f"{base}/{ids[2]}/steps/nope/actions/skip")
+    assert r.status_code == 404
+    (tmp_path / "release").touch()
+    r = server.http.post(f"{base}/{ids[0]}/actions/restart", json={"mode": "RESTART_FROM_INCOMPLETE"})
+    assert r.status_code in (200, 202), r.text
+    again = server.wait_status("acted", ids[0], {"SUCCEEDED"})
+    assert again["run_id"] == 2
+    runs = server.http.get(f"{base}/{ids[0]}/runs").json()
+    assert [r["run_id"] for r in runs] == [1, 2] and runs[0]["steps"]["a"]["status"] == "STOPPED"
+    assert server.http.post(f"{base}/{ids[0]}/actions/restart", json={"mode": "nope"}).status_code == 422
+    anonymous = httpx.post(server.url + f"{base}/{ids[1]}/actions/restart", json={})
+    assert anonymous.status_code == 401
+
+
+def test_tag_permits_are_set_read_and_removed(server):
+    """TagPermitController: POST /api/v3/tag-permits, GET and DELETE /api/v3/tag-permits/{tag}."""
+    r = server.http.post("/api/v3/tag-permits", json={"tag": "db", "max_allowed": 2})
+    assert r.status_code == 200 and r.json()["max_allowed"] == 2 and r.json()["set_by"].endswith("via api")
+    assert server.http.get("/api/v3/tag-permits/db").json()["max_allowed"] == 2
+    assert "db" in [p["tag"] for p in server.http.get("/api/v3/tag-permits").json()]
+    r = server.http.post("/api/v3/tag-permits", json={"tag": "db", "max_allowed": -1})
+    assert r.status_code == 422 and r.json()["error"]["pointer"] == "/max_allowed"
+    assert server.http.delete("/api/v3/tag-permits/db").status_code == 200
+    assert server.http.get("/api/v3/tag-permits/db").status_code == 404
+    assert server.http.delete("/api/v3/tag-permits/db").status_code == 404

@@ -430,6 +430,148 @@ async def get_logs(svc: Service, request, workflowId: str, instanceId: str) -> t
                  "next_offset": offset + len(chunks)}
 
 
+# -- actions (WorkflowInstanceActionController, StepInstanceActionController, WorkflowActionController)
+
+INSTANCE_ACTION = "WorkflowInstanceActionController"
+STEP_ACTION = "StepInstanceActionController"
+TAG_PERMIT = "TagPermitController"
+BLOCKING_FOR = 30.0  # seconds a blocking action call waits to be applied before answering 202
+_BLOCKING = {"blocking": ({"type": "boolean"}, "Wait until the action is applied (default true; at most "
+                                               f"{BLOCKING_FOR:g} s, then 202 with the action pending)")}
+
+
+async def _act(svc: Service, request, workflowId: str, instanceId: str, verb: str, step_id: str | None = None,
+               params: dict | None = None) -> tuple[int, Any]:
+    import trio
+
+    from ..actions import ActionInvalid, ActionRefused, request_action, requester, wait_applied
+    from ..cli.acting import _action_json
+
+    record = await svc.instance(workflowId, instanceId)
+    if step_id is not None:
+        await _step_attempts(svc, record, step_id)  # 404 for a step the definition does not have
+    try:
+        action = await request_action(svc.storage, record.instance_id, verb, step_id=step_id, by=requester("api"),
+                                      params=params, engine=svc.engine, queue=True)
+        if action.applied_at is None and request.query_params.get("blocking", "true").lower() not in ("false", "0"):
+            with trio.move_on_after(BLOCKING_FOR):
+                action = await wait_applied(svc.storage, action.id, record.instance_id)
+    except ActionInvalid as exc:
+        raise ApiError(422, str(exc)) from None
+    except ActionRefused as exc:
+        raise ApiError(409, str(exc)) from None
+    if action.outcome.startswith("refused"):
+        raise ApiError(409, f"{verb}{' ' + step_id if step_id else ''}: {action.outcome}")
+    now = await svc.storage.get_instance(record.instance_id)
+    return (200 if action.applied_at is not None else 202), {**_action_json(action),
+                                                            "instance_status": now.status.value}
+
+
+def _instance_action(verb: str, summary: str):
+    method = "POST" if verb == "restart" else "PUT"  # Maestro's verbs
+
+    async def handler(svc: Service, request, workflowId: str, instanceId: str) -> tuple[int, Any]:
+        params = None
+        if verb == "restart":
+            body = await _json_body(request)
+            unknown = sorted(set(body) - {"mode", "step_id", "run_params"})
+            if unknown:
+                raise ApiError(422, f"unknown field {unknown[0]!r}: a restart takes `mode` "
+                                    "(RESTART_FROM_INCOMPLETE, RESTART_FROM_BEGINNING, RESTART_FROM_SPECIFIC), "
+                                    "`step_id` and `run_params`", f"/{unknown[0]}")
+            params = body
+        return await _act(svc, request, workflowId, instanceId, verb, params=params)
+
+    handler.__name__ = f"{verb}_instance"
+    operation(method, _I + f"/actions/{verb}", summary=summary, tag=INSTANCE_ACTION, response="Action",
+              body="RestartRequest" if verb == "restart" else None, query=_BLOCKING, statuses=(200, 202))(handler)
+
+
+def _step_action(verb: str, summary: str):
+    method = "POST" if verb == "restart" else "PUT"
+
+    async def handler(svc: Service, request, workflowId: str, instanceId: str, stepId: str) -> tuple[int, Any]:
+        return await _act(svc, request, workflowId, instanceId, verb, step_id=stepId)
+
+    handler.__name__ = f"{verb}_step"
+    operation(method, _I + f"/steps/{{stepId}}/actions/{verb}", summary=summary, tag=STEP_ACTION,
+              response="Action", query=_BLOCKING, statuses=(200, 202))(handler)
+
+
+_instance_action("stop", "Stop a running or queued instance: its running steps are cancelled, it ends STOPPED")
+_instance_action("kill", "Kill an instance: like stop, but it ends FAILED")
+_instance_action("restart", "Run an ended instance again as its next run (from its incomplete steps by default; "
+                            "queued for a worker)")
+_step_action("stop", "Stop a step of a running instance: it ends STOPPED (the instance ends STOPPED)")
+_step_action("kill", "Kill a step of a running instance: it ends FATALLY_FAILED, its failure mode applies")
+_step_action("skip", "Skip a step of a running instance: it ends SKIPPED, the DAG goes on as if it completed")
+_step_action("restart", "Run a step that failed, was stopped or timed out again (of an ended instance: a new run "
+                        "from that step)")
+
+
+@operation("PUT", _W + "/{workflowId}/actions/unblock", summary="Let a STRICT_SEQUENTIAL queue go on past its "
+           "failed instances", tag=WORKFLOW_ACTION, response="Unblocked")
+async def unblock_workflow(svc: Service, request, workflowId: str) -> tuple[int, Any]:
+    from ..actions import requester
+    from ..strategy import unblock
+
+    by = requester("api")
+    return 200, {"workflow_id": workflowId, "unblocked": await unblock(svc.storage, workflowId, by=by), "by": by}
+
+
+# -- tag permits (TagPermitController) --------------------------------------------------------------
+
+def _permit_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {"tag": row["tag"], "max_allowed": row["limit"], "held": row.get("held", 0), "set_by": row.get("set_by"),
+            "set_at": _iso(row.get("set_at"))}
+
+
+@operation("POST", "/api/v3/tag-permits", summary="Set how many steps carrying a tag may run at once, in every "
+           "workflow (replaces an earlier limit)", tag=TAG_PERMIT, body="TagPermitRequest", response="TagPermit")
+async def set_tag_permit(svc: Service, request) -> tuple[int, Any]:
+    from ..actions import requester
+    from ..limits import MAX_CONCURRENCY
+
+    body = await _json_body(request)
+    tag, limit = body.get("tag"), body.get("max_allowed")
+    unknown = sorted(set(body) - {"tag", "max_allowed"})
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r}: a tag permit is `tag` and `max_allowed`", f"/{unknown[0]}")
+    if not isinstance(tag, str) or not tag.strip() or len(tag) > 256:
+        raise ApiError(422, "tag must be a non-empty string of at most 256 characters", "/tag")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_CONCURRENCY:
+        raise ApiError(422, f"max_allowed must be a whole number from 0 to {MAX_CONCURRENCY} (MAX_CONCURRENCY)",
+                       "/max_allowed")
+    await svc.storage.set_tag_permit(tag, limit, by=requester("api"))
+    return 200, await _tag_permit(svc, tag)
+
+
+async def _tag_permit(svc: Service, tag: str) -> dict[str, Any]:
+    for row in await svc.storage.get_tag_permits():
+        if row["tag"] == tag:
+            return _permit_json(row)
+    raise ApiError(404, f"no permit is set for tag {tag!r} (POST /api/v3/tag-permits sets one)")
+
+
+@operation("GET", "/api/v3/tag-permits", summary="Every tag permit set, and how many steps hold each now",
+           tag=TAG_PERMIT, response="[TagPermit]")
+async def list_tag_permits(svc: Service, request) -> tuple[int, Any]:
+    return 200, [_permit_json(row) for row in await svc.storage.get_tag_permits()]
+
+
+@operation("GET", "/api/v3/tag-permits/{tag}", summary="A tag's permit", tag=TAG_PERMIT, response="TagPermit")
+async def get_tag_permit(svc: Service, request, tag: str) -> tuple[int, Any]:
+    return 200, await _tag_permit(svc, tag)
+
+
+@operation("DELETE", "/api/v3/tag-permits/{tag}", summary="Remove a tag's permit (steps fall back to their own "
+           "tag permits)", tag=TAG_PERMIT, response="TagPermit")
+async def delete_tag_permit(svc: Service, request, tag: str) -> tuple[int, Any]:
+    found = await _tag_permit(svc, tag)
+    await svc.storage.delete_tag_permit(tag)
+    return 200, found
+
+
 # -- the application ------------------------------------------------------------------------------
 
 def _json(status: int, body: Any):

@@ -75,6 +75,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "started_at": _TIME, "ended_at": _TIME}},
     "StepDetail": {"allOf": [_ref("Step"), {"type": "object", "properties": {
         "step_id": _STR, "attempts": _list("Attempt")}}]},
+    "RestartRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "mode": {"enum": ["RESTART_FROM_INCOMPLETE", "RESTART_FROM_BEGINNING", "RESTART_FROM_SPECIFIC"]},
+        "step_id": {"type": "string", "description": "The step RESTART_FROM_SPECIFIC runs again from"},
+        "run_params": {"type": "object", "description": "New values of MUTABLE / MUTABLE_ON_START_RESTART params"}}},
+    "Action": {"type": "object", "required": ["id", "instance_id", "verb", "outcome"], "properties": {
+        "id": _INT, "instance_id": _STR, "verb": _STR, "step_id": {"type": ["string", "null"]}, "params": _OBJ,
+        "requested_by": _STR, "requested_at": _TIME, "applied_at": _TIME,
+        "outcome": {"type": "string", "description": "`applied: …`, or empty while pending"},
+        "instance_status": _STR}},
+    "Unblocked": {"type": "object", "required": ["workflow_id", "unblocked"], "properties": {
+        "workflow_id": _STR, "unblocked": {"type": "array", "items": _STR}, "by": _STR}},
+    "TagPermitRequest": {"type": "object", "required": ["tag", "max_allowed"], "additionalProperties": False,
+                         "properties": {"tag": _STR, "max_allowed": _INT}},
+    "TagPermit": {"type": "object", "required": ["tag", "max_allowed"], "properties": {
+        "tag": _STR, "max_allowed": _INT, "held": _INT, "set_by": {"type": ["string", "null"]}, "set_at": _TIME}},
     "LogChunk": {"type": "object", "required": ["step_id", "attempt", "stream", "text"], "properties": {
         "step_id": _STR, "attempt": _INT, "stream": _STR, "text": _STR, "ts": _TIME}},
     "Logs": {"type": "object", "required": ["chunks", "next_offset"], "properties": {
@@ -119,7 +134,7 @@ def operation(method: str, path: str, *, summary: str, tag: str, response: str |
     return register
 
 
-_ERRORS = {400: "Malformed request", 401: "No token given (`Authorization: Bearer <token>`)",
+_ERRORS = {401: "No token given (`Authorization: Bearer <token>`)",
            403: "Wrong token", 404: "No such workflow, version, instance or step", 409: "Conflicts with the "
            "current state", 422: "Invalid input: `problems` locate each by JSON pointer"}
 
@@ -137,12 +152,11 @@ def document(version: str) -> dict[str, Any]:
                    for name, (schema, text) in op.query.items()]
         responses: dict[str, Any] = {}
         for status in op.statuses:
-            answer: dict[str, Any] = {"description": "OK" if status == 200 else "Created" if status == 201 else
-                                      "Accepted"}
+            answer: dict[str, Any] = {"description": {200: "OK", 201: "Created", 202: "Accepted: not applied yet"}[status]}
             if op.response:
                 answer["content"] = {"application/json": {"schema": _schema_of(op.response)}}
             responses[str(status)] = answer
-        errors = [404, 422] + ([400, 401, 403, 409] if op.mutating else [])
+        errors = [404, 422] + ([401, 403, 409] if op.mutating else [])
         for status in sorted(errors):
             responses[str(status)] = {"description": _ERRORS[status],
                                       "content": {"application/json": {"schema": _ref("Error")}}}
