@@ -17,18 +17,27 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+def _worker_options(command):
+    """The options of a process that runs a worker (``legato worker``, ``legato serve``)."""
+    for option in reversed((
+        click.option("--workspace", type=click.Path(file_okay=False), default=None,
+                     help="Where instances get their working directories [default: .legato/runs]."),
+        _settings_option,
+        click.option("--max-instances", type=click.IntRange(1, 100_000), default=100, show_default=True,
+                     help="How many instances this worker runs at once."),
+        click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True, metavar="SECONDS",
+                     help="On SIGTERM or Ctrl-C: how long running steps get to finish before they are cancelled."),
+        click.option("--poll", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True, metavar="SECONDS",
+                     help="How often to look at the store when nothing wakes the worker (what finds the "
+                          "instances of a worker that died)."),
+    )):
+        command = option(command)
+    return command
+
+
 @click.command()
 @_store_option
-@click.option("--workspace", type=click.Path(file_okay=False), default=None,
-              help="Where instances get their working directories [default: .legato/runs].")
-@_settings_option
-@click.option("--max-instances", type=click.IntRange(1, 100_000), default=100, show_default=True,
-              help="How many instances this worker runs at once.")
-@click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True, metavar="SECONDS",
-              help="On SIGTERM or Ctrl-C: how long running steps get to finish before they are cancelled.")
-@click.option("--poll", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True, metavar="SECONDS",
-              help="How often to look at the store when nothing wakes the worker (what finds the "
-                   "instances of a worker that died).")
+@_worker_options
 @click.option("--once", is_flag=True, help="Run what is startable now (and what is queued meanwhile), then exit.")
 def worker(store: str, workspace: str | None, settings: str | None, max_instances: int, grace: float,
            poll: float, once: bool) -> None:

@@ -85,7 +85,7 @@ def test_step_concurrency_caps_steps_across_instances_run_by_two_workers(site, w
     """Two instances of a workflow with step_concurrency 2, three parallel steps each, run by two
     worker processes at the same time: never more than 2 steps at once, and 2 at once."""
     ledger = Ledger(site, target=2)
-    site.push({"properties": {"step_concurrency": 2}, "workflow": {
+    site.push({"properties": {"step_concurrency": 2, "run_strategy": "parallel"}, "workflow": {
         "id": "capped", "params": ledger.params, "steps": [ledger.step(f"s{i}") for i in range(3)]}})
     workers.extend([site.worker(), site.worker()])
     ids = site.queue("capped", 2)
@@ -205,7 +205,7 @@ def _scripted_wf(wid: str, n: int, seconds: float, properties=None, **workflow) 
 async def test_instances_in_one_engine_share_step_concurrency(engine):
     """Three instances of a workflow (step_concurrency 2, four steps each) run by one engine at
     once: 2 steps at a time across them, each step's wait for a shared permit said in its message."""
-    definition = engine.load(_scripted_wf("shared", 4, 0.05, {"step_concurrency": 2}))
+    definition = engine.load(_scripted_wf("shared", 4, 0.05, {"step_concurrency": 2, "run_strategy": "parallel"}))
     messages = []
 
     async def run_one():

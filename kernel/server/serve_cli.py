@@ -8,7 +8,8 @@ import sys
 import click
 
 from ..cli.group import _Refused, _trio_run
-from ..cli.store import _engine, _opened, _settings_option, _store_option
+from ..cli.store import _engine, _opened, _store_option
+from ..worker_cli import _worker_options
 
 
 def _say(line: str, err: bool = False) -> None:
@@ -25,15 +26,7 @@ def _say(line: str, err: bool = False) -> None:
               help="The port to listen on; 0 picks a free one (the URL is printed).")
 @click.option("--no-auth", is_flag=True,
               help="Accept changes without a token: anyone who reaches the port may start, stop and push.")
-@click.option("--workspace", type=click.Path(file_okay=False), default=None,
-              help="Where instances get their working directories [default: .legato/runs].")
-@_settings_option
-@click.option("--max-instances", type=click.IntRange(1, 100_000), default=100, show_default=True,
-              help="How many instances this server's worker runs at once.")
-@click.option("--grace", type=click.FloatRange(0, 86400), default=30.0, show_default=True, metavar="SECONDS",
-              help="On SIGTERM or Ctrl-C: how long running steps get to finish before they are cancelled.")
-@click.option("--poll", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True, metavar="SECONDS",
-              help="How often the worker looks at the store when nothing wakes it.")
+@_worker_options
 def serve(store: str, host: str, port: int, no_auth: bool, workspace: str | None, settings: str | None,
           max_instances: int, grace: float, poll: float) -> None:
     """Run a worker and the REST API (Maestro's paths under /api/v3) in one process, until stopped.
