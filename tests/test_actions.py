@@ -50,7 +50,8 @@ def _blocking(name: str) -> str:
 
 
 def _doc(site: Site, wid: str, steps: list[dict]) -> dict:
-    return {"workflow": {"id": wid, "params": {**site.params, "FLAG": str(site.dir / "flag")}, "steps": steps}}
+    # PARALLEL: the instances of one workflow here run at once (SEQUENTIAL, the default, would queue them).
+    return {"properties": {"run_strategy": "parallel"}, "workflow": {"id": wid, "params": {**site.params, "FLAG": str(site.dir / "flag")}, "steps": steps}}
 
 
 @pytest.fixture
