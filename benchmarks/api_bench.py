@@ -34,7 +34,9 @@ import trio
 
 LEGATO = str(Path(sys.executable).parent / "legato")
 ONE = {"workflow": {"id": "one", "steps": [{"step": {"id": "a", "type": "noop"}}]}}
-CHAIN = {"workflow": {"id": "chain", "steps": [
+# PARALLEL: SEQUENTIAL, the default run strategy, would run one instance at a time; 100 is the
+# worker's default --max-instances.
+CHAIN = {"properties": {"run_strategy": {"rule": "parallel", "workflow_concurrency": 100}}, "workflow": {"id": "chain", "steps": [
     {"step": {"id": "a", "type": "noop", "transition": {"successors": {"b": "true"}}}},
     {"step": {"id": "b", "type": "noop", "transition": {"successors": {"c": "true"}}}},
     {"step": {"id": "c", "type": "noop"}}]}}
