@@ -72,14 +72,19 @@ def worker(store: str, workspace: str | None, settings: str | None, max_instance
     _trio_run(main_task)
 
 
-async def _on_signals(w, signals, grace: float) -> None:
+async def _on_signals(w, signals, grace: float, say=None, also=None) -> None:
+    """Stop the worker ``w`` gracefully on the first signal, at once on the next; ``also`` is
+    called on each (``legato serve`` stops its HTTP server)."""
     import signal
 
+    say = say or _say
     async for signum in signals:
         name = signal.Signals(signum).name
         if w.stopping:
-            _say(f"{name} again: cancelling the running steps now")
+            say(f"{name} again: cancelling the running steps now")
         else:
-            _say(f"{name}: stopping; claiming nothing more, running steps get {grace:g}s to finish "
-                 f"({len(w.active)} instance(s) running)")
+            say(f"{name}: stopping; claiming nothing more, running steps get {grace:g}s to finish "
+                f"({len(w.active)} instance(s) running)")
+        if also is not None:
+            also()
         w.stop()

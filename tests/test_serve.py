@@ -425,3 +425,10 @@ def test_tag_permits_are_set_read_and_removed(server):
     assert server.http.delete("/api/v3/tag-permits/db").status_code == 200
     assert server.http.get("/api/v3/tag-permits/db").status_code == 404
     assert server.http.delete("/api/v3/tag-permits/db").status_code == 404
+
+
+def test_a_port_in_use_is_refused_saying_so(server):
+    port = server.url.rsplit(":", 1)[1]
+    proc = legato_cli("serve", "--port", port, "--no-auth", "--store", server.store, cwd=server.tmp, timeout=HANG)
+    assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

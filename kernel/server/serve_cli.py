@@ -9,7 +9,7 @@ import click
 
 from ..cli.group import _Refused, _trio_run
 from ..cli.store import _engine, _opened, _store_option
-from ..worker_cli import _worker_options
+from ..worker_cli import _on_signals, _worker_options
 
 
 def _say(line: str, err: bool = False) -> None:
@@ -85,14 +85,17 @@ async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_ins
         shutdown = trio.Event()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as outer:
-                outer.start_soon(_on_signals, worker, shutdown, signals, grace)
+                outer.start_soon(partial(_on_signals, worker, signals, grace, say=_say, also=shutdown.set))
                 async with trio.open_nursery() as nursery:
                     await nursery.start(worker.run)
                     try:
                         binds = await nursery.start(partial(hypercorn_serve, app, config,
                                                             shutdown_trigger=shutdown.wait))
-                    except OSError as exc:
+                    except* OSError as group:  # the port is taken, the address is not this machine's
                         worker.stop(0)
+                        exc = group.exceptions[0]
+                        while isinstance(exc, BaseExceptionGroup):  # hypercorn's own nurseries nest it
+                            exc = exc.exceptions[0]
                         raise _Refused(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
                     for url in binds:
                         _say(f"listening on {url} (API docs: {url}/docs)")
@@ -100,17 +103,3 @@ async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_ins
         stats = worker.statistics()
         _say(f"stopped: {stats['ended']} instance(s) run to their end, {stats['handed_back']} handed back "
              f"unfinished, {stats['failed']} failed to run")
-
-
-async def _on_signals(worker, shutdown, signals, grace: float) -> None:
-    import signal
-
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if worker.stopping:
-            _say(f"{name} again: cancelling the running steps now")
-        else:
-            _say(f"{name}: stopping; no new requests nor claims, running steps get {grace:g}s to finish "
-                 f"({len(worker.active)} instance(s) running)")
-        shutdown.set()
-        worker.stop()
