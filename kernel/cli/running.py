@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import partial
 from typing import Any
 
 import click
@@ -55,7 +54,7 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_interrupt, engine, instance.instance_id, outcome, view)
         # `legato stop` and the like from other shells, heard from shortly after the run starts
-        nursery.start_soon(partial(ActionApplier(engine, delay=FOREGROUND_DELAY).run))  # (no task_status)
+        nursery.start_soon(ActionApplier(engine, delay=FOREGROUND_DELAY).run)
         async with view.open(nursery, storage, instance.instance_id, resume=resume or restart):
             if restart:
                 final = await engine.restart(instance.instance_id, observer=view.on_event)
