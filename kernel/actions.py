@@ -281,14 +281,16 @@ async def _new_run(storage, instance: InstanceRecord, action: ActionRecord, engi
     generation = await storage.acquire_lease(iid, owner, ttl)
     if generation is None:
         lease = await storage.get_lease(iid)
-        why = f"instance {iid} is still held by {lease.describe() if lease else 'another process'}; try again once it lets go"
+        holder = lease.describe() if lease else "another process"
+        why = f"instance {iid} is still held by {holder}; try again once it lets go"
         await storage.mark_action_applied(action.id, refused(why))
         raise ActionRefused(why)
     keep = False
     try:
         current = await storage.get_instance(iid)  # read under the lease: nobody changes it now
         if current is None or not current.status.terminal:
-            why = f"instance {iid} is {current.status.value if current else 'gone'} now: a restart runs an ended instance"
+            state = current.status.value if current else "gone"
+            why = f"instance {iid} is {state} now: a restart runs an ended instance"
             await storage.mark_action_applied(action.id, refused(why))
             raise ActionRefused(why)
         mode = action.params.get("mode", "RESTART_FROM_INCOMPLETE")
@@ -346,7 +348,9 @@ async def _stop_queued(storage, action: ActionRecord, engine) -> None:
 
 
 def _action_event(action: ActionRecord, step_id: str | None, attempt: int, outcome: str) -> Event:
-    what = f"{action.verb}{f' ({_restart_words(action.params)})' if action.verb == 'restart' and action.step_id is None else ''}"
+    what = action.verb
+    if action.verb == "restart" and action.step_id is None:
+        what += f" ({_restart_words(action.params)})"
     return Event(time.time(), action.instance_id, step_id, attempt, ACTION,
                  f"{what} requested by {action.requested_by} at {_iso(action.requested_at)} "
                  f"[action {action.id}]: {outcome}")
