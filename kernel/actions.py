@@ -53,6 +53,8 @@ INSTANCE_VERBS = ("stop", "kill", "restart")
 STEP_VERBS = ("stop", "kill", "skip", "restart")
 #: Maestro's RunPolicy values a restart takes (RESTART_FROM_INCOMPLETE is its default restart policy).
 RESTART_MODES = ("RESTART_FROM_INCOMPLETE", "RESTART_FROM_BEGINNING", "RESTART_FROM_SPECIFIC")
+#: Seconds a foreground run goes before it listens for actions (then reads once what was asked).
+FOREGROUND_DELAY = 0.05
 #: Seconds between looks at the store while waiting for an action, when nothing wakes the waiter.
 WAIT_POLL = 0.5
 #: The least time (seconds) between two reads of pending actions: a burst of wake-ups (every queued
@@ -279,14 +281,16 @@ async def _new_run(storage, instance: InstanceRecord, action: ActionRecord, engi
     generation = await storage.acquire_lease(iid, owner, ttl)
     if generation is None:
         lease = await storage.get_lease(iid)
-        why = f"instance {iid} is still held by {lease.describe() if lease else 'another process'}; try again once it lets go"
+        holder = lease.describe() if lease else "another process"
+        why = f"instance {iid} is still held by {holder}; try again once it lets go"
         await storage.mark_action_applied(action.id, refused(why))
         raise ActionRefused(why)
     keep = False
     try:
         current = await storage.get_instance(iid)  # read under the lease: nobody changes it now
         if current is None or not current.status.terminal:
-            why = f"instance {iid} is {current.status.value if current else 'gone'} now: a restart runs an ended instance"
+            state = current.status.value if current else "gone"
+            why = f"instance {iid} is {state} now: a restart runs an ended instance"
             await storage.mark_action_applied(action.id, refused(why))
             raise ActionRefused(why)
         mode = action.params.get("mode", "RESTART_FROM_INCOMPLETE")
@@ -344,7 +348,9 @@ async def _stop_queued(storage, action: ActionRecord, engine) -> None:
 
 
 def _action_event(action: ActionRecord, step_id: str | None, attempt: int, outcome: str) -> Event:
-    what = f"{action.verb}{f' ({_restart_words(action.params)})' if action.verb == 'restart' and action.step_id is None else ''}"
+    what = action.verb
+    if action.verb == "restart" and action.step_id is None:
+        what += f" ({_restart_words(action.params)})"
     return Event(time.time(), action.instance_id, step_id, attempt, ACTION,
                  f"{what} requested by {action.requested_by} at {_iso(action.requested_at)} "
                  f"[action {action.id}]: {outcome}")
@@ -385,10 +391,12 @@ async def wait_applied(storage, action_id: int, instance_id: str) -> ActionRecor
 
 class ActionApplier:
     """The task that hands an engine's runs their pending actions (one per process that runs
-    instances). ``async with trio.open_nursery() as n: await n.start(ActionApplier(engine).run)``."""
+    instances). ``async with trio.open_nursery() as n: await n.start(ActionApplier(engine).run)``.
+    With ``delay`` (a foreground run), it starts listening that many seconds later."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, *, delay: float = 0.0) -> None:
         self.engine = engine
+        self.delay = delay
         self.wake = trio.Event()
         self.posted: set[int] = set()
         #: Instances with actions pending whose run has not started here yet (claimed, starting):
@@ -406,6 +414,12 @@ class ActionApplier:
         every = engine.lease_ttl / 3 if wakeups.notifies else min(engine.lease_ttl / 3, 1.0)
         engine.applier = self
         try:
+            if self.delay:
+                # Listening (a named pipe on SQLite) waits until the run has started its first
+                # steps, then one read finds what was asked meanwhile: a run shorter than that
+                # pays nothing for being stoppable.
+                await trio.sleep(self.delay)
+                self.wake.set()
             with wakeups.listen() as listener:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._forward, listener)

@@ -227,7 +227,7 @@ class Scope:
                     elif run.ending is None and self.ending is None:
                         nxt.attempt += 1  # 1, or after an earlier run's attempts (a restart from the beginning)
                         now = time.time()
-                        nxt.record = AttemptRecord(run.iid, nxt.key, 1, S.NOT_CREATED, run.instance.run_id,
+                        nxt.record = AttemptRecord(run.iid, nxt.key, nxt.attempt, S.NOT_CREATED, run.instance.run_id,
                                                    created_at=now, ended_at=now)
                         run.set(nxt, S.UNSATISFIED, "no incoming condition was true")
                         nxt.finished = True

@@ -459,3 +459,21 @@ def test_a_restart_may_give_new_values_to_params_whose_mode_allows_it(site):
     assert _ledger_lines(site) == ["world", "alice"]
     assert _status(site, iid)["actions"][-1]["params"] == {"mode": "RESTART_FROM_INCOMPLETE",
                                                            "workflow_params": {"who": "alice"}}
+
+
+def test_a_restart_from_the_beginning_keeps_the_earlier_runs_steps_even_unsatisfied_ones(site):
+    """From the beginning with a new param value, an edge condition that was true is false: the
+    step behind it is UNSATISFIED in the new run, as a new attempt; its earlier run's attempt stays."""
+    doc = {"workflow": {"id": "cond", "params": {"go": "yes"}, "steps": [
+        {"step": {"id": "a", "type": "noop", "transition": {"successors": {"b": "go == 'yes'"}}}},
+        {"step": {"id": "b", "type": "noop"}}]}}
+    path = site.dir / "cond.json"
+    path.write_text(json.dumps(doc))
+    proc = site.cli("run", str(path), "--workspace", str(site.dir / "runs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    iid = site.read()[0].popitem()[0]
+    proc = site.cli("restart", iid, "--from-beginning", "-p", "go=no", "--workspace", str(site.dir / "runs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, attempts, _ = site.read()
+    assert sorted((a.step_id, a.attempt, a.run_id, a.status.value) for a in attempts[iid]) == [
+        ("a", 1, 1, "SUCCEEDED"), ("a", 2, 2, "SUCCEEDED"), ("b", 1, 1, "SUCCEEDED"), ("b", 2, 2, "UNSATISFIED")]

@@ -48,12 +48,13 @@ async def _follow(engine, definition, instance, view, outcome, *, resume: bool =
     """Run (or resume) one instance in the foreground with Ctrl-C handling; fill ``outcome``."""
     import trio
 
-    from ..actions import ActionApplier
+    from ..actions import FOREGROUND_DELAY, ActionApplier
 
     storage = engine.storage
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_interrupt, engine, instance.instance_id, outcome, view)
-        await nursery.start(ActionApplier(engine).run)  # `legato stop` and the like from other shells
+        # `legato stop` and the like from other shells, heard from shortly after the run starts
+        nursery.start_soon(ActionApplier(engine, delay=FOREGROUND_DELAY).run)
         async with view.open(nursery, storage, instance.instance_id, resume=resume or restart):
             if restart:
                 final = await engine.restart(instance.instance_id, observer=view.on_event)
