@@ -556,8 +556,12 @@ def test_strict_sequential_waits_for_unblock_from_another_shell(site, procs):
     assert site.wait_ledger(3)[-1] == f"start {blocked}"
     site.open(blocked)
     site.wait_status(blocked, "SUCCEEDED")
-    timeline = site.cli("status", "--json", failing)
-    assert timeline.returncode == 0
+    async def timeline():
+        async with open_storage(site.url) as store:
+            return await store.get_timeline(failing)
+
+    unblocked = [e for e in trio.run(timeline) if e.status == "UNBLOCKED"]
+    assert len(unblocked) == 1 and unblocked[0].message.startswith("unblocked by ann via cli"), unblocked
     again = site.cli("unblock", "strict")
     assert "nothing to unblock" in again.stdout
     unknown = site.cli("unblock", "nope")
