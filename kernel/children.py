@@ -203,7 +203,7 @@ class ChildWorkflows:
                     raise ChildRefused(f"the child instance {instance_id} is not in the store")
                 if record.status.terminal:
                     return record
-                if instance_id not in self.engine.runs:
+                if instance_id not in self.engine.runs and (not record.queued or await self._take_turn(record)):
                     try:
                         return await self._run_here(record)
                     except LeaseHeld:
@@ -217,6 +217,15 @@ class ChildWorkflows:
                     raise
                 self._retrying(f"following the child instance {instance_id}", exc)
             await trio.sleep(_backoff(failures))
+
+    async def _take_turn(self, record: InstanceRecord) -> bool:
+        """A queued child: take it now if its run strategy lets it start (else it is looked at
+        again at the next poll), so that it never waits for its turn inside the shielded run."""
+        engine = self.engine
+        if await engine.storage.acquire_lease(record.instance_id, engine.owner, engine.lease_ttl) is None:
+            return False
+        engine.fresh_leases[record.instance_id] = trio.current_time()
+        return True
 
     async def _run_here(self, record: InstanceRecord, restart: bool = False) -> InstanceRecord:
         engine, iid = self.engine, record.instance_id

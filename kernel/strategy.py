@@ -30,11 +30,10 @@ from dataclasses import dataclass
 import trio
 
 from .model import Event, InstanceRecord
-from .ownership import LeaseHeld
 
 __all__ = [
     "Queue", "Arrival", "slots", "may_start", "waits_because", "on_arrival", "describe",
-    "Waiting", "wait_turn", "unblock", "UNBLOCKED", "RUN_STRATEGY_USER",
+    "why_waiting", "wait_turn", "stop_running", "unblock", "UNBLOCKED", "RUN_STRATEGY_USER", "FOR_A_WORKER",
 ]
 
 SEQUENTIAL, STRICT, PARALLEL = "sequential", "strict_sequential", "parallel"
@@ -147,10 +146,6 @@ def queue_limit(record: InstanceRecord) -> int:
 
 
 # -- waiting in the foreground ------------------------------------------------------------------
-
-
-class Waiting(LeaseHeld):
-    """The instance is queued and its run strategy does not let it start now; the message says why."""
 
 
 #: What a queued instance that its run strategy lets start waits for.

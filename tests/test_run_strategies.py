@@ -427,9 +427,16 @@ def test_parallel_never_runs_more_than_its_concurrency_and_does_run_that_many(si
     assert sorted(first) == sorted(f"start {i}" for i in ids[:2])
     queued = site.instances()
     assert [queued[i].queued for i in ids] == [False, False, True, True, True]
-    for iid in ids:  # release them one at a time, in order
+    for k, iid in enumerate(ids):  # end them one at a time; the oldest queued one takes each freed slot
         site.open(iid)
         site.wait_status(iid, "SUCCEEDED")
+        if k + 2 < len(ids):
+            deadline = time.monotonic() + HANG
+            while f"start {ids[k + 2]}" not in site.lines():
+                started = [line for line in site.lines() if line.startswith("start")]
+                assert len(started) <= k + 3, f"not first in, first out: {started}"
+                assert time.monotonic() < deadline, f"{ids[k + 2]} never started: {site.lines()}"
+                time.sleep(0.02)
     lines = site.wait_ledger(10)
     assert _overlap(lines) == 2, lines
     assert [line.split()[1] for line in lines if line.startswith("start")] == ids, "FIFO"
@@ -471,36 +478,47 @@ def test_first_only_stops_a_start_while_one_runs(site, procs):
     assert iid not in site.ledger.read_text(), "the dropped start never ran"
 
 
-def test_last_only_keeps_only_the_newest_waiting(site, procs):
-    """A new LAST_ONLY start stops the queued older ones at once and runs after the running one."""
+def test_last_only_keeps_only_the_newest(site, procs):
+    """Two LAST_ONLY starts while one runs: the older of them ends STOPPED (stopped queued, or,
+    where the running instance is stopped at once, stopped running), the newest runs last, and
+    never beside another."""
     site.push("last", "last_only")
     procs.append(site.worker())
     running = site.queue("last")
     site.wait_ledger(1)
     older = site.queue("last")
     newest = site.queue("last")
-    assert site.instances()[older].status.value == "STOPPED"
-    assert "starting a new run" in site.instances()[older].message
-    site.open(running)  # ended here by its step if nothing stopped it meanwhile
-    assert site.wait_ledger(3)[-1] == f"start {newest}"
-    assert site.instances()[running].status.terminal
+    assert "With LAST_ONLY run strategy" in site.wait_status(older, "STOPPED").message or \
+        site.instances()[older].message.startswith("stopped by legato:run_strategy")
+    site.open(running)  # it ends on its own here if nothing stopped it meanwhile
+    site.open(older)
+    deadline = time.monotonic() + HANG
+    while f"start {newest}" not in site.lines():
+        assert time.monotonic() < deadline, site.lines()
+        time.sleep(0.02)
     site.open(newest)
-    site.wait_status(newest, "SUCCEEDED")
-    assert older not in site.ledger.read_text()
+    last = site.wait_status(newest, "SUCCEEDED")
+    before = [site.instances()[i] for i in (running, older)]
+    assert all(r.status.terminal and (r.ended_at or 0) <= last.started_at for r in before), \
+        "the newest ran beside an older one"
+    assert site.lines()[-2:] == [f"start {newest}", f"end {newest}"], site.lines()
 
 
 def test_last_only_stops_the_running_instance_of_another_worker(site, procs):
-    """The running instance is asked to stop through legato.actions (the owner applies it)."""
+    """The running instance is asked to stop through legato.actions (its owner applies it): the
+    new start runs once it has ended STOPPED, without waiting for its step to finish."""
     pytest.importorskip("legato.actions", reason="the actions that stop another process's instance")
     site.push("lastrun", "last_only")
     procs.append(site.worker())
     running = site.queue("lastrun")
     site.wait_ledger(1)
     newest = site.queue("lastrun")
-    site.wait_status(running, "STOPPED")
+    stopped = site.wait_status(running, "STOPPED")
+    assert "run_strategy" in stopped.message, stopped.message
     assert site.wait_ledger(2)[-1] == f"start {newest}"
     site.open(newest)
     site.wait_status(newest, "SUCCEEDED")
+    assert site.lines() == [f"start {running}", f"start {newest}", f"end {newest}"]
 
 
 def test_serial_latest_only_never_stops_the_running_one(site, procs):
@@ -538,8 +556,12 @@ def test_strict_sequential_waits_for_unblock_from_another_shell(site, procs):
     assert site.wait_ledger(3)[-1] == f"start {blocked}"
     site.open(blocked)
     site.wait_status(blocked, "SUCCEEDED")
-    timeline = site.cli("status", "--json", failing)
-    assert timeline.returncode == 0
+    async def timeline():
+        async with open_storage(site.url) as store:
+            return await store.get_timeline(failing)
+
+    unblocked = [e for e in trio.run(timeline) if e.status == "UNBLOCKED"]
+    assert len(unblocked) == 1 and unblocked[0].message.startswith("unblocked by ann via cli"), unblocked
     again = site.cli("unblock", "strict")
     assert "nothing to unblock" in again.stdout
     unknown = site.cli("unblock", "nope")

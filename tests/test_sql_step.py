@@ -675,7 +675,9 @@ async def test_at_most_max_processes_run_at_once(tmp_path, monkeypatch):
     """A step beyond ``MAX_PROCESSES`` waits for a DuckDB process to end before it starts one."""
     monkeypatch.setattr(sql_plugin, "MAX_PROCESSES", 1)
     engine = make_engine(tmp_path)
-    long, short = engine.load(workflow(step(query=LONG_QUERY))), engine.load(workflow(step(query="SELECT 1 AS one")))
+    parallel = {"properties": {"run_strategy": "parallel"}}  # two instances of one workflow at once
+    long = engine.load({**workflow(step(query=LONG_QUERY)), **parallel})
+    short = engine.load({**workflow(step(query="SELECT 1 AS one")), **parallel})
     first, _ = await engine.start(long)
     second, _ = await engine.start(short)
     async with trio.open_nursery() as nursery:
