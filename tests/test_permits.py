@@ -21,6 +21,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from legato.states import StepStatus
 
@@ -262,3 +263,41 @@ async def test_a_workflow_without_shared_permits_never_asks_the_store(engine, mo
         done = await engine.execute(definition)
     assert done.status.value == "SUCCEEDED"
     assert scripted.active["peak"] == 2
+
+
+def test_a_step_queued_behind_another_key_asks_at_once(plugins, tmp_path):
+    """In virtual time: a step waits for tag `full` (limit 0); a later step tagged `free` is
+    granted at once, not after the fallback poll of the one waiting (FIFO per key, not one line
+    for every key); the waiting one starts once its limit is raised, without a wake-up it would
+    wait for the poll."""
+    from legato.engine import Engine
+    from legato.permits import POLL
+    from legato.plugins.memory import MemoryStorage
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    scripted.calls.clear()
+
+    async def main():
+        engine = Engine(MemoryStorage(), plugins=plugins, workspace=tmp_path)
+        await engine.storage.set_tag_permit("full", 0, by="test")
+        doc = {"workflow": {"id": "keys", "steps": [
+            {"step": {"id": "blocked", "type": "scripted", "tags": ["full"]}},
+            {"step": {"id": "first", "type": "scripted", "params": {"results": [{"sleep": POLL / 10}]},
+                      "transition": {"successors": {"later": "true"}}}},
+            {"step": {"id": "later", "type": "scripted", "tags": ["free"],
+                      "params": {"results": [{"sleep": 3 * POLL}]}}}]}}
+        start = trio.current_time()
+
+        async def raise_limit():
+            await trio.sleep(2 * POLL + POLL / 4)  # between two polls of the blocked step
+            await engine.storage.set_tag_permit("full", 1, by="test")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raise_limit)
+            instance = await engine.execute(engine.load(doc))
+        return instance, {sid: round(t - start, 3) for sid, _, t in scripted.calls}
+
+    instance, started = trio.run(main, clock=clock)
+    assert instance.status.value == "SUCCEEDED"
+    assert started["later"] < POLL, started
+    assert started["blocked"] == pytest.approx(2 * POLL + POLL / 4), started
