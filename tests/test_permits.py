@@ -301,3 +301,27 @@ def test_a_step_queued_behind_another_key_asks_at_once(plugins, tmp_path):
     assert instance.status.value == "SUCCEEDED"
     assert started["later"] < POLL, started
     assert started["blocked"] == pytest.approx(2 * POLL + POLL / 4), started
+
+
+def test_a_dead_workers_permits_are_not_counted_while_its_lease_runs(site, workers):
+    """kill -9 of a worker holding the workflow's only permit, its lease good for ten minutes and
+    nobody resuming its instance: `legato run` of another instance of the workflow still gets
+    the permit (its holder's process is gone, as a lease taken from it would be)."""
+    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "dead", "params": site.params, "steps": [
+        {"step": {"id": "a", "type": "bash",
+                  "params": {"script": 'touch "$STARTED/$LEGATO_INSTANCE_ID.$LEGATO_ATTEMPT"; '
+                                       'while [ ! -e "$RELEASE" ]; do sleep 0.02; done'}}}]}}
+    site.push(doc)
+    site.env["LEGATO_LEASE_TTL"] = "600"
+    first = site.worker()
+    workers.append(first)
+    del site.env["LEGATO_LEASE_TTL"]
+    [iid] = site.queue("dead", 1)
+    site.wait_started(1)
+    first.kill()
+    site.release.touch()
+    proc = site.cli("run", str(site.dir / "dead.json"), timeout=HANG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    instances, _, _ = site.read()
+    assert instances[iid].status.value == "IN_PROGRESS"  # nobody resumed it
+    assert [r[1] for r in _permit_rows(site)] == [], "the dead holder's permit is still counted"
