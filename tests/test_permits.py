@@ -325,3 +325,25 @@ def test_a_dead_workers_permits_are_not_counted_while_its_lease_runs(site, worke
     instances, _, _ = site.read()
     assert instances[iid].status.value == "IN_PROGRESS"  # nobody resumed it
     assert [r[1] for r in _permit_rows(site)] == [], "the dead holder's permit is still counted"
+
+
+def test_a_worker_hands_back_an_instance_whose_step_waits_for_a_permit(site, workers):
+    """SIGTERM while a step waits for a tag permit: the worker hands the instance back at once
+    (a waiting step is not a running one), the step still WAITING_FOR_PERMITS; another worker
+    runs it once the limit allows."""
+    assert site.cli("permits", "set", "gpu", "0").returncode == 0
+    site.push({"workflow": {"id": "handed", "steps": [{"step": {"id": "train", "type": "noop", "tags": ["gpu"]}}]}})
+    w = site.worker("--grace", "600")
+    workers.append(w)
+    [iid] = site.queue("handed", 1)
+    deadline = time.monotonic() + HANG
+    while _status(site, iid)["steps"]["train"]["message"] != "waiting for a permit of tag gpu: 0/0 held":
+        assert time.monotonic() < deadline, "the step never waited for its permit"
+        time.sleep(0.05)
+    assert w.terminate() == 0, "".join(w.lines)
+    assert any(line.rstrip().endswith("handed back unfinished") for line in w.lines), "".join(w.lines)
+    assert _status(site, iid)["steps"]["train"]["status"] == "WAITING_FOR_PERMITS"
+    assert site.cli("permits", "set", "gpu", "1").returncode == 0
+    workers.append(site.worker())
+    site.wait_statuses([iid], {"SUCCEEDED"})
+    assert _permit_rows(site) == []
