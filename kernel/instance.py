@@ -366,7 +366,7 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 self.set(st, stopped, reason)
                 st.finished = True
                 self.running -= 1
-                self.release_permits(st, st.attempt)
+                self.give_back_permits(st, st.attempt)
                 self.leave(st)
             else:
                 self.to_launch.append(st)

@@ -100,6 +100,7 @@ class Permits:
         self.granted: set[tuple[str, int]] = set()  # told to the run, not yet handled by it
         self.held: set[tuple[str, int]] = set()
         self.asking = False
+        self.napping: trio.CancelScope | None = None  # the asking task's wait for a wake-up
 
     def wants(self, sdef) -> list[tuple[str, int | None]]:
         """The permits a step takes: ``[(key, limit), …]`` (a tag's limit may be None: the store
@@ -125,6 +126,8 @@ class Permits:
         if not self.asking:
             self.asking = True
             self.run.nursery.start_soon(self._ask)
+        elif self.napping is not None:
+            self.napping.cancel()  # ask for it now: it may want a key others do not
         return True
 
     def release(self, key: tuple[str, int]) -> None:
@@ -159,9 +162,12 @@ class Permits:
                                 run.flush_soon()
                     if all(a is None for a in answers):
                         continue  # all in: anything queued meanwhile asks at once
-                    await listener.wait(POLL)
+                    with trio.CancelScope() as self.napping:
+                        await listener.wait(POLL)
+                    self.napping = None
         finally:
             self.asking = False
+            self.napping = None
 
     def stop(self, inside) -> list:
         """Take the waiting attempts of the steps ``inside`` accepts out of the queue; return their steps."""

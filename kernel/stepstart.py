@@ -126,7 +126,7 @@ class StepStart:
         while self.permit_queue and self.running + self.asking < self.limit and self.ending is None:
             self._admit(self.permit_queue.popleft())
 
-    def release_permits(self, st, attempt: int) -> None:
+    def give_back_permits(self, st, attempt: int) -> None:
         """``st``'s attempt ended: what it shares goes back in the commit of its end."""
         if self.permits is not None:
             self.permits.release((st.key, attempt))

@@ -271,8 +271,9 @@ class Storage(abc.ABC):
     # -- permits (legato.permits) ------------------------------------------------------------
     # A held permit is a row (key, holder); a key is ``workflow:<id>`` (step_concurrency),
     # ``tree:<root instance id>`` (instance_step_concurrency) or ``tag:<name>``. A holder whose
-    # instance's lease is not live (expired, released: the instance ended or was handed back)
-    # holds nothing: its rows are dropped the next time the key is counted.
+    # instance's lease is not live (expired, released: the instance ended or was handed back; or
+    # its process is known to be gone, :attr:`Lease.live`) holds nothing: its rows are dropped
+    # when the key is counted.
 
     async def acquire_permits(self, requests: list[tuple[tuple[str, str, int], list[tuple[str, int | None]]]]
                               ) -> list[tuple[str, int, int] | None]:

@@ -21,6 +21,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from legato.states import StepStatus
 
@@ -262,3 +263,87 @@ async def test_a_workflow_without_shared_permits_never_asks_the_store(engine, mo
         done = await engine.execute(definition)
     assert done.status.value == "SUCCEEDED"
     assert scripted.active["peak"] == 2
+
+
+def test_a_step_queued_behind_another_key_asks_at_once(plugins, tmp_path):
+    """In virtual time: a step waits for tag `full` (limit 0); a later step tagged `free` is
+    granted at once, not after the fallback poll of the one waiting (FIFO per key, not one line
+    for every key); the waiting one starts once its limit is raised, without a wake-up it would
+    wait for the poll."""
+    from legato.engine import Engine
+    from legato.permits import POLL
+    from legato.plugins.memory import MemoryStorage
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    scripted.calls.clear()
+
+    async def main():
+        engine = Engine(MemoryStorage(), plugins=plugins, workspace=tmp_path)
+        await engine.storage.set_tag_permit("full", 0, by="test")
+        doc = {"workflow": {"id": "keys", "steps": [
+            {"step": {"id": "blocked", "type": "scripted", "tags": ["full"]}},
+            {"step": {"id": "first", "type": "scripted", "params": {"results": [{"sleep": POLL / 10}]},
+                      "transition": {"successors": {"later": "true"}}}},
+            {"step": {"id": "later", "type": "scripted", "tags": ["free"],
+                      "params": {"results": [{"sleep": 3 * POLL}]}}}]}}
+        start = trio.current_time()
+
+        async def raise_limit():
+            await trio.sleep(2 * POLL + POLL / 4)  # between two polls of the blocked step
+            await engine.storage.set_tag_permit("full", 1, by="test")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raise_limit)
+            instance = await engine.execute(engine.load(doc))
+        return instance, {sid: round(t - start, 3) for sid, _, t in scripted.calls}
+
+    instance, started = trio.run(main, clock=clock)
+    assert instance.status.value == "SUCCEEDED"
+    assert started["later"] < POLL, started
+    assert started["blocked"] == pytest.approx(2 * POLL + POLL / 4), started
+
+
+def test_a_dead_workers_permits_are_not_counted_while_its_lease_runs(site, workers):
+    """kill -9 of a worker holding the workflow's only permit, its lease good for ten minutes and
+    nobody resuming its instance: `legato run` of another instance of the workflow still gets
+    the permit (its holder's process is gone, as a lease taken from it would be)."""
+    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "dead", "params": site.params, "steps": [
+        {"step": {"id": "a", "type": "bash",
+                  "params": {"script": 'touch "$STARTED/$LEGATO_INSTANCE_ID.$LEGATO_ATTEMPT"; '
+                                       'while [ ! -e "$RELEASE" ]; do sleep 0.02; done'}}}]}}
+    site.push(doc)
+    site.env["LEGATO_LEASE_TTL"] = "600"
+    first = site.worker()
+    workers.append(first)
+    del site.env["LEGATO_LEASE_TTL"]
+    [iid] = site.queue("dead", 1)
+    site.wait_started(1)
+    first.kill()
+    site.release.touch()
+    proc = site.cli("run", str(site.dir / "dead.json"), timeout=HANG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    instances, _, _ = site.read()
+    assert instances[iid].status.value == "IN_PROGRESS"  # nobody resumed it
+    assert [r[1] for r in _permit_rows(site)] == [], "the dead holder's permit is still counted"
+
+
+def test_a_worker_hands_back_an_instance_whose_step_waits_for_a_permit(site, workers):
+    """SIGTERM while a step waits for a tag permit: the worker hands the instance back at once
+    (a waiting step is not a running one), the step still WAITING_FOR_PERMITS; another worker
+    runs it once the limit allows."""
+    assert site.cli("permits", "set", "gpu", "0").returncode == 0
+    site.push({"workflow": {"id": "handed", "steps": [{"step": {"id": "train", "type": "noop", "tags": ["gpu"]}}]}})
+    w = site.worker("--grace", "600")
+    workers.append(w)
+    [iid] = site.queue("handed", 1)
+    deadline = time.monotonic() + HANG
+    while _status(site, iid)["steps"]["train"]["message"] != "waiting for a permit of tag gpu: 0/0 held":
+        assert time.monotonic() < deadline, "the step never waited for its permit"
+        time.sleep(0.05)
+    assert w.terminate() == 0, "".join(w.lines)
+    assert any(line.rstrip().endswith("handed back unfinished") for line in w.lines), "".join(w.lines)
+    assert _status(site, iid)["steps"]["train"]["status"] == "WAITING_FOR_PERMITS"
+    assert site.cli("permits", "set", "gpu", "1").returncode == 0
+    workers.append(site.worker())
+    site.wait_statuses([iid], {"SUCCEEDED"})
+    assert _permit_rows(site) == []

@@ -1120,6 +1120,10 @@ class SqlStorage(Storage):
                     held = sql.first("SELECT count(*) AS n FROM legato_permits WHERE permit_key = :key AND NOT "
                                      "(instance_id = :iid AND step_id = :sid AND attempt = :attempt)",
                                      {"key": key, **holder}).n
+                    if held >= limit and self._drop_dead_holders(sql, key):
+                        held = sql.first("SELECT count(*) AS n FROM legato_permits WHERE permit_key = :key AND NOT "
+                                         "(instance_id = :iid AND step_id = :sid AND attempt = :attempt)",
+                                         {"key": key, **holder}).n
                     if held >= limit:
                         blocked = (key, held, limit)
                         break
@@ -1131,6 +1135,18 @@ class SqlStorage(Storage):
                                 {"key": key, "now": now, **holder})
                 answers.append(blocked)
         return answers
+
+    def _drop_dead_holders(self, sql, key: str) -> bool:
+        """A full key: drop the permits of holders whose lease is unexpired but whose process is
+        known to be gone (it ran on this machine: :attr:`Lease.live`), as a lease would be taken
+        from them. True if any was dropped. Only on this path: it reads /proc."""
+        rows = sql.all(f"SELECT DISTINCT i.instance_id, {', '.join('i.' + c for c in _LEASE_COLUMNS.split(', '))}, "
+                       f"{self._now_sql()} AS now FROM legato_permits p JOIN legato_instances i ON "
+                       "i.instance_id = p.instance_id WHERE p.permit_key = :key", {"key": key})
+        dead = [r.instance_id for r in rows if not _lease(r).live]
+        for iid in dead:
+            sql.run("DELETE FROM legato_permits WHERE permit_key = :key AND instance_id = :iid", {"key": key, "iid": iid})
+        return bool(dead)
 
     async def release_permits(self, instance_id: str, keep=()) -> None:
         def release():
