@@ -137,10 +137,14 @@ ROWS_PER_PAGE = 32
 _BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
 
 
+# One encoder for every value the store writes: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def _dumps(value: Any) -> str:
     if not value and type(value) is dict:
         return "{}"  # most params and outputs: no encoder call
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _encode(value)
 
 
 class SqlStorage(Storage):
@@ -662,7 +666,10 @@ class SqlStorage(Storage):
     async def _after_commit(self) -> None:
         if self._wal_pages >= CHECKPOINT_PAGES:
             self._wal_pages = 0
-            await self._run(self._checkpoint, doing="checkpoint the write-ahead log")
+            try:
+                await self._run(self._checkpoint, doing="checkpoint the write-ahead log")
+            except StorageError:
+                pass  # as SQLite's own checkpoint after a commit: the commit is durable, the log only grows
 
     def _checkpoint(self) -> None:
         if self._writer is not None:
