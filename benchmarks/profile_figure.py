@@ -1,10 +1,13 @@
 """Profile one benchmark workload under cProfile and print the top functions.
 
     python benchmarks/profile_figure.py chain|fan|start|bash|validate [--top 10] [--sort tottime|cumulative]
+                                        [--store memory://|sqlite]
 
 Only the measured part is profiled (engine.execute, or engine.load for ``validate``), on a
-memory:// store, after one unprofiled warm-up run. For finding what is slow, not for figures:
-cProfile roughly doubles the cost of Python-heavy code.
+memory:// store (``--store sqlite``: a new SQLite store in a temporary directory, the default
+store of the figures), after one unprofiled warm-up run. cProfile sees the event loop's thread
+only: what the store does in its worker thread shows as the wait for it. For finding what is
+slow, not for figures: cProfile roughly doubles the cost of Python-heavy code.
 """
 
 from __future__ import annotations
@@ -49,14 +52,17 @@ def main() -> None:
     parser.add_argument("workload", choices=["chain", "fan", "start", "bash", "validate"])
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
+    parser.add_argument("--store", default="memory://",
+                        help="a storage URL, or `sqlite` for a new SQLite store [default: memory://]")
     args = parser.parse_args()
     profiler = cProfile.Profile()
 
     with tempfile.TemporaryDirectory(prefix="legato-prof-") as tmp:
         doc, repeat = workload(args.workload, Path(tmp))
+        url = f"sqlite:///{tmp}/profile.db" if args.store == "sqlite" else args.store
 
         async def main_task(profile: bool) -> None:
-            async with open_storage("memory://") as storage:
+            async with open_storage(url) as storage:
                 engine = Engine(storage, workspace=Path(tmp) / "ws")
                 if args.workload == "validate":
                     if profile:

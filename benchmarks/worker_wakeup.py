@@ -37,8 +37,9 @@ def latencies(db: Path, status: str = "RUNNING") -> list[float]:
     try:
         rows = conn.execute(
             "SELECT i.created_at, MIN(e.ts) FROM legato_instances i JOIN legato_events e "
-            f"ON e.instance_id = i.instance_id WHERE e.status = ? AND {step} GROUP BY i.instance_id",
-            (status,)).fetchall()
+            # a row may hold the step's following transitions too (RUNNING,FINISHING@…): its ts is RUNNING's
+            f"ON e.instance_id = i.instance_id WHERE (e.status = ? OR e.status LIKE ?) AND {step} "
+            "GROUP BY i.instance_id", (status, status + ",%")).fetchall()
     finally:
         conn.close()
     return [(ts - created) * 1000 for created, ts in rows]

@@ -27,6 +27,11 @@ I = InstanceStatus  # noqa: E741
 # How long RUNNING states, handles and log lines may wait for a commit of their own (seconds).
 FLUSH_DELAY = 0.05
 
+# The empty map the ended attempts of a run share for their params and outputs, once their end is
+# durable (most steps of a long run have neither): what a finished step keeps in memory is then
+# its record alone. Never changed: an ended attempt's values are not written again.
+EMPTY: dict = {}
+
 
 def _parse_crash_at(spec: str | None) -> list | None:
     if not spec:
@@ -48,6 +53,21 @@ def crashpoint(name: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+_TERMINAL = frozenset(s for s in StepStatus if s.terminal)
+
+
+def _slim(st) -> None:
+    """``st``'s attempt ended and that is durable: its empty params and outputs become the shared
+    EMPTY, so that a long run's finished steps do not each keep two empty dicts (RSS stays flat)."""
+    record = st.record
+    if record is None or record.status not in _TERMINAL:  # a retry's new attempt meanwhile
+        return
+    if not record.outputs and record.outputs is not EMPTY:
+        record.outputs = EMPTY
+    if st.params is not None and not st.params and st.params is not EMPTY and record.params is st.params:
+        st.params = record.params = EMPTY
+
+
 class Writer:
     """The instance run's writes (a mixin of :class:`legato.instance.InstanceRun`)."""
 
@@ -57,6 +77,7 @@ class Writer:
         self.flush_at: float | None = None  # trio time by which pending changes are committed
         self.durable_waiters: list[trio.Event] = []
         self.releases: list[tuple[Any, int, Any]] = []  # ended attempts to release once durable
+        self.ended: list = []  # steps whose attempt ended in this batch: slimmed once it is durable
         self.lost: BaseException | None = None
         self._emit = self.engine.plugins.emit if self.engine.observed else None
 
@@ -84,6 +105,8 @@ class Writer:
             record.message = message
         self.batch.attempts[(st.key, st.attempt)] = record
         self.batch.events.append(Event(time.time(), self.iid, st.key, st.attempt, status.value, message))
+        if status in _TERMINAL:
+            self.ended.append(st)
 
     def set_instance(self, status: InstanceStatus, message: str = "") -> None:
         self.instance.status = transition(self.instance.status, status, f"instance {self.iid}")
@@ -108,6 +131,9 @@ class Writer:
         releases = self.releases  # the ends in this batch: released only once it is durable
         if releases:
             self.releases = []
+        ended = self.ended
+        if ended:
+            self.ended = []
         try:
             await self.engine.storage.commit(batch)
         except StorageError as exc:
@@ -118,6 +144,8 @@ class Writer:
             await trio.lowlevel.checkpoint()
             raise
         crashpoint("committed")
+        for st in ended:
+            _slim(st)
         observer, emit = self.observer, self._emit
         if observer is not None or emit is not None:
             for event in batch.events:

@@ -1,6 +1,10 @@
 """The SQL store: SQLite (the embedded default) and PostgreSQL through SQLAlchemy/SQLModel.
 
-- Every call runs in a worker thread: nothing blocks the event loop.
+- Every call runs in a worker thread: nothing blocks the event loop. One exception: on SQLite a
+  small :meth:`SqlStorage.commit` that can take the write lock at once is written on the event
+  loop's thread (a WAL commit without fsync takes tens of microseconds, less than the hop to a
+  worker thread and back); one that would wait goes to the thread, and checkpoints (which fsync)
+  always run there.
 - :meth:`SqlStorage.commit` writes one scheduling tick in one transaction (group commit), after
   checking the instance's lease generation (fencing) inside that transaction.
 - SQLite runs in WAL mode with a busy timeout; writers take the lock up front (``BEGIN
@@ -125,10 +129,29 @@ class _SaSql:
         self.conn.execute(self.text(sql), params or {})
 
 
+# A commit of at most this many rows and this much log text is written on the event loop's thread
+# when the write lock is free (see the module docstring); a larger one in a worker thread.
+INLINE_ROWS = 64
+INLINE_LOG_CHARS = 16384
+# The writer connection never checkpoints inside a commit (SQLite's automatic checkpoint would
+# fsync on the event loop): once its commits have written about this many WAL pages (estimated),
+# a passive checkpoint runs in a worker thread after the commit. SQLite's own default is 1000.
+CHECKPOINT_PAGES = 1000
+# The estimate: a small commit writes about 4-5 pages (each table's and index's last leaf), a
+# large one a page per ROWS_PER_PAGE rows or so more.
+PAGES_PER_COMMIT = 4
+ROWS_PER_PAGE = 32
+_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+# One encoder for every value the store writes: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def _dumps(value: Any) -> str:
     if not value and type(value) is dict:
         return "{}"  # most params and outputs: no encoder call
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _encode(value)
 
 
 class SqlStorage(Storage):
@@ -148,6 +171,7 @@ class SqlStorage(Storage):
         self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file we opened
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
         self._wakeups = None  # legato.wakeup's channel to this store's workers, made when first asked for
+        self._wal_pages = 0  # WAL pages written since the last checkpoint (an estimate, see CHECKPOINT_PAGES)
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
@@ -286,6 +310,7 @@ class SqlStorage(Storage):
                                check_same_thread=False)
         try:
             self._configure(conn)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run in a thread (_checkpoint)
         except BaseException:
             conn.close()
             raise
@@ -470,19 +495,23 @@ class SqlStorage(Storage):
             raise StorageError("the store is not open")
 
         def call():
-            try:
-                with self._lock:
-                    return fn(*args)
-            except (StorageError, StaleWrite):
-                raise
-            except (sqlite3.Error, OSError) as exc:
-                raise self._explain(exc, doing) from None
-            except Exception as exc:
-                if not _is_sqlalchemy_error(exc):
-                    raise
-                raise self._explain(exc, doing) from None
+            with self._lock:
+                return self._explained(fn, args, doing)
 
         return await trio.to_thread.run_sync(call)
+
+    def _explained(self, fn: Callable[..., Any], args: tuple, doing: str) -> Any:
+        """``fn(*args)`` with driver errors turned into :class:`StorageError` saying what to do."""
+        try:
+            return fn(*args)
+        except (StorageError, StaleWrite):
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise self._explain(exc, doing) from None
+        except Exception as exc:
+            if not _is_sqlalchemy_error(exc):
+                raise
+            raise self._explain(exc, doing) from None
 
     def _now_sql(self) -> str:
         if self.dialect == "sqlite":
@@ -733,31 +762,80 @@ class SqlStorage(Storage):
         return await self._run(start, doing="start the instance")
 
     async def commit(self, batch: Batch) -> None:
+        if self._writer is not None and self._opened and _small(batch):
+            # Inline (see the module docstring): the same transaction on the same connection, so
+            # the same durability; it only skips the thread hop. Cancellation acts as it does on
+            # the thread path: before the commit, never after it.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._lock.acquire(blocking=False):  # else a call is under way in a thread
+                try:
+                    done = self._explained(self._commit_sqlite, (batch, False), "commit")
+                finally:
+                    self._lock.release()
+                if done:
+                    await self._after_commit()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
         await self._run(self._commit, batch, doing="commit")
+        await self._after_commit()
+
+    async def _after_commit(self) -> None:
+        if self._wal_pages >= CHECKPOINT_PAGES:
+            self._wal_pages = 0
+            try:
+                await self._run(self._checkpoint, doing="checkpoint the write-ahead log")
+            except StorageError:
+                pass  # as SQLite's own checkpoint after a commit: the commit is durable, the log only grows
+
+    def _checkpoint(self) -> None:
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _commit(self, batch: Batch) -> None:
         # The hot path: driver-level statements (prepared once per connection by the driver),
         # executemany per table, one transaction. On SQLite a dedicated connection skips
         # SQLAlchemy's per-statement work entirely.
         if self._writer is not None:
-            raw = self._writer
+            self._commit_sqlite(batch, True)
+            return
+        with self._engine.begin() as conn:
+            self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
+        self._notify_after(batch)
+
+    def _commit_sqlite(self, batch: Batch, wait: bool) -> bool:
+        """Commit on the writer connection; unless ``wait``, only if the write lock is free now
+        (False, with nothing written, when another connection holds it)."""
+        raw = self._writer
+        if wait:
             raw.execute("BEGIN IMMEDIATE")
-            try:
-                self._write(raw.execute, raw.executemany, batch)
-            except BaseException:
-                if raw.in_transaction:  # SQLite may have rolled back already (a full disk does)
-                    raw.execute("ROLLBACK")
-                raise
-            raw.execute("COMMIT")
-            self._written.add(batch.instance_id)
-            self._check_file()
         else:
-            with self._engine.begin() as conn:
-                self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
-        if batch.actions:
-            self.wakeups().notify()  # whoever waits for them (legato.actions.wait_applied)
-        if batch.permits_released:
-            self.wakeups().notify()  # steps here or in other workers may be waiting for them
+            raw.execute("PRAGMA busy_timeout = 0")
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) in _BUSY or "locked" in str(exc):
+                    return False
+                raise
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        try:
+            self._write(raw.execute, raw.executemany, batch)
+        except BaseException:
+            if raw.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+        self._wal_pages += PAGES_PER_COMMIT + _rows(batch) // ROWS_PER_PAGE
+        self._written.add(batch.instance_id)
+        self._check_file()
+        self._notify_after(batch)
+        return True
+
+    def _notify_after(self, batch: Batch) -> None:
+        if batch.actions or batch.permits_released:
+            # Whoever waits for them: legato.actions.wait_applied, steps here or in other
+            # workers waiting for permits.
+            self.wakeups().notify()
 
     def _write(self, execute, executemany, batch: Batch) -> None:
         sql = self._sql
@@ -775,8 +853,7 @@ class SqlStorage(Storage):
                  None if r.handle is None else _dumps(r.handle))
                 for r in batch.attempts.values()])
         if batch.events:
-            executemany(sql["event"], [
-                (e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts) for e in batch.events])
+            executemany(sql["event"], event_rows(batch.events))
         if batch.logs:
             executemany(sql["log"], [
                 (c.instance_id, c.step_id, c.attempt, c.stream, c.text, c.ts) for c in batch.logs])
@@ -885,7 +962,7 @@ class SqlStorage(Storage):
         def read():
             with self._sql_tx(write=False) as sql:
                 rows = sql.all("SELECT * FROM legato_events WHERE instance_id = :iid ORDER BY id", {"iid": instance_id})
-            return [Event(r.ts, r.instance_id, r.step_id, r.attempt, r.status, r.message) for r in rows]
+            return expand_events(rows)
 
         return await self._run(read, doing="read the timeline")
 
@@ -1201,6 +1278,87 @@ class SqlStorage(Storage):
             return found
 
         return await self._run(write, doing="remove the tag permit")
+
+
+# -- timeline rows: the transitions one step makes in one commit share a row --------------------
+#
+# A step's consecutive events in one batch (CREATED … STARTING when it is created, RUNNING …
+# SUCCEEDED when it ends) are one row of legato_events: ``status`` lists them, ``STATE[@dt]`` joined
+# by commas, ``dt`` the seconds after the row's ``ts`` (the first event's) exactly as a float's
+# repr (omitted when 0), and ``message`` is the last one's (the others' are empty, else they get
+# rows of their own). Reading expands such a row into the events it holds, equal to those
+# committed; a row of one status, as every row of older stores, reads as it is.
+
+_STEP_STATES = frozenset(s.value for s in StepStatus)
+
+
+def event_rows(events: list[Event]) -> list[tuple]:
+    """The rows of legato_events for ``events`` (one batch's, in order)."""
+    rows: list[tuple] = []
+    head = None  # the event the row being built starts with
+    parts: list[str] = []
+    for e in events:
+        if (head is not None and e.step_id == head.step_id and e.attempt == head.attempt and not last.message
+                and e.status in _STEP_STATES):
+            dt = e.ts - head.ts
+            if head.ts + dt == e.ts:  # exact, as it is between two clock readings
+                parts.append(f"{e.status}@{dt!r}" if dt else e.status)
+                last = e
+                continue
+        if head is not None:
+            rows.append((head.instance_id, head.step_id, head.attempt, ",".join(parts), last.message, head.ts))
+        if e.step_id is not None and e.status in _STEP_STATES:
+            head = last = e
+            parts = [e.status]
+        else:
+            head = None
+            rows.append((e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts))
+    if head is not None:
+        rows.append((head.instance_id, head.step_id, head.attempt, ",".join(parts), last.message, head.ts))
+    return rows
+
+
+def event_statuses(status: str) -> list[tuple[str, float]]:
+    """The (status, seconds after the row's ts) of the events one legato_events row holds."""
+    if "," not in status:
+        return [(status, 0.0)]
+    out = []
+    for part in status.split(","):
+        name, _, dt = part.partition("@")
+        if name not in _STEP_STATES:
+            return [(status, 0.0)]  # not a row of several events: some other status, as it is
+        try:
+            out.append((name, float(dt) if dt else 0.0))
+        except ValueError:
+            return [(status, 0.0)]
+    return out
+
+
+def expand_events(rows) -> list[Event]:
+    """The events of legato_events rows (``ts, instance_id, step_id, attempt, status, message``)."""
+    events = []
+    for r in rows:
+        status = r.status
+        if "," not in status:
+            events.append(Event(r.ts, r.instance_id, r.step_id, r.attempt, status, r.message))
+            continue
+        held = event_statuses(status)
+        for name, dt in held[:-1]:
+            events.append(Event(r.ts + dt, r.instance_id, r.step_id, r.attempt, name, ""))
+        name, dt = held[-1]
+        events.append(Event(r.ts + dt, r.instance_id, r.step_id, r.attempt, name, r.message))
+    return events
+
+
+def _rows(batch: Batch) -> int:
+    return len(batch.attempts) + len(batch.events) + len(batch.logs) + (batch.instance is not None)
+
+
+def _small(batch: Batch) -> bool:
+    """Whether ``batch`` is small enough to commit on the event loop's thread (INLINE_ROWS)."""
+    if _rows(batch) > INLINE_ROWS:
+        return False
+    return not batch.logs or sum(len(chunk.text) for chunk in batch.logs) <= INLINE_LOG_CHARS
 
 
 def _is_sqlalchemy_error(exc: Exception) -> bool:
