@@ -322,20 +322,29 @@ def _restart_words(params: dict) -> str:
 
 
 async def _stop_queued(storage, action: ActionRecord, engine) -> None:
-    """Stop or kill a queued instance nobody runs: take its lease, end it, let go. Left pending
-    (for the process that runs it) when a live one holds it."""
+    """Stop or kill a queued instance nobody runs: take its lease, end it, let go; one its run
+    strategy keeps waiting (no lease is given) ends through :meth:`Storage.end_queued
+    <legato.storage.Storage.end_queued>`. Left pending (for the process that runs it) when a live
+    one holds it."""
     iid = action.instance_id
     owner, ttl = _owner(engine)
+    status = I.STOPPED if action.verb == "stop" else I.FAILED
+    reason = f"{'stopped' if action.verb == 'stop' else 'killed'} by {action.requested_by} before it started"
     generation = await storage.acquire_lease(iid, owner, ttl)
     if generation is None:
-        return  # a worker claimed it meanwhile: it applies the action
+        # Refused: a worker claimed it meanwhile (it applies the action), or its run strategy
+        # makes it wait its turn (nobody holds it: it ends here, in the store's one transaction).
+        outcome = applied(f"instance {status.value} before it started")
+        ended = await storage.end_queued(iid, status, _action_event(action, None, 0, outcome).message)
+        if ended is not None:
+            await storage.mark_action_applied(action.id, outcome)
+            action.applied_at, action.outcome = time.time(), outcome
+        return
     try:
         current = await storage.get_instance(iid)
         if current is None or current.status is not I.CREATED:
             return  # it started meanwhile (and the lease was free: its runner died): whoever resumes it applies it
-        status = I.STOPPED if action.verb == "stop" else I.FAILED
         now = time.time()
-        reason = f"{'stopped' if action.verb == 'stop' else 'killed'} by {action.requested_by} before it started"
         current.status, current.ended_at, current.message = status, now, reason
         outcome = applied(f"instance {status.value} before it started")
         batch = Batch(iid, generation, instance=current,

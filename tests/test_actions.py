@@ -477,3 +477,32 @@ def test_a_restart_from_the_beginning_keeps_the_earlier_runs_steps_even_unsatisf
     _, attempts, _ = site.read()
     assert sorted((a.step_id, a.attempt, a.run_id, a.status.value) for a in attempts[iid]) == [
         ("a", 1, 1, "SUCCEEDED"), ("a", 2, 2, "SUCCEEDED"), ("b", 1, 1, "SUCCEEDED"), ("b", 2, 2, "UNSATISFIED")]
+
+
+def test_a_queued_instance_its_run_strategy_holds_back_is_stopped_at_once(tmp_path):
+    """A stop of an instance SEQUENTIAL keeps waiting (no lease is given to anyone while an
+    earlier one runs) ends it STOPPED at once through Storage.end_queued, the action applied
+    (Maestro's WorkflowInstanceActionHandler.stop of a queued instance)."""
+    import trio
+
+    from legato.actions import request_action
+    from legato.engine import Engine
+    from legato.storage import open_storage
+
+    doc = {"workflow": {"id": "held", "steps": [{"step": {"id": "a", "type": "noop"}}]}}
+
+    async def main():
+        async with open_storage(f"sqlite:///{tmp_path}/s.db") as storage:
+            engine = Engine(storage, workspace=tmp_path / "runs")
+            definition = engine.load(doc)
+            first, _ = await engine.start(definition)  # leased to this engine: it runs
+            second, _ = await engine.start(definition, queued=True)
+            assert (await storage.acquire_lease(second.instance_id, "someone", 30.0)) is None
+            action = await request_action(storage, second.instance_id, "stop", by="tester")
+            assert action.applied_at is not None and action.outcome.startswith("applied:")
+            ended = await storage.get_instance(second.instance_id)
+            assert ended.status.value == "STOPPED"
+            assert (await storage.get_instance(first.instance_id)).status.value != "STOPPED"
+            assert [a.outcome for a in await storage.list_actions(second.instance_id)] == [action.outcome]
+
+    trio.run(main)
