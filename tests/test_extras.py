@@ -131,7 +131,7 @@ def test_the_extras_bring_the_heavy_libraries_and_the_base_install_does_not():
     assert EXTRAS["sql"] == ["duckdb>=1.0"]
     assert EXTRAS["postgres"] == ["psycopg[binary]>=3.1"]
     assert EXTRAS["notebook"][0].startswith("papermill")
-    assert EXTRAS["all"] == ["legato[docker,notebook,sql,postgres]"]
+    assert EXTRAS["all"] == ["legato[docker,notebook,sql,postgres,serve]"]
     # The README's two commands (scripts/dev) still install everything: the test extra brings all.
     assert "legato[all]" in EXTRAS["test"]
     assert "-e '.[all,test]'" in (ROOT / "scripts" / "dev").read_text()

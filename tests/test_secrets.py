@@ -86,8 +86,9 @@ class Legato:
             "legato status": self("status").stdout.encode(),
         }
         surfaces["CLI output"] = "\n".join(self.seen).encode()
-        for path in self.tmp.glob("legato.db*"):  # the database, its -wal and -shm
-            surfaces[path.name] = path.read_bytes()
+        for path in self.tmp.glob("legato.db*"):  # the database, its -wal and -shm (not the wake-up FIFOs' folder)
+            if path.is_file():
+                surfaces[path.name] = path.read_bytes()
         for root in (self.workspace, self.tmp / "tmp"):  # every file steps left, crash reports
             for path in root.rglob("*"):
                 if path.is_file():
