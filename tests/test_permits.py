@@ -307,7 +307,7 @@ def test_a_dead_workers_permits_are_not_counted_while_its_lease_runs(site, worke
     """kill -9 of a worker holding the workflow's only permit, its lease good for ten minutes and
     nobody resuming its instance: `legato run` of another instance of the workflow still gets
     the permit (its holder's process is gone, as a lease taken from it would be)."""
-    doc = {"properties": {"step_concurrency": 1}, "workflow": {"id": "dead", "params": site.params, "steps": [
+    doc = {"properties": {"run_strategy": "parallel", "step_concurrency": 1}, "workflow": {"id": "dead", "params": site.params, "steps": [
         {"step": {"id": "a", "type": "bash",
                   "params": {"script": 'touch "$STARTED/$LEGATO_INSTANCE_ID.$LEGATO_ATTEMPT"; '
                                        'while [ ! -e "$RELEASE" ]; do sleep 0.02; done'}}}]}}
