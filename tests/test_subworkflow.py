@@ -343,6 +343,9 @@ def crash_workflows(ledger, iterations: int = 3, concurrency: int = 2, async_ste
         return step
 
     child = wf("kid", bash("k1", ["k2"]), bash("k2"), params={"ledger": "unset"})
+    # Many parents' children run at once (and async ones wait, queued, for `legato resume`):
+    # PARALLEL, or SEQUENTIAL, the default run strategy, would queue the next sync child behind them.
+    child["properties"] = {"run_strategy": "parallel", "workflow_concurrency": 1000}
     tail = [subworkflow("as", False, ["end"])] if async_step else []
     loop = {"foreach": {"id": "fe", "concurrency": concurrency, "transition": {"successors": [
         "as" if async_step else "end"]}, "params": {"loop_params": {"type": "MAP", "value": {
