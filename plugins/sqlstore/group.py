@@ -2,7 +2,7 @@
 transaction.
 
 A hundred instances running at once each commit their tick (:meth:`SqlStorage.commit
-<plugins.sqlstore.store.SqlStorage.commit>`), a worker claims and releases leases, the API
+<legato.plugins.sqlstore.store.SqlStorage.commit>`), a worker claims and releases leases, the API
 creates instances: one ``BEGIN IMMEDIATE … COMMIT`` each would pay the transaction, the file check
 and (for a large one) the hop to a worker thread every time. Here the first writer of a tick leads:
 it lets the other tasks of that tick run (one checkpoint), then writes everything queued meanwhile

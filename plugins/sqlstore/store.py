@@ -2,7 +2,7 @@
 
 - Every call runs in a worker thread: nothing blocks the event loop. One exception: on SQLite the
   writes of one scheduling tick (commits, leases, new instances) share one transaction
-  (:mod:`plugins.sqlstore.group`), written on the event loop's thread when it is small and the
+  (:mod:`legato.plugins.sqlstore.group`), written on the event loop's thread when it is small and the
   write lock is free (a WAL commit without fsync takes tens of microseconds, less than the hop to
   a worker thread and back); a large one, or one that would wait, goes to the thread, and
   checkpoints (which fsync) always run there.
@@ -357,7 +357,7 @@ class SqlStorage(Storage):
             with (self._engine.begin() if write else self._reading()) as conn:
                 yield _SaSql(conn)
             return
-        if not write or self._group.open:  # a read; or a write in a group's transaction (plugins.sqlstore.group)
+        if not write or self._group.open:  # a read, or a write inside a group (group.py)
             yield _RawSql(raw)
             return
         raw.execute("BEGIN IMMEDIATE")
@@ -505,7 +505,7 @@ class SqlStorage(Storage):
 
     async def _write_tx(self, fn: Callable[..., Any], *args: Any, doing: str, rows: int = 1, chars: int = 0) -> Any:
         """A write: ``fn(*args)``, whose ``_sql_tx(write=True)`` is its transaction. On SQLite it
-        shares one with the other writes of this tick (:mod:`plugins.sqlstore.group`); elsewhere a
+        shares one with the other writes of this tick (:mod:`legato.plugins.sqlstore.group`); elsewhere a
         transaction of its own in a worker thread."""
         if not self._opened:
             raise StorageError("the store is not open")
@@ -783,7 +783,7 @@ class SqlStorage(Storage):
     async def commit(self, batch: Batch) -> None:
         if self._writer is None or not self._opened:
             await self._run(self._commit, batch, doing="commit")
-        else:  # with the other writes of this tick (plugins.sqlstore.group)
+        else:  # with the other writes of this tick (legato.plugins.sqlstore.group)
             await self._group.write(self._commit_in, batch, doing="commit", rows=_rows(batch),
                                     chars=sum(len(chunk.text) for chunk in batch.logs) if batch.logs else 0)
         self._notify_after(batch)
