@@ -84,7 +84,7 @@ class Engine:
 
     def load(self, source) -> Definition:
         """Load and validate a definition (path, text or document). Raises DefinitionError."""
-        return load_definition(source, self.plugins.step_types.types, self.compiler)
+        return load_definition(source, self.plugins.step_types.types, self.compiler, self.plugins.triggers.types)
 
     async def start(
         self,

@@ -21,8 +21,8 @@ signals arrive (``signal``, for ``signal_triggers``). It is a class registered t
   longer active), it returns promptly, within 2 s on an idle machine, leaving nothing behind;
   an exception escaping ``run`` is logged by the host, which runs the trigger again after a
   pause (the checkpoint makes that safe);
-- ``next_due(trigger, checkpoint, now)`` (sync, optional): when it fires next (epoch seconds),
-  or None when it cannot say (a signal trigger); what ``legato triggers`` shows.
+- ``next_due(trigger, checkpoint, now, *, workflow_id)`` (sync, optional): when it fires next
+  (epoch seconds), or None when it cannot say (a signal trigger); what ``legato triggers`` shows.
 
 **The host** (:mod:`legato.trigger_host`, under ``legato serve`` and ``legato worker``) runs one
 task per (workflow, trigger) of every active version whose definition has items at the trigger
@@ -213,9 +213,9 @@ class TriggerType:
         """Why this trigger type cannot run here (a missing library, with the install hint), or None."""
         return None
 
-    def next_due(self, trigger: TriggerDef, checkpoint: Any, now: float) -> float | None:
-        """When ``trigger`` fires next after ``now`` given its ``checkpoint`` (epoch seconds),
-        or None when it cannot say. The default cannot."""
+    def next_due(self, trigger: TriggerDef, checkpoint: Any, now: float, *, workflow_id: str = "") -> float | None:
+        """When ``trigger`` of ``workflow_id`` fires next after ``now`` given its ``checkpoint``
+        (epoch seconds), or None when it cannot say. The default cannot."""
         return None
 
     async def run(self, ctx: TriggerContext, *, task_status=None) -> None:  # pragma: no cover - abstract
