@@ -1282,87 +1282,6 @@ class SqlStorage(Storage):
 
         return await self._run(write, doing="remove the tag permit")
 
-
-# -- timeline rows: the transitions one step makes in one commit share a row --------------------
-#
-# A step's consecutive events in one batch (CREATED … STARTING when it is created, RUNNING …
-# SUCCEEDED when it ends) are one row of legato_events: ``status`` lists them, ``STATE[@dt]`` joined
-# by commas, ``dt`` the seconds after the row's ``ts`` (the first event's) exactly as a float's
-# repr (omitted when 0), and ``message`` is the last one's (the others' are empty, else they get
-# rows of their own). Reading expands such a row into the events it holds, equal to those
-# committed; a row of one status, as every row of older stores, reads as it is.
-
-_STEP_STATES = frozenset(s.value for s in StepStatus)
-
-
-def event_rows(events: list[Event]) -> list[tuple]:
-    """The rows of legato_events for ``events`` (one batch's, in order)."""
-    rows: list[tuple] = []
-    head = None  # the event the row being built starts with
-    parts: list[str] = []
-    for e in events:
-        if (head is not None and e.step_id == head.step_id and e.attempt == head.attempt and not last.message
-                and e.status in _STEP_STATES):
-            dt = e.ts - head.ts
-            if head.ts + dt == e.ts:  # exact, as it is between two clock readings
-                parts.append(f"{e.status}@{dt!r}" if dt else e.status)
-                last = e
-                continue
-        if head is not None:
-            rows.append((head.instance_id, head.step_id, head.attempt, ",".join(parts), last.message, head.ts))
-        if e.step_id is not None and e.status in _STEP_STATES:
-            head = last = e
-            parts = [e.status]
-        else:
-            head = None
-            rows.append((e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts))
-    if head is not None:
-        rows.append((head.instance_id, head.step_id, head.attempt, ",".join(parts), last.message, head.ts))
-    return rows
-
-
-def event_statuses(status: str) -> list[tuple[str, float]]:
-    """The (status, seconds after the row's ts) of the events one legato_events row holds."""
-    if "," not in status:
-        return [(status, 0.0)]
-    out = []
-    for part in status.split(","):
-        name, _, dt = part.partition("@")
-        if name not in _STEP_STATES:
-            return [(status, 0.0)]  # not a row of several events: some other status, as it is
-        try:
-            out.append((name, float(dt) if dt else 0.0))
-        except ValueError:
-            return [(status, 0.0)]
-    return out
-
-
-def expand_events(rows) -> list[Event]:
-    """The events of legato_events rows (``ts, instance_id, step_id, attempt, status, message``)."""
-    events = []
-    for r in rows:
-        status = r.status
-        if "," not in status:
-            events.append(Event(r.ts, r.instance_id, r.step_id, r.attempt, status, r.message))
-            continue
-        held = event_statuses(status)
-        for name, dt in held[:-1]:
-            events.append(Event(r.ts + dt, r.instance_id, r.step_id, r.attempt, name, ""))
-        name, dt = held[-1]
-        events.append(Event(r.ts + dt, r.instance_id, r.step_id, r.attempt, name, r.message))
-    return events
-
-
-def _rows(batch: Batch) -> int:
-    return len(batch.attempts) + len(batch.events) + len(batch.logs) + (batch.instance is not None)
-
-
-def _small(batch: Batch) -> bool:
-    """Whether ``batch`` is small enough to commit on the event loop's thread (INLINE_ROWS)."""
-    if _rows(batch) > INLINE_ROWS:
-        return False
-    return not batch.logs or sum(len(chunk.text) for chunk in batch.logs) <= INLINE_LOG_CHARS
-
     # -- triggers ---------------------------------------------------------------------------------
 
     async def list_active_versions(self) -> dict[str, int]:
@@ -1436,6 +1355,86 @@ def _small(batch: Batch) -> bool:
             return [{"workflow_id": r.workflow_id, "by": r.paused_by, "at": r.paused_at} for r in rows]
 
         return await self._run(read, doing="list the paused triggers")
+
+
+# -- timeline rows: the transitions one step makes in one commit share a row --------------------
+#
+# A step's consecutive events in one batch (CREATED … STARTING when it is created, RUNNING …
+# SUCCEEDED when it ends) are one row of legato_events: ``status`` lists them, ``STATE[@dt]`` joined
+# by commas, ``dt`` the seconds after the row's ``ts`` (the first event's) exactly as a float's
+# repr (omitted when 0), and ``message`` is the last one's (the others' are empty, else they get
+# rows of their own). Reading expands such a row into the events it holds, equal to those
+# committed; a row of one status, as every row of older stores, reads as it is.
+
+_STEP_STATES = frozenset(s.value for s in StepStatus)
+
+def event_rows(events: list[Event]) -> list[tuple]:
+    """The rows of legato_events for ``events`` (one batch's, in order)."""
+    rows: list[tuple] = []
+    head = None  # the event the row being built starts with
+    parts: list[str] = []
+    for e in events:
+        if (head is not None and e.step_id == head.step_id and e.attempt == head.attempt and not last.message
+                and e.status in _STEP_STATES):
+            dt = e.ts - head.ts
+            if head.ts + dt == e.ts:  # exact, as it is between two clock readings
+                parts.append(f"{e.status}@{dt!r}" if dt else e.status)
+                last = e
+                continue
+        if head is not None:
+            rows.append((head.instance_id, head.step_id, head.attempt, ",".join(parts), last.message, head.ts))
+        if e.step_id is not None and e.status in _STEP_STATES:
+            head = last = e
+            parts = [e.status]
+        else:
+            head = None
+            rows.append((e.instance_id, e.step_id, e.attempt, e.status, e.message, e.ts))
+    if head is not None:
+        rows.append((head.instance_id, head.step_id, head.attempt, ",".join(parts), last.message, head.ts))
+    return rows
+
+
+def event_statuses(status: str) -> list[tuple[str, float]]:
+    """The (status, seconds after the row's ts) of the events one legato_events row holds."""
+    if "," not in status:
+        return [(status, 0.0)]
+    out = []
+    for part in status.split(","):
+        name, _, dt = part.partition("@")
+        if name not in _STEP_STATES:
+            return [(status, 0.0)]  # not a row of several events: some other status, as it is
+        try:
+            out.append((name, float(dt) if dt else 0.0))
+        except ValueError:
+            return [(status, 0.0)]
+    return out
+
+
+def expand_events(rows) -> list[Event]:
+    """The events of legato_events rows (``ts, instance_id, step_id, attempt, status, message``)."""
+    events = []
+    for r in rows:
+        status = r.status
+        if "," not in status:
+            events.append(Event(r.ts, r.instance_id, r.step_id, r.attempt, status, r.message))
+            continue
+        held = event_statuses(status)
+        for name, dt in held[:-1]:
+            events.append(Event(r.ts + dt, r.instance_id, r.step_id, r.attempt, name, ""))
+        name, dt = held[-1]
+        events.append(Event(r.ts + dt, r.instance_id, r.step_id, r.attempt, name, r.message))
+    return events
+
+
+def _rows(batch: Batch) -> int:
+    return len(batch.attempts) + len(batch.events) + len(batch.logs) + (batch.instance is not None)
+
+
+def _small(batch: Batch) -> bool:
+    """Whether ``batch`` is small enough to commit on the event loop's thread (INLINE_ROWS)."""
+    if _rows(batch) > INLINE_ROWS:
+        return False
+    return not batch.logs or sum(len(chunk.text) for chunk in batch.logs) <= INLINE_LOG_CHARS
 
 
 def _is_sqlalchemy_error(exc: Exception) -> bool:
