@@ -110,9 +110,10 @@ def triggers(ctx: click.Context, store: str, as_json: bool) -> None:
 def _set_paused(store: str, workflow: str, paused: bool) -> bool:
     from ..storage import VersionNotFound
 
-    here = click.get_current_context()
-    if here.get_parameter_source("store") is click.core.ParameterSource.DEFAULT and here.parent is not None:
-        store = here.parent.params.get("store") or store  # `legato triggers --store X pause W`
+    here, given = click.get_current_context(), click.core.ParameterSource.COMMANDLINE
+    if here.get_parameter_source("store") is not given and here.parent is not None \
+            and here.parent.get_parameter_source("store") is given:
+        store = here.parent.params["store"]  # `legato triggers --store X pause W`
 
     engine = _read_engine(store)
     changed: list[bool] = []
