@@ -26,7 +26,8 @@ signals arrive (``signal``, for ``signal_triggers``). It is a class registered t
 
 **The host** (:mod:`legato.trigger_host`, under ``legato serve`` and ``legato worker``) runs one
 task per (workflow, trigger) of every active version whose definition has items at the trigger
-type's ``field``. It notices versions activated, replaced or deactivated as the worker notices
+type's ``field`` (unless its properties say ``time_trigger_disabled`` / ``signal_trigger_disabled``:
+:data:`DISABLED_BY`). It notices versions activated, replaced or deactivated as the worker notices
 work (the store's wake-ups, else every ``poll`` seconds): the task of a version no longer active
 is cancelled and the new version's started. A trigger whose ``key`` is the same in both versions
 (unchanged) carries its checkpoint over.
@@ -56,10 +57,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import InstanceRecord
     from .storage import Storage
 
-__all__ = ["TriggerType", "TriggerDef", "TriggerContext", "TriggerClock", "WORKFLOW_FIELDS", "trigger_request_id"]
+__all__ = ["TriggerType", "TriggerDef", "TriggerContext", "TriggerClock", "WORKFLOW_FIELDS", "DISABLED_BY",
+           "disabled_fields", "trigger_request_id"]
 
 #: The workflow keys that hold triggers, and the name of the trigger type that reads each.
 WORKFLOW_FIELDS: dict[str, str] = {"time_triggers": "cron", "signal_triggers": "signal"}
+#: Maestro's properties that turn a field's triggers off (the host does not run them).
+DISABLED_BY: dict[str, str] = {"time_triggers": "time_trigger_disabled", "signal_triggers": "signal_trigger_disabled"}
+
+
+def disabled_fields(document: Any) -> set[str]:
+    """The trigger fields whose triggers ``document``'s properties turn off (Maestro's
+    ``time_trigger_disabled`` / ``signal_trigger_disabled``, in ``properties`` or ``properties_snapshot``)."""
+    props = {}
+    if isinstance(document, dict):
+        props = document.get("properties") or document.get("properties_snapshot") or {}
+    return {f for f, key in DISABLED_BY.items() if isinstance(props, dict) and props.get(key) is True}
 
 
 def trigger_request_id(key: str, request_id: str) -> str:

@@ -78,6 +78,23 @@ async def test_the_host_follows_the_active_version_and_runs_see_their_tick(autoj
     assert first.request_id == f"trigger:{first.initiator[5:]}:2024-03-30T01:00:00.000Z"
 
 
+async def test_time_trigger_disabled_keeps_a_versions_time_triggers_from_running(autojump_clock):
+    """Maestro's properties.time_trigger_disabled: the version's time triggers are not run (and
+    `legato triggers` says so); the next version without it runs them."""
+    storage = MemoryStorage()
+    engine = Engine(storage)
+    await storage.push_definition("wf", {**workflow("wf", HOURLY), "properties": {"time_trigger_disabled": True}})
+    host = TriggerHost(engine, poll=60, clock=TriggerClock(epoch=EPOCH))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        await trio.sleep(3 * 3600 + 1)
+        assert host.statistics()["triggers"] == 0
+        await storage.push_definition("wf", workflow("wf", HOURLY))
+        await trio.sleep(2 * 3600)
+        nursery.cancel_scope.cancel()
+    assert [i.version for i in await by_run_ts(storage, "wf")] == [2, 2]
+
+
 async def test_paused_triggers_drop_their_ticks_and_resume_from_now(autojump_clock):
     """`legato triggers pause` (the store's pause): the ticks that fall due meanwhile start nothing
     and are not caught up on resume; the ones after fire as before."""
