@@ -53,6 +53,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import trio
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model import InstanceRecord
     from .storage import Storage
@@ -187,23 +189,15 @@ class TriggerClock:
     def __init__(self, epoch: float | None = None) -> None:
         import time
 
-        import trio
-
         self._offset = (time.time() if epoch is None else epoch) - trio.current_time()
 
     def now(self) -> float:
-        import trio
-
         return self._offset + trio.current_time()
 
     async def sleep_until(self, ts: float) -> None:
-        import trio
-
         await trio.sleep_until(ts - self._offset)
 
     async def sleep(self, seconds: float) -> None:
-        import trio
-
         await trio.sleep(seconds)
 
 
@@ -231,6 +225,6 @@ class TriggerType:
         (epoch seconds), or None when it cannot say. The default cannot."""
         return None
 
-    async def run(self, ctx: TriggerContext, *, task_status=None) -> None:  # pragma: no cover - abstract
+    async def run(self, ctx: TriggerContext, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # pragma: no cover
         """Watch and fire until cancelled; ``task_status.started()`` once watching."""
         raise NotImplementedError

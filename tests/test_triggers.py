@@ -31,10 +31,12 @@ HANG = 60.0  # seconds: bounds a hang, never a speed
 
 
 def workflow(wid: str, *triggers: dict, steps=None) -> dict:
+    step = {"step": {"id": "a", "type": "noop",
+                     "params": {"when": {"expression": "string(workflow.run_ts)", "type": "STRING"}}}}
     return {"workflow": {"id": wid, "time_triggers": list(triggers),
                          "params": {"scheduled": {"expression": "workflow.run_ts", "type": "STRING"},
                                     "by": {"expression": "workflow.initiator", "type": "STRING"}},
-                         "steps": steps or [{"step": {"id": "a", "type": "noop"}}]}}
+                         "steps": steps or [step]}}
 
 
 HOURLY = {"type": "CRON", "cron": "0 * * * *", "timezone": "Europe/Dublin"}
@@ -76,6 +78,9 @@ async def test_the_host_follows_the_active_version_and_runs_see_their_tick(autoj
     assert first.params["scheduled"] == "2024-03-30T01:00:00Z"
     assert first.params["by"] == first.initiator and first.initiator.startswith("cron:time-")
     assert first.request_id == f"trigger:{first.initiator[5:]}:2024-03-30T01:00:00.000Z"
+    ran = await engine.resume(first.instance_id)  # a worker runs it: its steps read the tick too
+    assert ran.status.value == "SUCCEEDED"
+    assert (await storage.get_attempts(first.instance_id))[0].params["when"] == "2024-03-30T01:00:00Z"
 
 
 async def test_time_trigger_disabled_keeps_a_versions_time_triggers_from_running(autojump_clock):
@@ -184,7 +189,7 @@ def test_a_real_legato_serve_fires_an_every_second_trigger_on_time(tmp_path):
     assert [i.run_ts - instances[0].run_ts for i in instances[:2]] == [0, 1]
     for instance in instances:
         assert instance.run_ts == int(instance.run_ts)  # a whole second: the tick itself
-        assert 0 <= instance.created_at - instance.run_ts < 2.0, "fired late"
+        assert 0 <= instance.created_at - instance.run_ts < 3.0, "fired late"  # a busy-machine guard: benchmarks measure the lag
     assert any("triggers: ticking v1: 1 trigger(s) watching" in line for line in server.lines)
 
 
