@@ -41,6 +41,7 @@ class Server:
                                      cwd=tmp, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.lines: list[str] = []
+        self._partial = ""  # the start of a line not ended yet
         line = self.expect("listening on ")
         self.url = line.split("listening on ")[1].split()[0]
         token_line = next((x for x in self.lines if "API token (generated" in x), None)
@@ -58,11 +59,21 @@ class Server:
             seen = len(self.lines)
             left = deadline - time.monotonic()
             assert left > 0, f"the server never said {text!r}:\n" + "".join(self.lines)
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                line = self.proc.stdout.readline()
-                assert line, f"the server exited ({self.proc.wait()}) without saying {text!r}:\n" + "".join(self.lines)
-                self.lines.append(line)
+            assert self.read_some(left), (f"the server exited ({self.proc.wait()}) without saying {text!r}:\n"
+                                          + "".join(self.lines))
+
+    def read_some(self, timeout: float) -> bool:
+        """Add what the server printed within ``timeout`` to ``lines``; False once it closed its output.
+        Read from the pipe itself, never through a buffered reader: select() cannot see lines a
+        buffer read ahead, and would wait for output that is already here."""
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return True
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        if not chunk:
+            return False
+        *complete, self._partial = (self._partial + chunk.decode("utf-8", "replace")).split("\n")
+        self.lines.extend(line + "\n" for line in complete)
+        return True
 
     def push(self, doc: dict) -> dict:
         r = self.http.post(W, json=doc)
@@ -90,7 +101,8 @@ class Server:
 
     def finish(self) -> int:
         out, _ = self.proc.communicate(timeout=HANG)
-        self.lines.extend(out.splitlines(keepends=True))
+        self.lines.extend((self._partial + out).splitlines(keepends=True))
+        self._partial = ""
         self.http.close()
         return self.proc.returncode
 

@@ -150,16 +150,11 @@ async def test_two_hosts_on_one_sqlite_store_start_each_tick_once(tmp_path):
 
 def wait_lines(server, text: str, count: int) -> None:
     """Read the server's output until ``count`` lines hold ``text``."""
-    import select
-
     deadline = time.monotonic() + HANG
     while sum(text in line for line in server.lines) < count:
         left = deadline - time.monotonic()
         assert left > 0, f"the server said {text!r} fewer than {count} times:\n" + "".join(server.lines)
-        if select.select([server.proc.stdout], [], [], left)[0]:
-            line = server.proc.stdout.readline()
-            assert line, "the server exited:\n" + "".join(server.lines)
-            server.lines.append(line)
+        assert server.read_some(left), "the server exited:\n" + "".join(server.lines)
 
 
 def test_a_real_legato_serve_fires_an_every_second_trigger_on_time(tmp_path):
