@@ -219,3 +219,50 @@ def test_legato_triggers_lists_pauses_and_resumes(tmp_path):
     assert "PAUSED" not in cli("triggers", "--store", store).stdout
     unknown = cli("triggers", "pause", "nosuch", "--store", store)
     assert unknown.exit_code == 2 and "no workflow 'nosuch'" in unknown.stderr
+
+
+def test_legato_worker_hosts_the_triggers_and_stops_them_on_sigterm(tmp_path):
+    """`legato worker` runs the triggers beside the instances they queue: an every-second trigger's
+    instances are started and run to SUCCEEDED by the same process; SIGTERM stops both, exit 0;
+    `--no-triggers` leaves them out."""
+    import os
+    import select
+    import subprocess
+
+    from .conftest import LEGATO
+
+    store = f"sqlite:///{tmp_path / 'legato.db'}"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(workflow("ticking", EVERY_SECOND)))
+    env = {**os.environ, "LEGATO_STORE": store}
+    assert subprocess.run([LEGATO, "push", str(path)], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+
+    def run_worker(*args, until: str | None):
+        proc = subprocess.Popen([LEGATO, "worker", "--poll", "0.2", "--workspace", str(tmp_path / "runs"), *args],
+                                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, deadline = b"", time.monotonic() + HANG
+        try:
+            while until is not None and until.encode() not in out:
+                left = deadline - time.monotonic()
+                assert left > 0, out.decode()
+                if select.select([proc.stdout], [], [], left)[0]:
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    assert chunk, out.decode()
+                    out += chunk
+            if until is None:  # nothing to wait for: its first look at the store is done once it says so
+                while b"runs up to" not in out:
+                    out += os.read(proc.stdout.fileno(), 65536)
+            proc.send_signal(signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=HANG)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        return proc.returncode, (out + rest).decode()
+
+    code, out = run_worker(until="(ticking v1): SUCCEEDED")
+    assert code == 0 and "triggers: ticking v1: 1 trigger(s) watching" in out and "started instance" in out, out
+    assert "stopped: " in out
+
+    # the host says what it watches before the worker says it runs: without one, nothing is said
+    code, out = run_worker("--no-triggers", until=None)
+    assert code == 0 and "trigger" not in out, out
