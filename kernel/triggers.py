@@ -12,7 +12,7 @@ signals arrive (``signal``, for ``signal_triggers``). It is a class registered t
   :class:`TriggerDef` objects and the problems found, each ``(JSON pointer, message)`` (the
   pointer under ``pointer``, e.g. ``/workflow/time_triggers/0/cron``). The definition validator
   calls it on every load, so a bad trigger is refused with the other problems (exit 2, never a
-  traceback); the host calls it again for each active version it runs;
+  traceback); the host reads each active version's triggers the same way (``Definition.triggers``);
 - ``async run(ctx, *, task_status)``: the trigger itself, for one :class:`TriggerDef` of one
   active workflow version, until cancelled. It calls ``task_status.started()`` once it is
   watching (its checkpoint read), fires through ``await ctx.start(...)``, records what it has
@@ -27,9 +27,9 @@ signals arrive (``signal``, for ``signal_triggers``). It is a class registered t
 **The host** (:mod:`legato.trigger_host`, under ``legato serve`` and ``legato worker``) runs one
 task per (workflow, trigger) of every active version whose definition has items at the trigger
 type's ``field`` (unless its properties say ``time_trigger_disabled`` / ``signal_trigger_disabled``:
-:data:`DISABLED_BY`). It notices versions activated, replaced or deactivated as the worker notices
-work (the store's wake-ups, else every ``poll`` seconds): the task of a version no longer active
-is cancelled and the new version's started. A trigger whose ``key`` is the same in both versions
+:data:`DISABLED_BY`). It notices versions activated, replaced or deactivated every ``poll``
+seconds (the worker's ``--poll``) or when woken (``TriggerHost.wake()``): the task of a version no
+longer active is cancelled and the new version's started. A trigger whose ``key`` is the same in both versions
 (unchanged) carries its checkpoint over.
 
 **Exactly once.** Each firing has a ``request_id`` the trigger derives deterministically from
