@@ -56,6 +56,17 @@ class Lines:
                     return None
                 self._changed.wait(left)
 
+    def count(self, text: str, n: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``n`` lines holding ``text``; whether they came."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(text in line for line in self.lines) < n:
+                left = deadline - time.monotonic()
+                if self.ended or left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def find(self, text: str) -> str | None:
         return next((line for line in list(self.lines) if text in line), None)
 
