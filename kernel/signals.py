@@ -123,3 +123,16 @@ def parse_cli_params(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
                 value = raw
         out[key] = value
     return out
+
+
+def signal_json(record, created: bool | None = None) -> dict[str, Any]:
+    """A stored signal as the CLI's ``--json`` and the API answer it (``created``: whether this
+    send stored it, False for a replayed request id)."""
+    import datetime
+
+    out = {"name": record.name, "seq": record.seq, "params": record.params, "request_id": record.request_id,
+           "created_at": datetime.datetime.fromtimestamp(record.created_at, datetime.timezone.utc)
+           .isoformat(timespec="milliseconds")}
+    if created is not None:
+        out["created"] = created
+    return out
