@@ -222,9 +222,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         v.add("/workflow", "missing `workflow` object" if wf is None else "`workflow` must be an object")
         raise DefinitionError(v.problems, name)
     v.unknown_keys(wf, _WORKFLOW_KEYS, "/workflow", "workflow")
-    for key in ("signal_triggers",):
-        if wf.get(key):  # Maestro writes an empty list when there are none
-            v.add(f"/workflow/{key}", "not supported yet: signal triggers arrive with the signals issue")
+    signal_triggers = v.signal_triggers(wf.get("signal_triggers"), "/workflow/signal_triggers")
     wid = wf.get("id")
     if not isinstance(wid, str) or not _WORKFLOW_ID_RE.match(wid):
         v.add("/workflow/id", "a workflow needs an `id`: letters, digits, `_`, `.` and `-`" if wid is None
@@ -300,4 +298,5 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         tagged=any(s.tags for s in all_by_id.values()),
         all_by_id=all_by_id,
         parent_of=v.parent_of,
+        signal_triggers=signal_triggers,
     )

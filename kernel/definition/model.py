@@ -134,6 +134,10 @@ class StepDef:
     permits: dict[str, int] | None = None
     #: The loop of a foreach or while step (its variables, body DAG and settings); None otherwise.
     loop: LoopDef | None = None
+    #: The signals the step waits for before it evaluates its params (WAITING_FOR_SIGNALS) and
+    #: those it announces when it succeeds (:mod:`legato.definition.signaldefs`).
+    signal_dependencies: tuple = ()
+    signal_outputs: tuple = ()
 
 
 @dataclass(slots=True)
@@ -177,3 +181,5 @@ class Definition:
     all_by_id: dict[str, StepDef] = field(default_factory=dict)
     #: A loop body's step id -> the id of the loop step whose body holds it (top-level steps absent).
     parent_of: dict[str, str] = field(default_factory=dict)
+    #: The workflow's signal triggers (:class:`legato.definition.signaldefs.SignalTriggerDef`).
+    signal_triggers: tuple = ()
