@@ -505,6 +505,8 @@ _instance_action("restart", "Run an ended instance again as its next run (from i
 _step_action("stop", "Stop a step of a running instance: it ends STOPPED (the instance ends STOPPED)")
 _step_action("kill", "Kill a step of a running instance: it ends FATALLY_FAILED, its failure mode applies")
 _step_action("skip", "Skip a step of a running instance: it ends SKIPPED, the DAG goes on as if it completed")
+_step_action("bypass", "Let a step WAITING_FOR_SIGNALS go on without its signals (Maestro's "
+                       "BYPASS_STEP_DEPENDENCIES)")
 _step_action("restart", "Run a step that failed, was stopped or timed out again (of an ended instance: a new run "
                         "from that step)")
 
