@@ -170,9 +170,9 @@ def test_maestro_signal_samples_validate(engine, name):
     doc = json.loads((MAESTRO / name).read_text())
     definition = engine.load(doc)
     steps = definition.all_by_id
-    assert any(s.signal_dependencies or s.signal_outputs for s in steps.values()) or definition.signal_triggers
+    assert any(s.signal_dependencies or s.signal_outputs for s in steps.values()) or definition.triggers["signal"]
     if name == "sample-signal-trigger-wf.json":
-        [trigger] = definition.signal_triggers
+        [trigger] = [t.spec for t in definition.triggers["signal"]]
         assert [(e.name, e.join_keys) for e in trigger.entries] == [("signal_a", ("updated_by",)),
                                                                   ("signal_b", ("posted_by",))]
         assert trigger.entries[0].match == (("foo", "=", "bat"), ("watermark", ">=", 12345))

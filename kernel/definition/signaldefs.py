@@ -283,3 +283,15 @@ class _SignalFields:
                 return None
             out.append((str(pname), op, value))
         return tuple(out)
+
+
+def parse_signal_triggers(items: Any, pointer: str) -> tuple[list[SignalTriggerDef], list[tuple[str, str]]]:
+    """A workflow's ``signal_triggers`` read on their own (what the ``signal`` trigger type's
+    ``parse`` answers): the triggers and the problems found, each ``(pointer, message)``; CEL is
+    compiled (not evaluated) to locate its mistakes."""
+    from ..cel import CelCompiler
+    from .validator import _Validator
+
+    v = _Validator({}, CelCompiler())
+    found = v.signal_triggers(items, pointer)
+    return list(found), [(p.pointer, p.message) for p in v.problems]

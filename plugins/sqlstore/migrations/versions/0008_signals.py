@@ -2,14 +2,14 @@
 (legato.signals), numbered per name, deduplicated by request id.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"  # the lead re-chains it after the triggers' migration at the merge
+down_revision = "0007"  # after the triggers' checkpoints (0007), merged into this branch
 branch_labels = None
 depends_on = None
 
