@@ -63,6 +63,7 @@ _KEYS = {"CRON": {"cron", "timezone"}, "PREDEFINED": {"expression", "timezone"},
 _COMMON = {"type", "fuzzy_max_delay", "catch_up", "description"}
 _LOOKBACK = dt.timedelta(hours=3)  # more than any DST shift (Antarctica/Troll: 2 h)
 _UTC = dt.timezone.utc
+_EPSILON = 1e-3  # seconds: a clock read just after sleeping until a tick may round to just before it
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def select_due(due: list[float], now: float, jitter: float, policy: str) -> list
     """Of the ticks ``due`` (oldest first, none older than the window), those that fire: every
     on-time one (at most MISFIRE_GRACE late), and of the missed ones as ``policy`` says."""
     on_time = [t for t in due if now - (t + jitter) <= MISFIRE_GRACE]
-    missed = [t for t in due if now - (t + jitter) > MISFIRE_GRACE]
+    missed = [t for t in due if now - (t + jitter) > MISFIRE_GRACE]  # oldest first, as due
     if policy == "all":
         missed = missed[-CATCH_UP_MAX:]
     elif policy == "latest":
@@ -381,19 +382,22 @@ class CronTrigger(TriggerType):
             last = ctx.now()
             await ctx.save({"last": last})
         task_status.started()
-        while True:
+        ticks = schedule.ticks(max(last, ctx.now() - schedule.window - jitter))
+        pending = next(ticks, None)
+        while pending is not None:
             now = ctx.now()
-            floor = now - schedule.window - jitter  # ticks older than the window never fire
-            ticks = schedule.ticks(max(last, floor))
-            first = next(ticks, None)
-            if first is None:
-                await trio.sleep_forever()  # a schedule that has ended (a year field)
-            if first + jitter > now:
-                await ctx.sleep_until(first + jitter)
+            if pending + jitter > now + _EPSILON:
+                await ctx.sleep_until(pending + jitter)
                 continue
-            due = [first]
+            floor = now - schedule.window - jitter  # ticks older than the window never fire
+            if pending <= floor:  # woken after a long outage (a suspended machine): skip what is too old
+                ticks = schedule.ticks(max(last, floor))
+                pending = next(ticks, None)
+                continue
+            due, pending = [pending], None
             for n, t in enumerate(ticks):
-                if t + jitter > now:
+                if t + jitter > now + _EPSILON:
+                    pending = t
                     break
                 due.append(t)
                 if len(due) > 4 * CATCH_UP_MAX:  # an every-second cron after a long outage
@@ -410,6 +414,7 @@ class CronTrigger(TriggerType):
             if due[-1] > last:
                 last = due[-1]
                 await ctx.save({"last": last})
+        await trio.sleep_forever()  # a schedule that has ended (a year field): nothing more to fire
 
 
 @hookimpl
