@@ -244,9 +244,10 @@ class _SignalFields:
                 self.add(f"{where}/definitions", "every signal of a trigger has as many join_keys (they are "
                                                  "compared position by position, Maestro's SignalTriggerEntry)")
                 continue
-            for key in ("condition", "dedup_expr"):
-                if trig.get(key) is not None:
-                    self.cel(trig[key], f"{where}/{key}")
+            bad = [key for key in ("condition", "dedup_expr")
+                   if trig.get(key) is not None and self.cel(trig[key], f"{where}/{key}") is None]
+            if bad:
+                continue
             params = trig.get("params") or {}
             specs = self.params(params, f"{where}/params")
             if any(spec.expression is not None for spec in specs.values()):
