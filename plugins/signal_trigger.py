@@ -17,6 +17,9 @@ the run starts through the idempotent start with a request id made of the set's 
 host on the same store, fires the same id and starts nothing new. The checkpoint is saved after
 the start, so a crash in between repeats the id (and starts nothing).
 
+A new trigger (no checkpoint yet) fires for the signals sent since its workflow version was
+stored; one unchanged across versions keeps its checkpoint.
+
 The run sees the matched signals as ``signal.<name>.<param>`` in its workflow params' CEL, and
 ``signal:<key>`` as ``workflow.initiator``. The trigger watches the store's wake-ups (a send
 commits, then wakes it) and looks every :data:`POLL` seconds when nothing wakes it (a send on
@@ -79,12 +82,10 @@ class SignalTrigger(TriggerType):
         compiler = CelCompiler()
         names = [e.name for e in spec.entries]
         state = await ctx.load()
-        if state is None:  # a new trigger owes nothing to the signals sent before it was first watched
-            for name in names:
-                latest = await storage.get_signal(name)
-                names_seq = latest.seq if latest is not None else 0
-                state = {**(state or {"seqs": {}})}
-                state["seqs"][name] = names_seq
+        if state is None:  # a new trigger: it fires for the signals sent since its version was pushed
+            version = await storage.get_definition(ctx.workflow_id, ctx.version)
+            since = version.created_at if version is not None else ctx.now()
+            state = {"seqs": {name: await _sent_by(storage, name, since) for name in names}}
             await ctx.save(state)
         seqs = _seqs(state, names)
         scanned = dict(seqs)  # signals read so far, per name (each is joined once, when it is new)
@@ -161,6 +162,23 @@ class SignalTrigger(TriggerType):
                             initiator=f"signal:{ctx.trigger.key}", signal=values)
         except StartError as exc:  # the workflow refuses the start: this set is spent
             ctx.log(f"{described} started nothing: {exc}")
+
+
+async def _sent_by(storage, name: str, ts: float) -> int:
+    """The number of the last signal of ``name`` stored at or before ``ts`` (0: none), found in
+    a few reads (numbers are dense and follow the order signals were stored)."""
+    latest = await storage.get_signal(name)
+    if latest is None or latest.created_at <= ts:
+        return 0 if latest is None else latest.seq
+    lo, hi = 0, latest.seq  # the answer is in [lo, hi): signal hi is after ts
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        found = await storage.get_signal(name, mid)
+        if found is not None and found.created_at <= ts:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _seqs(state: Any, names: list[str]) -> dict[str, int]:

@@ -8,3 +8,9 @@ from legato.conformance import TriggerSuite
 
 class TestCronTriggerConformance(TriggerSuite):
     profile = "cron"
+
+
+class TestSignalTriggerConformance(TriggerSuite):
+    """The signal trigger type (legato.plugins.signal_trigger) passes the trigger contract."""
+
+    profile = "signal"
