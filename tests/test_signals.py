@@ -412,3 +412,28 @@ def test_a_waiting_step_waits_again_after_a_crash_and_outputs_are_announced_once
         _, went = trio.run(read)
         assert len(went) == before + 1, f"announced {len(went) - before} times: {[s.request_id for s in went]}"
         assert went[-1].request_id.endswith(f"/1/wait/{attempt}/0"), (crash_at, went[-1].request_id)
+
+
+async def test_steps_in_a_foreach_wait_each_for_their_own_signal(engine):
+    """A body step's match values read its iteration's loop variable: each iteration waits for its
+    own signal, and goes on when that one is sent."""
+    doc = wf({"foreach": {"id": "loop", "params": {"loop_params": {"value": {"part": {"type": "LONG_ARRAY",
+                                                                                      "value": [1, 2]}},
+                                                                   "type": "MAP"}},
+                          "steps": [step("load", **waits_on("part_ready", part={"param": {
+                              "type": "LONG", "expression": "part"}, "operator": "="}))]}})
+    watch = Watch()
+    definition, instance = await _running(engine, doc)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: engine.run(definition, instance, observer=watch))
+        first = await watch.wait("loop/1/load", "WAITING_FOR_SIGNALS")
+        second = await watch.wait("loop/2/load", "WAITING_FOR_SIGNALS")
+        assert (first.message, second.message) == ("waiting for signals: part_ready(part = 1)",
+                                                   "waiting for signals: part_ready(part = 2)")
+        await engine.storage.send_signal("part_ready", {"part": 2})
+        await watch.wait("loop/2/load", "SUCCEEDED")
+        assert not any(e.step_id == "loop/1/load" and e.status == "EVALUATING_PARAMS" for e in watch.seen)
+        await engine.storage.send_signal("part_ready", {"part": 1})
+    statuses = {a.step_id: a.status.value for a in await engine.storage.get_attempts(instance.instance_id)}
+    assert statuses == {"loop": "SUCCEEDED", "loop/1": "SUCCEEDED", "loop/2": "SUCCEEDED",
+                        "loop/1/load": "SUCCEEDED", "loop/2/load": "SUCCEEDED"}
