@@ -934,6 +934,43 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_trigger_checkpoints_pauses_and_active_versions(self, tmp_path):
+        """What the trigger host keeps (legato.triggers): a checkpoint per (workflow, trigger key)
+        replaced in place, its last firing kept when a save does not give one; pauses per workflow;
+        the active version of each workflow; and an instance's run_ts."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                await store.push_definition("a", {"workflow": {"id": "a", "v": 1}})
+                await store.push_definition("a", {"workflow": {"id": "a", "v": 2}})
+                await store.push_definition("b", {"workflow": {"id": "b"}})
+                assert await store.list_active_versions() == {"a": 2, "b": 1}
+                await store.activate("a", 1)
+                assert (await store.list_active_versions())["a"] == 1
+                assert await store.get_trigger_checkpoint("a", "k") is None
+                await store.save_trigger_checkpoint("a", "k", {"last": 1.5}, fired_at=10.0)
+                await store.save_trigger_checkpoint("a", "k", {"last": 2.5})
+                await store.save_trigger_checkpoint("b", "k", [1, "x"], fired_at=11.0)
+                got = await store.get_trigger_checkpoint("a", "k")
+                assert (got["value"], got["fired_at"]) == ({"last": 2.5}, 10.0), got
+                assert [(c["workflow_id"], c["key"]) for c in await store.list_trigger_checkpoints()] == [
+                    ("a", "k"), ("b", "k")]
+                assert [c["value"] for c in await store.list_trigger_checkpoints("b")] == [[1, "x"]]
+                assert await store.set_triggers_paused("a", True, by="me")
+                assert not await store.set_triggers_paused("a", True, by="me")
+                assert (await store.get_triggers_paused("a"))["by"] == "me"
+                assert [p["workflow_id"] for p in await store.list_paused_triggers()] == ["a"]
+                assert await store.set_triggers_paused("a", False, by="me")
+                assert await store.get_triggers_paused("a") is None
+                from legato.model import InstanceRecord
+
+                record = InstanceRecord("i-ts", "a", 1, request_id="trigger:k:t", created_at=5.0, run_ts=3.0)
+                await store.create_instance(record)
+                assert (await store.get_instance("i-ts")).run_ts == 3.0
+                again, created = await store.create_instance(InstanceRecord("i-ts2", "a", 1, request_id="trigger:k:t"))
+                assert not created and again.instance_id == "i-ts"
+
+        self._run(main)
+
     def test_the_engine_runs_on_it(self, tmp_path):
         """A workflow runs to the end on this store and its whole timeline is kept."""
         from legato.engine import Engine

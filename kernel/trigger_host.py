@@ -23,7 +23,7 @@ import trio
 
 from .definition import DefinitionError
 from .storage import StorageError
-from .triggers import WORKFLOW_FIELDS, TriggerClock, TriggerContext
+from .triggers import WORKFLOW_FIELDS, TriggerClock, TriggerContext, disabled_fields
 
 __all__ = ["TriggerHost", "RETRY_AFTER"]
 
@@ -145,8 +145,13 @@ class TriggerHost:
             return None
         definition.version = version
         tasks = []
+        off = disabled_fields(stored.document)
         for type_name, defs in definition.triggers.items():
             trigger_type = self.engine.plugins.triggers.types[type_name]()
+            if trigger_type.field in off:
+                self.log(f"{wid} v{version}: {len(defs)} {type_name} trigger(s) not run: the properties turn "
+                         f"{trigger_type.field} off")
+                continue
             for tdef in defs:
                 ctx = TriggerContext(workflow_id=wid, version=version, trigger=tdef, triggers=defs,
                                      definition=definition, storage=self.storage, type_name=type_name,

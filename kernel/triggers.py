@@ -26,7 +26,8 @@ signals arrive (``signal``, for ``signal_triggers``). It is a class registered t
 
 **The host** (:mod:`legato.trigger_host`, under ``legato serve`` and ``legato worker``) runs one
 task per (workflow, trigger) of every active version whose definition has items at the trigger
-type's ``field``. It notices versions activated, replaced or deactivated as the worker notices
+type's ``field`` (unless its properties say ``time_trigger_disabled`` / ``signal_trigger_disabled``:
+:data:`DISABLED_BY`). It notices versions activated, replaced or deactivated as the worker notices
 work (the store's wake-ups, else every ``poll`` seconds): the task of a version no longer active
 is cancelled and the new version's started. A trigger whose ``key`` is the same in both versions
 (unchanged) carries its checkpoint over.
@@ -52,14 +53,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import trio
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model import InstanceRecord
     from .storage import Storage
 
-__all__ = ["TriggerType", "TriggerDef", "TriggerContext", "TriggerClock", "WORKFLOW_FIELDS", "trigger_request_id"]
+__all__ = ["TriggerType", "TriggerDef", "TriggerContext", "TriggerClock", "WORKFLOW_FIELDS", "DISABLED_BY",
+           "disabled_fields", "trigger_request_id"]
 
 #: The workflow keys that hold triggers, and the name of the trigger type that reads each.
 WORKFLOW_FIELDS: dict[str, str] = {"time_triggers": "cron", "signal_triggers": "signal"}
+#: Maestro's properties that turn a field's triggers off (the host does not run them).
+DISABLED_BY: dict[str, str] = {"time_triggers": "time_trigger_disabled", "signal_triggers": "signal_trigger_disabled"}
+
+
+def disabled_fields(document: Any) -> set[str]:
+    """The trigger fields whose triggers ``document``'s properties turn off (Maestro's
+    ``time_trigger_disabled`` / ``signal_trigger_disabled``, in ``properties`` or ``properties_snapshot``)."""
+    props = {}
+    if isinstance(document, dict):
+        props = document.get("properties") or document.get("properties_snapshot") or {}
+    return {f for f, key in DISABLED_BY.items() if isinstance(props, dict) and props.get(key) is True}
 
 
 def trigger_request_id(key: str, request_id: str) -> str:
@@ -178,23 +193,15 @@ class TriggerClock:
     def __init__(self, epoch: float | None = None) -> None:
         import time
 
-        import trio
-
         self._offset = (time.time() if epoch is None else epoch) - trio.current_time()
 
     def now(self) -> float:
-        import trio
-
         return self._offset + trio.current_time()
 
     async def sleep_until(self, ts: float) -> None:
-        import trio
-
         await trio.sleep_until(ts - self._offset)
 
     async def sleep(self, seconds: float) -> None:
-        import trio
-
         await trio.sleep(seconds)
 
 
@@ -222,6 +229,6 @@ class TriggerType:
         (epoch seconds), or None when it cannot say. The default cannot."""
         return None
 
-    async def run(self, ctx: TriggerContext, *, task_status=None) -> None:  # pragma: no cover - abstract
+    async def run(self, ctx: TriggerContext, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # pragma: no cover
         """Watch and fire until cancelled; ``task_status.started()`` once watching."""
         raise NotImplementedError

@@ -32,7 +32,7 @@ def _schedule(raw: Any) -> str:
 
 async def _rows(engine) -> list[dict[str, Any]]:
     from ..definition import DefinitionError
-    from ..triggers import WORKFLOW_FIELDS
+    from ..triggers import WORKFLOW_FIELDS, disabled_fields
 
     storage = engine.storage
     active = await storage.list_active_versions()
@@ -50,11 +50,17 @@ async def _rows(engine) -> list[dict[str, Any]]:
         except DefinitionError as exc:
             rows.append({"workflow_id": wid, "version": version, "type": None, "key": None, "schedule": "",
                          "next_due": None, "last_fired": None, "paused": wid in paused,
-                         "problem": "; ".join(str(p) for p in exc.problems[:3])})
+                         "problem": "; ".join(str(p) for p in exc.problems[:3]), "disabled": False})
             continue
+        off = disabled_fields(stored.document)
         for type_name, defs in definition.triggers.items():
             trigger_type = engine.plugins.triggers.types[type_name]()
             for tdef in defs:
+                if trigger_type.field in off:
+                    rows.append({"workflow_id": wid, "version": version, "type": type_name, "key": tdef.key,
+                                 "schedule": _schedule(tdef.raw), "next_due": None, "last_fired": None,
+                                 "paused": wid in paused, "problem": None, "disabled": True})
+                    continue
                 found = checkpoints.get((wid, tdef.key))
                 try:
                     due = trigger_type.next_due(tdef, found["value"] if found else None, now, workflow_id=wid)
@@ -63,7 +69,7 @@ async def _rows(engine) -> list[dict[str, Any]]:
                 rows.append({"workflow_id": wid, "version": version, "type": type_name, "key": tdef.key,
                              "schedule": _schedule(tdef.raw), "next_due": due,
                              "last_fired": found["fired_at"] if found else None, "paused": wid in paused,
-                             "problem": None})
+                             "problem": None, "disabled": False})
     return rows
 
 
@@ -103,6 +109,9 @@ def triggers(ctx: click.Context, store: str, as_json: bool) -> None:
             continue
         due = _iso(row["next_due"]) if row["next_due"] is not None else "-"
         fired = _when(row["last_fired"]) if row["last_fired"] is not None else "never"
+        if row["disabled"]:
+            click.echo(f"{head}  {row['type']:<6} {row['schedule']}  disabled by the workflow's properties")
+            continue
         click.echo(f"{head}  {row['type']:<6} {row['schedule']}  next {due}  last fired {fired}"
                    f"{'  PAUSED' if row['paused'] else ''}")
 
@@ -110,9 +119,10 @@ def triggers(ctx: click.Context, store: str, as_json: bool) -> None:
 def _set_paused(store: str, workflow: str, paused: bool) -> bool:
     from ..storage import VersionNotFound
 
-    here = click.get_current_context()
-    if here.get_parameter_source("store") is click.core.ParameterSource.DEFAULT and here.parent is not None:
-        store = here.parent.params.get("store") or store  # `legato triggers --store X pause W`
+    here, given = click.get_current_context(), click.core.ParameterSource.COMMANDLINE
+    if here.get_parameter_source("store") is not given and here.parent is not None \
+            and here.parent.get_parameter_source("store") is given:
+        store = here.parent.params["store"]  # `legato triggers --store X pause W`
 
     engine = _read_engine(store)
     changed: list[bool] = []

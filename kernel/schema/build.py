@@ -120,7 +120,7 @@ def build() -> dict:
           "access_control": {"description": "Maestro's access control: accepted, not acted on."},
           "alerting_disabled": {"description": "Accepted, not acted on."},
           "signal_trigger_disabled": {"description": "Accepted, not acted on."},
-          "time_trigger_disabled": {"description": "Accepted, not acted on."},
+          "time_trigger_disabled": {"description": "true: this version's time triggers do not run."},
           "tags": {"$ref": "#/$defs/tags"}}},
       "param": {
         "description": "A param: the full form {type, value | expression, mode, validator, secret} or a bare JSON literal "

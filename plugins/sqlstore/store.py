@@ -638,6 +638,13 @@ class SqlStorage(Storage):
         arrival = strategy.Arrival(True)
         if record.run_strategy:  # in this transaction: two starts at once see each other
             self._lock_workflow(sql, record.workflow_id)
+            if record.request_id is not None and self.dialect == "postgresql":
+                # the same request committed by another start while we waited for the lock (two
+                # trigger hosts firing one tick): answer with it rather than fail on the unique key
+                row = sql.first("SELECT * FROM legato_instances WHERE workflow_id = :wid AND request_id = :rid",
+                                {"wid": record.workflow_id, "rid": record.request_id})
+                if row is not None:
+                    return _instance(row), False
             arrival = strategy.on_arrival(record.run_strategy, record.workflow_concurrency,
                                           self._queue_in(sql, record, arriving=True), record.instance_id)
         now = time.time()
