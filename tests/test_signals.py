@@ -437,3 +437,14 @@ async def test_steps_in_a_foreach_wait_each_for_their_own_signal(engine):
     statuses = {a.step_id: a.status.value for a in await engine.storage.get_attempts(instance.instance_id)}
     assert statuses == {"loop": "SUCCEEDED", "loop/1": "SUCCEEDED", "loop/2": "SUCCEEDED",
                         "loop/1/load": "SUCCEEDED", "loop/2/load": "SUCCEEDED"}
+
+
+def test_a_dependency_naming_what_it_cannot_read_is_refused_at_load(engine):
+    """A dependency is evaluated before its step's params: its `${}` may name workflow params
+    (and loop variables), not the step's own params nor a secret."""
+    found = dict(problems(engine, wf(step("a", params={"own": 1}, signal_dependencies=[
+        {"name": "t_${own}", "match_params": {"d": {"param": {"type": "STRING", "value": "${nope}"}}}}]),
+        params={"day": 1})))
+    base = "/workflow/steps/0/step/signal_dependencies/0"
+    assert "names no param" in found[f"{base}/name"] and "names no param" in found[f"{base}/match_params/d"]
+    engine.load(wf(step("a", signal_dependencies=[{"name": "t_${day}"}]), params={"day": 1}))
