@@ -187,25 +187,28 @@ def test_parse_reports_problems_at_their_pointers():
     assert none == [] and ok.key.startswith("signal-") and ok.pointer == "/p/0"
 
 
-def test_a_worker_starts_and_runs_the_workflow_a_sent_signal_triggers(tmp_path):
-    """A real `legato worker` hosts the trigger: `legato signal send` from another process
-    starts the workflow once, and the worker runs it; the same send replayed starts nothing."""
+def test_two_workers_start_and_run_a_joined_pair_once(tmp_path):
+    """Two real `legato worker` processes on one SQLite store host the trigger: `legato signal
+    send` from other processes (a pair joined on `day`, then the second one replayed with its
+    request id) starts the workflow once, and a worker runs it with the signals' params."""
     env = {**os.environ, "LEGATO_STORE": f"sqlite:///{tmp_path / 'legato.db'}"}
     doc = {"workflow": {"id": "on-signal", "params": {"n": {"type": "LONG", "expression": "signal.ready.n"}},
-                        "signal_triggers": [{"definitions": {"ready": {}}}],
+                        "signal_triggers": [{"definitions": {"ready": {"join_keys": ["day"]},
+                                                             "checked": {"join_keys": ["day"]}}}],
                         "steps": [{"step": {"id": "go", "type": "noop"}}]}}
     (tmp_path / "wf.json").write_text(json.dumps(doc))
     assert legato_cli("push", "wf.json", cwd=tmp_path, env_extra=env).returncode == 0
-    worker = subprocess.Popen([LEGATO, "worker", "--workspace", str(tmp_path / "runs")], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = [subprocess.Popen([LEGATO, "worker", "--workspace", str(tmp_path / f"runs{i}")], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
         async def watching():
             async with open_storage(env["LEGATO_STORE"]) as store:
-                await wait_for(store, lambda: checkpoint(store, "on-signal"), "the worker's trigger watches")
+                await wait_for(store, lambda: checkpoint(store, "on-signal"), "the workers' triggers watch")
 
         trio.run(watching)
-        for _ in range(2):
-            sent = legato_cli("signal", "send", "ready", "-p", "n=7", "--request-id", "r1", cwd=tmp_path, env_extra=env)
+        for args in (["ready", "-p", "n=7", "-p", "day=1"], ["checked", "-p", "day=1", "--request-id", "c1"],
+                     ["checked", "-p", "day=1", "--request-id", "c1"]):
+            sent = legato_cli("signal", "send", *args, cwd=tmp_path, env_extra=env)
             assert sent.returncode == 0, sent.stderr
 
         async def succeeded():
@@ -214,11 +217,24 @@ def test_a_worker_starts_and_runs_the_workflow_a_sent_signal_triggers(tmp_path):
                     got = await instances(store, "on-signal")
                     return got if got and got[0].status.value == "SUCCEEDED" else None
 
-                return await wait_for(store, done, "the instance ran")
+                found = await wait_for(store, done, "the instance ran")
+                await wait_for(store, lambda: _pair_consumed(store), "the pair is consumed")
+                return found
 
         [instance] = trio.run(succeeded)
         assert instance.params == {"n": 7}
     finally:
-        worker.terminate()
-        out, _ = worker.communicate(timeout=HANG)
-    assert worker.returncode == 0, out
+        for worker in workers:
+            worker.terminate()
+        outs = [worker.communicate(timeout=HANG)[0] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+
+    async def count():
+        async with open_storage(env["LEGATO_STORE"]) as store:
+            return len(await instances(store, "on-signal"))
+
+    assert trio.run(count) == 1
+
+
+async def _pair_consumed(store) -> bool:
+    return await checkpoint(store, "on-signal") == {"seqs": {"ready": 1, "checked": 1}}
