@@ -6,7 +6,7 @@ latest matching signal of every other name above the trigger's checkpoints; the 
 to the matched numbers; one execution per joined set).
 
 The hosts run in this process on one store (:class:`legato.trigger_host.TriggerHost`, what
-`legato serve` and `legato worker` run); the last test runs a real `legato worker`. Waits are on
+`legato serve` and `legato worker` run); the last test runs two real `legato worker` processes. Waits are on
 the store's wake-ups and the hosts' progress; deadlines only bound a hang.
 """
 
