@@ -30,7 +30,7 @@ import trio
 
 from .cel import to_cel
 from .params import ParamError, evaluate_params, needs_cel
-from .signals import SignalError, check_value, describe_match
+from .signals import SignalError, check_value, describe_match, satisfied
 from .states import StepStatus
 from .storage import StorageError
 
@@ -40,6 +40,8 @@ S = StepStatus
 
 #: Seconds between looks at the store of a step that waits when no wake-up comes.
 POLL = 1.0
+#: Signals read per request while looking at those sent since the last look.
+PAGE = 500
 
 
 class SignalWaits:
@@ -48,6 +50,10 @@ class SignalWaits:
     def __init__(self, run) -> None:
         self.run = run
         self.waiting: dict[tuple[str, int], tuple[Any, list]] = {}  # (key, attempt) -> (step, wants)
+        # (key, attempt, dependency) -> (the number of the last signal of its name looked at, the
+        # latest that matched so far or None): signals are never changed, so a look reads only those
+        # sent since (not the name's whole history).
+        self.cursors: dict[tuple[str, int, int], tuple[int, Any]] = {}
         self.looking = False
         self.napping: trio.CancelScope | None = None
 
@@ -61,12 +67,42 @@ class SignalWaits:
 
     def remove(self, st) -> bool:
         """Take ``st`` out of the wait (an action ends or bypasses it); False if it was not waiting."""
-        return self.waiting.pop((st.key, st.attempt), None) is not None
+        return self._drop((st.key, st.attempt)) is not None
 
     def stop(self, inside) -> list:
         """Take the waiting steps ``inside`` accepts out of the wait; return them."""
         gone = [k for k, (st, _) in self.waiting.items() if inside(st)]
-        return [self.waiting.pop(k)[0] for k in gone]
+        return [self._drop(k)[0] for k in gone]
+
+    def _drop(self, key: tuple[str, int]):
+        found = self.waiting.pop(key, None)
+        if found is not None:
+            for index in range(len(found[1])):
+                self.cursors.pop((*key, index), None)
+        return found
+
+    async def _latest(self, storage, key: tuple[str, int], index: int, name: str, match):
+        """The latest signal of ``name`` that meets ``match``: the first look asks the store
+        (:meth:`Storage.match_signal <legato.storage.Storage.match_signal>`), later ones read only
+        the signals sent since the last look."""
+        at = (*key, index)
+        known = self.cursors.get(at)
+        if known is None:
+            latest = await storage.get_signal(name)  # before matching: one sent meanwhile is read next time
+            found = await storage.match_signal(name, match)
+            self.cursors[at] = (max(latest.seq if latest is not None else 0, found.seq if found else 0), found)
+            return found
+        cursor, found = known
+        while True:
+            page = await storage.list_signals(name, cursor, PAGE)
+            for signal in page:
+                cursor = signal.seq
+                if satisfied(signal.params, match):
+                    found = signal
+            if len(page) < PAGE:
+                break
+        self.cursors[at] = (cursor, found)
+        return found
 
     async def _look(self) -> None:
         run = self.run
@@ -78,8 +114,8 @@ class SignalWaits:
                     for key, (st, wants) in list(self.waiting.items()):
                         matched = []
                         try:
-                            for name, match in wants:
-                                found = await storage.match_signal(name, match)
+                            for index, (name, match) in enumerate(wants):
+                                found = await self._latest(storage, key, index, name, match)
                                 if found is None:
                                     break
                                 matched.append(found)
@@ -90,7 +126,7 @@ class SignalWaits:
                         if self.waiting.get(key, (None,))[0] is not st:
                             continue  # stopped, bypassed or ended meanwhile
                         if len(matched) == len(wants):
-                            del self.waiting[key]
+                            self._drop(key)
                             run.post(("signals", st, key[1], matched))
                     if not self.waiting:
                         return

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from legato.definition import DefinitionError
 from legato.engine import Engine
@@ -448,3 +449,26 @@ def test_a_dependency_naming_what_it_cannot_read_is_refused_at_load(engine):
     base = "/workflow/steps/0/step/signal_dependencies/0"
     assert "names no param" in found[f"{base}/name"] and "names no param" in found[f"{base}/match_params/d"]
     engine.load(wf(step("a", signal_dependencies=[{"name": "t_${day}"}]), params={"day": 1}))
+
+
+async def test_a_step_waiting_for_two_signals_goes_on_once_both_are_there(engine):
+    """Two dependencies: the first one's signal arrives, then several that match neither (the
+    step looks after each: it reads only what was sent since, and keeps the first one's match),
+    then the second's: the step goes on with both (the latest match of each)."""
+    doc = wf(step("wait", signal_dependencies=[{"name": "a", "match_params": {"n": 1}},
+                                               {"name": "b", "match_params": {"n": 2}}]))
+    store = engine.storage
+    watch = Watch()
+    definition, instance = await _running(engine, doc)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: engine.run(definition, instance, observer=watch))
+        await watch.wait("wait", "WAITING_FOR_SIGNALS")
+        await store.send_signal("a", {"n": 1})
+        for n in range(5):
+            await trio.testing.wait_all_tasks_blocked()  # the step looked (and waits again)
+            await store.send_signal("b", {"n": 10 + n})
+            await store.send_signal("a", {"n": 10 + n})
+        await trio.testing.wait_all_tasks_blocked()
+        await store.send_signal("b", {"n": 2})
+        ready = await watch.wait("wait", "EVALUATING_PARAMS")
+    assert ready.message == "signals matched: a #1, b #6"
