@@ -943,6 +943,65 @@ def bench_notebook_step(b: "Bench") -> dict:
     return _engine_bench("notebook_bench.py", 2 if b.quick else 5, None, target_note="report the ratio (no target)")
 
 
+# -- signals ----------------------------------------------------------------------------------
+
+def bench_signal_latency(b: Bench) -> dict:
+    """A signal send → the step waiting on it RUNNING, on the SQLite store, the send made through
+    a second opening of the store (as `legato signal send` from another process: the waiting run
+    is woken through the store's wake-ups, not by polling)."""
+    n, warmup = (20 if b.quick else 100), 3
+    doc = {"workflow": {"id": "waits", "params": {"i": 0}, "steps": [{"step": {
+        "id": "a", "type": "noop",
+        "signal_dependencies": [{"name": "go", "match_params": {"i": {"param": {"type": "LONG", "expression": "i"},
+                                                                      "operator": "="}}}]}}]}}
+    url = b.sqlite_url()
+
+    async def main() -> tuple[list[float], list[float]]:
+        async with open_storage(url) as store, open_storage(url) as sender:
+            engine = Engine(store, workspace=b.fresh_dir("ws"))
+            d = engine.load(doc)
+            out = []
+            for i in range(warmup + n):
+                waiting, running = trio.Event(), []
+
+                def observer(event, waiting=waiting, running=running) -> None:
+                    if event.step_id == "a" and event.status == "WAITING_FOR_SIGNALS":
+                        waiting.set()
+                    elif event.step_id == "a" and event.status == "RUNNING" and not running:
+                        running.append(perf())
+
+                instance, _ = await engine.start(d, {"i": i})
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(lambda: engine.run(d, instance, observer=observer))
+                    await waiting.wait()
+                    t0 = perf()
+                    await sender.send_signal("go", {"i": i})
+                if i >= warmup:
+                    out.append((running[0] - t0) * 1e3)
+            base = []
+            with store.wakeups().listen() as listener:
+                for i in range(warmup + n):
+                    t0 = perf()
+                    await sender.send_signal("nobody-waits", {"i": i})
+                    woken = await listener.wait(5.0)
+                    if i >= warmup and woken:
+                        base.append((perf() - t0) * 1e3)
+            return out, base
+
+    gc.collect()
+    samples, base = trio.run(main)
+    log(f"signal_latency: p50 {p50(samples):.3f} ms (send + wake-up alone {p50(base):.3f} ms)")
+    return figure(
+        f"a one-step workflow whose noop step waits for a signal (WAITING_FOR_SIGNALS, match params evaluated): "
+        f"perf_counter from calling send_signal() on a second opening of the SQLite store until the run's "
+        f"observer sees the step's RUNNING (delivered after the commit that holds it); p50 of {n} instances "
+        f"after {warmup} warm-ups", p50(samples), "ms", 50,
+        samples=samples,
+        baseline={"what": f"the same send_signal() until a listener on the store's wake-ups wakes (p50 of {n}): "
+                          "what the store's notification alone costs", "value": p50(base), "unit": "ms"},
+    )
+
+
 # -- trigger lag ---------------------------------------------------------------------------------
 
 def bench_trigger_lag(b: "Bench") -> dict:
@@ -1017,6 +1076,7 @@ FIGURES: dict[str, Callable[[Bench], dict]] = {
     "peer": bench_peer,
     "docker_step": bench_docker_step,
     "notebook_step": bench_notebook_step,
+    "signal_latency": bench_signal_latency,
     "trigger_lag": bench_trigger_lag,
 }
 

@@ -879,6 +879,70 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_signals_are_numbered_per_name_and_deduplicated_by_request_id(self, tmp_path):
+        """``send_signal`` numbers each name's signals from 1; the same request id for the same
+        name again answers with the stored signal and stores nothing (another name may reuse it);
+        ``get_signal`` reads the latest or a given one, ``list_signals`` those after a number,
+        oldest first; ``match_signal`` the latest that meets every condition (Maestro's
+        SignalInstance / MaestroSignalInstanceDao: seq per name, unique request id); all of it
+        survives reopening."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                assert await store.get_signal("t") is None and await store.list_signals("t") == []
+                a, new_a = await store.send_signal("t", {"date": 20260101, "region": "eu"}, "r1")
+                b, new_b = await store.send_signal("t", {"date": 20260102, "region": "us"})
+                other, _ = await store.send_signal("u", {}, "r1")
+                assert (a.seq, b.seq, other.seq, new_a, new_b) == (1, 2, 1, True, True)
+                again, new = await store.send_signal("t", {"date": 1}, "r1")
+                assert not new and again.seq == 1 and again.params == {"date": 20260101, "region": "eu"}, \
+                    "a replayed request id stored a second signal"
+                assert (await store.get_signal("t")).seq == 2
+                got = await store.get_signal("t", 1)
+                assert (got.name, got.params, got.request_id) == ("t", a.params, "r1")
+                assert isinstance(got.created_at, float) and got.created_at > 0
+                assert await store.get_signal("t", 3) is None
+                assert [s.seq for s in await store.list_signals("t", 1)] == [2]
+                assert [s.seq for s in await store.list_signals("t", 0, 1)] == [1]
+                assert (await store.match_signal("t", [("date", ">=", 20260101)])).seq == 2
+                assert (await store.match_signal("t", [("region", "=", "eu")])).seq == 1
+                assert await store.match_signal("t", [("date", "=", "20260101")]) is None, \
+                    "a number matched a string"
+            if "persistent" in self.p.capabilities:
+                async with self._open(tmp_path) as store:
+                    c, _ = await store.send_signal("t", {}, None)
+                    assert c.seq == 3 and (await store.get_signal("t", 1)).params["region"] == "eu"
+
+        self._run(main)
+
+    def test_signals_of_a_commit_are_stored_with_it_once(self, tmp_path):
+        """``Batch.signals`` (a step's signal_outputs) are stored in the commit's transaction and
+        wake listeners; committed again with the same request ids (a resumed run) they are not
+        stored twice; a stale commit stores none."""
+        from legato.model import Batch, InstanceRecord
+        from legato.storage import StaleWrite
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                await store.create_instance(InstanceRecord("i-s", "wf", 1, created_at=1.0), "me", 30)
+                out = [("done", {"n": 1}, "i-s/1/a/1/0"), ("done", {"n": 2}, "i-s/1/a/1/1")]
+                wakeups = store.wakeups()
+                with wakeups.listen() as listener:
+                    await store.commit(Batch("i-s", 1, signals=out))
+                    if wakeups.notifies:
+                        with trio.fail_after(60):
+                            assert await listener.wait(60), "a commit's signals woke nobody"
+                await store.commit(Batch("i-s", 1, signals=out))
+                assert [(s.seq, s.params) for s in await store.list_signals("done")] == [(1, {"n": 1}), (2, {"n": 2})]
+                if "leases" in self.p.capabilities:
+                    assert await store.acquire_lease("i-s", "other", 30) is None
+                    await store.release_lease("i-s", "me")
+                    assert await store.acquire_lease("i-s", "other", 30) == 2
+                    with pytest.raises(StaleWrite):
+                        await store.commit(Batch("i-s", 1, signals=[("done", {"n": 3}, "x")]))
+                    assert len(await store.list_signals("done")) == 2, "a stale commit stored its signals"
+
+        self._run(main)
+
     def test_request_action_records_a_pending_action(self, tmp_path):
         """``request_action`` stores an action (instance or step, its params, who, when) with a
         growing id; ``list_actions`` reads the instance's actions back, oldest first."""

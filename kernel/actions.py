@@ -1,5 +1,6 @@
 """Actions on instances and their steps, asked from any process and applied by the one that runs the
-instance (DESIGN §3 actions, §8): instance stop, kill and restart; step stop, kill, skip and restart.
+instance (DESIGN §3 actions, §8): instance stop, kill and restart; step stop, kill, skip, restart and
+bypass (of its signal dependencies).
 
 - :func:`request_action` validates a request (it raises :class:`ActionRefused` saying why and what
   to do), records it in the store (:meth:`Storage.request_action
@@ -16,7 +17,8 @@ instance (DESIGN §3 actions, §8): instance stop, kill and restart; step stop, 
   Maestro does (``Actions.StepInstanceAction``, ``StepInstanceActionHandler``): an instance stop
   ends it STOPPED, a kill FAILED; a step stop ends the step STOPPED, a kill FATALLY_FAILED (its
   failure mode applies), a skip SKIPPED (the DAG goes on as if it completed); a step restart makes
-  a new attempt of a step of a running instance that ended without completing. Each application
+  a new attempt of a step of a running instance that ended without completing; a bypass lets a
+  step in WAITING_FOR_SIGNALS go on without its signals (BYPASS_STEP_DEPENDENCIES). Each application
   is an ``ACTION`` event in the instance's timeline (who, via what, when) and marks the action
   applied in the same transaction (:attr:`legato.model.Batch.actions`).
 - :func:`wait_applied` waits, woken by the store, until an action is applied.
@@ -50,7 +52,7 @@ I = InstanceStatus  # noqa: E741
 S = StepStatus
 
 INSTANCE_VERBS = ("stop", "kill", "restart")
-STEP_VERBS = ("stop", "kill", "skip", "restart")
+STEP_VERBS = ("stop", "kill", "skip", "restart", "bypass")
 #: Maestro's RunPolicy values a restart takes (RESTART_FROM_INCOMPLETE is its default restart policy).
 RESTART_MODES = ("RESTART_FROM_INCOMPLETE", "RESTART_FROM_BEGINNING", "RESTART_FROM_SPECIFIC")
 #: Seconds a foreground run goes before it listens for actions (then reads once what was asked).
@@ -592,6 +594,10 @@ class InstanceActions:
                            "try again once it has")
         if verb == "restart":
             return self._restart_step(st, action)
+        if verb == "bypass":  # Maestro's BYPASS_STEP_DEPENDENCIES
+            if self.bypass_signals(st, action.requested_by):
+                return applied(f"step {sid} goes on without its signals")
+            return refused(f"step {sid} is {record.status.value}: bypass applies to a step WAITING_FOR_SIGNALS")
         if st.loop is not None or st.sdef.loop is not None:
             return refused(f"step {sid} is a {st.sdef.loop.kind if st.sdef.loop else 'loop'} step: {verb} applies to "
                            "leaf steps for now; stop the instance instead")
@@ -621,6 +627,8 @@ class InstanceActions:
             self.event(st.key, st.attempt, "CREATED")
         elif st in self.permit_queue:
             self.permit_queue.remove(st)
+        elif self.signal_waits is not None and self.signal_waits.remove(st):
+            pass  # waiting for signals: it ends as asked
         elif st in self.to_launch:
             self.to_launch.remove(st)
             self.running -= 1

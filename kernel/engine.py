@@ -98,6 +98,7 @@ class Engine:
         ancestors: list[dict[str, Any]] | None = None,
         queued: bool = False,
         run_ts: float | None = None,
+        signal: dict[str, Any] | None = None,
     ) -> tuple[InstanceRecord, bool]:
         """Push the definition's version, evaluate the workflow params and create the instance.
 
@@ -110,7 +111,8 @@ class Engine:
         ``queued`` (:func:`legato.strategy.wait_turn` waits for its turn), or STOPPED at once
         (FIRST_ONLY). A LAST_ONLY start asks the older running instances to stop. ``run_ts``: the
         time the run is for (epoch seconds; a trigger's scheduled time), ``workflow.run_ts`` in
-        its expressions (default: now).
+        its expressions (default: now). ``signal``: the params of the signals that started it, by
+        signal name (a signal trigger), what its workflow params read as ``signal`` in CEL.
 
         ``params`` are values (or full-form definitions, as Maestro's run params) and ``raw_params``
         ``name=value`` strings from a command line, merged into the definition's params by
@@ -135,6 +137,8 @@ class Engine:
                 "id": definition.workflow_id, "version": version, "instance_id": instance_id,
                 "run_id": 1, "run_ts": _utc(now if run_ts is None else run_ts), "initiator": initiator,
             })}
+            if signal is not None:
+                context["signal"] = to_cel(signal)
         try:
             values = evaluate_params(specs, self.compiler, context=context, budget=budget)
         except ParamError as exc:

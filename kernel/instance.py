@@ -30,6 +30,7 @@ from .params import ParamError, ValueBudget
 from .permits import open_permits
 from .recovery import Recovery, group_history
 from .scope import Scope
+from .signalwait import StepSignals
 from .states import InstanceStatus, StepStatus, instance_status_from
 from .stepstart import StepStart
 from .steptask import StepTasks
@@ -52,7 +53,7 @@ class StartError(Exception):
 
 
 class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recovery, Loops, FromForeach,
-                  InstanceActions):
+                  InstanceActions, StepSignals):
     """The task that drives one instance: the scheduling loop, the step tasks, the writes."""
 
     def __init__(self, engine, definition: Definition, instance: InstanceRecord,
@@ -91,6 +92,7 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                            else "step_concurrency")
         self.permits = None  # legato.permits.Permits when steps share permits with other instances
         self.asking = 0  # steps the instance let through that wait for those (permits.queue)
+        self.signal_waits = None  # legato.signalwait.SignalWaits once a step waits for signals
         self.ending: InstanceStatus | None = None  # STOPPED / FAILED (kill, fail-immediately) / TIMED_OUT
         self.end_message = ""
         self.dirty: list[Scope] = []  # iterations whose last live step just ended
@@ -266,6 +268,8 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
                 self.leave(st)
         elif kind == "permit":  # the store granted a step's shared permits (legato.permits)
             self.permitted(message[1], message[2])
+        elif kind == "signals":  # a waiting step's signals are there (legato.signalwait)
+            self.signals_matched(message[1], message[2], message[3])
         elif kind == "end":
             self.end(message[1], message[2])
         elif kind == "action":

@@ -11,7 +11,7 @@ from typing import Any
 
 from .states import InstanceStatus, StepStatus
 
-__all__ = ["ActionRecord", "InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion", "Lease"]
+__all__ = ["ActionRecord", "SignalRecord", "InstanceRecord", "AttemptRecord", "Event", "LogChunk", "Batch", "DefinitionVersion", "Lease"]
 
 
 @dataclass(slots=True)
@@ -130,10 +130,14 @@ class Batch:
     actions: list[tuple[int, str]] = field(default_factory=list)
     #: (step_id, attempt) of attempts whose permits are given back in this commit (legato.permits).
     permits_released: list[tuple[str, int]] = field(default_factory=list)
+    #: Signals this tick announces (a step's ``signal_outputs``, :mod:`legato.signals`): ``(name,
+    #: params, request_id)``, stored in the same transaction as the step's success; one whose
+    #: request id its name knows already is not stored again.
+    signals: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.instance is not None or self.attempts or self.events or self.logs or self.actions
-                    or self.permits_released)
+                    or self.permits_released or self.signals)
 
 
 @dataclass(slots=True)
@@ -184,3 +188,16 @@ class ActionRecord:
     requested_at: float
     applied_at: float | None = None
     outcome: str = ""
+
+
+@dataclass(slots=True)
+class SignalRecord:
+    """One signal instance (DESIGN §3, signals): a named event with params, numbered per name from
+    1 in the order the store accepted them (``seq``). ``request_id`` makes a send idempotent: the
+    same id for the same name again answers with this signal and stores nothing."""
+
+    name: str
+    seq: int
+    params: dict[str, Any]
+    request_id: str | None = None
+    created_at: float = 0.0

@@ -62,7 +62,13 @@ class OutcomePolicy:
         elif result.outcome is Outcome.DONE and not (result.outputs and _bad_outputs(result)):
             st.record.outputs = _outputs(result.outputs, self.secrets)
             self.set(st, S.FINISHING)
-            self.end_step(st, S.SUCCEEDED, result.message)
+            signals = self.output_signals(st) if sdef.signal_outputs else None
+            if isinstance(signals, str):  # a signal output that cannot be evaluated: the engine's own error
+                self.end_step(st, S.INTERNALLY_FAILED, signals)
+            else:
+                self.end_step(st, S.SUCCEEDED, result.message)
+                if signals and st.record.status is S.SUCCEEDED:  # announced in the commit of its success
+                    self.batch.signals.extend(signals)
         else:
             if result.outputs:
                 _bad_outputs(result)

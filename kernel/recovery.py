@@ -169,6 +169,12 @@ class Recovery:
     def _continue(self, st) -> None:
         """An attempt created but not started: walk it on from where it stopped."""
         record = st.record
+        if st.sdef.signal_dependencies and record.status in (S.CREATED, S.INITIALIZED, S.WAITING_FOR_SIGNALS):
+            for status in (S.INITIALIZED, S.WAITING_FOR_SIGNALS):  # and wait again (legato.signalwait)
+                if status in STEP_TRANSITIONS[record.status]:
+                    self.set(st, status)
+            self.wait_for_signals(st)
+            return
         for status in MATERIALIZE:
             if status in STEP_TRANSITIONS[record.status]:
                 self.set(st, status)

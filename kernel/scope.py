@@ -40,6 +40,7 @@ class Step:
     __slots__ = (
         "sdef", "scope", "key", "record", "attempt", "remaining", "satisfied", "params", "config",
         "errors", "platform", "timeouts", "cancel", "finished", "live", "reattach", "conditional", "loop",
+        "signals",
     )
 
     def __init__(self, sdef: StepDef, scope: "Scope", key: str) -> None:
@@ -59,6 +60,7 @@ class Step:
         self.reattach: Any = None  # the handle to follow instead of starting the work anew
         self.conditional = any(cond.constant is None for _, cond in sdef.successors)  # edges to evaluate
         self.loop: "Loop | None" = None  # a foreach/while step's iterations while it runs
+        self.signals: dict[str, Any] | None = None  # the params of the signals it waited for, by name
 
 
 class Scope:

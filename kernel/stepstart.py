@@ -18,7 +18,6 @@ from typing import Any
 
 from .model import AttemptRecord
 from .params import ParamError, evaluate_params, needs_cel
-from .recovery import MATERIALIZE
 from .scope import UNCONVERTIBLE
 from .states import StepStatus
 
@@ -39,9 +38,14 @@ class StepStart:
         st.record = AttemptRecord(self.iid, st.key, st.attempt, S.CREATED, self.instance.run_id, created_at=now)
         self.batch.attempts[(st.key, st.attempt)] = st.record
         self.event(st.key, st.attempt, "CREATED")
-        for status in MATERIALIZE:
-            self.set(st, status)
+        self.set(st, S.INITIALIZED)
+        self.set(st, S.WAITING_FOR_SIGNALS)
         self.enter(st)
+        if st.sdef.signal_dependencies:  # it goes on once its signals are there (legato.signalwait)
+            st.signals = None
+            self.wait_for_signals(st)
+            return
+        self.set(st, S.EVALUATING_PARAMS)
         self.prepare(st)
 
     def prepare(self, st) -> None:
@@ -141,6 +145,8 @@ class StepStart:
             asked = self.permits.stop(inside)
             self.asking -= len(asked)
             waiting += asked
+        if self.signal_waits is not None:
+            waiting += self.signal_waits.stop(inside)
         for st in waiting:
             self.set(st, stopped, reason)
             st.finished = True
@@ -162,7 +168,7 @@ class StepStart:
                     raw = argv = frozenset()
                 with self.evaluating_with_iterations(st):
                     values = evaluate_params(sdef.params, self.engine.compiler, scope=scope.params,
-                                             context=scope.context() if needs_cel(sdef.params.values()) else None,
+                                             context=self.cel_names(st) if needs_cel(sdef.params.values()) else None,
                                              raw=raw, argv=argv, budget=self.budget)
             if loop is not None and loop.loop_params:
                 try:

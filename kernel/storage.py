@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from .model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from .model import (ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk,
+                    SignalRecord)
 from .states import InstanceStatus
 
 __all__ = ["Storage", "StorageError", "StaleWrite", "VersionNotFound", "open_storage", "parse_version"]
@@ -328,6 +329,47 @@ class Storage(abc.ABC):
         """Remove ``tag``'s limit (steps fall back to their tag's own permit, if any); False when
         none was set."""
         raise StorageError(f"{self.url or 'this store'} keeps no permits")
+
+    # -- signals (legato.signals) ------------------------------------------------------------
+    # A signal is a row (name, seq, params, request_id, created_at); ``seq`` counts from 1 per
+    # name in the order the store accepted them; (name, request_id) is unique.
+
+    async def send_signal(self, name: str, params: dict[str, Any], request_id: str | None = None
+                          ) -> tuple[SignalRecord, bool]:
+        """Store a signal of ``name`` with ``params`` (checked by the caller:
+        :func:`legato.signals.check_signal`), numbered after the name's last one, in one
+        transaction, then notify :meth:`wakeups` (steps and triggers may wait for it). A
+        ``request_id`` the name knows already: that signal and False, storing nothing."""
+        raise StorageError(f"{self.url or 'this store'} keeps no signals: use a store that does "
+                           "(sqlite:///…, memory://)")
+
+    async def get_signal(self, name: str, seq: int | None = None) -> SignalRecord | None:
+        """Signal ``seq`` of ``name`` (None: its latest), or None when there is none."""
+        raise StorageError(f"{self.url or 'this store'} keeps no signals")
+
+    async def list_signals(self, name: str, after: int = 0, limit: int = 100) -> list[SignalRecord]:
+        """At most ``limit`` signals of ``name`` numbered above ``after``, oldest first (what a
+        signal trigger reads since its checkpoint)."""
+        raise StorageError(f"{self.url or 'this store'} keeps no signals")
+
+    async def match_signal(self, name: str, match) -> SignalRecord | None:
+        """The latest signal of ``name`` that meets every condition of ``match`` (``[(param,
+        operator, value), …]``, :func:`legato.signals.satisfied`), or None. This default reads
+        them all, newest first; a backend may override it with a query."""
+        from .signals import satisfied
+
+        latest = await self.get_signal(name)
+        if latest is None:
+            return None
+        top = latest.seq + 1
+        while top > 1:
+            after = max(0, top - 1 - 500)
+            page = await self.list_signals(name, after, top - 1 - after)
+            for signal in reversed(page):
+                if signal.seq < top and satisfied(signal.params, match):
+                    return signal
+            top = after + 1
+        return None
 
     # -- triggers (legato.triggers) -----------------------------------------------------------
     # A checkpoint is one JSON value per (workflow, trigger key): what the trigger has consumed

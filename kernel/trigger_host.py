@@ -181,10 +181,11 @@ class TriggerHost:
                     self._changed()
                 await trio.sleep(self.retry)
 
-    async def _start(self, ctx: TriggerContext, request_id: str, params, run_ts: float, initiator: str):
+    async def _start(self, ctx: TriggerContext, request_id: str, params, run_ts: float, initiator: str,
+                     signal: dict | None = None):
         """What :meth:`TriggerContext.start` calls: the idempotent start, queued for a worker."""
         instance, created = await self.engine.start(ctx.definition, params, request_id=request_id,
-                                                    initiator=initiator, queued=True, run_ts=run_ts)
+                                                    initiator=initiator, queued=True, run_ts=run_ts, signal=signal)
         self.counts["started" if created else "repeated"] += 1
         self._changed()
         if created:

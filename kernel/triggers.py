@@ -113,7 +113,9 @@ class TriggerContext:
       module's docstring). ``params``: start params as a start request gives them (values or
       Maestro's full form). ``run_ts``: the time the run is for (epoch seconds; a cron tick's
       scheduled time), what the run reads as ``workflow.run_ts`` (default: now). ``initiator``:
-      what it reads as ``workflow.initiator`` (default ``"<type name>:<key>"``). Returns
+      what it reads as ``workflow.initiator`` (default ``"<type name>:<key>"``). ``signal``: the
+      params of the signals it fires for, by signal name, what the workflow's params read as
+      ``signal`` in CEL (the ``signal`` trigger type). Returns
       ``(instance, created)``: ``created`` False when the id had started it already; None while
       the workflow's triggers are paused. Raises :class:`legato.engine.StartError` for params
       the workflow refuses (the host logs it; the trigger should consume the firing);
@@ -145,14 +147,16 @@ class TriggerContext:
         self.last_fired: float | None = None
 
     async def start(self, *, request_id: str, params: dict[str, Any] | None = None, run_ts: float | None = None,
-                    initiator: str | None = None) -> "tuple[InstanceRecord, bool] | None":
+                    initiator: str | None = None, signal: dict[str, Any] | None = None
+                    ) -> "tuple[InstanceRecord, bool] | None":
         if not isinstance(request_id, str) or not request_id:
             raise ValueError("a trigger's start needs a non-empty, deterministic request_id")
         if await self.paused():
             return None
+        extra = {} if signal is None else {"signal": signal}
         result = await self._start(self, trigger_request_id(self.trigger.key, request_id), params,
                                    run_ts if run_ts is not None else self.now(),
-                                   initiator or f"{self.type_name}:{self.trigger.key}")
+                                   initiator or f"{self.type_name}:{self.trigger.key}", **extra)
         self.last_fired = self.now()
         return result
 

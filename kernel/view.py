@@ -203,8 +203,8 @@ class PlainView(View):
         self._started: dict[tuple[str, int], float] = {}
 
     def show(self, event: Event, row: _Row) -> None:
-        if not self.quiet and event.status in _SHOWN:
-            self._events.append(event)
+        if not self.quiet and (event.status in _SHOWN or (event.status == "WAITING_FOR_SIGNALS" and event.message)):
+            self._events.append(event)  # (a step that waits says for what; the others pass through it)
 
     def _event_line(self, event: Event) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(event.ts)) + f".{int(event.ts * 1000) % 1000:03d}"

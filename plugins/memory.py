@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from legato.hookspecs import hookimpl
-from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from legato.model import (ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk,
+                          SignalRecord)
 from legato.processes import this_process
 from legato import strategy
 from legato.states import InstanceStatus
@@ -49,6 +50,8 @@ class MemoryStorage(Storage):
         self._waiting: dict[str, dict[str, None]] = {}
         self._running: dict[str, dict[str, None]] = {}
         self._failed: dict[str, dict[str, None]] = {}
+        self._signals: dict[str, list[SignalRecord]] = {}  # name -> its signals, seq 1 first
+        self._signal_requests: dict[tuple[str, str], SignalRecord] = {}
 
     async def push_definition(self, workflow_id: str, document: dict[str, Any],
                               activate: bool = True) -> DefinitionVersion:
@@ -227,6 +230,10 @@ class MemoryStorage(Storage):
             for holders in self._permits.values():
                 holders -= gone
             self.wakeups().notify()
+        if batch.signals:
+            for name, params, request_id in batch.signals:
+                self._add_signal(name, params, request_id)
+            self.wakeups().notify()  # steps and triggers waiting for them
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         record = self._instances.get(instance_id)
@@ -397,6 +404,36 @@ class MemoryStorage(Storage):
         if found:
             self.wakeups().notify()
         return found
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _add_signal(self, name: str, params: dict[str, Any], request_id: str | None) -> tuple[SignalRecord, bool]:
+        if request_id is not None:
+            found = self._signal_requests.get((name, request_id))
+            if found is not None:
+                return copy.deepcopy(found), False
+        signals = self._signals.setdefault(name, [])
+        record = SignalRecord(name, len(signals) + 1, copy.deepcopy(params), request_id, time.time())
+        signals.append(record)
+        if request_id is not None:
+            self._signal_requests[(name, request_id)] = record
+        return copy.deepcopy(record), True
+
+    async def send_signal(self, name: str, params: dict[str, Any], request_id: str | None = None
+                          ) -> tuple[SignalRecord, bool]:
+        found = self._add_signal(name, params, request_id)
+        if found[1]:
+            self.wakeups().notify()
+        return found
+
+    async def get_signal(self, name: str, seq: int | None = None) -> SignalRecord | None:
+        signals = self._signals.get(name, [])
+        if seq is None:
+            return copy.deepcopy(signals[-1]) if signals else None
+        return copy.deepcopy(signals[seq - 1]) if 1 <= seq <= len(signals) else None
+
+    async def list_signals(self, name: str, after: int = 0, limit: int = 100) -> list[SignalRecord]:
+        return [copy.deepcopy(s) for s in self._signals.get(name, [])[max(0, after):max(0, after) + limit]]
 
     # -- triggers ---------------------------------------------------------------------------------
 

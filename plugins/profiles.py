@@ -173,3 +173,24 @@ cron = TriggerProfile(
         {"type": "CRON", "cron": "* * * * * ?", "timezone": "Europe/Dublin"}],
         "steps": [{"step": {"id": "a", "type": "noop"}}]}},
 )
+
+
+async def _send_ready(storage, n: int) -> None:
+    """One signal per firing, a fifth of a second apart: the suite watches the event loop while
+    the trigger works, as the cron sample's ticks a second apart give it time to."""
+    import trio
+
+    if n:
+        await trio.sleep(0.2)
+    await storage.send_signal("conformance-ready", {"n": n})
+
+
+signal = TriggerProfile(
+    trigger_type="signal",
+    entry_point="signal",
+    capabilities={"fires", "exactly_once", "cancellation", "event_loop"},
+    workflow={"workflow": {"id": "conformance-signal", "signal_triggers": [
+        {"definitions": {"conformance-ready": {"match_params": {"n": {"value": 0, "operator": ">="}}}}}],
+        "steps": [{"step": {"id": "a", "type": "noop"}}]}},
+    fire=_send_ready,  # each firing: one signal
+)

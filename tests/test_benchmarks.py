@@ -18,7 +18,8 @@ def test_quick_benchmark_prints_every_figure_with_a_baseline():
     figures = report["figures"]
     expected = {"step_overhead", "throughput", "start_overhead", "bash_steps", "import", "memory",
                 "validate_100k", "docker_step", "notebook_step", "cold_start", "scaling", "peer", "trigger_lag",
-                "step_overhead@memory", "throughput@memory", "start_overhead@memory", "bash_steps@memory"}
+                "step_overhead@memory", "throughput@memory", "start_overhead@memory", "bash_steps@memory",
+                "signal_latency"}
     assert expected <= set(figures), sorted(expected - set(figures))
     for name, figure in figures.items():
         if figure.get("skipped"):

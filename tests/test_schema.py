@@ -126,7 +126,10 @@ SHAPE_ERRORS = {
     "step without a type": wf({"step": {"id": "a"}}),
     "step id starting with a digit": wf({"step": {"id": "1a", "type": "noop"}}),
     "a typo in a step field": wf(step(retry_polcy={})),
-    "signal dependencies": wf(step(signal_dependencies=[])),
+    "a signal operator unknown": wf(step(signal_dependencies=[{"name": "t", "match_params": {
+        "x": {"value": 1, "operator": "=="}}}])),
+    "a signal dependency without a name": wf(step(signal_dependencies=[{"match_params": {}}])),
+    "a signal output that is a string": wf(step(signal_outputs=["done"])),
     "failure_mode misspelt": wf(step(failure_mode="ignore")),
     "retry limit over 99": wf(step(retry_policy={"error_retry_limit": 100})),
     "retry limit a word": wf(step(retry_policy={"error_retry_limit": "two"})),
@@ -164,7 +167,9 @@ SHAPE_ERRORS = {
     "a cron with 8 fields": wf(time_triggers=[{"type": "cron", "cron": "0 0 * * * * * *"}]),
     "a catch-up policy unknown": wf(time_triggers=[{"type": "cron", "cron": "0 0 * * *", "catch_up": "some"}]),
     "a predefined schedule unknown": wf(time_triggers=[{"type": "PREDEFINED", "expression": "@fortnightly"}]),
-    "signal triggers": wf(signal_triggers=[{"definitions": {}}]),
+    "a signal trigger without signals": wf(signal_triggers=[{"definitions": {}}]),
+    "a signal trigger matching a list": wf(signal_triggers=[{"definitions": {"t": {"match_params": {
+        "x": {"value": [1], "operator": "="}}}}}]),
     "is_active a string": wf() | {"is_active": "yes"},
 }
 

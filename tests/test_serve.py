@@ -287,10 +287,11 @@ def test_openapi_document_validates_and_every_path_answers(server):
     iid = server.start("every", request_id="every-1")["instance_id"]
     server.wait_status("every", iid, {"SUCCEEDED"})
     values = {"workflowId": "every", "version": "1", "instanceId": iid, "runId": "1", "stepId": "greet",
-              "attempt": "1", "tag": "every-tag"}
+              "attempt": "1", "tag": "every-tag", "name": "every-signal", "seq": "1"}
     bodies = {("post", W): hello("every"), ("put", W + "/actions/validate"): hello("every"),
               ("post", W + "/{workflowId}/versions/{version}/actions/start"): {"request_id": "every-1"},
-              ("post", "/api/v3/tag-permits"): {"tag": "every-tag", "max_allowed": 3}}
+              ("post", "/api/v3/tag-permits"): {"tag": "every-tag", "max_allowed": 3},
+              ("post", "/api/v3/signals"): {"name": "every-signal", "params": {"n": 1}}}
     called = []
     for path, item in spec["paths"].items():
         for method, op in item.items():

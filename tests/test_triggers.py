@@ -264,3 +264,9 @@ def test_legato_worker_hosts_the_triggers_and_stops_them_on_sigterm(tmp_path):
     # the host says what it watches before the worker says it runs: without one, nothing is said
     code, out = run_worker("--no-triggers", until=None)
     assert code == 0 and "trigger" not in out, out
+
+
+class TestSignalTriggerConformance(TriggerSuite):
+    """The signal trigger type (legato.plugins.signal_trigger) passes the trigger contract."""
+
+    profile = "signal"

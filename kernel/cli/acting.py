@@ -1,5 +1,5 @@
 """Acting on instances from any shell: ``legato stop``, ``kill``, ``restart`` and ``legato step
-stop|kill|skip|restart`` (the logic is :mod:`legato.actions`).
+stop|kill|skip|restart|bypass`` (the logic is :mod:`legato.actions`).
 
 An action is recorded in the store and applied by the process that runs the instance (a
 ``legato worker``, or the ``legato run`` in another shell) within a tick; by default the command
@@ -99,7 +99,7 @@ def kill(instance: str, store: str, no_wait: bool, as_json: bool) -> None:
 
 @main.group()
 def step() -> None:
-    """Act on one step of an instance: stop, kill, skip or restart it."""
+    """Act on one step of an instance: stop, kill, skip, restart it, or bypass its signal dependencies."""
 
 
 def _step_command(verb: str, doc: str):
@@ -121,6 +121,8 @@ _step_command("kill", "Kill STEP of a running INSTANCE: it ends FATALLY_FAILED a
                       "(IGNORE_FAILURE: COMPLETED_WITH_ERROR).")
 _step_command("skip", "Skip STEP of a running INSTANCE (running or not started yet): it ends SKIPPED and the DAG "
                       "goes on as if it had completed.")
+_step_command("bypass", "Let STEP of a running INSTANCE, WAITING_FOR_SIGNALS, go on without its signals "
+                        "(Maestro's BYPASS_STEP_DEPENDENCIES).")
 
 
 @step.command(name="restart")

@@ -80,11 +80,13 @@ class _Dags:
                 if ok:
                     for body_id in loop.by_id:
                         self.parent_of[body_id] = sid
+        deps, outs = self.signal_fields(raw, pointer, outputs=kind == "subworkflow")
         if not ok:
             self.attributes(raw, pointer, False)
             return None
         return StepDef(sid, kind if loop is not None else "subworkflow", index, pointer, params, [],
-                       *self.attributes(raw, pointer, False), loop=loop)
+                       *self.attributes(raw, pointer, False), loop=loop, signal_dependencies=deps,
+                       signal_outputs=outs)
 
     def loop_condition(self, raw: dict, pointer: str) -> Condition | None:
         """A while's ``condition``: CEL over the loop variables, the params and ``loop.index``."""

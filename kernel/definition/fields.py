@@ -234,9 +234,24 @@ class _Fields:
                              "secret as a param of its own")
         if not ok:
             self.attributes(raw, pointer, True)  # still checked, and reported with the rest
+            self.signal_fields(raw, pointer)
             return None
+        deps, outs = self.signal_fields(raw, pointer)
         return StepDef(sid, stype if isinstance(stype, str) else "", index, pointer, params, [],
-                       *self.attributes(raw, pointer, True))
+                       *self.attributes(raw, pointer, True), signal_dependencies=deps, signal_outputs=outs)
+
+    def signal_fields(self, raw: dict, pointer: str, outputs: bool = True) -> tuple[tuple, tuple]:
+        """The step's ``signal_dependencies`` and (``outputs``: when it may have them) ``signal_outputs``."""
+        deps = self.signal_dependencies(raw["signal_dependencies"], f"{pointer}/signal_dependencies") \
+            if raw.get("signal_dependencies") is not None else ()
+        outs = ()
+        if raw.get("signal_outputs") is not None:
+            if outputs:
+                outs = self.signal_outputs(raw["signal_outputs"], f"{pointer}/signal_outputs")
+            elif raw["signal_outputs"]:
+                self.add(f"{pointer}/signal_outputs", "not supported yet on a foreach or while step: announce "
+                                                      "the signal from a step after it (or in its body)")
+        return deps, outs
 
     def attributes(self, raw: dict, pointer: str, retries: bool) -> tuple:
         """StepDef's ``retry, timeout, failure_mode, name, description, tags, predecessors,

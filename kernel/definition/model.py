@@ -134,6 +134,10 @@ class StepDef:
     permits: dict[str, int] | None = None
     #: The loop of a foreach or while step (its variables, body DAG and settings); None otherwise.
     loop: LoopDef | None = None
+    #: The signals the step waits for before it evaluates its params (WAITING_FOR_SIGNALS) and
+    #: those it announces when it succeeds (:mod:`legato.definition.signaldefs`).
+    signal_dependencies: tuple = ()
+    signal_outputs: tuple = ()
 
 
 @dataclass(slots=True)

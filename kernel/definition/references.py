@@ -221,6 +221,10 @@ class _References:
         known = self.known
         for step in steps:
             loop = step.loop
+            for dep in step.signal_dependencies:  # evaluated before the step's own params exist
+                self.unit_refs(dep.name, known, scope, f"{dep.pointer}/name", secret)
+                for pname, _, spec in dep.match:
+                    self.unit_refs(spec, known, scope, f"{dep.pointer}/match_params/{_esc(pname)}", secret)
             if not step.params and loop is None:
                 continue  # nothing to check (most steps of a large definition)
             step_secret = secret | {n for n, spec in step.params.items() if spec.secret}

@@ -14,9 +14,10 @@ from .maestro import _MaestroForms
 from .references import _References
 from .fields import _Fields
 from .dags import _Dags
+from .signaldefs import _SignalFields
 
 
-class _Validator(_Dags, _Fields, _References, _MaestroForms, _Values):
+class _Validator(_Dags, _Fields, _References, _MaestroForms, _Values, _SignalFields):
     """Every check of one definition, each problem and warning recorded at its pointer; the checks
     are its parts, one module each (values, maestro, references, fields, dags)."""
 

@@ -12,10 +12,7 @@ _STEP_KEYS = {
     "id", "type", "name", "description", "params", "transition", "retry_policy", "timeout",
     "failure_mode", "tags", "signal_dependencies", "signal_outputs",
 }
-_NOT_YET = {
-    "signal_dependencies": "signal dependencies arrive with the signals issue",
-    "signal_outputs": "signal outputs arrive with the signals issue",
-}
+_NOT_YET: dict[str, str] = {}  # step fields accepted by the format but not supported yet (none now)
 _WRAPPERS = {"step", "foreach", "while", "subworkflow"}
 _WORKFLOW_KEYS = {"id", "name", "description", "params", "steps", "timeout", "time_triggers", "signal_triggers", "tags",
                   "criticality", "instance_step_concurrency"}

@@ -22,6 +22,7 @@ from ..limits import (
     MAX_TIMEOUT_SECONDS,
 )
 from ..params import _FULL_FORM_KEYS, NAME_RE, RESERVED_NAMES, ParamMode, ParamType
+from ..signals import MAX_NAME as MAX_SIGNAL_NAME, OPERATORS as SIGNAL_OPERATORS
 from . import SCHEMA_PATH
 
 __all__ = ["build", "main"]
@@ -194,7 +195,43 @@ def build() -> dict:
           "retry_policy": {"$ref": "#/$defs/retry_policy"},
           "timeout": {"anyOf": [{"type": "null"}, duration("The step's timeout, from STARTING.")]},
           "failure_mode": ci_enum([m.value for m in d.FailureMode], "What a fatal failure of this step does"),
-          "tags": {"$ref": "#/$defs/tags"}}},
+          "tags": {"$ref": "#/$defs/tags"},
+          "signal_dependencies": {"$ref": "#/$defs/signal_dependencies"},
+          "signal_outputs": {"$ref": "#/$defs/signal_outputs"}}},
+      "signal_name": {"type": "string", "minLength": 1, "maxLength": MAX_SIGNAL_NAME,
+                      "description": "A signal's name; it may interpolate ${param}."},
+      "signal_operator": {"enum": sorted(SIGNAL_OPERATORS), "description": "Maestro's SignalOperator."},
+      "signal_value": {"type": ["integer", "string"], "description": "A LONG or STRING value."},
+      "signal_dependencies": {
+        "description": "Signals the step waits for (WAITING_FOR_SIGNALS) before it evaluates its params "
+                       "(Maestro's SignalDependenciesDefinition).",
+        "type": ["array", "null"], "items": {
+          "type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+            "name": {"$ref": "#/$defs/signal_name"},
+            "match_params": {"type": ["object", "null"], "additionalProperties": {"anyOf": [
+              {"type": "object", "additionalProperties": False, "properties": {
+                "param": {"$ref": "#/$defs/param"}, "value": {"$ref": "#/$defs/param"},
+                "operator": {"$ref": "#/$defs/signal_operator"}}},
+              {"$ref": "#/$defs/param"}]}}}}},
+      "signal_outputs": {
+        "description": "Signals the step announces when it succeeds (Maestro's SignalOutputsDefinition).",
+        "type": ["array", "null"], "items": {
+          "type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+            "name": {"$ref": "#/$defs/signal_name"},
+            "params": {"type": ["object", "null"], "additionalProperties": {"$ref": "#/$defs/param"}}}}},
+      "signal_trigger": {
+        "description": "Start the workflow once per signal or joined set of signals (Maestro's SignalTrigger).",
+        "type": "object", "required": ["definitions"], "additionalProperties": False, "properties": {
+          "definitions": {"type": "object", "minProperties": 1, "additionalProperties": {
+            "type": ["object", "null"], "additionalProperties": False, "properties": {
+              "match_params": {"type": ["object", "null"], "additionalProperties": {"anyOf": [
+                {"type": "object", "required": ["value"], "additionalProperties": False, "properties": {
+                  "value": {"$ref": "#/$defs/signal_value"}, "operator": {"$ref": "#/$defs/signal_operator"}}},
+                {"$ref": "#/$defs/signal_value"}]}},
+              "join_keys": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}}}}},
+          "condition": {"type": ["string", "null"], "description": "CEL over `signal` and `params`: start only if true."},
+          "dedup_expr": {"type": ["string", "null"], "description": "CEL naming a joined set: one start per value."},
+          "params": {"$ref": "#/$defs/params"}}},
       "time_trigger": {
         "description": "Maestro's TimeTrigger: CRON (cron, timezone), PREDEFINED (expression, timezone) or INTERVAL "
                        "(interval, start), each with fuzzy_max_delay; Legato's catch_up (the cron trigger plugin reads it).",
@@ -230,8 +267,8 @@ def build() -> dict:
           "time_triggers": {"type": ["array", "null"], "items": {"$ref": "#/$defs/time_trigger"},
                             "description": "Start the workflow on a schedule (the `cron` trigger type, under `legato serve` "
                                            "and `legato worker`)."},
-          "signal_triggers": {"description": "Not supported yet: only an empty list.",
-                              "anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
+          "signal_triggers": {"type": ["array", "null"], "items": {"$ref": "#/$defs/signal_trigger"},
+                              "description": "Run by the `signal` trigger type under `legato serve` / `legato worker`."},
           "tags": {"$ref": "#/$defs/tags"},
           "criticality": ci_enum(sorted(c.lower() for c in d._CRITICALITIES), "Maestro's criticality"),
           "instance_step_concurrency": whole(1, MAX_CONCURRENCY, "Leaf steps running at once in one instance and the subworkflows below it")}},
@@ -240,7 +277,8 @@ def build() -> dict:
     def kind_fields(kind: str, extra: dict) -> dict:
         """The fields every kind of step shares (Maestro's AbstractStep), and ``extra``."""
         shared = {k: defs["step"]["properties"][k] for k in ("id", "name", "description", "transition", "timeout",
-                                                              "failure_mode", "tags")}
+                                                              "failure_mode", "tags", "signal_dependencies",
+                                                              "signal_outputs")}
         fields = {**shared, **extra}
         assert set(fields) == loopdef.KIND_KEYS[kind] - set(d._NOT_YET), kind
         return fields

@@ -505,6 +505,8 @@ _instance_action("restart", "Run an ended instance again as its next run (from i
 _step_action("stop", "Stop a step of a running instance: it ends STOPPED (the instance ends STOPPED)")
 _step_action("kill", "Kill a step of a running instance: it ends FATALLY_FAILED, its failure mode applies")
 _step_action("skip", "Skip a step of a running instance: it ends SKIPPED, the DAG goes on as if it completed")
+_step_action("bypass", "Let a step WAITING_FOR_SIGNALS go on without its signals (Maestro's "
+                       "BYPASS_STEP_DEPENDENCIES)")
 _step_action("restart", "Run a step that failed, was stopped or timed out again (of an ended instance: a new run "
                         "from that step)")
 
@@ -570,6 +572,57 @@ async def delete_tag_permit(svc: Service, request, tag: str) -> tuple[int, Any]:
     found = await _tag_permit(svc, tag)
     await svc.storage.delete_tag_permit(tag)
     return 200, found
+
+
+# -- signals (SignalController) ----------------------------------------------------------------------
+
+SIGNAL = "SignalController"
+
+
+@operation("POST", "/api/v3/signals", summary="Announce a signal: steps waiting on it and signal triggers go on "
+           "(a request id already stored for its name stores nothing new: 200 with that signal)", tag=SIGNAL,
+           body="SignalRequest", response="Signal", statuses=(200, 201))
+async def send_signal(svc: Service, request) -> tuple[int, Any]:
+    from ..signals import SignalError, check_signal, signal_json
+
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"name", "params", "request_id"})
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r}: a signal is `name`, `params` and `request_id`",
+                       f"/{unknown[0]}")
+    request_id = body.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 256):
+        raise ApiError(422, "request_id must be a non-empty string of at most 256 characters", "/request_id")
+    try:
+        name, params = check_signal(body.get("name"), body.get("params"))
+    except SignalError as exc:
+        raise ApiError(422, exc.message, exc.pointer) from None
+    record, created = await svc.storage.send_signal(name, params, request_id)
+    return (201 if created else 200), signal_json(record, created)
+
+
+async def _signal(svc: Service, name: str, seq: int | None) -> dict[str, Any]:
+    from ..signals import signal_json
+
+    record = await svc.storage.get_signal(name, seq)
+    if record is None:
+        raise ApiError(404, f"no signal {name!r}" + ("" if seq is None else f" #{seq}") + " in this store")
+    return signal_json(record)
+
+
+@operation("GET", "/api/v3/signals/{name}", summary="The latest signal of a name", tag=SIGNAL, response="Signal")
+async def get_latest_signal(svc: Service, request, name: str) -> tuple[int, Any]:
+    return 200, await _signal(svc, name, None)
+
+
+@operation("GET", "/api/v3/signals/{name}/{seq}", summary="A signal by its name and number (`latest`: the "
+           "latest)", tag=SIGNAL, response="Signal")
+async def get_signal(svc: Service, request, name: str, seq: str) -> tuple[int, Any]:
+    if seq.lower() == "latest":
+        return 200, await _signal(svc, name, None)
+    if not seq.isascii() or not seq.isdigit() or len(seq) > 18 or int(seq) < 1:
+        raise ApiError(404, f"a signal's number is a whole number from 1 (or `latest`), got {seq!r:.40}")
+    return 200, await _signal(svc, name, int(seq))
 
 
 # -- the application ------------------------------------------------------------------------------

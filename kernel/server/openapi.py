@@ -90,6 +90,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                          "properties": {"tag": _STR, "max_allowed": _INT}},
     "TagPermit": {"type": "object", "required": ["tag", "max_allowed"], "properties": {
         "tag": _STR, "max_allowed": _INT, "held": _INT, "set_by": {"type": ["string", "null"]}, "set_at": _TIME}},
+    "SignalRequest": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+        "name": _STR,
+        "params": {"type": "object", "additionalProperties": {"type": ["integer", "string"]},
+                   "description": "Whole numbers (LONG) and strings (STRING), what steps and triggers match"},
+        "request_id": {"type": "string", "description": "Idempotency key: the same id for the same name stores "
+                                                        "nothing new and answers with the signal it stored"}}},
+    "Signal": {"type": "object", "required": ["name", "seq", "params"], "properties": {
+        "name": _STR, "seq": {"type": "integer", "description": "Its number among the signals of its name, from 1"},
+        "params": _OBJ, "request_id": {"type": ["string", "null"]}, "created_at": _TIME,
+        "created": {"type": "boolean", "description": "On a send: false when the request id had stored it"}}},
     "LogChunk": {"type": "object", "required": ["step_id", "attempt", "stream", "text"], "properties": {
         "step_id": _STR, "attempt": _INT, "stream": _STR, "text": _STR, "ts": _TIME}},
     "Logs": {"type": "object", "required": ["chunks", "next_offset"], "properties": {

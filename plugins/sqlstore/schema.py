@@ -146,6 +146,18 @@ class TagPermitRow(SQLModel, table=True):
     set_at: float
 
 
+class SignalRow(SQLModel, table=True):
+    """A signal instance (legato.signals): numbered per name from 1; (name, request_id) is unique."""
+
+    __tablename__ = "legato_signals"
+    __table_args__ = (UniqueConstraint("name", "request_id", name="uq_legato_signals_request"),)
+
+    name: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    params: str = Field(sa_type=Text)
+    request_id: Optional[str] = None
+    created_at: float
+
 class TriggerCheckpointRow(SQLModel, table=True):
     """What one trigger of one workflow has consumed (legato.triggers), as JSON."""
 

@@ -38,14 +38,15 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 
 from legato import strategy
-from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk
+from legato.model import (ActionRecord, AttemptRecord, Batch, DefinitionVersion, Event, InstanceRecord, Lease, LogChunk,
+                          SignalRecord)
 from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
 from legato.storage import StaleWrite, Storage, StorageError, VersionNotFound, parse_version
 
 from .group import GroupCommit
 
-HEAD = "0007"  # the newest migration: opening a store at another revision runs Alembic
+HEAD = "0008"  # the newest migration: opening a store at another revision runs Alembic
 
 # A new SQLite store is created at HEAD with these statements, what Alembic's migrations build
 # (tests/test_sqlstore.py checks the two agree), so that the first run in a directory does not
@@ -67,6 +68,7 @@ SQLITE_SCHEMA = (
     'CREATE INDEX ix_legato_permits_holder ON legato_permits (instance_id, step_id, attempt)',
     'CREATE TABLE legato_tag_permits (\n    tag VARCHAR NOT NULL,\n    max_allowed INTEGER NOT NULL,\n    set_by VARCHAR NOT NULL,\n    set_at FLOAT NOT NULL,\n    PRIMARY KEY (tag)\n)',
     'CREATE INDEX ix_legato_instances_workflow_status ON legato_instances (workflow_id, status)',
+    'CREATE TABLE legato_signals (\n    name VARCHAR NOT NULL,\n    seq INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    created_at FLOAT NOT NULL,\n    PRIMARY KEY (name, seq),\n    CONSTRAINT uq_legato_signals_request UNIQUE (name, request_id)\n)',
     'CREATE TABLE legato_trigger_checkpoints (\n    workflow_id VARCHAR NOT NULL,\n    trigger_key VARCHAR NOT NULL,\n    value TEXT NOT NULL,\n    fired_at FLOAT,\n    saved_at FLOAT NOT NULL,\n    PRIMARY KEY (workflow_id, trigger_key)\n)',
     'CREATE TABLE legato_trigger_pauses (\n    workflow_id VARCHAR NOT NULL,\n    paused_by VARCHAR NOT NULL,\n    paused_at FLOAT NOT NULL,\n    PRIMARY KEY (workflow_id)\n)',
 )
@@ -74,7 +76,7 @@ SQLITE_SCHEMA = (
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
                     "legato_logs", "legato_actions", "legato_permits", "legato_tag_permits",
-                    "legato_trigger_checkpoints", "legato_trigger_pauses"})
+                    "legato_trigger_checkpoints", "legato_trigger_pauses", "legato_signals"})
 # The columns of legato_attempts, in the order of the tuples _write builds.
 ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
                    "created_at", "started_at", "ended_at", "handle")
@@ -825,9 +827,9 @@ class SqlStorage(Storage):
         self._written.add(batch.instance_id)
 
     def _notify_after(self, batch: Batch) -> None:
-        if batch.actions or batch.permits_released:
+        if batch.actions or batch.permits_released or batch.signals:
             # Whoever waits for them: legato.actions.wait_applied, steps here or in other
-            # workers waiting for permits.
+            # workers waiting for permits or signals, signal triggers.
             self.wakeups().notify()
 
     def _write(self, execute, executemany, batch: Batch) -> None:
@@ -856,6 +858,9 @@ class SqlStorage(Storage):
         if batch.permits_released:
             iid = batch.instance_id
             executemany(sql["release"], [(iid, sid, attempt) for sid, attempt in batch.permits_released])
+        if batch.signals:
+            for name, params, request_id in batch.signals:
+                self._signal_in(execute, name, params, request_id, time.time())
         if batch.instance is not None:
             r = batch.instance
             execute(sql["instance"], (
@@ -1306,6 +1311,59 @@ class SqlStorage(Storage):
 
         return await self._write_tx(write, doing="remove the tag permit")
 
+    # -- signals ----------------------------------------------------------------------------------
+
+    def _signal_in(self, execute, name: str, params: dict[str, Any], request_id: str | None,
+                   now: float) -> tuple[SignalRecord, bool]:
+        """Insert one signal in the caller's transaction (driver-level statements, as commit's):
+        numbered after its name's last; a request id the name knows answers with that signal."""
+        p = "?" if self.dialect == "sqlite" else "%s"
+        if self.dialect == "postgresql":  # serialise the numbering of one name (SQLite's writers are)
+            execute(f"SELECT pg_advisory_xact_lock(hashtextextended({p}, 1))", ("signal:" + name,))
+        if request_id is not None:
+            row = execute(f"SELECT name, seq, params, request_id, created_at FROM legato_signals "
+                          f"WHERE name = {p} AND request_id = {p}", (name, request_id)).fetchone()
+            if row is not None:
+                return _signal(row), False
+        row = execute(f"SELECT coalesce(max(seq), 0) FROM legato_signals WHERE name = {p}", (name,)).fetchone()
+        seq = row[0] + 1
+        execute(f"INSERT INTO legato_signals (name, seq, params, request_id, created_at) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p})", (name, seq, _dumps(params), request_id, now))
+        return SignalRecord(name, seq, dict(params), request_id, now), True
+
+    async def send_signal(self, name: str, params: dict[str, Any], request_id: str | None = None
+                          ) -> tuple[SignalRecord, bool]:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                execute = sql.conn.execute if isinstance(sql, _RawSql) else sql.conn.exec_driver_sql
+                found = self._signal_in(execute, name, params, request_id, time.time())
+            if found[1]:
+                self.wakeups().notify()  # steps and triggers waiting for it, in every process here
+            return found
+
+        return await self._run(write, doing="store the signal")
+
+    async def get_signal(self, name: str, seq: int | None = None) -> SignalRecord | None:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                if seq is None:
+                    return sql.first(f"SELECT {_SIGNAL_COLUMNS} FROM legato_signals WHERE name = :name "
+                                     "ORDER BY seq DESC LIMIT 1", {"name": name})
+                return sql.first(f"SELECT {_SIGNAL_COLUMNS} FROM legato_signals WHERE name = :name AND seq = :seq",
+                                 {"name": name, "seq": seq})
+
+        row = await self._run(read, doing="read the signal")
+        return None if row is None else _signal(row)
+
+    async def list_signals(self, name: str, after: int = 0, limit: int = 100) -> list[SignalRecord]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                return sql.all(f"SELECT {_SIGNAL_COLUMNS} FROM legato_signals WHERE name = :name AND seq > :after "
+                               "ORDER BY seq LIMIT :n", {"name": name, "after": after, "n": limit})
+
+        return [_signal(r) for r in await self._run(read, doing="list the signals")]
+
+
     # -- triggers ---------------------------------------------------------------------------------
 
     async def list_active_versions(self) -> dict[str, int]:
@@ -1529,3 +1587,10 @@ def _attempt(row) -> AttemptRecord:
         started_at=row.started_at, ended_at=row.ended_at,
         handle=None if row.handle is None else json.loads(row.handle),
     )
+
+
+_SIGNAL_COLUMNS = "name, seq, params, request_id, created_at"
+
+
+def _signal(row) -> SignalRecord:
+    return SignalRecord(row[0], row[1], json.loads(row[2]), row[3], row[4])
