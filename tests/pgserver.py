@@ -87,6 +87,22 @@ class Cluster:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def pg_ctl(self, *args: str) -> None:
+        """Run ``pg_ctl`` on this cluster (``stop``, ``start``: a server going away and coming back)."""
+        options = " ".join(f"-c {k}={v}" for k, v in {**SETTINGS, "unix_socket_directories": str(self.socket_dir)}.items())
+        proc = subprocess.run([*_as_user(), str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
+                               str(self.base / "server.log"), "-o", options, "-w", "-t", "60", *args],
+                              capture_output=True, text=True, timeout=120, cwd=self.base)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+    def terminate_backends(self, database: str) -> int:
+        """Cut every connection to ``database`` (what a network cut or a failover does); how many."""
+        with self.connect() as conn:
+            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                                "AND pid <> pg_backend_pid()", (database,)).fetchall()
+        return len(rows)
+
     def stop(self) -> None:
         subprocess.run([*_as_user(), str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
                         "stop"], capture_output=True, timeout=60)
@@ -116,7 +132,10 @@ def start() -> Cluster:
 
     run(str(bindir / "initdb"), "-D", str(cluster.data), "-U", SUPERUSER, "--auth=trust", "--no-sync",
         "-E", "UTF8", "--locale=C")
-    options = " ".join(f"-c {k}={v}" for k, v in {**SETTINGS, "unix_socket_directories": str(cluster.socket_dir)}.items())
-    run(str(bindir / "pg_ctl"), "-D", str(cluster.data), "-l", str(base / "server.log"), "-o", options, "-w",
-        "-t", "60", "start")
+    try:
+        cluster.pg_ctl("start")
+    except RuntimeError:
+        log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"the server did not start: {log[-2000:]}") from None
     return cluster

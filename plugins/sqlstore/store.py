@@ -66,12 +66,25 @@ SQLITE_SCHEMA = (
     'CREATE INDEX ix_legato_instances_workflow_status ON legato_instances (workflow_id, status)',
 )
 
+# PostgreSQL: seconds a call goes on trying to reach a server that went away, and the backoff
+# between tries (the first wait, the longest).
+PG_RECONNECT_FOR = 30.0
+PG_BACKOFF = (0.05, 2.0)
+# The key of the PostgreSQL advisory lock migrations take (any constant of Legato's own).
+PG_MIGRATION_LOCK = 0x6C6567_61746F
+
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
                     "legato_logs", "legato_actions", "legato_permits", "legato_tag_permits"})
 # The columns of legato_attempts, in the order of the tuples _write builds.
 ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
                    "created_at", "started_at", "ended_at", "handle")
+
+
+def _libpq_uri(url: str) -> str:
+    """A ``postgresql[+driver]://`` URL as libpq reads it (the driver name dropped)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest
 
 
 def _row_class(cursor) -> type:
@@ -427,6 +440,10 @@ class SqlStorage(Storage):
         config = Config()
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self._engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Processes opening a new database at once take turns (SQLite's _init_lock): the
+                # next one finds it migrated and Alembic does nothing.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -478,7 +495,11 @@ class SqlStorage(Storage):
             engine, self._sa_engine = self._sa_engine, None
             writer, self._writer = self._writer, None
 
+            wakeups = self._wakeups if self.dialect == "postgresql" else None
+
             def close() -> None:
+                if wakeups is not None:
+                    wakeups.close()  # sends what is owed: a `start --no-wait` exits right after
                 if writer is not None:
                     writer.close()
                 if engine is not None:
@@ -496,9 +517,29 @@ class SqlStorage(Storage):
 
         def call():
             with self._lock:
+                if self.dialect == "postgresql":
+                    return self._pg_reconnecting(fn, args, doing)
                 return self._explained(fn, args, doing)
 
         return await trio.to_thread.run_sync(call)
+
+    def _pg_reconnecting(self, fn: Callable[..., Any], args: tuple, doing: str) -> Any:
+        """``fn(*args)`` on PostgreSQL, run again with backoff while the server cannot be reached
+        (a restart, a network cut), for up to PG_RECONNECT_FOR seconds. The transaction that was cut
+        was rolled back by the server; run again it is fenced as the first was, so a worker
+        whose lease lapsed meanwhile has its writes refused (StaleWrite). The one case left is a
+        connection lost after COMMIT was sent and before its answer came: run again, that commit's
+        timeline and log rows are written twice (attempts, the instance and actions are updates)."""
+        delay, deadline = PG_BACKOFF[0], time.monotonic() + PG_RECONNECT_FOR
+        while True:
+            try:
+                return self._explained(fn, args, doing)
+            except StorageError as exc:
+                if not isinstance(exc.__context__, Exception) or not _pg_disconnected(exc.__context__) \
+                        or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, PG_BACKOFF[1])
 
     def _explained(self, fn: Callable[..., Any], args: tuple, doing: str) -> Any:
         """``fn(*args)`` with driver errors turned into :class:`StorageError` saying what to do."""
@@ -516,7 +557,7 @@ class SqlStorage(Storage):
     def _now_sql(self) -> str:
         if self.dialect == "sqlite":
             return "(julianday('now') - 2440587.5) * 86400.0"
-        return "extract(epoch from clock_timestamp())"
+        return "extract(epoch from clock_timestamp())::float8"  # the database's clock (numeric since PG 14)
 
     # -- definitions ---------------------------------------------------------------------------
 
@@ -616,9 +657,14 @@ class SqlStorage(Storage):
 
     def wakeups(self):
         """On SQLite, the workers on this machine: each listens on a named pipe in
-        ``<database>.workers/`` (:class:`legato.wakeup.FifoWakeups`). On PostgreSQL none yet
-        (LISTEN/NOTIFY would serve): workers poll."""
+        ``<database>.workers/`` (:class:`legato.wakeup.FifoWakeups`). On PostgreSQL every process
+        on the database, through LISTEN/NOTIFY (:class:`.pgwakeups.PgWakeups`)."""
         if self._wakeups is None:
+            if self.dialect == "postgresql":
+                from .pgwakeups import PgWakeups
+
+                self._wakeups = PgWakeups(_libpq_uri(self.url))
+                return self._wakeups
             from legato.wakeup import FifoWakeups, Wakeups
 
             self._wakeups = FifoWakeups(self.path.with_name(self.path.name + ".workers")) if self.path else Wakeups()
@@ -1009,10 +1055,12 @@ class SqlStorage(Storage):
     def _acquire_lease(self, instance_id: str, owner: str, ttl: float, renew: int | None) -> int | None:
         now_sql = self._now_sql()
         with self._sql_tx(write=True) as sql:
-            lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+            lock = self._pg_claim_lock(renew) if self.dialect == "postgresql" else ""
             row = sql.first(f"SELECT *, {now_sql} AS now FROM legato_instances "
                             f"WHERE instance_id = :iid{lock}", {"iid": instance_id})
             if row is None:
+                if lock.endswith("SKIP LOCKED") and self._pg_exists(sql, instance_id):
+                    return None  # another worker is claiming it (or its owner committing) right now
                 raise StorageError(f"no instance {instance_id} in {self._where()}")
             if renew is not None and (row.owner != owner or row.generation != renew):
                 return None  # a heartbeat of an owner that was replaced: take nothing back
@@ -1030,6 +1078,17 @@ class SqlStorage(Storage):
                     f"{_HOLDER} WHERE instance_id = :iid",
                     {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
         return generation
+
+    @staticmethod
+    def _pg_claim_lock(renew: int | None) -> str:
+        """PostgreSQL: a claim skips a row another transaction holds (another worker claiming it,
+        its owner committing: either way not ours to take now) instead of queuing behind it; a
+        renewal waits for its row."""
+        return " FOR UPDATE" if renew is not None else " FOR UPDATE SKIP LOCKED"
+
+    @staticmethod
+    def _pg_exists(sql, instance_id: str) -> bool:
+        return sql.first("SELECT 1 AS x FROM legato_instances WHERE instance_id = :iid", {"iid": instance_id}) is not None
 
     async def get_lease(self, instance_id: str) -> Lease | None:
         def read():
@@ -1359,6 +1418,18 @@ def _small(batch: Batch) -> bool:
     if _rows(batch) > INLINE_ROWS:
         return False
     return not batch.logs or sum(len(chunk.text) for chunk in batch.logs) <= INLINE_LOG_CHARS
+
+
+def _pg_disconnected(exc: Exception) -> bool:
+    """Whether ``exc`` (SQLAlchemy's) says the connection to PostgreSQL was lost or could not be made."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None:
+        return False
+    if isinstance(exc, errors.DBAPIError) and exc.connection_invalidated:
+        return True
+    import psycopg
+
+    return isinstance(exc, errors.OperationalError) and isinstance(exc.orig, psycopg.OperationalError)
 
 
 def _is_sqlalchemy_error(exc: Exception) -> bool:
