@@ -35,7 +35,7 @@ import trio
 from .conftest import LEGATO
 
 INSTANCES = 500
-KILL_EVERY = (1.0, 3.0)  # seconds between kills, uniformly
+KILL_EVERY = (2.0, 4.0)  # seconds between kills, uniformly
 LEASE_TTL = 3.0  # seconds: the paused worker sleeps through two of them
 HANG = 240.0  # seconds a phase may take before the battery calls it hung
 LEDGER = ("CREATE TABLE ledger (key text PRIMARY KEY, runs integer NOT NULL DEFAULT 1, "
