@@ -148,3 +148,74 @@ def test_a_server_restart_is_waited_out(postgres, pg_url):
             assert [e.attempt for e in await store.get_timeline("i-restart")] == [1, 2]
 
     trio.run(main)
+
+
+# -- `legato store copy` ------------------------------------------------------------------------------
+
+ECHO = {"workflow": {"id": "echo", "steps": [
+    {"step": {"id": "a", "type": "bash", "params": {"script": "echo one; echo two >&2"},
+              "transition": {"successors": ["b"]}}},
+    {"step": {"id": "b", "type": "bash", "params": {"script": "echo three; exit 3"},
+              "retry_policy": {"error_retry_limit": 0}}}]}}
+
+
+def _cli_ok(*args, **kwargs):
+    from .conftest import legato_cli
+
+    proc = legato_cli(*args, **kwargs)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_store_copy_moves_a_sqlite_store_to_postgresql_and_back(tmp_path, postgres):
+    """Runs (a failed one restarted), a tag limit and an action on SQLite; `legato store copy` to
+    PostgreSQL: status, logs and versions read the same there, a new run on the copy works (the
+    ids go on after the copied ones), a non-empty target is refused unless --force, and a copy
+    back to SQLite verifies too."""
+    import json
+
+    from .conftest import legato_cli
+
+    sqlite_url = f"sqlite:///{tmp_path / 'laptop.db'}"
+    doc = tmp_path / "echo.json"
+    doc.write_text(json.dumps(ECHO))
+    first = _cli_ok("run", str(doc), "--json", "--store", sqlite_url, "--workspace", str(tmp_path / "runs"))
+    iid = json.loads(first.stdout)["instance_id"]
+    _cli_ok("restart", iid, "--store", sqlite_url, "--workspace", str(tmp_path / "runs"))  # a second run
+    _cli_ok("permits", "set", "gpu", "2", "--store", sqlite_url)
+    target = postgres.database("copy")
+
+    copied = legato_cli("store", "copy", sqlite_url, target)
+    assert copied.returncode == 0, copied.stderr
+    assert "verified" in copied.stderr and "legato_logs" in copied.stdout
+    assert "legato_events: " in copied.stderr  # progress, table by table
+    for command in (["status", iid, "--json"], ["logs", iid], ["permits", "list"]):
+        here, there = (legato_cli(*command, "--store", url) for url in (sqlite_url, target))
+        assert (here.returncode, here.stdout) == (there.returncode, there.stdout), command
+
+    again = legato_cli("run", str(doc), "--json", "--store", target, "--workspace", str(tmp_path / "runs"))
+    assert again.returncode == 1, again.stderr  # b fails, as before: the copy takes new runs
+    assert "three" in legato_cli("logs", json.loads(again.stdout)["instance_id"], "--store", target).stdout
+
+    refused = legato_cli("store", "copy", sqlite_url, target)
+    assert refused.returncode == 1 and "is not empty" in refused.stderr and "--force" in refused.stderr
+    forced = legato_cli("store", "copy", sqlite_url, target, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "--force: deleting" in forced.stderr
+    assert forced.stdout == copied.stdout  # what the first copy held, the run made on the target gone
+
+    back = f"sqlite:///{tmp_path / 'back.db'}"
+    returned = legato_cli("store", "copy", target, back)
+    assert returned.returncode == 0, returned.stderr
+    assert returned.stdout == forced.stdout  # the same counts and checksums, table by table
+
+
+def test_store_copy_refuses_what_cannot_work(tmp_path, pg_url):
+    from .conftest import legato_cli
+
+    missing = legato_cli("store", "copy", f"sqlite:///{tmp_path / 'none.db'}", pg_url)
+    assert missing.returncode == 2 and "no Legato store" in missing.stderr
+    memory = legato_cli("store", "copy", "memory://", pg_url)
+    assert memory.returncode == 2 and "sqlite:///" in memory.stderr
+    same = legato_cli("store", "copy", pg_url, pg_url)
+    assert same.returncode == 2 and "same store" in same.stderr
