@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import math
 import os
+import re
 import sqlite3
 import stat
 import sys
@@ -142,6 +144,34 @@ class _SaSql:
         self.conn.execute(self.text(sql), params or {})
 
 
+class _PgSql:
+    """The same on a psycopg connection: ``:name`` parameters become psycopg's ``%(name)s``."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def all(self, sql: str, params: Any = None) -> list:
+        return self.conn.execute(_pg_sql(sql), params or {}).fetchall()
+
+    def first(self, sql: str, params: Any = None):
+        return self.conn.execute(_pg_sql(sql), params or {}).fetchone()
+
+    def run(self, sql: str, params: Any = None) -> None:
+        self.conn.execute(_pg_sql(sql), params or {})
+
+
+_PG_NAME = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """``:name`` parameters as psycopg's ``%(name)s`` (a cast ``::type`` is left alone; a literal
+    ``%`` is doubled)."""
+    return _PG_NAME.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
 # A commit of at most this many rows and this much log text is written on the event loop's thread
 # when the write lock is free (see the module docstring); a larger one in a worker thread.
 INLINE_ROWS = 64
@@ -185,6 +215,7 @@ class SqlStorage(Storage):
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
         self._wakeups = None  # legato.wakeup's channel to this store's workers, made when first asked for
         self._wal_pages = 0  # WAL pages written since the last checkpoint (an estimate, see CHECKPOINT_PAGES)
+        self._pg_writer = None  # PostgreSQL: the psycopg connection commits go through (_commit_pg)
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
@@ -231,7 +262,7 @@ class SqlStorage(Storage):
                 import sqlalchemy as sa
 
                 url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
-                self._sa_engine = sa.create_engine(url, pool_pre_ping=True)
+                self._sa_engine = sa.create_engine(url, pool_size=2, max_overflow=8)  # no pre-ping: a stale connection is a disconnect _pg_reconnecting runs again
                 self._migrate()
             else:
                 raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
@@ -363,6 +394,10 @@ class SqlStorage(Storage):
         (a write takes the lock at BEGIN IMMEDIATE; a read runs outside any transaction, so it
         never waits), on PostgreSQL through SQLAlchemy."""
         raw = self._writer
+        if raw is None and self.dialect == "postgresql":
+            with self._pg_tx(write) as sql:
+                yield sql
+            return
         if raw is None:
             with (self._engine.begin() if write else self._reading()) as conn:
                 yield _SaSql(conn)
@@ -496,10 +531,13 @@ class SqlStorage(Storage):
             writer, self._writer = self._writer, None
 
             wakeups = self._wakeups if self.dialect == "postgresql" else None
+            pg_writer, self._pg_writer = self._pg_writer, None
 
             def close() -> None:
                 if wakeups is not None:
                     wakeups.close()  # sends what is owed: a `start --no-wait` exits right after
+                if pg_writer is not None:
+                    pg_writer.close()
                 if writer is not None:
                     writer.close()
                 if engine is not None:
@@ -550,7 +588,7 @@ class SqlStorage(Storage):
         except (sqlite3.Error, OSError) as exc:
             raise self._explain(exc, doing) from None
         except Exception as exc:
-            if not _is_sqlalchemy_error(exc):
+            if not _is_sqlalchemy_error(exc) and not _is_psycopg_error(exc):
                 raise
             raise self._explain(exc, doing) from None
 
@@ -844,9 +882,45 @@ class SqlStorage(Storage):
         if self._writer is not None:
             self._commit_sqlite(batch, True)
             return
-        with self._engine.begin() as conn:
-            self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
+        if self.dialect == "postgresql":
+            self._commit_pg(batch)
+        else:
+            with self._engine.begin() as conn:
+                self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
         self._notify_after(batch)
+
+    def _commit_pg(self, batch: Batch) -> None:
+        """A commit on PostgreSQL, on the store's psycopg connection (:meth:`_pg_tx`); psycopg
+        prepares the statements after a few uses and sends each table's rows with executemany
+        in one pipeline."""
+        with self._pg_tx(True) as sql:
+            with sql.conn.cursor() as cur:
+                self._write(cur.execute, cur.executemany, batch)
+
+    @contextlib.contextmanager
+    def _pg_tx(self, write: bool):
+        """PostgreSQL's calls (as SQLite's on its writer): one psycopg connection per store, used
+        by one call at a time (under ``_lock``), in autocommit mode so that a read is one
+        statement; a write is one transaction. No SQLAlchemy per statement (it is for migrating
+        and tools). A connection that fails is dropped: the next call opens another (and
+        _pg_reconnecting runs the failed call again)."""
+        import psycopg
+        from psycopg.rows import namedtuple_row
+
+        conn = self._pg_writer
+        if conn is None or conn.closed:
+            conn = self._pg_writer = psycopg.connect(_libpq_uri(self.url), autocommit=True,
+                                                     application_name="legato", row_factory=namedtuple_row)
+        try:
+            if write:
+                with conn.transaction():
+                    yield _PgSql(conn)
+            else:
+                yield _PgSql(conn)
+        except psycopg.OperationalError:
+            self._pg_writer = None
+            conn.close()
+            raise
 
     def _commit_sqlite(self, batch: Batch, wait: bool) -> bool:
         """Commit on the writer connection; unless ``wait``, only if the write lock is free now
@@ -1420,15 +1494,23 @@ def _small(batch: Batch) -> bool:
     return not batch.logs or sum(len(chunk.text) for chunk in batch.logs) <= INLINE_LOG_CHARS
 
 
+def _is_psycopg_error(exc: Exception) -> bool:
+    errors = sys.modules.get("psycopg")
+    return errors is not None and isinstance(exc, errors.Error)
+
+
 def _pg_disconnected(exc: Exception) -> bool:
-    """Whether ``exc`` (SQLAlchemy's) says the connection to PostgreSQL was lost or could not be made."""
+    """Whether ``exc`` (SQLAlchemy's or psycopg's) says the connection to PostgreSQL was lost or
+    could not be made (or the server rolled the transaction back: a serialization failure)."""
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError):
+        return True
     errors = sys.modules.get("sqlalchemy.exc")
     if errors is None:
         return False
     if isinstance(exc, errors.DBAPIError) and exc.connection_invalidated:
         return True
-    import psycopg
-
     return isinstance(exc, errors.OperationalError) and isinstance(exc.orig, psycopg.OperationalError)
 
 
