@@ -264,6 +264,7 @@ class SqlStorage(Storage):
                 url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
                 self._sa_engine = sa.create_engine(url, pool_size=2, max_overflow=8)  # no pre-ping: a stale connection is a disconnect _pg_reconnecting runs again
                 self._migrate()
+                self._sa_engine.dispose()  # SQLAlchemy is for migrating and tools: the calls use _pg_tx
             else:
                 raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
             self._opened = True
@@ -893,12 +894,12 @@ class SqlStorage(Storage):
         """A commit on PostgreSQL, on the store's psycopg connection (:meth:`_pg_tx`); psycopg
         prepares the statements after a few uses and sends each table's rows with executemany
         in one pipeline."""
-        with self._pg_tx(True) as sql:
+        with self._pg_tx(True, pipeline=True) as sql:
             with sql.conn.cursor() as cur:
                 self._write(cur.execute, cur.executemany, batch)
 
     @contextlib.contextmanager
-    def _pg_tx(self, write: bool):
+    def _pg_tx(self, write: bool, pipeline: bool = False):
         """PostgreSQL's calls (as SQLite's on its writer): one psycopg connection per store, used
         by one call at a time (under ``_lock``), in autocommit mode so that a read is one
         statement; a write is one transaction. No SQLAlchemy per statement (it is for migrating
@@ -912,7 +913,10 @@ class SqlStorage(Storage):
             conn = self._pg_writer = psycopg.connect(_libpq_uri(self.url), autocommit=True,
                                                      application_name="legato", row_factory=namedtuple_row)
         try:
-            if write:
+            if pipeline:  # the statements after the fence's read go out together, COMMIT with them
+                with conn.pipeline(), conn.transaction():
+                    yield _PgSql(conn)
+            elif write:
                 with conn.transaction():
                     yield _PgSql(conn)
             else:
