@@ -71,6 +71,9 @@ SQLITE_SCHEMA = (
 # PostgreSQL: seconds a call goes on trying to reach a server that went away, and the backoff
 # between tries (the first wait, the longest).
 PG_RECONNECT_FOR = 30.0
+# Seconds a transaction of the store may sit idle on the server before the server ends it (ours
+# take milliseconds; one that idles is a frozen process holding locks that others wait for).
+PG_IDLE_IN_TRANSACTION = 5.0
 PG_BACKOFF = (0.05, 2.0)
 # The key of the PostgreSQL advisory lock migrations take (any constant of Legato's own).
 PG_MIGRATION_LOCK = 0x6C6567_61746F
@@ -910,8 +913,11 @@ class SqlStorage(Storage):
 
         conn = self._pg_writer
         if conn is None or conn.closed:
-            conn = self._pg_writer = psycopg.connect(_libpq_uri(self.url), autocommit=True,
-                                                     application_name="legato", row_factory=namedtuple_row)
+            conn = self._pg_writer = psycopg.connect(
+                _libpq_uri(self.url), autocommit=True, application_name="legato", row_factory=namedtuple_row,
+                # A process frozen inside a transaction (SIGSTOP, a VM pause) would hold its rows'
+                # locks, and so its instances, for ever: the server ends such a transaction.
+                options=f"-c idle_in_transaction_session_timeout={int(PG_IDLE_IN_TRANSACTION * 1000)}")
         try:
             if pipeline:  # the statements after the fence's read go out together, COMMIT with them
                 with conn.pipeline(), conn.transaction():
