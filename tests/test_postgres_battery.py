@@ -235,3 +235,14 @@ def test_workers_killed_and_paused_lose_nothing_and_run_nothing_twice(n_workers,
     print(f"\n{n_workers} worker(s): {n} instances SUCCEEDED in {elapsed:.1f}s, {kills} SIGKILLs, "
           f"1 SIGSTOP of {PAUSE:g}s (it held {len(held)}, found {len(taken)} taken), {retried} instance(s) retried a step, {len(ledger)} ledger keys, "
           f"each run once")
+
+
+def test_crash_battery_loops_on_postgresql(postgres, tmp_path):
+    """tests/test_crash_battery.py's loop battery (kernels SIGKILLed at random moments across
+    foreach, nested foreach and while steps, each instance run again with ``--request-id`` until
+    it ends) on PostgreSQL: the same invariants, read from the server. A quarter of its kills at
+    scale 1 (``LEGATO_BATTERY_SCALE``): the battery on SQLite covers the moments."""
+    from .test_crash_battery import loops_battery
+
+    url = postgres.database("loops")
+    loops_battery(tmp_path, url, url, kills_scale=0.25)
