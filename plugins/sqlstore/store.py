@@ -15,7 +15,11 @@
   the newest revision costs one query to open.
 - On SQLite every call is plain SQL on one ``sqlite3`` connection: SQLAlchemy (and Alembic) are
   imported only to migrate, or when something asks for :attr:`SqlStorage._engine`. PostgreSQL
-  runs the same SQL through SQLAlchemy.
+  runs the same SQL on one psycopg connection per store (:meth:`SqlStorage._pg_tx`; SQLAlchemy
+  migrates, and serves tools such as ``legato store copy``). The PostgreSQL-only parts are the
+  ``_pg_*`` helpers: lease expiry on the server's clock, claims that skip locked rows, advisory
+  locks for run strategies, permits and migrations, calls run again across a lost connection,
+  and LISTEN/NOTIFY wake-ups (:mod:`.pgwakeups`).
 """
 
 from __future__ import annotations
