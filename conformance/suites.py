@@ -729,6 +729,72 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    @requires("leases")
+    def test_claim_resumable_takes_each_instance_once_in_its_turn(self, tmp_path):
+        """``claim_resumable`` takes the leases of what ``list_resumable`` lists, oldest first, up
+        to its limit and but what it skips, each with its generation and record: a queued
+        instance only in its run strategy's turn; two claimers at once never take one instance."""
+        from legato.model import InstanceRecord
+
+        def rec(iid, at, rule="", n=1, wf="wc"):
+            return InstanceRecord(iid, wf, 1, created_at=at, run_strategy=rule, workflow_concurrency=n)
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for i in range(6):  # queued under PARALLEL 3: three may start
+                    await store.create_instance(rec(f"c{i}", 1.0 + i, "parallel", 3))
+                await store.create_instance(rec("free", 0.5, wf="wfree"))  # created, never leased, no strategy
+                taken = await store.claim_resumable("a", 30, limit=2, skip={"free"})
+                assert [(r.instance_id, g) for r, g in taken] == [("c0", 1), ("c1", 1)], taken
+                assert taken[0][0].queued and taken[0][0].workflow_id == "wc"
+
+                async def claim(owner, out):
+                    out.extend(r.instance_id for r, _ in await store.claim_resumable(owner, 30, limit=10))
+
+                a, b = [], []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(claim, "b", a)
+                    nursery.start_soon(claim, "c", b)
+                assert not set(a) & set(b), f"two claimers took one instance: {a} and {b}"
+                assert sorted(a + b) == ["c2", "free"], (a, b)
+                assert await store.claim_resumable("d", 30) == [], "claimed beyond the strategy's limit or twice"
+                await store.release_lease("c0", "a")  # still unfinished: resumable again by anyone
+                assert [(r.instance_id, g) for r, g in await store.claim_resumable("d", 30)] == [("c0", 2)]
+
+        self._run(main)
+
+    @requires("concurrent_writers")
+    def test_a_stale_write_fails_alone_among_concurrent_ones(self, tmp_path):
+        """Commits made at the same moment (a store may write them in one transaction) are answered
+        each on its own: the one with a stale lease generation raises StaleWrite and leaves
+        nothing, the others are all durable."""
+        from legato.model import Batch, Event
+        from legato.storage import StaleWrite
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                for w in range(5):
+                    await store.create_instance(self._records(f"i-s{w}")[0], "me", 30)
+                results: dict[int, str] = {}
+
+                async def writer(w: int) -> None:
+                    generation = 0 if w == 2 else 1  # i-s2's lease is at generation 1: 0 is stale
+                    try:
+                        await store.commit(Batch(f"i-s{w}", generation, events=[Event(1.0, f"i-s{w}", None, 0, "E")]))
+                        results[w] = "ok"
+                    except StaleWrite:
+                        results[w] = "stale"
+
+                async with trio.open_nursery() as nursery:
+                    for w in range(5):
+                        nursery.start_soon(writer, w)
+                assert results == {0: "ok", 1: "ok", 2: "stale", 3: "ok", 4: "ok"}, results
+                for w in range(5):
+                    got = [e.status for e in await store.get_timeline(f"i-s{w}")]
+                    assert got == ([] if w == 2 else ["E"]), f"i-s{w}: {got}"
+
+        self._run(main)
+
     @requires("concurrent_writers")
     def test_concurrent_writers_lose_nothing(self, tmp_path):
         """Twenty tasks commit fifty batches each at once: every event is there, in each writer's order."""

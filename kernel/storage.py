@@ -226,6 +226,30 @@ class Storage(abc.ABC):
         start now (what :meth:`acquire_lease` would hand out). :meth:`release_lease` of an ended
         instance with queued ones behind it notifies :meth:`wakeups`."""
 
+    async def claim_resumable(self, owner: str, ttl: float, limit: int = 100,
+                              skip=frozenset()) -> list[tuple[InstanceRecord, int]]:
+        """Take the leases of up to ``limit`` of the instances :meth:`list_resumable` lists (but
+        those in ``skip``), oldest first, as :meth:`acquire_lease` does for ``owner``; return each
+        taken one with the generation to write with. Each record is as it was when its lease was
+        taken (a worker runs it from there). What a worker claims with; this default takes them
+        one by one, a store may take them all in one transaction."""
+        out: list[tuple[InstanceRecord, int]] = []
+        for record in await self.list_resumable(limit + len(skip)):
+            if len(out) >= limit:
+                break
+            if record.instance_id in skip:
+                continue
+            generation = await self.acquire_lease(record.instance_id, owner, ttl)
+            if generation is None:
+                continue  # another live worker has it, or it is no longer its turn
+            if generation > 1 or record.run_strategy in ("last_only", "serial_latest_only"):
+                # someone ran it before us, or a newer start may have stopped it since it was listed
+                record = await self.get_instance(record.instance_id)
+                if record is None:
+                    continue
+            out.append((record, generation))
+        return out
+
     # -- run strategies (legato.strategy) ----------------------------------------------------
     @abc.abstractmethod
     async def strategy_queue(self, instance_id: str):

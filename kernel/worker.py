@@ -1,18 +1,18 @@
 """The worker: a long-running process that runs the store's queued and abandoned instances
 (DESIGN §5 ownership, §8 ``legato worker``).
 
-A :class:`Worker` claims startable instances (:meth:`Storage.list_resumable
-<legato.storage.Storage.list_resumable>`: queued ones their run strategy lets start, in their
-order (:mod:`legato.strategy`; the store checks again as the lease is taken), and those whose
-owner died or whose lease expired) and runs each in a task of its own, at most ``max_instances`` at once, through the
+A :class:`Worker` claims startable instances (:meth:`Storage.claim_resumable
+<legato.storage.Storage.claim_resumable>`: queued ones their run strategy lets start, in their
+order (:mod:`legato.strategy`, decided as the leases are taken), and those whose owner died or
+whose lease expired) and runs each in a task of its own, at most ``max_instances`` at once, through the
 engine it is given (:meth:`Engine.run <legato.engine.Engine.run>`: the run renews its lease and
 resumes where the store says it was). Work is found when the store wakes the worker
 (:mod:`legato.wakeup`: ``legato start --no-wait`` commits, then pokes) or, as a fallback, every
 ``poll`` seconds.
 
-Claiming is the lease: the worker takes it, then reads the instance, so an instance another worker
-ran to its end meanwhile is seen ended and left alone; two workers never run one instance
-(fencing refuses a stale owner's writes besides).
+Claiming is the lease: the store takes it and reads the instance in one transaction, so an
+instance another worker ran to its end meanwhile is seen ended and left alone; two workers never
+run one instance (fencing refuses a stale owner's writes besides).
 
 :meth:`Worker.stop` is the graceful shutdown: no more claims; every run is handed back
 (:meth:`InstanceRun.hand_back <legato.ownership.Ownership.hand_back>`: no new step starts, the
@@ -40,8 +40,6 @@ __all__ = ["Worker", "POLL_EVERY", "GRACE"]
 POLL_EVERY = 1.0
 #: Seconds running steps get to finish after a shutdown is asked for.
 GRACE = 30.0
-#: Run strategies under which a newer start stops the queued instances (legato.strategy).
-STOPS_QUEUED = ("last_only", "serial_latest_only")
 #: Definitions kept loaded (by workflow and version: versions are immutable).
 DEFINITIONS_KEPT = 256
 
@@ -164,52 +162,43 @@ class Worker:
         self._full = free <= 0
         if self._full:
             return 0, True
-        want = free + len(self.skipped)
+        engine = self.engine
         try:
-            records = await self.storage.list_resumable(limit=want)
+            # One call for them all: leases taken and each record read as it was then (whoever
+            # ran an instance before cannot change it any more), queued instances' turns decided
+            # per workflow (legato.strategy).
+            taken = await self.storage.claim_resumable(engine.owner, engine.lease_ttl, free,
+                                                       skip=self.skipped | self.active.keys())
         except StorageError as exc:
-            self.log(f"cannot list startable instances: {exc}")
+            self.log(f"cannot claim instances: {exc}")
             return 0, False
         claimed = 0
-        for record in records:
-            if self.stopping or len(self.active) >= self.max_instances:
-                break
-            iid = record.instance_id
-            if iid in self.active or iid in self.skipped:
-                continue
+        for record, generation in taken:
             try:
-                if await self._claim_one(iid, record):
+                if await self._claim_one(record, generation):
                     claimed += 1
             except StorageError as exc:
-                self.log(f"cannot claim instance {iid}: {exc}")
+                self.log(f"cannot claim instance {record.instance_id}: {exc}")
         self._full = len(self.active) >= self.max_instances
-        return claimed, len(records) >= want
+        return claimed, len(taken) >= free
 
-    async def _claim_one(self, iid: str, listed: InstanceRecord) -> bool:
-        storage, engine = self.storage, self.engine
-        generation = await storage.acquire_lease(iid, engine.owner, engine.lease_ttl)
-        if generation is None:
-            return False  # another live worker has it
+    async def _claim_one(self, record: InstanceRecord, generation: int) -> bool:
+        """Run ``record``, whose lease is ours at ``generation``, unless it has ended meanwhile or its
+        definition does not load here (its lease is then given back)."""
+        iid, engine = record.instance_id, self.engine
+        if self.stopping or record.status.terminal:
+            await self._release(iid)
+            return False
         try:
-            # Read after the lease is ours: whoever ran it before cannot change it any more. The
-            # first lease of a queued instance (generation 1) has no before: nobody ran it, so
-            # the record as listed is the record, unless its run strategy may have stopped it
-            # since (a newer start of a LAST_ONLY or SERIAL_LATEST_ONLY workflow).
-            fresh = generation == 1 and listed.run_strategy not in STOPS_QUEUED
-            record = listed if fresh else await storage.get_instance(iid)
-            if record is None or record.status.terminal:
-                await self._release(iid)
-                return False
-            try:
-                definition = await self._definition(record)
-            except (DefinitionError, StorageError) as exc:
-                self.skipped.add(iid)
-                await self._release(iid)
-                why = "; ".join(str(p) for p in exc.problems[:3]) if isinstance(exc, DefinitionError) else str(exc)
-                self.log(f"instance {iid} not run: its definition {record.workflow_id} v{record.version} does not "
-                         f"load here ({why})")
-                return False
-        except BaseException:  # cancelled (the worker stops) or the store failed: not ours to keep
+            definition = await self._definition(record)
+        except (DefinitionError, StorageError) as exc:
+            self.skipped.add(iid)
+            await self._release(iid)
+            why = "; ".join(str(p) for p in exc.problems[:3]) if isinstance(exc, DefinitionError) else str(exc)
+            self.log(f"instance {iid} not run: its definition {record.workflow_id} v{record.version} does not "
+                     f"load here ({why})")
+            return False
+        except BaseException:  # cancelled (the worker stops): not ours to keep
             await self._release(iid)
             raise
         if generation == 1:

@@ -285,16 +285,22 @@ def test_a_step_queued_behind_another_key_asks_at_once(plugins, tmp_path):
             {"step": {"id": "first", "type": "scripted", "params": {"results": [{"sleep": POLL / 10}]},
                       "transition": {"successors": {"later": "true"}}}},
             {"step": {"id": "later", "type": "scripted", "tags": ["free"],
-                      "params": {"results": [{"sleep": 3 * POLL}]}}}]}}
+                      "params": {"results": [{"sleep": 2 * POLL + POLL / 4 - POLL / 10}]}}}]}}
         start = trio.current_time()
+        later_done = trio.Event()
+
+        def observe(event) -> None:
+            if event.step_id == "later" and event.status == "SUCCEEDED":
+                later_done.set()
 
         async def raise_limit():
-            await trio.sleep(2 * POLL + POLL / 4)  # between two polls of the blocked step
+            # Once `later` ends, at 2.25 polls: between two polls of the blocked step.
+            await later_done.wait()
             await engine.storage.set_tag_permit("full", 1, by="test")
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(raise_limit)
-            instance = await engine.execute(engine.load(doc))
+            instance = await engine.execute(engine.load(doc), observer=observe)
         return instance, {sid: round(t - start, 3) for sid, _, t in scripted.calls}
 
     instance, started = trio.run(main, clock=clock)

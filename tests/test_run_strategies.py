@@ -308,11 +308,17 @@ class Site:
 
     def wait_ledger(self, n: int) -> list[str]:
         """The ledger once it holds at least ``n`` lines."""
+        return self.wait_line(lambda lines: len(lines) >= n, f"{n} lines")
+
+    def wait_line(self, done, what: str, check=None) -> list[str]:
+        """The ledger once ``done(lines)`` holds; ``check(lines)`` asserts on each look meanwhile."""
         deadline = time.monotonic() + HANG
-        while len(self.lines()) < n:
-            assert time.monotonic() < deadline, f"the ledger stopped at {self.lines()}"
+        while not done(lines := self.lines()):
+            if check is not None:
+                check(lines)
+            assert time.monotonic() < deadline, f"the ledger never had {what}: {lines}"
             time.sleep(0.02)
-        return self.lines()
+        return lines
 
     def open(self, iid: str, fail: bool = False) -> None:
         if fail:
@@ -431,12 +437,11 @@ def test_parallel_never_runs_more_than_its_concurrency_and_does_run_that_many(si
         site.open(iid)
         site.wait_status(iid, "SUCCEEDED")
         if k + 2 < len(ids):
-            deadline = time.monotonic() + HANG
-            while f"start {ids[k + 2]}" not in site.lines():
-                started = [line for line in site.lines() if line.startswith("start")]
+            def fifo(lines, k=k):
+                started = [line for line in lines if line.startswith("start")]
                 assert len(started) <= k + 3, f"not first in, first out: {started}"
-                assert time.monotonic() < deadline, f"{ids[k + 2]} never started: {site.lines()}"
-                time.sleep(0.02)
+
+            site.wait_line(lambda lines, k=k: f"start {ids[k + 2]}" in lines, f"start {ids[k + 2]}", fifo)
     lines = site.wait_ledger(10)
     assert _overlap(lines) == 2, lines
     assert [line.split()[1] for line in lines if line.startswith("start")] == ids, "FIFO"
@@ -492,10 +497,7 @@ def test_last_only_keeps_only_the_newest(site, procs):
         site.instances()[older].message.startswith("stopped by legato:run_strategy")
     site.open(running)  # it ends on its own here if nothing stopped it meanwhile
     site.open(older)
-    deadline = time.monotonic() + HANG
-    while f"start {newest}" not in site.lines():
-        assert time.monotonic() < deadline, site.lines()
-        time.sleep(0.02)
+    site.wait_line(lambda lines: f"start {newest}" in lines, f"start {newest}")
     site.open(newest)
     last = site.wait_status(newest, "SUCCEEDED")
     before = [site.instances()[i] for i in (running, older)]

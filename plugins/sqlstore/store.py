@@ -1,12 +1,13 @@
 """The SQL store: SQLite (the embedded default) and PostgreSQL through SQLAlchemy/SQLModel.
 
-- Every call runs in a worker thread: nothing blocks the event loop. One exception: on SQLite a
-  small :meth:`SqlStorage.commit` that can take the write lock at once is written on the event
-  loop's thread (a WAL commit without fsync takes tens of microseconds, less than the hop to a
-  worker thread and back); one that would wait goes to the thread, and checkpoints (which fsync)
-  always run there.
-- :meth:`SqlStorage.commit` writes one scheduling tick in one transaction (group commit), after
-  checking the instance's lease generation (fencing) inside that transaction.
+- Every call runs in a worker thread: nothing blocks the event loop. One exception: on SQLite the
+  writes of one scheduling tick (commits, leases, new instances) share one transaction
+  (:mod:`legato.plugins.sqlstore.group`), written on the event loop's thread when it is small and the
+  write lock is free (a WAL commit without fsync takes tens of microseconds, less than the hop to
+  a worker thread and back); a large one, or one that would wait, goes to the thread, and
+  checkpoints (which fsync) always run there.
+- :meth:`SqlStorage.commit` writes one instance's scheduling tick (group commit), after checking
+  the instance's lease generation (fencing) inside the transaction.
 - SQLite runs in WAL mode with a busy timeout; writers take the lock up front (``BEGIN
   IMMEDIATE``) so two writers never deadlock upgrading a read lock. ``synchronous=NORMAL``: a
   commit survives a crash of the process (what the crash tests check); add
@@ -47,6 +48,8 @@ from legato.model import ActionRecord, AttemptRecord, Batch, DefinitionVersion, 
 from legato.processes import this_process
 from legato.states import InstanceStatus, StepStatus
 from legato.storage import StaleWrite, Storage, StorageError, VersionNotFound, parse_version
+
+from .group import GroupCommit
 
 HEAD = "0006"  # the newest migration: opening a store at another revision runs Alembic
 
@@ -191,7 +194,6 @@ CHECKPOINT_PAGES = 1000
 # large one a page per ROWS_PER_PAGE rows or so more.
 PAGES_PER_COMMIT = 4
 ROWS_PER_PAGE = 32
-_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
 
 
 # One encoder for every value the store writes: json.dumps with options builds a new one per call.
@@ -222,7 +224,8 @@ class SqlStorage(Storage):
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
         self._wakeups = None  # legato.wakeup's channel to this store's workers, made when first asked for
         self._wal_pages = 0  # WAL pages written since the last checkpoint (an estimate, see CHECKPOINT_PAGES)
-        self._pg_writer = None  # PostgreSQL: the psycopg connection commits go through (_commit_pg)
+        self._group = GroupCommit(self, INLINE_ROWS, INLINE_LOG_CHARS)  # SQLite's writes, a tick's in one transaction
+        self._pg_writer = None  # PostgreSQL: the psycopg connection every call goes through (_pg_tx)
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
@@ -400,7 +403,7 @@ class SqlStorage(Storage):
     def _sql_tx(self, write: bool):
         """Plain SQL (``:name`` parameters) in one transaction: on SQLite on the one connection
         (a write takes the lock at BEGIN IMMEDIATE; a read runs outside any transaction, so it
-        never waits), on PostgreSQL through SQLAlchemy."""
+        never waits), on PostgreSQL on its psycopg connection (:meth:`_pg_tx`)."""
         raw = self._writer
         if raw is None and self.dialect == "postgresql":
             with self._pg_tx(write) as sql:
@@ -410,7 +413,7 @@ class SqlStorage(Storage):
             with (self._engine.begin() if write else self._reading()) as conn:
                 yield _SaSql(conn)
             return
-        if not write:
+        if not write or self._group.open:  # a read, or a write inside a group (group.py)
             yield _RawSql(raw)
             return
         raw.execute("BEGIN IMMEDIATE")
@@ -587,18 +590,33 @@ class SqlStorage(Storage):
             time.sleep(delay)
             delay = min(delay * 2, PG_BACKOFF[1])
 
+    async def _write_tx(self, fn: Callable[..., Any], *args: Any, doing: str, rows: int = 1, chars: int = 0) -> Any:
+        """A write: ``fn(*args)``, whose ``_sql_tx(write=True)`` is its transaction. On SQLite it
+        shares one with the other writes of this tick (:mod:`legato.plugins.sqlstore.group`); elsewhere a
+        transaction of its own in a worker thread."""
+        if not self._opened:
+            raise StorageError("the store is not open")
+        if self._writer is None:
+            return await self._run(fn, *args, doing=doing)
+        return await self._group.write(fn, *args, doing=doing, rows=rows, chars=chars)
+
     def _explained(self, fn: Callable[..., Any], args: tuple, doing: str) -> Any:
         """``fn(*args)`` with driver errors turned into :class:`StorageError` saying what to do."""
         try:
             return fn(*args)
-        except (StorageError, StaleWrite):
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            raise self._explain(exc, doing) from None
         except Exception as exc:
-            if not _is_sqlalchemy_error(exc) and not _is_psycopg_error(exc):
+            converted = self._as_storage_error(exc, doing)
+            if converted is exc:
                 raise
-            raise self._explain(exc, doing) from None
+            raise converted from None
+
+    def _as_storage_error(self, exc: Exception, doing: str) -> Exception:
+        """A driver error as the :class:`StorageError` that says what to do; any other as it is."""
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, (sqlite3.Error, OSError)) or _is_sqlalchemy_error(exc) or _is_psycopg_error(exc):
+            return self._explain(exc, doing)
+        return exc
 
     def _now_sql(self) -> str:
         if self.dialect == "sqlite":
@@ -681,7 +699,7 @@ class SqlStorage(Storage):
                     self._activate_in(sql, workflow_id, version)
             return row
 
-        row = await self._run(write, doing="activate the version")
+        row = await self._write_tx(write, doing="activate the version")
         if row is None:
             raise VersionNotFound(await self._no_version(workflow_id, version))
         found = _version(workflow_id, row)
@@ -692,14 +710,14 @@ class SqlStorage(Storage):
 
     async def create_instance(self, record: InstanceRecord, owner: str | None = None,
                               ttl: float = 0.0) -> tuple[InstanceRecord, bool]:
-        return await self._run(self._create_instance, record, owner, ttl, doing="create the instance")
-
-    def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
-        with self._sql_tx(write=True) as sql:
-            found = self._create_in(sql, record, owner, ttl)
+        found = await self._write_tx(self._create_instance, record, owner, ttl, doing="create the instance")
         if found[1] and found[0].queued:
             self.wakeups().notify()  # queued and committed: an idle worker picks it up now
         return found
+
+    def _create_instance(self, record: InstanceRecord, owner: str | None, ttl: float) -> tuple[InstanceRecord, bool]:
+        with self._sql_tx(write=True) as sql:
+            return self._create_in(sql, record, owner, ttl)
 
     def wakeups(self):
         """On SQLite, the workers on this machine: each listens on a named pipe in
@@ -801,7 +819,7 @@ class SqlStorage(Storage):
                 return _instance(sql.first("SELECT * FROM legato_instances WHERE instance_id = :iid",
                                            {"iid": instance_id}))
 
-        ended = await self._run(write, doing="end the queued instance")
+        ended = await self._write_tx(write, doing="end the queued instance")
         if ended is not None:
             self.wakeups().notify()  # the ones queued behind it may start now
         return ended
@@ -840,7 +858,7 @@ class SqlStorage(Storage):
                     self._event_in(sql, strategy.unblocked_event(row.instance_id, workflow_id, by, ts))
             return [row.instance_id for row in rows]
 
-        return await self._run(write, doing="unblock the workflow")
+        return await self._write_tx(write, doing="unblock the workflow")
 
     async def start_instance(self, document: dict[str, Any], record: InstanceRecord, owner: str,
                              ttl: float) -> tuple[InstanceRecord, bool]:
@@ -851,24 +869,16 @@ class SqlStorage(Storage):
                 record.version = self._push_in(sql, record.workflow_id, _dumps(document)).version
                 return self._create_in(sql, record, owner, ttl)
 
-        return await self._run(start, doing="start the instance")
+        steps = document.get("workflow", {}).get("steps") if isinstance(document.get("workflow"), dict) else None
+        return await self._write_tx(start, doing="start the instance", rows=1 + len(steps or ()))
 
     async def commit(self, batch: Batch) -> None:
-        if self._writer is not None and self._opened and _small(batch):
-            # Inline (see the module docstring): the same transaction on the same connection, so
-            # the same durability; it only skips the thread hop. Cancellation acts as it does on
-            # the thread path: before the commit, never after it.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._lock.acquire(blocking=False):  # else a call is under way in a thread
-                try:
-                    done = self._explained(self._commit_sqlite, (batch, False), "commit")
-                finally:
-                    self._lock.release()
-                if done:
-                    await self._after_commit()
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    return
-        await self._run(self._commit, batch, doing="commit")
+        if self._writer is None or not self._opened:
+            await self._run(self._commit, batch, doing="commit")
+        else:  # with the other writes of this tick (legato.plugins.sqlstore.group)
+            await self._group.write(self._commit_in, batch, doing="commit", rows=_rows(batch),
+                                    chars=sum(len(chunk.text) for chunk in batch.logs) if batch.logs else 0)
+        self._notify_after(batch)
         await self._after_commit()
 
     async def _after_commit(self) -> None:
@@ -884,23 +894,9 @@ class SqlStorage(Storage):
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _commit(self, batch: Batch) -> None:
-        # The hot path: driver-level statements (prepared once per connection by the driver),
-        # executemany per table, one transaction. On SQLite a dedicated connection skips
-        # SQLAlchemy's per-statement work entirely.
-        if self._writer is not None:
-            self._commit_sqlite(batch, True)
-            return
-        if self.dialect == "postgresql":
-            self._commit_pg(batch)
-        else:
-            with self._engine.begin() as conn:
-                self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
-        self._notify_after(batch)
-
-    def _commit_pg(self, batch: Batch) -> None:
-        """A commit on PostgreSQL, on the store's psycopg connection (:meth:`_pg_tx`); psycopg
-        prepares the statements after a few uses and sends each table's rows with executemany
-        in one pipeline."""
+        """PostgreSQL's commit, on the store's psycopg connection (:meth:`_pg_tx`): psycopg
+        prepares the statements after a few uses and sends each table's rows with executemany,
+        the statements after the fence's read in one pipeline with the COMMIT."""
         with self._pg_tx(True, pipeline=True) as sql:
             with sql.conn.cursor() as cur:
                 self._write(cur.execute, cur.executemany, batch)
@@ -936,34 +932,13 @@ class SqlStorage(Storage):
             conn.close()
             raise
 
-    def _commit_sqlite(self, batch: Batch, wait: bool) -> bool:
-        """Commit on the writer connection; unless ``wait``, only if the write lock is free now
-        (False, with nothing written, when another connection holds it)."""
+    def _commit_in(self, batch: Batch) -> None:
+        """SQLite's, in the group's transaction on the writer connection (statements prepared once
+        per connection by the driver; no SQLAlchemy)."""
         raw = self._writer
-        if wait:
-            raw.execute("BEGIN IMMEDIATE")
-        else:
-            raw.execute("PRAGMA busy_timeout = 0")
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) in _BUSY or "locked" in str(exc):
-                    return False
-                raise
-            finally:
-                raw.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        try:
-            self._write(raw.execute, raw.executemany, batch)
-        except BaseException:
-            if raw.in_transaction:  # SQLite may have rolled back already (a full disk does)
-                raw.execute("ROLLBACK")
-            raise
-        raw.execute("COMMIT")
+        self._write(raw.execute, raw.executemany, batch)
         self._wal_pages += PAGES_PER_COMMIT + _rows(batch) // ROWS_PER_PAGE
         self._written.add(batch.instance_id)
-        self._check_file()
-        self._notify_after(batch)
-        return True
 
     def _notify_after(self, batch: Batch) -> None:
         if batch.actions or batch.permits_released:
@@ -1138,34 +1113,41 @@ class SqlStorage(Storage):
 
     async def acquire_lease(self, instance_id: str, owner: str, ttl: float,
                             generation: int | None = None) -> int | None:
-        return await self._run(self._acquire_lease, instance_id, owner, ttl, generation, doing="take the lease")
+        return await self._write_tx(self._acquire_lease, instance_id, owner, ttl, generation, doing="take the lease")
 
     def _acquire_lease(self, instance_id: str, owner: str, ttl: float, renew: int | None) -> int | None:
-        now_sql = self._now_sql()
         with self._sql_tx(write=True) as sql:
-            lock = self._pg_claim_lock(renew) if self.dialect == "postgresql" else ""
-            row = sql.first(f"SELECT *, {now_sql} AS now FROM legato_instances "
-                            f"WHERE instance_id = :iid{lock}", {"iid": instance_id})
-            if row is None:
-                if lock.endswith("SKIP LOCKED") and self._pg_exists(sql, instance_id):
-                    return None  # another worker is claiming it (or its owner committing) right now
-                raise StorageError(f"no instance {instance_id} in {self._where()}")
-            if renew is not None and (row.owner != owner or row.generation != renew):
-                return None  # a heartbeat of an owner that was replaced: take nothing back
-            if row.generation == 0 and row.status == "CREATED" and row.run_strategy:  # queued: its turn yet?
-                self._lock_workflow(sql, row.workflow_id)
-                if not self._startable_in(sql, _instance(row)):
-                    return None
-            if row.owner == owner:
-                generation = row.generation  # renewal, even past expiry: nobody took it meanwhile
-            elif row.owner is None or not _lease(row).live:
-                generation = row.generation + 1  # free, expired or its holder dead: take it, fencing the old owner
-            else:
-                return None
-            sql.run(f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen, "
-                    f"{_HOLDER} WHERE instance_id = :iid",
-                    {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
-        return generation
+            return self._lease_in(sql, instance_id, owner, ttl, renew)[0]
+
+    def _lease_in(self, sql, instance_id: str, owner: str, ttl: float, renew: int | None,
+                  turn_checked: bool = False) -> tuple[int | None, Any]:
+        """Take the lease in the caller's transaction: (the generation or None, the instance's row
+        as it was). ``turn_checked``: the caller decided, in this transaction, that a queued
+        instance may start."""
+        now_sql = self._now_sql()
+        lock = self._pg_claim_lock(renew) if self.dialect == "postgresql" else ""
+        row = sql.first(f"SELECT *, {now_sql} AS now FROM legato_instances "
+                        f"WHERE instance_id = :iid{lock}", {"iid": instance_id})
+        if row is None:
+            if lock.endswith("SKIP LOCKED") and self._pg_exists(sql, instance_id):
+                return None, None  # another worker is claiming it (or its owner committing) right now
+            raise StorageError(f"no instance {instance_id} in {self._where()}")
+        if renew is not None and (row.owner != owner or row.generation != renew):
+            return None, row  # a heartbeat of an owner that was replaced: take nothing back
+        if not turn_checked and row.generation == 0 and row.status == "CREATED" and row.run_strategy:  # queued
+            self._lock_workflow(sql, row.workflow_id)
+            if not self._startable_in(sql, _instance(row)):
+                return None, row  # not its turn yet
+        if row.owner == owner:
+            generation = row.generation  # renewal, even past expiry: nobody took it meanwhile
+        elif row.owner is None or not _lease(row).live:
+            generation = row.generation + 1  # free, expired or its holder dead: take it, fencing the old owner
+        else:
+            return None, row
+        sql.run(f"UPDATE legato_instances SET owner = :owner, lease_expires = {now_sql} + :ttl, generation = :gen, "
+                f"{_HOLDER} WHERE instance_id = :iid",
+                {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
+        return generation, row
 
     @staticmethod
     def _pg_claim_lock(renew: int | None) -> str:
@@ -1199,7 +1181,7 @@ class SqlStorage(Storage):
                                     "AND q.generation = 0 LIMIT 1", {"iid": instance_id})
             return waiting is not None
 
-        if await self._run(release, doing="release the lease"):
+        if await self._write_tx(release, doing="release the lease"):
             self.wakeups().notify()
 
     def _unfinished(self, live: bool, limit: int) -> list[tuple[InstanceRecord, Lease | None]]:
@@ -1230,14 +1212,41 @@ class SqlStorage(Storage):
         """Instances not yet ended whose lease is not live; a queued one only when its run
         strategy lets it start now."""
         def read():
-            out = [record for record, _ in self._unfinished(False, limit)]
             with self._sql_tx(write=False) as sql:
-                for wid in sql.all(f"SELECT DISTINCT workflow_id FROM legato_instances WHERE {_STRATEGY_QUEUED}"):
-                    out += self._startable_queued(sql, wid.workflow_id, limit)
-            out.sort(key=lambda r: (r.created_at, r.instance_id))
-            return out[:limit]
+                return [record for record, _ in self._resumable_in(sql, limit)]
 
         return await self._run(read, doing="list resumable instances")
+
+    def _resumable_in(self, sql, limit: int, claiming: bool = False) -> list[tuple[InstanceRecord, bool]]:
+        """What list_resumable lists, each with whether it is a queued one its run strategy lets
+        start (``claiming``: decided under the workflow's lock, for leases taken in ``sql``)."""
+        out = [(record, False) for record, _ in self._unfinished(False, limit)]
+        for wid in sql.all(f"SELECT DISTINCT workflow_id FROM legato_instances WHERE {_STRATEGY_QUEUED}"):
+            if claiming:
+                self._lock_workflow(sql, wid.workflow_id)
+            out += [(record, True) for record in self._startable_queued(sql, wid.workflow_id, limit)]
+        out.sort(key=lambda pair: (pair[0].created_at, pair[0].instance_id))
+        return out[:limit]
+
+    async def claim_resumable(self, owner: str, ttl: float, limit: int = 100,
+                              skip=frozenset()) -> list[tuple[InstanceRecord, int]]:
+        """list_resumable and the leases of what it lists, in one transaction: the queued
+        instances' turns are decided once per workflow, not once per instance."""
+        return await self._write_tx(self._claim, owner, ttl, limit, frozenset(skip), doing="claim instances",
+                                    rows=1 + limit // 4)
+
+    def _claim(self, owner: str, ttl: float, limit: int, skip: frozenset) -> list[tuple[InstanceRecord, int]]:
+        out: list[tuple[InstanceRecord, int]] = []
+        with self._sql_tx(write=True) as sql:
+            for record, turn in self._resumable_in(sql, limit + len(skip), claiming=True):
+                if len(out) >= limit:
+                    break
+                if record.instance_id in skip:
+                    continue
+                generation, row = self._lease_in(sql, record.instance_id, owner, ttl, None, turn_checked=turn)
+                if generation is not None:
+                    out.append((_instance(row), generation))
+        return out
 
     def _startable_queued(self, sql, workflow_id: str, limit: int) -> list[InstanceRecord]:
         """The queued instances of ``workflow_id`` its run strategy lets start now, first in first
@@ -1271,7 +1280,7 @@ class SqlStorage(Storage):
             record.id = row[0][0]
             return record
 
-        return await self._run(write, doing="record the action")
+        return await self._write_tx(write, doing="record the action")
 
     async def pending_actions(self, instance_ids) -> list[ActionRecord]:
         ids = list(dict.fromkeys(instance_ids))
@@ -1300,7 +1309,7 @@ class SqlStorage(Storage):
                         {"now": time.time(), "outcome": outcome, "id": action_id})
             return True
 
-        return await self._run(write, doing="mark the action applied")
+        return await self._write_tx(write, doing="mark the action applied")
 
     async def list_actions(self, instance_id: str) -> list[ActionRecord]:
         def read():
@@ -1312,7 +1321,7 @@ class SqlStorage(Storage):
     # -- permits ----------------------------------------------------------------------------------
 
     async def acquire_permits(self, requests):
-        return await self._run(self._acquire_permits, requests, doing="take permits")
+        return await self._write_tx(self._acquire_permits, requests, doing="take permits")
 
     def _acquire_permits(self, requests) -> list:
         now_sql = self._now_sql()
@@ -1388,7 +1397,7 @@ class SqlStorage(Storage):
                                                                "attempt": row.attempt})
             self.wakeups().notify()
 
-        await self._run(release, doing="release permits")
+        await self._write_tx(release, doing="release permits")
 
     async def set_tag_permit(self, tag: str, limit: int, *, by: str) -> None:
         def write():
@@ -1399,7 +1408,7 @@ class SqlStorage(Storage):
                         {"tag": tag, "limit": limit, "by": by, "now": time.time()})
             self.wakeups().notify()  # a raised limit lets waiting steps start
 
-        await self._run(write, doing="set the tag permit")
+        await self._write_tx(write, doing="set the tag permit")
 
     async def get_tag_permits(self) -> list[dict[str, Any]]:
         def read():
@@ -1424,7 +1433,7 @@ class SqlStorage(Storage):
                 self.wakeups().notify()
             return found
 
-        return await self._run(write, doing="remove the tag permit")
+        return await self._write_tx(write, doing="remove the tag permit")
 
 
 # -- timeline rows: the transitions one step makes in one commit share a row --------------------
@@ -1499,13 +1508,6 @@ def expand_events(rows) -> list[Event]:
 
 def _rows(batch: Batch) -> int:
     return len(batch.attempts) + len(batch.events) + len(batch.logs) + (batch.instance is not None)
-
-
-def _small(batch: Batch) -> bool:
-    """Whether ``batch`` is small enough to commit on the event loop's thread (INLINE_ROWS)."""
-    if _rows(batch) > INLINE_ROWS:
-        return False
-    return not batch.logs or sum(len(chunk.text) for chunk in batch.logs) <= INLINE_LOG_CHARS
 
 
 def _is_psycopg_error(exc: Exception) -> bool:
