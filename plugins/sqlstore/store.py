@@ -990,7 +990,11 @@ class SqlStorage(Storage):
             keys = ("instance_id", "step_id", "attempt")
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
             statements = self.__dict__["_statements"] = {
-                "fence": f"SELECT generation, owner FROM legato_instances WHERE instance_id = {p}",
+                # On PostgreSQL the fence locks the row until the commit: under READ COMMITTED a
+                # plain read would let another worker take the lease between it and the writes
+                # (a frozen worker's late commit would then land); a claim skips the locked row.
+                "fence": f"SELECT generation, owner FROM legato_instances WHERE instance_id = {p}"
+                         + (" FOR UPDATE" if self.dialect == "postgresql" else ""),
                 "attempt": f"INSERT INTO legato_attempts ({', '.join(columns)}) VALUES ({marks(len(columns))}) "
                            f"ON CONFLICT (instance_id, step_id, attempt) DO UPDATE SET {updates}",
                 "event": "INSERT INTO legato_events (instance_id, step_id, attempt, status, message, ts) "
