@@ -13,14 +13,15 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 @click.command()
 @click.argument("names", nargs=-1)
-@click.option("--kind", type=click.Choice(["step", "storage"]), default=None, help="Only step types, or only storage.")
+@click.option("--kind", type=click.Choice(["step", "storage", "trigger"]), default=None,
+              help="Only step types, only storage, or only trigger types.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("-k", "keyword", default=None, help="Only tests matching this pytest -k expression.")
 def conformance(names: tuple[str, ...], kind: str | None, as_json: bool, keyword: str | None) -> None:
     """Run the conformance suites for installed plugins (all, or the NAMES given).
 
     Exits 1 if any test fails. Plugin authors: subclass legato.conformance.StepTypeSuite (or
-    StorageSuite) in your own tests to run the same suite under plain pytest.
+    StorageSuite, TriggerSuite) in your own tests to run the same suite under plain pytest.
     """
     try:
         from legato.conformance.runner import run_conformance

@@ -19,6 +19,8 @@ __all__ = [
     "ProfileError",
     "StepTypeProfile",
     "StorageProfile",
+    "TRIGGER_CAPABILITIES",
+    "TriggerProfile",
     "load_profiles",
 ]
 
@@ -39,6 +41,17 @@ STORAGE_CAPABILITIES: dict[str, str] = {
     "leases": "leases expire, and a stale generation's writes are rejected",
     "concurrent_writers": "several writers (tasks of one process, or processes) commit without losing data",
     "multiprocess": "several processes may open the same store at once",
+}
+
+
+#: The documented vocabulary for trigger types.
+TRIGGER_CAPABILITIES: dict[str, str] = {
+    "fires": "the `workflow` sample starts an instance within 10 s of its host watching (after `fire` is called, "
+             "when the profile gives one), through the idempotent start (a `trigger:` request id)",
+    "exactly_once": "a host restarted with the trigger's checkpoint rewound (a crash before it was saved) fires "
+                    "again only with the same request ids: nothing starts twice",
+    "cancellation": "a cancelled host's triggers end within 10 s (a hang guard) leaving no thread working",
+    "event_loop": "a watching and firing trigger never holds the event loop for more than 0.25 s",
 }
 
 
@@ -123,6 +136,39 @@ class StorageProfile:
 
 
 
+@dataclass(frozen=True)
+class TriggerProfile:
+    """How the trigger suite exercises one trigger type.
+
+    - ``trigger_type``: the registered name; ``entry_point``, ``heavy_modules``, ``plugin`` as for
+      step types;
+    - ``workflow``: a definition whose triggers are of this type and fire soon (every second);
+    - ``fire``: None for a trigger that fires by itself (a schedule), else ``async fire(storage,
+      n)``, called before the suite waits for the ``n``-th firing (0-based; e.g. send a signal);
+    - ``workflows``: other definitions stored first (what ``workflow`` needs).
+    """
+
+    trigger_type: str
+    workflow: dict[str, Any]
+    capabilities: frozenset[str] = frozenset()
+    entry_point: str | None = None
+    heavy_modules: tuple[str, ...] = ()
+    plugin: Any = None
+    fire: Callable[..., Any] | None = None
+    workflows: tuple[dict[str, Any], ...] = ()
+    name: str = ""
+
+    kind = "trigger"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        object.__setattr__(self, "name", self.name or self.trigger_type)
+        _check_capabilities("trigger", self.capabilities, TRIGGER_CAPABILITIES)
+
+
+_PROFILE_TYPES = (StepTypeProfile, StorageProfile, TriggerProfile)
+
+
 @dataclass
 class PublishedProfile:
     """A profile with where it came from (for the report)."""
@@ -144,12 +190,13 @@ def load_profiles() -> dict[str, PublishedProfile]:
         meta = (dist.name, dist.version) if dist else ("?", "?")
         try:
             obj = ep.load()
-            if callable(obj) and not isinstance(obj, (StepTypeProfile, StorageProfile)):
+            if callable(obj) and not isinstance(obj, _PROFILE_TYPES):
                 obj = obj()
             profiles = obj if isinstance(obj, (list, tuple)) else [obj]
             for profile in profiles:
-                if not isinstance(profile, (StepTypeProfile, StorageProfile)):
-                    raise ProfileError(f"{ep.value} gave {profile!r}, not a StepTypeProfile or StorageProfile")
+                if not isinstance(profile, _PROFILE_TYPES):
+                    raise ProfileError(f"{ep.value} gave {profile!r}, not a StepTypeProfile, StorageProfile "
+                                       "or TriggerProfile")
                 found[profile.name] = PublishedProfile(profile, *meta)
         except Exception as exc:  # noqa: BLE001 - a broken profile is a finding, not a crash
             found[ep.name] = PublishedProfile(None, *meta, errors=[f"{type(exc).__name__}: {exc}"])

@@ -1,7 +1,7 @@
 """``legato conformance``: run the suites for installed plugins in an isolated pytest session.
 
 The session is a separate process running a generated test module whose classes subclass
-:class:`StepTypeSuite` / :class:`StorageSuite` with ``profile = "<name>"``: exactly what a plugin
+:class:`StepTypeSuite` / :class:`StorageSuite` / :class:`TriggerSuite` with ``profile = "<name>"``: exactly what a plugin
 author's own test module does, so both ways in share one code path.
 """
 
@@ -37,7 +37,7 @@ def run_conformance(names: list[str], kind: str | None = None, pytest_args: list
                          f"{', '.join(sorted(published)) or 'none'}")
     chosen = {n: p for n, p in published.items() if (not names or n in names)}
     rows: dict[str, dict] = {}
-    lines = ["from legato.conformance import StepTypeSuite, StorageSuite", ""]
+    lines = ["from legato.conformance import StepTypeSuite, StorageSuite, TriggerSuite", ""]
     for name, pub in sorted(chosen.items()):
         profile = pub.profile
         row_kind = getattr(profile, "kind", "?")
@@ -47,7 +47,7 @@ def run_conformance(names: list[str], kind: str | None = None, pytest_args: list
                       "passed": 0, "failed": [], "skipped": [], "errors": list(pub.errors)}
         if profile is None:
             continue
-        base = "StepTypeSuite" if row_kind == "step" else "StorageSuite"
+        base = {"step": "StepTypeSuite", "storage": "StorageSuite", "trigger": "TriggerSuite"}[row_kind]
         lines += [f"class {_class_name(name)}({base}):", f"    profile = {name!r}", ""]
     by_class = {_class_name(n): n for n in rows}
     with tempfile.TemporaryDirectory(prefix="legato-conformance-") as tmp:

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 import pytest
 import trio
 
-from .profiles import PublishedProfile, StepTypeProfile, StorageProfile, load_profiles
+from .profiles import PublishedProfile, StepTypeProfile, StorageProfile, TriggerProfile, load_profiles
 
-__all__ = ["StepTypeSuite", "StorageSuite", "requires"]
+__all__ = ["StepTypeSuite", "StorageSuite", "TriggerSuite", "requires"]
 
 # A hang guard, not a speed limit: a step that honours cancellation ends in well under a second
 # even on a loaded machine; one that ignores it runs on to the end of its long-running sample,
@@ -106,7 +106,8 @@ class _Suite:
             "from legato.plugin_manager import Plugins\n"
             "p = Plugins()\n"
             "print(json.dumps({'found': bool(eps), 'new': new, 'other': other,"
-            " 'steps': sorted(p.step_types.types), 'storage': sorted(p.storage.factories)}))\n"
+            " 'steps': sorted(p.step_types.types), 'storage': sorted(p.storage.factories),"
+            " 'triggers': sorted(p.triggers.types)}))\n"
         )
         env = {**os.environ, "LEGATO_PLUGINS": self.p.entry_point}
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
@@ -935,6 +936,43 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_trigger_checkpoints_pauses_and_active_versions(self, tmp_path):
+        """What the trigger host keeps (legato.triggers): a checkpoint per (workflow, trigger key)
+        replaced in place, its last firing kept when a save does not give one; pauses per workflow;
+        the active version of each workflow; and an instance's run_ts."""
+        async def main():
+            async with self._open(tmp_path) as store:
+                await store.push_definition("a", {"workflow": {"id": "a", "v": 1}})
+                await store.push_definition("a", {"workflow": {"id": "a", "v": 2}})
+                await store.push_definition("b", {"workflow": {"id": "b"}})
+                assert await store.list_active_versions() == {"a": 2, "b": 1}
+                await store.activate("a", 1)
+                assert (await store.list_active_versions())["a"] == 1
+                assert await store.get_trigger_checkpoint("a", "k") is None
+                await store.save_trigger_checkpoint("a", "k", {"last": 1.5}, fired_at=10.0)
+                await store.save_trigger_checkpoint("a", "k", {"last": 2.5})
+                await store.save_trigger_checkpoint("b", "k", [1, "x"], fired_at=11.0)
+                got = await store.get_trigger_checkpoint("a", "k")
+                assert (got["value"], got["fired_at"]) == ({"last": 2.5}, 10.0), got
+                assert [(c["workflow_id"], c["key"]) for c in await store.list_trigger_checkpoints()] == [
+                    ("a", "k"), ("b", "k")]
+                assert [c["value"] for c in await store.list_trigger_checkpoints("b")] == [[1, "x"]]
+                assert await store.set_triggers_paused("a", True, by="me")
+                assert not await store.set_triggers_paused("a", True, by="me")
+                assert (await store.get_triggers_paused("a"))["by"] == "me"
+                assert [p["workflow_id"] for p in await store.list_paused_triggers()] == ["a"]
+                assert await store.set_triggers_paused("a", False, by="me")
+                assert await store.get_triggers_paused("a") is None
+                from legato.model import InstanceRecord
+
+                record = InstanceRecord("i-ts", "a", 1, request_id="trigger:k:t", created_at=5.0, run_ts=3.0)
+                await store.create_instance(record)
+                assert (await store.get_instance("i-ts")).run_ts == 3.0
+                again, created = await store.create_instance(InstanceRecord("i-ts2", "a", 1, request_id="trigger:k:t"))
+                assert not created and again.instance_id == "i-ts"
+
+        self._run(main)
+
     def test_the_engine_runs_on_it(self, tmp_path):
         """A workflow runs to the end on this store and its whole timeline is kept."""
         from legato.engine import Engine
@@ -953,6 +991,211 @@ class StorageSuite(_Suite):
                 assert len(await store.get_timeline(instance.instance_id)) == 2 + 20 * 9
 
         self._run(main)
+
+
+FIRE_BOUND = 10.0  # seconds a trigger that fires every second may take to start its first instance
+
+
+class _Recording:
+    """A ``memory://`` store that remembers every trigger checkpoint saved (the suite rewinds them)."""
+
+    @staticmethod
+    def make():
+        from legato.plugins.memory import MemoryStorage
+
+        class RecordingStorage(MemoryStorage):
+            def __init__(self) -> None:
+                super().__init__("memory://conformance")
+                self.saved: list[tuple[str, str, Any]] = []
+
+            async def save_trigger_checkpoint(self, workflow_id, key, value, *, fired_at=None):
+                await super().save_trigger_checkpoint(workflow_id, key, value, fired_at=fired_at)
+                self.saved.append((workflow_id, key, json.loads(json.dumps(value))))
+
+        return RecordingStorage()
+
+
+class TriggerSuite(_Suite):
+    """The trigger-type contract (:mod:`legato.triggers`). Subclass with ``profile`` set (a name
+    or a TriggerProfile). Each test runs a real :class:`legato.trigger_host.TriggerHost` on a
+    ``memory://`` store, on the wall clock (the sample fires every second)."""
+
+    _kind = TriggerProfile
+
+    def _check_registered(self, report: dict) -> None:
+        assert self.p.trigger_type in report["triggers"], (
+            f"the entry point {self.p.entry_point!r} loaded alone does not register trigger type {self.p.trigger_type!r}")
+
+    def _engine(self, storage, tmp_path):
+        from legato.engine import Engine
+
+        return Engine(storage, plugins=self._plugins(), workspace=tmp_path / "runs")
+
+    async def _setup(self, storage, engine) -> str:
+        for doc in self.p.workflows:
+            await storage.push_definition(doc["workflow"]["id"], doc)
+        definition = engine.load(self.p.workflow)
+        assert definition.triggers.get(self.p.trigger_type), (
+            f"the sample workflow has no {self.p.trigger_type!r} triggers once loaded: its trigger type's "
+            "`parse` must return a TriggerDef per item")
+        await storage.push_definition(definition.workflow_id, self.p.workflow)
+        return definition.workflow_id
+
+    async def _instances(self, storage, wid: str) -> list:
+        return [i for i in await storage.list_instances(wid, limit=10_000)
+                if i.initiator.startswith(f"{self.p.trigger_type}:") or (i.request_id or "").startswith("trigger:")]
+
+    async def _fired(self, host, storage, wid: str, count: int, fired: list[int]) -> list:
+        """Wait (FIRE_BOUND per firing) until ``count`` instances are there, calling ``fire`` as needed."""
+        with trio.move_on_after(FIRE_BOUND * count):
+            while True:
+                found = await self._instances(storage, wid)
+                if len(found) >= count:
+                    return found
+                if self.p.fire is not None and fired[0] < count:
+                    await self.p.fire(storage, fired[0])
+                    fired[0] += 1
+                with trio.move_on_after(0.5):
+                    await host.wait_progress()
+        pytest.fail(f"{self.p.name}: {len(await self._instances(storage, wid))} instance(s) started within "
+                    f"{FIRE_BOUND * count:g} s, {count} expected (is the sample due every second?)")
+
+    def _host(self, engine, **kw):
+        from legato.trigger_host import TriggerHost
+
+        return TriggerHost(engine, poll=0.2, retry=0.5, **kw)
+
+    def test_the_sample_workflow_loads_with_its_triggers(self, tmp_path):
+        """The trigger type reads the sample's triggers (``parse``): one TriggerDef each, with a key."""
+        engine = self._engine(_Recording.make(), tmp_path)
+        triggers = engine.load(self.p.workflow).triggers.get(self.p.trigger_type) or []
+        assert triggers, f"parse returned no TriggerDef for the sample's {self.p.trigger_type} triggers"
+        import re
+
+        for t in triggers:
+            assert re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", t.key), f"trigger key {t.key!r} is not letters, digits, -_. (64 at most)"
+
+    @requires("fires")
+    def test_fires_through_the_idempotent_start(self, tmp_path):
+        """Watched by a host, the sample starts an instance, with a `trigger:` request id and the
+        trigger type in its initiator, queued for a worker."""
+        async def main():
+            storage = _Recording.make()
+            engine = self._engine(storage, tmp_path)
+            wid = await self._setup(storage, engine)
+            host = self._host(engine)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(host.run)
+                found = await self._fired(host, storage, wid, 1, [0])
+                nursery.cancel_scope.cancel()
+            instance = found[0]
+            assert (instance.request_id or "").startswith("trigger:"), (
+                f"the instance's request id is {instance.request_id!r}: start through ctx.start(request_id=…)")
+            assert instance.initiator.startswith(f"{self.p.trigger_type}:"), f"initiator {instance.initiator!r}"
+            assert instance.queued, "a trigger's instance is queued for a worker"
+            assert host.statistics()["failed"] == 0, "the trigger's run raised (see the host's log)"
+
+        trio.run(main)
+
+    @requires("exactly_once")
+    def test_exactly_once_across_a_restart_of_its_host(self, tmp_path):
+        """A host fires twice and stops; its checkpoints are rewound to what they were before the
+        first firing (a crash before they were saved); a new host fires the same firings again
+        with the same request ids, which start nothing new, and then new ones."""
+        async def main():
+            storage = _Recording.make()
+            engine = self._engine(storage, tmp_path)
+            wid = await self._setup(storage, engine)
+            fired = [0]
+            first = self._host(engine)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(first.run)
+                before = await self._fired(first, storage, wid, 2, fired)
+                nursery.cancel_scope.cancel()
+            assert storage.saved, "the trigger saved no checkpoint: ctx.save(value) after each start"
+            rewound = {}
+            for w, key, value in storage.saved:
+                rewound.setdefault((w, key), value)
+            for (w, key), value in rewound.items():
+                await storage.save_trigger_checkpoint(w, key, value)
+            ids = {i.request_id for i in before}
+            second = self._host(engine)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(second.run)
+                after = await self._fired(second, storage, wid, len(before) + 1, fired)
+                nursery.cancel_scope.cancel()
+            assert second.statistics()["repeated"] >= 1, (
+                "the restarted host did not fire again what the rewound checkpoint had not recorded: a "
+                "trigger must resume from its checkpoint (ctx.load())")
+            new = [i for i in after if i.request_id not in ids]
+            assert len(after) == len({i.request_id for i in after})
+            runs = [i.run_ts for i in before]
+            assert not [i for i in new if i.run_ts in runs], "an instance started twice for one firing (same run_ts)"
+
+        trio.run(main)
+
+    @requires("cancellation")
+    def test_stops_cleanly_on_cancellation(self, tmp_path):
+        """Cancelled, a host's triggers end promptly (a hang guard of CANCEL_BOUND) and leave no thread working."""
+        async def main():
+            storage = _Recording.make()
+            engine = self._engine(storage, tmp_path)
+            await self._setup(storage, engine)
+            threads = _busy_threads()
+            host = self._host(engine)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(host.run)
+                with trio.move_on_after(FIRE_BOUND):
+                    while host.statistics()["watching"] < 1:
+                        await host.wait_progress()
+                assert host.statistics()["watching"] >= 1, f"no trigger reported task_status.started() within {FIRE_BOUND:g} s"
+                await trio.sleep(0.3)
+                started = time.monotonic()
+                nursery.cancel_scope.cancel()
+            took = time.monotonic() - started
+            assert took < CANCEL_BOUND, f"the host's triggers took {took:.1f}s to end once cancelled"
+            assert host.statistics()["watching"] == 0
+            deadline = time.monotonic() + CANCEL_BOUND
+            busy = _busy_threads() - threads
+            while busy and time.monotonic() < deadline:
+                await trio.sleep(0.05)
+                busy = _busy_threads() - threads
+            assert not busy, f"threads still working after cancellation: {sorted(busy)}"
+
+        trio.run(main)
+
+    @requires("event_loop")
+    def test_never_blocks_the_event_loop(self, tmp_path):
+        """While the trigger watches and fires, the event loop is never held for more than
+        LOOP_GAP_BOUND (measured from its first firing on: what Legato imports on first use is not
+        the trigger's doing)."""
+        async def main():
+            storage = _Recording.make()
+            engine = self._engine(storage, tmp_path)
+            wid = await self._setup(storage, engine)
+            host = self._host(engine)
+            gaps: list[float] = []
+
+            async def watch():
+                last, waited = time.monotonic(), _runqueue_wait()
+                while True:
+                    await trio.sleep(0.01)
+                    now, now_waited = time.monotonic(), _runqueue_wait()
+                    gaps.append(now - last - (now_waited - waited))
+                    last, waited = now, now_waited
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(host.run)
+                fired = [0]
+                await self._fired(host, storage, wid, 1, fired)
+                nursery.start_soon(watch)
+                await self._fired(host, storage, wid, 3, fired)
+                nursery.cancel_scope.cancel()
+            worst = max(gaps)
+            assert worst <= LOOP_GAP_BOUND, (f"the event loop was blocked for {worst:.2f}s while the trigger ran: "
+                                             "run blocking calls with trio.to_thread.run_sync")
+
+        trio.run(main)
 
 
 def _descendants() -> set[int]:

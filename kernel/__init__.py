@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plugin_manager import PluginError
     from .steptype import SettingsError
     from .storage import StorageError
+    from .triggers import TriggerContext, TriggerDef, TriggerType
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ _LAZY = {
     "run": "api", "arun": "api", "Instance": "api", "Step": "api", "DefinitionWarning": "api",
     "Definition": "definition", "DefinitionError": "definition", "StartError": "engine",
     "StorageError": "storage", "SettingsError": "steptype", "PluginError": "plugin_manager",
+    "TriggerType": "triggers", "TriggerContext": "triggers", "TriggerDef": "triggers",
 }
 
 __all__ = ["InstanceStatus", "StepStatus", "Outcome", "StepContext", "StepResult", "StepType", "__version__",

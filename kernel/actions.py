@@ -176,7 +176,7 @@ async def _restart_values(engine, instance: InstanceRecord, given: dict) -> dict
             context = {"workflow": to_cel({
                 "id": instance.workflow_id, "version": instance.version, "instance_id": instance.instance_id,
                 "run_id": instance.run_id + 1, "initiator": instance.initiator,
-                "run_ts": datetime.datetime.fromtimestamp(instance.created_at, datetime.timezone.utc)})}
+                "run_ts": datetime.datetime.fromtimestamp(instance.run_ts if instance.run_ts is not None else instance.created_at, datetime.timezone.utc)})}
         return evaluate_params(changed, engine.compiler, scope=instance.params, context=context, budget=budget)
     except ParamError as exc:
         raise ActionInvalid(f"/workflow/params{exc.pointer}: {exc.message}") from None

@@ -84,7 +84,7 @@ class Engine:
 
     def load(self, source) -> Definition:
         """Load and validate a definition (path, text or document). Raises DefinitionError."""
-        return load_definition(source, self.plugins.step_types.types, self.compiler)
+        return load_definition(source, self.plugins.step_types.types, self.compiler, self.plugins.triggers.types)
 
     async def start(
         self,
@@ -97,6 +97,7 @@ class Engine:
         instance_id: str | None = None,
         ancestors: list[dict[str, Any]] | None = None,
         queued: bool = False,
+        run_ts: float | None = None,
     ) -> tuple[InstanceRecord, bool]:
         """Push the definition's version, evaluate the workflow params and create the instance.
 
@@ -107,7 +108,9 @@ class Engine:
         worker to run; otherwise it is leased to this engine, which is to run it next, unless
         the workflow's run strategy (:mod:`legato.strategy`) makes it wait: then it comes back
         ``queued`` (:func:`legato.strategy.wait_turn` waits for its turn), or STOPPED at once
-        (FIRST_ONLY). A LAST_ONLY start asks the older running instances to stop.
+        (FIRST_ONLY). A LAST_ONLY start asks the older running instances to stop. ``run_ts``: the
+        time the run is for (epoch seconds; a trigger's scheduled time), ``workflow.run_ts`` in
+        its expressions (default: now).
 
         ``params`` are values (or full-form definitions, as Maestro's run params) and ``raw_params``
         ``name=value`` strings from a command line, merged into the definition's params by
@@ -130,7 +133,7 @@ class Engine:
                 version = (await self.storage.push_definition(definition.workflow_id, definition.document)).version
             context = {"workflow": to_cel({
                 "id": definition.workflow_id, "version": version, "instance_id": instance_id,
-                "run_id": 1, "run_ts": _utc(now), "initiator": initiator,
+                "run_id": 1, "run_ts": _utc(now if run_ts is None else run_ts), "initiator": initiator,
             })}
         try:
             values = evaluate_params(specs, self.compiler, context=context, budget=budget)
@@ -146,6 +149,7 @@ class Engine:
             instance_id=instance_id, workflow_id=definition.workflow_id, version=version or 0,
             params=values, request_id=request_id, initiator=initiator, created_at=now, ancestors=ancestors or [],
             run_strategy=definition.run_strategy.value, workflow_concurrency=definition.workflow_concurrency,
+            run_ts=run_ts,
         )
         owner = None if queued else self.owner
         if version is not None or queued:

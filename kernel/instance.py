@@ -76,7 +76,7 @@ class InstanceRun(Writer, Ownership, StepStart, StepTasks, OutcomePolicy, Recove
             self.secrets = Secrets()
         self.workflow_plain = {
             "id": definition.workflow_id, "version": instance.version, "instance_id": self.iid,
-            "run_id": instance.run_id, "run_ts": _utc(instance.created_at), "initiator": instance.initiator,
+            "run_id": instance.run_id, "run_ts": _utc(instance.run_ts if instance.run_ts is not None else instance.created_at), "initiator": instance.initiator,
         }
         self.root = Scope(self, definition.steps, params=instance.params, resolved=self.resolved)
         self.inbox: deque = deque()

@@ -42,6 +42,9 @@ class InstanceRecord:
     started_at: float | None = None
     ended_at: float | None = None
     message: str = ""
+    #: The time the run is for (epoch seconds), what it reads as ``workflow.run_ts``: a cron
+    #: tick's scheduled time. None: ``created_at``.
+    run_ts: float | None = None
     #: A subworkflow's chain of parents, root first, the direct parent last (Maestro's
     #: UpstreamInitiator.ancestors): each ``{"workflow_id", "instance_id", "run_id", "step_id",
     #: "attempt"}``. Empty for an instance nothing started from a step.

@@ -153,9 +153,16 @@ class TriggerRegistry(_Registry):
         self.types: Mapping[str, type] = _OnDemand(plugins, self._types)
 
     def add(self, cls: type) -> None:
-        name = getattr(cls, "name", "")
-        if not name:
-            raise PluginError(f"{self._plugins._current} registered trigger {cls!r} without a `name`")
+        from .triggers import WORKFLOW_FIELDS, TriggerType
+
+        if not (isinstance(cls, type) and issubclass(cls, TriggerType)):
+            raise PluginError(f"{self._plugins._current} registered {cls!r}, which is not a TriggerType subclass")
+        name = cls.name
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(f"{self._plugins._current} registered trigger {cls.__name__} without a valid `name`")
+        if cls.field not in WORKFLOW_FIELDS:
+            raise PluginError(f"{self._plugins._current} registered trigger {name!r} reading workflow field "
+                              f"{cls.field!r}; trigger fields are {', '.join(sorted(WORKFLOW_FIELDS))}")
         self._claim(name)
         self._types[name] = cls
 
@@ -323,8 +330,8 @@ class Plugins:
         for name in sorted(self.storage.factories):
             why = self.storage.unavailable.get(name)
             add("storage", name, self.storage._owner[name], why() if why else None)
-        for name in sorted(self.triggers.types):
-            add("trigger", name, self.triggers._owner[name])
+        for name, cls in sorted(self.triggers.types.items()):
+            add("trigger", name, self.triggers._owner[name], cls.unavailable())
         for name in sorted(self.cel_functions.functions):
             add("CEL function", name, self.cel_functions._owner[name])
         return rows + self.missing

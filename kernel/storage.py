@@ -329,6 +329,45 @@ class Storage(abc.ABC):
         none was set."""
         raise StorageError(f"{self.url or 'this store'} keeps no permits")
 
+    # -- triggers (legato.triggers) -----------------------------------------------------------
+    # A checkpoint is one JSON value per (workflow, trigger key): what the trigger has consumed
+    # (a cron trigger: its last tick). Pauses are per workflow, whatever its version.
+
+    async def list_active_versions(self) -> dict[str, int]:
+        """Every workflow that has an active version: workflow id -> that version (what the
+        trigger host polls; cheap: no documents)."""
+        raise StorageError(f"{self.url or 'this store'} keeps no definitions to trigger")
+
+    async def get_trigger_checkpoint(self, workflow_id: str, key: str) -> dict[str, Any] | None:
+        """The checkpoint of trigger ``key`` of ``workflow_id``: ``{"workflow_id", "key", "value",
+        "fired_at", "saved_at"}`` (``fired_at``: when it last started an instance, or None;
+        epoch seconds), or None when none was saved."""
+        raise StorageError(f"{self.url or 'this store'} keeps no trigger checkpoints")
+
+    async def save_trigger_checkpoint(self, workflow_id: str, key: str, value: Any, *,
+                                      fired_at: float | None = None) -> None:
+        """Replace the checkpoint of trigger ``key`` of ``workflow_id`` with the JSON ``value``,
+        durably; ``fired_at`` None keeps the ``fired_at`` saved before."""
+        raise StorageError(f"{self.url or 'this store'} keeps no trigger checkpoints")
+
+    async def list_trigger_checkpoints(self, workflow_id: str | None = None) -> list[dict[str, Any]]:
+        """Every checkpoint (of ``workflow_id`` when given), as :meth:`get_trigger_checkpoint`
+        returns them, by workflow then key."""
+        raise StorageError(f"{self.url or 'this store'} keeps no trigger checkpoints")
+
+    async def set_triggers_paused(self, workflow_id: str, paused: bool, *, by: str) -> bool:
+        """Pause (``paused``) or resume every trigger of ``workflow_id``, recording who; False,
+        changing nothing, when it already was so."""
+        raise StorageError(f"{self.url or 'this store'} keeps no trigger pauses")
+
+    async def get_triggers_paused(self, workflow_id: str) -> dict[str, Any] | None:
+        """``{"workflow_id", "by", "at"}`` while ``workflow_id``'s triggers are paused, else None."""
+        raise StorageError(f"{self.url or 'this store'} keeps no trigger pauses")
+
+    async def list_paused_triggers(self) -> list[dict[str, Any]]:
+        """Every paused workflow, as :meth:`get_triggers_paused` returns it, by workflow id."""
+        raise StorageError(f"{self.url or 'this store'} keeps no trigger pauses")
+
     # -- waking workers ---------------------------------------------------------------------
     def wakeups(self):
         """How this store tells its idle workers that work was queued: a

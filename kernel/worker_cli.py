@@ -29,7 +29,10 @@ def _worker_options(command):
                      help="On SIGTERM or Ctrl-C: how long running steps get to finish before they are cancelled."),
         click.option("--poll", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True, metavar="SECONDS",
                      help="How often to look at the store when nothing wakes the worker (what finds the "
-                          "instances of a worker that died)."),
+                          "instances of a worker that died), and for newly active workflow versions with triggers."),
+        click.option("--triggers/--no-triggers", "triggers", default=True, show_default=True,
+                     help="Run the triggers of the active workflow versions (time_triggers, …) in this process. "
+                          "Several processes may: each tick starts one instance."),
     )):
         command = option(command)
     return command
@@ -40,9 +43,10 @@ def _worker_options(command):
 @_worker_options
 @click.option("--once", is_flag=True, help="Run what is startable now (and what is queued meanwhile), then exit.")
 def worker(store: str, workspace: str | None, settings: str | None, max_instances: int, grace: float,
-           poll: float, once: bool) -> None:
+           poll: float, triggers: bool, once: bool) -> None:
     """Run the store's queued instances (`legato start --no-wait`) and those whose worker died,
-    many at once, until stopped.
+    many at once, until stopped; and the triggers of the active workflow versions (`legato
+    triggers` lists them), which queue instances when they fire (not with --once).
 
     Several workers may share a store: each instance is run by one at a time. SIGTERM or Ctrl-C
     stops it gracefully: nothing new is claimed nor started, running steps get --grace seconds to
@@ -53,6 +57,7 @@ def worker(store: str, workspace: str | None, settings: str | None, max_instance
 
     import trio
 
+    from .trigger_host import TriggerHost
     from .worker import Worker
 
     engine = _engine(store, workspace, settings)
@@ -60,9 +65,13 @@ def worker(store: str, workspace: str | None, settings: str | None, max_instance
     async def main_task() -> None:
         async with _opened(engine.storage, store):
             w = Worker(engine, max_instances=max_instances, grace=grace, poll=poll, once=once, log=_say)
+            host = None if once or not triggers else TriggerHost(engine, poll=poll,
+                                                                 log=lambda line: _say(f"triggers: {line}"))
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_on_signals, w, signals, grace)
+                    nursery.start_soon(_on_signals, w, signals, grace, None, host.stop if host else None)
+                    if host is not None:
+                        await nursery.start(host.run)
                     await w.run()
                     nursery.cancel_scope.cancel()
             stats = w.statistics()

@@ -42,6 +42,8 @@ class MemoryStorage(Storage):
         self._actions: list[ActionRecord] = []
         self._permits: dict[str, set[tuple[str, str, int]]] = {}  # key -> holders (instance, step, attempt)
         self._tag_limits: dict[str, tuple[int, str, float]] = {}  # tag -> (limit, set by, set at)
+        self._checkpoints: dict[tuple[str, str], dict[str, Any]] = {}  # (workflow, trigger key) -> checkpoint
+        self._paused: dict[str, dict[str, Any]] = {}  # workflow -> who paused its triggers, when
         # By workflow, in creation order: instances queued (created, never taken), started and not
         # ended, and ended FAILED and not unblocked (what legato.strategy counts).
         self._waiting: dict[str, dict[str, None]] = {}
@@ -395,6 +397,43 @@ class MemoryStorage(Storage):
         if found:
             self.wakeups().notify()
         return found
+
+    # -- triggers ---------------------------------------------------------------------------------
+
+    async def list_active_versions(self) -> dict[str, int]:
+        return {wid: v.version for wid, versions in sorted(self._definitions.items()) for v in versions if v.active}
+
+    async def get_trigger_checkpoint(self, workflow_id: str, key: str) -> dict[str, Any] | None:
+        found = self._checkpoints.get((workflow_id, key))
+        return copy.deepcopy(found)
+
+    async def save_trigger_checkpoint(self, workflow_id: str, key: str, value: Any, *,
+                                      fired_at: float | None = None) -> None:
+        before = self._checkpoints.get((workflow_id, key))
+        if fired_at is None and before is not None:
+            fired_at = before["fired_at"]
+        self._checkpoints[(workflow_id, key)] = {"workflow_id": workflow_id, "key": key,
+                                                 "value": copy.deepcopy(value), "fired_at": fired_at,
+                                                 "saved_at": time.time()}
+
+    async def list_trigger_checkpoints(self, workflow_id: str | None = None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(c) for (wid, _), c in sorted(self._checkpoints.items())
+                if workflow_id is None or wid == workflow_id]
+
+    async def set_triggers_paused(self, workflow_id: str, paused: bool, *, by: str) -> bool:
+        was = workflow_id in self._paused
+        if paused and not was:
+            self._paused[workflow_id] = {"workflow_id": workflow_id, "by": by, "at": time.time()}
+        elif was and not paused:
+            del self._paused[workflow_id]
+        return was != paused
+
+    async def get_triggers_paused(self, workflow_id: str) -> dict[str, Any] | None:
+        found = self._paused.get(workflow_id)
+        return None if found is None else dict(found)
+
+    async def list_paused_triggers(self) -> list[dict[str, Any]]:
+        return [dict(p) for _, p in sorted(self._paused.items())]
 
 
 @hookimpl

@@ -3,7 +3,7 @@ entry-point group. Only ``legato conformance`` and tests import this module."""
 
 from __future__ import annotations
 
-from legato.conformance.profiles import StepTypeProfile, StorageProfile
+from legato.conformance.profiles import StepTypeProfile, StorageProfile, TriggerProfile
 
 noop = StepTypeProfile(
     step_type="noop",
@@ -160,4 +160,16 @@ subworkflow = StepTypeProfile(
     long_running={"subworkflow_id": "conformance-child-long"},
     invalid={"subworkflow_id": ""},
     invalid_pointer="/subworkflow_id",
+)
+
+
+cron = TriggerProfile(
+    trigger_type="cron",
+    entry_point="cron",
+    heavy_modules=("croniter",),
+    capabilities={"fires", "exactly_once", "cancellation", "event_loop"},
+    # Quartz's 6 fields: every second, so the suite waits about a second per firing
+    workflow={"workflow": {"id": "conformance-cron", "time_triggers": [
+        {"type": "CRON", "cron": "* * * * * ?", "timezone": "Europe/Dublin"}],
+        "steps": [{"step": {"id": "a", "type": "noop"}}]}},
 )

@@ -17,8 +17,8 @@ def pytest_configure(config):
     path = os.environ["LEGATO_RECORD_DEFINITIONS"]
     load = definition._load
 
-    def recording(source, step_types, compiler):
-        loaded = load(source, step_types, compiler)
+    def recording(source, step_types, compiler, *rest):
+        loaded = load(source, step_types, compiler, *rest)
         try:
             line = json.dumps(loaded.document, allow_nan=False)
         except (TypeError, ValueError):  # not a JSON document (a YAML-only value): nothing to check

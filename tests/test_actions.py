@@ -56,7 +56,11 @@ def _doc(site: Site, wid: str, steps: list[dict]) -> dict:
 
 @pytest.fixture
 def site(tmp_path):
-    return Site(tmp_path)
+    site = Site(tmp_path)
+    yield site
+    # A step a killed worker left running (killed before its pgid was durable, nobody can reap
+    # it) would wait forever: let it end.
+    site.release.touch()
 
 
 @pytest.fixture

@@ -234,8 +234,8 @@ def test_the_legato_run_fixture(legato_run, tmp_path):
 
 def test_what_a_definition_says_but_legato_does_not_enforce_yet_is_a_warning(tmp_path):
     """The CLI's "warning:" lines are Python warnings here."""
-    document = {**HELLO, "workflow": {**HELLO["workflow"], "time_triggers": [{"type": "cron", "cron": "0 6 * * *"}]}}
-    with pytest.warns(legato.DefinitionWarning, match="/workflow/time_triggers: time_triggers are "
-                                                      "accepted but not enforced yet"):
+    document = {**HELLO, "workflow": {**HELLO["workflow"], "tags": [{"name": "team", "permit": 1}]}}
+    with pytest.warns(legato.DefinitionWarning, match="/workflow/tags/0/permit: a permit on a workflow's tag "
+                                                      "limits nothing"):
         instance = legato.run(document, workspace=tmp_path)
     assert instance.succeeded

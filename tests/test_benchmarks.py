@@ -17,7 +17,7 @@ def test_quick_benchmark_prints_every_figure_with_a_baseline():
     report = json.loads(proc.stdout)  # exactly one JSON object on stdout
     figures = report["figures"]
     expected = {"step_overhead", "throughput", "start_overhead", "bash_steps", "import", "memory",
-                "validate_100k", "docker_step", "notebook_step", "cold_start", "scaling", "peer",
+                "validate_100k", "docker_step", "notebook_step", "cold_start", "scaling", "peer", "trigger_lag",
                 "step_overhead@memory", "throughput@memory", "start_overhead@memory", "bash_steps@memory"}
     assert expected <= set(figures), sorted(expected - set(figures))
     for name, figure in figures.items():

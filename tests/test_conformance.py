@@ -37,7 +37,7 @@ def test_the_cli_runs_every_installed_plugin_and_passes():
     proc = legato_cli("conformance", "--json", timeout=900)
     report = json.loads(proc.stdout)
     names = {row["name"] for row in report["rows"]}
-    assert {"noop", "sleep", "bash", "memory", "sqlite", "sql", "notebook", "docker", "http", "python"} <= names
+    assert {"noop", "sleep", "bash", "memory", "sqlite", "sql", "notebook", "docker", "http", "python", "cron"} <= names
     for row in report["rows"]:
         assert not row["failed"] and not row["errors"], row
         assert row["passed"] >= 3

@@ -84,8 +84,8 @@ def test_every_hook_is_documented_with_its_signature_and_has_a_test_of_its_own()
 
 
 def test_every_capability_is_documented():
-    from legato.conformance import STEP_CAPABILITIES, STORAGE_CAPABILITIES
+    from legato.conformance import STEP_CAPABILITIES, STORAGE_CAPABILITIES, TRIGGER_CAPABILITIES
 
     guide = PLUGINS_DOC.read_text()
-    for name, promise in {**STEP_CAPABILITIES, **STORAGE_CAPABILITIES}.items():
+    for name, promise in {**STEP_CAPABILITIES, **STORAGE_CAPABILITIES, **TRIGGER_CAPABILITIES}.items():
         assert f"| `{name}` | {promise} |" in guide, f"capability {name!r} is not in docs/plugins.md's tables"

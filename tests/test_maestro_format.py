@@ -261,8 +261,8 @@ def test_instance_step_concurrency_is_the_per_instance_cap(engine):
 
 
 def test_fields_not_enforced_yet_are_warned_about(engine):
-    """time_triggers load (so Maestro documents do) and get a warning at their pointer; run_strategy
-    and workflow_concurrency (legato.strategy), step_concurrency across instances and a step's tag
+    """time_triggers (the cron trigger, tests/test_cron_trigger.py), run_strategy and
+    workflow_concurrency (legato.strategy), step_concurrency across instances and a step's tag
     permits (tests/test_permits.py) are enforced, so not warned about; a permit on a workflow's tag
     limits nothing and says so."""
     d = engine.load(wf(step(tags=[{"name": "gpu", "permit": 2}]), tags=[{"name": "team", "permit": 1}],
@@ -270,8 +270,7 @@ def test_fields_not_enforced_yet_are_warned_about(engine):
                                    "step_concurrency": 5},
                        time_triggers=[{"type": "cron", "cron": "0 6 * * *"}]))
     warned = {w.pointer: w.message for w in d.warnings}
-    assert set(warned) == {"/workflow/time_triggers", "/workflow/tags/0/permit"}
-    assert "not enforced yet" in warned["/workflow/time_triggers"]
+    assert set(warned) == {"/workflow/tags/0/permit"}
     assert "limits nothing" in warned["/workflow/tags/0/permit"]
     assert d.steps[0].permits == {"gpu": 2} and d.shared_step_concurrency == 5
 
@@ -284,13 +283,13 @@ def test_a_plain_definition_has_no_warnings(engine):
 def test_validate_and_run_print_the_warnings(tmp_path):
     """`validate` prints warnings on stderr and in --json; `run` prints them on stderr."""
     path = tmp_path / "w.json"
-    path.write_text(json.dumps(wf(time_triggers=[{"type": "cron", "cron": "0 6 * * *"}])))
+    path.write_text(json.dumps(wf(tags=[{"name": "team", "permit": 1}])))
     plain = legato_cli("validate", str(path))
-    assert plain.returncode == 0 and "warning: /workflow/time_triggers: time_triggers are" in plain.stderr
+    assert plain.returncode == 0 and "warning: /workflow/tags/0/permit: " in plain.stderr
     machine = legato_cli("validate", "--json", str(path))
-    assert json.loads(machine.stdout)["warnings"][0]["pointer"] == "/workflow/time_triggers"
+    assert json.loads(machine.stdout)["warnings"][0]["pointer"] == "/workflow/tags/0/permit"
     ran = legato_cli("run", "--store", "memory://", str(path), cwd=tmp_path)
-    assert ran.returncode == 0 and "not enforced yet" in ran.stderr
+    assert ran.returncode == 0 and "limits nothing" in ran.stderr
 
 
 # -- SEL ------------------------------------------------------------------------------------------

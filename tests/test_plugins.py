@@ -94,13 +94,27 @@ def test_hook_legato_register_storage():
 
 
 def test_hook_legato_register_triggers():
-    class Nightly:
+    from legato.triggers import TriggerType
+
+    class Nightly(TriggerType):
         name = "nightly_test"
+        field = "time_triggers"
+
+    class Nameless(TriggerType):
+        field = "time_triggers"
+
+    class Elsewhere(TriggerType):
+        name = "elsewhere"
+        field = "email_triggers"
 
     plugins = Plugins(extra=[_plugin(legato_register_triggers=lambda registry: registry.add(Nightly))])
     assert plugins.triggers.types["nightly_test"] is Nightly
-    with pytest.raises(PluginError, match="without a `name`"):
+    with pytest.raises(PluginError, match="not a TriggerType subclass"):
         Plugins(extra=[_plugin(legato_register_triggers=lambda registry: registry.add(object))])
+    with pytest.raises(PluginError, match="without a valid `name`"):
+        Plugins(extra=[_plugin(legato_register_triggers=lambda registry: registry.add(Nameless))])
+    with pytest.raises(PluginError, match="reading workflow field 'email_triggers'"):
+        Plugins(extra=[_plugin(legato_register_triggers=lambda registry: registry.add(Elsewhere))])
 
 
 def test_hook_legato_register_cel_functions():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from legato.engine import Engine
 from legato.storage import open_storage
 
 from .conftest import LEGATO, legato_cli
+from .lines import Lines, first_line
 from .test_worker import HANG, Worker
 
 # -- the decision functions ----------------------------------------------------------------------
@@ -348,18 +348,15 @@ class Proc:
         self.proc = subprocess.Popen([LEGATO, *args], cwd=site.dir, env={**os.environ, **site.env},
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.err: list[str] = []
+        self.reader = Lines(self.proc.stderr, self.err)
 
     def said(self, text: str) -> str | None:
-        return next((line for line in self.err if text in line), None)
-
-    def read_line(self) -> None:
-        line = self.proc.stderr.readline()
-        assert line, f"exited ({self.proc.wait()}) early: {self.err}"
-        self.err.append(line)
+        return next((line for line in list(self.err) if text in line), None)
 
     def finish(self) -> tuple[int, str]:
-        out, err = self.proc.communicate(timeout=HANG)
-        self.err.append(err)
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=HANG)
+        self.reader.join(HANG)  # every line it wrote is in self.err
         return self.proc.returncode, out
 
     def kill(self) -> None:
@@ -370,17 +367,9 @@ class Proc:
 
 def first_to_say(procs: list[Proc], text: str) -> tuple[Proc, str]:
     """The first of ``procs`` to write a line holding ``text`` on stderr, and that line."""
-    deadline = time.monotonic() + HANG
-    while True:
-        for p in procs:
-            if p.said(text):
-                return p, p.said(text)
-        left = deadline - time.monotonic()
-        assert left > 0, f"none said {text!r}: {[p.err for p in procs]}"
-        ready, _, _ = select.select([p.proc.stderr for p in procs], [], [], left)
-        for p in procs:
-            if p.proc.stderr in ready:
-                p.read_line()
+    found = first_line([p.reader for p in procs], text, HANG)
+    assert found is not None, f"none said {text!r}: {[p.err for p in procs]}"
+    return procs[found[0]], found[1]
 
 
 @pytest.fixture

@@ -161,7 +161,9 @@ SHAPE_ERRORS = {
     "a negative tag permit": wf(step(tags=[{"name": "gpu", "permit": -1}])),
     "criticality unknown": wf(criticality="urgent"),
     "a trigger that is not cron": wf(time_triggers=[{"type": "hourly"}]),
-    "a cron with 6 fields": wf(time_triggers=[{"type": "cron", "cron": "0 0 * * * *"}]),
+    "a cron with 8 fields": wf(time_triggers=[{"type": "cron", "cron": "0 0 * * * * * *"}]),
+    "a catch-up policy unknown": wf(time_triggers=[{"type": "cron", "cron": "0 0 * * *", "catch_up": "some"}]),
+    "a predefined schedule unknown": wf(time_triggers=[{"type": "PREDEFINED", "expression": "@fortnightly"}]),
     "signal triggers": wf(signal_triggers=[{"definitions": {}}]),
     "is_active a string": wf() | {"is_active": "yes"},
 }

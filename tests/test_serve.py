@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import stat
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from .conftest import LEGATO, legato_cli  # noqa: E402
+from .lines import Lines  # noqa: E402
 
 HANG = 120.0  # seconds: bounds a hang, never a speed
 W = "/api/v3/workflows"
@@ -41,6 +41,7 @@ class Server:
                                      cwd=tmp, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.lines: list[str] = []
+        self.reader = Lines(self.proc.stdout, self.lines)
         line = self.expect("listening on ")
         self.url = line.split("listening on ")[1].split()[0]
         token_line = next((x for x in self.lines if "API token (generated" in x), None)
@@ -49,20 +50,10 @@ class Server:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=HANG)
 
     def expect(self, text: str) -> str:
-        deadline = time.monotonic() + HANG
-        seen = 0
-        while True:
-            for line in self.lines[seen:]:
-                if text in line:
-                    return line
-            seen = len(self.lines)
-            left = deadline - time.monotonic()
-            assert left > 0, f"the server never said {text!r}:\n" + "".join(self.lines)
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                line = self.proc.stdout.readline()
-                assert line, f"the server exited ({self.proc.wait()}) without saying {text!r}:\n" + "".join(self.lines)
-                self.lines.append(line)
+        line = self.reader.wait_for(text, HANG)
+        assert line is not None, (f"the server {'exited' if self.reader.ended else 'never said'} {text!r}:\n"
+                                  + self.reader.text())
+        return line
 
     def push(self, doc: dict) -> dict:
         r = self.http.post(W, json=doc)
@@ -89,8 +80,8 @@ class Server:
         return self.finish()
 
     def finish(self) -> int:
-        out, _ = self.proc.communicate(timeout=HANG)
-        self.lines.extend(out.splitlines(keepends=True))
+        self.proc.wait(timeout=HANG)
+        self.reader.join(HANG)  # every line it wrote is in self.lines
         self.http.close()
         return self.proc.returncode
 

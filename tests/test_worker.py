@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import time
@@ -26,6 +25,7 @@ import trio
 import trio.testing
 
 from .conftest import LEGATO, alive, legato_cli
+from .lines import Lines
 
 HANG = 120.0  # seconds: bounds a hang, never a speed
 
@@ -142,25 +142,18 @@ class Worker:
         self.proc = subprocess.Popen([LEGATO, "worker", "--workspace", str(site.dir / "runs"), *args], cwd=site.dir,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
+        self.reader = Lines(self.proc.stdout, self.lines)
         self.expect("runs up to")  # listening: work queued from now on wakes it
 
     def expect(self, text: str) -> str:
-        deadline = time.monotonic() + HANG
-        while True:
-            for line in self.lines:
-                if text in line:
-                    return line
-            left = deadline - time.monotonic()
-            assert left > 0, f"the worker never said {text!r}:\n" + "".join(self.lines)
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                line = self.proc.stdout.readline()
-                assert line, f"the worker exited ({self.proc.wait()}) without saying {text!r}:\n" + "".join(self.lines)
-                self.lines.append(line)
+        line = self.reader.wait_for(text, HANG)
+        assert line is not None, (f"the worker {'exited' if self.reader.ended else 'never said'} {text!r}:\n"
+                                  + self.reader.text())
+        return line
 
     def finish(self) -> int:
-        out, _ = self.proc.communicate(timeout=HANG)
-        self.lines.extend(out.splitlines(keepends=True))
+        self.proc.wait(timeout=HANG)
+        self.reader.join(HANG)  # every line it wrote is in self.lines
         return self.proc.returncode
 
     def terminate(self) -> int:
@@ -175,7 +168,11 @@ class Worker:
 
 @pytest.fixture
 def site(tmp_path):
-    return Site(tmp_path)
+    site = Site(tmp_path)
+    yield site
+    # A step a killed worker left running (killed before its pgid was durable, nobody can reap
+    # it) would wait forever: let it end.
+    site.release.touch()
 
 
 @pytest.fixture

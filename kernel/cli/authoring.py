@@ -21,7 +21,8 @@ def validate(file: str, as_json: bool) -> None:
 
     plugins = _plugins()
     try:
-        definition = load_definition(file, plugins.step_types.types, CelCompiler(plugins.cel_functions.functions))
+        definition = load_definition(file, plugins.step_types.types, CelCompiler(plugins.cel_functions.functions),
+                                     plugins.triggers.types)
     except DefinitionError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False, "problems": [

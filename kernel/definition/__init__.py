@@ -135,23 +135,27 @@ def load_definition(
     source: str | Path | Mapping[str, Any],
     step_types: Mapping[str, type[StepType]],
     compiler: CelCompiler,
+    trigger_types: Mapping[str, type] | None = None,
 ) -> Definition:
     """Load a definition from a path, a document text, or an already-parsed document; validate all of it.
 
-    Raises :class:`DefinitionError` with every problem found.
+    ``trigger_types`` (name -> :class:`legato.triggers.TriggerType`; default: the process's
+    plugins, asked only when the workflow has triggers) read the workflow's ``time_triggers``
+    and ``signal_triggers``. Raises :class:`DefinitionError` with every problem found.
     """
     # Loading allocates many small objects that all live on: the cyclic GC would walk them again
     # and again for nothing (half the time of a 100,000-step definition). Pause it meanwhile.
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _load(source, step_types, compiler)
+        return _load(source, step_types, compiler, trigger_types)
     finally:
         if paused:
             gc.enable()
 
 
-def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompiler) -> Definition:
+def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompiler,
+          trigger_types: Mapping[str, type] | None = None) -> Definition:
     base_dir = None
     name = ""
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and not source.lstrip().startswith("{")
@@ -180,6 +184,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
             raise DefinitionError(problems, name)
 
     v = _Validator(step_types, compiler)
+    v.trigger_types = trigger_types
     v.unknown_keys(document, _TOP_KEYS, "", "top-level")
     # Maestro's create request carries `properties`; its stored definition (WorkflowDefinition)
     # carries `properties_snapshot`, which adds who wrote it and when.
@@ -222,9 +227,6 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         v.add("/workflow", "missing `workflow` object" if wf is None else "`workflow` must be an object")
         raise DefinitionError(v.problems, name)
     v.unknown_keys(wf, _WORKFLOW_KEYS, "/workflow", "workflow")
-    for key in ("signal_triggers",):
-        if wf.get(key):  # Maestro writes an empty list when there are none
-            v.add(f"/workflow/{key}", "not supported yet: signal triggers arrive with the signals issue")
     wid = wf.get("id")
     if not isinstance(wid, str) or not _WORKFLOW_ID_RE.match(wid):
         v.add("/workflow/id", "a workflow needs an `id`: letters, digits, `_`, `.` and `-`" if wid is None
@@ -249,10 +251,7 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
     else:
         timeout_template = None
         timeout = v.duration(wf.get("timeout"), "/workflow/timeout")
-    v.triggers(wf.get("time_triggers"), "/workflow/time_triggers")
-    if wf.get("time_triggers"):
-        v.warn("/workflow/time_triggers", "time_triggers are accepted but not enforced yet: nothing starts this "
-                                          "workflow on a schedule")
+    v.triggers(wf)
 
     raw_steps = wf.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -300,4 +299,5 @@ def _load(source, step_types: Mapping[str, type[StepType]], compiler: CelCompile
         tagged=any(s.tags for s in all_by_id.values()),
         all_by_id=all_by_id,
         parent_of=v.parent_of,
+        triggers=v.trigger_defs,
     )

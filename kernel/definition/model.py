@@ -177,3 +177,6 @@ class Definition:
     all_by_id: dict[str, StepDef] = field(default_factory=dict)
     #: A loop body's step id -> the id of the loop step whose body holds it (top-level steps absent).
     parent_of: dict[str, str] = field(default_factory=dict)
+    #: The workflow's triggers as their types read them (legato.triggers): trigger type name ->
+    #: its :class:`legato.triggers.TriggerDef` objects; only types the workflow uses.
+    triggers: dict[str, list[Any]] = field(default_factory=dict)

@@ -1,5 +1,5 @@
 """The validator of one definition: its parts together, its record of problems and warnings,
-and the workflow's time triggers."""
+and the workflow's triggers (read by their trigger types)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class _Validator(_Dags, _Fields, _References, _MaestroForms, _Values):
         self.parent_of: dict[str, str] = {}  # a body step's id -> its loop's id
         self.known: set[str] | dict[str, StepDef] = set()  # every step id, once all are read
         self._empty_params_valid: set[type] = set()  # step types whose Params accept {}
+        self.trigger_types: Mapping[str, type] | None = None  # None: the process's plugins
+        self.trigger_defs: dict[str, list] = {}  # trigger type name -> its TriggerDefs
 
     def add(self, pointer: str, message: str) -> None:
         self.problems.append(Problem(pointer, message))
@@ -42,40 +44,34 @@ class _Validator(_Dags, _Fields, _References, _MaestroForms, _Values):
         """Something accepted that does not (yet) do what it says; the CLI prints it."""
         self.warnings.append(Problem(pointer, message))
 
-    def triggers(self, raw: Any, pointer: str) -> None:
-        if raw is None:
-            return
-        if not isinstance(raw, list):
-            self.add(pointer, "time_triggers must be an array")
-            return
-        for i, trig in enumerate(raw):
-            where = f"{pointer}/{i}"
-            if not isinstance(trig, dict) or trig.get("type") != "cron":
-                self.add(where, "a time trigger is {\"type\": \"cron\", \"cron\": \"m h dom mon dow\", \"timezone\": …}")
+    def triggers(self, wf: dict) -> None:
+        """The workflow's triggers, each field read by the trigger type that owns it
+        (:data:`legato.triggers.WORKFLOW_FIELDS`: ``time_triggers`` by ``cron``, …); an empty
+        list (what Maestro writes when there are none) asks nobody."""
+        from ..triggers import WORKFLOW_FIELDS
+
+        for key, type_name in WORKFLOW_FIELDS.items():
+            items = wf.get(key)
+            if items is None or items == []:
                 continue
-            self.unknown_keys(trig, {"type", "cron", "timezone", "jitter", "catch_up", "description"}, where, "trigger")
-            expr = trig.get("cron")
-            if not isinstance(expr, str) or len(expr.split()) != 5:
-                self.add(f"{where}/cron", f"expected a 5-field cron expression, got {expr!r}")
-            else:
-                from croniter import croniter
+            pointer = f"/workflow/{key}"
+            types = self.trigger_types
+            if types is None:
+                from ..plugin_manager import get_plugins
 
-                if not croniter.is_valid(expr):
-                    self.add(f"{where}/cron", f"invalid cron expression {expr!r}")
-                else:
-                    import datetime
-
-                    from croniter import CroniterBadDateError
-
-                    try:
-                        croniter(expr, datetime.datetime(2000, 1, 1)).get_next(datetime.datetime)
-                    except CroniterBadDateError:
-                        self.add(f"{where}/cron", f"cron expression {expr!r} never fires (no such date)")
-            tz = trig.get("timezone")
-            if tz is not None:
-                import zoneinfo
-
-                try:
-                    zoneinfo.ZoneInfo(tz)
-                except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError):
-                    self.add(f"{where}/timezone", f"unknown time zone {tz!r}; use an IANA name like Europe/Amsterdam")
+                types = get_plugins().triggers.types
+            cls = types.get(type_name)
+            if cls is None:
+                self.add(pointer, f"not supported: {key} need the `{type_name}` trigger type, which no installed "
+                                  "plugin provides (`legato plugins` lists them)")
+                continue
+            try:
+                parsed, problems = cls.parse(items, pointer)
+            except Exception as exc:  # a plugin's bug must read as one, not as the user's mistake
+                self.add(pointer, f"the `{type_name}` trigger type failed to read {key} (a bug in its plugin): "
+                                  f"{type(exc).__name__}: {exc}")
+                continue
+            for where, message in problems:
+                self.add(where, message)
+            if parsed:
+                self.trigger_defs[type_name] = parsed

@@ -119,7 +119,7 @@ def build() -> dict:
           "access_control": {"description": "Maestro's access control: accepted, not acted on."},
           "alerting_disabled": {"description": "Accepted, not acted on."},
           "signal_trigger_disabled": {"description": "Accepted, not acted on."},
-          "time_trigger_disabled": {"description": "Accepted, not acted on."},
+          "time_trigger_disabled": {"description": "true: this version's time triggers do not run."},
           "tags": {"$ref": "#/$defs/tags"}}},
       "param": {
         "description": "A param: the full form {type, value | expression, mode, validator, secret} or a bare JSON literal "
@@ -196,11 +196,27 @@ def build() -> dict:
           "failure_mode": ci_enum([m.value for m in d.FailureMode], "What a fatal failure of this step does"),
           "tags": {"$ref": "#/$defs/tags"}}},
       "time_trigger": {
-        "type": "object", "required": ["type", "cron"], "additionalProperties": False,
-        "properties": {"type": {"const": "cron"},
-                       "cron": {"type": "string", "pattern": "^\\s*\\S+(?:\\s+\\S+){4}\\s*$", "description": "5 fields: m h dom mon dow."},
-                       "timezone": {"type": "string", "description": "An IANA time zone, e.g. Europe/Amsterdam."},
-                       "jitter": {}, "catch_up": {}, "description": {}}},
+        "description": "Maestro's TimeTrigger: CRON (cron, timezone), PREDEFINED (expression, timezone) or INTERVAL "
+                       "(interval, start), each with fuzzy_max_delay; Legato's catch_up (the cron trigger plugin reads it).",
+        "type": "object", "required": ["type"], "additionalProperties": False,
+        "properties": {"type": ci_enum(["CRON", "PREDEFINED", "INTERVAL"], "The kind of time trigger"),
+                       "cron": {"type": "string", "pattern": "^\\s*\\S+(?:\\s+\\S+){4,6}\\s*$",
+                                "description": "5 fields (m h dom mon dow), or Quartz's 6 or 7 (s m h dom mon dow [year])."},
+                       "expression": ci_enum(["@hourly", "@daily", "@weekly", "@monthly", "@yearly",
+                                              "hourly", "daily", "weekly", "monthly", "yearly"],
+                                             "A predefined schedule", ["@hourly", "@daily", "@weekly", "@monthly", "@yearly"]),
+                       "interval": duration("How often an INTERVAL trigger fires."),
+                       "start": {"type": ["string", "number"], "description": "When an INTERVAL trigger's ticks start: "
+                                 "ISO 8601 or epoch seconds (default: the Unix epoch)."},
+                       "timezone": {"type": "string", "description": "An IANA time zone, e.g. Europe/Amsterdam (default UTC)."},
+                       "fuzzy_max_delay": duration("A deterministic per-workflow delay below this, for every firing.", zero=True),
+                       "catch_up": {"description": "Ticks missed while no host ran: all (default), latest or none, "
+                                                   "within a window (default 1 day).",
+                                    "anyOf": [ci_enum(["all", "latest", "none"], "A catch-up policy"),
+                                              {"type": "object", "additionalProperties": False,
+                                               "properties": {"policy": ci_enum(["all", "latest", "none"], "A catch-up policy"),
+                                                              "window": duration("How far back missed ticks still fire.")}}]},
+                       "description": {}}},
       "workflow": {
         "description": "The versioned part: id, params, steps.",
         "type": "object", "required": ["id", "steps"], "additionalProperties": False,
@@ -212,7 +228,8 @@ def build() -> dict:
           "steps": {"$ref": "#/$defs/steps"},
           "timeout": {"anyOf": [{"type": "null"}, duration("The workflow's timeout, from the instance's start.")]},
           "time_triggers": {"type": ["array", "null"], "items": {"$ref": "#/$defs/time_trigger"},
-                            "description": "Accepted, warned: not enforced yet."},
+                            "description": "Start the workflow on a schedule (the `cron` trigger type, under `legato serve` "
+                                           "and `legato worker`)."},
           "signal_triggers": {"description": "Not supported yet: only an empty list.",
                               "anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
           "tags": {"$ref": "#/$defs/tags"},

@@ -28,8 +28,9 @@ def _say(line: str, err: bool = False) -> None:
               help="Accept changes without a token: anyone who reaches the port may start, stop and push.")
 @_worker_options
 def serve(store: str, host: str, port: int, no_auth: bool, workspace: str | None, settings: str | None,
-          max_instances: int, grace: float, poll: float) -> None:
-    """Run a worker and the REST API (Maestro's paths under /api/v3) in one process, until stopped.
+          max_instances: int, grace: float, poll: float, triggers: bool) -> None:
+    """Run a worker, the triggers of the active workflow versions (`legato triggers` lists them)
+    and the REST API (Maestro's paths under /api/v3) in one process, until stopped.
 
     The API documents itself at /openapi.json and /docs. Calls that change anything need
     `Authorization: Bearer <token>`: LEGATO_API_TOKEN, or a token generated at the first start,
@@ -46,11 +47,11 @@ def serve(store: str, host: str, port: int, no_auth: bool, workspace: str | None
         raise click.ClickException(f"legato serve needs the `serve` extra ({exc.name} is missing): "
                                    "pip install 'legato[serve]'") from None
     engine = _engine(store, workspace, settings)
-    _trio_run(lambda: _main(engine, store, host, port, no_auth, max_instances, grace, poll))
+    _trio_run(lambda: _main(engine, store, host, port, no_auth, max_instances, grace, poll, triggers))
 
 
 async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_instances: int, grace: float,
-                poll: float) -> None:
+                poll: float, triggers: bool = True) -> None:
     import signal
     from functools import partial
 
@@ -59,6 +60,7 @@ async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_ins
     from hypercorn.trio import serve as hypercorn_serve
 
     from .. import __version__
+    from ..trigger_host import TriggerHost
     from ..worker import Worker
     from . import auth
     from .app import Service, build_app
@@ -83,16 +85,27 @@ async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_ins
         worker = Worker(engine, max_instances=max_instances, grace=grace, poll=poll,
                         log=lambda line: _say(f"worker: {line}"))
         shutdown = trio.Event()
+        trigger_host = TriggerHost(engine, poll=poll, log=lambda line: _say(f"triggers: {line}")) if triggers else None
+
+        def stopping() -> None:
+            shutdown.set()
+            if trigger_host is not None:
+                trigger_host.stop()
+
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as outer:
-                outer.start_soon(partial(_on_signals, worker, signals, grace, say=_say, also=shutdown.set))
+                outer.start_soon(partial(_on_signals, worker, signals, grace, say=_say, also=stopping))
                 async with trio.open_nursery() as nursery:
                     await nursery.start(worker.run)
+                    if trigger_host is not None:
+                        await nursery.start(trigger_host.run)
                     try:
                         binds = await nursery.start(partial(hypercorn_serve, app, config,
                                                             shutdown_trigger=shutdown.wait))
                     except* OSError as group:  # the port is taken, the address is not this machine's
                         worker.stop(0)
+                        if trigger_host is not None:
+                            trigger_host.stop()
                         exc = group.exceptions[0]
                         while isinstance(exc, BaseExceptionGroup):  # hypercorn's own nurseries nest it
                             exc = exc.exceptions[0]

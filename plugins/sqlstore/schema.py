@@ -59,6 +59,8 @@ class InstanceRow(SQLModel, table=True):
     run_strategy: Optional[str] = None
     workflow_concurrency: Optional[int] = None
     unblocked_run: Optional[int] = None
+    # The time the run is for (legato.model.InstanceRecord.run_ts); NULL: created_at.
+    run_ts: Optional[float] = None
 
 
 class AttemptRow(SQLModel, table=True):
@@ -142,3 +144,25 @@ class TagPermitRow(SQLModel, table=True):
     max_allowed: int
     set_by: str
     set_at: float
+
+
+class TriggerCheckpointRow(SQLModel, table=True):
+    """What one trigger of one workflow has consumed (legato.triggers), as JSON."""
+
+    __tablename__ = "legato_trigger_checkpoints"
+
+    workflow_id: str = Field(primary_key=True)
+    trigger_key: str = Field(primary_key=True)
+    value: str = Field(sa_type=Text)
+    fired_at: Optional[float] = None
+    saved_at: float
+
+
+class TriggerPauseRow(SQLModel, table=True):
+    """A workflow whose triggers are paused (``legato triggers pause``)."""
+
+    __tablename__ = "legato_trigger_pauses"
+
+    workflow_id: str = Field(primary_key=True)
+    paused_by: str
+    paused_at: float

@@ -51,7 +51,7 @@ from legato.storage import StaleWrite, Storage, StorageError, VersionNotFound, p
 
 from .group import GroupCommit
 
-HEAD = "0006"  # the newest migration: opening a store at another revision runs Alembic
+HEAD = "0007"  # the newest migration: opening a store at another revision runs Alembic
 
 # A new SQLite store is created at HEAD with these statements, what Alembic's migrations build
 # (tests/test_sqlstore.py checks the two agree), so that the first run in a directory does not
@@ -59,7 +59,7 @@ HEAD = "0006"  # the newest migration: opening a store at another revision runs 
 SQLITE_SCHEMA = (
     'CREATE TABLE legato_alembic_version (\n    version_num VARCHAR(32) NOT NULL,\n    CONSTRAINT legato_alembic_version_pkc PRIMARY KEY (version_num)\n)',
     'CREATE TABLE legato_definition_versions (\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    document TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    active BOOLEAN NOT NULL,\n    PRIMARY KEY (workflow_id, version)\n)',
-    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR, ancestors TEXT, run_strategy VARCHAR, workflow_concurrency INTEGER, unblocked_run INTEGER,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
+    'CREATE TABLE legato_instances (\n    instance_id VARCHAR NOT NULL,\n    workflow_id VARCHAR NOT NULL,\n    version INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT NOT NULL,\n    request_id VARCHAR,\n    initiator VARCHAR NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    message TEXT NOT NULL,\n    owner VARCHAR,\n    lease_expires FLOAT,\n    generation INTEGER NOT NULL, owner_host VARCHAR, owner_pid INTEGER, owner_started BIGINT, owner_namespace VARCHAR, ancestors TEXT, run_strategy VARCHAR, workflow_concurrency INTEGER, unblocked_run INTEGER, run_ts FLOAT,\n    PRIMARY KEY (instance_id),\n    CONSTRAINT uq_legato_instances_request UNIQUE (workflow_id, request_id)\n)',
     'CREATE INDEX ix_legato_instances_workflow_created ON legato_instances (workflow_id, created_at)',
     'CREATE INDEX ix_legato_instances_status ON legato_instances (status)',
     'CREATE TABLE legato_attempts (\n    instance_id VARCHAR NOT NULL,\n    step_id VARCHAR NOT NULL,\n    attempt INTEGER NOT NULL,\n    status VARCHAR NOT NULL,\n    run_id INTEGER NOT NULL,\n    params TEXT,\n    outputs TEXT NOT NULL,\n    message TEXT NOT NULL,\n    created_at FLOAT NOT NULL,\n    started_at FLOAT,\n    ended_at FLOAT,\n    handle TEXT,\n    PRIMARY KEY (instance_id, step_id, attempt)\n)',
@@ -73,6 +73,8 @@ SQLITE_SCHEMA = (
     'CREATE INDEX ix_legato_permits_holder ON legato_permits (instance_id, step_id, attempt)',
     'CREATE TABLE legato_tag_permits (\n    tag VARCHAR NOT NULL,\n    max_allowed INTEGER NOT NULL,\n    set_by VARCHAR NOT NULL,\n    set_at FLOAT NOT NULL,\n    PRIMARY KEY (tag)\n)',
     'CREATE INDEX ix_legato_instances_workflow_status ON legato_instances (workflow_id, status)',
+    'CREATE TABLE legato_trigger_checkpoints (\n    workflow_id VARCHAR NOT NULL,\n    trigger_key VARCHAR NOT NULL,\n    value TEXT NOT NULL,\n    fired_at FLOAT,\n    saved_at FLOAT NOT NULL,\n    PRIMARY KEY (workflow_id, trigger_key)\n)',
+    'CREATE TABLE legato_trigger_pauses (\n    workflow_id VARCHAR NOT NULL,\n    paused_by VARCHAR NOT NULL,\n    paused_at FLOAT NOT NULL,\n    PRIMARY KEY (workflow_id)\n)',
 )
 
 # PostgreSQL: seconds a call goes on trying to reach a server that went away, and the backoff
@@ -87,7 +89,8 @@ PG_MIGRATION_LOCK = 0x6C6567_61746F
 
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
-                    "legato_logs", "legato_actions", "legato_permits", "legato_tag_permits"})
+                    "legato_logs", "legato_actions", "legato_permits", "legato_tag_permits",
+                    "legato_trigger_checkpoints", "legato_trigger_pauses"})
 # The columns of legato_attempts, in the order of the tuples _write builds.
 ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
                    "created_at", "started_at", "ended_at", "handle")
@@ -743,6 +746,13 @@ class SqlStorage(Storage):
         arrival = strategy.Arrival(True)
         if record.run_strategy:  # in this transaction: two starts at once see each other
             self._lock_workflow(sql, record.workflow_id)
+            if record.request_id is not None and self.dialect == "postgresql":
+                # the same request committed by another start while we waited for the lock (two
+                # trigger hosts firing one tick): answer with it rather than fail on the unique key
+                row = sql.first("SELECT * FROM legato_instances WHERE workflow_id = :wid AND request_id = :rid",
+                                {"wid": record.workflow_id, "rid": record.request_id})
+                if row is not None:
+                    return _instance(row), False
             arrival = strategy.on_arrival(record.run_strategy, record.workflow_concurrency,
                                           self._queue_in(sql, record, arriving=True), record.instance_id)
         now = time.time()
@@ -1439,6 +1449,80 @@ class SqlStorage(Storage):
 
         return await self._write_tx(write, doing="remove the tag permit")
 
+    # -- triggers ---------------------------------------------------------------------------------
+
+    async def list_active_versions(self) -> dict[str, int]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT workflow_id, version FROM legato_definition_versions WHERE active "
+                               "ORDER BY workflow_id")
+            return {r.workflow_id: r.version for r in rows}
+
+        return await self._run(read, doing="list the active versions")
+
+    async def get_trigger_checkpoint(self, workflow_id: str, key: str) -> dict[str, Any] | None:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                row = sql.first("SELECT * FROM legato_trigger_checkpoints WHERE workflow_id = :wid AND "
+                                "trigger_key = :key", {"wid": workflow_id, "key": key})
+            return None if row is None else _checkpoint(row)
+
+        return await self._run(read, doing="read the trigger's checkpoint")
+
+    async def save_trigger_checkpoint(self, workflow_id: str, key: str, value: Any, *,
+                                      fired_at: float | None = None) -> None:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                sql.run("INSERT INTO legato_trigger_checkpoints (workflow_id, trigger_key, value, fired_at, saved_at) "
+                        "VALUES (:wid, :key, :value, :fired, :now) ON CONFLICT (workflow_id, trigger_key) DO UPDATE "
+                        "SET value = excluded.value, saved_at = excluded.saved_at, "
+                        "fired_at = coalesce(excluded.fired_at, legato_trigger_checkpoints.fired_at)",
+                        {"wid": workflow_id, "key": key, "value": _dumps(value), "fired": fired_at,
+                         "now": time.time()})
+
+        await self._write_tx(write, doing="save the trigger's checkpoint")
+
+    async def list_trigger_checkpoints(self, workflow_id: str | None = None) -> list[dict[str, Any]]:
+        def read():
+            query = "SELECT * FROM legato_trigger_checkpoints"
+            if workflow_id is not None:
+                query += " WHERE workflow_id = :wid"
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all(query + " ORDER BY workflow_id, trigger_key", {"wid": workflow_id})
+            return [_checkpoint(r) for r in rows]
+
+        return await self._run(read, doing="list the trigger checkpoints")
+
+    async def set_triggers_paused(self, workflow_id: str, paused: bool, *, by: str) -> bool:
+        def write():
+            with self._sql_tx(write=True) as sql:
+                was = sql.first("SELECT workflow_id FROM legato_trigger_pauses WHERE workflow_id = :wid",
+                                {"wid": workflow_id}) is not None
+                if paused and not was:
+                    sql.run("INSERT INTO legato_trigger_pauses (workflow_id, paused_by, paused_at) "
+                            "VALUES (:wid, :by, :now)", {"wid": workflow_id, "by": by, "now": time.time()})
+                elif was and not paused:
+                    sql.run("DELETE FROM legato_trigger_pauses WHERE workflow_id = :wid", {"wid": workflow_id})
+            return was != paused
+
+        return await self._write_tx(write, doing="pause the triggers" if paused else "resume the triggers")
+
+    async def get_triggers_paused(self, workflow_id: str) -> dict[str, Any] | None:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                row = sql.first("SELECT * FROM legato_trigger_pauses WHERE workflow_id = :wid", {"wid": workflow_id})
+            return None if row is None else {"workflow_id": row.workflow_id, "by": row.paused_by, "at": row.paused_at}
+
+        return await self._run(read, doing="read the triggers' pause")
+
+    async def list_paused_triggers(self) -> list[dict[str, Any]]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT * FROM legato_trigger_pauses ORDER BY workflow_id")
+            return [{"workflow_id": r.workflow_id, "by": r.paused_by, "at": r.paused_at} for r in rows]
+
+        return await self._run(read, doing="list the paused triggers")
+
 
 # -- timeline rows: the transitions one step makes in one commit share a row --------------------
 #
@@ -1450,7 +1534,6 @@ class SqlStorage(Storage):
 # committed; a row of one status, as every row of older stores, reads as it is.
 
 _STEP_STATES = frozenset(s.value for s in StepStatus)
-
 
 def event_rows(events: list[Event]) -> list[tuple]:
     """The rows of legato_events for ``events`` (one batch's, in order)."""
@@ -1570,6 +1653,7 @@ def _instance_values(r: InstanceRecord) -> dict[str, Any]:
         "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at, "message": r.message,
         "ancestors": _dumps(r.ancestors) if r.ancestors else None,
         "run_strategy": r.run_strategy or None, "workflow_concurrency": r.workflow_concurrency,
+        "run_ts": r.run_ts,
     }
 
 
@@ -1585,8 +1669,14 @@ def _instance(row) -> InstanceRecord:
         started_at=row.started_at, ended_at=row.ended_at, message=row.message,
         ancestors=json.loads(row.ancestors) if row.ancestors else [],
         run_strategy=row.run_strategy or "", workflow_concurrency=row.workflow_concurrency or 1,
+        run_ts=row.run_ts,
         queued=row.status == "CREATED" and row.generation == 0,
     )
+
+
+def _checkpoint(row) -> dict[str, Any]:
+    return {"workflow_id": row.workflow_id, "key": row.trigger_key, "value": json.loads(row.value),
+            "fired_at": row.fired_at, "saved_at": row.saved_at}
 
 
 def _action(row) -> ActionRecord:
