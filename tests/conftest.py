@@ -157,3 +157,25 @@ def kernel_problem() -> str | None:
     except Exception as exc:  # noqa: BLE001 - any reason is a reason to skip
         return f"no python3 Jupyter kernel ({type(exc).__name__}: {exc})"
     return None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the session (tests/pgserver.py), started when a test first
+    asks for it and stopped at the end; ``postgres.database()`` makes an empty database and returns
+    its URL. Skips, saying why, where no server can be started (fails under CI)."""
+    from . import pgserver
+
+    require_component("PostgreSQL", pgserver.problem())
+    try:
+        cluster = pgserver.start()
+    except RuntimeError as exc:
+        require_component("PostgreSQL", f"the throwaway cluster did not start: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of an empty PostgreSQL database of its own for the test."""
+    return postgres.database()

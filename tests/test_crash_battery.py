@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from .conftest import IMAGE, ROOT, alive, docker_problem, require_component
-from .test_recovery import RETRIES, WORK, bash, check_instance
+from .test_recovery import RETRIES, WORK, bash, check_instance, connect_store
 
 KILLS = 200
 #: Kills each instance takes before it is let run to its end: a few, so that every instance
@@ -251,15 +251,21 @@ def test_crash_battery_loops(tmp_path):
     ends SUCCEEDED with every iteration SUCCEEDED once; no attempt in a loop's body ran twice; a
     resumed loop never ran a finished iteration again (each iteration's bash step has exactly one
     succeeded attempt, and the ledger one run per attempt recorded)."""
-    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1"))
+    db = tmp_path / "legato.db"
+    loops_battery(tmp_path, f"sqlite:///{db}", db)
+
+
+def loops_battery(tmp_path: Path, url: str, db, kills_scale: float = 1.0) -> None:
+    """test_crash_battery_loops on the store ``url``, read back directly through ``db`` (a SQLite
+    file or a postgresql:// URL: tests/test_recovery.connect_store)."""
+    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1")) * kills_scale
     rng = random.Random(int(os.environ.get("LEGATO_CRASH_SEED", "20261202")))
     target = max(1, round(LOOP_KILLS * scale))
     ledger = tmp_path / "ledger"
     ledger.touch()
     definition = tmp_path / "loops.json"
     definition.write_text(json.dumps(loops_storm(ledger)))
-    db = tmp_path / "legato.db"
-    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{db}"}
+    env = {**os.environ, "LEGATO_STORE": url}
     env.pop("LEGATO_LEASE_TTL", None)
     env.pop("LEGATO_CRASH_AT", None)
     server = ForkServer(tmp_path, env)
@@ -287,7 +293,7 @@ def test_crash_battery_loops(tmp_path):
     finally:
         server.close()
     lines = ledger.read_text().split()
-    conn = sqlite3.connect(db)
+    conn = connect_store(db)
     for request_id in request_ids:
         (iid,), = conn.execute("SELECT instance_id FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall()
         steps = [sid for (sid,) in conn.execute("SELECT DISTINCT step_id FROM legato_attempts WHERE instance_id = ?",
@@ -302,7 +308,7 @@ def test_crash_battery_loops(tmp_path):
                                    (iid,)).fetchall()
         assert json.loads(outputs)["loop_params"] == {"n": 3}, f"{request_id}: {outputs}"
     conn.close()
-    print(f"\ncrash battery, loops (scale {scale:g}): {kills} kills, {len(request_ids)} instances, "
+    print(f"\ncrash battery, loops (scale {scale:g}, {url.split(':')[0]}): {kills} kills, {len(request_ids)} instances, "
           f"{len(lines)} bash runs in loop bodies and after them")
     assert kills >= target
 

@@ -96,13 +96,36 @@ class Driver:
         raise AssertionError("the instance never ended")
 
 
-def check_instance(db: Path, request_id: str, ledger_lines: list[str], expect: str = "SUCCEEDED", *,
+class _QmarkConnection:
+    """A psycopg connection whose ``execute`` takes sqlite3's ``?`` parameters (what these checks write)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, args=()):
+        return self.conn.execute(sql.replace("?", "%s"), args)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect_store(db):
+    """A connection to the store the checks read directly: a SQLite file (sqlite3), or a
+    ``postgresql://`` URL (psycopg, taking the same ``?`` parameters)."""
+    if isinstance(db, str) and db.startswith("postgresql"):
+        return _QmarkConnection(db)
+    return sqlite3.connect(db)
+
+
+def check_instance(db, request_id: str, ledger_lines: list[str], expect: str = "SUCCEEDED", *,
                    final: dict[str, str] | None = None, ledgered=None) -> dict:
     """Check the invariants for one instance (see the module docstring). ``final`` maps steps that
     must not end SUCCEEDED to what they end as (e.g. UNSATISFIED); only steps in ``ledgered``
     (default: all) write their key to the ledger."""
     final = final or {}
-    conn = sqlite3.connect(db)
+    conn = connect_store(db)
     (instance_id, status), = conn.execute(
         "SELECT instance_id, status FROM legato_instances WHERE request_id = ?", (request_id,)).fetchall()
     assert status == expect, f"{request_id}: {status}"

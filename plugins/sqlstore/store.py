@@ -16,16 +16,22 @@
   the newest revision costs one query to open.
 - On SQLite every call is plain SQL on one ``sqlite3`` connection: SQLAlchemy (and Alembic) are
   imported only to migrate, or when something asks for :attr:`SqlStorage._engine`. PostgreSQL
-  runs the same SQL through SQLAlchemy.
+  runs the same SQL on one psycopg connection per store (:meth:`SqlStorage._pg_tx`; SQLAlchemy
+  migrates, and serves tools such as ``legato store copy``). The PostgreSQL-only parts are the
+  ``_pg_*`` helpers: lease expiry on the server's clock, claims that skip locked rows, advisory
+  locks for run strategies, permits and migrations, calls run again across a lost connection,
+  and LISTEN/NOTIFY wake-ups (:mod:`.pgwakeups`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import math
 import os
+import re
 import sqlite3
 import stat
 import sys
@@ -73,6 +79,16 @@ SQLITE_SCHEMA = (
     'CREATE TABLE legato_trigger_pauses (\n    workflow_id VARCHAR NOT NULL,\n    paused_by VARCHAR NOT NULL,\n    paused_at FLOAT NOT NULL,\n    PRIMARY KEY (workflow_id)\n)',
 )
 
+# PostgreSQL: seconds a call goes on trying to reach a server that went away, and the backoff
+# between tries (the first wait, the longest).
+PG_RECONNECT_FOR = 30.0
+# Seconds a transaction of the store may sit idle on the server before the server ends it (ours
+# take milliseconds; one that idles is a frozen process holding locks that others wait for).
+PG_IDLE_IN_TRANSACTION = 5.0
+PG_BACKOFF = (0.05, 2.0)
+# The key of the PostgreSQL advisory lock migrations take (any constant of Legato's own).
+PG_MIGRATION_LOCK = 0x6C6567_61746F
+
 # The tables of schema.py (tests/test_sqlstore.py checks the two agree).
 TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_attempts", "legato_events",
                     "legato_logs", "legato_actions", "legato_permits", "legato_tag_permits",
@@ -80,6 +96,12 @@ TABLES = frozenset({"legato_definition_versions", "legato_instances", "legato_at
 # The columns of legato_attempts, in the order of the tuples _write builds.
 ATTEMPT_COLUMNS = ("instance_id", "step_id", "attempt", "status", "run_id", "params", "outputs", "message",
                    "created_at", "started_at", "ended_at", "handle")
+
+
+def _libpq_uri(url: str) -> str:
+    """A ``postgresql[+driver]://`` URL as libpq reads it (the driver name dropped)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest
 
 
 def _row_class(cursor) -> type:
@@ -137,6 +159,34 @@ class _SaSql:
         self.conn.execute(self.text(sql), params or {})
 
 
+class _PgSql:
+    """The same on a psycopg connection: ``:name`` parameters become psycopg's ``%(name)s``."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def all(self, sql: str, params: Any = None) -> list:
+        return self.conn.execute(_pg_sql(sql), params or {}).fetchall()
+
+    def first(self, sql: str, params: Any = None):
+        return self.conn.execute(_pg_sql(sql), params or {}).fetchone()
+
+    def run(self, sql: str, params: Any = None) -> None:
+        self.conn.execute(_pg_sql(sql), params or {})
+
+
+_PG_NAME = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """``:name`` parameters as psycopg's ``%(name)s`` (a cast ``::type`` is left alone; a literal
+    ``%`` is doubled)."""
+    return _PG_NAME.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
 # A commit of at most this many rows and this much log text is written on the event loop's thread
 # when the write lock is free (see the module docstring); a larger one in a worker thread.
 INLINE_ROWS = 64
@@ -180,6 +230,7 @@ class SqlStorage(Storage):
         self._wakeups = None  # legato.wakeup's channel to this store's workers, made when first asked for
         self._wal_pages = 0  # WAL pages written since the last checkpoint (an estimate, see CHECKPOINT_PAGES)
         self._group = GroupCommit(self, INLINE_ROWS, INLINE_LOG_CHARS)  # SQLite's writes, a tick's in one transaction
+        self._pg_writer = None  # PostgreSQL: the psycopg connection every call goes through (_pg_tx)
         if self.dialect == "sqlite":
             raw = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if not raw or raw == ":memory:":
@@ -226,8 +277,9 @@ class SqlStorage(Storage):
                 import sqlalchemy as sa
 
                 url = sa.engine.make_url(self.url).set(drivername="postgresql+psycopg")
-                self._sa_engine = sa.create_engine(url, pool_pre_ping=True)
+                self._sa_engine = sa.create_engine(url, pool_size=2, max_overflow=8)  # no pre-ping: a stale connection is a disconnect _pg_reconnecting runs again
                 self._migrate()
+                self._sa_engine.dispose()  # SQLAlchemy is for migrating and tools: the calls use _pg_tx
             else:
                 raise StorageError(f"{self.url!r}: the sql store speaks sqlite:/// and postgresql://")
             self._opened = True
@@ -356,8 +408,12 @@ class SqlStorage(Storage):
     def _sql_tx(self, write: bool):
         """Plain SQL (``:name`` parameters) in one transaction: on SQLite on the one connection
         (a write takes the lock at BEGIN IMMEDIATE; a read runs outside any transaction, so it
-        never waits), on PostgreSQL through SQLAlchemy."""
+        never waits), on PostgreSQL on its psycopg connection (:meth:`_pg_tx`)."""
         raw = self._writer
+        if raw is None and self.dialect == "postgresql":
+            with self._pg_tx(write) as sql:
+                yield sql
+            return
         if raw is None:
             with (self._engine.begin() if write else self._reading()) as conn:
                 yield _SaSql(conn)
@@ -435,6 +491,10 @@ class SqlStorage(Storage):
         config = Config()
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self._engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Processes opening a new database at once take turns (SQLite's _init_lock): the
+                # next one finds it migrated and Alembic does nothing.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -486,7 +546,14 @@ class SqlStorage(Storage):
             engine, self._sa_engine = self._sa_engine, None
             writer, self._writer = self._writer, None
 
+            wakeups = self._wakeups if self.dialect == "postgresql" else None
+            pg_writer, self._pg_writer = self._pg_writer, None
+
             def close() -> None:
+                if wakeups is not None:
+                    wakeups.close()  # sends what is owed: a `start --no-wait` exits right after
+                if pg_writer is not None:
+                    pg_writer.close()
                 if writer is not None:
                     writer.close()
                 if engine is not None:
@@ -504,9 +571,29 @@ class SqlStorage(Storage):
 
         def call():
             with self._lock:
+                if self.dialect == "postgresql":
+                    return self._pg_reconnecting(fn, args, doing)
                 return self._explained(fn, args, doing)
 
         return await trio.to_thread.run_sync(call)
+
+    def _pg_reconnecting(self, fn: Callable[..., Any], args: tuple, doing: str) -> Any:
+        """``fn(*args)`` on PostgreSQL, run again with backoff while the server cannot be reached
+        (a restart, a network cut), for up to PG_RECONNECT_FOR seconds. The transaction that was cut
+        was rolled back by the server; run again it is fenced as the first was, so a worker
+        whose lease lapsed meanwhile has its writes refused (StaleWrite). The one case left is a
+        connection lost after COMMIT was sent and before its answer came: run again, that commit's
+        timeline and log rows are written twice (attempts, the instance and actions are updates)."""
+        delay, deadline = PG_BACKOFF[0], time.monotonic() + PG_RECONNECT_FOR
+        while True:
+            try:
+                return self._explained(fn, args, doing)
+            except StorageError as exc:
+                if not isinstance(exc.__context__, Exception) or not _pg_disconnected(exc.__context__) \
+                        or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, PG_BACKOFF[1])
 
     async def _write_tx(self, fn: Callable[..., Any], *args: Any, doing: str, rows: int = 1, chars: int = 0) -> Any:
         """A write: ``fn(*args)``, whose ``_sql_tx(write=True)`` is its transaction. On SQLite it
@@ -532,14 +619,14 @@ class SqlStorage(Storage):
         """A driver error as the :class:`StorageError` that says what to do; any other as it is."""
         if isinstance(exc, StorageError):
             return exc
-        if isinstance(exc, (sqlite3.Error, OSError)) or _is_sqlalchemy_error(exc):
+        if isinstance(exc, (sqlite3.Error, OSError)) or _is_sqlalchemy_error(exc) or _is_psycopg_error(exc):
             return self._explain(exc, doing)
         return exc
 
     def _now_sql(self) -> str:
         if self.dialect == "sqlite":
             return "(julianday('now') - 2440587.5) * 86400.0"
-        return "extract(epoch from clock_timestamp())"
+        return "extract(epoch from clock_timestamp())::float8"  # the database's clock (numeric since PG 14)
 
     # -- definitions ---------------------------------------------------------------------------
 
@@ -639,9 +726,14 @@ class SqlStorage(Storage):
 
     def wakeups(self):
         """On SQLite, the workers on this machine: each listens on a named pipe in
-        ``<database>.workers/`` (:class:`legato.wakeup.FifoWakeups`). On PostgreSQL none yet
-        (LISTEN/NOTIFY would serve): workers poll."""
+        ``<database>.workers/`` (:class:`legato.wakeup.FifoWakeups`). On PostgreSQL every process
+        on the database, through LISTEN/NOTIFY (:class:`.pgwakeups.PgWakeups`)."""
         if self._wakeups is None:
+            if self.dialect == "postgresql":
+                from .pgwakeups import PgWakeups
+
+                self._wakeups = PgWakeups(_libpq_uri(self.url))
+                return self._wakeups
             from legato.wakeup import FifoWakeups, Wakeups
 
             self._wakeups = FifoWakeups(self.path.with_name(self.path.name + ".workers")) if self.path else Wakeups()
@@ -814,9 +906,43 @@ class SqlStorage(Storage):
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _commit(self, batch: Batch) -> None:
-        """PostgreSQL's commit: driver-level statements, executemany per table, one transaction."""
-        with self._engine.begin() as conn:
-            self._write(conn.exec_driver_sql, conn.exec_driver_sql, batch)
+        """PostgreSQL's commit, on the store's psycopg connection (:meth:`_pg_tx`): psycopg
+        prepares the statements after a few uses and sends each table's rows with executemany,
+        the statements after the fence's read in one pipeline with the COMMIT."""
+        with self._pg_tx(True, pipeline=True) as sql:
+            with sql.conn.cursor() as cur:
+                self._write(cur.execute, cur.executemany, batch)
+
+    @contextlib.contextmanager
+    def _pg_tx(self, write: bool, pipeline: bool = False):
+        """PostgreSQL's calls (as SQLite's on its writer): one psycopg connection per store, used
+        by one call at a time (under ``_lock``), in autocommit mode so that a read is one
+        statement; a write is one transaction. No SQLAlchemy per statement (it is for migrating
+        and tools). A connection that fails is dropped: the next call opens another (and
+        _pg_reconnecting runs the failed call again)."""
+        import psycopg
+        from psycopg.rows import namedtuple_row
+
+        conn = self._pg_writer
+        if conn is None or conn.closed:
+            conn = self._pg_writer = psycopg.connect(
+                _libpq_uri(self.url), autocommit=True, application_name="legato", row_factory=namedtuple_row,
+                # A process frozen inside a transaction (SIGSTOP, a VM pause) would hold its rows'
+                # locks, and so its instances, for ever: the server ends such a transaction.
+                options=f"-c idle_in_transaction_session_timeout={int(PG_IDLE_IN_TRANSACTION * 1000)}")
+        try:
+            if pipeline:  # the statements after the fence's read go out together, COMMIT with them
+                with conn.pipeline(), conn.transaction():
+                    yield _PgSql(conn)
+            elif write:
+                with conn.transaction():
+                    yield _PgSql(conn)
+            else:
+                yield _PgSql(conn)
+        except psycopg.OperationalError:
+            self._pg_writer = None
+            conn.close()
+            raise
 
     def _commit_in(self, batch: Batch) -> None:
         """SQLite's, in the group's transaction on the writer connection (statements prepared once
@@ -879,7 +1005,11 @@ class SqlStorage(Storage):
             keys = ("instance_id", "step_id", "attempt")
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
             statements = self.__dict__["_statements"] = {
-                "fence": f"SELECT generation, owner FROM legato_instances WHERE instance_id = {p}",
+                # On PostgreSQL the fence locks the row until the commit: under READ COMMITTED a
+                # plain read would let another worker take the lease between it and the writes
+                # (a frozen worker's late commit would then land); a claim skips the locked row.
+                "fence": f"SELECT generation, owner FROM legato_instances WHERE instance_id = {p}"
+                         + (" FOR UPDATE" if self.dialect == "postgresql" else ""),
                 "attempt": f"INSERT INTO legato_attempts ({', '.join(columns)}) VALUES ({marks(len(columns))}) "
                            f"ON CONFLICT (instance_id, step_id, attempt) DO UPDATE SET {updates}",
                 "event": "INSERT INTO legato_events (instance_id, step_id, attempt, status, message, ts) "
@@ -1014,10 +1144,12 @@ class SqlStorage(Storage):
         as it was). ``turn_checked``: the caller decided, in this transaction, that a queued
         instance may start."""
         now_sql = self._now_sql()
-        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        lock = self._pg_claim_lock(renew) if self.dialect == "postgresql" else ""
         row = sql.first(f"SELECT *, {now_sql} AS now FROM legato_instances "
                         f"WHERE instance_id = :iid{lock}", {"iid": instance_id})
         if row is None:
+            if lock.endswith("SKIP LOCKED") and self._pg_exists(sql, instance_id):
+                return None, None  # another worker is claiming it (or its owner committing) right now
             raise StorageError(f"no instance {instance_id} in {self._where()}")
         if renew is not None and (row.owner != owner or row.generation != renew):
             return None, row  # a heartbeat of an owner that was replaced: take nothing back
@@ -1035,6 +1167,17 @@ class SqlStorage(Storage):
                 f"{_HOLDER} WHERE instance_id = :iid",
                 {"owner": owner, "ttl": ttl, "gen": generation, "iid": instance_id, **_holder()})
         return generation, row
+
+    @staticmethod
+    def _pg_claim_lock(renew: int | None) -> str:
+        """PostgreSQL: a claim skips a row another transaction holds (another worker claiming it,
+        its owner committing: either way not ours to take now) instead of queuing behind it; a
+        renewal waits for its row."""
+        return " FOR UPDATE" if renew is not None else " FOR UPDATE SKIP LOCKED"
+
+    @staticmethod
+    def _pg_exists(sql, instance_id: str) -> bool:
+        return sql.first("SELECT 1 AS x FROM legato_instances WHERE instance_id = :iid", {"iid": instance_id}) is not None
 
     async def get_lease(self, instance_id: str) -> Lease | None:
         def read():
@@ -1510,6 +1653,26 @@ def expand_events(rows) -> list[Event]:
 
 def _rows(batch: Batch) -> int:
     return len(batch.attempts) + len(batch.events) + len(batch.logs) + (batch.instance is not None)
+
+
+def _is_psycopg_error(exc: Exception) -> bool:
+    errors = sys.modules.get("psycopg")
+    return errors is not None and isinstance(exc, errors.Error)
+
+
+def _pg_disconnected(exc: Exception) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or psycopg's) says the connection to PostgreSQL was lost or
+    could not be made (or the server rolled the transaction back: a serialization failure)."""
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None:
+        return False
+    if isinstance(exc, errors.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, errors.OperationalError) and isinstance(exc.orig, psycopg.OperationalError)
 
 
 def _is_sqlalchemy_error(exc: Exception) -> bool:
