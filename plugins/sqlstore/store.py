@@ -1478,7 +1478,7 @@ class SqlStorage(Storage):
                           ) -> tuple[SignalRecord, bool]:
         def write():
             with self._sql_tx(write=True) as sql:
-                execute = sql.conn.execute if isinstance(sql, _RawSql) else sql.conn.exec_driver_sql
+                execute = sql.conn.execute  # sqlite3 and psycopg connections alike
                 found = self._signal_in(execute, name, params, request_id, time.time())
             if found[1]:
                 self.wakeups().notify()  # steps and triggers waiting for it, in every process here
