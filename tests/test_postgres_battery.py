@@ -188,6 +188,11 @@ def test_workers_killed_and_paused_lose_nothing_and_run_nothing_twice(n_workers,
             assert time.monotonic() < deadline, (f"{_unfinished(postgres, database)} of {n} instances never ended "
                                                  f"(a worker paused: {paused is not None})")
             now = time.monotonic()
+            if paused is None and not _unfinished(postgres, database):
+                # The workers drained the queue before one could be paused holding something: more
+                # work, so that the pause (what fencing is tested on) finds instances held.
+                ids += _queue(url, _definition(ledger_file), max(10, n // 5))
+                pause_at = min(pause_at, now)
             candidate = rng.choice(workers.up()) if paused is None and now >= pause_at and workers.up() else None
             if candidate is not None:
                 proc, log = workers.procs[candidate]
