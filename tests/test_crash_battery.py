@@ -114,10 +114,10 @@ def _containers_of(instances: set[str]) -> list:
     return [c for c in found if c.labels.get("legato.instance") in instances]
 
 
-def _processes_left(db: Path) -> list[str]:
+def _processes_left(db) -> list[str]:
     """The process groups the battery's bash steps recorded (their handles) that still have a
     live member carrying one of its attempts' idempotency keys."""
-    conn = sqlite3.connect(db)
+    conn = connect_store(db)
     rows = conn.execute("SELECT instance_id, step_id, attempt, handle FROM legato_attempts "
                         "WHERE handle LIKE '%pgid%'").fetchall()
     conn.close()
@@ -142,8 +142,15 @@ def _processes_left(db: Path) -> list[str]:
 
 
 def test_crash_battery_kill_9_storm(tmp_path):
+    db = tmp_path / "legato.db"
+    storm_battery(tmp_path, f"sqlite:///{db}", db)
+
+
+def storm_battery(tmp_path: Path, url: str, db, kills_scale: float = 1.0) -> None:
+    """test_crash_battery_kill_9_storm on the store ``url``, read back directly through ``db`` (a
+    SQLite file or a postgresql:// URL: tests/test_recovery.connect_store)."""
     require_component("Docker", docker_problem())
-    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1"))
+    scale = float(os.environ.get("LEGATO_BATTERY_SCALE", "1")) * kills_scale
     seed = int(os.environ.get("LEGATO_CRASH_SEED", "20261201"))
     rng = random.Random(seed)
     target = max(1, round(KILLS * scale))
@@ -155,8 +162,7 @@ def test_crash_battery_kill_9_storm(tmp_path):
     definition.write_text(json.dumps(storm(ledger, dock)))
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"docker": {"allowed_mounts": [str(dock)]}}))
-    db = tmp_path / "legato.db"
-    env = {**os.environ, "LEGATO_STORE": f"sqlite:///{db}", "LEGATO_SETTINGS": str(settings)}
+    env = {**os.environ, "LEGATO_STORE": url, "LEGATO_SETTINGS": str(settings)}
     env.pop("LEGATO_LEASE_TTL", None)  # the default 30 s: a dead kernel's lease must be free at once anyway
     env.pop("LEGATO_CRASH_AT", None)
     server = ForkServer(tmp_path, env)
@@ -198,12 +204,12 @@ def test_crash_battery_kill_9_storm(tmp_path):
         instances.add(iid)
         totals.update(figures)
         ran = {key: n for key, n in boxes.items() if key.startswith(f"{iid}:box:")}
-        conn = sqlite3.connect(db)
+        conn = connect_store(db)
         (last,), = conn.execute("SELECT max(attempt) FROM legato_attempts WHERE instance_id = ? AND step_id = 'box'",
                                 (iid,)).fetchall()
         conn.close()
         assert ran == {f"{iid}:box:{last}": 1}, f"{request_id}: the docker step's containers ran {ran}"
-    conn = sqlite3.connect(db)
+    conn = connect_store(db)
     statuses = collections.Counter(dict(conn.execute("SELECT status, count(*) FROM legato_attempts GROUP BY status")))
     (reattached,), = conn.execute("SELECT count(*) FROM legato_logs WHERE text LIKE '[legato] reattached to container%'")
     conn.close()

@@ -263,3 +263,15 @@ def test_crash_battery_loops_on_postgresql(postgres, tmp_path):
 
     url = postgres.database("loops")
     loops_battery(tmp_path, url, url, kills_scale=0.25)
+
+
+def test_crash_battery_kill_9_storm_on_postgresql(postgres, tmp_path):
+    """tests/test_crash_battery.py's kill -9 storm (kernels SIGKILLed at random moments across
+    bash, noop, sleep and docker steps, each instance run again with ``--request-id`` until it
+    ends) on PostgreSQL: every attempt's work ran once, each docker step's container once, nothing
+    left running, read from the server. A quarter of its kills at scale 1
+    (``LEGATO_BATTERY_SCALE``): the battery on SQLite covers the moments."""
+    from .test_crash_battery import storm_battery
+
+    url = postgres.database("storm")
+    storm_battery(tmp_path, url, url, kills_scale=0.25)

@@ -105,7 +105,7 @@ class _QmarkConnection:
         self.conn = psycopg.connect(url, autocommit=True)
 
     def execute(self, sql: str, args=()):
-        return self.conn.execute(sql.replace("?", "%s"), args)
+        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), args)  # LIKE '%…' stays literal
 
     def close(self) -> None:
         self.conn.close()
