@@ -27,7 +27,9 @@ class Ownership:
         storage, engine = self.engine.storage, self.engine
         created_at = engine.fresh_leases.pop(self.iid, None)
         if created_at is not None and trio.current_time() - created_at < engine.lease_ttl / 3:
+            self.renewed_at = created_at
             return 1  # start created it leased to us moments ago; the heartbeat renews it in time
+        self.renewed_at = trio.current_time()
         generation = await storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl)
         if generation is None:
             lease = await storage.get_lease(self.iid)
@@ -44,6 +46,7 @@ class Ownership:
         delay = ttl / 3
         while True:
             await trio.sleep(delay)
+            renewed = trio.current_time()
             try:
                 generation = await storage.acquire_lease(self.iid, owner, ttl, generation=self.generation)
             except StorageError:
@@ -51,16 +54,41 @@ class Ownership:
                 continue
             delay = ttl / 3
             if generation == self.generation:
+                self.renewed_at = renewed
                 continue
-            try:
-                lease = await storage.get_lease(self.iid)
-            except StorageError:
-                lease = None
-            who = lease.describe() if lease is not None else "another worker"
-            self.lost = StaleWrite(f"lost the lease of instance {self.iid} to {who} while this worker "
-                                   f"({owner}) was not renewing it; that worker carries the instance on")
-            self.nursery.cancel_scope.cancel()
+            await self._lose_lease()
             return
+
+    async def confirm_lease(self) -> bool:
+        """Before work starts outside the process (a step's launch): if the lease was last renewed
+        longer ago than half its TTL (the process was paused, the machine suspended), renew it
+        now; False if it is gone (the run is ending: another worker took the instance over and
+        runs this attempt again, so this one must not start it). Free while the heartbeat keeps up."""
+        engine = self.engine
+        if trio.current_time() - self.renewed_at < engine.lease_ttl / 2:
+            return True
+        renewed = trio.current_time()
+        try:
+            generation = await engine.storage.acquire_lease(self.iid, engine.owner, engine.lease_ttl,
+                                                            generation=self.generation)
+        except StorageError:
+            return True  # cannot tell: fencing still refuses this run's writes if it was taken
+        if generation == self.generation:
+            self.renewed_at = renewed
+            return True
+        await self._lose_lease()
+        return False
+
+    async def _lose_lease(self) -> None:
+        storage, owner = self.engine.storage, self.engine.owner
+        try:
+            lease = await storage.get_lease(self.iid)
+        except StorageError:
+            lease = None
+        who = lease.describe() if lease is not None else "another worker"
+        self.lost = StaleWrite(f"lost the lease of instance {self.iid} to {who} while this worker "
+                               f"({owner}) was not renewing it; that worker carries the instance on")
+        self.nursery.cancel_scope.cancel()
 
     def hand_back(self) -> None:
         """Give the instance back to the store unfinished, for the next worker to resume (a

@@ -62,6 +62,8 @@ class StepTasks:
             try:
                 if scope.cancel_called or result is not None:  # stopped between launch and now, or
                     pass  # a secret could not be resolved: do not start the work
+                elif handle is None and not await self.confirm_lease():
+                    pass  # paused past the lease and taken over meanwhile: the run ends, the work never starts
                 else:
                     work = step_type.run(ctx) if handle is None else step_type.reattach(ctx, handle)
                     timeout = sdef.timeout

@@ -554,6 +554,46 @@ async def test_a_heartbeat_that_cannot_reach_the_store_keeps_the_lease_nobody_to
     assert final.status.value == "SUCCEEDED"
 
 
+async def test_a_run_paused_past_its_lease_and_taken_over_never_launches_its_next_step(tmp_path, plugins):
+    """A worker frozen (SIGSTOP, a suspended machine) longer than its lease, whose instance another
+    worker took over meanwhile, wakes with a step about to launch: it checks its lease first
+    (Ownership.confirm_lease, as it was last renewed over half a TTL ago), finds it gone and ends
+    the run, so the step's work never starts twice (the new owner runs that attempt again)."""
+    from legato.engine import Engine
+    from legato.plugins.memory import MemoryStorage
+    from legato.storage import StaleWrite
+
+    runs = []
+
+    class FreezesAfterStarting(MemoryStorage):
+        async def commit(self, batch):
+            await super().commit(batch)
+            if any(k == "probe" and r.status.value == "STARTING" for (k, _), r in batch.attempts.items()):
+                # Frozen right after this commit, past its lease, while another worker took over:
+                runs[0].renewed_at -= 2 * engine.lease_ttl
+                _, _, generation, who = self._leases[batch.instance_id]
+                self._leases[batch.instance_id] = ("other-worker", time.monotonic() + 60, generation + 1, who)
+
+    storage = FreezesAfterStarting()
+    engine = Engine(storage, plugins=plugins, workspace=tmp_path / "runs")
+    marker = tmp_path / "launched"
+    definition = engine.load({"workflow": {"id": "frozen", "params": {"MARK": str(marker)}, "steps": [
+        {"step": {"id": "gate", "type": "sleep", "params": {"seconds": 0.2},
+                  "transition": {"successors": {"probe": "true"}}}},
+        {"step": {"id": "probe", "type": "bash", "params": {"script": 'touch "$MARK"'}}}]}})
+    record, _ = await engine.start(definition)
+    lost = []
+    try:
+        async with trio.open_nursery() as nursery:
+            runs.append(await nursery.start(engine.run, definition, record))
+    except* StaleWrite as group:
+        lost = group.exceptions
+    assert lost, "the run went on after its instance was taken over"
+    assert not marker.exists(), "the step launched after the lease was lost: its attempt runs twice"
+    attempts = {a.step_id: a.status.value for a in await storage.get_attempts(record.instance_id)}
+    assert attempts.get("gate") == "SUCCEEDED" and attempts.get("probe") != "SUCCEEDED", attempts
+
+
 def test_resume_skips_an_instance_another_worker_took_after_the_list_was_read(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
