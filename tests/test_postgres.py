@@ -219,3 +219,43 @@ def test_store_copy_refuses_what_cannot_work(tmp_path, pg_url):
     assert memory.returncode == 2 and "sqlite:///" in memory.stderr
     same = legato_cli("store", "copy", pg_url, pg_url)
     assert same.returncode == 2 and "same store" in same.stderr
+
+
+def test_a_commit_whose_answer_was_lost_is_not_written_twice(postgres, pg_url, monkeypatch):
+    """The connection drops after COMMIT reached the server and before its answer came back: the
+    commit is run again (it cannot tell), finds its rows there (SqlStorage._pg_landed) and writes
+    nothing more; a commit that did not land is written when run again."""
+    import contextlib
+
+    import psycopg
+
+    from legato.plugins.sqlstore.store import SqlStorage
+    from legato.storage import open_storage
+
+    real = SqlStorage._pg_tx
+    cut = {"after": 0, "before": 0}  # cuts left: after the transaction committed, or before it did
+
+    @contextlib.contextmanager
+    def flaky(self, write, pipeline=False):
+        if pipeline and cut["before"]:
+            cut["before"] -= 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly (before)")
+        with real(self, write, pipeline) as sql:
+            yield sql
+        if pipeline and cut["after"]:
+            cut["after"] -= 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly (after COMMIT)")
+
+    monkeypatch.setattr(SqlStorage, "_pg_tx", flaky)
+
+    async def main():
+        async with open_storage(pg_url) as store:
+            await store.create_instance(_leased("i-lost-answer"), "me", 30)
+            cut["after"] = 1
+            await store.commit(_events("i-lost-answer", 1, 1))
+            cut["before"] = 1
+            await store.commit(_events("i-lost-answer", 1, 2))
+            assert cut == {"after": 0, "before": 0}, "the cuts never happened: nothing was tested"
+            assert [e.attempt for e in await store.get_timeline("i-lost-answer")] == [1, 2]
+
+    trio.run(main)

@@ -229,6 +229,7 @@ class SqlStorage(Storage):
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
         self._wakeups = None  # legato.wakeup's channel to this store's workers, made when first asked for
         self._wal_pages = 0  # WAL pages written since the last checkpoint (an estimate, see CHECKPOINT_PAGES)
+        self._pg_retry = False  # PostgreSQL: the call under way is run again after a lost connection
         self._group = GroupCommit(self, INLINE_ROWS, INLINE_LOG_CHARS)  # SQLite's writes, a tick's in one transaction
         self._pg_writer = None  # PostgreSQL: the psycopg connection every call goes through (_pg_tx)
         if self.dialect == "sqlite":
@@ -581,19 +582,25 @@ class SqlStorage(Storage):
         """``fn(*args)`` on PostgreSQL, run again with backoff while the server cannot be reached
         (a restart, a network cut), for up to PG_RECONNECT_FOR seconds. The transaction that was cut
         was rolled back by the server; run again it is fenced as the first was, so a worker
-        whose lease lapsed meanwhile has its writes refused (StaleWrite). The one case left is a
-        connection lost after COMMIT was sent and before its answer came: run again, that commit's
-        timeline and log rows are written twice (attempts, the instance and actions are updates)."""
+        whose lease lapsed meanwhile has its writes refused (StaleWrite). A connection lost after
+        COMMIT was sent and before its answer came may have committed: a commit run again first
+        looks whether its rows are there (``_pg_retry``: :meth:`_pg_landed`), so its timeline and
+        log rows are never written twice."""
         delay, deadline = PG_BACKOFF[0], time.monotonic() + PG_RECONNECT_FOR
-        while True:
-            try:
-                return self._explained(fn, args, doing)
-            except StorageError as exc:
-                if not isinstance(exc.__context__, Exception) or not _pg_disconnected(exc.__context__) \
-                        or time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, PG_BACKOFF[1])
+        self._pg_retry = False
+        try:
+            while True:
+                try:
+                    return self._explained(fn, args, doing)
+                except StorageError as exc:
+                    if not isinstance(exc.__context__, Exception) or not _pg_disconnected(exc.__context__) \
+                            or time.monotonic() + delay > deadline:
+                        raise
+                time.sleep(delay)
+                delay = min(delay * 2, PG_BACKOFF[1])
+                self._pg_retry = True
+        finally:
+            self._pg_retry = False
 
     async def _write_tx(self, fn: Callable[..., Any], *args: Any, doing: str, rows: int = 1, chars: int = 0) -> Any:
         """A write: ``fn(*args)``, whose ``_sql_tx(write=True)`` is its transaction. On SQLite it
@@ -909,9 +916,29 @@ class SqlStorage(Storage):
         """PostgreSQL's commit, on the store's psycopg connection (:meth:`_pg_tx`): psycopg
         prepares the statements after a few uses and sends each table's rows with executemany,
         the statements after the fence's read in one pipeline with the COMMIT."""
+        if self._pg_retry and self._pg_landed(batch):
+            return  # the try the connection cut off did commit
         with self._pg_tx(True, pipeline=True) as sql:
             with sql.conn.cursor() as cur:
                 self._write(cur.execute, cur.executemany, batch)
+
+    def _pg_landed(self, batch: Batch) -> bool:
+        """Whether ``batch`` was committed already (its first timeline or log row is there: a
+        row's time, read off the clock as it was made, is as good as unique for one instance)."""
+        if batch.events:
+            iid, sid, attempt, status, _, ts = event_rows(batch.events[:1])[0]
+            query = ("SELECT 1 AS x FROM legato_events WHERE instance_id = :iid AND attempt = :attempt AND ts = :ts "
+                     "AND (status = :status OR status LIKE :prefix)")
+            args = {"iid": iid, "attempt": attempt, "ts": ts, "status": status, "prefix": status + ",%"}
+        elif batch.logs:
+            chunk = batch.logs[0]
+            query = ("SELECT 1 AS x FROM legato_logs WHERE instance_id = :iid AND step_id = :sid AND attempt = :attempt "
+                     "AND ts = :ts")
+            args = {"iid": chunk.instance_id, "sid": chunk.step_id, "attempt": chunk.attempt, "ts": chunk.ts}
+        else:
+            return False  # updates only: writing them again changes nothing
+        with self._pg_tx(False) as sql:
+            return sql.first(query, args) is not None
 
     @contextlib.contextmanager
     def _pg_tx(self, write: bool, pipeline: bool = False):
