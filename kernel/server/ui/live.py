@@ -1,0 +1,96 @@
+"""Live updates for the web UI: an instance's new timeline events as Server-Sent Events.
+
+A stream reads the store, which is the only truth, from the offset its client has seen
+(:meth:`Storage.get_timeline_since <legato.storage.Storage.get_timeline_since>`). Between reads
+it waits on :class:`LiveEvents`, an observer of this process's engine (``legato_on_event``: it
+hears each event once it is durable), so a step run by the server's own worker reaches an open
+page within milliseconds; an instance run by another process (a ``legato worker`` on the same
+store) is seen by a read every :data:`POLL` seconds. Reads are at most one per :data:`COALESCE`
+seconds per stream, however busy the instance: a 10,000-step fan-out does not make one read per
+event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+import trio
+
+from ...hookspecs import hookimpl
+
+__all__ = ["LiveEvents", "stream", "POLL", "COALESCE", "KEEPALIVE"]
+
+POLL = 1.0  # seconds between reads of an instance nothing in this process tells us about
+COALESCE = 0.03  # seconds a woken stream waits for the rest of a burst before reading
+KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
+
+
+class LiveEvents:
+    """A ``legato_on_event`` observer that wakes the streams following an instance (register it on
+    the plugin manager before the engine is built: the engine asks once whether anyone observes)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, trio.Event] = {}
+
+    @hookimpl
+    def legato_on_event(self, event) -> None:
+        woken = self._waiting.pop(event.instance_id, None)
+        if woken is not None:
+            woken.set()
+
+    async def wait(self, instance_id: str, timeout: float) -> None:
+        """Return when an event of ``instance_id`` is durable, or after ``timeout`` seconds."""
+        event = self._waiting.get(instance_id)
+        if event is None:
+            event = self._waiting[instance_id] = trio.Event()
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+
+def _sse(kind: str, data: Any, ident: int | None = None) -> bytes:
+    head = f"id: {ident}\n" if ident is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
+
+
+def event_json(e, iso) -> dict[str, Any]:
+    """A timeline event as the API answers it."""
+    return {"ts": iso(e.ts), "step_id": e.step_id, "attempt": e.attempt, "status": e.status, "message": e.message}
+
+
+async def stream(storage, instance_id: str, offset: int | None, live: LiveEvents | None,
+                 iso) -> AsyncIterator[bytes]:
+    """The SSE body: ``hello`` (the offset the stream starts from), then ``timeline`` messages
+    (``{"events": [...], "offset": n}``: n events seen so far, also the message id a reconnecting
+    EventSource sends back), ``instance`` when its status changes, and ``end`` once the instance
+    has ended and every event is sent (the stream closes: the page reopens it after a restart)."""
+    if offset is None:
+        offset = len(await storage.get_timeline(instance_id))
+    yield b"retry: 2000\n\n" + _sse("hello", {"offset": offset}, offset)
+    status = None
+    quiet = 0.0
+    while True:
+        # The instance first: the events read after it include every one committed with its status.
+        record = await storage.get_instance(instance_id)
+        events = await storage.get_timeline_since(instance_id, offset)
+        if events:
+            offset += len(events)
+            yield _sse("timeline", {"events": [event_json(e, iso) for e in events], "offset": offset}, offset)
+            quiet = 0.0
+        if record is not None and record.status.value != status:
+            status = record.status.value
+            yield _sse("instance", {"status": status, "run_id": record.run_id, "message": record.message,
+                                    "ended_at": iso(record.ended_at)})
+        if record is None or (record.status.terminal and not events):
+            yield _sse("end", {"status": status, "offset": offset})
+            return
+        if quiet >= KEEPALIVE:
+            yield b": keep-alive\n\n"
+            quiet = 0.0
+        start = trio.current_time()
+        if live is not None:
+            await live.wait(instance_id, POLL)
+            await trio.sleep(COALESCE)
+        else:
+            await trio.sleep(POLL)
+        quiet += trio.current_time() - start
