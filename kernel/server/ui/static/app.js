@@ -139,6 +139,10 @@
   // Ask, confirm, send with the token (asked once per tab; asked again when refused), say the outcome.
   async function act(title, text, method, path, body) {
     if (!(await confirmAction(title, text))) return null;
+    if (!token() && !sessionStorage.getItem(KEY + "-none")) {
+      // Asked once per tab; Cancel sends without one (a server started with --no-auth needs none).
+      if (!(await askToken())) sessionStorage.setItem(KEY + "-none", "1");
+    }
     for (let tries = 0; tries < 2; tries++) {
       const headers = { "Content-Type": "application/json" };
       if (token()) headers.Authorization = `Bearer ${token()}`;
@@ -179,7 +183,7 @@
           h("th", {}, "Run strategy"), h("th", {}, "Latest runs (newest first)"))),
         h("tbody", {}, rows))
         : h("p", { class: "empty" }, "No workflow yet: push one with `legato push FILE` or POST /api/v3/workflows."),
-      legend()];
+      legend(), h("p", {}, h("a", { href: "#/signals" }, "Signals and triggers"))];
   }
   function runDots(wid, runs) {
     if (!runs.length) return h("span", { class: "muted" }, "no runs");
@@ -295,10 +299,10 @@
     function open() {
       const url = `${W}/${enc(wid)}/instances/${enc(iid)}/events` + (offset != null ? `?after=${offset}` : "");
       source = new EventSource(url);
-      source.addEventListener("hello", (e) => { const d = JSON.parse(e.data); if (offset == null) offset = d.offset; livePill.hidden = false; livePill.classList.add("on"); handlers.hello && handlers.hello(d); });
+      source.addEventListener("hello", (e) => { const d = JSON.parse(e.data); main.dataset.live = "on"; if (offset == null) offset = d.offset; livePill.hidden = false; livePill.classList.add("on"); handlers.hello && handlers.hello(d); });
       source.addEventListener("timeline", (e) => { const d = JSON.parse(e.data); offset = d.offset; handlers.events(d.events); });
       source.addEventListener("instance", (e) => handlers.instance && handlers.instance(JSON.parse(e.data)));
-      source.addEventListener("end", () => { source.close(); livePill.classList.remove("on"); livePill.textContent = "ended"; });
+      source.addEventListener("end", () => { source.close(); livePill.classList.remove("on"); livePill.textContent = "ended"; main.dataset.live = "ended"; });
       source.onerror = () => { livePill.classList.remove("on"); };
     }
     open();
@@ -331,7 +335,7 @@
         parent ? h("span", {}, "started by ", h("a", { href: `#/w/${enc(parent.workflow_id)}/i/${enc(parent.instance_id)}` }, `${parent.workflow_id} / ${parent.step_id}`)) : null,
         i.message ? h("span", {}, h("b", {}, i.message)) : null);
     }
-    let current = graph.status;
+    let current = graph.status, shownRun = graph.run_id;
     async function refreshHeader() {
       const i = await api(base + "?view=summary").catch(() => null);
       if (i) { current = i.status; statusBox.replaceChildren(state(i.status)); showMeta(i); }
@@ -420,7 +424,11 @@
         while (timeline.children.length > 500) timeline.lastChild.remove();
         say(`${events.length} new event(s)`);
       },
-      instance(d) { current = d.status; statusBox.replaceChildren(state(d.status)); refreshHeader(); loadActions(); },
+      instance(d) {
+        if (d.status === current && d.run_id === shownRun) return;  // what the page shows already
+        current = d.status; shownRun = d.run_id;
+        statusBox.replaceChildren(state(d.status)); refreshHeader(); loadActions();
+      },
     });
     window.__legatoPage = { kind: "instance", steps: dag.stats.steps, drawn: dag.stats.drawn, layout_ms: dag.stats.layout_ms, ready_ms: performance.now() - t0 };
     return out;
@@ -523,19 +531,33 @@
       h("h2", {}, "Log"), log];
   }
 
-  // -- signals and triggers (a stub: shown when the API has them) ------------------------------------
+  // -- signals and triggers: a stub that reads what this server's API has (from /openapi.json) ----------
   async function signalsPage() {
     setCrumbs([["Workflows", "#/"], ["Signals and triggers", ""]]);
+    const spec = await api("/openapi.json");
+    const paths = Object.keys(spec.paths).filter((p) => /signal|trigger/i.test(p));
     const out = [h("h1", {}, "Signals and triggers")];
-    for (const [title, path] of [["Signals", "/api/v3/signals"], ["Triggers", "/api/v3/triggers"]]) {
-      out.push(h("h2", {}, title));
-      try {
-        const got = await api(path);
-        const rows = Array.isArray(got) ? got : got.items || [];
-        out.push(rows.length ? h("pre", { class: "json" }, JSON.stringify(rows.slice(0, 200), null, 2)) : h("p", { class: "muted" }, "None."));
-      } catch (err) {
-        out.push(h("p", { class: "muted" }, err.status === 404 ? `This server's API has no ${path} yet.` : err.message));
-      }
+    if (!paths.length) {
+      out.push(h("p", { class: "empty", id: "signals-none" }, "This server's API has no signals or triggers yet."));
+      return out;
+    }
+    out.push(h("p", { class: "muted" }, "What this server's API answers about them:"),
+      h("ul", { id: "signal-paths" }, paths.map((p) => h("li", { class: "mono" }, Object.keys(spec.paths[p]).map((m) => m.toUpperCase()).join(", ") + " " + p))));
+    for (const p of paths.filter((p) => !p.includes("{") && spec.paths[p].get)) {
+      out.push(h("h2", {}, p));
+      const got = await api(p).catch((err) => ({ error: err.message }));
+      out.push(h("pre", { class: "json" }, JSON.stringify(got, null, 2).slice(0, 20000)));
+    }
+    const byName = paths.find((p) => /\/signals\/\{name\}$/.test(p) && spec.paths[p].get);
+    if (byName) {
+      const input = h("input", { id: "signal-name", "aria-label": "Signal name", placeholder: "signal name" });
+      const shown = h("pre", { class: "json", id: "signal-shown" }, "");
+      out.push(h("h2", {}, "The latest signal of a name"),
+        h("form", { class: "row", onsubmit: async (e) => {
+          e.preventDefault();
+          const got = await api(byName.replace("{name}", enc(input.value.trim()))).catch((err) => ({ error: err.message }));
+          shown.textContent = JSON.stringify(got, null, 2);
+        } }, input, h("button", { type: "submit" }, "Show")), shown);
     }
     return out;
   }
@@ -543,6 +565,7 @@
   // -- routing --------------------------------------------------------------------------------------
   async function route() {
     for (const stop of cleanup.splice(0)) stop();
+    delete main.dataset.live;
     const [path, qs] = location.hash.replace(/^#/, "").split("?");
     const parts = (path || "/").split("/").filter(Boolean).map(decodeURIComponent);
     const query = new URLSearchParams(qs || "");
