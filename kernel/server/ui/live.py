@@ -18,12 +18,14 @@ from typing import Any, AsyncIterator
 import trio
 
 from ...hookspecs import hookimpl
+from ...states import InstanceStatus
 
 __all__ = ["LiveEvents", "stream", "POLL", "COALESCE", "KEEPALIVE"]
 
 POLL = 1.0  # seconds between reads of an instance nothing in this process tells us about
 COALESCE = 0.03  # seconds a woken stream waits for the rest of a burst before reading
 KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
+_ENDED = frozenset(s.value for s in InstanceStatus if s.terminal)
 
 
 class LiveEvents:
@@ -84,6 +86,8 @@ async def stream(storage, instance_id: str, offset: int | None, live: LiveEvents
         if record is None or (record.status.terminal and not events):
             yield _sse("end", {"status": status, "offset": offset})
             return
+        if any(e.step_id is None and e.status in _ENDED for e in events):
+            continue  # it has just ended: the next look finds its status and ends the stream
         if quiet >= KEEPALIVE:
             yield b": keep-alive\n\n"
             quiet = 0.0

@@ -148,8 +148,8 @@
       if (token()) headers.Authorization = `Bearer ${token()}`;
       try {
         const out = await api(path + (path.includes("?") ? "&" : "?") + "blocking=false", { method, headers, body: JSON.stringify(body || {}) });
-        toast(`${title}: ${out.outcome || "asked"}`);
-        say(`${title}: ${out.outcome || "asked"}`);
+        toast(`${title}: ${out.outcome || "asked (pending)"}`);
+        say(`${title}: ${out.outcome || "asked (pending)"}`);
         return out;
       } catch (err) {
         if ((err.status === 401 || err.status === 403) && tries === 0) {
@@ -349,7 +349,7 @@
     const note = h("p", { class: "dag-note", id: "dag-note" });
     const drill = h("div", { id: "drill" });
     const dag = D.render(dagBox, graph, { open: (unit, byId) => openUnit(unit, byId) });
-    note.textContent = `${fmt(dag.stats.steps)} steps` + (dag.stats.drawn !== dag.stats.steps ? `, drawn as ${fmt(dag.stats.drawn)} nodes (parallel steps and long chains grouped; open a group to list its steps)` : "") + ` · laid out in ${Math.round(dag.stats.layout_ms)} ms`;
+    note.textContent = `${fmt(dag.stats.steps)} step${dag.stats.steps === 1 ? "" : "s"}` + (dag.stats.drawn !== dag.stats.steps ? `, drawn as ${fmt(dag.stats.drawn)} nodes (parallel steps and long chains grouped; open a group to list its steps)` : "") + ` · laid out in ${Math.round(dag.stats.layout_ms)} ms`;
     function openUnit(unit, byId) {
       if (unit.members.length === 1) {
         const n = byId.get(unit.members[0]);

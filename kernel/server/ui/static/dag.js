@@ -203,7 +203,7 @@
       const group = el("g", { class: "node", transform: `translate(${(p.x - w / 2).toFixed(1)},${(p.y - h / 2).toFixed(1)})`,
         tabindex: 0, role: "link", "data-unit": u.id }, nodeLayer);
       if (u.members.length === 1) group.setAttribute("data-step", u.members[0]);
-      el("rect", { width: w, height: h }, group);
+      el("rect", { class: "box", width: w, height: h }, group);
       const gl = el("text", { class: "gl", x: 10, y: 21 }, group);
       const title = el("text", { x: 28, y: 21 }, group);
       const sub = el("text", { class: "sub", x: 28, y: 38 }, group);
@@ -233,6 +233,9 @@
           const ended = Object.entries(its).filter(([s]) => TERMINAL.has(s)).reduce((a, [, k]) => a + k, 0);
           sub = `${n.kind} ${fmt(ended)}/${n.total != null ? fmt(n.total) : "?"} \u00B7 ${n.status}`;
           drawBar(view, its, n.total);
+        } else if (n.counts && Object.keys(n.counts).length) {  // a loop body's step, over its iterations
+          const total = Object.values(n.counts).reduce((a, b) => a + b, 0);
+          sub = Object.entries(n.counts).map(([st, k]) => `${fmt(k)} ${st}`).join(" \u00B7 ") + ` of ${fmt(total)}`;
         } else if (n.kind === "subworkflow") {
           sub = `subworkflow \u00B7 ${n.status}` + (n.child ? " \u2197" : "");
         }
@@ -247,7 +250,8 @@
         view.group.setAttribute("class", `node group s-${worst}`);
         view.gl.textContent = GLYPH[worst];
         view.title.textContent = short(u.label, 28);
-        const text = ORDER.filter((c) => cats[c]).map((c) => `${fmt(cats[c])} ${GLYPH[c]}`).join(" \u00B7 ");
+        const text = Object.entries(counts).sort((a, b) => ORDER.indexOf(category(a[0])) - ORDER.indexOf(category(b[0])) || b[1] - a[1])
+          .map(([st, k]) => `${fmt(k)} ${st}`).join(" \u00B7 ");
         view.sub.textContent = short(text, 34);
         drawBar(view, counts, u.members.length);
         view.group.setAttribute("aria-label", `${u.label}: ` + Object.entries(counts).map(([s, k]) => `${fmt(k)} ${s}`).join(", "));
