@@ -190,6 +190,13 @@ class Storage(abc.ABC):
         This default reads them all; backends override it to read only the new ones."""
         return (await self.get_timeline(instance_id))[offset:]
 
+    async def get_timeline_tail(self, instance_id: str, last: int) -> tuple[int, list[Event]]:
+        """(how many events the timeline holds, its last ``last`` events): what a page shows
+        first, the count being the offset it then follows from with :meth:`get_timeline_since`.
+        This default reads them all; backends override it to read only the tail."""
+        events = await self.get_timeline(instance_id)
+        return len(events), events[max(0, len(events) - last):]
+
     @abc.abstractmethod
     async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]: ...
 

@@ -958,6 +958,26 @@ class SqlStorage(Storage):
 
         return await self._run(read, doing="read the timeline")
 
+    async def get_timeline_tail(self, instance_id: str, last: int) -> tuple[int, list[Event]]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                # Counted in SQL (a row holds one event per comma-separated status, see
+                # event_rows), then only the last rows read whole: a row holds at least one event.
+                count = sql.first("SELECT COUNT(*) AS n_rows, MAX(id) AS last_id, "
+                                  "SUM(LENGTH(status) - LENGTH(REPLACE(status, ',', ''))) AS commas "
+                                  "FROM legato_events WHERE instance_id = :iid", {"iid": instance_id})
+                rows = sql.all("SELECT * FROM legato_events WHERE instance_id = :iid ORDER BY id DESC LIMIT :n",
+                               {"iid": instance_id, "n": max(0, last)}) if last > 0 else []
+            total = int(count.n_rows or 0) + int(count.commas or 0)
+            if count.last_id is not None:  # a follower starting from here reads only what comes after
+                if len(self._event_cursors) > 64:
+                    self._event_cursors.clear()
+                self._event_cursors[instance_id] = (total, count.last_id)
+            events = expand_events(reversed(rows))
+            return total, events[max(0, len(events) - last):]
+
+        return await self._run(read, doing="read the timeline")
+
     async def get_timeline_since(self, instance_id: str, offset: int) -> list[Event]:
         def read():
             done, last_id = self._event_cursors.get(instance_id, (0, 0))

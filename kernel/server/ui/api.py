@@ -15,7 +15,7 @@ from ..app import _I, _W, INSTANCE, STEP, WORKFLOW, ApiError, Service, _int_quer
 from ..openapi import operation
 from . import live
 
-__all__ = ["RECENT_RUNS", "TIMELINE_DEFAULT", "TIMELINE_MAX"]
+__all__ = ["RECENT_RUNS", "TIMELINE_DEFAULT", "TIMELINE_MAX", "GRAPHS_KEPT"]
 
 RECENT_RUNS = 10  # instances of each workflow the workflows page shows as dots
 TIMELINE_DEFAULT, TIMELINE_MAX = 1000, 10_000
@@ -55,11 +55,12 @@ async def get_timeline(svc: Service, request, workflowId: str, instanceId: str) 
     limit = _int_query(request, "limit", TIMELINE_DEFAULT, 1, TIMELINE_MAX)
     last = _int_query(request, "last", 0, 1, TIMELINE_MAX) or None
     offset = _int_query(request, "offset", 0, 0, 2**62)
-    events = await svc.storage.get_timeline(record.instance_id)
-    total = len(events)
     if last is not None:
-        offset = max(0, total - last)
-    chunk = events[offset:offset + limit]
+        total, chunk = await svc.storage.get_timeline_tail(record.instance_id, min(last, limit))
+        offset = total - len(chunk)
+    else:
+        events = await svc.storage.get_timeline(record.instance_id)
+        total, chunk = len(events), events[offset:offset + limit]
     return 200, {"events": [live.event_json(e, _iso) for e in chunk], "offset": offset,
                  "next_offset": offset + len(chunk), "total": total}
 
@@ -119,9 +120,27 @@ def _node(step, node: overview.Node | None) -> dict[str, Any]:
                                   "each step counted over the iterations (or of that iteration)")})
 async def get_graph(svc: Service, request, workflowId: str, instanceId: str) -> tuple[int, Any]:
     record = await svc.instance(workflowId, instanceId)
+    scope = request.query_params.get("scope", "").strip("/")
+    # An ended instance's graph changes only with a restart (a new run, a new status): kept.
+    key = (record.instance_id, record.run_id, record.status.value, record.ended_at, scope)
+    found = _GRAPHS.get(key)
+    if found is None:
+        found = await _graph(svc, record, scope)
+        if record.status.terminal:
+            if len(_GRAPHS) >= GRAPHS_KEPT:
+                _GRAPHS.pop(next(iter(_GRAPHS)))
+            _GRAPHS[key] = found
+    return 200, found
+
+
+GRAPHS_KEPT = 16
+_GRAPHS: dict[tuple, dict[str, Any]] = {}
+
+
+async def _graph(svc: Service, record, scope: str) -> dict[str, Any]:
+    workflowId = record.workflow_id
     definition = await svc.definition(record.workflow_id, record.version)
     top = overview.tree(await svc.storage.get_attempts(record.instance_id))
-    scope = request.query_params.get("scope", "").strip("/")
     steps, nodes = definition.steps, top
     if scope:
         loop_id, _, iteration = scope.partition("/")
@@ -147,5 +166,5 @@ async def get_graph(svc: Service, request, workflowId: str, instanceId: str) -> 
         for n in out:
             n["counts"] = counted.get(n["id"], {})
     edges = [[s.id, target, "" if cond.constant is True else cond.source] for s in steps for target, cond in s.successors]
-    return 200, {"workflow_id": record.workflow_id, "instance_id": record.instance_id, "version": record.version,
-                 "status": record.status.value, "run_id": record.run_id, "scope": scope, "nodes": out, "edges": edges}
+    return {"workflow_id": record.workflow_id, "instance_id": record.instance_id, "version": record.version,
+            "status": record.status.value, "run_id": record.run_id, "scope": scope, "nodes": out, "edges": edges}

@@ -294,8 +294,8 @@
   }
 
   // The instance's event stream: calls onEvents with each batch of new timeline events.
-  function follow(wid, iid, handlers) {
-    let source = null, offset = null, closed = false;
+  function follow(wid, iid, after, handlers) {
+    let source = null, offset = after, closed = false;
     function open() {
       const url = `${W}/${enc(wid)}/instances/${enc(iid)}/events` + (offset != null ? `?after=${offset}` : "");
       source = new EventSource(url);
@@ -315,6 +315,9 @@
     const base = `${W}/${enc(wid)}/instances/${enc(iid)}`;
     const t0 = performance.now();
     const q = scope ? `?scope=${enc(scope)}` : "";
+    // The timeline first: its length is where the event stream starts, so that every change after
+    // the graph below was read reaches the page (one made in between is applied twice: harmless).
+    const tl = await api(base + "/timeline?last=200");
     const [inst, graph] = await Promise.all([api(base + "?view=summary").catch(() => null), api(base + "/graph" + q)]);
     iid = graph.instance_id;
     const iidShort = iid.slice(0, 12);
@@ -396,7 +399,6 @@
         : [h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No action asked yet."))]));
     }
     loadActions();
-    const tl = await api(base + "/timeline?last=200");
     timeline.replaceChildren(...tl.events.slice().reverse().map(eventRow));
 
     // Live: apply each event to its node (a loop body's events refresh the loop's counts, throttled).
@@ -406,20 +408,22 @@
       pendingGraph = setTimeout(async () => {
         pendingGraph = null;
         const g = await api(base + "/graph" + q).catch(() => null);
-        if (g) for (const n of g.nodes) dag.update(n.id, n.status, n.attempt, { iterations: n.iterations, total: n.total, child: n.child, counts: n.counts });
-      }, 500);
+        if (g) for (const n of g.nodes) dag.update(n.id, n.status, n.attempt, { iterations: n.iterations, total: n.total, child: n.child, counts: n.counts }, true);
+        dag.flush();
+      }, 1000);
     }
     const prefix = scope ? scope + "/" : "";
-    const stream = follow(wid, iid, {
+    const stream = follow(wid, iid, tl.total, {
       events(events) {
         for (const e of events) {
           if (e.step_id === null) { statusBox.replaceChildren(state(e.status)); current = e.status; continue; }
           if (!e.step_id.startsWith(prefix)) continue;
           const rest = e.step_id.slice(prefix.length);
-          if (!scope && !rest.includes("/") && dag.update(rest, e.status, e.attempt)) continue;
+          if (!scope && !rest.includes("/") && dag.update(rest, e.status, e.attempt, null, true)) continue;
           refetchGraph();
         }
-        const rows = events.slice().reverse().map(eventRow);
+        dag.flush();
+        const rows = events.slice(-500).reverse().map(eventRow);
         timeline.prepend(...rows);
         while (timeline.children.length > 500) timeline.lastChild.remove();
         say(`${events.length} new event(s)`);
@@ -448,6 +452,7 @@
   // -- a step ---------------------------------------------------------------------------------------
   async function stepPage(wid, iid, sid) {
     const base = `${W}/${enc(wid)}/instances/${enc(iid)}`;
+    const start = await api(base + "/timeline?last=1");  // where the event stream starts (see instancePage)
     const [inst, step] = await Promise.all([api(base + "?view=summary"), api(`${base}/steps/${enc(sid)}`)]);
     iid = inst.instance_id;
     setCrumbs([["Workflows", "#/"], [wid, `#/w/${enc(wid)}`], [iid.slice(0, 12), `#/w/${enc(wid)}/i/${enc(iid)}`], [sid, ""]]);
@@ -519,7 +524,7 @@
     await readLog();
     const timer = setInterval(() => { if (!D.TERMINAL.has(stepStatus)) readLog(); }, 500);
     cleanup.push(() => clearInterval(timer));
-    const stream = follow(wid, iid, {
+    const stream = follow(wid, iid, start.total, {
       events(events) {
         if (events.some((e) => e.step_id === sid || e.step_id === null)) { reload(); readLog(); }
       },

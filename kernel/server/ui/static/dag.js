@@ -196,6 +196,7 @@
     }
 
     const views = new Map();
+    const dirty = new Set();
     const ordered = [];
     for (const u of units) {
       const p = g.node(u.id);
@@ -286,16 +287,19 @@
     const stats = { steps: nodes.length, drawn: units.length, layout_ms: tLayout - t0, total_ms: performance.now() - t0 };
     return {
       stats,
-      // A step's new state: repaint only the node that shows it.
-      update(stepId, status, attempt, extra) {
+      // A step's new state: repaint only the node that shows it (with ``later``, at the next
+      // flush(): a batch of events repaints each node once, however many of its steps changed).
+      update(stepId, status, attempt, extra, later) {
         const n = byId.get(stepId);
         if (!n) return false;
         n.status = status;
         if (attempt) n.attempt = attempt;
         if (extra) Object.assign(n, extra);
-        paint(views.get(unitOf.get(stepId).id));
+        const view = views.get(unitOf.get(stepId).id);
+        if (later) dirty.add(view); else paint(view);
         return true;
       },
+      flush() { for (const view of dirty) paint(view); dirty.clear(); },
       node: (id) => byId.get(id),
     };
   }
