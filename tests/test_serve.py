@@ -41,7 +41,13 @@ class Server:
                                      cwd=tmp, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.lines: list[str] = []
-        line = self.expect("listening on ")
+        self._partial = ""  # the start of a line not ended yet
+        try:
+            line = self.expect("listening on ")
+        except BaseException:  # a server that never listened is not left running
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self.url = line.split("listening on ")[1].split()[0]
         token_line = next((x for x in self.lines if "API token (generated" in x), None)
         self.token = token_line.rsplit(": ", 1)[1].strip() if token_line else os.environ.get("LEGATO_API_TOKEN")
@@ -58,11 +64,14 @@ class Server:
             seen = len(self.lines)
             left = deadline - time.monotonic()
             assert left > 0, f"the server never said {text!r}:\n" + "".join(self.lines)
+            # Read the pipe's bytes, not the text wrapper's lines: a line the wrapper buffered behind
+            # the one it returned would never make select() say ready again.
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if ready:
-                line = self.proc.stdout.readline()
-                assert line, f"the server exited ({self.proc.wait()}) without saying {text!r}:\n" + "".join(self.lines)
-                self.lines.append(line)
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                assert chunk, f"the server exited ({self.proc.wait()}) without saying {text!r}:\n" + "".join(self.lines)
+                *done, self._partial = (self._partial + chunk.decode(errors="replace")).split("\n")
+                self.lines.extend(line + "\n" for line in done)
 
     def push(self, doc: dict) -> dict:
         r = self.http.post(W, json=doc)
@@ -90,7 +99,8 @@ class Server:
 
     def finish(self) -> int:
         out, _ = self.proc.communicate(timeout=HANG)
-        self.lines.extend(out.splitlines(keepends=True))
+        self.lines.extend((self._partial + out).splitlines(keepends=True))
+        self._partial = ""
         self.http.close()
         return self.proc.returncode
 

@@ -568,7 +568,9 @@
   }
 
   // -- routing --------------------------------------------------------------------------------------
+  let routed = 0;  // the latest route's number: a slower earlier one must not draw over it
   async function route() {
+    const mine = ++routed, hash = location.hash || "#/";
     for (const stop of cleanup.splice(0)) stop();
     delete main.dataset.live;
     const [path, qs] = location.hash.replace(/^#/, "").split("?");
@@ -586,8 +588,9 @@
     } catch (err) {
       page = [failure(err), h("p", {}, h("a", { href: "#/" }, "Back to the workflows"))];
     }
+    if (mine !== routed) return;
     main.replaceChildren(...[].concat(page));
-    main.dataset.ready = location.hash || "#/";
+    main.dataset.ready = hash;
     if (window.__legatoPage && window.__legatoPage.kind === "instance") window.__legatoPage.painted_ms = performance.now();
   }
   window.addEventListener("hashchange", () => { route(); main.focus({ preventScroll: true }); });
