@@ -523,3 +523,26 @@ def test_a_loop_is_one_node_with_its_iterations_counted(server):
     assert [(n["id"], n["counts"]) for n in body["nodes"]] == [("job", {"SUCCEEDED": 3})]
     one = server.http.get(f"{W}/looped/instances/{iid}/graph", params={"scope": "each/2"}).json()
     assert [(n["id"], n["status"]) for n in one["nodes"]] == [("job", "SUCCEEDED")]
+
+
+def test_the_web_ui_is_served_from_the_package_and_reaches_no_other_host(server):
+    """`/` is the web UI's page; every script and style it loads is served from `/ui/` (shipped in
+    the wheel, with the vendored libraries' licenses) and names no other host (no CDN): it works
+    offline. An unknown asset is a 404."""
+    import re
+
+    from legato.server.ui import ASSETS
+
+    page = server.http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    loaded = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
+    assert "/ui/app.js" in loaded and "/ui/vendor/dagre.min.js" in loaded
+    for url in loaded:
+        assert url.startswith("/ui/") or url.startswith("data:"), url
+    for name, kind in ASSETS.items():
+        r = server.http.get(f"/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), name
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", r.text), f"{name} names another host"
+    assert "MIT" in server.http.get("/ui/vendor/dagre.LICENSE").text
+    assert server.http.get("/ui/nothing.js").status_code == 404
+    assert server.http.get("/ui/../app.py").status_code == 404
