@@ -19,7 +19,8 @@ noop), then opens each one's instance page in Chromium (Debian's chromium + chro
 - ``running_page``: the fan-out run again with its page open: the longest gap between the page's
   timer ticks (every 50 ms) while it runs: how long the page ever stopped answering.
 
-Prints one JSON object (progress on stderr). Skips saying why without Chromium.
+Prints one JSON object (progress on stderr). Skips saying why without Chromium. With
+$LEGATO_ARTIFACTS set, saves each 10,000-step page's screenshot under it (``webui/``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def fetch_json(driver, path: str) -> float:
 
 def page_figure(driver, serve: Serve, wid: str, iid: str, steps: int, repeat: int) -> dict:
     cold = open_instance(driver, serve.url, wid, iid)
+    if os.environ.get("LEGATO_ARTIFACTS"):  # what a 10,000-step page looks like, for people
+        where = Path(os.environ["LEGATO_ARTIFACTS"]) / "webui"
+        where.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(where / f"instance-{wid}-{steps}.png"))
     warm = [open_instance(driver, serve.url, wid, iid) for _ in range(repeat)]
     base = [fetch_json(driver, f"{W}/{wid}/instances/{iid}") for _ in range(repeat + 1)]
     value = statistics.median(p["painted_ms"] for p in warm)

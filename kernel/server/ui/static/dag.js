@@ -75,6 +75,8 @@
         const g = groups[i];
         const members = [].concat(...g.map((x) => x.members));
         const unit = { id: `${kind}:${g[0].id}`, kind, members, label: label(g, members) };
+        const ranks = g.reduce((n, x) => n + (x.ranks || 0), 0);
+        if (ranks) unit.ranks = ranks;
         made.set(i, unit);
         next.push(unit);
       }
@@ -122,7 +124,9 @@
         const steps = run.reduce((n, x) => n + x.members.length, 0);
         if (steps >= CHAIN_MIN && run.length > 1) groups.push(run);
       }
-      if (groups.length) merge(groups, "chain", (g, m) => `${fmt(m.length)} steps in a row: ${short(m[0], 14)} \u2192 ${short(m[m.length - 1], 14)}`);
+      if (groups.length) merge(groups, "chain", (g, m) => (g.some((x) => x.ranks)
+        ? `${fmt(m.length)} steps in ${fmt(g.reduce((n, x) => n + (x.ranks || 1), 0))} ranks`
+        : `${fmt(m.length)} steps in a row: ${short(m[0], 14)} \u2192 ${short(m[m.length - 1], 14)}`));
     };
     chains();
     // 3. Still too many: one node per rank (longest path from a source), then chains again.
@@ -139,7 +143,7 @@
       }
       const groups = [...byRank.values()].filter((g) => g.length > 1);
       if (groups.length) merge(groups, "rank", (g, m) => `${fmt(m.length)} steps of one rank`);
-      for (const u of units) if (u.kind === "rank") u.kind = "chain";  // a rank run may chain on
+      for (const u of units) if (u.kind === "rank") { u.kind = "chain"; u.ranks = 1; }  // a run of ranks may chain on
       chains();
     }
     return { units, links, byId };
@@ -149,8 +153,8 @@
     const indeg = new Map(units.map((u) => [u.id, 0])), succ = new Map(units.map((u) => [u.id, []]));
     for (const [a, b] of links) { indeg.set(b, indeg.get(b) + 1); succ.get(a).push(b); }
     const queue = units.filter((u) => indeg.get(u.id) === 0).map((u) => u.id), out = [];
-    while (queue.length) {
-      const id = queue.shift();
+    for (let head = 0; head < queue.length; head++) {
+      const id = queue[head];
       out.push(id);
       for (const s of succ.get(id)) { indeg.set(s, indeg.get(s) - 1); if (indeg.get(s) === 0) queue.push(s); }
     }
@@ -304,5 +308,5 @@
     };
   }
 
-  window.LegatoDag = { render, category, GLYPH, TERMINAL, ORDER };
+  window.LegatoDag = { render, compress, category, GLYPH, TERMINAL, ORDER };
 })();
