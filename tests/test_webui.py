@@ -29,10 +29,11 @@ from .test_serve import HANG, W, Server, bash
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -110,6 +111,19 @@ def offered(driver, box: str) -> set[str]:
 def text(driver, element_id: str) -> str:
     return driver.execute_script("const e = document.getElementById(arguments[0]); return e ? e.innerText : ''",
                                  element_id)
+
+
+def press(driver, css: str, key: str | None = None) -> None:
+    """Send ``key`` to (or click, without one) the element ``css`` names, found afresh if the page
+    redrew it meanwhile (a live update may)."""
+    def done(d):
+        try:
+            element = d.find_element(By.CSS_SELECTOR, css)
+            element.send_keys(key) if key else element.click()
+            return True
+        except StaleElementReferenceException:
+            return False
+    wait(driver, css, done)
 
 
 def errors(driver) -> list[str]:
@@ -201,17 +215,22 @@ def test_restart_a_failed_instance_from_the_page(server, browser, tmp_path):
 
 def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, tmp_path, artifacts):
     """Workflows (dots with shapes and names), a workflow (versions, a diff of two, instances with a
-    state filter), an instance (DAG: a foreach collapsed to one node with its iterations counted; a
-    fan-out of parallel steps grouped), a loop's body, a step, and the signals stub: each renders
-    without a script error, in the light and the dark theme (the toggle), and is saved as a
-    screenshot. Arrow keys move between DAG nodes and Enter opens one."""
+    state filter; Unblock only for a STRICT_SEQUENTIAL one), an instance (DAG: a foreach collapsed
+    to one node with its iterations counted; a fan-out of parallel steps grouped, opened to list
+    them; a subworkflow linked to its child instance), a loop's body, a step, and the signals stub:
+    each renders without a script error, in the light and the dark theme (the toggle), and is
+    saved as a screenshot. Arrow keys move between DAG nodes and Enter opens one."""
+    server.push({"workflow": {"id": "tour-child", "steps": [bash("hello", 'echo "hello from the child"')]}})
+    server.push({"properties": {"run_strategy": "strict_sequential"}, "workflow": {"id": "tour-strict", "steps": [
+        bash("only", "true")]}})
     doc = {"properties": {"run_strategy": "parallel"}, "workflow": {"id": "tour", "params": {
         "region": {"type": "STRING", "value": "eu"}}, "steps": [
         bash("extract", 'echo "extracting $region"; echo "rows=1200" >> "$LEGATO_OUTPUT"', then="fan"),
         {"step": {"id": "fan", "type": "noop", "transition": {"successors": {f"shard{i}": "true" for i in range(8)}}}},
         *[{"step": {"id": f"shard{i}", "type": "noop", "transition": {"successors": {"each": "true"}}}} for i in range(8)],
         {"foreach": {"id": "each", "params": {"loop_params": {"value": {"day": {"type": "LONG_ARRAY", "value": [1, 2, 3, 4, 5]}}, "type": "MAP"}},
-                     "steps": [bash("day_job", 'echo "day $day"')]}}]}}
+                     "steps": [bash("day_job", 'echo "day $day"')], "transition": {"successors": {"child": "true"}}}},
+        {"step": {"id": "child", "type": "subworkflow", "params": {"subworkflow_id": "tour-child"}}}]}}
     server.push(doc)
     v2 = {**doc, "workflow": {**doc["workflow"], "description": "second version"}}
     server.push(v2)
@@ -237,6 +256,12 @@ def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, 
     wait(browser, "the diff", lambda d: "second version" in text(d, "diff"))
     assert browser.find_elements(By.CSS_SELECTOR, "#diff .add")
     assert iid[:12] in text(browser, "instances")
+    assert offered(browser, "main") == set()  # no Unblock: tour is PARALLEL
+    Select(browser.find_element(By.ID, "status-filter")).select_by_value("FAILED")
+    wait(browser, "the FAILED filter", lambda d: "No FAILED instance" in text(d, "main"))
+    open_page(browser, server, "/w/tour-strict")
+    assert offered(browser, "main") == {"unblock"}
+
 
     open_page(browser, server, f"/w/tour/i/{iid}")
     each = node_state(browser, "each")
@@ -248,6 +273,16 @@ def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, 
     assert browser.switch_to.active_element.get_attribute("data-step") == "fan"
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     wait(browser, "the step page of fan", lambda d: d.execute_script("return location.hash").endswith("/s/fan"))
+
+    open_page(browser, server, f"/w/tour/i/{iid}")
+    press(browser, "#dag .node.group", Keys.ENTER)
+    wait(browser, "the group's steps", lambda d: all(f"shard{i}" in text(d, "drill") for i in range(8)))
+    child = node_state(browser, "child")
+    assert "subworkflow" in child and "SUCCEEDED" in child
+    press(browser, '#dag [data-step="child"]')
+    kid = final["steps"]["child"]["outputs"]["subworkflow_instance_id"]
+    wait(browser, "the child instance's page", lambda d: d.execute_script(
+        "return location.hash") == f"#/w/tour-child/i/{kid}" and "hello" in (node_state(d, "hello") or ""))
 
     open_page(browser, server, f"/w/tour/i/{iid}/loop/each")
     assert "day_job" in text(browser, "dag")

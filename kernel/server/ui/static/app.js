@@ -568,6 +568,9 @@
   }
 
   // -- routing --------------------------------------------------------------------------------------
+  // The skip link focuses the content (its href would change the hash, which names the page).
+  document.getElementById("skip").addEventListener("click", (e) => { e.preventDefault(); main.focus(); });
+
   let routed = 0;  // the latest route's number: a slower earlier one must not draw over it
   async function route() {
     const mine = ++routed, hash = location.hash || "#/";
