@@ -29,8 +29,8 @@ from .test_serve import HANG, W, Server, bash
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -113,17 +113,12 @@ def text(driver, element_id: str) -> str:
                                  element_id)
 
 
-def press(driver, css: str, key: str | None = None) -> None:
-    """Send ``key`` to (or click, without one) the element ``css`` names, found afresh if the page
-    redrew it meanwhile (a live update may)."""
-    def done(d):
-        try:
-            element = d.find_element(By.CSS_SELECTOR, css)
-            element.send_keys(key) if key else element.click()
-            return True
-        except StaleElementReferenceException:
-            return False
-    wait(driver, css, done)
+def press(driver, css: str, key: str) -> None:
+    """Focus the element ``css`` names (as Tab would) and press ``key`` on the keyboard."""
+    wait(driver, f"{css} focused", lambda d: d.execute_script(
+        "const e = document.querySelector(arguments[0]); if (!e) return false; e.focus();"
+        "return document.activeElement === e", css))
+    ActionChains(driver).send_keys(key).perform()
 
 
 def errors(driver) -> list[str]:
@@ -147,7 +142,7 @@ def gated(wid: str, tmp: Path, line: str) -> dict:
         bash("after", "true")]}}
 
 
-def test_a_step_goes_running_to_succeeded_on_the_open_page_with_its_live_log(server, browser, tmp_path):
+def test_a_step_goes_running_to_succeeded_on_the_open_page_with_its_live_log(server, browser, tmp_path, artifacts):
     """The instance page of a running workflow shows ``work`` RUNNING, then SUCCEEDED once it ends,
     with no reload (a marker set on the window survives); the step page shows the line the step
     printed while it still runs; only the actions valid for a running instance are offered."""
@@ -160,11 +155,13 @@ def test_a_step_goes_running_to_succeeded_on_the_open_page_with_its_live_log(ser
     wait(browser, "the live log line", lambda d: line in text(d, "log"))
     assert "RUNNING" in text(browser, "step-status")
     assert offered(browser, "actions-box") == {"skip", "stop", "kill"}
+    browser.save_screenshot(str(artifacts / "step-running-light.png"))
 
     open_page(browser, server, f"/w/live/i/{iid}")
     browser.execute_script("window.__notReloaded = true")
     assert "RUNNING" in node_state(browser, "work") and "SUCCEEDED" in node_state(browser, "prepare")
     assert offered(browser, "instance-actions") == {"stop", "kill"}
+    browser.save_screenshot(str(artifacts / "instance-running-light.png"))
     (tmp_path / "release").touch()
     wait(browser, "work SUCCEEDED", lambda d: "SUCCEEDED" in (node_state(d, "work") or ""))
     wait(browser, "the instance SUCCEEDED", lambda d: "SUCCEEDED" in text(d, "instance-status"))
@@ -268,18 +265,18 @@ def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, 
     assert each.startswith("each: foreach, foreach 5/5"), each
     groups = browser.find_elements(By.CSS_SELECTOR, "#dag .node.group")
     assert len(groups) == 1 and "8 parallel steps" in groups[0].text  # the fan-out, one node
-    first = browser.find_element(By.CSS_SELECTOR, '#dag [data-step="extract"]')
-    first.send_keys(Keys.ARROW_RIGHT)
-    assert browser.switch_to.active_element.get_attribute("data-step") == "fan"
-    browser.switch_to.active_element.send_keys(Keys.ENTER)
-    wait(browser, "the step page of fan", lambda d: d.execute_script("return location.hash").endswith("/s/fan"))
+    press(browser, '#dag [data-step="extract"]', Keys.ARROW_RIGHT)
+    assert browser.execute_script("return document.activeElement.dataset.step") == "fan"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait(browser, "the step page of fan", lambda d: d.execute_script(
+        "return location.hash.endsWith('/s/fan') && document.querySelector('main').dataset.ready === location.hash"))
 
     open_page(browser, server, f"/w/tour/i/{iid}")
     press(browser, "#dag .node.group", Keys.ENTER)
     wait(browser, "the group's steps", lambda d: all(f"shard{i}" in text(d, "drill") for i in range(8)))
     child = node_state(browser, "child")
     assert "subworkflow" in child and "SUCCEEDED" in child
-    press(browser, '#dag [data-step="child"]')
+    press(browser, '#dag [data-step="child"]', Keys.ENTER)
     kid = final["steps"]["child"]["outputs"]["subworkflow_instance_id"]
     wait(browser, "the child instance's page", lambda d: d.execute_script(
         "return location.hash") == f"#/w/tour-child/i/{kid}" and "hello" in (node_state(d, "hello") or ""))

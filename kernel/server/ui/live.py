@@ -13,7 +13,8 @@ event.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, AsyncIterator, Iterator
 
 import trio
 
@@ -30,24 +31,50 @@ _ENDED = frozenset(s.value for s in InstanceStatus if s.terminal)
 
 class LiveEvents:
     """A ``legato_on_event`` observer that wakes the streams following an instance (register it on
-    the plugin manager before the engine is built: the engine asks once whether anyone observes)."""
+    the plugin manager before the engine is built: the engine asks once whether anyone observes).
+    Only followed instances are tracked: a long-running server keeps nothing per instance run."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, trio.Event] = {}
+        self._watched: dict[str, _Watch] = {}
 
     @hookimpl
     def legato_on_event(self, event) -> None:
-        woken = self._waiting.pop(event.instance_id, None)
-        if woken is not None:
-            woken.set()
+        watch = self._watched.get(event.instance_id)
+        if watch is not None:
+            watch.generation += 1
+            watch.changed.set()
+            watch.changed = trio.Event()
 
-    async def wait(self, instance_id: str, timeout: float) -> None:
-        """Return when an event of ``instance_id`` is durable, or after ``timeout`` seconds."""
-        event = self._waiting.get(instance_id)
-        if event is None:
-            event = self._waiting[instance_id] = trio.Event()
+    @contextmanager
+    def watch(self, instance_id: str) -> Iterator["_Watch"]:
+        """Follow ``instance_id`` while the block runs (shared by every stream that follows it)."""
+        watch = self._watched.get(instance_id)
+        if watch is None:
+            watch = self._watched[instance_id] = _Watch()
+        watch.followers += 1
+        try:
+            yield watch
+        finally:
+            watch.followers -= 1
+            if not watch.followers:
+                del self._watched[instance_id]
+
+
+class _Watch:
+    """One followed instance: ``generation`` counts its durable events heard so far."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.followers = 0
+        self.changed = trio.Event()
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        """Return once an event came after generation ``seen`` (at once if one did already: none
+        heard between a read and this wait is missed), or after ``timeout`` seconds."""
+        if self.generation != seen:
+            return
         with trio.move_on_after(timeout):
-            await event.wait()
+            await self.changed.wait()
 
 
 def _sse(kind: str, data: Any, ident: int | None = None) -> bytes:
@@ -69,32 +96,34 @@ async def stream(storage, instance_id: str, offset: int | None, live: LiveEvents
     if offset is None:
         offset = len(await storage.get_timeline(instance_id))
     yield b"retry: 2000\n\n" + _sse("hello", {"offset": offset}, offset)
-    status = None
-    quiet = 0.0
-    while True:
-        # The instance first: the events read after it include every one committed with its status.
-        record = await storage.get_instance(instance_id)
-        events = await storage.get_timeline_since(instance_id, offset)
-        if events:
-            offset += len(events)
-            yield _sse("timeline", {"events": [event_json(e, iso) for e in events], "offset": offset}, offset)
-            quiet = 0.0
-        if record is not None and record.status.value != status:
-            status = record.status.value
-            yield _sse("instance", {"status": status, "run_id": record.run_id, "message": record.message,
-                                    "ended_at": iso(record.ended_at)})
-        if record is None or (record.status.terminal and not events):
-            yield _sse("end", {"status": status, "offset": offset})
-            return
-        if any(e.step_id is None and e.status in _ENDED for e in events):
-            continue  # it has just ended: the next look finds its status and ends the stream
-        if quiet >= KEEPALIVE:
-            yield b": keep-alive\n\n"
-            quiet = 0.0
-        start = trio.current_time()
-        if live is not None:
-            await live.wait(instance_id, POLL)
-            await trio.sleep(COALESCE)
-        else:
-            await trio.sleep(POLL)
-        quiet += trio.current_time() - start
+    with live.watch(instance_id) if live is not None else nullcontext() as watch:
+        status = None
+        quiet = 0.0
+        while True:
+            seen = watch.generation if watch is not None else 0
+            # The instance first: the events read after it include every one committed with its status.
+            record = await storage.get_instance(instance_id)
+            events = await storage.get_timeline_since(instance_id, offset)
+            if events:
+                offset += len(events)
+                yield _sse("timeline", {"events": [event_json(e, iso) for e in events], "offset": offset}, offset)
+                quiet = 0.0
+            if record is not None and record.status.value != status:
+                status = record.status.value
+                yield _sse("instance", {"status": status, "run_id": record.run_id, "message": record.message,
+                                        "ended_at": iso(record.ended_at)})
+            if record is None or (record.status.terminal and not events):
+                yield _sse("end", {"status": status, "offset": offset})
+                return
+            if any(e.step_id is None and e.status in _ENDED for e in events):
+                continue  # it has just ended: the next look finds its status and ends the stream
+            if quiet >= KEEPALIVE:
+                yield b": keep-alive\n\n"
+                quiet = 0.0
+            start = trio.current_time()
+            if watch is not None:
+                await watch.wait(seen, POLL)
+                await trio.sleep(COALESCE)
+            else:
+                await trio.sleep(POLL)
+            quiet += trio.current_time() - start

@@ -574,8 +574,10 @@
   let routed = 0;  // the latest route's number: a slower earlier one must not draw over it
   async function route() {
     const mine = ++routed, hash = location.hash || "#/";
+    for (const t of document.querySelectorAll(".toast")) t.remove();  // of the page left
     for (const stop of cleanup.splice(0)) stop();
     delete main.dataset.live;
+    delete main.dataset.ready;  // until this page is drawn (what tests and tools wait for)
     const [path, qs] = location.hash.replace(/^#/, "").split("?");
     const parts = (path || "/").split("/").filter(Boolean).map(decodeURIComponent);
     const query = new URLSearchParams(qs || "");
