@@ -93,8 +93,8 @@ async def stream(storage, instance_id: str, offset: int | None, live: LiveEvents
     (``{"events": [...], "offset": n}``: n events seen so far, also the message id a reconnecting
     EventSource sends back), ``instance`` when its status changes, and ``end`` once the instance
     has ended and every event is sent (the stream closes: the page reopens it after a restart)."""
-    if offset is None:
-        offset = len(await storage.get_timeline(instance_id))
+    if offset is None:  # from the current end: counted, not read (and the follower's cursor primed)
+        offset = (await storage.get_timeline_tail(instance_id, 0))[0]
     yield b"retry: 2000\n\n" + _sse("hello", {"offset": offset}, offset)
     with live.watch(instance_id) if live is not None else nullcontext() as watch:
         status = None
