@@ -510,6 +510,47 @@ class StorageSuite(_Suite):
 
         self._run(main)
 
+    def test_the_timeline_is_followed_from_an_offset_and_its_tail_counted(self, tmp_path):
+        """``get_timeline_since(iid, n)`` is ``get_timeline(iid)[n:]`` as commits add events (the web
+        UI's event stream), and ``get_timeline_tail(iid, k)`` is (its length, its last k events),
+        with a step's several transitions of one commit among them; ``list_workflows`` names every
+        workflow pushed."""
+        from legato.model import Batch, Event
+
+        async def main():
+            async with self._open(tmp_path) as store:
+                instance, _ = self._records("i-tl")
+                await store.create_instance(instance, "me", 30)
+                seen: list = []
+                for tick in range(3):
+                    events = [Event(10.0 + tick, "i-tl", step, 1, status) for step in ("a", "b")
+                              for status in ("CREATED", "INITIALIZED", "STARTING")]
+                    events.append(Event(10.5 + tick, "i-tl", None, 0, "IN_PROGRESS", f"tick {tick}"))
+                    await store.commit(Batch("i-tl", 1, events=events))
+                    new = await store.get_timeline_since("i-tl", len(seen))
+                    assert new, f"tick {tick} committed events the follower should read"
+                    seen += new
+                    everything = await store.get_timeline("i-tl")
+                    assert seen == everything
+                    for k in (0, 1, 5, 1000):
+                        total, tail = await store.get_timeline_tail("i-tl", k)
+                        assert (total, tail) == (len(everything), everything[len(everything) - k:] if k else []), k
+                    # a follower starting at the tail's count reads only what comes next
+                    assert await store.get_timeline_since("i-tl", total) == []
+                assert await store.get_timeline_since("i-tl", 1000) == []
+                assert await store.get_timeline_tail("i-none", 10) == (0, [])
+                from legato.storage import StorageError
+
+                try:
+                    before = await store.list_workflows()
+                except StorageError:
+                    return  # a store that cannot list them says so
+                await store.push_definition("wf-listed", {"workflow": {"id": "wf-listed", "steps": []}})
+                listed = await store.list_workflows()
+                assert "wf-listed" in listed and listed == sorted(listed) and set(before) <= set(listed)
+
+        self._run(main)
+
     @requires("persistent")
     def test_data_survives_reopening(self, tmp_path):
         """Close the store, open it again: everything committed is there."""

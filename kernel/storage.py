@@ -168,6 +168,10 @@ class Storage(abc.ABC):
         """At most ``limit`` instances, newest first; only those of ``workflow_id`` and only those
         in ``status`` when given."""
 
+    async def list_workflows(self) -> list[str]:
+        """The id of every workflow with a stored version, sorted (the web UI's first page)."""
+        raise StorageError(f"{self.url or 'this store'} cannot list its workflows")
+
     @abc.abstractmethod
     async def find_instances(self, prefix: str, limit: int = 10) -> list[InstanceRecord]:
         """Instances whose id starts with ``prefix`` (compared exactly: case-sensitive, no
@@ -180,6 +184,19 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def get_timeline(self, instance_id: str) -> list[Event]: ...
+
+    async def get_timeline_since(self, instance_id: str, offset: int) -> list[Event]:
+        """What :meth:`get_timeline` returns from position ``offset`` on (0-based): a follower (the
+        web UI's event stream) asks again with ``offset`` plus the number of events it has read.
+        This default reads them all; backends override it to read only the new ones."""
+        return (await self.get_timeline(instance_id))[offset:]
+
+    async def get_timeline_tail(self, instance_id: str, last: int) -> tuple[int, list[Event]]:
+        """(how many events the timeline holds, its last ``last`` events): what a page shows
+        first, the count being the offset it then follows from with :meth:`get_timeline_since`.
+        This default reads them all; backends override it to read only the tail."""
+        events = await self.get_timeline(instance_id)
+        return len(events), events[max(0, len(events) - last):]
 
     @abc.abstractmethod
     async def get_logs(self, instance_id: str, step_id: str | None = None, attempt: int | None = None) -> list[LogChunk]: ...

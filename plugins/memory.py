@@ -79,6 +79,9 @@ class MemoryStorage(Storage):
                 return _with(v, False)
         return None
 
+    async def list_workflows(self) -> list[str]:
+        return sorted(wid for wid, versions in self._definitions.items() if versions)
+
     async def list_versions(self, workflow_id: str) -> list[DefinitionVersion]:
         return [_with(v, False) for v in self._definitions.get(workflow_id, [])]
 

@@ -42,7 +42,12 @@ class Server:
                                      text=True)
         self.lines: list[str] = []
         self.reader = Lines(self.proc.stdout, self.lines)
-        line = self.expect("listening on ")
+        try:
+            line = self.expect("listening on ")
+        except BaseException:  # a server that never listened is not left running
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self.url = line.split("listening on ")[1].split()[0]
         token_line = next((x for x in self.lines if "API token (generated" in x), None)
         self.token = token_line.rsplit(": ", 1)[1].strip() if token_line else os.environ.get("LEGATO_API_TOKEN")
@@ -424,3 +429,107 @@ def test_a_port_in_use_is_refused_saying_so(server):
     proc = legato_cli("serve", "--port", port, "--no-auth", "--store", server.store, cwd=server.tmp, timeout=HANG)
     assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def read_sse(lines):
+    """(event, data, id) of each message of a text/event-stream's lines, as they come, until it closes."""
+    kind, data, ident = None, [], None
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line.startswith("id: "):
+            ident = line[4:]
+        elif line == "" and kind:
+            yield kind, json.loads("\n".join(data)), ident
+            kind, data, ident = None, [], None
+
+
+def test_an_instance_streams_its_events_live_then_ends(server, tmp_path):
+    """GET …/events (the web UI's live updates, Server-Sent Events): opened while step ``a`` runs, it
+    says where it starts (`hello`), then streams the rest of the timeline in order as it is
+    committed, the instance's new status, and `end` once the instance has ended; with `after` (or
+    Last-Event-ID) it replays from there. The timeline, the workflows list, the summary view and
+    the graph read the same instance."""
+    server.push(blocking("streamed", tmp_path))
+    iid = server.start("streamed")["instance_id"]
+    wait_file(tmp_path / f"started.{iid}")
+    base = f"{W}/streamed/instances/{iid}"
+    with server.http.stream("GET", base + "/events") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert next(lines) == "retry: 2000"
+        messages = read_sse(lines)
+        kind, hello, first_id = next(messages)  # the stream is open: now let the step end
+        (tmp_path / "release").touch()
+        rest = list(messages)
+    assert kind == "hello" and first_id == str(hello["offset"])
+    timeline = server.http.get(base + "/timeline").json()
+    assert timeline["total"] == timeline["next_offset"] == len(timeline["events"])
+    streamed = [e for kind, data, _ in rest if kind == "timeline" for e in data["events"]]
+    assert streamed == timeline["events"][hello["offset"]:]  # exactly what came after, in order
+    assert [(e["step_id"], e["status"]) for e in streamed][-1] == (None, "SUCCEEDED")
+    assert ("a", "SUCCEEDED") in [(e["step_id"], e["status"]) for e in streamed]
+    assert rest[-1][0] == "end" and rest[-1][1]["status"] == "SUCCEEDED"
+    assert any(kind == "instance" and data["status"] == "SUCCEEDED" for kind, data, _ in rest)
+
+    with server.http.stream("GET", base + "/events", headers={"Last-Event-ID": "3"}) as r:
+        replay = list(read_sse(r.iter_lines()))
+    assert replay[0][1] == {"offset": 3}
+    assert [e for kind, data, _ in replay if kind == "timeline" for e in data["events"]] == timeline["events"][3:]
+    assert server.http.get(base + "/timeline", params={"last": 2}).json()["events"] == timeline["events"][-2:]
+    assert server.http.get(base + "/timeline", params={"offset": 1, "limit": 2}).json()["events"] == \
+        timeline["events"][1:3]
+
+    summary = server.http.get(base, params={"view": "summary"}).json()
+    assert summary["status"] == "SUCCEEDED" and "steps" not in summary
+    graph = server.http.get(base + "/graph").json()
+    assert [(n["id"], n["status"], n["kind"]) for n in graph["nodes"]] == [("a", "SUCCEEDED", "step"),
+                                                                           ("b", "SUCCEEDED", "step")]
+    assert graph["edges"] == [["a", "b", ""]]
+    assert server.http.get(base + "/graph", params={"scope": "a"}).status_code == 404
+    listed = {w["workflow_id"]: w for w in server.http.get(W).json()}
+    assert listed["streamed"]["run_strategy"] == "PARALLEL" and listed["streamed"]["active_version"] == 1
+    assert listed["streamed"]["recent"][0]["instance_id"] == iid
+    assert server.http.get(f"{W}/nope/instances/{iid}/events").status_code == 404
+
+
+def test_a_loop_is_one_node_with_its_iterations_counted(server):
+    """GET …/graph: a foreach is one node with its iterations by state and its total; with
+    ``scope`` its body's steps, each counted over the iterations."""
+    server.push({"workflow": {"id": "looped", "steps": [
+        {"foreach": {"id": "each", "params": {"loop_params": {"type": "MAP", "value": {
+            "i": {"type": "LONG_ARRAY", "value": [1, 2, 3]}}}}, "steps": [bash("job", "true")]}}]}})
+    iid = server.start("looped")["instance_id"]
+    server.wait_status("looped", iid, {"SUCCEEDED"})
+    graph = server.http.get(f"{W}/looped/instances/{iid}/graph").json()
+    (node,) = graph["nodes"]
+    assert (node["kind"], node["iterations"], node["total"]) == ("foreach", {"SUCCEEDED": 3}, 3)
+    body = server.http.get(f"{W}/looped/instances/{iid}/graph", params={"scope": "each"}).json()
+    assert [(n["id"], n["counts"]) for n in body["nodes"]] == [("job", {"SUCCEEDED": 3})]
+    one = server.http.get(f"{W}/looped/instances/{iid}/graph", params={"scope": "each/2"}).json()
+    assert [(n["id"], n["status"]) for n in one["nodes"]] == [("job", "SUCCEEDED")]
+
+
+def test_the_web_ui_is_served_from_the_package_and_reaches_no_other_host(server):
+    """`/` is the web UI's page; every script and style it loads is served from `/ui/` (shipped in
+    the wheel, with the vendored libraries' licenses) and names no other host (no CDN): it works
+    offline. An unknown asset is a 404."""
+    import re
+
+    from legato.server.ui import ASSETS
+
+    page = server.http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    loaded = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
+    assert "/ui/app.js" in loaded and "/ui/vendor/dagre.min.js" in loaded
+    for url in loaded:
+        assert url.startswith("/ui/") or url.startswith("data:"), url
+    for name, kind in ASSETS.items():
+        r = server.http.get(f"/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), name
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", r.text), f"{name} names another host"
+    assert "MIT" in server.http.get("/ui/vendor/dagre.LICENSE").text
+    assert server.http.get("/ui/nothing.js").status_code == 404
+    assert server.http.get("/ui/../app.py").status_code == 404

@@ -78,6 +78,7 @@ class Service:
         self.storage = engine.storage
         self.token = token
         self.version = version
+        self.live = None  # a legato.server.ui.live.LiveEvents when the engine runs in this process
         self._definitions: dict[tuple[str, int], Any] = {}
 
     async def definition(self, workflow_id: str, version: int):
@@ -335,9 +336,12 @@ async def list_instances(svc: Service, request, workflowId: str) -> tuple[int, A
 
 
 @operation("GET", _I, summary="An instance and the overview of its steps (over all its runs)", tag=INSTANCE,
-           response="Instance")
+           response="Instance",
+           query={"view": (_STR, "`summary`: the instance without its steps (the web UI reads them from /graph)")})
 async def get_instance(svc: Service, request, workflowId: str, instanceId: str) -> tuple[int, Any]:
     record = await svc.instance(workflowId, instanceId)
+    if request.query_params.get("view") == "summary":
+        return 200, {k: v for k, v in _instance_out(record, []).items() if k != "steps"}
     attempts = await svc.storage.get_attempts(record.instance_id)
     return 200, _instance_out(record, attempts, await svc.step_ids(record))
 
@@ -630,6 +634,8 @@ async def get_signal(svc: Service, request, name: str, seq: str) -> tuple[int, A
 def _json(status: int, body: Any):
     from starlette.responses import Response
 
+    if isinstance(body, Response):  # a stream (the UI's events): answered as it is
+        return body
     return Response(json.dumps(body, default=str), status_code=status, media_type="application/json")
 
 
@@ -686,6 +692,12 @@ def build_app(svc: Service):
         traceback.print_exception(exc, file=sys.stderr)
         return _json(500, ApiError(500, "internal error (a bug in Legato)").body())
 
+    from .ui import routes as ui_routes
+
     routes = [Route(op.path, _endpoint(svc, op), methods=[op.method]) for op in OPERATIONS]
     routes += [Route("/openapi.json", openapi_json, methods=["GET"]), Route("/docs", docs, methods=["GET"])]
+    routes += ui_routes()
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crashed})
+
+
+from .ui import api as _ui_api  # noqa: E402,F401  (declares the operations the web UI reads)

@@ -100,6 +100,31 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "name": _STR, "seq": {"type": "integer", "description": "Its number among the signals of its name, from 1"},
         "params": _OBJ, "request_id": {"type": ["string", "null"]}, "created_at": _TIME,
         "created": {"type": "boolean", "description": "On a send: false when the request id had stored it"}}},
+    "WorkflowSummary": {"type": "object", "required": ["workflow_id", "versions", "recent"], "properties": {
+        "workflow_id": _STR, "active_version": {"type": ["integer", "null"]}, "versions": _INT,
+        "run_strategy": {"type": ["string", "null"]},
+        "recent": {"type": "array", "description": "The latest instances, newest first", "items": {
+            "type": "object", "properties": {"instance_id": _STR, "status": _STR, "run_id": _INT,
+                                             "created_at": _TIME, "ended_at": _TIME}}}}},
+    "Event": {"type": "object", "required": ["ts", "attempt", "status"], "properties": {
+        "ts": _TIME, "step_id": {"type": ["string", "null"], "description": "null: the instance itself"},
+        "attempt": _INT, "status": _STR, "message": _STR}},
+    "Timeline": {"type": "object", "required": ["events", "offset", "next_offset", "total"], "properties": {
+        "events": _list("Event"), "offset": _INT, "total": _INT,
+        "next_offset": {"type": "integer", "description": "Pass as `offset` to read only what came after"}}},
+    "GraphNode": {"type": "object", "required": ["id", "kind", "status", "attempt"], "properties": {
+        "id": _STR, "name": _STR, "type": _STR, "kind": {"enum": ["step", "foreach", "while", "subworkflow"]},
+        "status": _STR, "attempt": _INT, "started_at": _TIME, "ended_at": _TIME,
+        "iterations": {"type": "object", "description": "A loop's iterations by state"},
+        "total": {"type": ["integer", "null"], "description": "A foreach's number of iterations"},
+        "counts": {"type": "object", "description": "In a loop's body: this step over the iterations, by state"},
+        "child": {"type": "object", "description": "A subworkflow's instance",
+                  "properties": {"workflow_id": _STR, "instance_id": _STR}}}},
+    "Graph": {"type": "object", "required": ["instance_id", "nodes", "edges"], "properties": {
+        "workflow_id": _STR, "instance_id": _STR, "version": _INT, "status": _STR, "run_id": _INT, "scope": _STR,
+        "nodes": _list("GraphNode"),
+        "edges": {"type": "array", "description": "[from, to, condition ('' when always)]",
+                  "items": {"type": "array", "items": _STR}}}},
     "LogChunk": {"type": "object", "required": ["step_id", "attempt", "stream", "text"], "properties": {
         "step_id": _STR, "attempt": _INT, "stream": _STR, "text": _STR, "ts": _TIME}},
     "Logs": {"type": "object", "required": ["chunks", "next_offset"], "properties": {
@@ -121,6 +146,7 @@ class Operation:
     body: str | None = None  # a name of SCHEMAS
     query: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)  # name -> (schema, description)
     statuses: tuple[int, ...] = (200,)
+    media: str = "application/json"  # of the answer (text/event-stream: a stream, no schema)
 
     @property
     def mutating(self) -> bool:
@@ -136,10 +162,12 @@ OPERATIONS: list[Operation] = []
 
 
 def operation(method: str, path: str, *, summary: str, tag: str, response: str | None, body: str | None = None,
-              query: dict[str, tuple[dict[str, Any], str]] | None = None, statuses: tuple[int, ...] = (200,)):
+              query: dict[str, tuple[dict[str, Any], str]] | None = None, statuses: tuple[int, ...] = (200,),
+              media: str = "application/json"):
     """Declare the decorated coroutine as the handler of ``method path``."""
     def register(handler):
-        OPERATIONS.append(Operation(method, path, handler, summary, tag, response, body, query or {}, statuses))
+        OPERATIONS.append(Operation(method, path, handler, summary, tag, response, body, query or {}, statuses,
+                                    media))
         return handler
     return register
 
@@ -165,6 +193,8 @@ def document(version: str) -> dict[str, Any]:
             answer: dict[str, Any] = {"description": {200: "OK", 201: "Created", 202: "Accepted: not applied yet"}[status]}
             if op.response:
                 answer["content"] = {"application/json": {"schema": _schema_of(op.response)}}
+            elif op.media != "application/json":
+                answer["content"] = {op.media: {"schema": {"type": "string"}}}
             responses[str(status)] = answer
         errors = [404, 422] + ([401, 403, 409] if op.mutating else [])
         for status in sorted(errors):
@@ -219,7 +249,11 @@ def markdown(spec: dict[str, Any]) -> str:
                 ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
                 lines.append(f"- body: `{ref}` ({kinds})")
             ok = [code for code in op["responses"] if code < "400"]
-            answer = op["responses"][ok[0]].get("content", {}).get("application/json", {}).get("schema", {})
+            content = op["responses"][ok[0]].get("content", {})
+            if "application/json" not in content:
+                lines += [f"- answers {' or '.join(ok)}: `{', '.join(content)}`", ""]
+                continue
+            answer = content["application/json"].get("schema", {})
             shown = answer.get("$ref", "").rsplit("/", 1)[-1] or f"[{answer['items']['$ref'].rsplit('/', 1)[1]}]"
             lines += [f"- answers {' or '.join(ok)}: `{shown}`", ""]
     lines += ["## Schemas", ""]

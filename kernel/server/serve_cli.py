@@ -46,12 +46,19 @@ def serve(store: str, host: str, port: int, no_auth: bool, workspace: str | None
     except ImportError as exc:
         raise click.ClickException(f"legato serve needs the `serve` extra ({exc.name} is missing): "
                                    "pip install 'legato[serve]'") from None
+    from ..cli.group import _plugins
+    from .ui.live import LiveEvents
+
+    # Registered before the engine is built (it asks once whether anyone observes events): the
+    # web UI's open pages hear of this process's transitions as soon as they are durable.
+    live = LiveEvents()
+    _plugins().pm.register(live, name="legato-serve-live")
     engine = _engine(store, workspace, settings)
-    _trio_run(lambda: _main(engine, store, host, port, no_auth, max_instances, grace, poll, triggers))
+    _trio_run(lambda: _main(engine, store, host, port, no_auth, max_instances, grace, poll, triggers, live))
 
 
 async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_instances: int, grace: float,
-                poll: float, triggers: bool = True) -> None:
+                poll: float, triggers: bool = True, live=None) -> None:
     import signal
     from functools import partial
 
@@ -76,7 +83,9 @@ async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_ins
                 _say(f"API token (generated now, stored in {where}, shown only this once): {token}")
             else:
                 _say(f"API token: the one in {where}")
-        app = build_app(Service(engine, token=token, version=__version__))
+        service = Service(engine, token=token, version=__version__)
+        service.live = live
+        app = build_app(service)
         config = Config()
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         config.graceful_timeout = 5.0
@@ -111,7 +120,7 @@ async def _main(engine, store: str, host: str, port: int, no_auth: bool, max_ins
                             exc = exc.exceptions[0]
                         raise _Refused(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
                     for url in binds:
-                        _say(f"listening on {url} (API docs: {url}/docs)")
+                        _say(f"listening on {url} (web UI: {url}/ · API docs: {url}/docs)")
                 outer.cancel_scope.cancel()
         stats = worker.statistics()
         _say(f"stopped: {stats['ended']} instance(s) run to their end, {stats['handed_back']} handed back "

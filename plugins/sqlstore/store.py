@@ -224,6 +224,7 @@ class SqlStorage(Storage):
         self._writer: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one writer per process: SQLite allows one anyway
         self._log_cursors: dict[tuple, tuple[int, int]] = {}  # get_logs_since: (offset, id) read up to
+        self._event_cursors: dict[str, tuple[int, int]] = {}  # get_timeline_since: (offset, row id) read up to
         self.path: Path | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file we opened
         self._written: set[str] = set()  # instances this process committed to, to say what a loss took
@@ -693,6 +694,14 @@ class SqlStorage(Storage):
 
         return await self._run(read, doing="read the definition")
 
+    async def list_workflows(self) -> list[str]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all("SELECT DISTINCT workflow_id FROM legato_definition_versions ORDER BY workflow_id", {})
+            return [row.workflow_id for row in rows]
+
+        return await self._run(read, doing="list the workflows")
+
     async def list_versions(self, workflow_id: str) -> list[DefinitionVersion]:
         def read():
             with self._sql_tx(write=False) as sql:
@@ -1118,6 +1127,45 @@ class SqlStorage(Storage):
             with self._sql_tx(write=False) as sql:
                 rows = sql.all("SELECT * FROM legato_events WHERE instance_id = :iid ORDER BY id", {"iid": instance_id})
             return expand_events(rows)
+
+        return await self._run(read, doing="read the timeline")
+
+    async def get_timeline_tail(self, instance_id: str, last: int) -> tuple[int, list[Event]]:
+        def read():
+            with self._sql_tx(write=False) as sql:
+                # Counted in SQL (a row holds one event per comma-separated status, see
+                # event_rows), then only the last rows read whole: a row holds at least one event.
+                count = sql.first("SELECT COUNT(*) AS n_rows, MAX(id) AS last_id, "
+                                  "SUM(LENGTH(status) - LENGTH(REPLACE(status, ',', ''))) AS commas "
+                                  "FROM legato_events WHERE instance_id = :iid", {"iid": instance_id})
+                rows = sql.all("SELECT * FROM legato_events WHERE instance_id = :iid ORDER BY id DESC LIMIT :n",
+                               {"iid": instance_id, "n": max(0, last)}) if last > 0 else []
+            total = int(count.n_rows or 0) + int(count.commas or 0)
+            if count.last_id is not None:  # a follower starting from here reads only what comes after
+                if len(self._event_cursors) > 64:
+                    self._event_cursors.clear()
+                self._event_cursors[instance_id] = (total, count.last_id)
+            events = expand_events(reversed(rows))
+            return total, events[max(0, len(events) - last):]
+
+        return await self._run(read, doing="read the timeline")
+
+    async def get_timeline_since(self, instance_id: str, offset: int) -> list[Event]:
+        def read():
+            done, last_id = self._event_cursors.get(instance_id, (0, 0))
+            follow = bool(offset) and offset == done  # a follower's next poll: only rows after the last it read
+            column = "+instance_id" if follow and self.dialect == "sqlite" else "instance_id"  # as get_logs_since
+            query = f"SELECT * FROM legato_events WHERE {column} = :iid" + (" AND id > :last" if follow else "")
+            with self._sql_tx(write=False) as sql:
+                rows = sql.all(query + " ORDER BY id", {"iid": instance_id, "last": last_id})
+            # A row may hold several events (expand_events): the offset counts events, not rows.
+            events = expand_events(rows)
+            total = (offset if follow else 0) + len(events)
+            if rows:
+                if len(self._event_cursors) > 64:
+                    self._event_cursors.clear()
+                self._event_cursors[instance_id] = (total, rows[-1].id)
+            return events if follow else events[offset:]
 
         return await self._run(read, doing="read the timeline")
 
