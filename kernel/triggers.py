@@ -50,6 +50,7 @@ signal) checks ``await ctx.paused()`` first and waits with ``await ctx.wait_resu
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -59,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import InstanceRecord
     from .storage import Storage
 
-__all__ = ["TriggerType", "TriggerDef", "TriggerContext", "TriggerClock", "WORKFLOW_FIELDS", "DISABLED_BY",
+__all__ = ["list_triggers", "TriggerType", "TriggerDef", "TriggerContext", "TriggerClock", "WORKFLOW_FIELDS", "DISABLED_BY",
            "disabled_fields", "trigger_request_id"]
 
 #: The workflow keys that hold triggers, and the name of the trigger type that reads each.
@@ -232,3 +233,59 @@ class TriggerType:
     async def run(self, ctx: TriggerContext, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # pragma: no cover
         """Watch and fire until cancelled; ``task_status.started()`` once watching."""
         raise NotImplementedError
+
+
+def _schedule(raw: Any) -> str:
+    """A trigger item as one short phrase (``CRON 0 6 * * * Europe/Dublin``)."""
+    if not isinstance(raw, dict):
+        return ""
+    words = [str(raw.get("type", "")).upper()]
+    for key in ("cron", "expression", "interval", "timezone"):
+        if raw.get(key) is not None:
+            words.append(str(raw[key]))
+    return " ".join(words)
+
+
+async def list_triggers(engine) -> list[dict[str, Any]]:
+    """The triggers of the active versions, one row each: workflow, version, type, key, schedule,
+    next due and last fired (epoch seconds or None), paused, disabled, and a problem when the
+    version no longer loads here. What `legato triggers` and `GET /api/v3/triggers` show."""
+    from .definition import DefinitionError
+
+    storage = engine.storage
+    active = await storage.list_active_versions()
+    paused = {p["workflow_id"]: p for p in await storage.list_paused_triggers()}
+    checkpoints = {(c["workflow_id"], c["key"]): c for c in await storage.list_trigger_checkpoints()}
+    now = time.time()
+    rows = []
+    for wid, version in active.items():
+        stored = await storage.get_definition(wid, version)
+        workflow = stored.document.get("workflow") if stored is not None else None
+        if not isinstance(workflow, dict) or not any(workflow.get(f) for f in WORKFLOW_FIELDS):
+            continue
+        try:
+            definition = engine.load(stored.document)
+        except DefinitionError as exc:
+            rows.append({"workflow_id": wid, "version": version, "type": None, "key": None, "schedule": "",
+                         "next_due": None, "last_fired": None, "paused": wid in paused,
+                         "problem": "; ".join(str(p) for p in exc.problems[:3]), "disabled": False})
+            continue
+        off = disabled_fields(stored.document)
+        for type_name, defs in definition.triggers.items():
+            trigger_type = engine.plugins.triggers.types[type_name]()
+            for tdef in defs:
+                if trigger_type.field in off:
+                    rows.append({"workflow_id": wid, "version": version, "type": type_name, "key": tdef.key,
+                                 "schedule": _schedule(tdef.raw), "next_due": None, "last_fired": None,
+                                 "paused": wid in paused, "problem": None, "disabled": True})
+                    continue
+                found = checkpoints.get((wid, tdef.key))
+                try:
+                    due = trigger_type.next_due(tdef, found["value"] if found else None, now, workflow_id=wid)
+                except Exception:  # a plugin that cannot say: the listing goes on
+                    due = None
+                rows.append({"workflow_id": wid, "version": version, "type": type_name, "key": tdef.key,
+                             "schedule": _schedule(tdef.raw), "next_due": due,
+                             "last_fired": found["fired_at"] if found else None, "paused": wid in paused,
+                             "problem": None, "disabled": False})
+    return rows

@@ -168,6 +168,11 @@ def test_a_real_legato_serve_fires_an_every_second_trigger_on_time(tmp_path):
         iid = first.split("started instance ")[1].split()[0]
         done = server.wait_status("ticking", iid, {"SUCCEEDED"})
         wait_lines(server, "started instance ", 2)
+        listed = server.http.get("/api/v3/triggers")  # what the web UI's pages show
+        assert listed.status_code == 200, listed.text
+        (row,) = [r for r in listed.json() if r["workflow_id"] == "ticking"]
+        assert (row["type"], row["version"], row["paused"], row["disabled"]) == ("cron", 1, False, False), row
+        assert row["next_due"] and row["last_fired"] and row["next_due"] > row["last_fired"], row
         assert server.terminate() == 0, "".join(server.lines)
     finally:
         server.kill()

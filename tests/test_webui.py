@@ -220,6 +220,9 @@ def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, 
     server.push({"workflow": {"id": "tour-child", "steps": [bash("hello", 'echo "hello from the child"')]}})
     server.push({"properties": {"run_strategy": "strict_sequential"}, "workflow": {"id": "tour-strict", "steps": [
         bash("only", "true")]}})
+    server.push({"workflow": {"id": "tour-cron", "time_triggers": [{"type": "cron", "cron": "0 6 * * *",
+                                                                    "timezone": "UTC"}],
+                              "steps": [bash("nightly", "true")]}})
     doc = {"properties": {"run_strategy": "parallel"}, "workflow": {"id": "tour", "params": {
         "region": {"type": "STRING", "value": "eu"}}, "steps": [
         bash("extract", 'echo "extracting $region"; echo "rows=1200" >> "$LEGATO_OUTPUT"', then="fan"),
@@ -247,6 +250,10 @@ def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, 
             assert errors(browser) == [], name
 
     open_page(browser, server, "/")
+    cell = browser.find_element(By.CSS_SELECTOR, '[data-next-trigger="tour-cron"] span')  # GET /api/v3/triggers
+    assert cell.text.endswith("(cron)") and "2" in cell.text, cell.text  # a date, then the type
+    assert cell.get_attribute("title") == "cron CRON 0 6 * * * UTC", cell.get_attribute("title")
+    assert browser.find_element(By.CSS_SELECTOR, '[data-next-trigger="tour"]').text == "none"
     dots = browser.find_elements(By.CSS_SELECTOR, "#main .dot")
     assert dots and all(d.get_attribute("aria-label").startswith("SUCCEEDED") and d.text == "✓" for d in dots)
     open_page(browser, server, "/w/tour")

@@ -8,69 +8,14 @@ The triggers themselves run under ``legato serve`` and ``legato worker``
 from __future__ import annotations
 
 import json
-import time
-from typing import Any
 
 import click
 
+from ..triggers import list_triggers
 from .group import _Refused, _trio_run, main
 from .output import _iso, _when
 from .permits import _who  # who paused, for the record
 from .store import _opened, _read_engine, _store_option
-
-
-def _schedule(raw: Any) -> str:
-    """A trigger item as one short phrase (``CRON 0 6 * * * Europe/Dublin``)."""
-    if not isinstance(raw, dict):
-        return ""
-    words = [str(raw.get("type", "")).upper()]
-    for key in ("cron", "expression", "interval", "timezone"):
-        if raw.get(key) is not None:
-            words.append(str(raw[key]))
-    return " ".join(words)
-
-
-async def _rows(engine) -> list[dict[str, Any]]:
-    from ..definition import DefinitionError
-    from ..triggers import WORKFLOW_FIELDS, disabled_fields
-
-    storage = engine.storage
-    active = await storage.list_active_versions()
-    paused = {p["workflow_id"]: p for p in await storage.list_paused_triggers()}
-    checkpoints = {(c["workflow_id"], c["key"]): c for c in await storage.list_trigger_checkpoints()}
-    now = time.time()
-    rows = []
-    for wid, version in active.items():
-        stored = await storage.get_definition(wid, version)
-        workflow = stored.document.get("workflow") if stored is not None else None
-        if not isinstance(workflow, dict) or not any(workflow.get(f) for f in WORKFLOW_FIELDS):
-            continue
-        try:
-            definition = engine.load(stored.document)
-        except DefinitionError as exc:
-            rows.append({"workflow_id": wid, "version": version, "type": None, "key": None, "schedule": "",
-                         "next_due": None, "last_fired": None, "paused": wid in paused,
-                         "problem": "; ".join(str(p) for p in exc.problems[:3]), "disabled": False})
-            continue
-        off = disabled_fields(stored.document)
-        for type_name, defs in definition.triggers.items():
-            trigger_type = engine.plugins.triggers.types[type_name]()
-            for tdef in defs:
-                if trigger_type.field in off:
-                    rows.append({"workflow_id": wid, "version": version, "type": type_name, "key": tdef.key,
-                                 "schedule": _schedule(tdef.raw), "next_due": None, "last_fired": None,
-                                 "paused": wid in paused, "problem": None, "disabled": True})
-                    continue
-                found = checkpoints.get((wid, tdef.key))
-                try:
-                    due = trigger_type.next_due(tdef, found["value"] if found else None, now, workflow_id=wid)
-                except Exception:  # a plugin that cannot say: the listing goes on
-                    due = None
-                rows.append({"workflow_id": wid, "version": version, "type": type_name, "key": tdef.key,
-                             "schedule": _schedule(tdef.raw), "next_due": due,
-                             "last_fired": found["fired_at"] if found else None, "paused": wid in paused,
-                             "problem": None, "disabled": False})
-    return rows
 
 
 @main.group(invoke_without_command=True)
@@ -91,7 +36,7 @@ def triggers(ctx: click.Context, store: str, as_json: bool) -> None:
 
     async def main_task() -> None:
         async with _opened(engine.storage, store):
-            rows.extend(await _rows(engine))
+            rows.extend(await list_triggers(engine))
 
     _trio_run(main_task)
     if as_json:

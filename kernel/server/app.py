@@ -565,6 +565,15 @@ async def list_tag_permits(svc: Service, request) -> tuple[int, Any]:
     return 200, [_permit_json(row) for row in await svc.storage.get_tag_permits()]
 
 
+@operation("GET", "/api/v3/triggers", summary="The triggers of the active versions (cron, signal, …): schedule, next "
+           "due, last fired, paused", tag="TriggerController", response="[Trigger]")
+async def list_triggers(svc: Service, request) -> tuple[int, Any]:
+    from ..triggers import list_triggers as rows
+
+    return 200, [{**row, "next_due": _iso(row["next_due"]), "last_fired": _iso(row["last_fired"])}
+                 for row in await rows(svc.engine)]
+
+
 @operation("GET", "/api/v3/tag-permits/{tag}", summary="A tag's permit", tag=TAG_PERMIT, response="TagPermit")
 async def get_tag_permit(svc: Service, request, tag: str) -> tuple[int, Any]:
     return 200, await _tag_permit(svc, tag)

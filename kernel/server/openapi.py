@@ -88,6 +88,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "workflow_id": _STR, "unblocked": {"type": "array", "items": _STR}, "by": _STR}},
     "TagPermitRequest": {"type": "object", "required": ["tag", "max_allowed"], "additionalProperties": False,
                          "properties": {"tag": _STR, "max_allowed": _INT}},
+    "Trigger": {"type": "object", "required": ["workflow_id", "version", "paused", "disabled"], "properties": {
+        "workflow_id": _STR, "version": _INT, "type": {"type": ["string", "null"], "description": "cron, signal, …"},
+        "key": {"type": ["string", "null"]}, "schedule": _STR, "next_due": _TIME, "last_fired": _TIME,
+        "paused": {"type": "boolean"}, "disabled": {"type": "boolean"},
+        "problem": {"type": ["string", "null"], "description": "Why the version's triggers do not load here"}}},
     "TagPermit": {"type": "object", "required": ["tag", "max_allowed"], "properties": {
         "tag": _STR, "max_allowed": _INT, "held": _INT, "set_by": {"type": ["string", "null"]}, "set_at": _TIME}},
     "SignalRequest": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {

@@ -170,20 +170,30 @@
   // -- workflows ------------------------------------------------------------------------------------
   async function workflowsPage() {
     setCrumbs([["Workflows", "#/"]]);
-    const list = await api(`${W}?recent=12`);
+    const [list, triggers] = await Promise.all([api(`${W}?recent=12`), api("/api/v3/triggers").catch(() => [])]);
     const rows = list.map((w) => h("tr", {},
       h("td", {}, h("a", { href: `#/w/${enc(w.workflow_id)}` }, w.workflow_id)),
       h("td", { class: "num" }, w.active_version != null ? `v${w.active_version}` : h("span", { class: "muted" }, "none")),
       h("td", { class: "num" }, fmt(w.versions)),
       h("td", {}, w.run_strategy || h("span", { class: "muted" }, "?")),
-      h("td", {}, runDots(w.workflow_id, w.recent))));
+      h("td", {}, runDots(w.workflow_id, w.recent)),
+      h("td", { "data-next-trigger": w.workflow_id }, nextTrigger(triggers.filter((t) => t.workflow_id === w.workflow_id)))));
     return [h("h1", {}, "Workflows"),
       list.length ? h("table", { "aria-label": "Workflows" },
         h("thead", {}, h("tr", {}, h("th", {}, "Workflow"), h("th", { class: "num" }, "Active"), h("th", { class: "num" }, "Versions"),
-          h("th", {}, "Run strategy"), h("th", {}, "Latest runs (newest first)"))),
+          h("th", {}, "Run strategy"), h("th", {}, "Latest runs (newest first)"), h("th", {}, "Next trigger"))),
         h("tbody", {}, rows))
         : h("p", { class: "empty" }, "No workflow yet: push one with `legato push FILE` or POST /api/v3/workflows."),
       legend(), h("p", {}, h("a", { href: "#/signals" }, "Signals and triggers"))];
+  }
+  // A workflow's next trigger (GET /api/v3/triggers): the soonest due of its running ones, else why none.
+  function nextTrigger(rows) {
+    if (!rows.length) return h("span", { class: "muted" }, "none");
+    if (rows.every((t) => t.paused)) return h("span", { class: "muted" }, "paused");
+    const due = rows.filter((t) => !t.paused && !t.disabled && t.next_due).map((t) => t.next_due).sort();
+    if (!due.length) return h("span", { class: "muted" }, rows.some((t) => t.problem) ? "does not load" : rows[0].type || "");
+    const first = rows.find((t) => t.next_due === due[0]);
+    return h("span", { title: `${first.type} ${first.schedule}` }, `${when(due[0])} (${first.type})`);
   }
   function runDots(wid, runs) {
     if (!runs.length) return h("span", { class: "muted" }, "no runs");
