@@ -512,6 +512,30 @@ def test_a_loop_is_one_node_with_its_iterations_counted(server):
     assert [(n["id"], n["status"]) for n in one["nodes"]] == [("job", "SUCCEEDED")]
 
 
+def test_a_loop_inside_a_loops_body_opens_in_its_turn(server):
+    """GET …/graph with a nested ``scope`` (``outer/2/inner``, then ``outer/2/inner/1``): the inner
+    foreach of one outer iteration, its body counted over its own iterations, then one of them; a
+    scope that names no loop of that body is a 404 saying what a scope is."""
+    leaf = {"step": {"id": "leaf", "type": "noop"}}
+    server.push({"workflow": {"id": "nested", "steps": [
+        {"foreach": {"id": "outer", "params": {"loop_params": {"type": "MAP", "value": {
+            "k": {"type": "LONG_ARRAY", "value": [1, 2]}}}}, "steps": [
+            {"foreach": {"id": "inner", "params": {"loop_params": {"type": "MAP", "value": {
+                "m": {"type": "LONG_ARRAY", "value": [1, 2, 3]}}}}, "steps": [leaf]}}]}}]}})
+    iid = server.start("nested")["instance_id"]
+    server.wait_status("nested", iid, {"SUCCEEDED"})
+    graph = f"{W}/nested/instances/{iid}/graph"
+    body = server.http.get(graph, params={"scope": "outer/2"}).json()
+    assert [(n["id"], n["kind"], n["iterations"]) for n in body["nodes"]] == [("inner", "foreach", {"SUCCEEDED": 3})]
+    inner = server.http.get(graph, params={"scope": "outer/2/inner"}).json()
+    assert [(n["id"], n["counts"]) for n in inner["nodes"]] == [("leaf", {"SUCCEEDED": 3})]
+    one = server.http.get(graph, params={"scope": "outer/2/inner/3"}).json()
+    assert [(n["id"], n["status"]) for n in one["nodes"]] == [("leaf", "SUCCEEDED")]
+    for wrong in ("outer/2/leaf", "outer/x/inner", "inner"):
+        r = server.http.get(graph, params={"scope": wrong})
+        assert r.status_code == 404 and "scope" in r.json()["error"]["message"], (wrong, r.text)
+
+
 def test_the_web_ui_is_served_from_the_package_and_reaches_no_other_host(server):
     """`/` is the web UI's page; every script and style it loads is served from `/ui/` (shipped in
     the wheel, with the vendored libraries' licenses) and names no other host (no CDN): it works

@@ -295,3 +295,26 @@ def test_every_page_in_light_and_dark_with_keyboard_navigation(server, browser, 
     assert "extracting eu" in text(browser, "log")
     assert '"rows": "1200"' in text(browser, "step-outputs")
     assert "extracting $region" in text(browser, "step-params")
+
+
+def test_a_loop_inside_a_loops_body_is_drilled_into_from_the_page(server, browser):
+    """A foreach inside a foreach: the outer loop's page lists its iterations; one of them shows
+    the inner loop as one node, which Enter opens to the inner loop's own iterations, and one of
+    those to its body."""
+    leaf = {"step": {"id": "leaf", "type": "noop"}}
+    server.push({"workflow": {"id": "nest", "steps": [
+        {"foreach": {"id": "outer", "params": {"loop_params": {"type": "MAP", "value": {
+            "k": {"type": "LONG_ARRAY", "value": [1, 2]}}}}, "steps": [
+            {"foreach": {"id": "inner", "params": {"loop_params": {"type": "MAP", "value": {
+                "m": {"type": "LONG_ARRAY", "value": [1, 2, 3]}}}}, "steps": [leaf]}}]}}]}})
+    iid = server.start("nest")["instance_id"]
+    server.wait_status("nest", iid, {"SUCCEEDED"})
+    open_page(browser, server, f"/w/nest/i/{iid}/loop/outer%2F2")
+    inner = node_state(browser, "inner")
+    assert inner and inner.startswith("inner: foreach") and "3/3" in inner, inner
+    press(browser, '#dag [data-step="inner"]', Keys.ENTER)
+    wait(browser, "the inner loop's page", lambda d: d.execute_script(
+        "return decodeURIComponent(location.hash).endsWith('/loop/outer/2/inner')"
+        " && document.querySelector('main').dataset.ready === location.hash"))
+    wait(browser, "the inner loop's three iterations", lambda d: "Iterations (3)" in d.find_element(By.ID, "main").text)
+    assert errors(browser) == []

@@ -116,8 +116,9 @@ def _node(step, node: overview.Node | None) -> dict[str, Any]:
 @operation("GET", _I + "/graph", summary="An instance's DAG (of the top level, or of a loop's body) with each "
            "step's latest state and attempt; a loop is one node with its iterations counted by state", tag=STEP,
            response="Graph",
-           query={"scope": (_STR, "A foreach or while step (`loop`, `loop/3` for one iteration): its body's DAG, "
-                                  "each step counted over the iterations (or of that iteration)")})
+           query={"scope": (_STR, "A foreach or while step (`loop`, `loop/3` for one iteration, `loop/3/inner` for a "
+                                  "loop in its body…): its body's DAG, each step counted over the iterations (or of "
+                                  "that iteration)")})
 async def get_graph(svc: Service, request, workflowId: str, instanceId: str) -> tuple[int, Any]:
     record = await svc.instance(workflowId, instanceId)
     scope = request.query_params.get("scope", "").strip("/")
@@ -142,13 +143,20 @@ async def _graph(svc: Service, record, scope: str) -> dict[str, Any]:
     definition = await svc.definition(record.workflow_id, record.version)
     top = overview.tree(await svc.storage.get_attempts(record.instance_id))
     steps, nodes = definition.steps, top
+    iteration = False
     if scope:
-        loop_id, _, iteration = scope.partition("/")
-        step = definition.by_id.get(loop_id)
-        if step is None or step.loop is None:
-            raise ApiError(404, f"{workflowId} v{record.version} has no foreach or while step {loop_id!r} at the top "
-                                "level: scope names one")
-        steps = step.loop.steps
+        # loop[/iteration[/inner loop[/iteration…]]]: the loops' ids, each (but maybe the last) with one of its iterations
+        parts = scope.split("/")
+        for i in range(0, len(parts), 2):
+            step = next((s for s in steps if s.id == parts[i]), None)
+            if step is None or step.loop is None:
+                where = "at the top level" if i == 0 else f"in the body of {'/'.join(parts[:i])}"
+                raise ApiError(404, f"{workflowId} v{record.version} has no foreach or while step {parts[i]!r} "
+                                    f"{where}: scope names one (loop, loop/3, loop/3/inner, …)")
+            steps = step.loop.steps
+            if i + 1 < len(parts) and not parts[i + 1].isdigit():
+                raise ApiError(404, f"scope {scope!r}: after a loop comes one of its iterations, a number")
+        iteration = len(parts) % 2 == 0
         holder = overview.find(top, scope)
         if iteration:
             nodes = holder.children if holder is not None else {}
@@ -162,7 +170,7 @@ async def _graph(svc: Service, record, scope: str) -> dict[str, Any]:
                         by = counted.setdefault(name, {})
                         by[child.record.status.value] = by.get(child.record.status.value, 0) + 1
     out = [_node(s, nodes.get(s.id)) for s in steps]
-    if scope and "/" not in scope:
+    if scope and not iteration:
         for n in out:
             n["counts"] = counted.get(n["id"], {})
     edges = [[s.id, target, "" if cond.constant is True else cond.source] for s in steps for target, cond in s.successors]

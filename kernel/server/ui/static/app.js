@@ -322,6 +322,9 @@
   }
 
   async function instancePage(wid, iid, scope) {
+    // scope: a loop's body over its iterations (`loop`, `loop/3/inner`), or one iteration's (`loop/3`)
+    const oneIteration = !!scope && /^\d+$/.test(scope.split("/").pop());
+    const prefix = scope ? scope + "/" : "";
     const base = `${W}/${enc(wid)}/instances/${enc(iid)}`;
     const t0 = performance.now();
     const q = scope ? `?scope=${enc(scope)}` : "";
@@ -366,11 +369,11 @@
     function openUnit(unit, byId) {
       if (unit.members.length === 1) {
         const n = byId.get(unit.members[0]);
-        const path = scope ? `${scope.split("/")[0]}` : "";
-        if (n.kind === "foreach" || n.kind === "while") location.hash = `#/w/${enc(wid)}/i/${enc(iid)}/loop/${enc(n.id)}`;
+        const loop = n.kind === "foreach" || n.kind === "while";
+        if (loop && (!scope || oneIteration)) location.hash = `#/w/${enc(wid)}/i/${enc(iid)}/loop/${enc(prefix + n.id)}`;
         else if (n.kind === "subworkflow" && n.child) location.hash = `#/w/${enc(n.child.workflow_id)}/i/${enc(n.child.instance_id)}`;
-        else if (!path) location.hash = `#/w/${enc(wid)}/i/${enc(iid)}/s/${enc(n.id)}`;
-        else if (scope.includes("/")) location.hash = `#/w/${enc(wid)}/i/${enc(iid)}/s/${enc(scope + "/" + n.id)}`;
+        else if (!scope) location.hash = `#/w/${enc(wid)}/i/${enc(iid)}/s/${enc(n.id)}`;
+        else if (oneIteration) location.hash = `#/w/${enc(wid)}/i/${enc(iid)}/s/${enc(prefix + n.id)}`;
         else toast(`${n.id} runs once per iteration: open an iteration below to see one`);
         return;
       }
@@ -391,7 +394,7 @@
     const actionsList = h("tbody", { id: "actions-list" });
     const out = [h("h1", {}, scope ? `${scope} of ${iidShort}` : `Instance ${iidShort}`, statusBox), meta, actionsBox,
       h("h2", {}, scope ? "Loop body" : "DAG"), dagBox, note, drill];
-    if (scope && !scope.includes("/")) out.push(await iterationsTable(wid, iid, scope));
+    if (scope && !oneIteration) out.push(await iterationsTable(wid, iid, scope));
     out.push(h("div", { class: "grid2" },
       h("section", { "aria-labelledby": "tl-h" }, h("h2", { id: "tl-h" }, "Timeline (newest first)"),
         h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Step"), h("th", {}, "State"), h("th", {}, "Message"))), timeline)),
@@ -422,7 +425,6 @@
         dag.flush();
       }, 1000);
     }
-    const prefix = scope ? scope + "/" : "";
     const stream = follow(wid, iid, tl.total, {
       events(events) {
         for (const e of events) {
@@ -450,7 +452,11 @@
 
   async function iterationsTable(wid, iid, loop) {
     const inst = await api(`${W}/${enc(wid)}/instances/${enc(iid)}`).catch(() => null);
-    const its = (inst && inst.steps[loop] && inst.steps[loop].iterations) || {};
+    // loop: `outer` or `outer/2/inner`: walk the nested iterations down to it
+    const parts = loop.split("/");
+    let node = inst && inst.steps[parts[0]];
+    for (let i = 1; node && i + 1 < parts.length; i += 2) node = node.iterations && node.iterations[parts[i]] && node.iterations[parts[i]].steps[parts[i + 1]];
+    const its = (node && node.iterations) || {};
     const keys = Object.keys(its).sort((a, b) => a - b).slice(0, 500);
     return h("section", {}, h("h2", {}, `Iterations (${fmt(Object.keys(its).length)})`),
       keys.length ? h("table", {}, h("thead", {}, h("tr", {}, h("th", { class: "num" }, "#"), h("th", {}, "State"), h("th", {}, "Loop params"), h("th", {}, "Took"))),
