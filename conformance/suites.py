@@ -1254,7 +1254,6 @@ class TriggerSuite(_Suite):
                     while host.statistics()["watching"] < 1:
                         await host.wait_progress()
                 assert host.statistics()["watching"] >= 1, f"no trigger reported task_status.started() within {FIRE_BOUND:g} s"
-                await trio.sleep(0.3)
                 started = time.monotonic()
                 nursery.cancel_scope.cancel()
             took = time.monotonic() - started

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-__all__ = ["Wakeups", "LocalWakeups", "FifoWakeups", "Listener"]
+__all__ = ["Wakeups", "LocalWakeups", "FifoWakeups", "Listener", "EventListener"]
 
 
 class Listener:
@@ -58,11 +58,10 @@ class Wakeups:
         return Listener()
 
 
-class _LocalListener(Listener):
-    def __init__(self, owner: "LocalWakeups") -> None:
-        self.owner = owner
-        self.event = trio.Event()
-        owner.listeners.add(self)
+class EventListener(Listener):
+    """A listener woken by setting its trio event (``self.event``, made anew once seen)."""
+
+    event: trio.Event
 
     async def wait(self, timeout: float) -> bool:
         with trio.move_on_after(timeout):
@@ -71,6 +70,13 @@ class _LocalListener(Listener):
         if woken:
             self.event = trio.Event()
         return woken
+
+
+class _LocalListener(EventListener):
+    def __init__(self, owner: "LocalWakeups") -> None:
+        self.owner = owner
+        self.event = trio.Event()
+        owner.listeners.add(self)
 
     def close(self) -> None:
         self.owner.listeners.discard(self)

@@ -24,7 +24,7 @@ from typing import Callable
 
 import trio
 
-from legato.wakeup import Listener, Wakeups
+from legato.wakeup import EventListener, Listener, Wakeups
 
 CHANNEL = "legato_work"
 BACKOFF = (0.1, 5.0)  # seconds: the first wait after a failed connection, and the longest
@@ -39,7 +39,7 @@ def _connect(conninfo: str):
                            application_name="legato-wakeups")
 
 
-class _PgListener(Listener):
+class _PgListener(EventListener):
     def __init__(self, owner: "PgWakeups") -> None:
         self.owner = owner
         self.token = trio.lowlevel.current_trio_token()
@@ -51,14 +51,6 @@ class _PgListener(Listener):
             self.token.run_sync_soon(self.event.set)
         except trio.RunFinishedError:
             pass
-
-    async def wait(self, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            await self.event.wait()
-        woken = self.event.is_set()
-        if woken:
-            self.event = trio.Event()
-        return woken
 
     def close(self) -> None:
         self.owner._forget(self)
